@@ -1,0 +1,106 @@
+/* vl2-status.h - status codes and the error record shared by every layer.
+ *
+ * Header-only, no code to link: the one file every module of vl2d may
+ * include.  A status means the same thing in a backend, in the runtime and on
+ * the wire (ipc/vl2.proto carries the same numbers in Error.code).
+ *
+ * Functions that can fail return int: >= 0 is success (it may carry a count),
+ * < 0 is one of the codes below.  Detail goes into an optional
+ * struct vl2_err *err, always the last parameter, which may be NULL.
+ */
+#ifndef VL2_STATUS_H
+#define VL2_STATUS_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+enum vl2_status {
+    VL2_OK             =   0,
+    VL2_EINVAL         =  -1,  /* invalid argument or request */
+    VL2_ENOMEM         =  -2,  /* out of memory (host or device) */
+    VL2_EIO            =  -3,  /* read/write/map failed */
+    VL2_EFORMAT        =  -4,  /* malformed input: file, frame, image, JSON */
+    VL2_ENOTFOUND      =  -5,  /* no such model, tensor, file, key */
+    VL2_EUNSUPPORTED   =  -6,  /* valid but not supported (format, feature, dtype) */
+    VL2_ELIMIT         =  -7,  /* over a configured limit (pixels, frame size, context) */
+    VL2_ECANCELED      =  -8,  /* cancelled by the client or by shutdown */
+    VL2_EUNIMPLEMENTED =  -9,  /* request understood, not implemented yet */
+    VL2_EBUSY          = -10,  /* resource in use (socket, model loading) */
+    VL2_EPERM          = -11,  /* permission denied (peer credentials) */
+    VL2_EBACKEND       = -12,  /* backend failure (plugin, device) */
+    VL2_ETIMEDOUT      = -13,
+    VL2_EPROTO         = -14,  /* protocol violation (version, sequence) */
+    VL2_EABI           = -15,  /* plugin ABI mismatch */
+    VL2_EINTERNAL      = -16,  /* a bug: invariant broken */
+};
+
+#define VL2_ERR_MSG_SIZE 512
+
+struct vl2_err {
+    int  code;                   /* enum vl2_status, 0 when no error */
+    char msg[VL2_ERR_MSG_SIZE];  /* one line, no trailing newline */
+};
+
+static inline const char *vl2_status_name(int code)
+{
+    switch (code) {
+    case VL2_OK:             return "OK";
+    case VL2_EINVAL:         return "INVALID_ARGUMENT";
+    case VL2_ENOMEM:         return "OUT_OF_MEMORY";
+    case VL2_EIO:            return "IO_ERROR";
+    case VL2_EFORMAT:        return "BAD_FORMAT";
+    case VL2_ENOTFOUND:      return "NOT_FOUND";
+    case VL2_EUNSUPPORTED:   return "UNSUPPORTED";
+    case VL2_ELIMIT:         return "LIMIT_EXCEEDED";
+    case VL2_ECANCELED:      return "CANCELED";
+    case VL2_EUNIMPLEMENTED: return "UNIMPLEMENTED";
+    case VL2_EBUSY:          return "BUSY";
+    case VL2_EPERM:          return "PERMISSION_DENIED";
+    case VL2_EBACKEND:       return "BACKEND_ERROR";
+    case VL2_ETIMEDOUT:      return "TIMED_OUT";
+    case VL2_EPROTO:         return "PROTOCOL_ERROR";
+    case VL2_EABI:           return "ABI_MISMATCH";
+    case VL2_EINTERNAL:      return "INTERNAL";
+    }
+    return "UNKNOWN";
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+/* Record an error and return its code, so callers can write
+ *     return vl2_err_set(err, VL2_EFORMAT, "%s: bad header", path);
+ * A NULL err is allowed: only the code is returned. */
+static inline int vl2_err_set(struct vl2_err *err, int code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        err->code = code;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* Prepend context to an existing message: "ctx: old message". */
+static inline int vl2_err_prefix(struct vl2_err *err, const char *ctx)
+{
+    if (err && err->code != 0) {
+        char tmp[VL2_ERR_MSG_SIZE];
+        snprintf(tmp, sizeof(tmp), "%s: %s", ctx, err->msg);
+        memcpy(err->msg, tmp, sizeof(tmp));
+    }
+    return err ? err->code : VL2_EINTERNAL;
+}
+
+static inline void vl2_err_clear(struct vl2_err *err)
+{
+    if (err) {
+        err->code = 0;
+        err->msg[0] = '\0';
+    }
+}
+
+#endif /* VL2_STATUS_H */

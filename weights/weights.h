@@ -1,0 +1,152 @@
+/* weights.h - official DeepSeek-VL2 checkpoints: config.json, safetensors
+ * (mapped read-only and shared), model-directory validation.
+ *
+ * Depends on nothing of vl2d but plugins/vl2-status.h (error codes) and the
+ * dtype numbers of plugins/vl2-backend.h.
+ *
+ * Model dimensions get one short name each here and are used everywhere.
+ */
+#ifndef VL2_WEIGHTS_H
+#define VL2_WEIGHTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vl2-status.h"
+
+#define VL2_MAX_CANDIDATES 64
+
+enum vl2_topk_method { VL2_TOPK_GREEDY = 0, VL2_TOPK_GROUP_LIMITED = 1, VL2_TOPK_NOAUX_TC = 2 };
+enum vl2_scoring     { VL2_SCORING_SOFTMAX = 0, VL2_SCORING_SIGMOID = 1 };
+
+struct vl2_vision_config {
+    int    d_model;      /* width (1152) */
+    int    n_layer;      /* layers (27) */
+    int    n_head;       /* heads (16) */
+    int    d_head;       /* d_model / n_head (72) */
+    int    d_mlp;        /* int(width * mlp_ratio) (4304) */
+    double mlp_ratio;
+    int    patch_size;   /* 14 */
+    int    image_size;   /* 384 */
+    int    grid;         /* image_size / patch_size (27) */
+};
+
+struct vl2_projector_config {
+    int  d_in;           /* input_dim (vision width) */
+    int  d_model;        /* n_embed (= language hidden size) */
+    int  depth;          /* 2 */
+    int  mlp_ratio;      /* 1 */
+    int  downsample;     /* downsample_ratio (2) */
+    char type[32];       /* "downsample_mlp_gelu" */
+};
+
+struct vl2_lm_config {
+    int    n_vocab;          /* vocab_size */
+    int    d_model;          /* hidden_size */
+    int    d_ff;             /* intermediate_size (dense layers) */
+    int    d_ff_expert;      /* moe_intermediate_size */
+    int    n_layer;          /* num_hidden_layers */
+    int    n_head;           /* num_attention_heads */
+    int    n_kv_head;        /* num_key_value_heads (null -> n_head) */
+    int    use_mla;
+    int    d_head;           /* MHA: d_model / n_head */
+    int    q_lora_rank;      /* 0 = null */
+    int    kv_lora_rank;     /* MLA */
+    int    d_nope;           /* qk_nope_head_dim */
+    int    d_rope;           /* qk_rope_head_dim */
+    int    d_v;              /* v_head_dim */
+    int    n_expert;         /* n_routed_experts (0 = null: dense model) */
+    int    n_shared;         /* n_shared_experts (0 = null) */
+    int    top_k;            /* num_experts_per_tok */
+    int    topk_method;      /* enum vl2_topk_method */
+    int    scoring;          /* enum vl2_scoring */
+    int    n_group;          /* 0 = null */
+    int    topk_group;       /* 0 = null */
+    int    norm_topk_prob;
+    double routed_scale;     /* routed_scaling_factor */
+    int    first_dense;      /* first_k_dense_replace */
+    int    moe_layer_freq;
+    int    n_ctx;            /* max_position_embeddings */
+    double rms_eps;          /* rms_norm_eps */
+    double rope_theta;
+    int    has_rope_scaling; /* rope_scaling not null (unsupported: refused) */
+    int    bos_id, eos_id, pad_id;  /* pad -1 = null */
+    int    tie_embeddings;
+    int    attention_bias;
+};
+
+struct vl2_model_config {
+    struct vl2_vision_config    vision;
+    struct vl2_projector_config proj;
+    struct vl2_lm_config        lm;
+    int  n_candidates;
+    int  candidates[VL2_MAX_CANDIDATES][2];  /* (width, height), config order */
+    char tile_tag[8];                        /* "2D" */
+    char global_view_pos[8];                 /* "head" */
+};
+
+/* processor_config.json, spec defaults where absent. */
+struct vl2_processor_config {
+    int    n_candidates;
+    int    candidates[VL2_MAX_CANDIDATES][2];
+    int    patch_size;          /* 14 */
+    int    downsample;          /* 2 */
+    float  image_mean[3], image_std[3];
+    int    normalize;
+    char   image_token[32];     /* "<image>" */
+    char   pad_token[64];
+    char   sft_format[32];      /* "deepseek" */
+};
+
+/* Is layer i an MoE layer? */
+static inline int vl2_lm_is_moe(const struct vl2_lm_config *c, int i)
+{
+    return c->n_expert > 0 && i >= c->first_dense && i % c->moe_layer_freq == 0;
+}
+
+/* Parse config.json text (need not be NUL-terminated).  Missing keys take the
+ * bundled defaults of spec 1.1; a missing required key or an impossible value
+ * is VL2_EFORMAT with the key and value named in err. */
+int vl2_config_parse(struct vl2_model_config *c, const char *json, size_t len,
+                     struct vl2_err *err);
+int vl2_config_load(struct vl2_model_config *c, const char *dir, struct vl2_err *err);
+int vl2_processor_config_load(struct vl2_processor_config *c, const char *dir,
+                              struct vl2_err *err);
+
+/* -- safetensors ------------------------------------------------------- */
+
+struct vl2_st_tensor {
+    const char *name;
+    int         dtype;       /* enum vl2_dtype of vl2-backend.h */
+    int         ndim;
+    int64_t     shape[8];
+    const void *data;        /* inside the shared read-only mapping; any alignment */
+    size_t      size;        /* bytes */
+    int         file;        /* index of the shard it lives in */
+};
+
+struct vl2_weights;   /* all shards of one model directory, mapped */
+
+/* Open DIR/model.safetensors.index.json and every shard it names, or
+ * DIR/model.safetensors.  Headers are validated before anything is used. */
+int  vl2_weights_open(struct vl2_weights **ret, const char *dir, struct vl2_err *err);
+/* Open one safetensors file (tests, tools). */
+int  vl2_weights_open_file(struct vl2_weights **ret, const char *path, struct vl2_err *err);
+void vl2_weights_close(struct vl2_weights *w);
+
+const struct vl2_st_tensor *vl2_weights_find(const struct vl2_weights *w, const char *name);
+size_t vl2_weights_count(const struct vl2_weights *w);
+const struct vl2_st_tensor *vl2_weights_at(const struct vl2_weights *w, size_t i);
+/* Total mapped bytes. */
+size_t vl2_weights_mapped_size(const struct vl2_weights *w);
+
+/* Validate a header held in memory: buf = the whole file (8-byte length,
+ * JSON header, data).  Used by vl2_weights_open_file and the fuzz target. */
+int  vl2_safetensors_check(const void *buf, size_t size, struct vl2_err *err);
+
+/* Every tensor that the config implies is present with the right shape
+ * (names and shapes of spec 2); missing and unexpected tensors are listed. */
+int  vl2_model_validate(const struct vl2_model_config *c, const struct vl2_weights *w,
+                        struct vl2_err *err);
+
+#endif /* VL2_WEIGHTS_H */
