@@ -139,6 +139,9 @@ size_t vl2_weights_count(const struct vl2_weights *w);
 const struct vl2_st_tensor *vl2_weights_at(const struct vl2_weights *w, size_t i);
 /* Total mapped bytes. */
 size_t vl2_weights_mapped_size(const struct vl2_weights *w);
+/* Shards: their count and paths (as opened: DIR/NAME); NULL past the end. */
+size_t vl2_weights_file_count(const struct vl2_weights *w);
+const char *vl2_weights_file_path(const struct vl2_weights *w, size_t i);
 
 /* Validate a header held in memory: buf = the whole file (8-byte length,
  * JSON header, data).  Used by vl2_weights_open_file and the fuzz target. */
@@ -148,5 +151,82 @@ int  vl2_safetensors_check(const void *buf, size_t size, struct vl2_err *err);
  * (names and shapes of spec 2); missing and unexpected tensors are listed. */
 int  vl2_model_validate(const struct vl2_model_config *c, const struct vl2_weights *w,
                         struct vl2_err *err);
+
+/* -- expected layout (spec 2) and parameter counts ---------------------- */
+
+/* How a tensor is initialised by vl2-mkweights (golden tools/make_ckpt.py). */
+enum vl2_tensor_kind {
+    VL2_TK_LIN = 0,      /* linear / conv weight: std 1/sqrt(fan_in) */
+    VL2_TK_BIAS,         /* std 0.05 */
+    VL2_TK_NORMW,        /* norm weight: 1 + std 0.1 */
+    VL2_TK_POS,          /* pos_embed, attn_pool.latent: std 0.5 */
+    VL2_TK_SPECIAL,      /* image_newline, view_seperator: std 0.5 */
+    VL2_TK_EMBED,        /* embed_tokens: std 1 */
+    VL2_TK_GATE,         /* router: std 3/sqrt(fan_in) */
+    VL2_TK_EBIAS,        /* e_score_correction_bias: std 0.05 */
+    VL2_TK_HEAD,         /* lm_head: std 4/sqrt(fan_in), rows % 50 == 7 x4 */
+};
+
+/* Which part of the model a tensor belongs to (parameter counts). */
+enum vl2_tensor_part {
+    VL2_PART_VISION = 0,     /* vision.* used at inference */
+    VL2_PART_VISION_POOL,    /* vision.attn_pool.* (present, unused) */
+    VL2_PART_PROJECTOR,      /* projector.*, image_newline, view_seperator */
+    VL2_PART_EMBED,          /* language.model.embed_tokens */
+    VL2_PART_LM,             /* every other language tensor but routed experts */
+    VL2_PART_EXPERT,         /* language...mlp.experts.{e}.* (routed) */
+};
+
+#define VL2_TENSOR_NAME_MAX 96
+
+/* One tensor the config implies, in the official module order. */
+struct vl2_tensor_spec {
+    char    name[VL2_TENSOR_NAME_MAX];
+    int     ndim;
+    int64_t shape[4];
+    int     kind;        /* enum vl2_tensor_kind */
+    int     part;        /* enum vl2_tensor_part */
+};
+
+/* List every tensor the config implies (names and shapes of spec 2, in the
+ * order of the official module tree).  *ret_specs is malloc'd: free() it.
+ * Returns the count (>= 0) or a negative status. */
+int vl2_model_tensor_specs(const struct vl2_model_config *c, struct vl2_tensor_spec **ret_specs,
+                           size_t *ret_n, struct vl2_err *err);
+
+/* Parameter counts computed from the config alone (no files needed). */
+struct vl2_param_counts {
+    int64_t total;          /* every tensor of the checkpoint */
+    int64_t vision;         /* vision tower incl. attn_pool */
+    int64_t vision_pool;    /* attn_pool alone (unused at inference) */
+    int64_t projector;      /* projector + image_newline + view_seperator */
+    int64_t language;       /* language model incl. embed_tokens and lm_head */
+    int64_t active_lm;      /* per token, LM only: excl. embed_tokens, incl. lm_head,
+                               top_k of the routed experts in each MoE layer */
+    int64_t active;         /* active_lm + vision (excl. attn_pool) + projector */
+};
+
+int vl2_model_count_params(const struct vl2_model_config *c, struct vl2_param_counts *ret,
+                           struct vl2_err *err);
+
+/* Short name of a dtype as in safetensors headers ("BF16"), "?" if unknown. */
+const char *vl2_dtype_st_name(int dtype);
+
+/* -- tokenizer_config.json --------------------------------------------- */
+
+/* The fields of tokenizer_config.json the runtime uses; defaults where the
+ * file or a key is absent. */
+struct vl2_tokenizer_config {
+    int  present;              /* 1 if the file was found */
+    int  add_bos_token;        /* default 1 (the chat template adds BOS itself) */
+    int  add_eos_token;        /* default 0 */
+    char bos_token[64];        /* default "<｜begin▁of▁sentence｜>" */
+    char eos_token[64];        /* default "<｜end▁of▁sentence｜>" */
+    char pad_token[64];        /* default "<｜▁pad▁｜>" */
+    long model_max_length;     /* default 131072 */
+};
+
+int vl2_tokenizer_config_load(struct vl2_tokenizer_config *c, const char *dir,
+                              struct vl2_err *err);
 
 #endif /* VL2_WEIGHTS_H */

@@ -1,0 +1,55 @@
+/* weights-impl.h - internals shared by the files of weights/ and its tests
+ * and tools (vl2-mkweights, fuzz targets).  Not part of the public API. */
+#ifndef VL2_WEIGHTS_IMPL_H
+#define VL2_WEIGHTS_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "weights.h"
+
+/* Largest safetensors JSON header accepted (the safetensors library's own limit). */
+#define VL2_ST_MAX_HEADER (100u << 20)
+/* Largest model.safetensors.index.json accepted. */
+#define VL2_ST_MAX_INDEX (64u << 20)
+
+extern const int vl2__default_candidates[23][2];
+
+/* Read a whole regular file of at most @max bytes; *ret_buf is malloc'd and
+ * NUL-terminated.  VL2_ENOTFOUND when it does not exist. */
+int vl2__read_small_file(const char *path, size_t max, char **ret_buf, size_t *ret_len,
+                         struct vl2_err *err);
+
+void vl2__processor_config_defaults(struct vl2_processor_config *p);
+int  vl2__processor_config_parse(struct vl2_processor_config *c, const char *json, size_t len,
+                                 struct vl2_err *err);
+int  vl2__tokenizer_config_parse(struct vl2_tokenizer_config *c, const char *json, size_t len,
+                                 struct vl2_err *err);
+
+/* Parse the index text of model.safetensors.index.json without opening any
+ * shard: returns the number of distinct shards (>= 1) or a negative status.
+ * Used by the fuzz target. */
+int  vl2__st_index_check(const char *json, size_t len, struct vl2_err *err);
+
+/* Prepend "@ctx: " to err->msg (like vl2_err_prefix, without format-truncation
+ * warnings for long paths). */
+static inline void vl2__err_prefix(struct vl2_err *err, const char *ctx)
+{
+    char tmp[VL2_ERR_MSG_SIZE];
+    size_t n;
+
+    if (!err || !err->code)
+        return;
+    n = strlen(ctx);
+    if (n > VL2_ERR_MSG_SIZE / 2)
+        n = VL2_ERR_MSG_SIZE / 2;
+    memcpy(tmp, ctx, n);
+    tmp[n++] = ':';
+    tmp[n++] = ' ';
+    memcpy(tmp + n, err->msg, VL2_ERR_MSG_SIZE - n - 1);
+    tmp[VL2_ERR_MSG_SIZE - 1] = '\0';
+    memcpy(err->msg, tmp, sizeof(tmp));
+}
+
+#endif
