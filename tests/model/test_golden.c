@@ -1,0 +1,241 @@
+/* test_golden.c - golden parity of every stage for one micro preset:
+ * vision features, projector output, input embeddings, logits of the last
+ * prompt position and after the first generated token, the top-20 ids of
+ * every greedy step, and the 12 greedy ids.
+ *
+ * usage: test_golden --model CKPT_DIR --golden GOLDEN_PRESET_DIR
+ *                    --pixels PIXELS_DIR [--plugin-dir DIR] [--threads N]
+ *                    [--max-rows N] [--case NAME]...
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "testutil.h"
+
+#define TOL 1e-3
+#define TOPK 20
+
+struct opts {
+    const char *model, *golden, *pixels, *plugin_dir;
+    int threads, max_rows;
+    const char *cases[8];
+    int n_cases;
+};
+
+/* Top-k ids equal to the golden ones, except swaps of near-equal values. */
+static void check_topk(const char *cs, int step, const float *logits, size_t V,
+                       const struct vl2_npy *gi, const struct vl2_npy *gv)
+{
+    const int64_t *gid = (const int64_t *)gi->data + (size_t)step * TOPK;
+    const float *gval = (const float *)gv->data + (size_t)step * TOPK;
+    int32_t mine[TOPK];
+    float scale = fabsf(gval[0]);
+    int j, bad = 0;
+
+    tu_topk(logits, V, TOPK, mine);
+    for (j = 0; j < TOPK; j++) {
+        if (mine[j] == gid[j])
+            continue;
+        /* a swap with a neighbour whose golden value is within tolerance */
+        if ((j > 0 && fabsf(gval[j] - gval[j - 1]) <= 1e-3f * scale) ||
+            (j + 1 < TOPK && fabsf(gval[j] - gval[j + 1]) <= 1e-3f * scale))
+            continue;
+        bad++;
+    }
+    TU_CHECK(bad == 0, "%s step %d: %d of the top-%d ids differ from the golden ones", cs,
+             step, bad, TOPK);
+}
+
+static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
+{
+    const struct vl2_model_config *cfg = vl2_model_config(m);
+    const size_t D = (size_t)cfg->lm.d_model, V = (size_t)cfg->lm.n_vocab;
+    char *cdir = tu_path(o->golden, cs), *pdir = tu_path(o->pixels, cs);
+    struct vl2_image_embed *img[16] = { 0 };
+    struct vl2_npy px = { 0 }, g = { 0 }, gl = { 0 }, gi = { 0 }, gv = { 0 };
+    struct vl2_seq_params sp = vl2_seq_default_params();
+    struct vl2_seq *seq = NULL;
+    struct vl2_err err = { 0 };
+    struct tu_case c;
+    float *embeds = NULL;
+    int i, t0 = 0, r;
+    size_t step;
+
+    printf("case %s\n", cs);
+    tu_case_load(&c, cdir);
+    TU_CHECK(c.n_images == 0 || c.image_token_id == 128815, "%s: image token id %d", cs,
+             (int)c.image_token_id);
+
+    /* vision tower and projector, image by image */
+    if (c.n_images > 0) {
+        size_t tile_bytes, off_f = 0, off_p = 0;
+        struct vl2_npy gf = { 0 }, gp = { 0 };
+        tu_npy_load(&px, pdir, "pixel_values_u8.npy");
+        tu_npy_load(&gf, cdir, "vision_features.npy");
+        tu_npy_load(&gp, cdir, "projector_out.npy");
+        tile_bytes = (size_t)(px.shape[1] * px.shape[2] * px.shape[3]);
+        for (i = 0; i < c.n_images; i++) {
+            struct vl2_image_trace tr;
+            int32_t tw = c.crop[i][0], th = c.crop[i][1], nt = 1 + tw * th;
+            size_t nf, np;
+            struct vl2_npy sub;
+            r = vl2_model_encode_image(m, (const uint8_t *)px.data + (size_t)t0 * tile_bytes,
+                                       nt, tw, th, &img[i], &tr, &err);
+            TU_CHECK(r == 0, "%s: encode image %d: %s", cs, i, err.msg);
+            if (r < 0)
+                goto out;
+            nf = (size_t)nt * (size_t)tr.n_patches * (size_t)cfg->vision.d_model;
+            np = (size_t)nt * (size_t)tr.n_proj * D;
+            /* compare this image's slice of the golden arrays */
+            sub = gf;
+            sub.count = nf;
+            sub.data = (float *)gf.data + off_f;
+            tu_compare("vision_features", tr.vision_features, &sub, nf, TOL);
+            sub = gp;
+            sub.count = np;
+            sub.data = (float *)gp.data + off_p;
+            tu_compare("projector_out", tr.projector_out, &sub, np, TOL);
+            off_f += nf;
+            off_p += np;
+            t0 += nt;
+            vl2_image_trace_done(&tr);
+        }
+        TU_CHECK(off_f == gf.count && off_p == gp.count && t0 == px.shape[0],
+                 "%s: tiles do not cover the golden arrays", cs);
+        vl2_npy_done(&gf);
+        vl2_npy_done(&gp);
+    }
+
+    /* prefill with the input embeddings traced */
+    sp.capacity = (int32_t)(c.n_ids + c.n_gen + 1);
+    r = vl2_seq_new(m, &sp, &seq, &err);
+    TU_CHECK(r == 0, "%s: seq: %s", cs, err.msg);
+    if (r < 0)
+        goto out;
+    embeds = malloc(c.n_ids * D * sizeof(*embeds));
+    {
+        struct vl2_step_item it = {
+            .seq = seq, .ids = c.ids, .n_ids = (int32_t)c.n_ids,
+            .images = (const struct vl2_image_embed *const *)img, .n_images = c.n_images,
+            .want_logits = 1, .ret_embeds = embeds,
+        };
+        r = vl2_model_step(m, &it, 1, &err);
+        TU_CHECK(r == 0, "%s: prefill: %s", cs, err.msg);
+        if (r < 0)
+            goto out;
+    }
+    tu_npy_load(&g, cdir, "inputs_embeds.npy");
+    tu_compare("inputs_embeds", embeds, &g, c.n_ids * D, TOL);
+    tu_npy_load(&gl, cdir, "logits.npy");
+    tu_npy_load(&gi, cdir, "logits_topk_ids.npy");
+    tu_npy_load(&gv, cdir, "logits_topk_values.npy");
+    TU_CHECK(gl.count == 2 * V && gi.dtype == VL2_NPY_I64 && gi.shape[1] == TOPK &&
+             (size_t)gi.shape[0] == c.n_gen, "%s: golden logits shapes", cs);
+    {
+        struct vl2_npy row = gl;
+        row.count = V;
+        tu_compare("logits[0]", vl2_seq_logits(seq), &row, V, TOL);
+    }
+
+    /* greedy generation */
+    for (step = 0; step < c.n_gen; step++) {
+        int32_t id;
+        check_topk(cs, (int)step, vl2_seq_logits(seq), V, &gi, &gv);
+        id = vl2_seq_sample(seq);
+        TU_CHECK(id == c.gen[step], "%s step %zu: generated %d, golden %d", cs, step, (int)id,
+                 (int)c.gen[step]);
+        if (step + 1 == c.n_gen)
+            break;
+        id = c.gen[step];  /* follow the golden path */
+        r = vl2_model_decode(m, &seq, &id, 1, &err);
+        TU_CHECK(r == 0, "%s: decode: %s", cs, err.msg);
+        if (r < 0)
+            goto out;
+        if (step == 0) {
+            struct vl2_npy row = gl;
+            row.count = V;
+            row.data = (float *)gl.data + V;
+            tu_compare("logits[1]", vl2_seq_logits(seq), &row, V, TOL);
+        }
+    }
+    printf("  generated %zu ids checked\n", c.n_gen);
+
+out:
+    vl2_seq_free(seq);
+    for (i = 0; i < 16; i++)
+        vl2_image_embed_free(m, img[i]);
+    free(embeds);
+    vl2_npy_done(&px);
+    vl2_npy_done(&g);
+    vl2_npy_done(&gl);
+    vl2_npy_done(&gi);
+    vl2_npy_done(&gv);
+    tu_case_done(&c);
+    free(cdir);
+    free(pdir);
+}
+
+int main(int argc, char **argv)
+{
+    static const char *all[] = { "a384", "wide", "tall", "textonly" };
+    struct opts o = { .threads = 0, .max_rows = 0 };
+    struct vl2_model_params mp = vl2_model_default_params();
+    struct vl2_model *m = NULL;
+    struct vl2_err err = { 0 };
+    int i;
+
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            fprintf(stderr, "%s: missing value\n", a);
+            return 2;
+        }
+        if (!strcmp(a, "--model"))
+            o.model = v;
+        else if (!strcmp(a, "--golden"))
+            o.golden = v;
+        else if (!strcmp(a, "--pixels"))
+            o.pixels = v;
+        else if (!strcmp(a, "--plugin-dir"))
+            o.plugin_dir = v;
+        else if (!strcmp(a, "--threads"))
+            o.threads = atoi(v);
+        else if (!strcmp(a, "--max-rows"))
+            o.max_rows = atoi(v);
+        else if (!strcmp(a, "--case") && o.n_cases < 8)
+            o.cases[o.n_cases++] = v;
+        else {
+            fprintf(stderr, "unknown option %s\n", a);
+            return 2;
+        }
+        i++;
+    }
+    if (!o.model || !o.golden || !o.pixels) {
+        fprintf(stderr, "usage: test_golden --model DIR --golden DIR --pixels DIR\n");
+        return 2;
+    }
+    mp.plugin_dir = o.plugin_dir;
+    mp.n_threads = o.threads;
+    mp.image_token_id = 128815;
+    if (o.max_rows > 0)
+        mp.max_rows = o.max_rows;
+    if (vl2_model_load(&m, o.model, &mp, &err) < 0) {
+        fprintf(stderr, "FAIL load %s: %s\n", o.model, err.msg);
+        return 1;
+    }
+    if (!o.n_cases)
+        for (i = 0; i < 4; i++)
+            o.cases[o.n_cases++] = all[i];
+    for (i = 0; i < o.n_cases; i++)
+        run_case(m, &o, o.cases[i]);
+    vl2_model_free(m);
+    if (tu_failures) {
+        printf("%d failures\n", tu_failures);
+        return 1;
+    }
+    printf("all stages within tolerance\n");
+    return 0;
+}
