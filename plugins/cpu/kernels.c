@@ -1,0 +1,465 @@
+/* kernels.c - per-instruction-set inner loops of the CPU backend.
+ *
+ * Three builds of the same kernels: portable C, AVX2+FMA+F16C and AVX-512F,
+ * selected at run time (cpu_kernels_get).  Each output element of
+ * gemm_small is one F32 dot product computed in a fixed order: one vector
+ * accumulator over k in steps of the vector width, a masked or scalar tail,
+ * then a horizontal sum.  So a result does not depend on which tile or thread
+ * computed it.
+ */
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#else
+#define HAVE_X86 0
+#endif
+
+#include "cpu-impl.h"
+
+/* ---- portable C ---------------------------------------------------------- */
+
+static void to_f32_scalar(float *dst, const void *src, int dtype, int64_t n)
+{
+    int64_t i;
+    const uint8_t *s = src;
+
+    switch (dtype) {
+    case VL2_DTYPE_F32:
+        memcpy(dst, src, (size_t)n * 4);
+        break;
+    case VL2_DTYPE_BF16:
+        for (i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = bf16_to_f32(h);
+        }
+        break;
+    case VL2_DTYPE_F16:
+        for (i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = f16_to_f32(h);
+        }
+        break;
+    }
+}
+
+static float dot_scalar(const float *a, const float *b, int64_t n)
+{
+    float s = 0.0f;
+    int64_t i;
+    for (i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float *y, float a, const float *x, int64_t n)
+{
+    int64_t i;
+    for (i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static float dot_w_scalar(const float *x, const void *w, int wdtype, int64_t k)
+{
+    const uint8_t *p = w;
+    float s = 0.0f;
+    int64_t i;
+
+    switch (wdtype) {
+    case VL2_DTYPE_F32:
+        for (i = 0; i < k; i++) {
+            float f;
+            memcpy(&f, p + 4 * i, 4);
+            s += x[i] * f;
+        }
+        break;
+    case VL2_DTYPE_BF16:
+        for (i = 0; i < k; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            s += x[i] * bf16_to_f32(h);
+        }
+        break;
+    case VL2_DTYPE_F16:
+        for (i = 0; i < k; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            s += x[i] * f16_to_f32(h);
+        }
+        break;
+    }
+    return s;
+}
+
+static void gemm_small_scalar(const float *x, int64_t ldx, int64_t m, const void *w, int64_t ldw,
+                              int wdtype, int64_t n, int64_t k, float *y, int64_t ldy)
+{
+    size_t es = vl2_dtype_size(wdtype);
+    int64_t i, j;
+
+    for (j = 0; j < n; j++) {
+        const uint8_t *wj = (const uint8_t *)w + (size_t)(j * ldw) * es;
+        for (i = 0; i < m; i++)
+            y[i * ldy + j] = dot_w_scalar(x + i * ldx, wj, wdtype, k);
+    }
+}
+
+static const struct cpu_kernels kernels_scalar = {
+    .isa = CPU_ISA_SCALAR,
+    .gemm_small = gemm_small_scalar,
+    .to_f32 = to_f32_scalar,
+    .dot = dot_scalar,
+    .axpy = axpy_scalar,
+};
+
+#if HAVE_X86
+
+/* ---- AVX2 + FMA + F16C ---------------------------------------------------- */
+
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+T_AVX2 static inline __m256 load8_avx2(const uint8_t *p, int dtype)
+{
+    switch (dtype) {
+    case VL2_DTYPE_BF16: {
+        __m128i h = _mm_loadu_si128((const __m128i *)p);
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case VL2_DTYPE_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    default:
+        return _mm256_loadu_ps((const float *)p);
+    }
+}
+
+T_AVX2 static inline float hsum_avx2(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+/* One tile of JB weight rows x IB activation rows; every element gets its own
+ * accumulator, the same sequence of operations as the 1 x 1 tile. */
+#define AVX2_TILE(JB, IB)                                                                  \
+    T_AVX2 static void tile_avx2_##JB##x##IB(const float *x, int64_t ldx, const uint8_t *w, \
+                                             size_t wrow, int dt, int64_t k, float *y,     \
+                                             int64_t ldy)                                  \
+    {                                                                                      \
+        __m256 acc[JB][IB];                                                                \
+        int64_t kk;                                                                        \
+        int a, b;                                                                          \
+        size_t es = vl2_dtype_size(dt);                                                    \
+        for (a = 0; a < JB; a++)                                                           \
+            for (b = 0; b < IB; b++)                                                       \
+                acc[a][b] = _mm256_setzero_ps();                                           \
+        for (kk = 0; kk + 8 <= k; kk += 8) {                                               \
+            __m256 xv[IB];                                                                 \
+            for (b = 0; b < IB; b++)                                                       \
+                xv[b] = _mm256_loadu_ps(x + b * ldx + kk);                                 \
+            for (a = 0; a < JB; a++) {                                                     \
+                __m256 wv = load8_avx2(w + a * wrow + (size_t)kk * es, dt);                \
+                for (b = 0; b < IB; b++)                                                   \
+                    acc[a][b] = _mm256_fmadd_ps(wv, xv[b], acc[a][b]);                     \
+            }                                                                              \
+        }                                                                                  \
+        for (a = 0; a < JB; a++)                                                           \
+            for (b = 0; b < IB; b++) {                                                     \
+                float s = hsum_avx2(acc[a][b]);                                            \
+                if (kk < k)                                                                \
+                    s += dot_w_scalar(x + b * ldx + kk, w + a * wrow + (size_t)kk * es, dt, \
+                                      k - kk);                                             \
+                y[b * ldy + a] = s;                                                        \
+            }                                                                              \
+    }
+
+AVX2_TILE(4, 2)
+AVX2_TILE(4, 1)
+AVX2_TILE(1, 2)
+AVX2_TILE(1, 1)
+
+T_AVX2 static void gemm_small_avx2(const float *x, int64_t ldx, int64_t m, const void *w,
+                                   int64_t ldw, int wdtype, int64_t n, int64_t k, float *y,
+                                   int64_t ldy)
+{
+    size_t wrow = (size_t)ldw * vl2_dtype_size(wdtype);
+    const uint8_t *wb = w;
+    int64_t i, j;
+
+    for (j = 0; j + 4 <= n; j += 4) {
+        for (i = 0; i + 2 <= m; i += 2)
+            tile_avx2_4x2(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+        if (i < m)
+            tile_avx2_4x1(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+    }
+    for (; j < n; j++) {
+        for (i = 0; i + 2 <= m; i += 2)
+            tile_avx2_1x2(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+        if (i < m)
+            tile_avx2_1x1(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+    }
+}
+
+T_AVX2 static void to_f32_avx2(float *dst, const void *src, int dtype, int64_t n)
+{
+    const uint8_t *s = src;
+    size_t es = vl2_dtype_size(dtype);
+    int64_t i = 0;
+
+    if (dtype != VL2_DTYPE_F32)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, load8_avx2(s + (size_t)i * es, dtype));
+    if (i < n)
+        to_f32_scalar(dst + i, s + (size_t)i * es, dtype, n - i);
+}
+
+T_AVX2 static float dot_avx2(const float *a, const float *b, int64_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i;
+    float s;
+
+    for (i = 0; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    s = hsum_avx2(acc);
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+T_AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int64_t i;
+
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i),
+                                                _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static const struct cpu_kernels kernels_avx2 = {
+    .isa = CPU_ISA_AVX2,
+    .gemm_small = gemm_small_avx2,
+    .to_f32 = to_f32_avx2,
+    .dot = dot_avx2,
+    .axpy = axpy_avx2,
+};
+
+/* ---- AVX-512F --------------------------------------------------------------- */
+
+#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+T_512 static inline __m512 load16_512(const uint8_t *p, int dtype)
+{
+    switch (dtype) {
+    case VL2_DTYPE_BF16: {
+        __m256i h = _mm256_loadu_si256((const __m256i *)p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    case VL2_DTYPE_F16:
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    default:
+        return _mm512_loadu_ps((const float *)p);
+    }
+}
+
+T_512 static inline __m512 load16_512_mask(const uint8_t *p, int dtype, __mmask16 mk)
+{
+    switch (dtype) {
+    case VL2_DTYPE_BF16: {
+        __m256i h = _mm256_maskz_loadu_epi16(mk, p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    case VL2_DTYPE_F16:
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
+    default:
+        return _mm512_maskz_loadu_ps(mk, p);
+    }
+}
+
+#define A512_TILE(JB, IB)                                                                  \
+    T_512 static void tile_512_##JB##x##IB(const float *x, int64_t ldx, const uint8_t *w,  \
+                                           size_t wrow, int dt, int64_t k, float *y,       \
+                                           int64_t ldy)                                    \
+    {                                                                                      \
+        __m512 acc[JB][IB];                                                                \
+        int64_t kk;                                                                        \
+        int a, b;                                                                          \
+        size_t es = vl2_dtype_size(dt);                                                    \
+        for (a = 0; a < JB; a++)                                                           \
+            for (b = 0; b < IB; b++)                                                       \
+                acc[a][b] = _mm512_setzero_ps();                                           \
+        for (kk = 0; kk + 16 <= k; kk += 16) {                                             \
+            __m512 xv[IB];                                                                 \
+            for (b = 0; b < IB; b++)                                                       \
+                xv[b] = _mm512_loadu_ps(x + b * ldx + kk);                                 \
+            for (a = 0; a < JB; a++) {                                                     \
+                __m512 wv = load16_512(w + a * wrow + (size_t)kk * es, dt);                \
+                for (b = 0; b < IB; b++)                                                   \
+                    acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);                     \
+            }                                                                              \
+        }                                                                                  \
+        if (kk < k) {                                                                      \
+            __mmask16 mk = (__mmask16)((1u << (k - kk)) - 1u);                             \
+            __m512 xv[IB];                                                                 \
+            for (b = 0; b < IB; b++)                                                       \
+                xv[b] = _mm512_maskz_loadu_ps(mk, x + b * ldx + kk);                       \
+            for (a = 0; a < JB; a++) {                                                     \
+                __m512 wv = load16_512_mask(w + a * wrow + (size_t)kk * es, dt, mk);       \
+                for (b = 0; b < IB; b++)                                                   \
+                    acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);                     \
+            }                                                                              \
+        }                                                                                  \
+        for (a = 0; a < JB; a++)                                                           \
+            for (b = 0; b < IB; b++)                                                       \
+                y[b * ldy + a] = _mm512_reduce_add_ps(acc[a][b]);                          \
+    }
+
+A512_TILE(4, 4)
+A512_TILE(4, 2)
+A512_TILE(4, 1)
+A512_TILE(1, 4)
+A512_TILE(1, 2)
+A512_TILE(1, 1)
+
+T_512 static void gemm_small_512(const float *x, int64_t ldx, int64_t m, const void *w,
+                                 int64_t ldw, int wdtype, int64_t n, int64_t k, float *y,
+                                 int64_t ldy)
+{
+    size_t wrow = (size_t)ldw * vl2_dtype_size(wdtype);
+    const uint8_t *wb = w;
+    int64_t i, j;
+
+    for (j = 0; j + 4 <= n; j += 4) {
+        for (i = 0; i + 4 <= m; i += 4)
+            tile_512_4x4(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+        for (; i + 2 <= m; i += 2)
+            tile_512_4x2(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+        if (i < m)
+            tile_512_4x1(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+    }
+    for (; j < n; j++) {
+        for (i = 0; i + 4 <= m; i += 4)
+            tile_512_1x4(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+        for (; i + 2 <= m; i += 2)
+            tile_512_1x2(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+        if (i < m)
+            tile_512_1x1(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+    }
+}
+
+T_512 static void to_f32_512(float *dst, const void *src, int dtype, int64_t n)
+{
+    const uint8_t *s = src;
+    size_t es = vl2_dtype_size(dtype);
+    int64_t i = 0;
+
+    if (dtype != VL2_DTYPE_F32) {
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i, load16_512(s + (size_t)i * es, dtype));
+        if (i < n) {
+            __mmask16 mk = (__mmask16)((1u << (n - i)) - 1u);
+            _mm512_mask_storeu_ps(dst + i, mk, load16_512_mask(s + (size_t)i * es, dtype, mk));
+        }
+        return;
+    }
+    memcpy(dst, src, (size_t)n * 4);
+}
+
+T_512 static float dot_512(const float *a, const float *b, int64_t n)
+{
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i;
+
+    for (i = 0; i + 16 <= n; i += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    if (i < n) {
+        __mmask16 mk = (__mmask16)((1u << (n - i)) - 1u);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), _mm512_maskz_loadu_ps(mk, b + i),
+                              acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+T_512 static void axpy_512(float *y, float a, const float *x, int64_t n)
+{
+    __m512 av = _mm512_set1_ps(a);
+    int64_t i;
+
+    for (i = 0; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i),
+                                                _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 mk = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, mk,
+                              _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, x + i),
+                                              _mm512_maskz_loadu_ps(mk, y + i)));
+    }
+}
+
+static const struct cpu_kernels kernels_512 = {
+    .isa = CPU_ISA_AVX512,
+    .gemm_small = gemm_small_512,
+    .to_f32 = to_f32_512,
+    .dot = dot_512,
+    .axpy = axpy_512,
+};
+
+#endif /* HAVE_X86 */
+
+/* ---- selection --------------------------------------------------------------- */
+
+unsigned cpu_isa_supported(void)
+{
+    unsigned m = 1u << CPU_ISA_SCALAR;
+#if HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        m |= 1u << CPU_ISA_AVX2;
+    if ((m & (1u << CPU_ISA_AVX2)) && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        m |= 1u << CPU_ISA_AVX512;
+#endif
+    return m;
+}
+
+int cpu_isa_detect(void)
+{
+    unsigned m = cpu_isa_supported();
+    if (m & (1u << CPU_ISA_AVX512))
+        return CPU_ISA_AVX512;
+    if (m & (1u << CPU_ISA_AVX2))
+        return CPU_ISA_AVX2;
+    return CPU_ISA_SCALAR;
+}
+
+bool cpu_has_avx512bf16(void)
+{
+#if HAVE_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
+const struct cpu_kernels *cpu_kernels_get(int isa)
+{
+#if HAVE_X86
+    if (isa == CPU_ISA_AVX512)
+        return &kernels_512;
+    if (isa == CPU_ISA_AVX2)
+        return &kernels_avx2;
+#endif
+    (void)isa;
+    return &kernels_scalar;
+}
