@@ -1,0 +1,237 @@
+/* test_sampler.c - sampler semantics (spec 10.2) on small hand-computed
+ * examples, seeded reproducibility, sampling frequencies, stop strings. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sampler.h"
+#include "testutil.h"
+
+static struct vl2_sampler mk(int32_t V, float temp, int32_t top_k, float top_p, float pen,
+                             uint64_t seed)
+{
+    struct vl2_sampler_params p = vl2_sampler_default_params();
+    struct vl2_sampler s;
+    struct vl2_err err = { 0 };
+
+    p.temperature = temp;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.repetition_penalty = pen;
+    p.seed = seed;
+    if (vl2_sampler_init(&s, &p, V, &err) < 0) {
+        fprintf(stderr, "init: %s\n", err.msg);
+        exit(1);
+    }
+    return s;
+}
+
+/* Which entries survive processing (finite) as a bit mask. */
+static unsigned kept(struct vl2_sampler *s, const float *z0, int V)
+{
+    float z[16];
+    unsigned mask = 0;
+    int i;
+
+    memcpy(z, z0, (size_t)V * sizeof(*z));
+    vl2_sampler_process(s, z);
+    for (i = 0; i < V; i++)
+        if (z[i] > -INFINITY)
+            mask |= 1u << i;
+    return mask;
+}
+
+static void test_penalty(void)
+{
+    /* z < 0 is multiplied, z > 0 divided; only seen ids; each once */
+    const float z0[4] = { 2.0f, 1.9f, -1.0f, 0.5f };
+    struct vl2_sampler s = mk(4, 0.0f, 0, 1.0f, 1.25f, 0);
+    float z[4];
+
+    TU_CHECK(vl2_sampler_sample(&s, z0) == 0, "greedy without seen ids picks 0");
+    vl2_sampler_accept(&s, 0);
+    vl2_sampler_accept(&s, 0);
+    vl2_sampler_accept(&s, 2);
+    vl2_sampler_accept(&s, 99);  /* outside the vocabulary: ignored */
+    memcpy(z, z0, sizeof(z));
+    vl2_sampler_process(&s, z);
+    TU_CHECK(fabsf(z[0] - 1.6f) < 1e-6f, "penalty divides a positive logit: %g", z[0]);
+    TU_CHECK(z[1] == 1.9f && z[3] == 0.5f, "unseen ids unchanged");
+    TU_CHECK(fabsf(z[2] + 1.25f) < 1e-6f, "penalty multiplies a negative logit: %g", z[2]);
+    /* greedy is argmax after the penalty: 1.9 > 1.6 */
+    TU_CHECK(vl2_sampler_sample(&s, z0) == 1, "greedy after penalty picks 1");
+    vl2_sampler_reset(&s);
+    TU_CHECK(vl2_sampler_sample(&s, z0) == 0, "reset forgets seen ids");
+    vl2_sampler_done(&s);
+}
+
+static void test_temperature_topk(void)
+{
+    const float z0[5] = { 1.0f, 3.0f, 2.0f, 2.0f, -5.0f };
+    struct vl2_sampler s;
+    float z[5];
+
+    s = mk(5, 2.0f, 0, 1.0f, 1.0f, 0);
+    memcpy(z, z0, sizeof(z));
+    vl2_sampler_process(&s, z);
+    TU_CHECK(z[0] == 0.5f && z[1] == 1.5f && z[4] == -2.5f, "temperature divides");
+    vl2_sampler_done(&s);
+
+    /* top-k keeps values >= the k-th largest: ties at the threshold kept */
+    s = mk(5, 1.0f, 1, 1.0f, 1.0f, 0);
+    TU_CHECK(kept(&s, z0, 5) == 0x02, "top-1 keeps {1}: %#x", kept(&s, z0, 5));
+    vl2_sampler_done(&s);
+    s = mk(5, 1.0f, 2, 1.0f, 1.0f, 0);
+    TU_CHECK(kept(&s, z0, 5) == 0x0e, "top-2 keeps {1,2,3} (tie at 2.0): %#x",
+             kept(&s, z0, 5));
+    vl2_sampler_done(&s);
+    s = mk(5, 1.0f, 4, 1.0f, 1.0f, 0);
+    TU_CHECK(kept(&s, z0, 5) == 0x0f, "top-4 keeps {0,1,2,3}: %#x", kept(&s, z0, 5));
+    vl2_sampler_done(&s);
+    s = mk(5, 1.0f, 50, 1.0f, 1.0f, 0);
+    TU_CHECK(kept(&s, z0, 5) == 0x1f, "top-50 of 5 keeps all");
+    vl2_sampler_done(&s);
+}
+
+static void test_topp(void)
+{
+    /* probabilities 0.5 0.3 0.15 0.05: ascending cumulative 0.05 0.2 0.5 1 */
+    float z0[4];
+    struct vl2_sampler s;
+
+    z0[0] = logf(0.5f);
+    z0[1] = logf(0.3f);
+    z0[2] = logf(0.15f);
+    z0[3] = logf(0.05f);
+    s = mk(4, 1.0f, 0, 0.9f, 1.0f, 0);      /* drop cum <= 0.1 */
+    TU_CHECK(kept(&s, z0, 4) == 0x7, "top-p 0.9 keeps {0,1,2}: %#x", kept(&s, z0, 4));
+    vl2_sampler_done(&s);
+    s = mk(4, 1.0f, 0, 0.75f, 1.0f, 0);     /* drop cum <= 0.25 */
+    TU_CHECK(kept(&s, z0, 4) == 0x3, "top-p 0.75 keeps {0,1}: %#x", kept(&s, z0, 4));
+    vl2_sampler_done(&s);
+    s = mk(4, 1.0f, 0, 0.01f, 1.0f, 0);     /* always keeps the largest */
+    TU_CHECK(kept(&s, z0, 4) == 0x1, "top-p 0.01 keeps {0}: %#x", kept(&s, z0, 4));
+    vl2_sampler_done(&s);
+
+    /* top-p acts on the distribution left by top-k (renormalised):
+     * 0.4 0.3 0.2 0.1 with k = 3 -> 0.444 0.333 0.222; top_p 0.75 drops
+     * cum <= 0.25, i.e. id 2 (0.222); over all four it would keep id 2. */
+    z0[0] = logf(0.4f);
+    z0[1] = logf(0.3f);
+    z0[2] = logf(0.2f);
+    z0[3] = logf(0.1f);
+    s = mk(4, 1.0f, 3, 0.75f, 1.0f, 0);
+    TU_CHECK(kept(&s, z0, 4) == 0x3, "top-k 3 then top-p 0.75 keeps {0,1}: %#x",
+             kept(&s, z0, 4));
+    vl2_sampler_done(&s);
+    s = mk(4, 1.0f, 0, 0.75f, 1.0f, 0);
+    TU_CHECK(kept(&s, z0, 4) == 0x7, "top-p 0.75 alone keeps {0,1,2}: %#x", kept(&s, z0, 4));
+    vl2_sampler_done(&s);
+
+    /* temperature applies before top-p: T = 0.5 squares the probabilities
+     * (0.16 0.09 0.04 0.01)/0.3 = 0.533 0.3 0.133 0.033; top_p 0.8 drops
+     * cum <= 0.2: ids 3 and 2 (0.033, 0.167). */
+    s = mk(4, 0.5f, 0, 0.8f, 1.0f, 0);
+    TU_CHECK(kept(&s, z0, 4) == 0x3, "T 0.5 then top-p 0.8 keeps {0,1}: %#x", kept(&s, z0, 4));
+    vl2_sampler_done(&s);
+    /* the penalty applies before everything: id 0 penalised by 4 ->
+     * logit log(0.4)*4 = -3.67 < log(0.1) -> greedy picks 1 */
+    s = mk(4, 0.0f, 0, 1.0f, 4.0f, 0);
+    vl2_sampler_accept(&s, 0);
+    TU_CHECK(vl2_sampler_sample(&s, z0) == 1, "penalised greedy picks 1");
+    vl2_sampler_done(&s);
+}
+
+static void test_draws(void)
+{
+    const float z0[3] = { logf(0.5f), logf(0.3f), logf(0.2f) };
+    struct vl2_sampler a = mk(3, 1.0f, 0, 1.0f, 1.0f, 42), b = mk(3, 1.0f, 0, 1.0f, 1.0f, 42);
+    struct vl2_sampler c = mk(3, 1.0f, 0, 1.0f, 1.0f, 43);
+    int count[3] = { 0 }, i, same_ab = 1, same_ac = 1;
+    const int N = 20000;
+
+    for (i = 0; i < N; i++) {
+        int32_t x = vl2_sampler_sample(&a, z0), y = vl2_sampler_sample(&b, z0);
+        int32_t z = vl2_sampler_sample(&c, z0);
+        TU_CHECK(x >= 0 && x < 3, "id in range");
+        if (x < 0 || x > 2)
+            break;
+        count[x]++;
+        same_ab &= x == y;
+        same_ac &= x == z;
+    }
+    TU_CHECK(same_ab, "the same seed gives the same draws");
+    TU_CHECK(!same_ac, "another seed gives other draws");
+    for (i = 0; i < 3; i++) {
+        double f = (double)count[i] / N, want = exp((double)z0[i]);
+        TU_CHECK(fabs(f - want) < 0.015, "id %d drawn with frequency %.3f, expected %.3f", i, f,
+                 want);
+    }
+    vl2_sampler_done(&a);
+    vl2_sampler_done(&b);
+    vl2_sampler_done(&c);
+
+    /* top-k 1 sampling is deterministic */
+    a = mk(3, 0.7f, 1, 1.0f, 1.0f, 7);
+    for (i = 0; i < 100; i++)
+        TU_CHECK(vl2_sampler_sample(&a, z0) == 0, "top-1 sampling picks the arg-max");
+    vl2_sampler_done(&a);
+}
+
+static void test_params(void)
+{
+    struct vl2_sampler_params p = vl2_sampler_default_params();
+    struct vl2_err err = { 0 };
+
+    TU_CHECK(vl2_sampler_check_params(&p, &err) == 0, "defaults are valid");
+    p.temperature = -1.0f;
+    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "temperature"),
+             "negative temperature refused: %s", err.msg);
+    p = vl2_sampler_default_params();
+    p.top_p = 0.0f;
+    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "top_p"),
+             "top_p 0 refused");
+    p.top_p = 1.5f;
+    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "top_p 1.5 refused");
+    p = vl2_sampler_default_params();
+    p.top_k = -3;
+    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "top_k -3 refused");
+    p = vl2_sampler_default_params();
+    p.repetition_penalty = 0.0f;
+    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "penalty"),
+             "penalty 0 refused");
+    p.repetition_penalty = NAN;
+    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "penalty NaN refused");
+}
+
+static void test_stops(void)
+{
+    const char *stops[] = { "User:", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "" };
+    const char *t = "Hello there. User: more";
+
+    TU_CHECK(vl2_stop_find(t, strlen(t), stops, 3) == 13, "stop at 13: %ld",
+             vl2_stop_find(t, strlen(t), stops, 3));
+    TU_CHECK(vl2_stop_find("no stop", 7, stops, 3) == -1, "no stop");
+    TU_CHECK(vl2_stop_find("Use", 3, stops, 3) == -1, "prefix is not a stop");
+    TU_CHECK(vl2_stop_holdback("abc Us", 6, stops, 3) == 2, "hold back 'Us'");
+    TU_CHECK(vl2_stop_holdback("abc User", 8, stops, 3) == 4, "hold back 'User'");
+    TU_CHECK(vl2_stop_holdback("abc", 3, stops, 3) == 0, "nothing to hold back");
+    TU_CHECK(vl2_stop_holdback("x<\xef\xbd", 4, stops, 3) == 3, "hold back a partial EOS");
+}
+
+int main(void)
+{
+    test_penalty();
+    test_temperature_topk();
+    test_topp();
+    test_draws();
+    test_params();
+    test_stops();
+    if (tu_failures) {
+        printf("%d failures\n", tu_failures);
+        return 1;
+    }
+    printf("sampler: all checks passed\n");
+    return 0;
+}
