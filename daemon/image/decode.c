@@ -110,10 +110,10 @@ int vl2_image_sniff(const void *data, size_t size, char *what, size_t what_size)
         snprintf(what, what_size, "empty input");
     } else {
         char hex[3 * 8 + 1] = "";
-        size_t n = size < 8 ? size : 8;
+        size_t n = size < 8 ? size : 8, len = 0;
 
         for (i = 0; i < n; i++)
-            snprintf(hex + 3 * i, sizeof(hex) - 3 * i, "%s%02x", i ? " " : "", p[i]);
+            len += (size_t)snprintf(hex + len, sizeof(hex) - len, "%s%02x", i ? " " : "", p[i]);
         snprintf(what, what_size, "unknown (first bytes %s)", hex);
     }
     return VL2_IMAGE_UNKNOWN;
@@ -337,6 +337,28 @@ static void cmyk_to_rgb(uint8_t *p, size_t n_pixels)
     }
 }
 
+/* TurboJPEG fails a decode after any libjpeg warning, and its error code
+ * says "warning" even when a fatal error followed one; the message is that
+ * of the last event.  Warnings that leave the image complete (as Pillow
+ * accepts them) are let through; truncation and corrupt entropy data, whose
+ * missing pixels libjpeg would invent, are errors. */
+static int jpeg_benign_warning(const char *msg)
+{
+    static const char *const benign[] = {
+        "extraneous bytes before marker",              /* JWRN_EXTRANEOUS_DATA */
+        "Unknown Adobe color transform",               /* JWRN_ADOBE_XFORM */
+        "unknown JFIF revision",                       /* JWRN_JFIF_MAJOR */
+        "Invalid SOS parameters for sequential JPEG",  /* JWRN_NOT_SEQUENTIAL */
+        "Inconsistent progression sequence",           /* JWRN_BOGUS_PROGRESSION */
+        "bad ICC marker",                              /* JWRN_BOGUS_ICC */
+    };
+
+    for (size_t i = 0; i < sizeof(benign) / sizeof(benign[0]); i++)
+        if (strstr(msg, benign[i]))
+            return 1;
+    return 0;
+}
+
 int vl2__image_decode_jpeg(struct vl2_image *img, const uint8_t *data, size_t size,
                            const struct vl2_image_limits *lim, struct vl2_err *err)
 {
@@ -385,9 +407,7 @@ int vl2__image_decode_jpeg(struct vl2_image *img, const uint8_t *data, size_t si
     if (tjDecompress2(tj, data, (unsigned long)size, buf, (int)w, 0, (int)h, pf, flags) < 0) {
         const char *msg = tjGetErrorStr2(tj);
 
-        /* Warnings (recoverable corruption) are accepted as Pillow does,
-         * except running out of data, which Pillow reports as truncation. */
-        if (tjGetErrorCode(tj) != TJERR_WARNING || strstr(msg, "Premature end")) {
+        if (!jpeg_benign_warning(msg)) {
             r = vl2_err_set(err, VL2_EFORMAT, "image: jpeg: %s", msg);
             free(buf);
             goto out_tj;

@@ -19,15 +19,12 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #define HAVE_SSE2_TRANSPOSE 1
 #endif
 
 #define PRECISION_BITS 22
 #define ROWS 8   /* source rows per horizontal block = vector lanes */
-
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef uint8_t v8b __attribute__((vector_size(8)));
 
 /* ---- coefficients ------------------------------------------------------ */
 
@@ -163,60 +160,80 @@ static void transpose8(const uint8_t *const rows[ROWS], size_t n, uint8_t *t)
             t[b * ROWS + r] = rows[r][b];
 }
 
-static inline v8i load8(const uint8_t *p)
+/* One block: @t holds 8 transposed source rows (t[(x*3 + ch) * 8 + r]);
+ * write output pixels of rows out[r] (r < n_rows).  Portable version. */
+static void hblock_generic(const uint8_t *t, const struct vl2__coeffs *c,
+                           uint8_t *const out[ROWS], int n_rows)
 {
-    v8b b;
+    for (int32_t xx = 0; xx < c->out_size; xx++) {
+        const int32_t xmin = c->bounds[2 * xx], n = c->bounds[2 * xx + 1];
+        const int32_t *k = c->k + (size_t)xx * c->ksize;
+        int32_t acc[3 * ROWS];
 
-    memcpy(&b, p, sizeof(b));
-    return __builtin_convertvector(b, v8i);
+        for (int j = 0; j < 3 * ROWS; j++)
+            acc[j] = 1 << (PRECISION_BITS - 1);
+        for (int32_t x = 0; x < n; x++) {
+            const uint8_t *p = t + (size_t)(xmin + x) * 3 * ROWS;
+
+            for (int j = 0; j < 3 * ROWS; j++)
+                acc[j] += p[j] * k[x];
+        }
+        for (int r = 0; r < n_rows; r++) {
+            uint8_t *o = out[r] + (size_t)xx * 3;
+
+            o[0] = clip8(acc[r]);
+            o[1] = clip8(acc[ROWS + r]);
+            o[2] = clip8(acc[2 * ROWS + r]);
+        }
+    }
 }
 
-/* One block: @t holds 8 transposed source rows (t[(x*3 + ch) * 8 + r]);
- * write output pixels of rows out[r] (r < n_rows). */
-static inline __attribute__((always_inline)) void
-hblock_kernel(const uint8_t *t, const struct vl2__coeffs *c, uint8_t *const out[ROWS],
-              int n_rows)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_AVX2_DISPATCH 1
+
+/* clip8 of 8 lanes: (v >> 22) saturated to 0..255 equals clip8(v) */
+__attribute__((target("avx2"))) static inline __m128i clip8x8(__m256i v)
 {
-    const v8i bias = (v8i){0} + (1 << (PRECISION_BITS - 1));
+    __m256i s = _mm256_srai_epi32(v, PRECISION_BITS);
+    __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+
+    return _mm_packus_epi16(w, w);   /* 8 bytes in the low half */
+}
+
+__attribute__((target("avx2"))) static void hblock_avx2(const uint8_t *t,
+                                                        const struct vl2__coeffs *c,
+                                                        uint8_t *const out[ROWS], int n_rows)
+{
+    const __m256i bias = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
 
     for (int32_t xx = 0; xx < c->out_size; xx++) {
         const int32_t xmin = c->bounds[2 * xx], n = c->bounds[2 * xx + 1];
         const int32_t *k = c->k + (size_t)xx * c->ksize;
         const uint8_t *p = t + (size_t)xmin * 3 * ROWS;
-        v8i a0 = bias, a1 = bias, a2 = bias;
-        int32_t s0[ROWS], s1[ROWS], s2[ROWS];
+        __m256i a0 = bias, a1 = bias, a2 = bias;
+        uint8_t b[3][16];
 
         for (int32_t x = 0; x < n; x++, p += 3 * ROWS) {
-            const int32_t kx = k[x];
-            a0 += load8(p) * kx;
-            a1 += load8(p + ROWS) * kx;
-            a2 += load8(p + 2 * ROWS) * kx;
+            const __m256i kx = _mm256_set1_epi32(k[x]);
+            __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+            __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + ROWS)));
+            __m256i v2 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 2 * ROWS)));
+
+            a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(v0, kx));
+            a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(v1, kx));
+            a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(v2, kx));
         }
-        memcpy(s0, &a0, sizeof(s0));
-        memcpy(s1, &a1, sizeof(s1));
-        memcpy(s2, &a2, sizeof(s2));
+        _mm_storeu_si128((__m128i *)b[0], clip8x8(a0));
+        _mm_storeu_si128((__m128i *)b[1], clip8x8(a1));
+        _mm_storeu_si128((__m128i *)b[2], clip8x8(a2));
         for (int r = 0; r < n_rows; r++) {
             uint8_t *o = out[r] + (size_t)xx * 3;
-            o[0] = clip8(s0[r]);
-            o[1] = clip8(s1[r]);
-            o[2] = clip8(s2[r]);
+
+            o[0] = b[0][r];
+            o[1] = b[1][r];
+            o[2] = b[2][r];
         }
     }
-}
-
-static void hblock_generic(const uint8_t *t, const struct vl2__coeffs *c,
-                           uint8_t *const out[ROWS], int n_rows)
-{
-    hblock_kernel(t, c, out, n_rows);
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_AVX2_DISPATCH 1
-__attribute__((target("avx2"))) static void hblock_avx2(const uint8_t *t,
-                                                        const struct vl2__coeffs *c,
-                                                        uint8_t *const out[ROWS], int n_rows)
-{
-    hblock_kernel(t, c, out, n_rows);
 }
 
 static int have_avx2(void)
@@ -267,28 +284,20 @@ static int hpass(const uint8_t *src, int32_t sw, size_t src_stride, int32_t y0, 
 
 /* ---- vertical pass ----------------------------------------------------- */
 
-static inline __attribute__((always_inline)) void
-vpass_kernel(const uint8_t *src, size_t src_stride, size_t row_bytes, const struct vl2__coeffs *c,
-             uint8_t *dst, size_t dst_stride, int32_t *acc)
+/* Vertical pass, portable version; @acc holds row_bytes sums. */
+static void vpass_generic(const uint8_t *src, size_t src_stride, size_t row_bytes,
+                          const struct vl2__coeffs *c, uint8_t *dst, size_t dst_stride,
+                          int32_t *restrict acc)
 {
     for (int32_t yy = 0; yy < c->out_size; yy++) {
         const int32_t ymin = c->bounds[2 * yy], n = c->bounds[2 * yy + 1];
         const int32_t *k = c->k + (size_t)yy * c->ksize;
         uint8_t *o = dst + (size_t)yy * dst_stride;
-        int32_t y = 0;
 
         for (size_t i = 0; i < row_bytes; i++)
             acc[i] = 1 << (PRECISION_BITS - 1);
-        for (; y + 2 <= n; y += 2) {
-            const uint8_t *r0 = src + (size_t)(ymin + y) * src_stride;
-            const uint8_t *r1 = r0 + src_stride;
-            const int32_t k0 = k[y], k1 = k[y + 1];
-
-            for (size_t i = 0; i < row_bytes; i++)
-                acc[i] += r0[i] * k0 + r1[i] * k1;
-        }
-        for (; y < n; y++) {
-            const uint8_t *r0 = src + (size_t)(ymin + y) * src_stride;
+        for (int32_t y = 0; y < n; y++) {
+            const uint8_t *restrict r0 = src + (size_t)(ymin + y) * src_stride;
             const int32_t k0 = k[y];
 
             for (size_t i = 0; i < row_bytes; i++)
@@ -299,21 +308,60 @@ vpass_kernel(const uint8_t *src, size_t src_stride, size_t row_bytes, const stru
     }
 }
 
-static void vpass_generic(const uint8_t *src, size_t src_stride, size_t row_bytes,
-                          const struct vl2__coeffs *c, uint8_t *dst, size_t dst_stride,
-                          int32_t *acc)
-{
-    vpass_kernel(src, src_stride, row_bytes, c, dst, dst_stride, acc);
-}
-
 #ifdef HAVE_AVX2_DISPATCH
+/* 32 output bytes at a time, the sums in registers, taps innermost. */
 __attribute__((target("avx2"))) static void vpass_avx2(const uint8_t *src, size_t src_stride,
                                                        size_t row_bytes,
                                                        const struct vl2__coeffs *c,
                                                        uint8_t *dst, size_t dst_stride,
                                                        int32_t *acc)
 {
-    vpass_kernel(src, src_stride, row_bytes, c, dst, dst_stride, acc);
+    const __m256i bias = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+
+    (void)acc;
+    for (int32_t yy = 0; yy < c->out_size; yy++) {
+        const int32_t ymin = c->bounds[2 * yy], n = c->bounds[2 * yy + 1];
+        const int32_t *k = c->k + (size_t)yy * c->ksize;
+        const uint8_t *base = src + (size_t)ymin * src_stride;
+        uint8_t *o = dst + (size_t)yy * dst_stride;
+        size_t i = 0;
+
+        for (; i + 32 <= row_bytes; i += 32) {
+            __m256i a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+            const uint8_t *p = base + i;
+
+            for (int32_t y = 0; y < n; y++, p += src_stride) {
+                const __m256i ky = _mm256_set1_epi32(k[y]);
+                __m128i lo = _mm_loadu_si128((const __m128i *)p);
+                __m128i hi = _mm_loadu_si128((const __m128i *)(p + 16));
+
+                a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(lo), ky));
+                a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(
+                                              _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)), ky));
+                a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(hi), ky));
+                a3 = _mm256_add_epi32(a3, _mm256_mullo_epi32(
+                                              _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), ky));
+            }
+            a0 = _mm256_srai_epi32(a0, PRECISION_BITS);
+            a1 = _mm256_srai_epi32(a1, PRECISION_BITS);
+            a2 = _mm256_srai_epi32(a2, PRECISION_BITS);
+            a3 = _mm256_srai_epi32(a3, PRECISION_BITS);
+            /* packs work per 128-bit lane: undo the lane interleave after */
+            __m256i w01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(a0, a1), 0xd8);
+            __m256i w23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(a2, a3), 0xd8);
+            __m256i b = _mm256_permute4x64_epi64(_mm256_packus_epi16(w01, w23), 0xd8);
+
+            _mm256_storeu_si256((__m256i *)(o + i), b);
+        }
+        for (; i < row_bytes; i++) {
+            const uint8_t *p = base + i;
+            int32_t s = 1 << (PRECISION_BITS - 1);
+
+            for (int32_t y = 0; y < n; y++, p += src_stride)
+                s += *p * k[y];
+            o[i] = clip8(s);
+        }
+    }
 }
 #endif
 
