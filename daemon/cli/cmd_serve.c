@@ -1,12 +1,306 @@
-/* cmd_serve.c - vl2d serve (placeholder until its module lands). */
+/* cmd_serve.c - `vl2d serve` (also plain `vl2d`): parse options, run the
+ * server until SIGTERM/SIGINT.
+ *
+ * Options live in one table (name, argument, help); add a row and a case in
+ * apply_option() to add one. */
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cmd.h"
+#include "ipc.h"
+#include "log.h"
+#include "server.h"
+
+enum {
+    OPT_SOCKET = 1000,
+    OPT_SYSTEM,
+    OPT_SOCKET_MODE,
+    OPT_ALLOW_UID,
+    OPT_ALLOW_GROUP,
+    OPT_MAX_FRAME,
+    OPT_MAX_CONNECTIONS,
+    OPT_NO_ACTIVATION,
+    OPT_NO_NOTIFY,
+    OPT_LOG_LEVEL,
+    OPT_VERBOSE = 'v',
+    OPT_HELP = 'h',
+};
+
+struct serve_option {
+    const char *name;
+    const char *arg;      /* NULL: takes no argument */
+    int id;
+    const char *help;
+};
+
+static const struct serve_option serve_options[] = {
+    { "socket", "PATH", OPT_SOCKET,
+      "listen on PATH (default: $XDG_RUNTIME_DIR/vl2d.sock; /run/vl2d/vl2d.sock with "
+      "--system, or as root without XDG_RUNTIME_DIR)" },
+    { "system", NULL, OPT_SYSTEM, "run as the system service" },
+    { "socket-mode", "MODE", OPT_SOCKET_MODE, "permissions of the socket file (octal, "
+      "default 0660)" },
+    { "allow-uid", "USER", OPT_ALLOW_UID, "let USER (name or uid) connect; repeatable; "
+      "default: the daemon's own user and root" },
+    { "allow-group", "GROUP", OPT_ALLOW_GROUP, "let members of GROUP (name or gid) "
+      "connect; repeatable" },
+    { "max-frame", "SIZE", OPT_MAX_FRAME, "largest request accepted, bytes with optional "
+      "K/M/G suffix (default 64M, at most 1G)" },
+    { "max-connections", "N", OPT_MAX_CONNECTIONS, "clients at once (default 256)" },
+    { "no-socket-activation", NULL, OPT_NO_ACTIVATION, "ignore a socket passed by "
+      "systemd" },
+    { "no-notify", NULL, OPT_NO_NOTIFY, "do not send sd_notify messages" },
+    { "log-level", "LEVEL", OPT_LOG_LEVEL, "error, warning, info (default) or debug" },
+    { "verbose", NULL, OPT_VERBOSE, "same as --log-level debug" },
+    { "help", NULL, OPT_HELP, "show this help" },
+};
+
+#define N_OPTIONS (sizeof(serve_options) / sizeof(serve_options[0]))
+
+static void usage(FILE *f)
+{
+    size_t i;
+
+    fprintf(f, "usage: vl2d [serve] [options]\n\n"
+               "Serve DeepSeek-VL2 on a Unix socket until SIGTERM or SIGINT.\n\noptions:\n");
+    for (i = 0; i < N_OPTIONS; i++) {
+        char left[48];
+        const struct serve_option *o = &serve_options[i];
+
+        if (o->id < 256)
+            snprintf(left, sizeof(left), "-%c, --%s%s%s", o->id, o->name, o->arg ? " " : "",
+                     o->arg ? o->arg : "");
+        else
+            snprintf(left, sizeof(left), "    --%s%s%s", o->name, o->arg ? " " : "",
+                     o->arg ? o->arg : "");
+        fprintf(f, "  %-30s %s\n", left, o->help);
+    }
+}
+
+/* "64M" -> 67108864.  Returns 0 or -1. */
+static int parse_size(const char *s, unsigned long long *ret)
+{
+    unsigned long long v, mul = 1;
+    char *end;
+
+    errno = 0;
+    if (s[0] < '0' || s[0] > '9')
+        return -1;
+    v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    if (*end == 'K' || *end == 'k')
+        mul = 1024ull, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1024ull * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1024ull * 1024 * 1024, end++;
+    if (*end == 'i' || *end == 'B')
+        end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
+    if (*end != '\0' || v > ULLONG_MAX / mul)
+        return -1;
+    *ret = v * mul;
+    return 0;
+}
+
+static int parse_id(const char *s, unsigned long *ret)
+{
+    char *end;
+
+    errno = 0;
+    if (s[0] < '0' || s[0] > '9')
+        return -1;
+    *ret = strtoul(s, &end, 10);
+    return (errno || *end) ? -1 : 0;
+}
+
+static int resolve_user(const char *s, uid_t *ret)
+{
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    unsigned long v;
+
+    if (parse_id(s, &v) == 0) {
+        *ret = (uid_t) v;
+        return 0;
+    }
+    if (getpwnam_r(s, &pw, buf, sizeof(buf), &res) != 0 || !res)
+        return -1;
+    *ret = res->pw_uid;
+    return 0;
+}
+
+static int resolve_group(const char *s, gid_t *ret)
+{
+    struct group gr, *res = NULL;
+    char buf[8192];
+    unsigned long v;
+
+    if (parse_id(s, &v) == 0) {
+        *ret = (gid_t) v;
+        return 0;
+    }
+    if (getgrnam_r(s, &gr, buf, sizeof(buf), &res) != 0 || !res)
+        return -1;
+    *ret = res->gr_gid;
+    return 0;
+}
+
+/* Returns 0, 1 for --help, or -1 after printing a usage error. */
+static int apply_option(struct vl2_server_opts *o, int id, const char *arg)
+{
+    unsigned long long size;
+    unsigned long v;
+    enum vl2_log_level level;
+    char *end;
+
+    switch (id) {
+    case OPT_SOCKET:
+        if (!arg[0]) {
+            fprintf(stderr, "vl2d: --socket needs a path\n");
+            return -1;
+        }
+        o->socket_path = arg;
+        return 0;
+    case OPT_SYSTEM:
+        o->system = true;
+        return 0;
+    case OPT_SOCKET_MODE:
+        errno = 0;
+        v = strtoul(arg, &end, 8);
+        if (errno || *end || !arg[0] || v > 0777) {
+            fprintf(stderr, "vl2d: --socket-mode '%s': expected an octal mode such as 0660\n",
+                    arg);
+            return -1;
+        }
+        o->socket_mode = (unsigned) v;
+        return 0;
+    case OPT_ALLOW_UID:
+        if (o->n_allow_uids >= VL2_SERVER_MAX_ALLOW) {
+            fprintf(stderr, "vl2d: --allow-uid given more than %d times\n",
+                    VL2_SERVER_MAX_ALLOW);
+            return -1;
+        }
+        if (resolve_user(arg, &o->allow_uids[o->n_allow_uids]) < 0) {
+            fprintf(stderr, "vl2d: --allow-uid '%s': no such user\n", arg);
+            return -1;
+        }
+        o->n_allow_uids++;
+        return 0;
+    case OPT_ALLOW_GROUP:
+        if (o->n_allow_gids >= VL2_SERVER_MAX_ALLOW) {
+            fprintf(stderr, "vl2d: --allow-group given more than %d times\n",
+                    VL2_SERVER_MAX_ALLOW);
+            return -1;
+        }
+        if (resolve_group(arg, &o->allow_gids[o->n_allow_gids]) < 0) {
+            fprintf(stderr, "vl2d: --allow-group '%s': no such group\n", arg);
+            return -1;
+        }
+        o->n_allow_gids++;
+        return 0;
+    case OPT_MAX_FRAME:
+        if (parse_size(arg, &size) < 0 || size == 0 || size > VL2_IPC_MAX_FRAME_LIMIT) {
+            fprintf(stderr, "vl2d: --max-frame '%s': expected a size from 1 to 1G\n", arg);
+            return -1;
+        }
+        o->max_frame = (uint32_t) size;
+        return 0;
+    case OPT_MAX_CONNECTIONS:
+        if (parse_id(arg, &v) < 0 || v == 0 || v > 65536) {
+            fprintf(stderr, "vl2d: --max-connections '%s': expected 1 to 65536\n", arg);
+            return -1;
+        }
+        o->max_connections = (unsigned) v;
+        return 0;
+    case OPT_NO_ACTIVATION:
+        o->socket_activation = false;
+        return 0;
+    case OPT_NO_NOTIFY:
+        o->notify = false;
+        return 0;
+    case OPT_LOG_LEVEL:
+        if (vl2_log_parse_level(arg, &level) < 0) {
+            fprintf(stderr, "vl2d: --log-level '%s': expected error, warning, info or "
+                    "debug\n", arg);
+            return -1;
+        }
+        vl2_log_set_level(level);
+        return 0;
+    case OPT_VERBOSE:
+        vl2_log_set_level(VL2_LOG_DEBUG);
+        return 0;
+    case OPT_HELP:
+        usage(stdout);
+        return 1;
+    }
+    return -1;
+}
 
 int vl2d_cmd_serve(int argc, char **argv)
 {
-    (void) argc;
-    (void) argv;
-    fprintf(stderr, "vl2d serve: not implemented yet\n");
-    return 1;
+    struct option longopts[N_OPTIONS + 1];
+    struct vl2_server_opts o = vl2_server_default_opts();
+    struct vl2_server *srv = NULL;
+    struct vl2_err err = { 0 };
+    char shortopts[2 * N_OPTIONS + 2];
+    size_t i, ns = 0;
+    int c, r;
+
+    shortopts[ns++] = ':';
+    for (i = 0; i < N_OPTIONS; i++) {
+        longopts[i].name = serve_options[i].name;
+        longopts[i].has_arg = serve_options[i].arg ? required_argument : no_argument;
+        longopts[i].flag = NULL;
+        longopts[i].val = serve_options[i].id;
+        if (serve_options[i].id < 256) {
+            shortopts[ns++] = (char) serve_options[i].id;
+            if (serve_options[i].arg)
+                shortopts[ns++] = ':';
+        }
+    }
+    shortopts[ns] = '\0';
+    memset(&longopts[N_OPTIONS], 0, sizeof(longopts[N_OPTIONS]));
+
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+        if (c == '?' || c == ':') {
+            const char *bad = argv[optind - 1];
+
+            if (c == ':')
+                fprintf(stderr, "vl2d: option '%s' needs an argument\n", bad);
+            else
+                fprintf(stderr, "vl2d: unknown option '%s'\n", bad);
+            fprintf(stderr, "try 'vl2d serve --help'\n");
+            return 2;
+        }
+        r = apply_option(&o, c, optarg);
+        if (r > 0)
+            return 0;
+        if (r < 0)
+            return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "vl2d: unexpected argument '%s'\ntry 'vl2d serve --help'\n",
+                argv[optind]);
+        return 2;
+    }
+
+    r = vl2_server_new(&o, &srv, &err);
+    if (r < 0) {
+        vl2_log(VL2_LOG_ERR, "%s", err.msg);
+        return 1;
+    }
+    r = vl2_server_run(srv, &err);
+    if (r < 0)
+        vl2_log(VL2_LOG_ERR, "%s", err.msg);
+    vl2_server_free(srv);
+    return r < 0 ? 1 : 0;
 }

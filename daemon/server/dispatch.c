@@ -1,0 +1,633 @@
+/* dispatch.c - the one place that reads protobuf requests and writes
+ * protobuf responses: requests become replies or engine jobs, engine events
+ * become responses.
+ *
+ * Every request gets an answer: a reply, an engine's stream of events, or an
+ * Error (UNIMPLEMENTED for what this daemon cannot do yet).  A request that
+ * is wrong gets an Error and the connection stays; a frame that does not
+ * decode gets an Error with id 0 and the connection closes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server-impl.h"
+
+/* Images one Generate may carry. */
+#define MAX_IMAGES_PER_REQUEST 64
+
+static void reply(struct vl2_conn *c, Vl2__Response *resp, uint64_t id)
+{
+    resp->has_id = 1;
+    resp->id = id;
+    vl2__conn_send(c, resp);
+}
+
+static void unimplemented(struct vl2_conn *c, uint64_t id, const char *what)
+{
+    char msg[160];
+
+    snprintf(msg, sizeof(msg), "server: %s is not implemented yet in vl2d %s", what,
+             VL2_VERSION);
+    vl2__conn_send_error(c, id, VL2_EUNIMPLEMENTED, msg, false);
+}
+
+/* ---- Hello ----------------------------------------------------------- */
+
+static void on_hello(struct vl2_conn *c, uint64_t id, const Vl2__Hello *h)
+{
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__HelloReply hr = VL2__HELLO_REPLY__INIT;
+    char msg[200];
+
+    if (!h->has_protocol_version || h->protocol_version != VL2_IPC_PROTOCOL_VERSION) {
+        snprintf(msg, sizeof(msg),
+                 "server: protocol version %u is not supported; this vl2d speaks version %u",
+                 h->has_protocol_version ? h->protocol_version : 0, VL2_IPC_PROTOCOL_VERSION);
+        vl2_log(VL2_LOG_WARN, "connection %llu: %s", (unsigned long long) c->id, msg);
+        vl2__conn_send_error(c, id, VL2_EPROTO, msg, true);
+        return;
+    }
+    if (!c->hello_done)
+        vl2_log(VL2_LOG_DEBUG, "connection %llu: hello from '%s'", (unsigned long long) c->id,
+                h->client_name ? h->client_name : "");
+    c->hello_done = true;
+    hr.has_protocol_version = 1;
+    hr.protocol_version = VL2_IPC_PROTOCOL_VERSION;
+    hr.server_version = (char *) VL2_VERSION;
+    hr.has_max_frame_size = 1;
+    hr.max_frame_size = c->srv->opts.max_frame;
+    hr.has_max_fds = 1;
+    hr.max_fds = VL2_IPC_MAX_FDS;
+    resp.body_case = VL2__RESPONSE__BODY_HELLO;
+    resp.hello = &hr;
+    reply(c, &resp, id);
+}
+
+/* ---- Status, ListModels ---------------------------------------------- */
+
+static size_t count_models(const struct vl2_server *srv)
+{
+    const struct vl2_srv_model *m;
+    size_t n = 0;
+
+    for (m = srv->models; m; m = m->next)
+        n++;
+    return n;
+}
+
+/* Fill @infos (and @ptrs pointing at them) for every model. */
+static void model_infos(struct vl2_server *srv, Vl2__ModelInfo *infos, Vl2__ModelInfo **ptrs,
+                        struct vl2_engine_stats *stats)
+{
+    struct vl2_srv_model *m;
+    size_t i = 0;
+
+    for (m = srv->models; m; m = m->next, i++) {
+        Vl2__ModelInfo *mi = &infos[i];
+
+        vl2__model_info__init(mi);
+        memset(&stats[i], 0, sizeof(stats[i]));
+        if (m->ops->stats)
+            m->ops->stats(m->engine, &stats[i]);
+        mi->name = m->name;
+        mi->dir = m->dir;
+        mi->has_state = 1;
+        mi->state = VL2__MODEL_STATE__MODEL_STATE_READY;
+        mi->has_memory_bytes = 1;
+        mi->memory_bytes = stats[i].memory_bytes;
+        mi->backend = (char *) (stats[i].backend ? stats[i].backend : "");
+        mi->has_active_sequences = 1;
+        mi->active_sequences = stats[i].active_sequences;
+        mi->has_queue_length = 1;
+        mi->queue_length = stats[i].queue_length;
+        ptrs[i] = mi;
+    }
+}
+
+static void on_status(struct vl2_conn *c, uint64_t id)
+{
+    struct vl2_server *srv = c->srv;
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__StatusReply st = VL2__STATUS_REPLY__INIT;
+    size_t n = count_models(srv), i;
+    Vl2__ModelInfo *infos = calloc(n ? n : 1, sizeof(*infos));
+    Vl2__ModelInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    struct vl2_engine_stats *stats = calloc(n ? n : 1, sizeof(*stats));
+
+    if (!infos || !ptrs || !stats) {
+        vl2__conn_send_error(c, id, VL2_ENOMEM, "server: out of memory", false);
+        goto out_free;
+    }
+    model_infos(srv, infos, ptrs, stats);
+    st.server_version = (char *) VL2_VERSION;
+    st.has_protocol_version = 1;
+    st.protocol_version = VL2_IPC_PROTOCOL_VERSION;
+    st.n_models = n;
+    st.models = ptrs;
+    st.has_queue_length = st.has_active_sequences = st.has_tokens_per_s = 1;
+    for (i = 0; i < n; i++) {
+        st.queue_length += stats[i].queue_length;
+        st.active_sequences += stats[i].active_sequences;
+        st.tokens_per_s += stats[i].tokens_per_s;
+    }
+    st.has_resident_memory_bytes = 1;
+    vl2__server_resident_memory(&st.resident_memory_bytes);
+    st.has_uptime_s = 1;
+    st.uptime_s = (double) (uv_hrtime() - srv->started_ns) / 1e9;
+    st.has_connections = 1;
+    st.connections = srv->n_conns;
+    st.socket_path = srv->socket_path;
+    st.has_pid = 1;
+    st.pid = (uint32_t) getpid();
+    resp.body_case = VL2__RESPONSE__BODY_STATUS;
+    resp.status = &st;
+    reply(c, &resp, id);
+out_free:
+    free(infos);
+    free(ptrs);
+    free(stats);
+}
+
+static void on_list_models(struct vl2_conn *c, uint64_t id)
+{
+    struct vl2_server *srv = c->srv;
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__ModelList ml = VL2__MODEL_LIST__INIT;
+    size_t n = count_models(srv);
+    Vl2__ModelInfo *infos = calloc(n ? n : 1, sizeof(*infos));
+    Vl2__ModelInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    struct vl2_engine_stats *stats = calloc(n ? n : 1, sizeof(*stats));
+
+    if (!infos || !ptrs || !stats) {
+        vl2__conn_send_error(c, id, VL2_ENOMEM, "server: out of memory", false);
+        goto out_free;
+    }
+    model_infos(srv, infos, ptrs, stats);
+    ml.n_models = n;
+    ml.models = ptrs;
+    resp.body_case = VL2__RESPONSE__BODY_MODELS;
+    resp.models = &ml;
+    reply(c, &resp, id);
+out_free:
+    free(infos);
+    free(ptrs);
+    free(stats);
+}
+
+/* ---- Generate -------------------------------------------------------- */
+
+static char *dup_str(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+/* Translate @g into a job; images passed as descriptors get duplicates of
+ * @frame's.  Returns 0 or < 0 with @err. */
+static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame,
+                    struct vl2_job **ret_job, struct vl2_err *err)
+{
+    struct vl2_job *job;
+    size_t i, j, n_images = 0;
+    int r;
+
+    if (g->n_messages == 0)
+        return vl2_err_set(err, VL2_EINVAL, "server: generate: no messages");
+    for (i = 0; i < g->n_messages; i++)
+        n_images += g->messages[i]->n_images;
+    if (n_images > MAX_IMAGES_PER_REQUEST)
+        return vl2_err_set(err, VL2_ELIMIT, "server: generate: %zu images, at most %d",
+                           n_images, MAX_IMAGES_PER_REQUEST);
+    job = calloc(1, sizeof(*job));
+    if (!job)
+        return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+    job->model = dup_str(g->model);
+    job->messages = calloc(g->n_messages, sizeof(*job->messages));
+    if (!job->model || !job->messages)
+        goto out_nomem;
+    job->n_messages = g->n_messages;
+    for (i = 0; i < g->n_messages; i++) {
+        const Vl2__Message *pm = g->messages[i];
+        struct vl2_job_message *m = &job->messages[i];
+
+        switch (pm->has_role ? pm->role : VL2__ROLE__ROLE_UNSPECIFIED) {
+        case VL2__ROLE__ROLE_SYSTEM:    m->role = VL2_ROLE_SYSTEM; break;
+        case VL2__ROLE__ROLE_USER:      m->role = VL2_ROLE_USER; break;
+        case VL2__ROLE__ROLE_ASSISTANT: m->role = VL2_ROLE_ASSISTANT; break;
+        default:
+            r = vl2_err_set(err, VL2_EINVAL, "server: generate: message %zu has no valid role",
+                            i);
+            goto out_free;
+        }
+        m->text = dup_str(pm->text);
+        if (!m->text)
+            goto out_nomem;
+        if (pm->n_images == 0)
+            continue;
+        m->images = calloc(pm->n_images, sizeof(*m->images));
+        if (!m->images)
+            goto out_nomem;
+        m->n_images = pm->n_images;
+        for (j = 0; j < pm->n_images; j++)
+            m->images[j].fd = -1;
+        for (j = 0; j < pm->n_images; j++) {
+            const Vl2__Image *pi = pm->images[j];
+            struct vl2_job_image *im = &m->images[j];
+
+            im->apply_exif = pi->apply_exif;
+            if (pi->source_case == VL2__IMAGE__SOURCE_DATA) {
+                if (pi->data.len == 0) {
+                    r = vl2_err_set(err, VL2_EINVAL,
+                                    "server: generate: message %zu, image %zu is empty", i, j);
+                    goto out_free;
+                }
+                im->data = malloc(pi->data.len);
+                if (!im->data)
+                    goto out_nomem;
+                memcpy(im->data, pi->data.data, pi->data.len);
+                im->data_size = pi->data.len;
+            } else if (pi->source_case == VL2__IMAGE__SOURCE_FD_INDEX) {
+                uint32_t k = pi->fd_index;
+
+                if (k >= frame->n_fds) {
+                    r = vl2_err_set(err, VL2_EINVAL,
+                                    "server: generate: message %zu, image %zu refers to "
+                                    "descriptor %u, but %zu came with the request",
+                                    i, j, k, frame->n_fds);
+                    goto out_free;
+                }
+                /* our own copy: the frame closes its descriptors */
+                im->fd = fcntl(frame->fds[k], F_DUPFD_CLOEXEC, 3);
+                if (im->fd < 0) {
+                    r = vl2_err_set(err, VL2_EIO, "server: generate: cannot keep "
+                                    "descriptor %u: %s", k, strerror(errno));
+                    goto out_free;
+                }
+            } else {
+                r = vl2_err_set(err, VL2_EINVAL,
+                                "server: generate: message %zu, image %zu has neither data "
+                                "nor a descriptor", i, j);
+                goto out_free;
+            }
+        }
+    }
+    if (g->sampling) {
+        const Vl2__Sampling *s = g->sampling;
+        struct vl2_job_sampling *js = &job->sampling;
+
+        js->has_temperature = s->has_temperature;
+        js->temperature = s->temperature;
+        js->has_top_p = s->has_top_p;
+        js->top_p = s->top_p;
+        js->has_top_k = s->has_top_k;
+        js->top_k = s->top_k;
+        js->has_repetition_penalty = s->has_repetition_penalty;
+        js->repetition_penalty = s->repetition_penalty;
+        js->has_seed = s->has_seed;
+        js->seed = s->seed;
+        js->has_max_new_tokens = s->has_max_new_tokens;
+        js->max_new_tokens = s->max_new_tokens;
+        js->ignore_eos = s->ignore_eos;
+        if (s->n_stop > 0) {
+            js->stop = calloc(s->n_stop, sizeof(*js->stop));
+            if (!js->stop)
+                goto out_nomem;
+            js->n_stop = s->n_stop;
+            for (i = 0; i < s->n_stop; i++) {
+                js->stop[i] = dup_str(s->stop[i]);
+                if (!js->stop[i])
+                    goto out_nomem;
+            }
+        }
+    }
+    job->grounding = g->grounding;
+    job->stream = g->stream;
+    job->logprobs = g->logprobs;
+    *ret_job = job;
+    return 0;
+
+out_nomem:
+    r = vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+out_free:
+    vl2_job_free(job);
+    return r;
+}
+
+static struct vl2_srv_model *find_model(struct vl2_server *srv, const char *name)
+{
+    struct vl2_srv_model *m;
+
+    if (!name || !name[0])
+        return srv->models;
+    for (m = srv->models; m; m = m->next)
+        if (!strcmp(m->name, name))
+            return m;
+    return NULL;
+}
+
+static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
+                        struct vl2_ipc_frame *frame)
+{
+    struct vl2_server *srv = c->srv;
+    struct vl2_err err = { 0 };
+    struct vl2_srv_model *model;
+    struct vl2_inflight *inf;
+    struct vl2_job *job = NULL;
+    int r;
+
+    if (!srv->models) {
+        unimplemented(c, id, "generate (no model runtime yet, no model loaded)");
+        return;
+    }
+    model = find_model(srv, g->model);
+    if (!model) {
+        vl2_err_set(&err, VL2_ENOTFOUND, "server: generate: model '%s' is not loaded",
+                    g->model);
+        vl2__conn_send_error(c, id, err.code, err.msg, false);
+        return;
+    }
+    for (inf = c->inflight; inf; inf = inf->next)
+        if (inf->request_id == id) {
+            vl2_err_set(&err, VL2_EINVAL,
+                        "server: request id %llu is already in use on this connection",
+                        (unsigned long long) id);
+            vl2__conn_send_error(c, id, err.code, err.msg, false);
+            return;
+        }
+    if (c->n_inflight >= srv->opts.max_inflight_per_conn) {
+        vl2_err_set(&err, VL2_ELIMIT, "server: %u requests in flight on this connection, "
+                    "the limit", c->n_inflight);
+        vl2__conn_send_error(c, id, err.code, err.msg, false);
+        return;
+    }
+    r = make_job(g, frame, &job, &err);
+    if (r < 0) {
+        vl2__conn_send_error(c, id, r, err.msg, false);
+        return;
+    }
+    inf = calloc(1, sizeof(*inf));
+    if (!inf) {
+        vl2_job_free(job);
+        vl2__conn_send_error(c, id, VL2_ENOMEM, "server: out of memory", false);
+        return;
+    }
+    inf->request_id = id;
+    inf->key = job->key = srv->next_key++;
+    inf->model = model;
+    inf->stream = job->stream;
+    r = model->ops->submit(model->engine, job, &err);
+    if (r < 0) {
+        free(inf);
+        vl2_job_free(job);
+        vl2__conn_send_error(c, id, r, err.msg, false);
+        return;
+    }
+    inf->next = c->inflight;
+    c->inflight = inf;
+    c->n_inflight++;
+}
+
+static void on_cancel(struct vl2_conn *c, uint64_t id, const Vl2__Cancel *cn)
+{
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__Ack ack = VL2__ACK__INIT;
+    struct vl2_inflight *inf;
+    char msg[120];
+
+    for (inf = c->inflight; inf; inf = inf->next)
+        if (cn->has_target_id && inf->request_id == cn->target_id)
+            break;
+    if (!inf) {
+        snprintf(msg, sizeof(msg), "server: cancel: no request %llu in flight on this "
+                 "connection", (unsigned long long) cn->target_id);
+        vl2__conn_send_error(c, id, VL2_ENOTFOUND, msg, false);
+        return;
+    }
+    /* the engine ends the job with a terminal event, which answers it */
+    inf->model->ops->cancel(inf->model->engine, inf->key);
+    resp.body_case = VL2__RESPONSE__BODY_ACK;
+    resp.ack = &ack;
+    reply(c, &resp, id);
+}
+
+/* ---- requests -------------------------------------------------------- */
+
+void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame)
+{
+    struct vl2_err err = { 0 };
+    Vl2__Request *req;
+    uint64_t id;
+
+    req = vl2_ipc_request_decode(frame->payload, frame->size, &err);
+    if (!req) {
+        vl2_log(VL2_LOG_WARN, "connection %llu (pid %ld, uid %u): %s; closing",
+                (unsigned long long) c->id, (long) c->peer.pid, (unsigned) c->peer.uid,
+                err.msg);
+        vl2__conn_send_error(c, 0, err.code, err.msg, true);
+        return;
+    }
+    id = req->has_id ? req->id : 0;
+    vl2_log(VL2_LOG_DEBUG, "connection %llu: request %llu: %s", (unsigned long long) c->id,
+            (unsigned long long) id, vl2_ipc_request_name(req->body_case));
+    if (!c->hello_done && req->body_case != VL2__REQUEST__BODY_HELLO) {
+        vl2__conn_send_error(c, id, VL2_EPROTO,
+                             "server: the first request must be Hello", false);
+        goto out_free;
+    }
+    switch (req->body_case) {
+    case VL2__REQUEST__BODY_HELLO:
+        on_hello(c, id, req->hello);
+        break;
+    case VL2__REQUEST__BODY_STATUS:
+        on_status(c, id);
+        break;
+    case VL2__REQUEST__BODY_LIST_MODELS:
+        on_list_models(c, id);
+        break;
+    case VL2__REQUEST__BODY_GENERATE:
+        on_generate(c, id, req->generate, frame);
+        break;
+    case VL2__REQUEST__BODY_CANCEL:
+        on_cancel(c, id, req->cancel);
+        break;
+    case VL2__REQUEST__BODY_LOAD_MODEL:
+        unimplemented(c, id, "load-model");
+        break;
+    case VL2__REQUEST__BODY_UNLOAD_MODEL:
+        unimplemented(c, id, "unload-model");
+        break;
+    case VL2__REQUEST__BODY_TOKENIZE:
+        unimplemented(c, id, "tokenize");
+        break;
+    default:
+        /* a kind from a newer protocol lands in the unknown fields */
+        if (req->base.n_unknown_fields > 0)
+            unimplemented(c, id, "this kind of request");
+        else
+            vl2__conn_send_error(c, id, VL2_EINVAL, "server: request has no body", false);
+        break;
+    }
+out_free:
+    vl2__request__free_unpacked(req, NULL);
+}
+
+/* ---- events ---------------------------------------------------------- */
+
+static int gather_text(struct vl2_inflight *inf, const uint8_t *p, size_t n)
+{
+    if (inf->text_size + n > inf->text_cap) {
+        size_t cap = inf->text_cap ? inf->text_cap : 256;
+        uint8_t *q;
+
+        while (cap < inf->text_size + n)
+            cap *= 2;
+        q = realloc(inf->text, cap);
+        if (!q)
+            return VL2_ENOMEM;
+        inf->text = q;
+        inf->text_cap = cap;
+    }
+    memcpy(inf->text + inf->text_size, p, n);
+    inf->text_size += n;
+    return 0;
+}
+
+static void send_done(struct vl2_conn *c, struct vl2_inflight *inf, const struct vl2_event *ev)
+{
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__Done d = VL2__DONE__INIT;
+    Vl2__Box *boxes = NULL, **ptrs = NULL;
+    size_t i;
+
+    if (ev->n_boxes > 0) {
+        boxes = calloc(ev->n_boxes, sizeof(*boxes));
+        ptrs = calloc(ev->n_boxes, sizeof(*ptrs));
+        if (!boxes || !ptrs) {
+            vl2__conn_send_error(c, inf->request_id, VL2_ENOMEM, "server: out of memory",
+                                 false);
+            goto out_free;
+        }
+        for (i = 0; i < ev->n_boxes; i++) {
+            vl2__box__init(&boxes[i]);
+            boxes[i].label = ev->boxes[i].label ? ev->boxes[i].label : (char *) "";
+            boxes[i].has_x1 = boxes[i].has_y1 = boxes[i].has_x2 = boxes[i].has_y2 = 1;
+            boxes[i].x1 = ev->boxes[i].x1;
+            boxes[i].y1 = ev->boxes[i].y1;
+            boxes[i].x2 = ev->boxes[i].x2;
+            boxes[i].y2 = ev->boxes[i].y2;
+            boxes[i].has_image_index = 1;
+            boxes[i].image_index = ev->boxes[i].image_index;
+            ptrs[i] = &boxes[i];
+        }
+    }
+    d.has_finish_reason = 1;
+    d.finish_reason = (Vl2__FinishReason) ev->finish_reason;
+    d.has_prompt_tokens = d.has_image_tokens = d.has_generated_tokens = 1;
+    d.prompt_tokens = ev->prompt_tokens;
+    d.image_tokens = ev->image_tokens;
+    d.generated_tokens = ev->generated_tokens;
+    d.has_time_to_first_token_s = d.has_decode_tokens_per_s = 1;
+    d.time_to_first_token_s = ev->time_to_first_token_s;
+    d.decode_tokens_per_s = ev->decode_tokens_per_s;
+    d.n_boxes = ev->n_boxes;
+    d.boxes = ptrs;
+    if (ev->text) {
+        d.has_text = 1;
+        d.text.data = ev->text;
+        d.text.len = ev->text_size;
+    } else if (!inf->stream) {
+        d.has_text = 1;
+        d.text.data = inf->text;
+        d.text.len = inf->text_size;
+    }
+    resp.body_case = VL2__RESPONSE__BODY_DONE;
+    resp.done = &d;
+    reply(c, &resp, inf->request_id);
+out_free:
+    free(boxes);
+    free(ptrs);
+}
+
+void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
+{
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    struct vl2_inflight *inf;
+    struct vl2_conn *c = NULL;
+
+    inf = vl2__conn_find_key(srv, ev->key, &c);
+    if (!inf)
+        return;  /* cancelled, or its client is gone */
+    switch (ev->kind) {
+    case VL2_EVENT_ACCEPTED: {
+        Vl2__Accepted a = VL2__ACCEPTED__INIT;
+
+        a.has_queue_position = 1;
+        a.queue_position = ev->queue_position;
+        resp.body_case = VL2__RESPONSE__BODY_ACCEPTED;
+        resp.accepted = &a;
+        reply(c, &resp, inf->request_id);
+        break;
+    }
+    case VL2_EVENT_PROGRESS: {
+        Vl2__Progress p = VL2__PROGRESS__INIT;
+
+        p.has_stage = p.has_fraction = 1;
+        p.stage = (Vl2__Stage) ev->stage;
+        p.fraction = ev->fraction;
+        resp.body_case = VL2__RESPONSE__BODY_PROGRESS;
+        resp.progress = &p;
+        reply(c, &resp, inf->request_id);
+        break;
+    }
+    case VL2_EVENT_TOKEN: {
+        Vl2__Token t = VL2__TOKEN__INIT;
+
+        if (!inf->stream) {
+            if (gather_text(inf, ev->text, ev->text_size) < 0) {
+                vl2__inflight_unlink(c, inf);
+                inf->model->ops->cancel(inf->model->engine, inf->key);
+                vl2__conn_send_error(c, inf->request_id, VL2_ENOMEM, "server: out of memory",
+                                     false);
+                vl2__inflight_free(inf);
+            }
+            break;
+        }
+        t.has_text = 1;
+        t.text.data = ev->text;
+        t.text.len = ev->text_size;
+        t.has_id = 1;
+        t.id = ev->token_id;
+        t.has_logprob = ev->has_logprob;
+        t.logprob = ev->logprob;
+        resp.body_case = VL2__RESPONSE__BODY_TOKEN;
+        resp.token = &t;
+        reply(c, &resp, inf->request_id);
+        break;
+    }
+    case VL2_EVENT_DONE:
+        vl2__inflight_unlink(c, inf);
+        send_done(c, inf, ev);
+        vl2__inflight_free(inf);
+        break;
+    case VL2_EVENT_ERROR:
+        vl2__inflight_unlink(c, inf);
+        vl2__conn_send_error(c, inf->request_id, ev->code < 0 ? ev->code : VL2_EINTERNAL,
+                             ev->message[0] ? ev->message : vl2_status_name(ev->code), false);
+        vl2__inflight_free(inf);
+        break;
+    }
+}
+
+void vl2__dispatch_abort_inflight(struct vl2_conn *c, int code, const char *msg, bool notify)
+{
+    while (c->inflight) {
+        struct vl2_inflight *inf = c->inflight;
+
+        vl2__inflight_unlink(c, inf);
+        inf->model->ops->cancel(inf->model->engine, inf->key);
+        if (notify)
+            vl2__conn_send_error(c, inf->request_id, code, msg, false);
+        vl2__inflight_free(inf);
+    }
+}

@@ -1,0 +1,197 @@
+/* job.h - the boundary between the server (loop thread) and an engine
+ * (one per loaded model, its own threads).
+ *
+ * The server translates a Generate request into a struct vl2_job (in
+ * dispatch.c, the only place that reads protobuf) and hands it to the model's
+ * engine through struct vl2_engine_ops.  The engine reports back with events
+ * posted from any thread by vl2_server_post(); the loop thread turns them into
+ * responses for the right connection and request.  No protobuf and no libuv on
+ * the engine side.
+ *
+ *     loop thread                          engine thread(s)
+ *     ops->submit(engine, job)  ------->   queue, schedule, decode ...
+ *     ops->cancel(engine, key)  ------->   stop at the next step
+ *     responses to the client   <-------   vl2_server_post(srv, event)
+ *                                          (ACCEPTED, PROGRESS, TOKEN...,
+ *                                           then exactly one DONE or ERROR)
+ */
+#ifndef VL2_SERVER_JOB_H
+#define VL2_SERVER_JOB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vl2-status.h"
+
+struct vl2_server;
+
+/* ---- jobs (server -> engine) ----------------------------------------- */
+
+enum vl2_job_role {
+    VL2_ROLE_SYSTEM = 1,
+    VL2_ROLE_USER = 2,
+    VL2_ROLE_ASSISTANT = 3,
+};
+
+/* An image as the client sent it: encoded bytes, or a descriptor the client
+ * opened (never a path).  Exactly one of @data / @fd is set. */
+struct vl2_job_image {
+    uint8_t *data;          /* encoded file, owned; NULL when @fd >= 0 */
+    size_t   data_size;
+    int      fd;            /* owned (O_CLOEXEC); -1 when @data is set */
+    bool     apply_exif;
+};
+
+struct vl2_job_message {
+    enum vl2_job_role role;
+    char *text;                     /* UTF-8, NUL-terminated, owned; may hold "<image>" */
+    struct vl2_job_image *images;   /* [n_images], owned */
+    size_t n_images;
+};
+
+/* Sampling settings; a has_* flag that is false means "the model's default". */
+struct vl2_job_sampling {
+    bool     has_temperature;
+    float    temperature;
+    bool     has_top_p;
+    float    top_p;
+    bool     has_top_k;
+    uint32_t top_k;
+    bool     has_repetition_penalty;
+    float    repetition_penalty;
+    bool     has_seed;
+    uint64_t seed;
+    bool     has_max_new_tokens;
+    uint32_t max_new_tokens;
+    char   **stop;                  /* [n_stop], owned */
+    size_t   n_stop;
+    bool     ignore_eos;
+};
+
+/* One Generate request.  Owned by the engine after a successful submit(). */
+struct vl2_job {
+    uint64_t key;                   /* names the job in events; unique per server */
+    char *model;                    /* model name, owned */
+    struct vl2_job_message *messages;  /* [n_messages], owned */
+    size_t n_messages;
+    struct vl2_job_sampling sampling;
+    bool grounding;                 /* parse boxes into the DONE event */
+    bool stream;                    /* the server drops TOKEN events when false */
+    bool logprobs;                  /* fill vl2_event.logprob */
+};
+
+/* Free a job and close its descriptors.  Accepts NULL. */
+void vl2_job_free(struct vl2_job *job);
+
+/* ---- events (engine -> server) --------------------------------------- */
+
+enum vl2_event_kind {
+    VL2_EVENT_ACCEPTED = 1,
+    VL2_EVENT_PROGRESS,
+    VL2_EVENT_TOKEN,
+    VL2_EVENT_DONE,                 /* terminal */
+    VL2_EVENT_ERROR,                /* terminal */
+};
+
+/* Values of vl2_event.stage and .finish_reason: the numbers of vl2.proto's
+ * Stage and FinishReason enums. */
+enum vl2_event_stage {
+    VL2_STAGE_TILING = 1,
+    VL2_STAGE_VISION = 2,
+    VL2_STAGE_PREFILL = 3,
+    VL2_STAGE_LOADING = 4,
+};
+
+enum vl2_finish_reason {
+    VL2_FINISH_EOS = 1,
+    VL2_FINISH_LENGTH = 2,
+    VL2_FINISH_STOP = 3,
+};
+
+struct vl2_event_box {
+    char *label;                    /* owned */
+    float x1, y1, x2, y2;           /* pixels of the original image */
+    uint32_t image_index;
+};
+
+struct vl2_event {
+    struct vl2_event *next;         /* the server's queue */
+    uint64_t key;                   /* vl2_job.key */
+    enum vl2_event_kind kind;
+    /* ACCEPTED */
+    uint32_t queue_position;
+    /* PROGRESS */
+    enum vl2_event_stage stage;
+    float fraction;
+    /* TOKEN: text (whole UTF-8 characters) and the last token id */
+    uint8_t *text;                  /* owned; also DONE: the whole answer, optional */
+    size_t text_size;
+    uint32_t token_id;
+    bool has_logprob;
+    float logprob;
+    /* DONE */
+    enum vl2_finish_reason finish_reason;
+    uint32_t prompt_tokens;
+    uint32_t image_tokens;
+    uint32_t generated_tokens;
+    double time_to_first_token_s;
+    double decode_tokens_per_s;
+    struct vl2_event_box *boxes;    /* [n_boxes], owned */
+    size_t n_boxes;
+    /* ERROR */
+    int code;                       /* enum vl2_status */
+    char message[VL2_ERR_MSG_SIZE];
+};
+
+/* A zeroed event of @kind for job @key, or NULL when out of memory. */
+struct vl2_event *vl2_event_new(enum vl2_event_kind kind, uint64_t key);
+
+/* Copy @size bytes into ev->text.  Returns 0 or VL2_ENOMEM. */
+int vl2_event_set_text(struct vl2_event *ev, const void *text, size_t size);
+
+void vl2_event_free(struct vl2_event *ev);
+
+/* Queue @ev for the loop thread and wake it.  Takes ownership of @ev.
+ * Safe from any thread while the server exists.  Events for a job that has
+ * already ended (cancelled, client gone, server stopping) are dropped. */
+void vl2_server_post(struct vl2_server *srv, struct vl2_event *ev);
+
+/* ---- engines --------------------------------------------------------- */
+
+/* Figures an engine reports for Status; filled on the loop thread. */
+struct vl2_engine_stats {
+    uint64_t memory_bytes;
+    uint32_t queue_length;
+    uint32_t active_sequences;
+    double   tokens_per_s;
+    const char *backend;            /* static string or owned by the engine */
+};
+
+/* What a model's engine offers the server.  Every call comes from the loop
+ * thread and must not block, except free(). */
+struct vl2_engine_ops {
+    /* Take @job.  On success (0) the engine owns it and posts exactly one
+     * terminal event (DONE or ERROR) for job->key, also when cancelled.  On
+     * failure (< 0, detail in @err) the caller keeps the job and nothing is
+     * posted. */
+    int  (*submit)(void *engine, struct vl2_job *job, struct vl2_err *err);
+    /* Stop job @key early; it still ends with one terminal event (ERROR
+     * VL2_ECANCELED, or DONE if it finished first).  Unknown keys are
+     * ignored. */
+    void (*cancel)(void *engine, uint64_t key);
+    /* Optional (may be NULL). */
+    void (*stats)(void *engine, struct vl2_engine_stats *ret);
+    /* The server is going away: stop every job, join the threads, free the
+     * engine.  Events posted from here on are dropped. */
+    void (*free)(void *engine);
+};
+
+/* Serve model @name (from @dir, for display) with @engine.  The server calls
+ * ops->free(engine) when it is freed.  Returns 0, VL2_EINVAL for an empty or
+ * duplicate name, VL2_ENOMEM; on failure the caller keeps @engine. */
+int vl2_server_attach_model(struct vl2_server *srv, const char *name, const char *dir,
+                            const struct vl2_engine_ops *ops, void *engine,
+                            struct vl2_err *err);
+
+#endif /* VL2_SERVER_JOB_H */

@@ -1,0 +1,132 @@
+/* server-impl.h - the server's internal state, shared by its .c files only. */
+#ifndef VL2_SERVER_IMPL_H
+#define VL2_SERVER_IMPL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "ipc.h"
+#include "job.h"
+#include "log.h"
+#include "server.h"
+
+/* A model the server serves, with the engine attached to it. */
+struct vl2_srv_model {
+    struct vl2_srv_model *next;
+    char *name;
+    char *dir;
+    const struct vl2_engine_ops *ops;
+    void *engine;
+};
+
+/* A request of a connection that an engine is serving. */
+struct vl2_inflight {
+    struct vl2_inflight *next;
+    uint64_t request_id;
+    uint64_t key;                 /* vl2_job.key */
+    struct vl2_srv_model *model;
+    bool stream;
+    uint8_t *text;                /* answer gathered from TOKEN events when !stream */
+    size_t text_size;
+    size_t text_cap;
+};
+
+/* Peer credentials of a connection. */
+struct vl2_peer {
+    pid_t pid;
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[64];             /* supplementary groups, when known */
+    size_t n_groups;
+};
+
+struct vl2_conn {
+    struct vl2_conn *next;
+    struct vl2_conn *prev;
+    struct vl2_server *srv;
+    uint64_t id;                  /* for logs */
+    int fd;
+    uv_poll_t poll;               /* poll.data = this connection */
+    int poll_events;              /* what poll watches now */
+    bool poll_started;
+    struct vl2_peer peer;
+    struct vl2_ipc_reader reader;
+    struct vl2_ipc_writer writer;
+    bool hello_done;
+    bool close_after_flush;       /* a final error is queued; read nothing more */
+    bool closing;                 /* uv_close() called; freed in its callback */
+    struct vl2_inflight *inflight;
+    unsigned n_inflight;
+};
+
+struct vl2_server {
+    struct vl2_server_opts opts;
+    uv_loop_t loop;
+    bool loop_init;
+    uv_poll_t listen_poll;
+    bool listen_poll_init;
+    uv_signal_t sigterm;
+    uv_signal_t sigint;
+    uv_async_t wake;              /* events posted by engines, stop requests */
+    uv_timer_t grace;             /* shutdown deadline */
+    uv_timer_t accept_retry;      /* resumes accepting after EMFILE */
+    bool handles_init;
+    int listen_fd;
+    bool activated;               /* listen_fd came from systemd */
+    char socket_path[108];
+    dev_t socket_dev;             /* the socket file we created, to unlink it */
+    ino_t socket_ino;
+    bool socket_created;
+    char lock_path[116];
+    int lock_fd;
+    uint64_t started_ns;          /* uv_hrtime() at start */
+    uint64_t next_conn_id;
+    uint64_t next_key;
+    struct vl2_conn *conns;
+    unsigned n_conns;
+    struct vl2_srv_model *models;
+    bool stopping;
+    /* posted from other threads */
+    pthread_mutex_t lock;
+    struct vl2_event *events;     /* LIFO; drained in order by the loop */
+    bool stop_requested;
+};
+
+/* listen.c */
+int vl2__server_listen(struct vl2_server *srv, struct vl2_err *err);
+void vl2__server_unlisten(struct vl2_server *srv);
+
+/* auth.c */
+int vl2__auth_peer(int fd, struct vl2_peer *ret, struct vl2_err *err);
+/* 0 when @peer may connect, VL2_EPERM with the reason in @err otherwise. */
+int vl2__auth_check(const struct vl2_server_opts *o, const struct vl2_peer *peer,
+                    struct vl2_err *err);
+
+/* conn.c */
+void vl2__conn_accept(struct vl2_server *srv);
+/* Queue @resp for @c; on a full queue the connection is dropped. */
+void vl2__conn_send(struct vl2_conn *c, const Vl2__Response *resp);
+/* Queue an Error response for request @id; @close: close after sending. */
+void vl2__conn_send_error(struct vl2_conn *c, uint64_t id, int code, const char *msg, bool close);
+void vl2__conn_close(struct vl2_conn *c);
+/* Stop reading; close once the queued responses are sent. */
+void vl2__conn_finish(struct vl2_conn *c);
+struct vl2_inflight *vl2__conn_find_key(struct vl2_server *srv, uint64_t key,
+                                        struct vl2_conn **ret_conn);
+/* Take  out of @c's list (before anything that may close @c). */
+void vl2__inflight_unlink(struct vl2_conn *c, struct vl2_inflight *inf);
+void vl2__inflight_free(struct vl2_inflight *inf);
+
+/* dispatch.c: the one place that reads requests and builds responses */
+void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame);
+void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev);
+/* Error every request in flight on @c with @code and cancel its job. */
+void vl2__dispatch_abort_inflight(struct vl2_conn *c, int code, const char *msg, bool notify);
+
+/* server.c */
+void vl2__server_resident_memory(uint64_t *ret_bytes);
+
+#endif /* VL2_SERVER_IMPL_H */

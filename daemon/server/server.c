@@ -1,0 +1,395 @@
+/* server.c - the loop: listening socket, signals, events from engines,
+ * shutdown, systemd notifications. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server-impl.h"
+#include "vl2-config.h"
+
+#if VL2_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+struct vl2_server_opts vl2_server_default_opts(void)
+{
+    struct vl2_server_opts o = {
+        .socket_path = NULL,
+        .system = false,
+        .socket_mode = 0660,
+        .socket_activation = true,
+        .notify = true,
+        .max_frame = VL2_IPC_MAX_FRAME_DEFAULT,
+        .max_queued_bytes = 0,
+        .max_connections = 256,
+        .max_inflight_per_conn = 64,
+        .n_allow_uids = 0,
+        .n_allow_gids = 0,
+        .shutdown_grace_s = 2.0,
+    };
+    return o;
+}
+
+static void notify(struct vl2_server *srv, const char *state)
+{
+#if VL2_HAVE_SYSTEMD
+    if (srv->opts.notify) {
+        int r = sd_notify(0, state);
+
+        if (r < 0)
+            vl2_log(VL2_LOG_WARN, "sd_notify: %s, ignoring", strerror(-r));
+    }
+#else
+    (void) srv;
+    (void) state;
+#endif
+}
+
+void vl2__server_resident_memory(uint64_t *ret_bytes)
+{
+    unsigned long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "re");
+
+    *ret_bytes = 0;
+    if (!f)
+        return;
+    if (fscanf(f, "%lu %lu", &size, &resident) == 2)
+        *ret_bytes = (uint64_t) resident * (uint64_t) sysconf(_SC_PAGESIZE);
+    fclose(f);
+}
+
+/* ---- models ---------------------------------------------------------- */
+
+int vl2_server_attach_model(struct vl2_server *srv, const char *name, const char *dir,
+                            const struct vl2_engine_ops *ops, void *engine,
+                            struct vl2_err *err)
+{
+    struct vl2_srv_model *m, **tail;
+
+    if (!name || !name[0])
+        return vl2_err_set(err, VL2_EINVAL, "server: a model needs a name");
+    if (!ops || !ops->submit || !ops->cancel || !ops->free)
+        return vl2_err_set(err, VL2_EINVAL, "server: model '%s': incomplete engine", name);
+    for (tail = &srv->models; *tail; tail = &(*tail)->next)
+        if (!strcmp((*tail)->name, name))
+            return vl2_err_set(err, VL2_EINVAL, "server: model '%s' is already served", name);
+    m = calloc(1, sizeof(*m));
+    if (!m)
+        return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+    m->name = strdup(name);
+    m->dir = strdup(dir ? dir : "");
+    if (!m->name || !m->dir) {
+        free(m->name);
+        free(m->dir);
+        free(m);
+        return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+    }
+    m->ops = ops;
+    m->engine = engine;
+    *tail = m;
+    return 0;
+}
+
+static void free_models(struct vl2_server *srv)
+{
+    struct vl2_srv_model *m, *next;
+
+    for (m = srv->models; m; m = next) {
+        next = m->next;
+        m->ops->free(m->engine);
+        free(m->name);
+        free(m->dir);
+        free(m);
+    }
+    srv->models = NULL;
+}
+
+/* ---- events from other threads --------------------------------------- */
+
+void vl2_server_post(struct vl2_server *srv, struct vl2_event *ev)
+{
+    if (!ev)
+        return;
+    pthread_mutex_lock(&srv->lock);
+    ev->next = srv->events;
+    srv->events = ev;
+    pthread_mutex_unlock(&srv->lock);
+    uv_async_send(&srv->wake);
+}
+
+void vl2_server_stop(struct vl2_server *srv)
+{
+    pthread_mutex_lock(&srv->lock);
+    srv->stop_requested = true;
+    pthread_mutex_unlock(&srv->lock);
+    uv_async_send(&srv->wake);
+}
+
+/* Take the queued events, oldest first. */
+static struct vl2_event *take_events(struct vl2_server *srv, bool *ret_stop)
+{
+    struct vl2_event *list, *rev = NULL;
+
+    pthread_mutex_lock(&srv->lock);
+    list = srv->events;
+    srv->events = NULL;
+    *ret_stop = srv->stop_requested;
+    pthread_mutex_unlock(&srv->lock);
+    while (list) {
+        struct vl2_event *next = list->next;
+
+        list->next = rev;
+        rev = list;
+        list = next;
+    }
+    return rev;
+}
+
+static void begin_shutdown(struct vl2_server *srv, const char *why);
+
+static void on_wake(uv_async_t *h)
+{
+    struct vl2_server *srv = h->data;
+    struct vl2_event *ev, *next;
+    bool stop;
+
+    ev = take_events(srv, &stop);
+    for (; ev; ev = next) {
+        next = ev->next;
+        if (!srv->stopping)
+            vl2__dispatch_event(srv, ev);
+        vl2_event_free(ev);
+    }
+    if (stop)
+        begin_shutdown(srv, "stop requested");
+}
+
+/* ---- listening ------------------------------------------------------- */
+
+static void on_listen(uv_poll_t *h, int status, int events)
+{
+    struct vl2_server *srv = h->data;
+
+    if (status < 0) {
+        vl2_log(VL2_LOG_ERR, "listening socket: %s", uv_strerror(status));
+        return;
+    }
+    if (events & UV_READABLE)
+        vl2__conn_accept(srv);
+}
+
+/* ---- shutdown -------------------------------------------------------- */
+
+static void on_closed_quietly(uv_handle_t *h)
+{
+    (void) h;
+}
+
+static void maybe_finish(struct vl2_server *srv)
+{
+    if (!srv->stopping || srv->conns)
+        return;
+    if (!uv_is_closing((uv_handle_t *) &srv->grace))
+        uv_close((uv_handle_t *) &srv->grace, on_closed_quietly);
+    if (!uv_is_closing((uv_handle_t *) &srv->wake))
+        uv_close((uv_handle_t *) &srv->wake, on_closed_quietly);
+    if (!uv_is_closing((uv_handle_t *) &srv->accept_retry))
+        uv_close((uv_handle_t *) &srv->accept_retry, on_closed_quietly);
+}
+
+static void on_grace_expired(uv_timer_t *t)
+{
+    struct vl2_server *srv = t->data;
+    struct vl2_conn *c, *next;
+
+    vl2_log(VL2_LOG_WARN, "%u client(s) did not read their last responses in time; "
+            "closing", srv->n_conns);
+    for (c = srv->conns; c; c = next) {
+        next = c->next;
+        vl2__conn_close(c);
+    }
+}
+
+/* Called from conn.c when a connection is gone, so that shutdown can end. */
+void vl2__server_conn_gone(struct vl2_server *srv);
+void vl2__server_conn_gone(struct vl2_server *srv)
+{
+    maybe_finish(srv);
+}
+
+static void begin_shutdown(struct vl2_server *srv, const char *why)
+{
+    struct vl2_conn *c, *next;
+
+    if (srv->stopping)
+        return;
+    srv->stopping = true;
+    vl2_log(VL2_LOG_INFO, "stopping (%s)", why);
+    notify(srv, "STOPPING=1");
+    if (srv->listen_poll_init && !uv_is_closing((uv_handle_t *) &srv->listen_poll))
+        uv_close((uv_handle_t *) &srv->listen_poll, on_closed_quietly);
+    uv_close((uv_handle_t *) &srv->sigterm, on_closed_quietly);
+    uv_close((uv_handle_t *) &srv->sigint, on_closed_quietly);
+    /* The socket file goes first, so that no new client finds it. */
+    vl2__server_unlisten(srv);
+    for (c = srv->conns; c; c = next) {
+        next = c->next;
+        vl2__dispatch_abort_inflight(c, VL2_ECANCELED, "server: vl2d is shutting down", true);
+        vl2__conn_finish(c);
+    }
+    uv_timer_start(&srv->grace, on_grace_expired,
+                   (uint64_t) (srv->opts.shutdown_grace_s * 1000.0), 0);
+    uv_unref((uv_handle_t *) &srv->grace);
+    maybe_finish(srv);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    begin_shutdown(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* ---- life cycle ------------------------------------------------------ */
+
+int vl2_server_new(const struct vl2_server_opts *o, struct vl2_server **ret_srv,
+                   struct vl2_err *err)
+{
+    struct vl2_server *srv;
+    int r;
+
+    srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+    srv->opts = *o;
+    srv->listen_fd = -1;
+    srv->lock_fd = -1;
+    if (srv->opts.max_frame == 0 || srv->opts.max_frame > VL2_IPC_MAX_FRAME_LIMIT)
+        srv->opts.max_frame = srv->opts.max_frame ? VL2_IPC_MAX_FRAME_LIMIT
+                                                  : VL2_IPC_MAX_FRAME_DEFAULT;
+    if (srv->opts.max_queued_bytes == 0)
+        srv->opts.max_queued_bytes = 2 * (size_t) srv->opts.max_frame + (1u << 20);
+    if (srv->opts.n_allow_uids == 0) {
+        srv->opts.allow_uids[srv->opts.n_allow_uids++] = geteuid();
+        if (geteuid() != 0)
+            srv->opts.allow_uids[srv->opts.n_allow_uids++] = 0;
+    }
+    srv->opts.socket_path = NULL;  /* the caller's string; ours is srv->socket_path */
+    srv->next_conn_id = 1;
+    srv->next_key = 1;
+    pthread_mutex_init(&srv->lock, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    r = uv_loop_init(&srv->loop);
+    if (r < 0) {
+        vl2_err_set(err, VL2_EIO, "server: cannot start the event loop: %s", uv_strerror(r));
+        goto out_free;
+    }
+    srv->loop_init = true;
+    srv->opts.socket_path = o->socket_path;
+    r = vl2__server_listen(srv, err);
+    srv->opts.socket_path = NULL;
+    if (r < 0)
+        goto out_free;
+    uv_async_init(&srv->loop, &srv->wake, on_wake);
+    srv->wake.data = srv;
+    uv_signal_init(&srv->loop, &srv->sigterm);
+    srv->sigterm.data = srv;
+    uv_signal_init(&srv->loop, &srv->sigint);
+    srv->sigint.data = srv;
+    uv_timer_init(&srv->loop, &srv->grace);
+    srv->grace.data = srv;
+    uv_timer_init(&srv->loop, &srv->accept_retry);
+    srv->accept_retry.data = srv;
+    srv->handles_init = true;
+    r = uv_poll_init(&srv->loop, &srv->listen_poll, srv->listen_fd);
+    if (r < 0) {
+        vl2_err_set(err, VL2_EIO, "server: cannot watch the socket: %s", uv_strerror(r));
+        goto out_free;
+    }
+    srv->listen_poll.data = srv;
+    srv->listen_poll_init = true;
+    *ret_srv = srv;
+    return 0;
+
+out_free:
+    vl2_server_free(srv);
+    return err ? err->code : VL2_EIO;
+}
+
+int vl2_server_run(struct vl2_server *srv, struct vl2_err *err)
+{
+    char ready[160];
+    int r;
+
+    r = uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    if (r == 0)
+        r = uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    if (r == 0)
+        r = uv_poll_start(&srv->listen_poll, UV_READABLE, on_listen);
+    if (r < 0)
+        return vl2_err_set(err, VL2_EIO, "server: cannot start serving: %s", uv_strerror(r));
+    srv->started_ns = uv_hrtime();
+    vl2_log(VL2_LOG_INFO, "listening on '%s'%s (protocol %u, pid %ld)",
+            srv->socket_path, srv->activated ? " (from systemd)" : "",
+            VL2_IPC_PROTOCOL_VERSION, (long) getpid());
+    snprintf(ready, sizeof(ready), "READY=1\nSTATUS=serving %s", srv->socket_path);
+    notify(srv, ready);
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    /* close what is left (handles closed during shutdown need one more turn) */
+    uv_run(&srv->loop, UV_RUN_NOWAIT);
+    vl2_log(VL2_LOG_INFO, "stopped");
+    return 0;
+}
+
+static void close_any(uv_handle_t *h, void *arg)
+{
+    (void) arg;
+    if (!uv_is_closing(h))
+        uv_close(h, on_closed_quietly);
+}
+
+void vl2_server_free(struct vl2_server *srv)
+{
+    struct vl2_event *ev, *next;
+    bool stop;
+
+    if (!srv)
+        return;
+    /* Connections first (their jobs are cancelled), then the engines: after
+     * free() they post nothing more. */
+    if (srv->loop_init) {
+        struct vl2_conn *c, *cn;
+
+        for (c = srv->conns; c; c = cn) {
+            cn = c->next;
+            vl2__conn_close(c);
+        }
+    }
+    free_models(srv);
+    if (srv->loop_init) {
+        uv_walk(&srv->loop, close_any, NULL);
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&srv->loop) != 0)
+            vl2_log(VL2_LOG_WARN, "event loop still busy at exit");
+    }
+    vl2__server_unlisten(srv);
+    ev = take_events(srv, &stop);
+    for (; ev; ev = next) {
+        next = ev->next;
+        vl2_event_free(ev);
+    }
+    pthread_mutex_destroy(&srv->lock);
+    free(srv);
+}
+
+const char *vl2_server_socket_path(const struct vl2_server *srv)
+{
+    return srv->socket_path;
+}
+
+bool vl2_server_socket_activated(const struct vl2_server *srv)
+{
+    return srv->activated;
+}

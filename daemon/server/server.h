@@ -1,0 +1,88 @@
+/* server.h - vl2d's server: the Unix socket, connections, peer checks and
+ * request dispatch on one libuv loop thread.
+ *
+ * Usage (what `vl2d serve` does):
+ *
+ *     struct vl2_server_opts o = vl2_server_default_opts();
+ *     o.socket_path = "/tmp/vl2d.sock";
+ *     struct vl2_server *srv;
+ *     if (vl2_server_new(&o, &srv, &err) < 0) ...   // binds, or takes the
+ *                                                   // systemd socket
+ *     vl2_server_run(srv, &err);                    // until SIGTERM/SIGINT
+ *     vl2_server_free(srv);                         // removes the socket file
+ */
+#ifndef VL2_SERVER_H
+#define VL2_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "job.h"
+#include "vl2-status.h"
+
+#define VL2_SERVER_MAX_ALLOW 32
+
+struct vl2_server_opts {
+    /* Socket file to bind; NULL: the default of the mode (system:
+     * /run/vl2d/vl2d.sock, user: $XDG_RUNTIME_DIR/vl2d.sock). */
+    const char *socket_path;
+    /* System mode: the system socket by default.  Also chosen when running
+     * as root without XDG_RUNTIME_DIR. */
+    bool system;
+    /* Mode of a socket file we create (systemd's SocketMode= otherwise). */
+    unsigned socket_mode;
+    /* Take a socket passed by systemd (LISTEN_FDS) when there is one. */
+    bool socket_activation;
+    /* Send READY=1 / STOPPING=1 to $NOTIFY_SOCKET (with libsystemd). */
+    bool notify;
+    /* Largest frame accepted from a client, bytes (0: 64 MiB). */
+    uint32_t max_frame;
+    /* Bytes of responses that may wait for a slow client before it is
+     * disconnected (0: 2 * max_frame + 1 MiB). */
+    size_t max_queued_bytes;
+    unsigned max_connections;
+    /* Requests an engine serves at once for one connection. */
+    unsigned max_inflight_per_conn;
+    /* Who may connect: a peer whose uid is in allow_uids, or whose primary
+     * or supplementary group is in allow_gids.  With no uid given, the
+     * daemon's own uid and root are allowed. */
+    uid_t allow_uids[VL2_SERVER_MAX_ALLOW];
+    size_t n_allow_uids;
+    gid_t allow_gids[VL2_SERVER_MAX_ALLOW];
+    size_t n_allow_gids;
+    /* Seconds to wait, when stopping, for clients to read their last
+     * responses. */
+    double shutdown_grace_s;
+};
+
+struct vl2_server_opts vl2_server_default_opts(void);
+
+struct vl2_server;
+
+/* Create the server and its listening socket: the one systemd passed, or
+ * @o->socket_path (a stale socket file is replaced; a live daemon on it is a
+ * VL2_EBUSY error naming it).  Returns 0 and *@ret_srv, or < 0 with @err. */
+int vl2_server_new(const struct vl2_server_opts *o, struct vl2_server **ret_srv,
+                   struct vl2_err *err);
+
+/* Serve until SIGTERM, SIGINT or vl2_server_stop().  Requests in flight then
+ * get an Error CANCELED, the socket file is removed, the loop ends.  Returns
+ * 0, or < 0 when the loop could not run. */
+int vl2_server_run(struct vl2_server *srv, struct vl2_err *err);
+
+/* Ask a running server to stop, as SIGTERM does.  Safe from any thread. */
+void vl2_server_stop(struct vl2_server *srv);
+
+/* Free the server; removes a socket file it created.  Accepts NULL. */
+void vl2_server_free(struct vl2_server *srv);
+
+/* The path clients connect to (for a systemd socket: as the kernel reports
+ * it, "" when unnamed). */
+const char *vl2_server_socket_path(const struct vl2_server *srv);
+
+/* True when the listening socket came from systemd. */
+bool vl2_server_socket_activated(const struct vl2_server *srv);
+
+#endif /* VL2_SERVER_H */
