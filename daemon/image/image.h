@@ -121,6 +121,8 @@ void vl2_image_normalize(float *out, const uint8_t *in, size_t n, size_t plane,
 /* Pillow-exact BICUBIC resize (Image.resize(..., BICUBIC), spec 3.7) of the
  * RGB8 image @src (sw x sh, rows sw * 3 bytes apart) to dw x dh, written at
  * @dst with rows @dst_stride bytes apart.  Same size: a copy.
+ * Uses AVX2 where available; the environment variable VL2_IMAGE_SIMD=0
+ * selects the portable code (same results).
  * Returns 0, VL2_EINVAL (a size < 1) or VL2_ENOMEM. */
 int vl2_image_resize(const uint8_t *src, int32_t sw, int32_t sh, uint8_t *dst, int32_t dw,
                      int32_t dh, size_t dst_stride, struct vl2_err *err);

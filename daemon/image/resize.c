@@ -236,8 +236,14 @@ __attribute__((target("avx2"))) static void hblock_avx2(const uint8_t *t,
     }
 }
 
+/* AVX2 where the CPU has it, unless VL2_IMAGE_SIMD=0 (tests of the
+ * portable path). */
 static int have_avx2(void)
 {
+    const char *e = getenv("VL2_IMAGE_SIMD");
+
+    if (e && !strcmp(e, "0"))
+        return 0;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
 }
