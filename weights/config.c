@@ -193,9 +193,51 @@ static int get_candidates(const cJSON *obj, const char *sect, int *n_out, int (*
     return 0;
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+/* Python's json keeps the last of duplicate keys, cJSON finds the first:
+ * refuse duplicates rather than read a different value than the official code. */
+static int check_duplicates(const cJSON *it, const char *what, int depth, struct vl2_err *err)
+{
+    const cJSON *c;
+    const char **names;
+    size_t n = 0, i;
+    int r = 0;
+
+    if (depth > 64)
+        return vl2_err_set(err, VL2_EFORMAT, "%s: nested more than 64 levels deep", what);
+    for (c = it->child; c; c = c->next) {
+        n++;
+        if ((cJSON_IsObject(c) || cJSON_IsArray(c)) &&
+            (r = check_duplicates(c, what, depth + 1, err)) < 0)
+            return r;
+    }
+    if (!cJSON_IsObject(it) || n < 2)
+        return 0;
+    names = malloc(n * sizeof(*names));
+    if (!names)
+        return vl2_err_set(err, VL2_ENOMEM, "%s: out of memory", what);
+    for (c = it->child, i = 0; c; c = c->next)
+        names[i++] = c->string ? c->string : "";
+    qsort(names, n, sizeof(*names), cmp_name);
+    for (i = 1; i < n; i++)
+        if (!strcmp(names[i - 1], names[i])) {
+            r = vl2_err_set(err, VL2_EFORMAT, "%s: key '%.64s' appears twice in one object", what,
+                            names[i]);
+            break;
+        }
+    free(names);
+    return r;
+}
+
 static int parse_json(cJSON **ret, const char *what, const char *text, size_t len,
                       struct vl2_err *err)
 {
+    int r;
+
     const char *end = NULL;
     cJSON *root;
 
@@ -208,6 +250,11 @@ static int parse_json(cJSON **ret, const char *what, const char *text, size_t le
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return vl2_err_set(err, VL2_EFORMAT, "%s: top level is not a JSON object", what);
+    }
+    r = check_duplicates(root, what, 0, err);
+    if (r < 0) {
+        cJSON_Delete(root);
+        return r;
     }
     *ret = root;
     return 0;
@@ -504,18 +551,25 @@ int vl2_config_parse(struct vl2_model_config *c, const char *json, size_t len,
         (r = parse_lm(&cfg.lm, lo, err)) < 0)
         goto out_free;
 
-    if ((r = get_str(root, NULL, "tile_tag", "tile_tag", 0, cfg.tile_tag, sizeof(cfg.tile_tag),
-                     err)) < 0)
-        goto out_free;
-    if (strcmp(cfg.tile_tag, "2D") != 0) {
-        r = vl2_err_set(err, VL2_EUNSUPPORTED, "config: key 'tile_tag' = \"%s\"%s: only \"2D\" "
-                        "is supported", cfg.tile_tag,
-                        cJSON_GetObjectItemCaseSensitive(root, "tile_tag") ? "" : " (default)");
-        goto out_free;
+    {
+        char tag[64];
+        if ((r = get_str(root, NULL, "tile_tag", "tile_tag", 0, tag, sizeof(tag), err)) < 0)
+            goto out_free;
+        if (strcmp(tag, "2D") != 0) {
+            r = vl2_err_set(err, VL2_EUNSUPPORTED, "config: key 'tile_tag' = \"%s\"%s: only "
+                            "\"2D\" is supported", tag,
+                            cJSON_GetObjectItemCaseSensitive(root, "tile_tag") ? ""
+                                                                              : " (default)");
+            goto out_free;
+        }
+        snprintf(cfg.tile_tag, sizeof(cfg.tile_tag), "%s", tag);
     }
-    if ((r = get_str(root, NULL, "global_view_pos", "head", 0, cfg.global_view_pos,
-                     sizeof(cfg.global_view_pos), err)) < 0)
-        goto out_free;
+    {
+        char pos[64];
+        if ((r = get_str(root, NULL, "global_view_pos", "head", 0, pos, sizeof(pos), err)) < 0)
+            goto out_free;
+        snprintf(cfg.global_view_pos, sizeof(cfg.global_view_pos), "%.7s", pos);
+    }
     if (strcmp(cfg.global_view_pos, "head") != 0 && strcmp(cfg.global_view_pos, "tail") != 0) {
         r = bad(err, NULL, "global_view_pos", cJSON_GetObjectItemCaseSensitive(root,
                 "global_view_pos"), "expected \"head\" or \"tail\"");

@@ -350,34 +350,32 @@ int vl2_model_validate(const struct vl2_model_config *c, const struct vl2_weight
         free(v);
         return 0;
     }
-    mb_add(&m, "weights: checkpoint does not match config.json:");
-    for (i = 0; i < n_bad && i < MAX_LIST; i++) {
-        shape_str(a, sizeof(a), bad_t[i]->shape, bad_t[i]->ndim);
-        shape_str(b, sizeof(b), first_bad[i]->shape, first_bad[i]->ndim);
-        mb_add(&m, " tensor '%s' is %s %s, expected %s%s;", first_bad[i]->name,
-               vl2_dtype_st_name(bad_t[i]->dtype), a, b,
-               bad_t[i]->dtype == VL2_DTYPE_I32 ? " of a float dtype" : "");
-    }
-    if (n_bad > MAX_LIST)
-        mb_add(&m, " %zu more wrong;", n_bad - MAX_LIST);
+    mb_add(&m, "weights: checkpoint does not match config.json: %zu missing, %zu unexpected, "
+           "%zu wrong", n_missing, n_extra, n_bad);
     if (n_missing) {
-        mb_add(&m, " %zu missing:", n_missing);
-        for (i = 0; i < n_missing && i < MAX_LIST; i++)
+        mb_add(&m, "; missing");
+        for (i = 0; i < n_missing && i < 2; i++)
             mb_add(&m, "%s '%s'", i ? "," : "", first_missing[i]->name);
-        if (n_missing > MAX_LIST)
+        if (n_missing > 2)
             mb_add(&m, ", ...");
-        mb_add(&m, ";");
     }
     if (n_extra) {
-        mb_add(&m, " %zu unexpected:", n_extra);
-        for (i = 0; i < n_extra && i < MAX_LIST; i++)
+        mb_add(&m, "; unexpected");
+        for (i = 0; i < n_extra && i < 2; i++)
             mb_add(&m, "%s '%.80s'", i ? "," : "", first_extra[i]->name);
-        if (n_extra > MAX_LIST)
+        if (n_extra > 2)
             mb_add(&m, ", ...");
-        mb_add(&m, ";");
     }
-    if (m.len && m.s[m.len - 1] == ';')
-        m.s[--m.len] = '\0';
+    for (i = 0; i < n_bad && i < 2; i++) {
+        shape_str(a, sizeof(a), bad_t[i]->shape, bad_t[i]->ndim);
+        shape_str(b, sizeof(b), first_bad[i]->shape, first_bad[i]->ndim);
+        mb_add(&m, "; '%s' is %s %s, expected %s%s", first_bad[i]->name,
+               vl2_dtype_st_name(bad_t[i]->dtype), a, b,
+               bad_t[i]->dtype == VL2_DTYPE_BF16 || bad_t[i]->dtype == VL2_DTYPE_F16 ||
+               bad_t[i]->dtype == VL2_DTYPE_F32 ? "" : " of a float dtype");
+    }
+    if (n_bad > 2)
+        mb_add(&m, "; ...");
     if (m.full)
         snprintf(m.s + m.len, sizeof(m.s) - m.len, " ...");
     free(v);
