@@ -207,6 +207,9 @@ int vl2_ipc_reader_read(struct vl2_ipc_reader *r, int fd, struct vl2_err *err)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return VL2_IPC_AGAIN;
+            /* a peer that closed with our data unread: gone, like an EOF */
+            if (errno == ECONNRESET && !vl2_ipc_reader_busy(r))
+                return VL2_IPC_EOF;
             return vl2_err_set(err, VL2_EIO, "ipc: receive failed: %s", strerror(errno));
         }
         if (mh.msg_controllen > 0) {

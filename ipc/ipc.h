@@ -117,10 +117,9 @@ int vl2_ipc_reader_add_fds(struct vl2_ipc_reader *r, const int *fds, size_t n_fd
 
 /* Receive from the non-blocking stream socket @fd until one frame is complete
  * or the socket would block.  Returns VL2_IPC_FRAME, VL2_IPC_AGAIN, VL2_IPC_EOF
- * (orderly close between frames), or: VL2_EFORMAT (stream ended inside a
- * frame, zero length, descriptors lost to truncated control data), VL2_ELIMIT
- * (oversize length, too many descriptors), VL2_EIO (recvmsg failed),
- * VL2_ENOMEM. */
+ * (the peer closed or reset the connection between frames), or: VL2_EFORMAT
+ * (stream ended inside a frame, zero length), VL2_ELIMIT (oversize length,
+ * too many descriptors), VL2_EIO (recvmsg failed), VL2_ENOMEM. */
 int vl2_ipc_reader_read(struct vl2_ipc_reader *r, int fd, struct vl2_err *err);
 
 /* Move the ready frame into @ret (its payload and descriptors now belong to
