@@ -506,6 +506,9 @@ static int parse_lm(struct vl2_lm_config *l, const cJSON *o, struct vl2_err *err
         l->n_shared = 0;
         l->top_k = 0;
     }
+    /* bound the tensor list a config implies (DeepSeek-V3: 61 x 256) */
+    CHECK((long long) l->n_layer * l->n_expert <= 65536, S, "n_routed_experts",
+          item(o, "n_routed_experts"), "too many experts x layers (limit 65536)");
     /* dense layers exist unless every layer is MoE */
     {
         int i, dense = 0;
@@ -530,7 +533,7 @@ int vl2_config_parse(struct vl2_model_config *c, const char *json, size_t len,
     memset(&cfg, 0, sizeof(cfg));
     r = parse_json(&root, "config", json, len, err);
     if (r < 0)
-        return r;
+        return vl2__err_oneline(err, r);
 
     it = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (it && !(cJSON_IsString(it) && !strcmp(it->valuestring, "deepseek_vl_v2"))) {
@@ -562,7 +565,7 @@ int vl2_config_parse(struct vl2_model_config *c, const char *json, size_t len,
                                                                               : " (default)");
             goto out_free;
         }
-        snprintf(cfg.tile_tag, sizeof(cfg.tile_tag), "%s", tag);
+        memcpy(cfg.tile_tag, "2D", 3);
     }
     {
         char pos[64];
@@ -607,7 +610,7 @@ int vl2_config_parse(struct vl2_model_config *c, const char *json, size_t len,
     r = 0;
 out_free:
     cJSON_Delete(root);
-    return r;
+    return r < 0 ? vl2__err_oneline(err, r) : r;
 }
 
 /* ---- files ---------------------------------------------------------------- */
@@ -659,7 +662,7 @@ out_close:
     return r;
 }
 
-int vl2_config_load(struct vl2_model_config *c, const char *dir, struct vl2_err *err)
+static int vl2_config_load_impl(struct vl2_model_config *c, const char *dir, struct vl2_err *err)
 {
     char path[4096];
     char *buf;
@@ -727,7 +730,7 @@ int vl2__processor_config_parse(struct vl2_processor_config *c, const char *json
     vl2__processor_config_defaults(&p);
     r = parse_json(&root, "processor_config", json, len, err);
     if (r < 0)
-        return r;
+        return vl2__err_oneline(err, r);
     r = get_candidates(root, S, &p.n_candidates, p.candidates, err);
     if (r < 0)
         goto out_free;
@@ -768,10 +771,10 @@ int vl2__processor_config_parse(struct vl2_processor_config *c, const char *json
     r = 0;
 out_free:
     cJSON_Delete(root);
-    return r;
+    return r < 0 ? vl2__err_oneline(err, r) : r;
 }
 
-int vl2_processor_config_load(struct vl2_processor_config *c, const char *dir,
+static int vl2_processor_config_load_impl(struct vl2_processor_config *c, const char *dir,
                               struct vl2_err *err)
 {
     char path[4096];
@@ -809,7 +812,7 @@ int vl2__tokenizer_config_parse(struct vl2_tokenizer_config *c, const char *json
     memset(&t, 0, sizeof(t));
     r = parse_json(&root, "tokenizer_config", json, len, err);
     if (r < 0)
-        return r;
+        return vl2__err_oneline(err, r);
     t.present = 1;
     t.model_max_length = 131072;
     if ((r = get_bool(root, S, "add_bos_token", 1, &t.add_bos_token, err)) < 0 ||
@@ -837,10 +840,10 @@ int vl2__tokenizer_config_parse(struct vl2_tokenizer_config *c, const char *json
     r = 0;
 out_free:
     cJSON_Delete(root);
-    return r;
+    return r < 0 ? vl2__err_oneline(err, r) : r;
 }
 
-int vl2_tokenizer_config_load(struct vl2_tokenizer_config *c, const char *dir,
+static int vl2_tokenizer_config_load_impl(struct vl2_tokenizer_config *c, const char *dir,
                               struct vl2_err *err)
 {
     char path[4096];
@@ -863,4 +866,27 @@ int vl2_tokenizer_config_load(struct vl2_tokenizer_config *c, const char *dir,
     if (r < 0)
         vl2__err_prefix(err, path);
     return r;
+}
+
+int vl2_config_load(struct vl2_model_config *c, const char *dir, struct vl2_err *err)
+{
+    int r = vl2_config_load_impl(c, dir, err);
+
+    return r < 0 ? vl2__err_oneline(err, r) : r;
+}
+
+int vl2_processor_config_load(struct vl2_processor_config *c, const char *dir,
+                              struct vl2_err *err)
+{
+    int r = vl2_processor_config_load_impl(c, dir, err);
+
+    return r < 0 ? vl2__err_oneline(err, r) : r;
+}
+
+int vl2_tokenizer_config_load(struct vl2_tokenizer_config *c, const char *dir,
+                              struct vl2_err *err)
+{
+    int r = vl2_tokenizer_config_load_impl(c, dir, err);
+
+    return r < 0 ? vl2__err_oneline(err, r) : r;
 }

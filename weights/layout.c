@@ -379,5 +379,5 @@ int vl2_model_validate(const struct vl2_model_config *c, const struct vl2_weight
     if (m.full)
         snprintf(m.s + m.len, sizeof(m.s) - m.len, " ...");
     free(v);
-    return vl2_err_set(err, VL2_EFORMAT, "%s", m.s);
+    return vl2__err_oneline(err, vl2_err_set(err, VL2_EFORMAT, "%s", m.s));
 }

@@ -385,7 +385,7 @@ int vl2_safetensors_check(const void *buf, size_t size, struct vl2_err *err)
 {
     int r = parse_header(buf, size, "safetensors", 0, NULL, err);
 
-    return r < 0 ? r : 0;
+    return r < 0 ? vl2__err_oneline(err, r) : 0;
 }
 
 /* ---- the weights object --------------------------------------------------- */
@@ -558,7 +558,7 @@ int vl2_weights_open_file(struct vl2_weights **ret, const char *path, struct vl2
     return 0;
 out_close:
     vl2_weights_close(w);
-    return r;
+    return vl2__err_oneline(err, r);
 }
 
 /* ---- model.safetensors.index.json ----------------------------------------- */
@@ -646,7 +646,7 @@ int vl2__st_index_check(const char *json, size_t len, struct vl2_err *err)
 
     r = index_parse(&root, &map, "index", json, len, err);
     if (r < 0)
-        return r;
+        return vl2__err_oneline(err, r);
     r = index_shards(map, &shards, &n);
     cJSON_Delete(root);
     if (r < 0)
@@ -731,7 +731,7 @@ out_free:
     return r;
 }
 
-int vl2_weights_open(struct vl2_weights **ret, const char *dir, struct vl2_err *err)
+static int vl2_weights_open_impl(struct vl2_weights **ret, const char *dir, struct vl2_err *err)
 {
     char ipath[4096], path[4096];
     struct vl2_weights *w;
@@ -751,8 +751,15 @@ int vl2_weights_open(struct vl2_weights **ret, const char *dir, struct vl2_err *
     r = open_index(w, dir, ipath, err);
     if (r < 0) {
         vl2_weights_close(w);
-        return r;
+        return vl2__err_oneline(err, r);
     }
     *ret = w;
     return 0;
+}
+
+int vl2_weights_open(struct vl2_weights **ret, const char *dir, struct vl2_err *err)
+{
+    int r = vl2_weights_open_impl(ret, dir, err);
+
+    return r < 0 ? vl2__err_oneline(err, r) : r;
 }

@@ -52,4 +52,18 @@ static inline void vl2__err_prefix(struct vl2_err *err, const char *ctx)
     memcpy(err->msg, tmp, sizeof(tmp));
 }
 
+/* Messages are one line: control bytes from user strings become spaces.
+ * Returns err->code (or @r when err is NULL). */
+static inline int vl2__err_oneline(struct vl2_err *err, int r)
+{
+    size_t i;
+
+    if (!err)
+        return r;
+    for (i = 0; i < sizeof(err->msg) && err->msg[i]; i++)
+        if ((unsigned char) err->msg[i] < 0x20 || err->msg[i] == 0x7f)
+            err->msg[i] = ' ';
+    return r;
+}
+
 #endif

@@ -2,8 +2,10 @@
  * against its config.json and summarise it; or print one line naming the
  * first problem and exit 1. */
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cmd.h"
@@ -12,10 +14,11 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: vl2d check-model [--config-only] DIR\n\n"
+    fprintf(f, "usage: vl2d check-model [--config-only | --scan] DIR\n\n"
                "Validate the DeepSeek-VL2 checkpoint in DIR (config.json, processor_config.json,\n"
                "safetensors shards) and print a summary.  --config-only reads config.json alone\n"
-               "and computes the parameter counts from the shapes it implies.\n");
+               "and computes the parameter counts from the shapes it implies.  --scan also reads\n"
+               "every tensor and fails on NaN or infinite values.\n");
 }
 
 static const char *billions(int64_t n, char *buf, size_t cap)
@@ -127,10 +130,52 @@ static void print_summary(const char *dir, const struct vl2_model_config *c,
                pc->image_token, pc->sft_format);
 }
 
+/* Number of NaN / infinite values among @n elements of @dtype at @p. */
+static size_t count_nonfinite(int dtype, const uint8_t *p, size_t n)
+{
+    size_t i, bad = 0;
+
+    if (dtype == VL2_DTYPE_BF16 || dtype == VL2_DTYPE_F16) {
+        const uint16_t mask = dtype == VL2_DTYPE_BF16 ? 0x7f80 : 0x7c00;
+        for (i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            bad += (h & mask) == mask;
+        }
+    } else if (dtype == VL2_DTYPE_F32) {
+        for (i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            bad += (u & 0x7f800000u) == 0x7f800000u;
+        }
+    }
+    return bad;
+}
+
+/* Read every tensor; fail on the first one holding NaN or Inf. */
+static int scan(const struct vl2_weights *w, double *ret_seconds, struct vl2_err *err)
+{
+    struct timespec t0, t1;
+    size_t i, n = vl2_weights_count(w);
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (i = 0; i < n; i++) {
+        const struct vl2_st_tensor *t = vl2_weights_at(w, i);
+        size_t bad = count_nonfinite(t->dtype, t->data, t->size / vl2_dtype_size(t->dtype));
+        if (bad)
+            return vl2_err_set(err, VL2_EFORMAT, "weights: tensor '%s': %zu NaN or infinite "
+                               "values", t->name, bad);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    *ret_seconds = (double) (t1.tv_sec - t0.tv_sec) + (double) (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    return 0;
+}
+
 int vl2d_cmd_check_model(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "config-only", no_argument, NULL, 'c' },
+        { "scan", no_argument, NULL, 's' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -140,13 +185,15 @@ int vl2d_cmd_check_model(int argc, char **argv)
     struct vl2_param_counts counts;
     struct vl2_weights *w = NULL;
     struct vl2_err err = { 0 };
-    int c, config_only = 0, r;
+    int c, config_only = 0, do_scan = 0, r;
+    double secs = 0;
     const char *dir;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "ch", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "csh", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config_only = 1; break;
+        case 's': do_scan = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -167,7 +214,8 @@ int vl2d_cmd_check_model(int argc, char **argv)
     if ((r = vl2_processor_config_load(&pc, dir, &err)) < 0 ||
         (r = vl2_tokenizer_config_load(&tc, dir, &err)) < 0 ||
         (r = vl2_weights_open(&w, dir, &err)) < 0 ||
-        (r = vl2_model_validate(&cfg, w, &err)) < 0)
+        (r = vl2_model_validate(&cfg, w, &err)) < 0 ||
+        (do_scan && (r = scan(w, &secs, &err)) < 0))
         goto out_fail;
     print_summary(dir, &cfg, &pc, &counts, w);
     {
@@ -177,6 +225,10 @@ int vl2d_cmd_check_model(int argc, char **argv)
                access(path, R_OK) == 0 ? "present" : "absent",
                tc.present ? "present" : "absent (defaults)");
     }
+    if (do_scan)
+        printf("scan:        every value finite; %zu bytes read in %.2f s (%.0f MB/s)\n",
+               vl2_weights_mapped_size(w), secs,
+               secs > 0 ? (double) vl2_weights_mapped_size(w) / secs / 1e6 : 0.0);
     vl2_weights_close(w);
     return 0;
 

@@ -21,7 +21,7 @@ expect_ok() {
 # expect_fail DIR PATTERN...: exit 1, one line, every pattern in it
 expect_fail() {
     dir=$1; shift
-    out=$("$VL2D" check-model "$dir" 2>&1); rc=$?
+    out=$("$VL2D" check-model $OPTS "$dir" 2>&1); rc=$?
     [ $rc -eq 1 ] || bad "check-model $dir: exit $rc, expected 1: $out"
     [ "$(printf '%s\n' "$out" | wc -l)" -eq 1 ] || bad "check-model $dir: not one line: $out"
     for p in "$@"; do
@@ -64,6 +64,18 @@ expect_fail "$T/mismatch" "9 missing" "6 unexpected" "kv_a_proj_with_mqa" "k_pro
     "expected [96, 64]"
 mkdir "$T/usage"
 "$VL2D" check-model >/dev/null 2>&1; [ $? -eq 2 ] || bad "no DIR: exit status is not 2"
+
+# --scan reads every value: one NaN is found and named
+OPTS=--scan
+expect_ok "$MHA" "scan:        every value finite"
+mkdir "$T/nan"; cp "$MHA/config.json" "$MHA/model.safetensors" "$T/nan/"
+hl=$(od -An -t u8 -N 8 "$T/nan/model.safetensors" | tr -d ' ')
+# bf16 0x7fc0 (NaN), little endian, as element 50 of the first tensor (vision.pos_embed)
+printf '\300\177' | dd of="$T/nan/model.safetensors" bs=1 seek=$((8 + hl + 100)) conv=notrunc \
+    2>/dev/null
+expect_fail "$T/nan" "tensor 'vision.pos_embed': 1 NaN or infinite values"
+OPTS=
+expect_ok "$T/nan" "tiny-like (MHA)"
 
 # a sharded copy written by mkweights opens through its index
 "$MK" --preset micro-mha --shard-size 8M --quiet --out "$T/sharded" || bad "mkweights sharded"
