@@ -265,6 +265,32 @@ int vl2_client_wait(struct vl2_client *c, uint64_t id, vl2_response_fn fn, void 
     }
 }
 
+int vl2_client_recv(struct vl2_client *c, vl2_response_fn fn, void *userdata,
+                    struct vl2_err *err)
+{
+    Vl2__Response *resp = NULL;
+    int r;
+
+    r = recv_response(c, deadline_in(c->timeout_ms), &resp, err);
+    if (r < 0)
+        return r;
+    if (fn)
+        (void) fn(resp, userdata);
+    if (resp->id == 0 && resp->body_case == VL2__RESPONSE__BODY_ERROR) {
+        c->broken = true;
+        r = error_reply(resp, err);
+    } else {
+        r = vl2_response_is_final(resp) ? 1 : 0;
+    }
+    vl2__response__free_unpacked(resp, NULL);
+    return r;
+}
+
+int vl2_client_fd(const struct vl2_client *c)
+{
+    return c->fd;
+}
+
 int vl2_client_call(struct vl2_client *c, Vl2__Request *req, const int *fds, size_t n_fds,
                     vl2_response_fn fn, void *userdata, struct vl2_err *err)
 {

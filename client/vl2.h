@@ -99,6 +99,17 @@ int vl2_client_send(struct vl2_client *c, Vl2__Request *req, const int *fds, siz
 int vl2_client_wait(struct vl2_client *c, uint64_t id, vl2_response_fn fn, void *userdata,
                     struct vl2_err *err);
 
+/* Receive one response (of any request) within the timeout and pass it to
+ * @fn.  Returns 1 when it was the final response of its request, 0 when more
+ * follow, or < 0 as vl2_client_wait() for transport failures; an Error with
+ * id 0 returns its code (the daemon is closing the connection). */
+int vl2_client_recv(struct vl2_client *c, vl2_response_fn fn, void *userdata,
+                    struct vl2_err *err);
+
+/* The connected socket, to wait for readability in an event loop before
+ * vl2_client_recv(). */
+int vl2_client_fd(const struct vl2_client *c);
+
 /* vl2_client_send() then vl2_client_wait() for that request. */
 int vl2_client_call(struct vl2_client *c, Vl2__Request *req, const int *fds, size_t n_fds,
                     vl2_response_fn fn, void *userdata, struct vl2_err *err);
