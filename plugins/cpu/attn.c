@@ -22,28 +22,6 @@ static int64_t imin(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
-/* s[0..n_valid) = softmax(scale * s), s[n_valid..n_total) = 0. */
-static void softmax_row(float *s, int64_t n_valid, int64_t n_total, float scale)
-{
-    float mx = -FLT_MAX, sum = 0.0f, inv;
-    int64_t j;
-
-    for (j = 0; j < n_valid; j++) {
-        s[j] *= scale;
-        if (s[j] > mx)
-            mx = s[j];
-    }
-    for (j = 0; j < n_valid; j++) {
-        s[j] = expf(s[j] - mx);
-        sum += s[j];
-    }
-    inv = 1.0f / sum;
-    for (j = 0; j < n_valid; j++)
-        s[j] *= inv;
-    for (; j < n_total; j++)
-        s[j] = 0.0f;
-}
-
 /* S[m, n] = A[m, d] * B[n, d]^T */
 static void mm_nt(const struct cpu_kernels *k, const float *a, int64_t lda, int64_t m,
                   const float *b, int64_t ldb, int64_t n, int64_t d, float *s, int64_t lds)
@@ -206,7 +184,7 @@ static void full_task(void *arg, int64_t task, int tid)
 
     mm_nt(j->ctx->k, q, j->ldq, m, k, j->ldq, L, D, sc, L);
     for (int64_t i = 0; i < m; i++)
-        softmax_row(sc + i * L, L, L, j->scale);
+        j->ctx->k->softmax(sc + i * L, L, L, j->scale);
     mm_nn(j->ctx->k, sc, L, m, v, j->ldq, L, D, j->out + (s * L + r0) * j->ldo + h * D, j->ldo);
 }
 
@@ -342,7 +320,7 @@ static void mha_task(void *arg, int64_t ti, int tid)
 
         mm_nt(j->ctx->k, q, j->ldq, t->m, L->a + kvh * D, W, nk, D, sc, nk);
         for (int32_t i = 0; i < t->m; i++)
-            softmax_row(sc + i * nk, (int64_t)sq->n_past + t->r0 + i + 1, nk, j->scale);
+            j->ctx->k->softmax(sc + i * nk, (int64_t)sq->n_past + t->r0 + i + 1, nk, j->scale);
         mm_nn(j->ctx->k, sc, nk, t->m, L->b + kvh * D, W, nk, D, o, j->ldo);
     }
 }
@@ -457,8 +435,8 @@ static void mla_task(void *arg, int64_t ti, int tid)
     mm_nt(k, qc, W, M, cache, W, nk, W, sc, nk);
     for (int64_t i = 0; i < t->m; i++)
         for (int64_t hh = 0; hh < nh; hh++)
-            softmax_row(sc + (i * nh + hh) * nk, (int64_t)sq->n_past + t->r0 + i + 1, nk,
-                        j->scale);
+            k->softmax(sc + (i * nh + hh) * nk, (int64_t)sq->n_past + t->r0 + i + 1, nk,
+                       j->scale);
     mm_nn(k, sc, nk, M, cache, W, nk, lora, ol, lora);
     for (int64_t hh = 0; hh < nh; hh++) {
         int64_t h = t->h0 + hh;

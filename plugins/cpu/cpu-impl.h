@@ -35,6 +35,12 @@ struct cpu_kernels {
     float (*dot)(const float *a, const float *b, int64_t n);
     /* y[i] += a * x[i] */
     void (*axpy)(float *y, float a, const float *x, int64_t n);
+    /* o[i] = gelu_tanh(a[i]) = a / (1 + exp(-2 sqrt(2/pi) (a + 0.044715 a^3))); o may be a */
+    void (*gelu_tanh)(float *o, const float *a, int64_t n);
+    /* o[i] = silu(g[i]) * u[i]; o may be g */
+    void (*swiglu)(float *o, const float *g, const float *u, int64_t n);
+    /* s[0..nv) = softmax(scale * s[0..nv)), s[nv..n) = 0 */
+    void (*softmax)(float *s, int64_t nv, int64_t n, float scale);
 };
 
 /* Table for @isa (falls back to a lower one the compiler could not build). */

@@ -490,7 +490,7 @@ static int kv_widths(const struct vl2_kv_shape *s, int64_t *wa, int64_t *wb, str
 
 static size_t cpu_kv_token_bytes(const struct vl2_kv_shape *shape)
 {
-    int64_t wa, wb;
+    int64_t wa = 0, wb = 0;
     if (kv_widths(shape, &wa, &wb, NULL) < 0)
         return 0;
     return (size_t)shape->n_layer * (size_t)(wa + wb) * sizeof(float);
@@ -500,7 +500,7 @@ static int cpu_kv_new(struct vl2_backend_ctx *ctx, const struct vl2_kv_shape *sh
                       struct vl2_kv **ret_kv, struct vl2_err *err)
 {
     struct vl2_kv *kv;
-    int64_t wa, wb;
+    int64_t wa = 0, wb = 0;
     size_t per_layer, total;
     int r, l;
 

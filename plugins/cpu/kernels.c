@@ -7,6 +7,7 @@
  * then a horizontal sum.  So a result does not depend on which tile or thread
  * computed it.
  */
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -107,12 +108,54 @@ static void gemm_small_scalar(const float *x, int64_t ldx, int64_t m, const void
     }
 }
 
+/* gelu_tanh(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
+#define GELU_K0 1.5957691216057308f   /* 2 sqrt(2/pi) */
+#define GELU_K1 0.0713548162726009f   /* 2 sqrt(2/pi) 0.044715 */
+
+static void gelu_tanh_scalar(float *o, const float *a, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float x = a[i];
+        o[i] = x / (1.0f + expf(-(GELU_K0 * x + GELU_K1 * x * x * x)));
+    }
+}
+
+static void swiglu_scalar(float *o, const float *g, const float *u, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void softmax_scalar(float *s, int64_t nv, int64_t n, float scale)
+{
+    float mx = -INFINITY, sum = 0.0f, inv;
+    int64_t j;
+
+    for (j = 0; j < nv; j++) {
+        s[j] *= scale;
+        if (s[j] > mx)
+            mx = s[j];
+    }
+    for (j = 0; j < nv; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    inv = 1.0f / sum;
+    for (j = 0; j < nv; j++)
+        s[j] *= inv;
+    for (; j < n; j++)
+        s[j] = 0.0f;
+}
+
 static const struct cpu_kernels kernels_scalar = {
     .isa = CPU_ISA_SCALAR,
     .gemm_small = gemm_small_scalar,
     .to_f32 = to_f32_scalar,
     .dot = dot_scalar,
     .axpy = axpy_scalar,
+    .gelu_tanh = gelu_tanh_scalar,
+    .swiglu = swiglu_scalar,
+    .softmax = softmax_scalar,
 };
 
 #if HAVE_X86
@@ -245,12 +288,115 @@ T_AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t n)
         y[i] += a * x[i];
 }
 
+/* exp(x), Cephes-style: x = n ln2 + r, degree-6 polynomial for exp(r), 2^n
+ * through the exponent bits; about 1 ulp; inputs clamped to [-87.3, 88.7]. */
+T_AVX2 static inline __m256 exp_avx2(__m256 x)
+{
+    const __m256 hi = _mm256_set1_ps(88.72283f), lo = _mm256_set1_ps(-87.33654f);
+    __m256 n, r, p;
+    __m256i e;
+
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+T_AVX2 static void gelu_tanh_avx2(float *o, const float *a, int64_t n)
+{
+    const __m256 k0 = _mm256_set1_ps(-GELU_K0), k1 = _mm256_set1_ps(-GELU_K1);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i;
+
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(a + i);
+        __m256 x2 = _mm256_mul_ps(x, x);
+        __m256 t = _mm256_mul_ps(x, _mm256_fmadd_ps(k1, x2, k0));
+        _mm256_storeu_ps(o + i, _mm256_div_ps(x, _mm256_add_ps(one, exp_avx2(t))));
+    }
+    gelu_tanh_scalar(o + i, a + i, n - i);
+}
+
+T_AVX2 static void swiglu_avx2(float *o, const float *g, const float *u, int64_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i;
+
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)),
+                                              _mm256_loadu_ps(u + i)));
+    }
+    swiglu_scalar(o + i, g + i, u + i, n - i);
+}
+
+T_AVX2 static void softmax_avx2(float *s, int64_t nv, int64_t n, float scale)
+{
+    __m256 vmx = _mm256_set1_ps(-INFINITY), vsum = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
+    float mx, sum, inv;
+    int64_t j;
+
+    for (j = 0; j + 8 <= nv; j += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + j), sc);
+        _mm256_storeu_ps(s + j, v);
+        vmx = _mm256_max_ps(vmx, v);
+    }
+    {
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        mx = _mm_cvtss_f32(m);
+    }
+    for (; j < nv; j++) {
+        s[j] *= scale;
+        if (s[j] > mx)
+            mx = s[j];
+    }
+    {
+        __m256 vm = _mm256_set1_ps(mx);
+        for (j = 0; j + 8 <= nv; j += 8) {
+            __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+            _mm256_storeu_ps(s + j, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+    }
+    sum = hsum_avx2(vsum);
+    for (; j < nv; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    inv = 1.0f / sum;
+    {
+        __m256 vi = _mm256_set1_ps(inv);
+        for (j = 0; j + 8 <= nv; j += 8)
+            _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vi));
+    }
+    for (; j < nv; j++)
+        s[j] *= inv;
+    for (; j < n; j++)
+        s[j] = 0.0f;
+}
+
 static const struct cpu_kernels kernels_avx2 = {
     .isa = CPU_ISA_AVX2,
     .gemm_small = gemm_small_avx2,
     .to_f32 = to_f32_avx2,
     .dot = dot_avx2,
     .axpy = axpy_avx2,
+    .gelu_tanh = gelu_tanh_avx2,
+    .swiglu = swiglu_avx2,
+    .softmax = softmax_avx2,
 };
 
 /* ---- AVX-512F --------------------------------------------------------------- */
@@ -405,12 +551,92 @@ T_512 static void axpy_512(float *y, float a, const float *x, int64_t n)
     }
 }
 
+T_512 static inline __m512 exp_512(__m512 x)
+{
+    const __m512 hi = _mm512_set1_ps(88.72283f), lo = _mm512_set1_ps(-87.33654f);
+    __m512 n, r, p;
+
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+T_512 static void gelu_tanh_512(float *o, const float *a, int64_t n)
+{
+    const __m512 k0 = _mm512_set1_ps(-GELU_K0), k1 = _mm512_set1_ps(-GELU_K1);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i;
+
+    for (i = 0; i < n; i += 16) {
+        __mmask16 mk = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        __m512 x = _mm512_maskz_loadu_ps(mk, a + i);
+        __m512 x2 = _mm512_mul_ps(x, x);
+        __m512 t = _mm512_mul_ps(x, _mm512_fmadd_ps(k1, x2, k0));
+        _mm512_mask_storeu_ps(o + i, mk, _mm512_div_ps(x, _mm512_add_ps(one, exp_512(t))));
+    }
+}
+
+T_512 static void swiglu_512(float *o, const float *g, const float *u, int64_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i;
+
+    for (i = 0; i < n; i += 16) {
+        __mmask16 mk = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        __m512 x = _mm512_maskz_loadu_ps(mk, g + i);
+        __m512 e = exp_512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        _mm512_mask_storeu_ps(o + i, mk, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)),
+                                                       _mm512_maskz_loadu_ps(mk, u + i)));
+    }
+}
+
+T_512 static void softmax_512(float *s, int64_t nv, int64_t n, float scale)
+{
+    __m512 vmx = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps(), sc = _mm512_set1_ps(scale);
+    __m512 vm, vi;
+    int64_t j;
+
+    for (j = 0; j < nv; j += 16) {
+        __mmask16 mk = nv - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nv - j)) - 1u);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + j), sc);
+        _mm512_mask_storeu_ps(s + j, mk, v);
+        vmx = _mm512_mask_max_ps(vmx, mk, vmx, v);
+    }
+    vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
+    for (j = 0; j < nv; j += 16) {
+        __mmask16 mk = nv - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nv - j)) - 1u);
+        __m512 e = exp_512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + j), vm));
+        _mm512_mask_storeu_ps(s + j, mk, e);
+        vsum = _mm512_mask_add_ps(vsum, mk, vsum, e);
+    }
+    vi = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (j = 0; j < nv; j += 16) {
+        __mmask16 mk = nv - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nv - j)) - 1u);
+        _mm512_mask_storeu_ps(s + j, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + j), vi));
+    }
+    for (j = nv; j < n; j++)
+        s[j] = 0.0f;
+}
+
 static const struct cpu_kernels kernels_512 = {
     .isa = CPU_ISA_AVX512,
     .gemm_small = gemm_small_512,
     .to_f32 = to_f32_512,
     .dot = dot_512,
     .axpy = axpy_512,
+    .gelu_tanh = gelu_tanh_512,
+    .swiglu = swiglu_512,
+    .softmax = softmax_512,
 };
 
 #endif /* HAVE_X86 */

@@ -76,10 +76,7 @@ static void moe_task(void *arg, int64_t task, int tid)
         cpu_mm(j->ctx, x, ldx, cnt, wg, c0, c1, g, I, tmp);
         cpu_mm(j->ctx, x, ldx, cnt, wu, c0, c1, u, I, tmp);
         for (int64_t i = 0; i < cnt; i++)
-            for (int64_t c = c0; c < c1; c++) {
-                float z = g[i * I + c];
-                g[i * I + c] = z / (1.0f + expf(-z)) * u[i * I + c];
-            }
+            j->ctx->k->swiglu(g + i * I + c0, g + i * I + c0, u + i * I + c0, c1 - c0);
     } else {
         const struct vl2_tensor *wd = shared ? j->L->sh_down : j->L->down[e];
         int64_t I = shared ? j->sh_inter : j->inter;
@@ -150,7 +147,7 @@ static void route_row(const struct vl2_moe_layer *L, const float *logits, const 
             const float *c = choice + (int64_t)g * per;
             if (noaux) {
                 /* sum of the two largest (one when a group has one expert) */
-                int32_t top2[2];
+                int32_t top2[2] = { 0, 0 };
                 int32_t n2 = per < 2 ? per : 2;
                 topk(c, per, n2, top2);
                 gs[g] = c[top2[0]] + (n2 > 1 ? c[top2[1]] : 0.0f);

@@ -254,20 +254,9 @@ struct row_job {
     int64_t rb;
 };
 
-static inline float gelu_tanh1(float x)
-{
-    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
-}
-
 static inline float gelu_erf1(float x)
 {
     return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-}
-
-static inline float silu1(float x)
-{
-    return x / (1.0f + expf(-x));
 }
 
 static void row_task(void *arg, int64_t task, int tid)
@@ -323,17 +312,14 @@ static void row_task(void *arg, int64_t task, int tid)
             break;
         }
         case ROW_GELU_TANH:
-            for (c = 0; c < n; c++)
-                o[c] = gelu_tanh1(a[c]);
+            j->ctx->k->gelu_tanh(o, a, n);
             break;
         case ROW_GELU_ERF:
             for (c = 0; c < n; c++)
                 o[c] = gelu_erf1(a[c]);
             break;
         case ROW_SWIGLU: {
-            const float *u = (const float *)j->b->data + r * j->b->ld;
-            for (c = 0; c < n; c++)
-                o[c] = silu1(a[c]) * u[c];
+            j->ctx->k->swiglu(o, a, (const float *)j->b->data + r * j->b->ld, n);
             break;
         }
         }

@@ -1,16 +1,23 @@
 /* pool.c - the CPU backend's worker threads.
  *
- * cpu_pool_run() hands out task indices through an atomic counter to the
- * caller (tid 0) and n_threads - 1 workers.  Workers spin briefly after a
- * job (the next op of a decode step follows within microseconds), then
- * sleep on a condition variable, so an idle daemon uses no CPU.
+ * cpu_pool_run() publishes a job and hands out task indices through an atomic
+ * counter to the caller (tid 0) and to whichever workers join in time.  The
+ * caller never waits for a worker that has not joined: when the machine is
+ * busy and a worker is not scheduled, the caller simply runs more tasks
+ * itself.  A job's state word is (generation << 32) | closed bit | joined
+ * workers; workers join with a compare-and-swap while the job is open, and
+ * the caller closes it once no worker is inside, so a late worker can never
+ * run tasks of a job it did not join.  Workers spin briefly after a job (the
+ * next op of a decode step follows within microseconds), then sleep on a
+ * condition variable, so an idle daemon uses no CPU.
  */
-#include <errno.h>
 #include <stdlib.h>
 
 #include "cpu-impl.h"
 
-#define SPIN_ITERS 20000
+#define SPIN_ITERS 4000
+#define CLOSED     (1ull << 31)
+#define ACTIVE     (CLOSED - 1)
 
 struct cpu_pool {
     int              n;        /* threads including the caller */
@@ -19,11 +26,11 @@ struct cpu_pool {
     pthread_mutex_t  mu;
     pthread_cond_t   cv_work;
     pthread_cond_t   cv_done;
-    _Atomic uint64_t gen;      /* bumped for each job */
-    _Atomic int      pending;  /* workers still inside the current job */
+    _Atomic uint64_t state;    /* gen << 32 | CLOSED | joined workers */
     _Atomic int64_t  next;     /* next task index */
-    int              stop;
-    int              sleeping_caller;
+    _Atomic int      stop;
+    _Atomic int      n_sleeping;
+    _Atomic int      caller_sleeping;
     cpu_task_fn      fn;
     void            *arg;
     int64_t          n_tasks;
@@ -55,33 +62,43 @@ static void *worker_main(void *v)
 {
     struct worker_arg wa = *(struct worker_arg *)v;
     struct cpu_pool *p = wa.p;
-    uint64_t seen = 0;
+    uint64_t seen = atomic_load(&p->state) >> 32;
 
     free(v);
     for (;;) {
-        uint64_t g;
+        uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
         int spins = 0;
 
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
-               spins < SPIN_ITERS) {
-            cpu_relax();
-            spins++;
+        while ((s >> 32) == seen && !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
+            if (spins < SPIN_ITERS) {
+                cpu_relax();
+                spins++;
+            } else {
+                pthread_mutex_lock(&p->mu);
+                atomic_fetch_add(&p->n_sleeping, 1);
+                while ((atomic_load(&p->state) >> 32) == seen && !atomic_load(&p->stop))
+                    pthread_cond_wait(&p->cv_work, &p->mu);
+                atomic_fetch_sub(&p->n_sleeping, 1);
+                pthread_mutex_unlock(&p->mu);
+            }
+            s = atomic_load_explicit(&p->state, memory_order_acquire);
         }
-        if (g == seen) {
-            pthread_mutex_lock(&p->mu);
-            while ((g = atomic_load(&p->gen)) == seen && !p->stop)
-                pthread_cond_wait(&p->cv_work, &p->mu);
-            pthread_mutex_unlock(&p->mu);
-        }
-        if (p->stop && g == seen)
+        if (atomic_load(&p->stop))
             break;
-        seen = g;
-        drain(p, wa.tid);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            if (p->sleeping_caller)
-                pthread_cond_signal(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
+        seen = s >> 32;
+        /* join the job if it is still open */
+        while (!(s & CLOSED) && (s >> 32) == seen) {
+            if (atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acq_rel,
+                                                      memory_order_acquire)) {
+                drain(p, wa.tid);
+                s = atomic_fetch_sub(&p->state, 1);  /* seq_cst: pairs with caller_sleeping */
+                if ((s & ACTIVE) == 1 && atomic_load(&p->caller_sleeping)) {
+                    pthread_mutex_lock(&p->mu);
+                    pthread_cond_signal(&p->cv_done);
+                    pthread_mutex_unlock(&p->mu);
+                }
+                break;
+            }
         }
     }
     return NULL;
@@ -98,6 +115,7 @@ int cpu_pool_new(struct cpu_pool **ret, int n_threads)
     if (!p)
         return VL2_ENOMEM;
     p->n = n_threads;
+    atomic_store(&p->state, CLOSED);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
     pthread_cond_init(&p->cv_done, NULL);
@@ -133,7 +151,7 @@ void cpu_pool_free(struct cpu_pool *p)
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
     for (i = 1; i <= p->n_started; i++)
@@ -147,38 +165,52 @@ void cpu_pool_free(struct cpu_pool *p)
 
 void cpu_pool_run(struct cpu_pool *p, int64_t n_tasks, cpu_task_fn fn, void *arg)
 {
+    uint64_t s, gen;
     int spins = 0;
-    int64_t i;
 
     if (n_tasks <= 0)
         return;
     if (p->n == 1 || n_tasks == 1) {
-        for (i = 0; i < n_tasks; i++)
+        for (int64_t i = 0; i < n_tasks; i++)
             fn(arg, i, 0);
         return;
     }
+    /* the previous job is closed: no worker reads these now */
     p->fn = fn;
     p->arg = arg;
     p->n_tasks = n_tasks;
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-    pthread_cond_broadcast(&p->cv_work);
-    pthread_mutex_unlock(&p->mu);
+    gen = (atomic_load(&p->state) >> 32) + 1;
+    atomic_store(&p->state, gen << 32);  /* seq_cst: pairs with n_sleeping */
+    if (atomic_load(&p->n_sleeping) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv_work);
+        pthread_mutex_unlock(&p->mu);
+    }
 
     drain(p, 0);
 
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0 && spins < SPIN_ITERS) {
-        cpu_relax();
-        spins++;
-    }
-    if (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
-        pthread_mutex_lock(&p->mu);
-        p->sleeping_caller = 1;
-        while (atomic_load(&p->pending) != 0)
-            pthread_cond_wait(&p->cv_done, &p->mu);
-        p->sleeping_caller = 0;
-        pthread_mutex_unlock(&p->mu);
+    /* close the job once no worker is inside it */
+    s = atomic_load_explicit(&p->state, memory_order_acquire);
+    for (;;) {
+        if ((s & ACTIVE) == 0) {
+            if (atomic_compare_exchange_weak_explicit(&p->state, &s, s | CLOSED,
+                                                      memory_order_acq_rel,
+                                                      memory_order_acquire))
+                break;
+            continue;
+        }
+        if (spins < SPIN_ITERS) {
+            cpu_relax();
+            spins++;
+        } else {
+            pthread_mutex_lock(&p->mu);
+            atomic_store(&p->caller_sleeping, 1);
+            while (atomic_load(&p->state) & ACTIVE)
+                pthread_cond_wait(&p->cv_done, &p->mu);
+            atomic_store(&p->caller_sleeping, 0);
+            pthread_mutex_unlock(&p->mu);
+        }
+        s = atomic_load_explicit(&p->state, memory_order_acquire);
     }
 }
