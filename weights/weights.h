@@ -5,6 +5,35 @@
  * dtype numbers of plugins/vl2-backend.h.
  *
  * Model dimensions get one short name each here and are used everywhere.
+ *
+ * A model directory (Hugging Face layout, read unchanged):
+ *     config.json                   model config (spec 1.1; sparse: bundled defaults apply)
+ *     processor_config.json         optional: image processor (spec defaults when absent)
+ *     tokenizer.json, tokenizer_config.json
+ *     model.safetensors             one file, or
+ *     model.safetensors.index.json  {"metadata": {"total_size": N},
+ *                                    "weight_map": {"tensor name": "shard file name", ...}}
+ *     <shard files>                 any names, resolved through weight_map only
+ *
+ * safetensors file, byte by byte (all integers little endian):
+ *     [0, 8)        u64 N: length of the header
+ *     [8, 8+N)      UTF-8 JSON object, possibly padded with spaces:
+ *                   {"__metadata__": {"str": "str", ...},            (optional)
+ *                    "<name>": {"dtype": "BF16" | "F16" | "F32" | "I32",
+ *                               "shape": [d0, d1, ...],            (0 to 8 dims)
+ *                               "data_offsets": [begin, end]}, ...}
+ *     [8+N, EOF)    data area; tensor bytes are [8+N+begin, 8+N+end), row-major,
+ *                   little endian, end - begin = product(shape) * dtype size,
+ *                   no two tensors overlap.  Any alignment.
+ *
+ * Usage:
+ *     struct vl2_model_config cfg;
+ *     struct vl2_weights *w;
+ *     if (vl2_config_load(&cfg, dir, &err) < 0 || vl2_weights_open(&w, dir, &err) < 0 ||
+ *         vl2_model_validate(&cfg, w, &err) < 0)
+ *         ... err.msg names the file, key or tensor and what is wrong ...
+ *     const struct vl2_st_tensor *t = vl2_weights_find(w, "language.lm_head.weight");
+ *     ... t->data stays valid (shared, read-only pages) until vl2_weights_close(w) ...
  */
 #ifndef VL2_WEIGHTS_H
 #define VL2_WEIGHTS_H
@@ -47,9 +76,9 @@ struct vl2_lm_config {
     int    d_ff_expert;      /* moe_intermediate_size */
     int    n_layer;          /* num_hidden_layers */
     int    n_head;           /* num_attention_heads */
-    int    n_kv_head;        /* num_key_value_heads (null -> n_head) */
+    int    n_kv_head;        /* num_key_value_heads (null -> n_head); MLA: = n_head */
     int    use_mla;
-    int    d_head;           /* MHA: d_model / n_head */
+    int    d_head;           /* MHA: d_model / n_head; MLA: d_nope + d_rope (q/k head) */
     int    q_lora_rank;      /* 0 = null */
     int    kv_lora_rank;     /* MLA */
     int    d_nope;           /* qk_nope_head_dim */
@@ -69,7 +98,8 @@ struct vl2_lm_config {
     int    n_ctx;            /* max_position_embeddings */
     double rms_eps;          /* rms_norm_eps */
     double rope_theta;
-    int    has_rope_scaling; /* rope_scaling not null (unsupported: refused) */
+    int    has_rope_scaling; /* rope_scaling not null: vl2_config_parse refuses it
+                                (VL2_EUNSUPPORTED), so always 0 after a parse */
     int    bos_id, eos_id, pad_id;  /* pad -1 = null */
     int    tie_embeddings;
     int    attention_bias;

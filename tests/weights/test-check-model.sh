@@ -84,5 +84,14 @@ expect_ok "$T/sharded" "in 4 files" "tiny-like (MHA)"
 rm "$T/sharded/model-00003-of-000004.safetensors"
 expect_fail "$T/sharded" "shard 'model-00003-of-000004.safetensors'" "missing"
 
+# our own dense preset; a different seed gives different weights, the same seed the same
+"$MK" --preset mini-dense --quiet --out "$T/dense" || bad "mkweights mini-dense"
+expect_ok "$T/dense" "routing:     none (dense language model)" "2 layers (2 dense, 0 MoE)"
+"$MK" --preset micro-mha --seed 1001 --quiet --out "$T/s1001" || bad "mkweights --seed 1001"
+"$MK" --preset micro-mha --seed 7 --quiet --out "$T/s7" || bad "mkweights --seed 7"
+cmp -s "$MHA/model.safetensors" "$T/s1001/model.safetensors" || bad "--seed 1001 (the default) differs"
+cmp -s "$T/s7/model.safetensors" "$T/s1001/model.safetensors" && bad "--seed 7 gives the same file"
+"$MK" --preset nosuch --out "$T/x" >/dev/null 2>&1; [ $? -eq 2 ] || bad "unknown preset: not exit 2"
+
 [ $fail -eq 0 ] && echo "test-check-model: ok"
 exit $fail
