@@ -188,44 +188,45 @@ T_AVX2 static inline float hsum_avx2(__m256 v)
     return _mm_cvtss_f32(lo);
 }
 
-/* One tile of JB weight rows x IB activation rows; every element gets its own
- * accumulator, the same sequence of operations as the 1 x 1 tile. */
-#define AVX2_TILE(JB, IB)                                                                  \
-    T_AVX2 static void tile_avx2_##JB##x##IB(const float *x, int64_t ldx, const uint8_t *w, \
-                                             size_t wrow, int dt, int64_t k, float *y,     \
-                                             int64_t ldy)                                  \
+/* One weight row against IB activation rows.  Per output element: four
+ * vector accumulators (k blocks of 32 in lanes of 8, acc[q] takes the q-th
+ * 8-lane chunk of each block), a scalar tail, then ((a0+a1)+(a2+a3)) and a
+ * horizontal sum: the same order whatever IB is, so a result does not depend
+ * on how the rows were grouped.  Weight rows are read once, sequentially. */
+#define AVX2_ROW(IB)                                                                       \
+    T_AVX2 static void row_avx2_##IB(const float *x, int64_t ldx, const uint8_t *w, int dt, \
+                                     int64_t k, float *y, int64_t ldy)                     \
     {                                                                                      \
-        __m256 acc[JB][IB];                                                                \
-        int64_t kk;                                                                        \
-        int a, b;                                                                          \
+        __m256 acc[IB][4];                                                                 \
+        int64_t kk = 0;                                                                    \
         size_t es = vl2_dtype_size(dt);                                                    \
-        for (a = 0; a < JB; a++)                                                           \
-            for (b = 0; b < IB; b++)                                                       \
-                acc[a][b] = _mm256_setzero_ps();                                           \
-        for (kk = 0; kk + 8 <= k; kk += 8) {                                               \
-            __m256 xv[IB];                                                                 \
-            for (b = 0; b < IB; b++)                                                       \
-                xv[b] = _mm256_loadu_ps(x + b * ldx + kk);                                 \
-            for (a = 0; a < JB; a++) {                                                     \
-                __m256 wv = load8_avx2(w + a * wrow + (size_t)kk * es, dt);                \
-                for (b = 0; b < IB; b++)                                                   \
-                    acc[a][b] = _mm256_fmadd_ps(wv, xv[b], acc[a][b]);                     \
+        for (int b = 0; b < IB; b++)                                                       \
+            for (int q = 0; q < 4; q++)                                                    \
+                acc[b][q] = _mm256_setzero_ps();                                           \
+        for (; kk + 32 <= k; kk += 32)                                                     \
+            for (int q = 0; q < 4; q++) {                                                  \
+                __m256 wv = load8_avx2(w + (size_t)(kk + 8 * q) * es, dt);                 \
+                for (int b = 0; b < IB; b++)                                               \
+                    acc[b][q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + b * ldx + kk + 8 * q), \
+                                                acc[b][q]);                                \
             }                                                                              \
+        for (int q = 0; kk + 8 <= k; kk += 8, q++) {                                       \
+            __m256 wv = load8_avx2(w + (size_t)kk * es, dt);                               \
+            for (int b = 0; b < IB; b++)                                                   \
+                acc[b][q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + b * ldx + kk), acc[b][q]); \
         }                                                                                  \
-        for (a = 0; a < JB; a++)                                                           \
-            for (b = 0; b < IB; b++) {                                                     \
-                float s = hsum_avx2(acc[a][b]);                                            \
-                if (kk < k)                                                                \
-                    s += dot_w_scalar(x + b * ldx + kk, w + a * wrow + (size_t)kk * es, dt, \
-                                      k - kk);                                             \
-                y[b * ldy + a] = s;                                                        \
-            }                                                                              \
+        for (int b = 0; b < IB; b++) {                                                     \
+            __m256 t = _mm256_add_ps(_mm256_add_ps(acc[b][0], acc[b][1]),                  \
+                                     _mm256_add_ps(acc[b][2], acc[b][3]));                 \
+            float s = hsum_avx2(t);                                                        \
+            if (kk < k)                                                                    \
+                s += dot_w_scalar(x + b * ldx + kk, w + (size_t)kk * es, dt, k - kk);      \
+            y[b * ldy] = s;                                                                \
+        }                                                                                  \
     }
 
-AVX2_TILE(4, 2)
-AVX2_TILE(4, 1)
-AVX2_TILE(1, 2)
-AVX2_TILE(1, 1)
+AVX2_ROW(2)
+AVX2_ROW(1)
 
 T_AVX2 static void gemm_small_avx2(const float *x, int64_t ldx, int64_t m, const void *w,
                                    int64_t ldw, int wdtype, int64_t n, int64_t k, float *y,
@@ -233,19 +234,13 @@ T_AVX2 static void gemm_small_avx2(const float *x, int64_t ldx, int64_t m, const
 {
     size_t wrow = (size_t)ldw * vl2_dtype_size(wdtype);
     const uint8_t *wb = w;
-    int64_t i, j;
 
-    for (j = 0; j + 4 <= n; j += 4) {
-        for (i = 0; i + 2 <= m; i += 2)
-            tile_avx2_4x2(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+    for (int64_t j = 0; j < n; j++) {
+        int64_t i = 0;
+        for (; i + 2 <= m; i += 2)
+            row_avx2_2(x + i * ldx, ldx, wb + j * wrow, wdtype, k, y + i * ldy + j, ldy);
         if (i < m)
-            tile_avx2_4x1(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
-    }
-    for (; j < n; j++) {
-        for (i = 0; i + 2 <= m; i += 2)
-            tile_avx2_1x2(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
-        if (i < m)
-            tile_avx2_1x1(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+            row_avx2_1(x + i * ldx, ldx, wb + j * wrow, wdtype, k, y + i * ldy + j, ldy);
     }
 }
 
@@ -431,50 +426,42 @@ T_512 static inline __m512 load16_512_mask(const uint8_t *p, int dtype, __mmask1
     }
 }
 
-#define A512_TILE(JB, IB)                                                                  \
-    T_512 static void tile_512_##JB##x##IB(const float *x, int64_t ldx, const uint8_t *w,  \
-                                           size_t wrow, int dt, int64_t k, float *y,       \
-                                           int64_t ldy)                                    \
+/* As AVX2_ROW with 16 lanes: k blocks of 64, four accumulators, a masked
+ * tail chunk into the next accumulator, then ((a0+a1)+(a2+a3)). */
+#define A512_ROW(IB)                                                                       \
+    T_512 static void row_512_##IB(const float *x, int64_t ldx, const uint8_t *w, int dt,  \
+                                   int64_t k, float *y, int64_t ldy)                       \
     {                                                                                      \
-        __m512 acc[JB][IB];                                                                \
-        int64_t kk;                                                                        \
-        int a, b;                                                                          \
+        __m512 acc[IB][4];                                                                 \
+        int64_t kk = 0;                                                                    \
         size_t es = vl2_dtype_size(dt);                                                    \
-        for (a = 0; a < JB; a++)                                                           \
-            for (b = 0; b < IB; b++)                                                       \
-                acc[a][b] = _mm512_setzero_ps();                                           \
-        for (kk = 0; kk + 16 <= k; kk += 16) {                                             \
-            __m512 xv[IB];                                                                 \
-            for (b = 0; b < IB; b++)                                                       \
-                xv[b] = _mm512_loadu_ps(x + b * ldx + kk);                                 \
-            for (a = 0; a < JB; a++) {                                                     \
-                __m512 wv = load16_512(w + a * wrow + (size_t)kk * es, dt);                \
-                for (b = 0; b < IB; b++)                                                   \
-                    acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);                     \
+        int q;                                                                             \
+        for (int b = 0; b < IB; b++)                                                       \
+            for (q = 0; q < 4; q++)                                                        \
+                acc[b][q] = _mm512_setzero_ps();                                           \
+        for (; kk + 64 <= k; kk += 64)                                                     \
+            for (q = 0; q < 4; q++) {                                                      \
+                __m512 wv = load16_512(w + (size_t)(kk + 16 * q) * es, dt);                \
+                for (int b = 0; b < IB; b++)                                               \
+                    acc[b][q] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + b * ldx + kk + 16 * q), \
+                                                acc[b][q]);                                \
             }                                                                              \
+        for (q = 0; kk < k; kk += 16, q++) {                                               \
+            __mmask16 mk = k - kk >= 16 ? (__mmask16)0xffff                                \
+                                        : (__mmask16)((1u << (k - kk)) - 1u);              \
+            __m512 wv = load16_512_mask(w + (size_t)kk * es, dt, mk);                      \
+            for (int b = 0; b < IB; b++)                                                   \
+                acc[b][q] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, x + b * ldx + kk), \
+                                            acc[b][q]);                                    \
         }                                                                                  \
-        if (kk < k) {                                                                      \
-            __mmask16 mk = (__mmask16)((1u << (k - kk)) - 1u);                             \
-            __m512 xv[IB];                                                                 \
-            for (b = 0; b < IB; b++)                                                       \
-                xv[b] = _mm512_maskz_loadu_ps(mk, x + b * ldx + kk);                       \
-            for (a = 0; a < JB; a++) {                                                     \
-                __m512 wv = load16_512_mask(w + a * wrow + (size_t)kk * es, dt, mk);       \
-                for (b = 0; b < IB; b++)                                                   \
-                    acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);                     \
-            }                                                                              \
-        }                                                                                  \
-        for (a = 0; a < JB; a++)                                                           \
-            for (b = 0; b < IB; b++)                                                       \
-                y[b * ldy + a] = _mm512_reduce_add_ps(acc[a][b]);                          \
+        for (int b = 0; b < IB; b++)                                                       \
+            y[b * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(                               \
+                _mm512_add_ps(acc[b][0], acc[b][1]), _mm512_add_ps(acc[b][2], acc[b][3]))); \
     }
 
-A512_TILE(4, 4)
-A512_TILE(4, 2)
-A512_TILE(4, 1)
-A512_TILE(1, 4)
-A512_TILE(1, 2)
-A512_TILE(1, 1)
+A512_ROW(4)
+A512_ROW(2)
+A512_ROW(1)
 
 T_512 static void gemm_small_512(const float *x, int64_t ldx, int64_t m, const void *w,
                                  int64_t ldw, int wdtype, int64_t n, int64_t k, float *y,
@@ -482,23 +469,15 @@ T_512 static void gemm_small_512(const float *x, int64_t ldx, int64_t m, const v
 {
     size_t wrow = (size_t)ldw * vl2_dtype_size(wdtype);
     const uint8_t *wb = w;
-    int64_t i, j;
 
-    for (j = 0; j + 4 <= n; j += 4) {
-        for (i = 0; i + 4 <= m; i += 4)
-            tile_512_4x4(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+    for (int64_t j = 0; j < n; j++) {
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4)
+            row_512_4(x + i * ldx, ldx, wb + j * wrow, wdtype, k, y + i * ldy + j, ldy);
         for (; i + 2 <= m; i += 2)
-            tile_512_4x2(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+            row_512_2(x + i * ldx, ldx, wb + j * wrow, wdtype, k, y + i * ldy + j, ldy);
         if (i < m)
-            tile_512_4x1(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
-    }
-    for (; j < n; j++) {
-        for (i = 0; i + 4 <= m; i += 4)
-            tile_512_1x4(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
-        for (; i + 2 <= m; i += 2)
-            tile_512_1x2(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
-        if (i < m)
-            tile_512_1x1(x + i * ldx, ldx, wb + j * wrow, wrow, wdtype, k, y + i * ldy + j, ldy);
+            row_512_1(x + i * ldx, ldx, wb + j * wrow, wdtype, k, y + i * ldy + j, ldy);
     }
 }
 
