@@ -126,6 +126,7 @@ struct vl2_backend_ctx {
     int32_t                   *row_pos;    /* position of each batch row */
     int32_t                    row_pos_cap;
     int32_t                    blas_min_rows; /* linear: rows from which sgemm is used */
+    int32_t                    own_gemm;   /* many rows: cpu_gemm512 instead of OpenBLAS */
     struct cpu_scratch         vec[4];     /* parameter vectors converted to F32 */
     struct cpu_scratch         big;        /* moe: routing and expert activations */
     char                       desc[256];
@@ -192,6 +193,12 @@ size_t cpu_mm_scratch(int64_t k);
 void cpu_mm(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
             const struct vl2_tensor *w, int64_t j0, int64_t j1, float *y, int64_t ldy,
             void *tmp);
+
+/* AVX-512 blocked product C[m, n] = A[m, k] * W[n, k]^T (see gemm.c);
+ * @scratch: cpu_gemm512_scratch(n) bytes, 64-byte aligned. */
+size_t cpu_gemm512_scratch(int64_t n);
+void cpu_gemm512(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw,
+                 int wdtype, int64_t n, int64_t k, float *c, int64_t ldc, float *scratch);
 
 int cpu_embed(struct vl2_backend_ctx *, struct vl2_tensor *, const struct vl2_tensor *,
               const int32_t *, struct vl2_err *);

@@ -3,7 +3,10 @@
  * Options (params->options, "key=value,..."; VL2_CPU_ISA in the environment
  * also sets isa, the option wins):
  *   isa=scalar|avx2|avx512   force an instruction set (refused when the CPU lacks it)
- *   blas_min_rows=N          linear(): rows from which OpenBLAS sgemm is used (default 16)
+ *   blas_min_rows=N          linear(), moe: rows from which the blocked product is used
+ *                            instead of the GEMV kernels (default 16)
+ *   gemm=own|blas            many rows: own AVX-512 kernel (default where AVX-512 is used)
+ *                            or OpenBLAS sgemm
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -189,6 +192,14 @@ static int parse_options(struct vl2_backend_ctx *ctx, const char *opts, int *isa
                     return vl2_err_set(err, VL2_EINVAL, "cpu: option blas_min_rows '%s': bad value",
                                        eq + 1);
                 ctx->blas_min_rows = (int32_t)v;
+            } else if (strcmp(tok, "gemm") == 0) {
+                if (strcmp(eq + 1, "own") == 0)
+                    ctx->own_gemm = 1;
+                else if (strcmp(eq + 1, "blas") == 0)
+                    ctx->own_gemm = 0;
+                else
+                    return vl2_err_set(err, VL2_EINVAL, "cpu: option gemm '%s': expected own or blas",
+                                       eq + 1);
             } else {
                 return vl2_err_set(err, VL2_EINVAL, "cpu: unknown option '%s'", tok);
             }
@@ -243,9 +254,12 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     if (!ctx)
         return vl2_err_set(err, VL2_ENOMEM, "cpu: out of memory");
     ctx->blas_min_rows = 16;
+    ctx->own_gemm = -1;
     r = parse_options(ctx, p ? p->options : NULL, &isa, err);
     if (r < 0)
         goto out_free;
+    if (ctx->own_gemm < 0 || isa != CPU_ISA_AVX512)
+        ctx->own_gemm = isa == CPU_ISA_AVX512;
     ctx->k = cpu_kernels_get(isa);
     n = p ? p->n_threads : 0;
     if (n < 0 || n > 1024) {
@@ -270,9 +284,10 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     }
     /* Our workers call sgemm on their own blocks: OpenBLAS must not start threads. */
     openblas_set_num_threads(1);
-    snprintf(ctx->desc, sizeof(ctx->desc), "cpu: %d thread%s, %s%s%s", n, n == 1 ? "" : "s",
-             isa_name(isa), isa == CPU_ISA_AVX512 ? "f" : "",
-             cpu_has_avx512bf16() ? " (avx512bf16 present)" : "");
+    snprintf(ctx->desc, sizeof(ctx->desc), "cpu: %d thread%s, %s%s%s, gemm %s", n,
+             n == 1 ? "" : "s", isa_name(isa), isa == CPU_ISA_AVX512 ? "f" : "",
+             cpu_has_avx512bf16() ? " (avx512bf16 present)" : "",
+             ctx->own_gemm ? "own avx512" : "openblas");
     *ret_ctx = ctx;
     return 0;
 

@@ -64,9 +64,12 @@ static int64_t n_blocks(int64_t n, int64_t grain)
 #define MM_MB 256   /* activation rows per sgemm block */
 #define GEMV_NB 32  /* weight rows per task on the small-m path */
 
+#define OWN_NB 128  /* weight rows per cpu_gemm512 call */
+
 size_t cpu_mm_scratch(int64_t k)
 {
-    return (size_t)MM_NB * (size_t)k * sizeof(float);
+    size_t a = (size_t)MM_NB * (size_t)k * sizeof(float), b = cpu_gemm512_scratch(OWN_NB);
+    return a > b ? a : b;
 }
 
 void cpu_mm(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
@@ -80,6 +83,14 @@ void cpu_mm(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
     if (m < ctx->blas_min_rows) {
         ctx->k->gemm_small(x, ldx, m, (const char *)w->data + (size_t)(j0 * w->ld) * es, w->ld,
                            w->dtype, j1 - j0, k, y + j0, ldy);
+        return;
+    }
+    if (ctx->own_gemm) {
+        for (int64_t jb = j0; jb < j1; jb += OWN_NB) {
+            int64_t nb = j1 - jb < OWN_NB ? j1 - jb : OWN_NB;
+            cpu_gemm512(x, ldx, m, (const char *)w->data + (size_t)(jb * w->ld) * es, w->ld,
+                        w->dtype, nb, k, y + jb, ldy, tmp);
+        }
         return;
     }
     for (int64_t jb = j0; jb < j1; jb += MM_NB) {
@@ -182,7 +193,7 @@ int cpu_linear(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct
         j.mb = x->rows;
         j.nb = GEMV_NB;
     } else {
-        j.mb = MM_MB;
+        j.mb = ctx->own_gemm ? 4 * MM_MB : MM_MB;
         j.nb = MM_NB * 2;
     }
     j.n_jb = n_blocks(j.n_out, j.nb);

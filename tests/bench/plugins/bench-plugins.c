@@ -1,6 +1,6 @@
 /* bench-plugins.c - speed of the CPU backend's matrix products.
  *
- *   bench-plugins [PLUGIN_DIR] [--threads 1,2] [--quick]
+ *   bench-plugins [PLUGIN_DIR] [--threads 1,2] [--quick] [--gemm-only] [--options K=V,...]
  *
  * Prints, for 1 and 2 threads:
  *   - memory read bandwidth (a 512 MiB buffer summed by the same threads);
@@ -286,12 +286,18 @@ int main(int argc, char **argv)
     const char *dir = NULL;
     int threads[4] = { 1, 2 }, n_thr = 2;
     double min_time = 1.0;
+    const char *options = NULL;
+    int gemm_only = 0;
     size_t bw_size = (size_t)512 << 20;
     void *bw_buf;
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             min_time = 0.3;
+        else if (strcmp(argv[i], "--gemm-only") == 0)
+            gemm_only = 1;
+        else if (strcmp(argv[i], "--options") == 0 && i + 1 < argc)
+            options = argv[++i];
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             n_thr = sscanf(argv[++i], "%d,%d,%d,%d", &threads[0], &threads[1], &threads[2],
                            &threads[3]);
@@ -302,7 +308,7 @@ int main(int argc, char **argv)
     memset(bw_buf, 1, bw_size);
 
     for (int ti = 0; ti < n_thr; ti++) {
-        struct vl2_backend_params p = { .n_threads = threads[ti] };
+        struct vl2_backend_params p = { .n_threads = threads[ti], .options = options };
         struct vl2_err err = { 0 };
         struct bk k;
         double bw, g;
@@ -313,8 +319,10 @@ int main(int argc, char **argv)
         }
         k.o = k.b->ops;
         k.c = k.b->ctx;
-        bw = read_bandwidth(bw_buf, bw_size, threads[ti]);
         printf("== %s\n", k.o->describe(k.c));
+        if (gemm_only)
+            goto gemm;
+        bw = read_bandwidth(bw_buf, bw_size, threads[ti]);
         printf("memory read bandwidth (%d thread%s): %.1f GB/s\n", threads[ti],
                threads[ti] > 1 ? "s" : "", bw);
         printf("decode GEMV, bf16 weights, 1 row:\n");
@@ -328,7 +336,8 @@ int main(int argc, char **argv)
         printf("  expert down   1280x896  : %6.1f GB/s (%3.0f%% of bandwidth)\n", g, 100 * g / bw);
         g = bench_gemv(&k, 129280, 1280, 1, min_time);
         printf("  lm_head     129280x1280 : %6.1f GB/s (%3.0f%% of bandwidth)\n", g, 100 * g / bw);
-        printf("many rows (sgemm path), GFLOP/s:\n");
+    gemm:
+        printf("many rows (blocked product), GFLOP/s:\n");
         printf("  vision fc1  729x1152 -> 4304, bf16 : %6.1f\n",
                bench_gemm(&k, 729, 4304, 1152, VL2_DTYPE_BF16, min_time));
         printf("  vision qkv  729x1152 -> 3456, f32  : %6.1f\n",
@@ -339,6 +348,10 @@ int main(int argc, char **argv)
                bench_gemm(&k, 16, 896, 1280, VL2_DTYPE_BF16, min_time));
         printf("  small m     4x1280 -> 6848, bf16   : %6.1f\n",
                bench_gemm(&k, 4, 6848, 1280, VL2_DTYPE_BF16, min_time));
+        if (gemm_only) {
+            vl2_backend_unload(k.b);
+            continue;
+        }
         printf("vision attention 729x16x72: %.1f ms per tile\n", bench_attn_full(&k, 2, min_time));
         printf("gelu_tanh 729x4304: %.2f ms\n", bench_gelu(&k, min_time));
         printf("MHA decode attention (10x128), one layer: ctx 512 %.3f ms, ctx 4096 %.3f ms\n",
