@@ -1,0 +1,133 @@
+/* cuda-dev.cuh - device helpers shared by the kernels of the CUDA backend:
+ * element loads by dtype, 8-wide vector loads, warp reductions. */
+#ifndef VL2_CUDA_DEV_CUH
+#define VL2_CUDA_DEV_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "vl2-backend.h"
+
+/* Element @i of a BF16/F16/F32 array, as float. */
+static __device__ __forceinline__ float ld_any(const void *p, int dtype, int64_t i)
+{
+    switch (dtype) {
+    case VL2_DTYPE_BF16:
+        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    case VL2_DTYPE_F16:
+        return __half2float(((const __half *)p)[i]);
+    default:
+        return ((const float *)p)[i];
+    }
+}
+
+static __device__ __forceinline__ void st_any(void *p, int dtype, int64_t i, float v)
+{
+    switch (dtype) {
+    case VL2_DTYPE_BF16:
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
+        break;
+    case VL2_DTYPE_F16:
+        ((__half *)p)[i] = __float2half(v);
+        break;
+    default:
+        ((float *)p)[i] = v;
+        break;
+    }
+}
+
+/* Typed element access for templates. */
+template <typename T> struct elem;
+template <> struct elem<float> {
+    static __device__ __forceinline__ float get(const float *p, int64_t i) { return p[i]; }
+    static __device__ __forceinline__ void put(float *p, int64_t i, float v) { p[i] = v; }
+    /* 8 consecutive elements from a 16-byte aligned address. */
+    static __device__ __forceinline__ void get8(const float *p, float *v)
+    {
+        float4 a = __ldg((const float4 *)p);
+        float4 b = __ldg((const float4 *)p + 1);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    }
+};
+template <> struct elem<__nv_bfloat16> {
+    static __device__ __forceinline__ float get(const __nv_bfloat16 *p, int64_t i)
+    {
+        return __bfloat162float(p[i]);
+    }
+    static __device__ __forceinline__ void put(__nv_bfloat16 *p, int64_t i, float v)
+    {
+        p[i] = __float2bfloat16(v);
+    }
+    static __device__ __forceinline__ void get8(const __nv_bfloat16 *p, float *v)
+    {
+        uint4 u = __ldg((const uint4 *)p);
+        const uint32_t w[4] = { u.x, u.y, u.z, u.w };
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[2 * i] = __uint_as_float(w[i] << 16);
+            v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+template <> struct elem<__half> {
+    static __device__ __forceinline__ float get(const __half *p, int64_t i)
+    {
+        return __half2float(p[i]);
+    }
+    static __device__ __forceinline__ void put(__half *p, int64_t i, float v)
+    {
+        p[i] = __float2half(v);
+    }
+    static __device__ __forceinline__ void get8(const __half *p, float *v)
+    {
+        uint4 u = __ldg((const uint4 *)p);
+        const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 f = __half22float2(h[i]);
+            v[2 * i] = f.x;
+            v[2 * i + 1] = f.y;
+        }
+    }
+};
+
+static __device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every
+ * thread gets the result.  @sh: 32 floats of shared memory. */
+static __device__ __forceinline__ float block_sum(float v, float *sh)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = (blockDim.x + 31) >> 5;
+
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+static __device__ __forceinline__ float silu_f(float g)
+{
+    return g / (1.0f + expf(-g));
+}
+
+#endif /* VL2_CUDA_DEV_CUH */

@@ -1,0 +1,229 @@
+/* cuda-impl.h - internals of vl2-backend-cuda.so shared by its .cu files:
+ * the device-side descriptors that kernels read (batch metadata, grouped
+ * product descriptors, MoE routing arguments, attention arguments) and the
+ * host functions that launch the kernels.  Nothing here is part of the ABI.
+ *
+ * Conventions.  Activations are F32 row-major with a leading dimension (ld,
+ * in elements).  Weights are BF16, F16 or F32 (enum vl2_dtype).  Every launch
+ * function queues work on @st and returns the cudaError_t of the launch
+ * (cudaSuccess or the launch error); errors of the running kernel surface at
+ * the next synchronisation. */
+#ifndef VL2_CUDA_IMPL_H
+#define VL2_CUDA_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+#include "vl2-backend.h"
+
+/* ---- batch metadata (device copy written by begin_batch) ------------- */
+
+/* One sequence of the current batch. */
+struct vl2__cu_seq {
+    char    *kv;        /* device base of its KV cache (all layers) */
+    int32_t  n_past;    /* tokens already cached */
+    int32_t  n_rows;    /* rows in this batch */
+    int32_t  row0;      /* first batch row */
+    int32_t  cap;       /* cache capacity in tokens */
+};
+
+/* One row of the current batch. */
+struct vl2__cu_row {
+    int32_t seq;        /* index into the seq array */
+    int32_t pos;        /* absolute position = n_past + row - row0 */
+};
+
+/* ---- grouped matrix-vector / matrix products ------------------------- */
+
+/* One group of rows multiplied by one weight matrix: for i < count,
+ *   y[out_row(i)][y_off + j] = x[in_row(i)][x_off + :] . wa[j][:]   (j < n_out)
+ * with in_row(i) = in_map ? in_map[start + i] : in_base + i and
+ * out_row(i) = out_base + i.  Dual groups also read wb (same layout) and
+ * store silu(x . wa[j]) * (x . wb[j]). */
+struct vl2__cu_group {
+    const void    *wa;        /* [n_out, K] rows ldw apart, weight dtype */
+    const void    *wb;        /* dual only: same shape as wa */
+    int64_t        ldw;       /* elements between weight rows */
+    const int32_t *in_map;    /* or NULL */
+    int64_t        x_off;     /* column offset into x rows */
+    int64_t        y_off;     /* column offset into y rows */
+    int32_t        n_out;
+    int32_t        count;
+    int32_t        start;
+    int32_t        in_base;
+    int32_t        out_base;
+    int32_t        K;         /* reduction length */
+};
+
+struct vl2__cu_gemv_args {
+    const float                *x;        /* F32 input rows */
+    int64_t                     ldx;
+    float                      *y;        /* F32 output rows */
+    int64_t                     ldy;
+    const void                 *bias;     /* [n_out] or NULL (single group only) */
+    int32_t                     bias_dtype;
+    const struct vl2__cu_group *groups;   /* device array, or NULL: use g0 */
+    const int32_t              *n_groups; /* device count when groups != NULL */
+    struct vl2__cu_group        g0;       /* groups == NULL: group b is g0 shifted by b * *_gs */
+    int64_t                     w_gs;     /* weight element offset per group */
+    int64_t                     x_gs;     /* x column offset per group */
+    int64_t                     y_gs;     /* y column offset per group */
+};
+
+/* y = x W^T over groups with F32 x (any weight dtype).  @nt: rows handled
+ * per pass (1, 2, 4 or 8), @dual: silu-gated pair, @max_out: largest n_out,
+ * @grid_groups: blocks along the group axis. */
+cudaError_t vl2__cu_gemv(const struct vl2__cu_gemv_args *a, int wdtype, int nt, int dual,
+                         int vec, int max_out, int grid_groups, cudaStream_t st);
+
+/* Tensor-core grouped product: bf16 A rows (gathered through the group) times
+ * bf16 weights.  dual: out is bf16 h = silu(A Wa^T) * (A Wb^T) with leading
+ * dimension ldo; else out is F32.  @max_rows bounds count over groups. */
+struct vl2__cu_mma_args {
+    const uint16_t             *a;        /* bf16 rows */
+    int64_t                     lda;
+    void                       *out;
+    int64_t                     ldo;
+    const struct vl2__cu_group *groups;
+    const int32_t              *n_groups;
+};
+cudaError_t vl2__cu_mma_grouped(const struct vl2__cu_mma_args *a, int dual, int max_out,
+                                int grid_groups, int max_rows, cudaStream_t st);
+
+/* ---- MoE routing ---------------------------------------------------- */
+
+struct vl2__cu_route_args {
+    const float   *x;           /* [n, d] */
+    int64_t        ldx;
+    const void    *router;      /* [E, d] */
+    int64_t        ldr;
+    int32_t        rdtype;
+    const void    *bias;        /* [E] or NULL */
+    int32_t        bdtype;
+    int32_t        n, d, E, k;
+    int32_t        scoring, method, n_group, topk_group, norm;
+    float          scale;
+    int32_t       *idx;         /* out [n * k] */
+    float         *w;           /* out [n * k] */
+};
+cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, cudaStream_t st);
+
+/* Sort the n*k selections by expert and write the group descriptors of the
+ * expert products: first n_parts shared-expert parts, then one group per
+ * expert that has rows. */
+struct vl2__cu_bucket_args {
+    const int32_t        *idx;       /* [n * k] */
+    int32_t               n, k, E, I, d;
+    const void *const    *tab_gate;  /* device [E] */
+    const void *const    *tab_up;
+    const void *const    *tab_down;
+    int64_t               ld_gu;     /* row stride of expert gate/up (d) */
+    int64_t               ld_dn;     /* row stride of expert down (I) */
+    const void           *sh_gate;   /* NULL when no shared experts */
+    const void           *sh_up;
+    const void           *sh_down;
+    int64_t               sh_ld_gu;
+    int64_t               sh_ld_dn;
+    int32_t               n_parts;   /* shared parts */
+    int32_t               part;      /* rows per part */
+    int32_t               esize;     /* weight element size */
+    int32_t              *pos;       /* out [n * k]: sorted slot of (t, j) */
+    int32_t              *slot_tok;  /* out [n * k]: token of sorted slot */
+    struct vl2__cu_group *g_up;      /* out [n_parts + E] */
+    struct vl2__cu_group *g_dn;      /* out [n_parts + E] */
+    int32_t              *n_groups;  /* out */
+};
+cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st);
+
+/* out[t] = sum_j w[t,j] y[pos[t,j]] + sum_q y[n*k + q*n + t]. */
+cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t ldy,
+                                const int32_t *pos, const float *w, int n, int k, int d,
+                                int n_parts, cudaStream_t st);
+
+/* ---- attention ------------------------------------------------------ */
+
+struct vl2__cu_attn_args {
+    const float              *q;        /* query rows of the batch */
+    int64_t                   q_ld;
+    int32_t                   q_hs;     /* elements between heads */
+    float                    *out;
+    int64_t                   out_ld;
+    int32_t                   out_hs;
+    const struct vl2__cu_seq *seqs;
+    int32_t                   layer;
+    int32_t                   kv_row;   /* elements per cached row */
+    int32_t                   kv_nblk;  /* row blocks per layer (MHA 2: K, V; MLA 1) */
+    int32_t                   v_blk;    /* block holding V */
+    int32_t                   k_hs;     /* elements between kv heads in a row */
+    int32_t                   v_hs;
+    int32_t                   dk, dv;
+    int32_t                   n_head, n_kv, group;
+    float                     scale;
+    int32_t                   qt_per_kvh; /* query tiles per kv head per sequence */
+    int32_t                   n_split;
+    float                    *part_o;   /* n_split > 1: [rows, n_head, n_split, dv] */
+    float                    *part_ml;  /* [rows, n_head, n_split, 2] */
+};
+#define VL2_CU_ATTN_QT 16
+#define VL2_CU_ATTN_KT 32
+cudaError_t vl2__cu_attn(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
+                         cudaStream_t st);
+/* Shared-memory bytes vl2__cu_attn needs; 0 when the shape is unsupported. */
+size_t vl2__cu_attn_smem(int dk, int dv, int v_in_k);
+int vl2__cu_attn_init(void);
+cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
+                                 cudaStream_t st);
+
+/* Store rows of the batch into the caches: MHA k and v, or MLA [c | k_pe]. */
+cudaError_t vl2__cu_kv_store(const struct vl2__cu_seq *seqs, const struct vl2__cu_row *rows,
+                             int n_rows, int layer, int kv_dtype, int kv_row, int kv_nblk,
+                             const float *a, int64_t lda, int na, const float *b,
+                             int64_t ldb, int nb, cudaStream_t st);
+
+/* MLA: qcat[t, h, 0:R] = q_nope[t,h] . W_UK[h];  qcat[t, h, R:R+rp] = q_pe[t,h]. */
+cudaError_t vl2__cu_mla_qabs(float *qcat, const float *q, int64_t ldq, const void *kvb,
+                             int64_t ldb, int wdtype, int n, int H, int nope, int rope,
+                             int vdim, int R, cudaStream_t st);
+/* qcat[t, h, R + j] = q[t, h*(nope+rope) + nope + j]. */
+cudaError_t vl2__cu_mla_qpe(float *qcat, const float *q, int64_t ldq, int n, int H, int nope,
+                            int rope, int R, cudaStream_t st);
+
+/* ---- element-wise and small ops -------------------------------------- */
+
+cudaError_t vl2__cu_embed(float *out, int64_t ldo, const void *table, int64_t ldt, int tdtype,
+                          const int32_t *ids, int n, int cols, cudaStream_t st);
+cudaError_t vl2__cu_rmsnorm(float *out, int64_t ldo, const float *x, int64_t ldx,
+                            const void *w, int wdtype, int n, int cols, float eps,
+                            cudaStream_t st);
+cudaError_t vl2__cu_layernorm(float *out, int64_t ldo, const float *x, int64_t ldx,
+                              const void *w, int wdtype, const void *b, int bdtype, int n,
+                              int cols, float eps, cudaStream_t st);
+cudaError_t vl2__cu_add(float *out, int64_t ldo, const void *a, int64_t lda, int adtype,
+                        const void *b, int64_t ldb, int bdtype, int64_t brows, int n,
+                        int cols, cudaStream_t st);
+/* kind 0: gelu tanh, 1: gelu erf. */
+cudaError_t vl2__cu_gelu(float *x, int64_t ldx, int n, int cols, int kind, cudaStream_t st);
+cudaError_t vl2__cu_swiglu(float *out, int64_t ldo, const float *g, int64_t ldg,
+                           const float *u, int64_t ldu, int n, int cols, cudaStream_t st);
+cudaError_t vl2__cu_copy_rows(void *dst, int64_t ldd, int ddtype, const int32_t *drows,
+                              const void *src, int64_t lds, int sdtype,
+                              const int32_t *srows, int n, int cols, cudaStream_t st);
+cudaError_t vl2__cu_patchify(float *out, int64_t ldo, const float *img, int64_t ldi,
+                             int n_img, int S, int p, cudaStream_t st);
+cudaError_t vl2__cu_unfold2x2(float *out, int64_t ldo, const float *feat, int64_t ldf,
+                              int n_img, int g, int c, cudaStream_t st);
+cudaError_t vl2__cu_rope(float *x, int64_t ldx, const struct vl2__cu_row *rows, int n,
+                         int n_head, int head_stride, int rot_off, int rot_dim, float theta,
+                         int layout, cudaStream_t st);
+/* dst (dtype BF16/F16/F32) = src (F32), n rows x cols. */
+cudaError_t vl2__cu_convert(void *dst, int64_t ldd, int ddtype, const float *src, int64_t lds,
+                            int n, int cols, cudaStream_t st);
+/* out[r][j] += bias[j] */
+cudaError_t vl2__cu_add_bias(float *out, int64_t ldo, const void *bias, int bdtype, int n,
+                             int cols, cudaStream_t st);
+/* Row softmax in place over @cols of each of @n rows (ld = cols). */
+cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, cudaStream_t st);
+
+#endif /* VL2_CUDA_IMPL_H */

@@ -1,0 +1,500 @@
+/* k-moe.cu - MoE on the device (spec 7.4): router logits in F32, scoring
+ * and expert selection (greedy, group-limited, noaux_tc), bucketing of the
+ * selections by expert into group descriptors, a tensor-core grouped product
+ * for prefill-sized batches, and the weighted combination with the shared
+ * experts.  No host round trip: the group counts stay on the device. */
+#include <limits.h>
+#include <math.h>
+#include <mma.h>
+
+#include "cuda-dev.cuh"
+#include "cuda-impl.h"
+
+using namespace nvcuda;
+
+/* ---- routing ------------------------------------------------------------ */
+
+#define ROUTE_THREADS 256
+#define ROUTE_MAX_K 16
+
+/* Best (value, index) over the warp; ties go to the lower index. */
+static __device__ __forceinline__ void warp_argmax(float &bv, int &bi)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+}
+
+static __global__ void __launch_bounds__(ROUTE_THREADS)
+route_kernel(const struct vl2__cu_route_args a)
+{
+    extern __shared__ float sm[];
+    const int E = a.E, G = a.n_group;
+    float *s_score = sm;
+    float *s_choice = sm + E;
+    float *s_gs = sm + 2 * E;
+    int *s_gsel = (int *)(s_gs + G);
+    const int t = blockIdx.x;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nw = blockDim.x >> 5;
+    const float *x = a.x + (int64_t)t * a.ldx;
+
+    for (int e = warp; e < E; e += nw) {
+        const int64_t base = (int64_t)e * a.ldr;
+        float v = 0.0f;
+        for (int k = lane; k < a.d; k += 32)
+            v = fmaf(x[k], ld_any(a.router, a.rdtype, base + k), v);
+        v = warp_sum(v);
+        if (lane == 0)
+            s_score[e] = v;
+    }
+    __syncthreads();
+    if (warp != 0)
+        return;
+
+    if (a.scoring == VL2_MOE_SOFTMAX) {
+        float m = -INFINITY;
+        for (int e = lane; e < E; e += 32)
+            m = fmaxf(m, s_score[e]);
+        m = warp_max(m);
+        float sum = 0.0f;
+        for (int e = lane; e < E; e += 32) {
+            const float v = expf(s_score[e] - m);
+            s_score[e] = v;
+            sum += v;
+        }
+        sum = warp_sum(sum);
+        for (int e = lane; e < E; e += 32)
+            s_score[e] = s_score[e] / sum;
+    } else {
+        for (int e = lane; e < E; e += 32)
+            s_score[e] = 1.0f / (1.0f + expf(-s_score[e]));
+    }
+    __syncwarp();
+    for (int e = lane; e < E; e += 32) {
+        float v = s_score[e];
+        if (a.method == VL2_MOE_NOAUX_TC && a.bias)
+            v += ld_any(a.bias, a.bdtype, e);
+        s_choice[e] = v;
+    }
+    __syncwarp();
+
+    if (a.method != VL2_MOE_GREEDY && G > 1) {
+        const int gsz = E / G;
+        for (int gi = lane; gi < G; gi += 32) {
+            float b1 = -INFINITY, b2 = -INFINITY;
+            for (int e = gi * gsz; e < (gi + 1) * gsz; e++) {
+                const float v = s_choice[e];
+                if (v > b1) {
+                    b2 = b1;
+                    b1 = v;
+                } else if (v > b2) {
+                    b2 = v;
+                }
+            }
+            if (a.method == VL2_MOE_GROUP_LIMITED)
+                s_gs[gi] = b1;
+            else
+                s_gs[gi] = gsz >= 2 ? b1 + b2 : b1;
+            s_gsel[gi] = 0;
+        }
+        __syncwarp();
+        for (int it = 0; it < a.topk_group; it++) {
+            float bv = -INFINITY;
+            int bi = INT_MAX;
+            for (int gi = lane; gi < G; gi += 32) {
+                const float v = s_gs[gi];
+                if (!s_gsel[gi] && (v > bv || (v == bv && gi < bi) || bi == INT_MAX)) {
+                    bv = v;
+                    bi = gi;
+                }
+            }
+            warp_argmax(bv, bi);
+            if (lane == 0 && bi >= 0 && bi < G)
+                s_gsel[bi] = 1;
+            __syncwarp();
+        }
+        for (int e = lane; e < E; e += 32)
+            if (!s_gsel[e / gsz])
+                s_choice[e] = 0.0f;
+        __syncwarp();
+    }
+
+    float wv[ROUTE_MAX_K];
+    int iv[ROUTE_MAX_K];
+    float wsum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < ROUTE_MAX_K; j++) {
+        if (j >= a.k)
+            break;
+        float bv = -INFINITY;
+        int bi = INT_MAX;
+        for (int e = lane; e < E; e += 32) {
+            const float v = s_choice[e];
+            if (v == -INFINITY)
+                continue;               /* taken */
+            if (bi == INT_MAX || v > bv) {
+                bv = v;
+                bi = e;
+            }
+        }
+        warp_argmax(bv, bi);
+        if (bi < 0 || bi >= E)
+            bi = 0;                     /* only with NaN scores: keep indices valid */
+        const float w = a.method == VL2_MOE_GROUP_LIMITED ? bv : s_score[bi];
+        __syncwarp();
+        if (lane == 0)
+            s_choice[bi] = -INFINITY;
+        __syncwarp();
+        wv[j] = w;
+        iv[j] = bi;
+        wsum += w;
+    }
+    const bool renorm = a.k > 1 && a.norm;
+#pragma unroll
+    for (int j = 0; j < ROUTE_MAX_K; j++) {
+        if (j >= a.k)
+            break;
+        if (lane == j) {
+            const float w = renorm ? wv[j] / (wsum + 1e-20f) * a.scale : wv[j] * a.scale;
+            a.idx[(int64_t)t * a.k + j] = iv[j];
+            a.w[(int64_t)t * a.k + j] = w;
+        }
+    }
+}
+
+cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, cudaStream_t st)
+{
+    const size_t smem = (size_t)(2 * a->E + a->n_group) * sizeof(float) +
+                        (size_t)a->n_group * sizeof(int);
+    if (a->n <= 0)
+        return cudaSuccess;
+    route_kernel<<<a->n, ROUTE_THREADS, smem, st>>>(*a);
+    return cudaGetLastError();
+}
+
+/* ---- bucketing ------------------------------------------------------------ */
+
+#define BUCKET_MAX_E 1024
+
+static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__cu_bucket_args a)
+{
+    __shared__ int s_cnt[BUCKET_MAX_E];
+    __shared__ int s_off[BUCKET_MAX_E];
+    __shared__ int s_act[BUCKET_MAX_E];
+    __shared__ int s_na;
+    const int nk = a.n * a.k, E = a.E;
+    const int tid = threadIdx.x, bs = blockDim.x;
+
+    for (int e = tid; e < E; e += bs)
+        s_cnt[e] = 0;
+    __syncthreads();
+    for (int s = tid; s < nk; s += bs)
+        atomicAdd(&s_cnt[a.idx[s]], 1);
+    __syncthreads();
+    if (tid == 0) {
+        int o = 0, na = 0;
+        for (int e = 0; e < E; e++) {
+            s_off[e] = o;
+            o += s_cnt[e];
+            s_act[e] = s_cnt[e] > 0 ? na++ : -1;
+        }
+        s_na = na;
+    }
+    __syncthreads();
+    for (int e = tid; e < E; e += bs) {
+        if (s_cnt[e] == 0)
+            continue;
+        int c = 0;
+        const int off = s_off[e];
+        for (int s = 0; s < nk; s++) {
+            if (a.idx[s] == e) {
+                a.pos[s] = off + c;
+                a.slot_tok[off + c] = s / a.k;
+                c++;
+            }
+        }
+        struct vl2__cu_group gu, gd;
+        gu.wa = a.tab_gate[e];
+        gu.wb = a.tab_up[e];
+        gu.ldw = a.ld_gu;
+        gu.in_map = a.slot_tok;
+        gu.x_off = 0;
+        gu.y_off = 0;
+        gu.n_out = a.I;
+        gu.count = s_cnt[e];
+        gu.start = off;
+        gu.in_base = 0;
+        gu.out_base = off;
+        gu.K = a.d;
+        gd.wa = a.tab_down[e];
+        gd.wb = NULL;
+        gd.ldw = a.ld_dn;
+        gd.in_map = NULL;
+        gd.x_off = 0;
+        gd.y_off = 0;
+        gd.n_out = a.d;
+        gd.count = s_cnt[e];
+        gd.start = 0;
+        gd.in_base = off;
+        gd.out_base = off;
+        gd.K = a.I;
+        a.g_up[a.n_parts + s_act[e]] = gu;
+        a.g_dn[a.n_parts + s_act[e]] = gd;
+    }
+    for (int q = tid; q < a.n_parts; q += bs) {
+        struct vl2__cu_group gu, gd;
+        const int rows = nk + q * a.n;
+        gu.wa = (const char *)a.sh_gate + (size_t)q * a.part * a.sh_ld_gu * a.esize;
+        gu.wb = (const char *)a.sh_up + (size_t)q * a.part * a.sh_ld_gu * a.esize;
+        gu.ldw = a.sh_ld_gu;
+        gu.in_map = NULL;
+        gu.x_off = 0;
+        gu.y_off = 0;
+        gu.n_out = a.part;
+        gu.count = a.n;
+        gu.start = 0;
+        gu.in_base = 0;
+        gu.out_base = rows;
+        gu.K = a.d;
+        gd.wa = (const char *)a.sh_down + (size_t)q * a.part * a.esize;
+        gd.wb = NULL;
+        gd.ldw = a.sh_ld_dn;
+        gd.in_map = NULL;
+        gd.x_off = 0;
+        gd.y_off = 0;
+        gd.n_out = a.d;
+        gd.count = a.n;
+        gd.start = 0;
+        gd.in_base = rows;
+        gd.out_base = rows;
+        gd.K = a.part;
+        a.g_up[q] = gu;
+        a.g_dn[q] = gd;
+    }
+    if (tid == 0)
+        *a.n_groups = a.n_parts + s_na;
+}
+
+cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st)
+{
+    bucket_kernel<<<1, 1024, 0, st>>>(*a);
+    return cudaGetLastError();
+}
+
+/* ---- combination ---------------------------------------------------------- */
+
+static __global__ void combine_kernel(float *out, int64_t ldo, const float *y, int64_t ldy,
+                                      const int32_t *pos, const float *w, int n, int k, int d,
+                                      int n_parts)
+{
+    const int t = blockIdx.x;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float v = 0.0f;
+        for (int j = 0; j < k; j++)
+            v = fmaf(w[t * k + j], y[(int64_t)pos[t * k + j] * ldy + c], v);
+        for (int q = 0; q < n_parts; q++)
+            v += y[((int64_t)n * k + (int64_t)q * n + t) * ldy + c];
+        out[(int64_t)t * ldo + c] = v;
+    }
+}
+
+cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t ldy,
+                                const int32_t *pos, const float *w, int n, int k, int d,
+                                int n_parts, cudaStream_t st)
+{
+    if (n <= 0)
+        return cudaSuccess;
+    combine_kernel<<<n, 256, 0, st>>>(out, ldo, y, ldy, pos, w, n, k, d, n_parts);
+    return cudaGetLastError();
+}
+
+/* ---- tensor-core grouped product ---------------------------------------------- */
+
+#define MM_BM 64
+#define MM_BN 64
+#define MM_BK 32
+#define MM_BKP (MM_BK + 8)
+#define MM_CP (MM_BN + 4)
+
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(src_bytes));
+}
+
+static __device__ __forceinline__ void cp_async_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N> static __device__ __forceinline__ void cp_async_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <bool DUAL>
+static __global__ void __launch_bounds__(128) mma_kernel(const struct vl2__cu_mma_args a)
+{
+    constexpr int NB = DUAL ? 2 : 1;
+    constexpr int AB_BYTES = (2 * MM_BM * MM_BKP + 2 * NB * MM_BN * MM_BKP) * 2;
+    constexpr int C_BYTES = MM_BM * MM_CP * 4;
+    constexpr int SM_BYTES = AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES;
+    __shared__ __align__(128) unsigned char smem[SM_BYTES];
+    __nv_bfloat16 *As = (__nv_bfloat16 *)smem;                  /* [2][BM][BKP] */
+    __nv_bfloat16 *Bs = As + 2 * MM_BM * MM_BKP;                 /* [2][NB][BN][BKP] */
+    float *Cs = (float *)smem;                                   /* [BM][CP] */
+
+    if ((int)blockIdx.y >= *a.n_groups)
+        return;
+    const struct vl2__cu_group g = a.groups[blockIdx.y];
+    const int m0 = blockIdx.z * MM_BM, n0 = blockIdx.x * MM_BN;
+    if (m0 >= g.count || n0 >= g.n_out)
+        return;
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    const int K = g.K;
+    const __nv_bfloat16 *A = (const __nv_bfloat16 *)a.a;
+    const __nv_bfloat16 *W[2] = { (const __nv_bfloat16 *)g.wa, (const __nv_bfloat16 *)g.wb };
+
+    /* each thread copies chunks tid and tid + 128 of each 64 x 32 tile */
+    const __nv_bfloat16 *arow[2];
+    const __nv_bfloat16 *brow[2][2];
+    bool aval[2], bval[2];
+    int crow[2], ckc[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int ch = tid + i * 128;
+        crow[i] = ch >> 2;
+        ckc[i] = (ch & 3) * 8;
+        const int m = m0 + crow[i];
+        aval[i] = m < g.count;
+        const int ir = aval[i] ? (g.in_map ? g.in_map[g.start + m] : g.in_base + m) : 0;
+        arow[i] = A + (int64_t)ir * a.lda + g.x_off;
+        const int nn = n0 + crow[i];
+        bval[i] = nn < g.n_out;
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+            brow[b][i] = W[b] + (int64_t)(bval[i] ? nn : 0) * g.ldw;
+    }
+    auto load_stage = [&](int stage, int kt) {
+        const int k0 = kt * MM_BK;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int k = k0 + ckc[i];
+            const bool kin = k < K;
+            __nv_bfloat16 *da = As + (stage * MM_BM + crow[i]) * MM_BKP + ckc[i];
+            cp_async16(da, kin && aval[i] ? arow[i] + k : A, kin && aval[i] ? 16 : 0);
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                __nv_bfloat16 *db = Bs + ((stage * NB + b) * MM_BN + crow[i]) * MM_BKP + ckc[i];
+                cp_async16(db, kin && bval[i] ? brow[b][i] + k : W[b],
+                           kin && bval[i] ? 16 : 0);
+            }
+        }
+        cp_async_commit();
+    };
+
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2], acc2[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            wmma::fill_fragment(acc[i][j], 0.0f);
+            wmma::fill_fragment(acc2[i][j], 0.0f);
+        }
+
+    const int nk = (K + MM_BK - 1) / MM_BK;
+    load_stage(0, 0);
+    for (int kt = 0; kt < nk; kt++) {
+        const int stage = kt & 1;
+        if (kt + 1 < nk) {
+            load_stage(stage ^ 1, kt + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MM_BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(fa[i],
+                                       As + (stage * MM_BM + wm * 32 + i * 16) * MM_BKP + kk,
+                                       MM_BKP);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(
+                    fb[j], Bs + ((stage * NB + 0) * MM_BN + wn * 32 + j * 16) * MM_BKP + kk,
+                    MM_BKP);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                    wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+            if (DUAL) {
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                    wmma::load_matrix_sync(
+                        fb[j],
+                        Bs + ((stage * NB + 1) * MM_BN + wn * 32 + j * 16) * MM_BKP + kk,
+                        MM_BKP);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++)
+                        wmma::mma_sync(acc2[i][j], fa[i], fb[j], acc2[i][j]);
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            if (DUAL) {
+#pragma unroll
+                for (int e = 0; e < acc[i][j].num_elements; e++)
+                    acc[i][j].x[e] = silu_f(acc[i][j].x[e]) * acc2[i][j].x[e];
+            }
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * MM_CP + wn * 32 + j * 16,
+                                    acc[i][j], MM_CP, wmma::mem_row_major);
+        }
+    __syncthreads();
+    for (int idx = tid; idx < MM_BM * MM_BN; idx += 128) {
+        const int r = idx / MM_BN, c = idx % MM_BN;
+        if (m0 + r >= g.count || n0 + c >= g.n_out)
+            continue;
+        const int64_t o = (int64_t)(g.out_base + m0 + r) * a.ldo + g.y_off + n0 + c;
+        const float v = Cs[r * MM_CP + c];
+        if (DUAL)
+            ((__nv_bfloat16 *)a.out)[o] = __float2bfloat16(v);
+        else
+            ((float *)a.out)[o] = v;
+    }
+}
+
+cudaError_t vl2__cu_mma_grouped(const struct vl2__cu_mma_args *a, int dual, int max_out,
+                                int grid_groups, int max_rows, cudaStream_t st)
+{
+    if (max_out <= 0 || grid_groups <= 0 || max_rows <= 0)
+        return cudaSuccess;
+    dim3 grid((max_out + MM_BN - 1) / MM_BN, grid_groups, (max_rows + MM_BM - 1) / MM_BM);
+    if (grid.z > 65535)
+        return cudaErrorInvalidConfiguration;
+    if (dual)
+        mma_kernel<true><<<grid, 128, 0, st>>>(*a);
+    else
+        mma_kernel<false><<<grid, 128, 0, st>>>(*a);
+    return cudaGetLastError();
+}
