@@ -6,6 +6,7 @@
  * usage: test-tokenizer-golden TOKENIZER_DIR golden.jsonl [GOLDEN_DIR]
  */
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +238,86 @@ static void golden_generated(const struct vl2_tokenizer *tok, const char *dir)
     printf("generated.json: %zu cases\n", n_done);
 }
 
+/* ---- one tokenizer shared by threads ---------------------------------- */
+
+#define N_THREADS 4
+
+struct thread_job {
+    const struct vl2_tokenizer *tok;
+    char *text;
+    size_t len;
+    const int32_t *want;
+    size_t n_want;
+    int bad;
+};
+
+static void *thread_main(void *arg)
+{
+    struct thread_job *job = arg;
+    int round;
+
+    for (round = 0; round < 20; round++) {
+        int32_t *got = NULL;
+        size_t n = 0;
+        char *text = NULL;
+        size_t len = 0;
+        if (vl2_tokenizer_encode(job->tok, job->text, job->len, &got, &n, NULL) < 0 ||
+            n != job->n_want || memcmp(got, job->want, n * sizeof(*got)))
+            job->bad++;
+        if (vl2_tokenizer_decode(job->tok, job->want, job->n_want, &text, &len, NULL) < 0 ||
+            len != job->len || memcmp(text, job->text, len))
+            job->bad++;
+        free(got);
+        free(text);
+    }
+    return NULL;
+}
+
+/* The longest golden texts, encoded by several threads at once on the same
+ * tokenizer: every thread gets the golden ids every time. */
+static void golden_threads(const struct vl2_tokenizer *tok, const char *path)
+{
+    struct thread_job jobs[N_THREADS];
+    pthread_t th[N_THREADS];
+    size_t len, i, k = 0;
+    char *all = slurp(path, &len), *line, *save = NULL;
+    int32_t *want[N_THREADS] = { 0 };
+
+    if (!all)
+        return;
+    memset(jobs, 0, sizeof(jobs));
+    /* the first four cases over 60 bytes */
+    for (line = strtok_r(all, "\n", &save); line && k < N_THREADS;
+         line = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(line), *it;
+        size_t tl;
+        char *text = json_string_raw(line, "text", &tl);
+        if (j && text && tl > 60) {
+            size_t n = 0;
+            want[k] = malloc(((size_t) cJSON_GetArraySize(cJSON_GetObjectItem(j, "ids")) + 1) *
+                             sizeof(int32_t));
+            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "ids")) want[k][n++] = (int32_t) it->valuedouble;
+            jobs[k] = (struct thread_job) { .tok = tok, .text = text, .len = tl, .want = want[k],
+                                            .n_want = n };
+            text = NULL;
+            k++;
+        }
+        free(text);
+        cJSON_Delete(j);
+    }
+    CHECK(k == N_THREADS, "only %zu long golden cases", k);
+    for (i = 0; i < k; i++)
+        CHECK(pthread_create(&th[i], NULL, thread_main, &jobs[i]) == 0, "pthread_create");
+    for (i = 0; i < k; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(jobs[i].bad == 0, "thread %zu: %d wrong results", i, jobs[i].bad);
+        free(jobs[i].text);
+        free(want[i]);
+    }
+    free(all);
+    printf("threads: %zu x 20 rounds\n", k);
+}
+
 int main(int argc, char **argv)
 {
     struct vl2_tokenizer *tok = NULL;
@@ -251,6 +332,7 @@ int main(int argc, char **argv)
         return 1;
     }
     golden_corpus(tok, argv[2]);
+    golden_threads(tok, argv[2]);
     if (argc > 3)
         golden_generated(tok, argv[3]);
     vl2_tokenizer_free(tok);
