@@ -511,7 +511,7 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
     }
     /* kv_b as F32 (contiguous) */
     kvb_n = kv_b->rows * lora;
-    if (kv_b->dtype == VL2_DTYPE_F32 && kv_b->ld == lora) {
+    if (f32_direct(kv_b) && kv_b->ld == lora) {
         kvb = kv_b->data;
     } else {
         struct cpu_scratch *v = &ctx->vec[3];

@@ -79,6 +79,14 @@ static inline float f16_to_f32(uint16_t h)
     return v.f;
 }
 
+/* F32 data that may be read through a float pointer: weights from the
+ * checkpoint can have any alignment, and those are read with memcpy or
+ * unaligned vector loads instead. */
+static inline bool f32_direct(const struct vl2_tensor *t)
+{
+    return t->dtype == VL2_DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0;
+}
+
 /* Element (r, c) of a weight-like tensor as float (any float dtype). */
 static inline float tensor_get_f32(const struct vl2_tensor *t, int64_t r, int64_t c)
 {

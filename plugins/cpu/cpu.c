@@ -125,7 +125,7 @@ const float *cpu_vec_f32(struct vl2_backend_ctx *ctx, const struct vl2_tensor *t
     struct cpu_scratch *s = &ctx->vec[slot];
     size_t need = (size_t)n * sizeof(float);
 
-    if (t->dtype == VL2_DTYPE_F32)
+    if (f32_direct(t))
         return t->data;
     if (s->size < need) {
         void *p = cpu_aligned_alloc(need);

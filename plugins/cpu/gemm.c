@@ -47,7 +47,8 @@ T_512 static void pack_w(float *dst, const uint8_t *w, int64_t ldw, int dt, int6
             const uint8_t *src = w + (size_t)(j * ldw + k0) * es;
             const float *f;
             if (dt == VL2_DTYPE_F32) {
-                f = (const float *)src;
+                memcpy(row, src, (size_t)kc * sizeof(float));  /* any alignment */
+                f = row;
             } else {
                 int64_t kk = 0;
                 for (; kk + 16 <= kc; kk += 16) {

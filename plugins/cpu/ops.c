@@ -98,7 +98,7 @@ void cpu_mm(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
         const float *wf;
         int64_t ldw;
 
-        if (w->dtype == VL2_DTYPE_F32) {
+        if (f32_direct(w)) {
             wf = (const float *)w->data + jb * w->ld;
             ldw = w->ld;
         } else {
@@ -308,7 +308,7 @@ static void row_task(void *arg, int64_t task, int tid)
         case ROW_ADD: {
             const struct vl2_tensor *b = j->b;
             int64_t br = r % b->rows;
-            if (b->dtype == VL2_DTYPE_F32) {
+            if (f32_direct(b)) {
                 const float *bv = (const float *)b->data + br * b->ld;
                 for (c = 0; c < n; c++)
                     o[c] = a[c] + bv[c];

@@ -366,6 +366,7 @@ static void test_rowops(struct be *be)
     ha_done(be, &up);
 
     /* add with broadcast of a BF16 table (position embeddings) into out = a */
+    ha_done(be, &x);
     ha_init(be, &x, m, n, ld, 1.0);
     hw_init(be, &pos, VL2_DTYPE_BF16, 3, n, n + 4, 1.0);
     for (int64_t i = 0; i < m; i++)
