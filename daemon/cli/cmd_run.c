@@ -225,7 +225,7 @@ static int read_file(const char *path, char **ret, size_t *ret_size, size_t max,
     size_t n = 0, cap = 0;
 
     if (!f)
-        return vl2_err_set(err, VL2_EIO, "run: '%s': %s", path, strerror(errno));
+        return vl2_err_set(err, VL2_EIO, "'%s': %s", path, strerror(errno));
     for (;;) {
         size_t got;
         if (n == cap) {
@@ -236,14 +236,14 @@ static int read_file(const char *path, char **ret, size_t *ret_size, size_t max,
             if (n == cap) {
                 free(buf);
                 fclose(f);
-                return vl2_err_set(err, VL2_ELIMIT, "run: '%s': larger than %zu bytes", path,
+                return vl2_err_set(err, VL2_ELIMIT, "'%s': larger than %zu bytes", path,
                                    max);
             }
             p = realloc(buf, cap + 1);
             if (!p) {
                 free(buf);
                 fclose(f);
-                return vl2_err_set(err, VL2_ENOMEM, "run: '%s': out of memory", path);
+                return vl2_err_set(err, VL2_ENOMEM, "'%s': out of memory", path);
             }
             buf = p;
         }
@@ -255,11 +255,11 @@ static int read_file(const char *path, char **ret, size_t *ret_size, size_t max,
     if (ferror(f)) {
         free(buf);
         fclose(f);
-        return vl2_err_set(err, VL2_EIO, "run: '%s': read error", path);
+        return vl2_err_set(err, VL2_EIO, "'%s': read error", path);
     }
     fclose(f);
     if (!buf && !(buf = malloc(1)))
-        return vl2_err_set(err, VL2_ENOMEM, "run: out of memory");
+        return vl2_err_set(err, VL2_ENOMEM, "out of memory");
     buf[n] = 0;
     *ret = buf;
     *ret_size = n;
@@ -281,24 +281,24 @@ static int read_ids_json(const char *path, int32_t **ret, size_t *ret_n, struct 
     j = cJSON_ParseWithLength(text, size);
     free(text);
     if (!j)
-        return vl2_err_set(err, VL2_EFORMAT, "run: '%s': not valid JSON", path);
+        return vl2_err_set(err, VL2_EFORMAT, "'%s': not valid JSON", path);
     a = cJSON_IsArray(j) ? j : cJSON_GetObjectItem(j, "input_ids");
     if (!cJSON_IsArray(a)) {
         cJSON_Delete(j);
-        return vl2_err_set(err, VL2_EFORMAT, "run: '%s': no \"input_ids\" array", path);
+        return vl2_err_set(err, VL2_EFORMAT, "'%s': no \"input_ids\" array", path);
     }
     n = (size_t)cJSON_GetArraySize(a);
     ids = malloc((n ? n : 1) * sizeof(*ids));
     if (!ids) {
         cJSON_Delete(j);
-        return vl2_err_set(err, VL2_ENOMEM, "run: out of memory");
+        return vl2_err_set(err, VL2_ENOMEM, "out of memory");
     }
     cJSON_ArrayForEach(e, a) {
         if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
             e->valuedouble < 0 || e->valuedouble > INT32_MAX) {
             free(ids);
             cJSON_Delete(j);
-            return vl2_err_set(err, VL2_EFORMAT, "run: '%s': input_ids[%zu] is not a token id",
+            return vl2_err_set(err, VL2_EFORMAT, "'%s': input_ids[%zu] is not a token id",
                                path, i);
         }
         ids[i++] = (int32_t)e->valuedouble;
@@ -327,18 +327,18 @@ static int dump_json(const char *dir, const char *name, cJSON *j, struct vl2_err
     int ok;
 
     if (!text)
-        return vl2_err_set(err, VL2_ENOMEM, "run: out of memory");
+        return vl2_err_set(err, VL2_ENOMEM, "out of memory");
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     f = fopen(path, "wb");
     if (!f) {
         free(text);
-        return vl2_err_set(err, VL2_EIO, "run: '%s': %s", path, strerror(errno));
+        return vl2_err_set(err, VL2_EIO, "'%s': %s", path, strerror(errno));
     }
     ok = fputs(text, f) >= 0;
     ok &= fclose(f) == 0;
     free(text);
     if (!ok)
-        return vl2_err_set(err, VL2_EIO, "run: '%s': write error", path);
+        return vl2_err_set(err, VL2_EIO, "'%s': write error", path);
     return 0;
 }
 
@@ -429,7 +429,7 @@ static int load_images(struct run *R, struct vl2_err *err)
     const int S = cfg->vision.image_size;
 
     if (n_cands > 0 && cands[0][0] != S)
-        return vl2_err_set(err, VL2_EUNSUPPORTED, "run: first candidate resolution %d differs "
+        return vl2_err_set(err, VL2_EUNSUPPORTED, "first candidate resolution %d differs "
                            "from the vision image size %d", cands[0][0], S);
     for (i = 0; i < R->o.n_images; i++) {
         struct run_image *im = &R->im[i];
@@ -461,7 +461,7 @@ static int encode_images(struct run *R, struct vl2_err *err)
         size_t bytes = (size_t)im->tiling.n_tiles * 3 * (size_t)S * (size_t)S;
         im->tiles = malloc(bytes);
         if (!im->tiles)
-            return vl2_err_set(err, VL2_ENOMEM, "run: out of memory for tiles");
+            return vl2_err_set(err, VL2_ENOMEM, "out of memory for tiles");
         r = vl2_image_tile(&im->img, &im->tiling, S, im->tiles, err);
         if (r < 0)
             return vl2_err_prefix(err, R->o.images[i]);
@@ -471,7 +471,7 @@ static int encode_images(struct run *R, struct vl2_err *err)
         if (r < 0)
             return vl2_err_prefix(err, R->o.images[i]);
         if (im->embed->n_tokens != im->tiling.n_tokens)
-            return vl2_err_set(err, VL2_EINTERNAL, "run: image tokens %d (model) vs %d "
+            return vl2_err_set(err, VL2_EINTERNAL, "image tokens %d (model) vs %d "
                                "(plan)", im->embed->n_tokens, im->tiling.n_tokens);
     }
     return 0;
@@ -493,19 +493,21 @@ static int build_prompt(struct run *R, struct vl2_err *err)
         for (i = 0; i < R->n_ids; i++)
             n_ph += R->ids[i] == R->image_token_id;
         if (n_ph != (size_t)R->n_image_tokens)
-            return vl2_err_set(err, VL2_EINVAL, "run: '%s' has %zu image placeholder ids, the "
+            return vl2_err_set(err, VL2_EINVAL, "'%s' has %zu image placeholder ids, the "
                                "images need %d", R->o.input_ids_json, n_ph,
                                (int)R->n_image_tokens);
         return 0;
     }
     msg.text = R->o.prompt;
     msg.len = strlen(R->o.prompt);
+    if (R->o.n_images == 0 && strspn(msg.text, " \t\r\n\v\f") == msg.len)
+        return vl2_err_set(err, VL2_EINVAL, "empty prompt: give a question or an image");
     tags = vl2_prompt_count_images(&msg, 1);
     if (tags == 0 && R->o.n_images > 0) {
         size_t tl = strlen(VL2_PROMPT_IMAGE_TAG) + 1, n = (size_t)R->o.n_images * tl + msg.len;
         text = malloc(n + 1);
         if (!text)
-            return vl2_err_set(err, VL2_ENOMEM, "run: out of memory");
+            return vl2_err_set(err, VL2_ENOMEM, "out of memory");
         for (i = 0; i < (size_t)R->o.n_images; i++) {
             memcpy(text + i * tl, VL2_PROMPT_IMAGE_TAG, tl - 1);
             text[i * tl + tl - 1] = '\n';
@@ -515,7 +517,7 @@ static int build_prompt(struct run *R, struct vl2_err *err)
         msg.text = text;
         msg.len = n;
     } else if (tags != (size_t)R->o.n_images) {
-        return vl2_err_set(err, VL2_EINVAL, "run: the prompt has %zu <image> tags but %d "
+        return vl2_err_set(err, VL2_EINVAL, "the prompt has %zu <image> tags but %d "
                            "images were given", tags, R->o.n_images);
     }
     for (i = 0; i < (size_t)R->o.n_images; i++)
@@ -565,9 +567,9 @@ static int generate(struct run *R, struct vl2_err *err)
     int i, r;
 
     if (R->n_ids == 0)
-        return vl2_err_set(err, VL2_EINVAL, "run: empty prompt");
+        return vl2_err_set(err, VL2_EINVAL, "empty prompt");
     if (R->n_ids >= (size_t)n_ctx)
-        return vl2_err_set(err, VL2_ELIMIT, "run: the prompt takes %zu tokens (%d of them "
+        return vl2_err_set(err, VL2_ELIMIT, "the prompt takes %zu tokens (%d of them "
                            "for images), the context holds %d", R->n_ids,
                            (int)R->n_image_tokens, (int)n_ctx);
     room = (size_t)n_ctx - R->n_ids;
@@ -582,7 +584,7 @@ static int generate(struct run *R, struct vl2_err *err)
         return r;
     R->gen = malloc((max_new ? max_new : 1) * sizeof(*R->gen));
     if (!R->gen)
-        return vl2_err_set(err, VL2_ENOMEM, "run: out of memory");
+        return vl2_err_set(err, VL2_ENOMEM, "out of memory");
     if (R->o.dump) {
         size_t steps = max_new ? max_new : 1;
         R->embeds = malloc(R->n_ids * D * sizeof(*R->embeds));
@@ -591,7 +593,7 @@ static int generate(struct run *R, struct vl2_err *err)
         R->topi = malloc(steps * RUN_TOPK * sizeof(*R->topi));
         R->margin = malloc(steps * sizeof(*R->margin));
         if (!R->embeds || !R->logits2 || !R->topv || !R->topi || !R->margin)
-            return vl2_err_set(err, VL2_ENOMEM, "run: out of memory for the dump");
+            return vl2_err_set(err, VL2_ENOMEM, "out of memory for the dump");
     }
     for (i = 0; i < R->o.n_images; i++)
         imgs[i] = R->im[i].embed;
@@ -630,11 +632,11 @@ static int generate(struct run *R, struct vl2_err *err)
         }
         if (R->tok && vl2_detok_push(&dt, id, &piece, &plen) < 0) {
             vl2_detok_done(&dt);
-            return vl2_err_set(err, VL2_ENOMEM, "run: out of memory");
+            return vl2_err_set(err, VL2_ENOMEM, "out of memory");
         }
         if (append_text(R, piece, plen) < 0) {
             vl2_detok_done(&dt);
-            return vl2_err_set(err, VL2_ENOMEM, "run: out of memory");
+            return vl2_err_set(err, VL2_ENOMEM, "out of memory");
         }
         stop = vl2_stop_find(R->text, R->text_len, R->o.stops, (size_t)R->o.n_stops);
         if (stop >= 0) {
@@ -677,7 +679,7 @@ static int write_dump(struct run *R, struct vl2_err *err)
     size_t k;
 
     if (mkdir(dir, 0777) < 0 && errno != EEXIST)
-        return vl2_err_set(err, VL2_EIO, "run: --dump '%s': %s", dir, strerror(errno));
+        return vl2_err_set(err, VL2_EIO, "--dump '%s': %s", dir, strerror(errno));
 
     j = cJSON_CreateObject();
     cJSON_AddItemToObject(j, "input_ids", int_array(R->ids, R->n_ids));
@@ -715,7 +717,7 @@ static int write_dump(struct run *R, struct vl2_err *err)
             free(px);
             free(vf);
             free(po);
-            return vl2_err_set(err, VL2_ENOMEM, "run: out of memory for the dump");
+            return vl2_err_set(err, VL2_ENOMEM, "out of memory for the dump");
         }
         for (i = 0; i < R->o.n_images; i++) {
             size_t nt = (size_t)R->im[i].tiling.n_tiles;
@@ -868,7 +870,7 @@ int vl2d_cmd_run(int argc, char **argv)
     r = parse_args(&R.o, argc, argv);
     if (r != 0) {
         if (r < 0)
-            usage(stderr);
+            fprintf(stderr, "Try 'vl2d run --help'.\n");
         return r < 0 ? 2 : 0;
     }
 
@@ -883,7 +885,7 @@ int vl2d_cmd_run(int argc, char **argv)
     R.image_token_id = R.tok ? vl2_tokenizer_id(R.tok, VL2_PROMPT_IMAGE_TAG) : -1;
     R.eos = R.tok ? vl2_tokenizer_eos(R.tok) : -1;
     if (R.image_token_id < 0 && R.o.n_images > 0) {
-        r = vl2_err_set(&err, VL2_EFORMAT, "run: the tokenizer has no '%s' token",
+        r = vl2_err_set(&err, VL2_EFORMAT, "the tokenizer has no '%s' token",
                         VL2_PROMPT_IMAGE_TAG);
         goto out_err;
     }
@@ -907,7 +909,7 @@ int vl2d_cmd_run(int argc, char **argv)
     if (r < 0)
         goto out_err;
     if (R.n_ids >= (size_t)vl2_model_n_ctx(R.m)) {
-        r = vl2_err_set(&err, VL2_ELIMIT, "run: the prompt takes %zu tokens (%d of them for "
+        r = vl2_err_set(&err, VL2_ELIMIT, "the prompt takes %zu tokens (%d of them for "
                         "%d images), the context holds %d", R.n_ids, (int)R.n_image_tokens,
                         R.o.n_images, (int)vl2_model_n_ctx(R.m));
         goto out_err;

@@ -535,6 +535,11 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
     m->kv_shape.dtype = p->kv_dtype;
     m->kv_shape.capacity = m->n_ctx;
     m->kv_token_bytes = ops->kv_token_bytes(&m->kv_shape);
+    if (m->kv_token_bytes == 0) {
+        r = vl2_err_set(err, VL2_EUNSUPPORTED, "model: backend '%s' has no KV cache of dtype "
+                        "%d for this model", ops->name, p->kv_dtype);
+        goto out_free;
+    }
     m->kv_budget = p->kv_budget ? p->kv_budget : m->kv_token_bytes * (size_t)m->n_ctx;
 
     r = vl2__llm_scratch_init(m, err);
