@@ -88,9 +88,16 @@ static inline int vl2_err_set(struct vl2_err *err, int code, const char *fmt, ..
 static inline int vl2_err_prefix(struct vl2_err *err, const char *ctx)
 {
     if (err && err->code != 0) {
-        char tmp[VL2_ERR_MSG_SIZE];
-        snprintf(tmp, sizeof(tmp), "%s: %s", ctx, err->msg);
-        memcpy(err->msg, tmp, sizeof(tmp));
+        size_t n = strlen(ctx), m = strlen(err->msg);
+        if (n + 2 >= sizeof(err->msg))
+            n = sizeof(err->msg) - 3;
+        if (n + 2 + m >= sizeof(err->msg))
+            m = sizeof(err->msg) - 1 - n - 2;
+        memmove(err->msg + n + 2, err->msg, m);
+        memcpy(err->msg, ctx, n);
+        err->msg[n] = ':';
+        err->msg[n + 1] = ' ';
+        err->msg[n + 2 + m] = '\0';
     }
     return err ? err->code : VL2_EINTERNAL;
 }
