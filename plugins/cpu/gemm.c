@@ -26,52 +26,70 @@ size_t cpu_gemm512_scratch(int64_t nb)
     return (size_t)(((nb + NR - 1) / NR) * NR * KC + MR * KC) * sizeof(float);
 }
 
-/* Pack rows [0, nr) of W (rows ld elements apart), columns [k0, k0 + kc),
- * into panels: panel p, column kk, lane r = W[p*32 + r][k0 + kk]; zero rows
- * beyond nr and columns beyond kc are not read by the kernel except as 0. */
+/* 16 x 16 transpose of F32 vectors in registers. */
+T_512 static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+
+/* Pack rows [0, nr) of W (rows ldw elements apart), columns [k0, k0 + kc),
+ * into panels of NR rows: Bp[p][kk][r] = W[p*NR + r][k0 + kk] as F32, zero
+ * for rows at or beyond nr.  16 x 16 blocks are converted and transposed in
+ * registers. */
 T_512 static void pack_w(float *dst, const uint8_t *w, int64_t ldw, int dt, int64_t nr, int64_t k0,
-                         int64_t kc, float *row)
+                         int64_t kc)
 {
     size_t es = vl2_dtype_size(dt);
     int64_t np = (nr + NR - 1) / NR;
 
     for (int64_t p = 0; p < np; p++) {
         float *pd = dst + p * KC * NR;
-        for (int64_t r = 0; r < NR; r++) {
-            int64_t j = p * NR + r;
-            if (j >= nr) {
-                for (int64_t kk = 0; kk < kc; kk++)
-                    pd[kk * NR + r] = 0.0f;
-                continue;
-            }
-            const uint8_t *src = w + (size_t)(j * ldw + k0) * es;
-            const float *f;
-            if (dt == VL2_DTYPE_F32) {
-                memcpy(row, src, (size_t)kc * sizeof(float));  /* any alignment */
-                f = row;
-            } else {
-                int64_t kk = 0;
-                for (; kk + 16 <= kc; kk += 16) {
-                    __m512 v;
-                    __m256i h = _mm256_loadu_si256((const __m256i *)(src + kk * 2));
-                    if (dt == VL2_DTYPE_BF16)
-                        v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-                    else
-                        v = _mm512_cvtph_ps(h);
-                    _mm512_storeu_ps(row + kk, v);
+        for (int64_t r0 = 0; r0 < NR; r0 += 16) {
+            for (int64_t kk = 0; kk < kc; kk += 16) {
+                __mmask16 mk = kc - kk >= 16 ? (__mmask16)0xffff
+                                             : (__mmask16)((1u << (kc - kk)) - 1u);
+                int64_t nk = kc - kk < 16 ? kc - kk : 16;
+                __m512 v[16];
+                for (int t = 0; t < 16; t++) {
+                    int64_t j = p * NR + r0 + t;
+                    const uint8_t *src = w + (size_t)(j * ldw + k0 + kk) * es;
+                    if (j >= nr) {
+                        v[t] = _mm512_setzero_ps();
+                    } else if (dt == VL2_DTYPE_BF16) {
+                        __m256i h = _mm256_maskz_loadu_epi16(mk, src);
+                        v[t] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+                    } else if (dt == VL2_DTYPE_F16) {
+                        v[t] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src));
+                    } else {
+                        v[t] = _mm512_maskz_loadu_ps(mk, src);
+                    }
                 }
-                if (kk < kc) {
-                    __mmask16 mk = (__mmask16)((1u << (kc - kk)) - 1u);
-                    __m256i h = _mm256_maskz_loadu_epi16(mk, src + kk * 2);
-                    __m512 v = dt == VL2_DTYPE_BF16
-                        ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-                        : _mm512_cvtph_ps(h);
-                    _mm512_mask_storeu_ps(row + kk, mk, v);
-                }
-                f = row;
+                transpose16(v);
+                for (int64_t t = 0; t < nk; t++)
+                    _mm512_storeu_ps(pd + (kk + t) * NR + r0, v[t]);
             }
-            for (int64_t kk = 0; kk < kc; kk++)
-                pd[kk * NR + r] = f[kk];
         }
     }
 }
@@ -93,14 +111,16 @@ static void pack_a(float *dst, const float *a, int64_t lda, int64_t mr, int64_t 
 
 #define ROW_FMA(i)                                                                         \
     do {                                                                                   \
-        __m512 av = _mm512_set1_ps(ap[i]);                                                 \
-        c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0);                                        \
-        c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);                                        \
+        if ((i) < mrv_c) {                                                                   \
+            __m512 av = _mm512_set1_ps(ap[i]);                                             \
+            c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0);                                    \
+            c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);                                    \
+        }                                                                                  \
     } while (0)
 
 #define ROW_STORE(i)                                                                       \
     do {                                                                                   \
-        if (i < mr) {                                                                      \
+        if ((i) < mrv_c && (i) < mr) {                                                       \
             float *cr = c + (i) * ldc;                                                     \
             if (acc) {                                                                     \
                 c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr));          \
@@ -111,23 +131,31 @@ static void pack_a(float *dst, const float *a, int64_t lda, int64_t mr, int64_t 
         }                                                                                  \
     } while (0)
 
-/* C[0..mr, 0..32) (+)= Apack[kc][12] * Bpack[kc][32]; columns masked by m0, m1. */
-T_512 static void kernel_12x32(int64_t kc, const float *ap, const float *bp, float *c,
-                               int64_t ldc, int64_t mr, __mmask16 m0, __mmask16 m1, int acc)
-{
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    __m512 c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00, c81 = c00;
-    __m512 c90 = c00, c91 = c00, c100 = c00, c101 = c00, c110 = c00, c111 = c00;
-
-    for (int64_t kk = 0; kk < kc; kk++, ap += MR, bp += NR) {
-        __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
-        ROW_FMA(0); ROW_FMA(1); ROW_FMA(2); ROW_FMA(3); ROW_FMA(4); ROW_FMA(5);
-        ROW_FMA(6); ROW_FMA(7); ROW_FMA(8); ROW_FMA(9); ROW_FMA(10); ROW_FMA(11);
+/* C[0..mr, 0..32) (+)= Apack[kc][12] * Bpack[kc][32] for the first MRV rows
+ * of the packed A (mr <= MRV); columns masked by m0, m1. */
+#define KERNEL(MRV)                                                                        \
+    T_512 static void kernel_##MRV##x32(int64_t kc, const float *ap, const float *bp,      \
+                                        float *c, int64_t ldc, int64_t mr, __mmask16 m0,   \
+                                        __mmask16 m1, int acc)                             \
+    {                                                                                      \
+        enum { mrv_c = MRV };                                                              \
+        __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00;      \
+        __m512 c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00;           \
+        __m512 c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00;           \
+        __m512 c81 = c00, c90 = c00, c91 = c00, c100 = c00, c101 = c00, c110 = c00;        \
+        __m512 c111 = c00;                                                                 \
+        for (int64_t kk = 0; kk < kc; kk++, ap += MR, bp += NR) {                          \
+            __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);                \
+            ROW_FMA(0); ROW_FMA(1); ROW_FMA(2); ROW_FMA(3); ROW_FMA(4); ROW_FMA(5);        \
+            ROW_FMA(6); ROW_FMA(7); ROW_FMA(8); ROW_FMA(9); ROW_FMA(10); ROW_FMA(11);      \
+        }                                                                                  \
+        ROW_STORE(0); ROW_STORE(1); ROW_STORE(2); ROW_STORE(3); ROW_STORE(4); ROW_STORE(5); \
+        ROW_STORE(6); ROW_STORE(7); ROW_STORE(8); ROW_STORE(9); ROW_STORE(10); ROW_STORE(11); \
     }
-    ROW_STORE(0); ROW_STORE(1); ROW_STORE(2); ROW_STORE(3); ROW_STORE(4); ROW_STORE(5);
-    ROW_STORE(6); ROW_STORE(7); ROW_STORE(8); ROW_STORE(9); ROW_STORE(10); ROW_STORE(11);
-}
+
+KERNEL(12)
+KERNEL(8)
+KERNEL(4)
 
 T_512 void cpu_gemm512(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw,
                        int wdtype, int64_t n, int64_t k, float *c, int64_t ldc, float *scratch)
@@ -135,11 +163,10 @@ T_512 void cpu_gemm512(const float *a, int64_t lda, int64_t m, const void *w, in
     int64_t np = (n + NR - 1) / NR;
     float *bpk = scratch;
     float *apk = scratch + np * NR * KC;
-    float row[KC];
 
     for (int64_t k0 = 0; k0 < k; k0 += KC) {
         int64_t kc = k - k0 < KC ? k - k0 : KC;
-        pack_w(bpk, w, ldw, wdtype, n, k0, kc, row);
+        pack_w(bpk, w, ldw, wdtype, n, k0, kc);
         for (int64_t i0 = 0; i0 < m; i0 += MR) {
             int64_t mr = m - i0 < MR ? m - i0 : MR;
             pack_a(apk, a + i0 * lda, lda, mr, k0, kc);
@@ -147,8 +174,14 @@ T_512 void cpu_gemm512(const float *a, int64_t lda, int64_t m, const void *w, in
                 int64_t nc = n - p * NR;
                 __mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1u);
                 __mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1u);
-                kernel_12x32(kc, apk, bpk + p * NR * KC, c + i0 * ldc + p * NR, ldc, mr, m0, m1,
-                             k0 > 0);
+                float *cp = c + i0 * ldc + p * NR;
+                const float *bq = bpk + p * NR * KC;
+                if (mr > 8)
+                    kernel_12x32(kc, apk, bq, cp, ldc, mr, m0, m1, k0 > 0);
+                else if (mr > 4)
+                    kernel_8x32(kc, apk, bq, cp, ldc, mr, m0, m1, k0 > 0);
+                else
+                    kernel_4x32(kc, apk, bq, cp, ldc, mr, m0, m1, k0 > 0);
             }
         }
     }
