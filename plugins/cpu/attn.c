@@ -1,7 +1,8 @@
 /* attn.c - rotary embedding and attention (vision, MHA, MLA) of the CPU backend.
  *
  * KV cache layout (struct vl2_kv, see cpu-impl.h): per layer
- *   MHA: K [capacity, n_kv_head*head_dim] and V [capacity, n_kv_head*head_dim], F32;
+ *   MHA: K [n_kv_head, capacity, head_dim] and V the same, F32 (head-major:
+ *        one head's keys are one contiguous stream);
  *   MLA: one matrix [capacity, kv_lora_rank + rope_dim], row t = c_t | k_pe_t, F32.
  * Token t of a sequence is row t.
  */
@@ -308,7 +309,7 @@ static void mha_task(void *arg, int64_t ti, int tid)
     const struct att_task *t = &j->tasks[ti];
     const struct vl2_batch_seq *sq = &j->ctx->seqs[t->s];
     const struct cpu_kv_layer *L = &sq->kv->layers[j->layer];
-    int64_t D = j->head_dim, W = (int64_t)j->n_kv_head * D;
+    int64_t D = j->head_dim, cap = sq->kv->shape.capacity;
     int64_t nk = (int64_t)sq->n_past + t->r0 + t->m;   /* keys visible to the last row */
     int32_t group = j->n_head / j->n_kv_head;
     float *sc = cpu_scratch(j->ctx, tid);
@@ -318,10 +319,10 @@ static void mha_task(void *arg, int64_t ti, int tid)
         const float *q = j->q + (int64_t)(sq->row0 + t->r0) * j->ldq + h * D;
         float *o = j->out + (int64_t)(sq->row0 + t->r0) * j->ldo + h * D;
 
-        mm_nt(j->ctx->k, q, j->ldq, t->m, L->a + kvh * D, W, nk, D, sc, nk);
+        mm_nt(j->ctx->k, q, j->ldq, t->m, L->a + kvh * cap * D, D, nk, D, sc, nk);
         for (int32_t i = 0; i < t->m; i++)
             j->ctx->k->softmax(sc + i * nk, (int64_t)sq->n_past + t->r0 + i + 1, nk, j->scale);
-        mm_nn(j->ctx->k, sc, nk, t->m, L->b + kvh * D, W, nk, D, o, j->ldo);
+        mm_nn(j->ctx->k, sc, nk, t->m, L->b + kvh * cap * D, D, nk, D, o, j->ldo);
     }
 }
 
@@ -362,12 +363,17 @@ int cpu_attn_mha(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
     for (int32_t s = 0; s < ctx->n_seqs; s++) {
         const struct vl2_batch_seq *sq = &ctx->seqs[s];
         struct cpu_kv_layer *L = &sq->kv->layers[layer];
-        for (int32_t i = 0; i < sq->n_rows; i++) {
-            memcpy(L->a + (int64_t)(sq->n_past + i) * W,
-                   (const float *)k->data + (int64_t)(sq->row0 + i) * k->ld, (size_t)W * 4);
-            memcpy(L->b + (int64_t)(sq->n_past + i) * W,
-                   (const float *)v->data + (int64_t)(sq->row0 + i) * v->ld, (size_t)W * 4);
-        }
+        int64_t cap = sq->kv->shape.capacity;
+        for (int32_t i = 0; i < sq->n_rows; i++)
+            for (int32_t h = 0; h < n_kv_head; h++) {
+                int64_t dst = ((int64_t)h * cap + sq->n_past + i) * head_dim;
+                memcpy(L->a + dst,
+                       (const float *)k->data + (int64_t)(sq->row0 + i) * k->ld + h * head_dim,
+                       (size_t)head_dim * 4);
+                memcpy(L->b + dst,
+                       (const float *)v->data + (int64_t)(sq->row0 + i) * v->ld + h * head_dim,
+                       (size_t)head_dim * 4);
+            }
         if (sq->n_past + sq->n_rows > max_nk)
             max_nk = sq->n_past + sq->n_rows;
     }

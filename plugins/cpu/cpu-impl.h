@@ -141,8 +141,8 @@ struct vl2_backend_ctx {
 };
 
 struct cpu_kv_layer {
-    float *a;   /* MHA: K [capacity, n_kv_head*head_dim]; MLA: [capacity, kv_lora+rope] = c | k_pe */
-    float *b;   /* MHA: V [capacity, n_kv_head*head_dim]; MLA: NULL */
+    float *a;   /* MHA: K [n_kv_head, capacity, head_dim]; MLA: [capacity, kv_lora+rope] = c | k_pe */
+    float *b;   /* MHA: V [n_kv_head, capacity, head_dim]; MLA: NULL */
 };
 
 struct vl2_kv {
