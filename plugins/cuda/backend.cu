@@ -61,7 +61,15 @@ enum op_kind {
     OPK_ATTN_MHA,
     OPK_ATTN_MLA,
     OPK_MOE,
+    OPK_COUNT
 };
+
+static const char *const op_names[OPK_COUNT] = {
+    "?", "embed", "linear", "rmsnorm", "layernorm", "add", "gelu", "swiglu", "copy_rows",
+    "patchify", "unfold2x2", "attn_full", "rope", "attn_mha", "attn_mla", "moe",
+};
+
+#define PROF_MAX 8192
 
 /* A tensor as an op sees it (no ownership). */
 struct tdesc {
@@ -138,10 +146,18 @@ struct vl2_backend_ctx {
     cublasHandle_t   blas;
     void            *blas_ws;
     char             desc[320];
-    char             desc_full[448];
+    char             desc_full[1024];
     uint64_t         n_captured;    /* graphs instantiated */
     uint64_t         n_replayed;    /* steps run by replaying a graph */
     uint64_t         n_fallback;    /* steps that left a graph and ran eagerly */
+
+    /* option profile=1: device time per op kind (graphs off) */
+    int              profile;
+    cudaEvent_t     *prof_ev;       /* [2 * PROF_MAX] */
+    int32_t         *prof_kind;     /* [PROF_MAX] kind of each pending pair */
+    int              prof_n;        /* pending pairs */
+    double           prof_ms[OPK_COUNT];
+    uint64_t         prof_calls[OPK_COUNT];
     size_t           mem_used;
     size_t           mem_budget;
     int              graphs_on;
@@ -570,6 +586,53 @@ static size_t scratch_need(const struct op_rec *r)
     return 0;
 }
 
+/* ---- profile ----------------------------------------------------------------------------- */
+
+/* Add the pending event pairs to the totals (the stream must be idle). */
+static void prof_drain(struct vl2_backend_ctx *ctx)
+{
+    int i;
+    for (i = 0; i < ctx->prof_n; i++) {
+        float ms = 0.0f;
+        if (cudaEventElapsedTime(&ms, ctx->prof_ev[2 * i], ctx->prof_ev[2 * i + 1]) ==
+            cudaSuccess) {
+            ctx->prof_ms[ctx->prof_kind[i]] += ms;
+            ctx->prof_calls[ctx->prof_kind[i]]++;
+        }
+    }
+    (void)cudaGetLastError();
+    ctx->prof_n = 0;
+}
+
+static int prof_init(struct vl2_backend_ctx *ctx)
+{
+    int i;
+    ctx->prof_ev = (cudaEvent_t *)calloc(2 * PROF_MAX, sizeof(cudaEvent_t));
+    ctx->prof_kind = (int32_t *)calloc(PROF_MAX, sizeof(int32_t));
+    if (!ctx->prof_ev || !ctx->prof_kind)
+        return -1;
+    for (i = 0; i < 2 * PROF_MAX; i++)
+        if (cudaEventCreate(&ctx->prof_ev[i]) != cudaSuccess)
+            return -1;
+    return 0;
+}
+
+static int exec_profiled(struct vl2_backend_ctx *ctx, const struct op_rec *r,
+                         struct vl2_err *err)
+{
+    int i, rc;
+    if (ctx->prof_n == PROF_MAX) {
+        (void)cudaStreamSynchronize(ctx->st);
+        prof_drain(ctx);
+    }
+    i = ctx->prof_n++;
+    ctx->prof_kind[i] = r->kind;
+    (void)cudaEventRecord(ctx->prof_ev[2 * i], ctx->st);
+    rc = exec_op(ctx, r, err);
+    (void)cudaEventRecord(ctx->prof_ev[2 * i + 1], ctx->st);
+    return rc;
+}
+
 /* ---- submission ------------------------------------------------------------------------ */
 
 /* Queue op @r (host array @host of @hsize bytes staged for it). */
@@ -595,7 +658,7 @@ static int submit(struct vl2_backend_ctx *ctx, struct op_rec *r, const void *hos
         }
         r->stage_off = 0;
         r->stage_size = (int64_t)hsize;
-        return exec_op(ctx, r, err);
+        return ctx->profile ? exec_profiled(ctx, r, err) : exec_op(ctx, r, err);
     }
     g = ctx->cur;
     off = align_up(ctx->stage_used, 16);
@@ -1125,6 +1188,8 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->graphs_on = 0;
         else if (len == 8 && !strncmp(p, "graphs=1", 8))
             ctx->graphs_on = 1;
+        else if (len == 9 && !strncmp(p, "profile=1", 9))
+            ctx->profile = 1;
         p = e ? e + 1 : NULL;
     }
 }
@@ -1143,6 +1208,11 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev <= 0) {
         (void)cudaGetLastError();
+        (void)cudaRuntimeGetVersion(&rt);
+        if (e == cudaErrorInsufficientDriver)
+            return vl2_err_set(err, VL2_EBACKEND,
+                               "cuda: no CUDA device: no NVIDIA driver, or one older than "
+                               "CUDA %d.%d needs", rt / 1000, (rt % 1000) / 10);
         return vl2_err_set(err, VL2_EBACKEND, "cuda: no CUDA device: %s",
                            e != cudaSuccess ? cudaGetErrorString(e) : "none found");
     }
@@ -1155,8 +1225,9 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     ctx->device = dev;
     ctx->mem_budget = p ? p->mem_budget : 0;
     ctx->graphs_on = 1;
-    if (p)
-        parse_options(ctx, p->options);
+    parse_options(ctx, p && p->options ? p->options : getenv("VL2_CUDA_OPTIONS"));
+    if (ctx->profile)
+        ctx->graphs_on = 0;
     if ((e = cudaSetDevice(dev)) != cudaSuccess ||
         (e = cudaGetDeviceProperties(&ctx->prop, dev)) != cudaSuccess) {
         rv = vl2_err_set(err, VL2_EBACKEND, "cuda: no CUDA device: device %d: %s", dev,
@@ -1187,6 +1258,10 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
         rv = blas_fail(err, s, "cuBLAS setup");
         goto out_close;
     }
+    if (ctx->profile && prof_init(ctx) < 0) {
+        rv = vl2_err_set(err, VL2_EBACKEND, "cuda: profile: cannot create events");
+        goto out_close;
+    }
     ctx->max_smem = vl2__cu_attn_init();
     if (ctx->max_smem <= 0) {
         rv = vl2_err_set(err, VL2_EBACKEND, "cuda: device %d: cannot configure the attention "
@@ -1215,11 +1290,11 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     (void)cudaRuntimeGetVersion(&rt);
     snprintf(ctx->desc, sizeof(ctx->desc),
              "cuda: device %d %s (sm_%d%d, %d SMs, %.1f GiB), driver %d.%d, runtime %d.%d, "
-             "cuBLAS, graphs %s",
+             "cuBLAS, graphs %s%s",
              dev, ctx->prop.name, ctx->prop.major, ctx->prop.minor,
              ctx->prop.multiProcessorCount, (double)ctx->prop.totalGlobalMem / 1073741824.0,
              drv / 1000, (drv % 1000) / 10, rt / 1000, (rt % 1000) / 10,
-             ctx->graphs_on ? "on" : "off");
+             ctx->graphs_on ? "on" : "off", ctx->profile ? ", profiling" : "");
     *ret_ctx = ctx;
     return 0;
 
@@ -1249,6 +1324,13 @@ static void cu_close(struct vl2_backend_ctx *ctx)
         (void)cudaStreamSynchronize(ctx->st);
     for (i = 0; i < MAX_GRAPHS; i++)
         graph_free(&ctx->graphs[i]);
+    if (ctx->prof_ev) {
+        for (i = 0; i < 2 * PROF_MAX; i++)
+            if (ctx->prof_ev[i])
+                (void)cudaEventDestroy(ctx->prof_ev[i]);
+        free(ctx->prof_ev);
+    }
+    free(ctx->prof_kind);
     for (i = 0; i < ctx->n_tabs; i++) {
         dev_free(ctx, ctx->tabs[i]->dev, 3 * (size_t)ctx->tabs[i]->E * sizeof(void *));
         free(ctx->tabs[i]->host);
@@ -1274,10 +1356,26 @@ static const char *cu_describe(struct vl2_backend_ctx *ctx)
 {
     if (!ctx)
         return "cuda";
-    snprintf(ctx->desc_full, sizeof(ctx->desc_full),
-             "%s (captured %llu, replayed %llu, fallbacks %llu)", ctx->desc,
-             (unsigned long long)ctx->n_captured, (unsigned long long)ctx->n_replayed,
-             (unsigned long long)ctx->n_fallback);
+    {
+        int n = snprintf(ctx->desc_full, sizeof(ctx->desc_full),
+                         "%s (captured %llu, replayed %llu, fallbacks %llu)", ctx->desc,
+                         (unsigned long long)ctx->n_captured,
+                         (unsigned long long)ctx->n_replayed,
+                         (unsigned long long)ctx->n_fallback);
+        int k, first = 1;
+        if (ctx->profile) {
+            (void)cudaStreamSynchronize(ctx->st);
+            prof_drain(ctx);
+            for (k = 1; k < OPK_COUNT && n > 0 && (size_t)n < sizeof(ctx->desc_full); k++) {
+                if (!ctx->prof_calls[k])
+                    continue;
+                n += snprintf(ctx->desc_full + n, sizeof(ctx->desc_full) - (size_t)n,
+                              "%s %s %.2f ms/%llu", first ? "; profile:" : ",", op_names[k],
+                              ctx->prof_ms[k], (unsigned long long)ctx->prof_calls[k]);
+                first = 0;
+            }
+        }
+    }
     return ctx->desc_full;
 }
 
