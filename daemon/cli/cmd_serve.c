@@ -63,6 +63,30 @@ static const struct serve_option serve_options[] = {
 
 #define N_OPTIONS (sizeof(serve_options) / sizeof(serve_options[0]))
 
+/* "  LEFT  help text" with the help wrapped at 80 columns. */
+static void print_wrapped(FILE *f, const char *left, const char *help)
+{
+    const int indent = 33, width = 80;
+    const char *p = help;
+    int col;
+
+    col = fprintf(f, "  %-30s", left);
+    while (*p) {
+        const char *sp = strchr(p, ' ');
+        int len = sp ? (int) (sp - p) : (int) strlen(p);
+
+        if (col + 1 + len > width && col > indent) {
+            fprintf(f, "\n%*s", indent - 1, "");
+            col = indent - 1;
+        }
+        col += fprintf(f, " %.*s", len, p);
+        p += len;
+        while (*p == ' ')
+            p++;
+    }
+    fputc('\n', f);
+}
+
 static void usage(FILE *f)
 {
     size_t i;
@@ -79,7 +103,7 @@ static void usage(FILE *f)
         else
             snprintf(left, sizeof(left), "    --%s%s%s", o->name, o->arg ? " " : "",
                      o->arg ? o->arg : "");
-        fprintf(f, "  %-30s %s\n", left, o->help);
+        print_wrapped(f, left, o->help);
     }
 }
 
