@@ -1,17 +1,20 @@
-/* bench-plugins.c - speed of the CPU backend's matrix products.
+/* bench-plugins.c - speed of the CPU backend's kernels.
  *
  *   bench-plugins [PLUGIN_DIR] [--threads 1,2] [--quick] [--gemm-only] [--options K=V,...]
  *
- * Prints, for 1 and 2 threads:
- *   - memory read bandwidth (a 512 MiB buffer summed by the same threads);
+ * For each thread count:
+ *   - memory read bandwidth (a 512 MiB buffer summed by that many threads);
  *   - linear() with one row (decode GEMV) on BF16 weights at the decode shapes
  *     of DeepSeek-VL2 tiny (d_model 1280): dense 6848x1280 and 1280x6848,
  *     expert 896x1280 and 1280x896, lm_head 129280x1280, cycling through
- *     enough copies that weights come from memory, with GB/s of weights read
- *     and the ratio to the measured bandwidth;
- *   - linear() with many rows (prefill, vision) in GFLOP/s;
- *   - attention and moe calls at tiny's shapes.
- * Figures only; never pass/fail.
+ *     enough copies that the weights come from memory: GB/s of weights read
+ *     and the ratio to the bandwidth measured in the same run;
+ *   - linear() with many rows (prefill, vision): GFLOP/s;
+ *   - vision attention, gelu_tanh, MHA decode attention, one MoE layer.
+ * Every figure is the best of several repetitions (the machine may be shared:
+ * the best repetition is the one least disturbed).  "per core" divides by the
+ * process CPU time instead of the wall time: the speed of the code when it
+ * runs, whatever else the machine does.  Figures only; never pass/fail.
  */
 #include <math.h>
 #include <pthread.h>
@@ -23,14 +26,50 @@
 
 #include "backend.h"
 
-static double now(void)
+static double wall(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* ---- memory bandwidth -------------------------------------------------------- */
+static double cpu_time(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int n_reps = 5;
+static double rep_time = 0.25;
+
+/* Run fn(arg) repeatedly: best wall seconds per call over n_reps repetitions
+ * of at least rep_time each; *cpu gets process CPU seconds per call of that
+ * repetition. */
+static double measure(void (*fn)(void *), void *arg, double *cpu)
+{
+    double best = 1e30, best_cpu = 0;
+
+    fn(arg); /* warm-up */
+    for (int r = 0; r < n_reps; r++) {
+        double t0 = wall(), c0 = cpu_time(), t;
+        long calls = 0;
+        do {
+            fn(arg);
+            calls++;
+            t = wall() - t0;
+        } while (t < rep_time);
+        if (t / calls < best) {
+            best = t / calls;
+            best_cpu = (cpu_time() - c0) / calls;
+        }
+    }
+    if (cpu)
+        *cpu = best_cpu;
+    return best;
+}
+
+/* ---- memory bandwidth ---------------------------------------------------------- */
 
 struct bw_arg {
     const uint64_t *p;
@@ -50,36 +89,41 @@ static void *bw_thread(void *v)
     return NULL;
 }
 
-/* Best of 5 passes over @size bytes read by @nt threads, GB/s. */
-static double read_bandwidth(const void *buf, size_t size, int nt)
+struct bw_job {
+    const void *buf;
+    size_t size;
+    int nt;
+};
+
+static void bw_run(void *v)
 {
-    double best = 0;
-    for (int rep = 0; rep < 5; rep++) {
-        pthread_t th[16];
-        struct bw_arg a[16];
-        size_t per = size / 8 / (size_t)nt;
-        double t0 = now(), t;
-        for (int i = 0; i < nt; i++) {
-            a[i].p = (const uint64_t *)buf + per * (size_t)i;
-            a[i].n = per;
-            pthread_create(&th[i], NULL, bw_thread, &a[i]);
-        }
-        for (int i = 0; i < nt; i++)
-            pthread_join(th[i], NULL);
-        t = now() - t0;
-        if (size / t / 1e9 > best)
-            best = size / t / 1e9;
+    struct bw_job *j = v;
+    pthread_t th[16];
+    struct bw_arg a[16];
+    size_t per = j->size / 8 / (size_t)j->nt;
+
+    for (int i = 0; i < j->nt; i++) {
+        a[i].p = (const uint64_t *)j->buf + per * (size_t)i;
+        a[i].n = per;
+        pthread_create(&th[i], NULL, bw_thread, &a[i]);
     }
-    return best;
+    for (int i = 0; i < j->nt; i++)
+        pthread_join(th[i], NULL);
 }
 
-/* ---- helpers ------------------------------------------------------------------ */
+/* ---- helpers --------------------------------------------------------------------- */
 
 struct bk {
     struct vl2_backend *b;
     const struct vl2_backend_ops *o;
     struct vl2_backend_ctx *c;
 };
+
+static void die(const char *what, const struct vl2_err *err)
+{
+    fprintf(stderr, "%s: %s\n", what, err->msg);
+    exit(1);
+}
 
 static uint16_t *rand_bf16(size_t n)
 {
@@ -101,208 +145,241 @@ static void act(struct bk *k, struct vl2_tensor *t, int64_t rows, int64_t cols)
     for (int64_t i = 0; i < rows * cols; i++)
         h[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
     if (k->o->alloc(k->c, t, VL2_DTYPE_F32, 2, ne, &err) < 0 ||
-        k->o->write(k->c, t, 0, h, (size_t)(rows * cols) * 4, &err) < 0) {
-        fprintf(stderr, "alloc: %s\n", err.msg);
-        exit(1);
-    }
+        k->o->write(k->c, t, 0, h, (size_t)(rows * cols) * 4, &err) < 0)
+        die("alloc", &err);
     free(h);
 }
 
-/* GEMV over n_copies weight matrices [n, kdim] (bf16) in turn, GB/s of weights. */
-static double bench_gemv(struct bk *k, int64_t n, int64_t kdim, int n_copies, double min_time)
-{
-    struct vl2_tensor *w = calloc((size_t)n_copies, sizeof(*w)), x, y;
-    uint16_t *raw = rand_bf16((size_t)(n * kdim) * (size_t)n_copies);
-    struct vl2_err err = { 0 };
-    int64_t ne[2] = { n, kdim };
-    double t0, t, bytes = 0;
-    long calls = 0;
+/* ---- linear ------------------------------------------------------------------------- */
 
-    for (int i = 0; i < n_copies; i++)
-        k->o->weight(k->c, &w[i], VL2_DTYPE_BF16, 2, ne, raw + (size_t)(n * kdim) * (size_t)i, &err);
-    act(k, &x, 1, kdim);
-    act(k, &y, 1, n);
-    for (int i = 0; i < n_copies; i++)  /* warm-up: page in */
-        k->o->linear(k->c, &y, &x, &w[i], NULL, &err);
-    t0 = now();
-    do {
-        for (int i = 0; i < n_copies; i++) {
-            if (k->o->linear(k->c, &y, &x, &w[i], NULL, &err) < 0) {
-                fprintf(stderr, "linear: %s\n", err.msg);
-                exit(1);
-            }
-            calls++;
-        }
-        t = now() - t0;
-    } while (t < min_time);
-    bytes = (double)calls * (double)(n * kdim) * 2;
-    for (int i = 0; i < n_copies; i++)
-        k->o->free_tensor(k->c, &w[i]);
-    k->o->free_tensor(k->c, &x);
-    k->o->free_tensor(k->c, &y);
-    free(w);
-    free(raw);
-    return bytes / t / 1e9;
+struct lin_job {
+    struct bk *k;
+    struct vl2_tensor *w, x, y;
+    int n_w, next;
+};
+
+static void lin_run(void *v)
+{
+    struct lin_job *j = v;
+    struct vl2_err err = { 0 };
+    for (int i = 0; i < j->n_w; i++)
+        if (j->k->o->linear(j->k->c, &j->y, &j->x, &j->w[i], NULL, &err) < 0)
+            die("linear", &err);
 }
 
-/* linear with m rows: GFLOP/s */
-static double bench_gemm(struct bk *k, int64_t m, int64_t n, int64_t kdim, int dtype, double min_time)
+/* linear with m rows over n_copies weights [n, kdim] in turn; returns seconds
+ * per product, *cpu CPU seconds per product. */
+static double bench_linear(struct bk *k, int64_t m, int64_t n, int64_t kdim, int dtype,
+                           int n_copies, double *cpu)
 {
-    struct vl2_tensor w, x, y;
-    uint16_t *raw = NULL;
-    float *rawf = NULL;
-    struct vl2_err err = { 0 };
+    struct lin_job j = { .k = k, .n_w = n_copies };
+    size_t nel = (size_t)(n * kdim) * (size_t)n_copies;
+    uint16_t *raw16 = NULL;
+    float *raw32 = NULL;
     int64_t ne[2] = { n, kdim };
-    double t0, t;
-    long calls = 0;
+    struct vl2_err err = { 0 };
+    double t;
 
+    j.w = calloc((size_t)n_copies, sizeof(*j.w));
     if (dtype == VL2_DTYPE_BF16) {
-        raw = rand_bf16((size_t)(n * kdim));
-        k->o->weight(k->c, &w, dtype, 2, ne, raw, &err);
+        raw16 = rand_bf16(nel);
     } else {
-        rawf = malloc((size_t)(n * kdim) * 4);
-        for (int64_t i = 0; i < n * kdim; i++)
-            rawf[i] = (float)(i % 17) * 0.01f;
-        k->o->weight(k->c, &w, dtype, 2, ne, rawf, &err);
+        raw32 = malloc(nel * 4);
+        for (size_t i = 0; i < nel; i++)
+            raw32[i] = (float)(i % 17) * 0.01f;
     }
-    act(k, &x, m, kdim);
-    act(k, &y, m, n);
-    k->o->linear(k->c, &y, &x, &w, NULL, &err);
-    t0 = now();
-    do {
-        if (k->o->linear(k->c, &y, &x, &w, NULL, &err) < 0) {
-            fprintf(stderr, "linear: %s\n", err.msg);
-            exit(1);
-        }
-        calls++;
-        t = now() - t0;
-    } while (t < min_time);
-    k->o->free_tensor(k->c, &w);
-    k->o->free_tensor(k->c, &x);
-    k->o->free_tensor(k->c, &y);
-    free(raw);
-    free(rawf);
-    return 2.0 * m * n * kdim * calls / t / 1e9;
+    for (int i = 0; i < n_copies; i++)
+        if (k->o->weight(k->c, &j.w[i], dtype, 2, ne,
+                         raw16 ? (const void *)(raw16 + (size_t)(n * kdim) * (size_t)i)
+                               : (const void *)(raw32 + (size_t)(n * kdim) * (size_t)i),
+                         &err) < 0)
+            die("weight", &err);
+    act(k, &j.x, m, kdim);
+    act(k, &j.y, m, n);
+    t = measure(lin_run, &j, cpu) / n_copies;
+    if (cpu)
+        *cpu /= n_copies;
+    for (int i = 0; i < n_copies; i++)
+        k->o->free_tensor(k->c, &j.w[i]);
+    k->o->free_tensor(k->c, &j.x);
+    k->o->free_tensor(k->c, &j.y);
+    free(j.w);
+    free(raw16);
+    free(raw32);
+    return t;
 }
 
-/* vision attention of n tiles (729 x 16 heads x 72): ms per tile */
-static double bench_attn_full(struct bk *k, int n_tiles, double min_time)
-{
+/* ---- attention, activations, moe ------------------------------------------------------ */
+
+struct full_job {
+    struct bk *k;
     struct vl2_tensor qkv, out;
-    struct vl2_err err = { 0 };
-    double t0, t;
-    long calls = 0;
+};
 
-    act(k, &qkv, 729L * n_tiles, 3 * 1152);
-    act(k, &out, 729L * n_tiles, 1152);
-    t0 = now();
-    do {
-        k->o->attn_full(k->c, &out, &qkv, 729, 16, 72, 1.0f / sqrtf(72.0f), &err);
-        calls++;
-        t = now() - t0;
-    } while (t < min_time);
-    k->o->free_tensor(k->c, &qkv);
-    k->o->free_tensor(k->c, &out);
-    return t / calls / n_tiles * 1e3;
-}
-
-/* gelu_tanh over 729 x 4304 (one tile's MLP activation): ms */
-static double bench_gelu(struct bk *k, double min_time)
+static void full_run(void *v)
 {
-    struct vl2_tensor x;
+    struct full_job *j = v;
     struct vl2_err err = { 0 };
-    double t0, t;
-    long calls = 0;
-
-    act(k, &x, 729, 4304);
-    t0 = now();
-    do {
-        k->o->gelu_tanh(k->c, &x, &err);
-        calls++;
-        t = now() - t0;
-    } while (t < min_time);
-    k->o->free_tensor(k->c, &x);
-    return t / calls * 1e3;
+    if (j->k->o->attn_full(j->k->c, &j->out, &j->qkv, 729, 16, 72, 1.0f / sqrtf(72.0f), &err) < 0)
+        die("attn_full", &err);
 }
 
-/* MHA decode attention at context n_ctx (tiny: 10 heads x 128): ms per call (one layer) */
-static double bench_mha_decode(struct bk *k, int n_ctx, double min_time)
+static void gelu_run(void *v)
+{
+    struct full_job *j = v;
+    struct vl2_err err = { 0 };
+    j->k->o->gelu_tanh(j->k->c, &j->out, &err);
+}
+
+struct mha_job {
+    struct bk *k;
+    struct vl2_tensor q, kk, v, out;
+};
+
+static void mha_run(void *v)
+{
+    struct mha_job *j = v;
+    struct vl2_err err = { 0 };
+    if (j->k->o->attn_mha(j->k->c, 0, &j->out, &j->q, &j->kk, &j->v, 10, 10, 128, 0.088f, &err) < 0)
+        die("attn_mha", &err);
+}
+
+/* MHA decode attention at context n_ctx (tiny: 10 heads x 128): seconds per call */
+static double bench_mha_decode(struct bk *k, int n_ctx)
 {
     struct vl2_kv_shape ks = { .kind = VL2_ATTN_MHA, .n_layer = 1, .n_kv_head = 10,
                                .head_dim = 128, .dtype = VL2_DTYPE_F32, .capacity = n_ctx + 1 };
     struct vl2_kv *kv;
-    struct vl2_tensor q, kk, v, out;
+    struct mha_job j = { .k = k };
     struct vl2_batch_seq seq = { .row0 = 0, .n_rows = 1, .n_past = n_ctx };
     struct vl2_batch b = { .n_rows = 1, .n_seqs = 1, .seqs = &seq };
     struct vl2_err err = { 0 };
-    double t0, t;
-    long calls = 0;
+    double t;
 
-    if (k->o->kv_new(k->c, &ks, &kv, &err) < 0) {
-        fprintf(stderr, "kv_new: %s\n", err.msg);
-        exit(1);
-    }
-    /* fill the cache (as prefill would) so its pages are real */
-    {
-        struct vl2_tensor pk, pv, pq, po;
+    if (k->o->kv_new(k->c, &ks, &kv, &err) < 0)
+        die("kv_new", &err);
+    {   /* fill the cache as prefill would, so its pages are real */
+        struct mha_job pj = { .k = k };
         struct vl2_batch_seq ps = { .row0 = 0, .n_rows = n_ctx, .n_past = 0, .kv = kv };
         struct vl2_batch pb = { .n_rows = n_ctx, .n_seqs = 1, .seqs = &ps };
-        act(k, &pq, n_ctx, 1280);
-        act(k, &pk, n_ctx, 1280);
-        act(k, &pv, n_ctx, 1280);
-        act(k, &po, n_ctx, 1280);
-        k->o->begin_batch(k->c, &pb, &err);
-        k->o->attn_mha(k->c, 0, &po, &pq, &pk, &pv, 10, 10, 128, 0.088f, &err);
-        k->o->free_tensor(k->c, &pq);
-        k->o->free_tensor(k->c, &pk);
-        k->o->free_tensor(k->c, &pv);
-        k->o->free_tensor(k->c, &po);
+        act(k, &pj.q, n_ctx, 1280);
+        act(k, &pj.kk, n_ctx, 1280);
+        act(k, &pj.v, n_ctx, 1280);
+        act(k, &pj.out, n_ctx, 1280);
+        if (k->o->begin_batch(k->c, &pb, &err) < 0)
+            die("begin_batch", &err);
+        mha_run(&pj);
+        k->o->free_tensor(k->c, &pj.q);
+        k->o->free_tensor(k->c, &pj.kk);
+        k->o->free_tensor(k->c, &pj.v);
+        k->o->free_tensor(k->c, &pj.out);
     }
     seq.kv = kv;
-    act(k, &q, 1, 1280);
-    act(k, &kk, 1, 1280);
-    act(k, &v, 1, 1280);
-    act(k, &out, 1, 1280);
-    k->o->begin_batch(k->c, &b, &err);
-    t0 = now();
-    do {
-        if (k->o->attn_mha(k->c, 0, &out, &q, &kk, &v, 10, 10, 128, 0.088f, &err) < 0) {
-            fprintf(stderr, "attn_mha: %s\n", err.msg);
-            exit(1);
-        }
-        calls++;
-        t = now() - t0;
-    } while (t < min_time);
-    k->o->free_tensor(k->c, &q);
-    k->o->free_tensor(k->c, &kk);
-    k->o->free_tensor(k->c, &v);
-    k->o->free_tensor(k->c, &out);
+    act(k, &j.q, 1, 1280);
+    act(k, &j.kk, 1, 1280);
+    act(k, &j.v, 1, 1280);
+    act(k, &j.out, 1, 1280);
+    if (k->o->begin_batch(k->c, &b, &err) < 0)
+        die("begin_batch", &err);
+    t = measure(mha_run, &j, NULL);
+    k->o->free_tensor(k->c, &j.q);
+    k->o->free_tensor(k->c, &j.kk);
+    k->o->free_tensor(k->c, &j.v);
+    k->o->free_tensor(k->c, &j.out);
     k->o->kv_free(k->c, kv);
-    return t / calls * 1e3;
+    return t;
+}
+
+struct moe_job {
+    struct bk *k;
+    struct vl2_moe_layer L;
+    struct vl2_tensor x, out;
+};
+
+static void moe_run(void *v)
+{
+    struct moe_job *j = v;
+    struct vl2_err err = { 0 };
+    if (j->k->o->moe(j->k->c, &j->out, &j->x, &j->L, &err) < 0)
+        die("moe", &err);
+}
+
+/* One tiny MoE layer (64 experts 896x1280, top-6, 2 shared) with m rows. */
+static double bench_moe(struct bk *k, int m, double *bytes_per_call)
+{
+    enum { E = 64, D = 1280, I = 896 };
+    struct moe_job j = { .k = k };
+    uint16_t *raw = rand_bf16((size_t)E * 3 * I * D + (size_t)3 * 2 * I * D + (size_t)E * D);
+    struct vl2_tensor *t = calloc(3 * E + 4, sizeof(*t));
+    const struct vl2_tensor **pg = calloc(E, sizeof(*pg)), **pu = calloc(E, sizeof(*pu)),
+                            **pd = calloc(E, sizeof(*pd));
+    struct vl2_err err = { 0 };
+    size_t off = 0;
+    double s;
+    int64_t ne_gu[2] = { I, D }, ne_d[2] = { D, I }, ne_sgu[2] = { 2 * I, D }, ne_sd[2] = { D, 2 * I },
+            ne_r[2] = { E, D };
+
+    for (int e = 0; e < E; e++) {
+        k->o->weight(k->c, &t[3 * e], VL2_DTYPE_BF16, 2, ne_gu, raw + off, &err);
+        off += (size_t)I * D;
+        k->o->weight(k->c, &t[3 * e + 1], VL2_DTYPE_BF16, 2, ne_gu, raw + off, &err);
+        off += (size_t)I * D;
+        k->o->weight(k->c, &t[3 * e + 2], VL2_DTYPE_BF16, 2, ne_d, raw + off, &err);
+        off += (size_t)I * D;
+        pg[e] = &t[3 * e];
+        pu[e] = &t[3 * e + 1];
+        pd[e] = &t[3 * e + 2];
+    }
+    k->o->weight(k->c, &t[3 * E], VL2_DTYPE_BF16, 2, ne_sgu, raw + off, &err);
+    off += (size_t)2 * I * D;
+    k->o->weight(k->c, &t[3 * E + 1], VL2_DTYPE_BF16, 2, ne_sgu, raw + off, &err);
+    off += (size_t)2 * I * D;
+    k->o->weight(k->c, &t[3 * E + 2], VL2_DTYPE_BF16, 2, ne_sd, raw + off, &err);
+    off += (size_t)2 * I * D;
+    k->o->weight(k->c, &t[3 * E + 3], VL2_DTYPE_BF16, 2, ne_r, raw + off, &err);
+    j.L = (struct vl2_moe_layer){ .router = &t[3 * E + 3], .gate = pg, .up = pu, .down = pd,
+                                  .sh_gate = &t[3 * E], .sh_up = &t[3 * E + 1],
+                                  .sh_down = &t[3 * E + 2], .n_expert = E, .top_k = 6,
+                                  .scoring = VL2_MOE_SOFTMAX, .method = VL2_MOE_GREEDY,
+                                  .routed_scale = 1.0f };
+    act(k, &j.x, m, D);
+    act(k, &j.out, m, D);
+    s = measure(moe_run, &j, NULL);
+    /* decode (m = 1): 6 routed + 2 shared expert MLPs + router */
+    *bytes_per_call = (6.0 * 3 * I * D + 3.0 * 2 * I * D + (double)E * D) * 2;
+    for (int i = 0; i < 3 * E + 4; i++)
+        k->o->free_tensor(k->c, &t[i]);
+    k->o->free_tensor(k->c, &j.x);
+    k->o->free_tensor(k->c, &j.out);
+    free(t);
+    free(pg);
+    free(pu);
+    free(pd);
+    free(raw);
+    return s;
 }
 
 int main(int argc, char **argv)
 {
-    const char *dir = NULL;
-    int threads[4] = { 1, 2 }, n_thr = 2;
-    double min_time = 1.0;
-    const char *options = NULL;
-    int gemm_only = 0;
+    const char *dir = NULL, *options = NULL;
+    int threads[4] = { 1, 2 }, n_thr = 2, gemm_only = 0;
     size_t bw_size = (size_t)512 << 20;
     void *bw_buf;
 
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0)
-            min_time = 0.3;
-        else if (strcmp(argv[i], "--gemm-only") == 0)
+        if (strcmp(argv[i], "--quick") == 0) {
+            n_reps = 3;
+            rep_time = 0.1;
+        } else if (strcmp(argv[i], "--gemm-only") == 0) {
             gemm_only = 1;
-        else if (strcmp(argv[i], "--options") == 0 && i + 1 < argc)
+        } else if (strcmp(argv[i], "--options") == 0 && i + 1 < argc) {
             options = argv[++i];
-        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+        } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             n_thr = sscanf(argv[++i], "%d,%d,%d,%d", &threads[0], &threads[1], &threads[2],
                            &threads[3]);
-        } else
+        } else {
             dir = argv[i];
+        }
     }
     bw_buf = malloc(bw_size);
     memset(bw_buf, 1, bw_size);
@@ -311,51 +388,72 @@ int main(int argc, char **argv)
         struct vl2_backend_params p = { .n_threads = threads[ti], .options = options };
         struct vl2_err err = { 0 };
         struct bk k;
-        double bw, g;
+        struct bw_job bj = { bw_buf, bw_size, threads[ti] };
+        static const struct { const char *name; int64_t n, kd; int copies; } gv[] = {
+            { "dense gate/up 6848x1280", 6848, 1280, 8 },
+            { "dense down    1280x6848", 1280, 6848, 8 },
+            { "expert gate/up 896x1280", 896, 1280, 64 },
+            { "expert down    1280x896", 1280, 896, 64 },
+            { "lm_head     129280x1280", 129280, 1280, 1 },
+        };
+        static const struct { const char *name; int64_t m, n, kd; int dt; } gm[] = {
+            { "vision qkv   729x1152 -> 3456, bf16", 729, 3456, 1152, VL2_DTYPE_BF16 },
+            { "vision fc1   729x1152 -> 4304, bf16", 729, 4304, 1152, VL2_DTYPE_BF16 },
+            { "vision fc1   729x1152 -> 4304, f32 ", 729, 4304, 1152, VL2_DTYPE_F32 },
+            { "prefill up   432x1280 -> 6848, bf16", 432, 6848, 1280, VL2_DTYPE_BF16 },
+            { "expert        40x1280 -> 896,  bf16", 40, 896, 1280, VL2_DTYPE_BF16 },
+            { "few rows       8x1280 -> 6848, bf16", 8, 6848, 1280, VL2_DTYPE_BF16 },
+        };
+        double bw;
 
-        if (vl2_backend_load(&k.b, "cpu", dir, &p, &err) < 0) {
-            fprintf(stderr, "%s\n", err.msg);
-            return 1;
-        }
+        if (vl2_backend_load(&k.b, "cpu", dir, &p, &err) < 0)
+            die("load", &err);
         k.o = k.b->ops;
         k.c = k.b->ctx;
         printf("== %s\n", k.o->describe(k.c));
-        if (gemm_only)
-            goto gemm;
-        bw = read_bandwidth(bw_buf, bw_size, threads[ti]);
-        printf("memory read bandwidth (%d thread%s): %.1f GB/s\n", threads[ti],
-               threads[ti] > 1 ? "s" : "", bw);
-        printf("decode GEMV, bf16 weights, 1 row:\n");
-        g = bench_gemv(&k, 6848, 1280, 8, min_time);
-        printf("  dense gate/up 6848x1280 : %6.1f GB/s (%3.0f%% of bandwidth)\n", g, 100 * g / bw);
-        g = bench_gemv(&k, 1280, 6848, 8, min_time);
-        printf("  dense down    1280x6848 : %6.1f GB/s (%3.0f%% of bandwidth)\n", g, 100 * g / bw);
-        g = bench_gemv(&k, 896, 1280, 64, min_time);
-        printf("  expert gate/up 896x1280 : %6.1f GB/s (%3.0f%% of bandwidth)\n", g, 100 * g / bw);
-        g = bench_gemv(&k, 1280, 896, 64, min_time);
-        printf("  expert down   1280x896  : %6.1f GB/s (%3.0f%% of bandwidth)\n", g, 100 * g / bw);
-        g = bench_gemv(&k, 129280, 1280, 1, min_time);
-        printf("  lm_head     129280x1280 : %6.1f GB/s (%3.0f%% of bandwidth)\n", g, 100 * g / bw);
-    gemm:
-        printf("many rows (blocked product), GFLOP/s:\n");
-        printf("  vision fc1  729x1152 -> 4304, bf16 : %6.1f\n",
-               bench_gemm(&k, 729, 4304, 1152, VL2_DTYPE_BF16, min_time));
-        printf("  vision qkv  729x1152 -> 3456, f32  : %6.1f\n",
-               bench_gemm(&k, 729, 3456, 1152, VL2_DTYPE_F32, min_time));
-        printf("  prefill up  432x1280 -> 6848, bf16 : %6.1f\n",
-               bench_gemm(&k, 432, 6848, 1280, VL2_DTYPE_BF16, min_time));
-        printf("  expert      16x1280 -> 896, bf16   : %6.1f\n",
-               bench_gemm(&k, 16, 896, 1280, VL2_DTYPE_BF16, min_time));
-        printf("  small m     4x1280 -> 6848, bf16   : %6.1f\n",
-               bench_gemm(&k, 4, 6848, 1280, VL2_DTYPE_BF16, min_time));
-        if (gemm_only) {
-            vl2_backend_unload(k.b);
-            continue;
+        if (!gemm_only) {
+            bw = bw_size / measure(bw_run, &bj, NULL) / 1e9;
+            printf("memory read bandwidth, %d thread%s: %.1f GB/s\n", threads[ti],
+                   threads[ti] > 1 ? "s" : "", bw);
+            printf("decode GEMV (linear, 1 row), bf16 weights from memory:\n");
+            for (size_t i = 0; i < sizeof(gv) / sizeof(gv[0]); i++) {
+                double s = bench_linear(&k, 1, gv[i].n, gv[i].kd, VL2_DTYPE_BF16, gv[i].copies, NULL);
+                double g = gv[i].n * gv[i].kd * 2 / s / 1e9;
+                printf("  %s : %6.1f GB/s  %3.0f%% of bandwidth  (%.3f ms)\n", gv[i].name, g,
+                       100 * g / bw, s * 1e3);
+            }
+            {
+                double bytes, s = bench_moe(&k, 1, &bytes);
+                printf("  moe layer, 1 row (6+2 experts 896x1280 + router): %.3f ms, %.1f GB/s, %.0f%% of bandwidth\n",
+                       s * 1e3, bytes / s / 1e9, 100 * bytes / s / 1e9 / bw);
+            }
         }
-        printf("vision attention 729x16x72: %.1f ms per tile\n", bench_attn_full(&k, 2, min_time));
-        printf("gelu_tanh 729x4304: %.2f ms\n", bench_gelu(&k, min_time));
-        printf("MHA decode attention (10x128), one layer: ctx 512 %.3f ms, ctx 4096 %.3f ms\n",
-               bench_mha_decode(&k, 512, min_time), bench_mha_decode(&k, 4096, min_time));
+        printf("many rows (blocked product), GFLOP/s wall / per core (CPU time):\n");
+        for (size_t i = 0; i < sizeof(gm) / sizeof(gm[0]); i++) {
+            double cpu, s = bench_linear(&k, gm[i].m, gm[i].n, gm[i].kd, gm[i].dt, 1, &cpu);
+            double fl = 2.0 * gm[i].m * gm[i].n * gm[i].kd;
+            printf("  %s : %6.1f / %5.1f\n", gm[i].name, fl / s / 1e9, fl / cpu / 1e9);
+        }
+        if (!gemm_only) {
+            struct full_job fj = { .k = &k };
+            double cpu, s, bytes;
+            act(&k, &fj.qkv, 729L * 2, 3 * 1152);
+            act(&k, &fj.out, 729L * 2, 1152);
+            s = measure(full_run, &fj, &cpu);
+            printf("vision attention 729 x 16 heads x 72: %.1f ms per tile (%.1f GFLOP/s, %.1f per core)\n",
+                   s / 2 * 1e3, 2 * 4.0 * 729 * 729 * 72 * 16 / s / 1e9,
+                   2 * 4.0 * 729 * 729 * 72 * 16 / cpu / 1e9);
+            k.o->free_tensor(k.c, &fj.out);
+            act(&k, &fj.out, 729, 4304);
+            s = measure(gelu_run, &fj, NULL);
+            printf("gelu_tanh 729 x 4304: %.2f ms\n", s * 1e3);
+            k.o->free_tensor(k.c, &fj.qkv);
+            k.o->free_tensor(k.c, &fj.out);
+            printf("MHA decode attention, one layer (10 heads x 128, F32 cache): ctx 512 %.3f ms, ctx 4096 %.3f ms\n",
+                   bench_mha_decode(&k, 512) * 1e3, bench_mha_decode(&k, 4096) * 1e3);
+            s = bench_moe(&k, 432, &bytes);
+            printf("moe layer, 432 rows (prefill): %.1f ms (%.0f rows/s)\n", s * 1e3, 432 / s);
+        }
         vl2_backend_unload(k.b);
     }
     free(bw_buf);
