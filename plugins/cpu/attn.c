@@ -237,6 +237,7 @@ int cpu_attn_full(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const str
 /* Task list entry: rows [r0, r0 + m) of sequence s, heads [h0, h1). */
 struct att_task {
     int32_t s, r0, m, h0, h1;
+    int32_t expanded;   /* MLA: whole sequence, one head, non-absorbed form */
 };
 
 struct att_job {
@@ -258,20 +259,36 @@ struct att_job {
 /* Build the task list: rows of each sequence in blocks of @rb, heads split so
  * that there are at least 2 tasks per thread when possible. */
 static int make_tasks(struct vl2_backend_ctx *ctx, int32_t rb, int32_t n_head,
-                      struct att_task **ret, int64_t *ret_n, struct vl2_err *err)
+                      const uint8_t *expanded, struct att_task **ret, int64_t *ret_n,
+                      struct vl2_err *err)
 {
-    int64_t n_rb = 0, n = 0, hc;
+    int64_t n_rb = 0, n_exp = 0, n = 0, hc;
     struct att_task *t;
 
-    for (int32_t s = 0; s < ctx->n_seqs; s++)
-        n_rb += (ctx->seqs[s].n_rows + rb - 1) / rb;
+    for (int32_t s = 0; s < ctx->n_seqs; s++) {
+        if (expanded && expanded[s])
+            n_exp += n_head;
+        else
+            n_rb += (ctx->seqs[s].n_rows + rb - 1) / rb;
+    }
     hc = n_head;
-    while (hc > 1 && n_rb * ((n_head + hc - 1) / hc) < 2 * ctx->n_threads)
+    while (hc > 1 && n_exp + n_rb * ((n_head + hc - 1) / hc) < 2 * ctx->n_threads)
         hc = (hc + 1) / 2;
-    t = malloc((size_t)(n_rb * ((n_head + hc - 1) / hc)) * sizeof(*t));
+    t = calloc((size_t)(n_exp + n_rb * ((n_head + hc - 1) / hc)), sizeof(*t));
     if (!t)
         return vl2_err_set(err, VL2_ENOMEM, "cpu: attention: out of memory");
-    for (int32_t s = 0; s < ctx->n_seqs; s++)
+    for (int32_t s = 0; s < ctx->n_seqs; s++) {
+        if (expanded && expanded[s]) {
+            for (int32_t h = 0; h < n_head; h++) {
+                t[n].s = s;
+                t[n].m = ctx->seqs[s].n_rows;
+                t[n].h0 = h;
+                t[n].h1 = h + 1;
+                t[n].expanded = 1;
+                n++;
+            }
+            continue;
+        }
         for (int32_t r0 = 0; r0 < ctx->seqs[s].n_rows; r0 += rb)
             for (int32_t h0 = 0; h0 < n_head; h0 += (int32_t)hc) {
                 t[n].s = s;
@@ -281,6 +298,7 @@ static int make_tasks(struct vl2_backend_ctx *ctx, int32_t rb, int32_t n_head,
                 t[n].h1 = (int32_t)imin(h0 + hc, n_head);
                 n++;
             }
+    }
     *ret = t;
     *ret_n = n;
     return 0;
@@ -380,7 +398,7 @@ int cpu_attn_mha(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
     if ((r = cpu_scratch_reserve(ctx, (size_t)ATT_RB * (size_t)max_nk * sizeof(float), err)) < 0)
         return r;
     memset(&j, 0, sizeof(j));
-    if ((r = make_tasks(ctx, ATT_RB, n_head, &j.tasks, &n_tasks, err)) < 0)
+    if ((r = make_tasks(ctx, ATT_RB, n_head, NULL, &j.tasks, &n_tasks, err)) < 0)
         return r;
     j.ctx = ctx;
     j.layer = layer;
@@ -395,6 +413,48 @@ int cpu_attn_mha(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
     cpu_pool_run(ctx->pool, n_tasks, mha_task, &j);
     free(j.tasks);
     return 0;
+}
+
+/* MLA, expanded form, for one head h and all rows of a sequence (long
+ * prefill, where it needs fewer operations than the absorbed form):
+ *   KV[s]   = cache_c[s] W_h^T = [k_nope | v]     for every key s < nk
+ *   S[i]    = q_nope[i] . k_nope[s] + q_pe[i] . k_pe[s], causal softmax
+ *   out[i]  = sum_s S[i, s] v[s] */
+static void mla_expanded(struct att_job *j, const struct att_task *t, int tid)
+{
+    const struct vl2_batch_seq *sq = &j->ctx->seqs[t->s];
+    const float *cache = sq->kv->layers[j->layer].a;
+    int64_t lora = j->lora, rope = j->rope, nope = j->nope, vd = j->vdim;
+    int64_t W = lora + rope, qh = nope + rope, kvw = nope + vd, h = t->h0;
+    int64_t nk_all = (int64_t)sq->n_past + sq->n_rows;
+    const struct cpu_kernels *k = j->ctx->k;
+    float *kv = cpu_scratch(j->ctx, tid);
+    float *sc = kv + nk_all * kvw;
+
+    /* k_nope and v of every key for this head */
+    mm_nt(k, cache, W, nk_all, j->kvb + h * kvw * lora, lora, kvw, lora, kv, kvw);
+    for (int64_t r0 = 0; r0 < sq->n_rows; r0 += ATT_RB) {
+        int64_t m = imin(ATT_RB, sq->n_rows - r0);
+        int64_t nk = (int64_t)sq->n_past + r0 + m;
+        const float *q = j->q + (int64_t)(sq->row0 + r0) * j->ldq + h * qh;
+        float *o = j->out + (int64_t)(sq->row0 + r0) * j->ldo + h * vd;
+
+        if (m < SMALL_ROWS) {
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t u = 0; u < nk; u++)
+                    sc[i * nk + u] = k->dot(q + i * j->ldq, kv + u * kvw, nope) +
+                                     k->dot(q + i * j->ldq + nope, cache + u * W + lora, rope);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nk, (int)nope, 1.0f,
+                        q, (int)j->ldq, kv, (int)kvw, 0.0f, sc, (int)nk);
+            if (rope > 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nk, (int)rope,
+                            1.0f, q + nope, (int)j->ldq, cache + lora, (int)W, 1.0f, sc, (int)nk);
+        }
+        for (int64_t i = 0; i < m; i++)
+            k->softmax(sc + i * nk, (int64_t)sq->n_past + r0 + i + 1, nk, j->scale);
+        mm_nn(k, sc, nk, m, kv + nope, kvw, nk, vd, o, j->ldo);
+    }
 }
 
 /* MLA, absorbed form.  For the task's rows i and heads h (row index i*nh + h
@@ -412,6 +472,11 @@ static void mla_task(void *arg, int64_t ti, int tid)
     int64_t lora = j->lora, rope = j->rope, nope = j->nope, vd = j->vdim;
     int64_t W = lora + rope, qh = nope + rope;
     int64_t nh = t->h1 - t->h0, M = (int64_t)t->m * nh;
+
+    if (t->expanded) {
+        mla_expanded(j, t, tid);
+        return;
+    }
     int64_t nk = (int64_t)sq->n_past + t->r0 + t->m;
     float *qc = cpu_scratch(j->ctx, tid);
     float *sc = qc + M * W;
@@ -537,11 +602,36 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
                            (const char *)kv_b->data + (size_t)(rr * kv_b->ld) * vl2_dtype_size(kv_b->dtype),
                            kv_b->dtype, lora);
     }
+    /* absorbed or expanded form per sequence, by operation count */
+    if (ctx->n_seqs > ctx->mla_exp_cap) {
+        uint8_t *e = realloc(ctx->mla_exp, (size_t)ctx->n_seqs);
+        if (!e)
+            return vl2_err_set(err, VL2_ENOMEM, "cpu: attn_mla: out of memory");
+        ctx->mla_exp = e;
+        ctx->mla_exp_cap = ctx->n_seqs;
+    }
+    need = 0;
+    for (int32_t s = 0; s < ctx->n_seqs; s++) {
+        double R = ctx->seqs[s].n_rows, P = ctx->seqs[s].n_past, keys = P + R / 2.0;
+        double H = n_head, L = (double)lora;
+        double absorbed = R * H * (nope_dim + v_dim) * L + R * H * keys * (2 * L + rope_dim);
+        double expanded = H * (P + R) * (nope_dim + v_dim) * L +
+                          R * H * keys * (nope_dim + rope_dim + v_dim);
+        int e = ctx->mla_mode == 2 || (ctx->mla_mode == 0 && expanded < absorbed);
+        ctx->mla_exp[s] = (uint8_t)e;
+        if (e) {
+            size_t ne = ((size_t)(ctx->seqs[s].n_past + ctx->seqs[s].n_rows) *
+                         (size_t)(nope_dim + v_dim + ATT_RB)) * sizeof(float);
+            if (ne > need)
+                need = ne;
+        }
+    }
     memset(&j, 0, sizeof(j));
-    if ((r = make_tasks(ctx, MLA_RB, n_head, &j.tasks, &n_tasks, err)) < 0)
+    if ((r = make_tasks(ctx, MLA_RB, n_head, ctx->mla_exp, &j.tasks, &n_tasks, err)) < 0)
         return r;
     max_m = (int64_t)MLA_RB * n_head;
-    need = (size_t)max_m * (size_t)(W + max_nk + lora) * sizeof(float);
+    if ((size_t)max_m * (size_t)(W + max_nk + lora) * sizeof(float) > need)
+        need = (size_t)max_m * (size_t)(W + max_nk + lora) * sizeof(float);
     if ((r = cpu_scratch_reserve(ctx, need, err)) < 0) {
         free(j.tasks);
         return r;

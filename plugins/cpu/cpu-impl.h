@@ -135,6 +135,9 @@ struct vl2_backend_ctx {
     int32_t                    row_pos_cap;
     int32_t                    blas_min_rows; /* linear: rows from which sgemm is used */
     int32_t                    own_gemm;   /* many rows: cpu_gemm512 instead of OpenBLAS */
+    int32_t                    mla_mode;   /* 0 auto, 1 absorbed only, 2 expanded only */
+    uint8_t                   *mla_exp;    /* per sequence of the batch: expanded form */
+    int32_t                    mla_exp_cap;
     struct cpu_scratch         vec[4];     /* parameter vectors converted to F32 */
     struct cpu_scratch         big;        /* moe: routing and expert activations */
     char                       desc[256];

@@ -7,6 +7,8 @@
  *                            instead of the GEMV kernels (default 16)
  *   gemm=own|blas            many rows: own AVX-512 kernel (default where AVX-512 is used)
  *                            or OpenBLAS sgemm
+ *   mla=auto|absorbed|expanded  attn_mla form per sequence (auto: fewer operations;
+ *                            absorbed wins for decode, expanded for long prefill)
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -192,6 +194,17 @@ static int parse_options(struct vl2_backend_ctx *ctx, const char *opts, int *isa
                     return vl2_err_set(err, VL2_EINVAL, "cpu: option blas_min_rows '%s': bad value",
                                        eq + 1);
                 ctx->blas_min_rows = (int32_t)v;
+            } else if (strcmp(tok, "mla") == 0) {
+                if (strcmp(eq + 1, "auto") == 0)
+                    ctx->mla_mode = 0;
+                else if (strcmp(eq + 1, "absorbed") == 0)
+                    ctx->mla_mode = 1;
+                else if (strcmp(eq + 1, "expanded") == 0)
+                    ctx->mla_mode = 2;
+                else
+                    return vl2_err_set(err, VL2_EINVAL,
+                                       "cpu: option mla '%s': expected auto, absorbed or expanded",
+                                       eq + 1);
             } else if (strcmp(tok, "gemm") == 0) {
                 if (strcmp(eq + 1, "own") == 0)
                     ctx->own_gemm = 1;
@@ -241,6 +254,7 @@ static void cpu_close(struct vl2_backend_ctx *ctx)
     free(ctx->big.p);
     free(ctx->seqs);
     free(ctx->row_pos);
+    free(ctx->mla_exp);
     free(ctx);
 }
 

@@ -1262,6 +1262,23 @@ int main(int argc, char **argv)
             if (ti == 0)
                 test_threads(argv[1], isas[ii]);
         }
+    /* attn_mla in each form (auto above mixes them: expanded for the 40-row
+     * prefill, absorbed for single rows) */
+    for (int mode = 0; mode < 2; mode++) {
+        struct vl2_backend_params p = { .n_threads = 2,
+                                        .options = mode ? "mla=expanded" : "mla=absorbed" };
+        struct vl2_err err = { 0 };
+        struct be be;
+        if (vl2_backend_load(&be.b, "cpu", argv[1], &p, &err) < 0) {
+            CHECK_MSG(0, "%s", err.msg);
+            continue;
+        }
+        be.o = be.b->ops;
+        be.c = be.b->ctx;
+        snprintf(be.name, sizeof(be.name), "[%s]", p.options);
+        test_attn_mla(&be);
+        vl2_backend_unload(be.b);
+    }
     printf("%d failures\n", check_failures);
     return check_failures ? 1 : 0;
 }
