@@ -528,6 +528,46 @@ static void test_byte_level_options(void)
     }
 }
 
+/* The pre-tokenizer shape of the DeepSeek-LLM (VL2-small, 102400) tokenizer:
+ * newline split, letters with one optional leading space, punctuation runs,
+ * trailing spaces, CJK runs, single digits, ByteLevel (letter class
+ * shortened here).  Pieces worked out by hand from those rules. */
+static void test_deepseek_llm_shape(void)
+{
+    struct mini m;
+    struct vl2_tokenizer *tok;
+    struct vl2_err err;
+    char spsp[8], spw[16], nl[4];
+
+    mini_init(&m, true);
+    alphabet_char(' ', spsp);
+    alphabet_char(' ', spsp + strlen(spsp));
+    alphabet_char(' ', spw);
+    strcat(spw, "world");
+    alphabet_char('\n', nl);
+    mini_tok(&m, "Hello");
+    mini_tok(&m, spw);
+    mini_tok(&m, spsp);
+    cJSON_AddTrueToObject(m.model, "ignore_merges");
+    mini_set(&m, "pre_tokenizer",
+             "{\"type\":\"Sequence\",\"pretokenizers\":["
+             "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"[\\r\\n]\"},\"behavior\":\"Isolated\",\"invert\":false},"
+             "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s?[A-Za-z\xC2\xB5\xC3\x80-\xC3\x96]+\"},\"behavior\":\"Isolated\",\"invert\":false},"
+             "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s?[!-/:-~\xEF\xBC\x81-\xEF\xBC\x8F\xE3\x80\x80-\xE3\x80\x82]+\"},\"behavior\":\"Isolated\",\"invert\":false},"
+             "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s+$\"},\"behavior\":\"Isolated\",\"invert\":false},"
+             "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"[\xE4\xB8\x80-\xE9\xBE\xA5\xE0\xA0\x80-\xE4\xB8\x80\xEA\xB0\x80-\xED\x9F\xBF]+\"},\"behavior\":\"Isolated\",\"invert\":false},"
+             "{\"type\":\"Digits\",\"individual_digits\":true},"
+             "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]}");
+    if (mini_load(&m, &tok, NULL, &err) < 0) {
+        CHECK(0, "load DeepSeek-LLM shaped pre-tokenizer: %s", err.msg);
+        return;
+    }
+    EXPECT_IDS(tok, "Hello world\n  1234", 18, ID("Hello"), ID(spw), ID(nl), ID(spsp), '1', '2',
+               '3', '4');
+    EXPECT_IDS(tok, "a  \n", 4, 'a', ID(spsp), ID(nl));
+    vl2_tokenizer_free(tok);
+}
+
 static void test_unk(void)
 {
     struct mini m;
@@ -987,6 +1027,7 @@ int main(int argc, char **argv)
     test_added_tokens();
     test_split_behaviors();
     test_byte_level_options();
+    test_deepseek_llm_shape();
     test_unk();
     test_refused(argv[1]);
     if (vl2_tokenizer_load(&tok, argv[1], &err) < 0) {
