@@ -33,6 +33,8 @@
 #include "vl2-status.h"
 
 #define GEMV_MAX_ROWS 8         /* products with at most this many rows use k-gemv */
+#define MMA_MAX_ROWS 64         /* up to this many rows: own tensor-core kernel (BF16) */
+#define READ_PIN_MIN (32u << 10) /* reads from this size go through pinned memory */
 #define GRAPH_MAX_ROWS 64       /* steps with at most this many rows are captured */
 #define MAX_GRAPHS 8
 #define MAX_TOPK 16
@@ -161,7 +163,10 @@ struct vl2_backend_ctx {
     size_t           mem_used;
     size_t           mem_budget;
     int              graphs_on;
+    int              mma_linear;    /* option mma_linear: own kernel for mid-size products */
     int              max_smem;
+    void            *rd_pin;        /* pinned bounce buffer for large reads */
+    size_t           rd_pin_size;
 
     char            *scratch;       /* device scratch shared by ops (stream-ordered) */
     size_t           scratch_size;
@@ -496,7 +501,7 @@ static void *take(struct carver *c, size_t bytes)
 
 struct moe_plan {
     int32_t              *idx, *pos, *slot_tok, *n_groups;
-    float                *w;
+    float                *w, *logits;
     struct vl2__cu_group *g_up, *g_dn;
     void                 *h;
     float                *y;
@@ -513,6 +518,7 @@ static size_t plan_moe(const struct op_rec *r, char *base, struct moe_plan *p)
 
     p->rows_total = n * k + np * n;
     p->ldh = I > part ? I : part;
+    p->logits = (float *)take(&c, (size_t)(n * E) * 4);
     p->idx = (int32_t *)take(&c, (size_t)(n * k) * 4);
     p->w = (float *)take(&c, (size_t)(n * k) * 4);
     p->pos = (int32_t *)take(&c, (size_t)(n * k) * 4);
@@ -561,7 +567,7 @@ static size_t plan_linear(const struct op_rec *r)
 {
     if (r->i[0] == 0 || r->t[2].dtype == VL2_DTYPE_F32)
         return 0;
-    return (size_t)(r->t[1].rows * r->t[1].cols) * 2;
+    return align_up((size_t)(r->t[1].rows * r->t[1].cols) * 2, SCRATCH_ALIGN);
 }
 
 static size_t plan_attn_full(const struct op_rec *r)
@@ -767,6 +773,26 @@ static int exec_linear(struct vl2_backend_ctx *ctx, const struct op_rec *r, stru
         a.g0.K = I;
         return launched(vl2__cu_gemv(&a, w->dtype, (int)r->i[1], 0, (int)r->i[2], O, 1, ctx->st),
                         "linear", err);
+    }
+    if (r->i[0] == 2) {
+        struct vl2__cu_mma_args m;
+        cudaError_t e = vl2__cu_convert(ctx->scratch, I, VL2_DTYPE_BF16, (const float *)x->data,
+                                        x->ld, n, I, ctx->st);
+        if (e != cudaSuccess)
+            return cu_fail(err, e, "linear: convert");
+        memset(&m, 0, sizeof(m));
+        m.a = (const uint16_t *)ctx->scratch;
+        m.lda = I;
+        m.out = out->data;
+        m.ldo = out->ld;
+        m.g0.wa = w->data;
+        m.g0.ldw = w->ld;
+        m.g0.n_out = O;
+        m.g0.count = n;
+        m.g0.K = I;
+        m.bias = b->data;
+        m.bias_dtype = b->dtype;
+        return launched(vl2__cu_mma_grouped(&m, 0, O, 1, n, ctx->st), "linear", err);
     }
     rc = gemm_xwt(ctx, (float *)out->data, out->ld, (const float *)x->data, x->ld, n, I, w,
                   ctx->scratch, err);
@@ -993,7 +1019,7 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
 }
 
 /* i[]: 0 n, 1 E, 2 k, 3 scoring, 4 method, 5 n_group, 6 topk_group, 7 norm, 8 I, 9 d,
- * 10 n_parts, 11 part, 12 mma, 13 nt, 14 vec; f[0] routed scale */
+ * 10 n_parts, 11 part, 12 mma, 13 nt, 14 vec, 15 router vec; f[0] routed scale */
 static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct vl2_err *err)
 {
     const struct tdesc *out = &r->t[0], *x = &r->t[1], *router = &r->t[2], *bias = &r->t[3];
@@ -1009,16 +1035,28 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     cudaError_t e;
 
     plan_moe(r, ctx->scratch, &p);
+    {
+        /* router logits in F32: the product kernel, one group of E rows */
+        struct vl2__cu_gemv_args g;
+        memset(&g, 0, sizeof(g));
+        g.x = (const float *)x->data;
+        g.ldx = x->ld;
+        g.y = p.logits;
+        g.ldy = E;
+        g.g0.wa = router->data;
+        g.g0.ldw = router->ld;
+        g.g0.n_out = E;
+        g.g0.count = n;
+        g.g0.K = d;
+        e = vl2__cu_gemv(&g, router->dtype, (int)r->i[13], 0, (int)r->i[15], E, 1, ctx->st);
+        if (e != cudaSuccess)
+            return cu_fail(err, e, "moe: router");
+    }
     memset(&ra, 0, sizeof(ra));
-    ra.x = (const float *)x->data;
-    ra.ldx = x->ld;
-    ra.router = router->data;
-    ra.ldr = router->ld;
-    ra.rdtype = router->dtype;
+    ra.logits = p.logits;
     ra.bias = bias->data;
     ra.bdtype = bias->dtype;
     ra.n = n;
-    ra.d = d;
     ra.E = E;
     ra.k = k;
     ra.scoring = (int)r->i[3];
@@ -1190,6 +1228,8 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->graphs_on = 1;
         else if (len == 9 && !strncmp(p, "profile=1", 9))
             ctx->profile = 1;
+        else if (len == 12 && !strncmp(p, "mma_linear=0", 12))
+            ctx->mma_linear = 0;
         p = e ? e + 1 : NULL;
     }
 }
@@ -1225,6 +1265,7 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     ctx->device = dev;
     ctx->mem_budget = p ? p->mem_budget : 0;
     ctx->graphs_on = 1;
+    ctx->mma_linear = 1;
     parse_options(ctx, p && p->options ? p->options : getenv("VL2_CUDA_OPTIONS"));
     if (ctx->profile)
         ctx->graphs_on = 0;
@@ -1343,6 +1384,8 @@ static void cu_close(struct vl2_backend_ctx *ctx)
     dev_free(ctx, ctx->blas_ws, BLAS_WS_SIZE);
     free(ctx->stage_h);
     free(ctx->meta_h);
+    if (ctx->rd_pin)
+        (void)cudaFreeHost(ctx->rd_pin);
     if (ctx->blas)
         (void)cublasDestroy(ctx->blas);
     if (ctx->st)
@@ -1541,6 +1584,30 @@ static int cu_read(struct vl2_backend_ctx *ctx, const struct vl2_tensor *t, size
     (void)cudaSetDevice(ctx->device);
     if ((r = end_step(ctx, err)) < 0)
         return r;
+    if (size >= READ_PIN_MIN && size > ctx->rd_pin_size) {
+        /* large reads (logits) go through a pinned buffer: one fast DMA, one memcpy */
+        void *p = NULL;
+        size_t sz = align_up(size, 1u << 20);
+        if (ctx->rd_pin)
+            (void)cudaFreeHost(ctx->rd_pin);
+        ctx->rd_pin = NULL;
+        ctx->rd_pin_size = 0;
+        if (cudaHostAlloc(&p, sz, cudaHostAllocDefault) == cudaSuccess) {
+            ctx->rd_pin = p;
+            ctx->rd_pin_size = sz;
+        }
+        (void)cudaGetLastError();
+    }
+    if (size >= READ_PIN_MIN && size <= ctx->rd_pin_size) {
+        e = cudaMemcpyAsync(ctx->rd_pin, (const char *)t->data + offset, size,
+                            cudaMemcpyDeviceToHost, ctx->st);
+        if (e == cudaSuccess)
+            e = cudaStreamSynchronize(ctx->st);
+        if (e != cudaSuccess)
+            return cu_fail(err, e, "read");
+        memcpy(dst, ctx->rd_pin, size);
+        return 0;
+    }
     if (size) {
         e = cudaMemcpyAsync(dst, (const char *)t->data + offset, size, cudaMemcpyDeviceToHost,
                             ctx->st);
@@ -1799,6 +1866,8 @@ static int cu_begin_batch(struct vl2_backend_ctx *ctx, const struct vl2_batch *b
         }
     }
     /* eager: the metadata goes up now */
+    if (ctx->profile)
+        (void)vl2__cu_spin(4000, ctx->st);
     {
         cudaError_t e = cudaMemcpyAsync(ctx->meta_d, ctx->meta_h, ctx->meta_bytes,
                                         cudaMemcpyHostToDevice, ctx->st);
@@ -1894,6 +1963,9 @@ static int cu_linear(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
         r.i[1] = x->rows <= 1 ? 1 : x->rows <= 2 ? 2 : x->rows <= 4 ? 4 : 8;
         r.i[2] = aligned16(w->data) && (w->ld * es) % 16 == 0 && aligned16(x->data) &&
                  x->ld % 4 == 0;
+    } else if (ctx->mma_linear && x->rows <= MMA_MAX_ROWS && w->dtype == VL2_DTYPE_BF16 &&
+               aligned16(w->data) && w->ld % 8 == 0 && x->cols % 8 == 0) {
+        r.i[0] = 2;
     } else {
         r.i[0] = 1;
     }
@@ -2548,6 +2620,8 @@ static int cu_moe(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
         r.i[12] = n > GEMV_MAX_ROWS && tab->mma_ok && sh_ok && part % 8 == 0;
         r.i[13] = n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8;
         r.i[14] = tab->vec_ok && sh_ok && x_ok && I % 4 == 0 && part % 4 == 0;
+        r.i[15] = x_ok && aligned16(l->router->data) &&
+                  (l->router->ld * vl2_dtype_size(l->router->dtype)) % 16 == 0;
     }
     r.f[0] = l->routed_scale;
     return submit(ctx, &r, NULL, 0, err);

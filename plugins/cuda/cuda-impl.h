@@ -86,8 +86,11 @@ struct vl2__cu_mma_args {
     int64_t                     lda;
     void                       *out;
     int64_t                     ldo;
-    const struct vl2__cu_group *groups;
+    const struct vl2__cu_group *groups;   /* device array, or NULL: one group g0 */
     const int32_t              *n_groups;
+    struct vl2__cu_group        g0;
+    const void                 *bias;     /* [n_out] added to F32 outputs, or NULL */
+    int32_t                     bias_dtype;
 };
 cudaError_t vl2__cu_mma_grouped(const struct vl2__cu_mma_args *a, int dual, int max_out,
                                 int grid_groups, int max_rows, cudaStream_t st);
@@ -95,14 +98,10 @@ cudaError_t vl2__cu_mma_grouped(const struct vl2__cu_mma_args *a, int dual, int 
 /* ---- MoE routing ---------------------------------------------------- */
 
 struct vl2__cu_route_args {
-    const float   *x;           /* [n, d] */
-    int64_t        ldx;
-    const void    *router;      /* [E, d] */
-    int64_t        ldr;
-    int32_t        rdtype;
+    const float   *logits;      /* [n, E] router logits (F32) */
     const void    *bias;        /* [E] or NULL */
     int32_t        bdtype;
-    int32_t        n, d, E, k;
+    int32_t        n, E, k;
     int32_t        scoring, method, n_group, topk_group, norm;
     float          scale;
     int32_t       *idx;         /* out [n * k] */
@@ -223,6 +222,9 @@ cudaError_t vl2__cu_convert(void *dst, int64_t ldd, int ddtype, const float *src
 /* out[r][j] += bias[j] */
 cudaError_t vl2__cu_add_bias(float *out, int64_t ldo, const void *bias, int bdtype, int n,
                              int cols, cudaStream_t st);
+/* Keep the device busy for @us microseconds (profiling). */
+cudaError_t vl2__cu_spin(int us, cudaStream_t st);
+
 /* Row softmax in place over @cols of each of @n rows (ld = cols). */
 cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, cudaStream_t st);
 

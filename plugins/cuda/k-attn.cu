@@ -36,15 +36,19 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
         return;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
-    for (int idx = tid; idx < QT * dk; idx += ATT_THREADS) {
-        const int i = idx / dk, d = idx % dk, qi = q0 + i;
-        float v = 0.0f;
+    for (int i = warp; i < QT; i += ATT_THREADS / 32) {
+        const int qi = q0 + i;
+        float *dst = Qs + i * dk;
         if (qi < nq) {
             const int t = qi / a.group, r = qi % a.group;
             const int h = kvh * a.group + r;
-            v = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d];
+            const float *src = a.q + (int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs;
+            for (int d = lane; d < dk; d += 32)
+                dst[d] = src[d];
+        } else {
+            for (int d = lane; d < dk; d += 32)
+                dst[d] = 0.0f;
         }
-        Qs[idx] = v;
     }
     const int qlast = min(q0 + QT, nq) - 1;
     const int L = s.n_past + qlast / a.group + 1;
@@ -52,13 +56,14 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
     per = ((per + KT - 1) / KT) * KT;
     const int ks = z * per, ke = min(L, ks + per);
 
-    bool qv[ATT_QPW];
+    bool qv[ATT_QPW], wact = false;
     int qpos[ATT_QPW];
     float mrun[ATT_QPW], lrun[ATT_QPW], acc[ATT_QPW][DVL];
 #pragma unroll
     for (int m = 0; m < ATT_QPW; m++) {
         const int qi = q0 + warp + 4 * m;
         qv[m] = qi < nq;
+        wact = wact || qv[m];
         qpos[m] = s.n_past + qi / a.group;
         mrun[m] = -INFINITY;
         lrun[m] = 0.0f;
@@ -74,68 +79,87 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
 
     for (int kb = ks; kb < ke; kb += KT) {
         const int nkeys = min(KT, ke - kb);
-        for (int idx = tid; idx < KT * dk; idx += ATT_THREADS) {
-            const int j = idx / dk, d = idx % dk;
-            Ks[j * kst + d] = j < nkeys ? elem<CT>::get(kb0, (int64_t)(kb + j) * a.kv_row + d)
-                                        : 0.0f;
-        }
-        if (!VINK) {
-            for (int idx = tid; idx < KT * dv; idx += ATT_THREADS) {
-                const int j = idx / dv, d = idx % dv;
-                Vs[j * dv + d] = j < nkeys
-                                     ? elem<CT>::get(vb0, (int64_t)(kb + j) * a.kv_row + d)
-                                     : 0.0f;
+        for (int j = warp; j < KT; j += ATT_THREADS / 32) {
+            float *dst = Ks + j * kst;
+            if (j < nkeys) {
+                const CT *src = kb0 + (int64_t)(kb + j) * a.kv_row;
+                for (int d = lane; d < dk; d += 32)
+                    dst[d] = elem<CT>::get(src, d);
+            } else {
+                for (int d = lane; d < dk; d += 32)
+                    dst[d] = 0.0f;
+            }
+            if (!VINK) {
+                float *dv_ = Vs + j * dv;
+                if (j < nkeys) {
+                    const CT *src = vb0 + (int64_t)(kb + j) * a.kv_row;
+                    for (int d = lane; d < dv; d += 32)
+                        dv_[d] = elem<CT>::get(src, d);
+                } else {
+                    for (int d = lane; d < dv; d += 32)
+                        dv_[d] = 0.0f;
+                }
             }
         }
         __syncthreads();
-
-        float sc[ATT_QPW];
-#pragma unroll
-        for (int m = 0; m < ATT_QPW; m++)
-            sc[m] = 0.0f;
-        const float *kr = Ks + lane * kst;
-#pragma unroll 4
-        for (int d = 0; d < dk; d++) {
-            const float kv = kr[d];
+        if (wact) {   /* a warp with no query in the tile only helps loading */
+            float sc[ATT_QPW];
 #pragma unroll
             for (int m = 0; m < ATT_QPW; m++)
-                sc[m] = fmaf(Qs[(warp + 4 * m) * dk + d], kv, sc[m]);
-        }
-        float p[ATT_QPW];
+                sc[m] = 0.0f;
+            const float *kr = Ks + lane * kst;
+            if (qv[1]) {
+#pragma unroll 4
+                for (int d = 0; d < dk; d++) {
+                    const float kv = kr[d];
 #pragma unroll
-        for (int m = 0; m < ATT_QPW; m++) {
-            const int key = kb + lane;
-            const bool ok = qv[m] && lane < nkeys && key <= qpos[m];
-            const float sv = ok ? sc[m] * a.scale : -INFINITY;
-            const float mx = warp_max(sv);
-            const float mnew = fmaxf(mrun[m], mx);
-            float corr = 1.0f;
-            if (mnew == -INFINITY) {
-                p[m] = 0.0f;
+                    for (int m = 0; m < ATT_QPW; m++)
+                        sc[m] = fmaf(Qs[(warp + 4 * m) * dk + d], kv, sc[m]);
+                }
             } else {
-                p[m] = ok ? expf(sv - mnew) : 0.0f;
-                corr = expf(mrun[m] - mnew);
+                /* only the first query slot of this warp is used (decode) */
+#pragma unroll 4
+                for (int d = 0; d < dk; d++)
+                    sc[0] = fmaf(Qs[warp * dk + d], kr[d], sc[0]);
             }
-            lrun[m] = lrun[m] * corr + warp_sum(p[m]);
-            mrun[m] = mnew;
-#pragma unroll
-            for (int e = 0; e < DVL; e++)
-                acc[m][e] *= corr;
-        }
-        for (int j = 0; j < nkeys; j++) {
-            const float *vr = Vs + j * vst;
-            float vv[DVL];
-#pragma unroll
-            for (int e = 0; e < DVL; e++) {
-                const int d = lane + 32 * e;
-                vv[e] = d < dv ? vr[d] : 0.0f;
-            }
+            float p[ATT_QPW];
 #pragma unroll
             for (int m = 0; m < ATT_QPW; m++) {
-                const float pj = __shfl_sync(0xffffffffu, p[m], j);
+                const int key = kb + lane;
+                const bool ok = qv[m] && lane < nkeys && key <= qpos[m];
+                const float sv = ok ? sc[m] * a.scale : -INFINITY;
+                const float mx = warp_max(sv);
+                const float mnew = fmaxf(mrun[m], mx);
+                float corr = 1.0f;
+                if (mnew == -INFINITY) {
+                    p[m] = 0.0f;
+                } else {
+                    p[m] = ok ? expf(sv - mnew) : 0.0f;
+                    corr = expf(mrun[m] - mnew);
+                }
+                lrun[m] = lrun[m] * corr + warp_sum(p[m]);
+                mrun[m] = mnew;
 #pragma unroll
                 for (int e = 0; e < DVL; e++)
-                    acc[m][e] = fmaf(pj, vv[e], acc[m][e]);
+                    acc[m][e] *= corr;
+            }
+            for (int j = 0; j < nkeys; j++) {
+                const float *vr = Vs + j * vst;
+                float vv[DVL];
+#pragma unroll
+                for (int e = 0; e < DVL; e++) {
+                    const int d = lane + 32 * e;
+                    vv[e] = d < dv ? vr[d] : 0.0f;
+                }
+#pragma unroll
+                for (int m = 0; m < ATT_QPW; m++) {
+                    if (!qv[m])
+                        continue;
+                    const float pj = __shfl_sync(0xffffffffu, p[m], j);
+#pragma unroll
+                    for (int e = 0; e < DVL; e++)
+                        acc[m][e] = fmaf(pj, vv[e], acc[m][e]);
+                }
             }
         }
         __syncthreads();

@@ -393,3 +393,23 @@ cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, cudaStream_t st)
     softmax_rows_kernel<<<(unsigned int)n, 256, 0, st>>>(s, cols);
     return LAUNCH_CHECK();
 }
+
+/* ---- profiling aid ------------------------------------------------------------ */
+
+/* Keep the device busy for @us microseconds (so that the host can queue the
+ * ops after it and event pairs time kernels, not launch gaps). */
+static __global__ void spin_kernel(unsigned long long ns)
+{
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        __nanosleep(1000);
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+
+cudaError_t vl2__cu_spin(int us, cudaStream_t st)
+{
+    spin_kernel<<<1, 1, 0, st>>>((unsigned long long)us * 1000ull);
+    return cudaGetLastError();
+}

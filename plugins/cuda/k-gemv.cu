@@ -2,14 +2,13 @@
  * y = x W^T with F32 x and BF16/F16/F32 weights, F32 accumulation.
  *
  * Memory-bound: each weight row is read once per pass with 16-byte loads,
- * each warp computes GV_R output rows for up to NT input rows, so one load
- * of x serves GV_R weight rows.  The same kernel serves the dense linear
+ * each warp computes R output rows for up to NT input rows, so one load of x
+ * serves R weight rows (R = 1 for single rows: more warps in flight).  The same kernel serves the dense linear
  * (one group), the MoE experts (groups from the routing kernels, optionally
  * silu-gated pairs gate/up) and per-head products (strided groups). */
 #include "cuda-dev.cuh"
 #include "cuda-impl.h"
 
-#define GV_R 2          /* output rows per warp */
 #define GV_WARPS 4      /* warps per block */
 
 static __device__ __forceinline__ int in_row(const struct vl2__cu_group &g, int i)
@@ -17,7 +16,7 @@ static __device__ __forceinline__ int in_row(const struct vl2__cu_group &g, int 
     return g.in_map ? g.in_map[g.start + i] : g.in_base + i;
 }
 
-template <typename WT, int NT, bool DUAL, bool VEC>
+template <typename WT, int NT, int GV_R, bool DUAL, bool VEC>
 static __global__ void __launch_bounds__(GV_WARPS * 32)
 gemv_kernel(const struct vl2__cu_gemv_args a)
 {
@@ -68,7 +67,7 @@ gemv_kernel(const struct vl2__cu_gemv_args a)
         int kbeg = 0;
         if (VEC) {
             const int K8 = K >> 3;
-#pragma unroll 2
+#pragma unroll 4
             for (int c = lane; c < K8; c += 32) {
                 float w[GV_R][8], w2[GV_R][8], xv[8];
 #pragma unroll
@@ -137,10 +136,11 @@ template <typename WT, int NT, bool DUAL>
 static cudaError_t launch_vec(const struct vl2__cu_gemv_args *a, int vec, dim3 grid,
                               cudaStream_t st)
 {
+    constexpr int R = NT == 1 ? 1 : 2;
     if (vec)
-        gemv_kernel<WT, NT, DUAL, true><<<grid, GV_WARPS * 32, 0, st>>>(*a);
+        gemv_kernel<WT, NT, R, DUAL, true><<<grid, GV_WARPS * 32, 0, st>>>(*a);
     else
-        gemv_kernel<WT, NT, DUAL, false><<<grid, GV_WARPS * 32, 0, st>>>(*a);
+        gemv_kernel<WT, NT, R, DUAL, false><<<grid, GV_WARPS * 32, 0, st>>>(*a);
     return cudaGetLastError();
 }
 
@@ -167,7 +167,7 @@ static cudaError_t launch_nt(const struct vl2__cu_gemv_args *a, int nt, int dual
 cudaError_t vl2__cu_gemv(const struct vl2__cu_gemv_args *a, int wdtype, int nt, int dual,
                          int vec, int max_out, int grid_groups, cudaStream_t st)
 {
-    const int rows_per_block = GV_WARPS * GV_R;
+    const int rows_per_block = GV_WARPS * (nt == 1 ? 1 : 2);
     if (max_out <= 0 || grid_groups <= 0)
         return cudaSuccess;
     dim3 grid((max_out + rows_per_block - 1) / rows_per_block, grid_groups);

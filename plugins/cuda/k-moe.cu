@@ -14,7 +14,6 @@ using namespace nvcuda;
 
 /* ---- routing ------------------------------------------------------------ */
 
-#define ROUTE_THREADS 256
 #define ROUTE_MAX_K 16
 
 /* Best (value, index) over the warp; ties go to the lower index. */
@@ -31,8 +30,9 @@ static __device__ __forceinline__ void warp_argmax(float &bv, int &bi)
     }
 }
 
-static __global__ void __launch_bounds__(ROUTE_THREADS)
-route_kernel(const struct vl2__cu_route_args a)
+/* One warp per token: scores from the router logits, expert selection,
+ * weights (spec 7.4). */
+static __global__ void __launch_bounds__(32) route_kernel(const struct vl2__cu_route_args a)
 {
     extern __shared__ float sm[];
     const int E = a.E, G = a.n_group;
@@ -41,22 +41,12 @@ route_kernel(const struct vl2__cu_route_args a)
     float *s_gs = sm + 2 * E;
     int *s_gsel = (int *)(s_gs + G);
     const int t = blockIdx.x;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int nw = blockDim.x >> 5;
-    const float *x = a.x + (int64_t)t * a.ldx;
+    const int lane = threadIdx.x;
+    const float *lg = a.logits + (int64_t)t * E;
 
-    for (int e = warp; e < E; e += nw) {
-        const int64_t base = (int64_t)e * a.ldr;
-        float v = 0.0f;
-        for (int k = lane; k < a.d; k += 32)
-            v = fmaf(x[k], ld_any(a.router, a.rdtype, base + k), v);
-        v = warp_sum(v);
-        if (lane == 0)
-            s_score[e] = v;
-    }
-    __syncthreads();
-    if (warp != 0)
-        return;
+    for (int e = lane; e < E; e += 32)
+        s_score[e] = lg[e];
+    __syncwarp();
 
     if (a.scoring == VL2_MOE_SOFTMAX) {
         float m = -INFINITY;
@@ -175,7 +165,7 @@ cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, cudaStream_t s
                         (size_t)a->n_group * sizeof(int);
     if (a->n <= 0)
         return cudaSuccess;
-    route_kernel<<<a->n, ROUTE_THREADS, smem, st>>>(*a);
+    route_kernel<<<a->n, 32, smem, st>>>(*a);
     return cudaGetLastError();
 }
 
@@ -352,9 +342,9 @@ static __global__ void __launch_bounds__(128) mma_kernel(const struct vl2__cu_mm
     __nv_bfloat16 *Bs = As + 2 * MM_BM * MM_BKP;                 /* [2][NB][BN][BKP] */
     float *Cs = (float *)smem;                                   /* [BM][CP] */
 
-    if ((int)blockIdx.y >= *a.n_groups)
+    if (a.groups && (int)blockIdx.y >= *a.n_groups)
         return;
-    const struct vl2__cu_group g = a.groups[blockIdx.y];
+    const struct vl2__cu_group g = a.groups ? a.groups[blockIdx.y] : a.g0;
     const int m0 = blockIdx.z * MM_BM, n0 = blockIdx.x * MM_BN;
     if (m0 >= g.count || n0 >= g.n_out)
         return;
@@ -476,7 +466,9 @@ static __global__ void __launch_bounds__(128) mma_kernel(const struct vl2__cu_mm
         if (m0 + r >= g.count || n0 + c >= g.n_out)
             continue;
         const int64_t o = (int64_t)(g.out_base + m0 + r) * a.ldo + g.y_off + n0 + c;
-        const float v = Cs[r * MM_CP + c];
+        float v = Cs[r * MM_CP + c];
+        if (!DUAL && a.bias)
+            v += ld_any(a.bias, a.bias_dtype, n0 + c);
         if (DUAL)
             ((__nv_bfloat16 *)a.out)[o] = __float2bfloat16(v);
         else

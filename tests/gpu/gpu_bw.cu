@@ -89,5 +89,26 @@ int main(int argc, char **argv)
     }
     printf("copy_GBps %.1f\n", 2.0 * (double)bytes / (median(tc) * 1e-3) / 1e9);
     printf("read_GBps %.1f\n", (double)bytes / (median(tr) * 1e-3) / 1e9);
+    {
+        /* one logits row (129280 floats) to the host: pageable and pinned */
+        const size_t lb = 129280 * 4;
+        std::vector<float> tp, tq;
+        void *pg = malloc(lb), *pin = NULL;
+        CK(cudaMallocHost(&pin, lb));
+        for (i = 0; i < 53; i++) {
+            float ms;
+            CK(cudaEventRecord(e0));
+            CK(cudaMemcpy(i & 1 ? pg : pin, a, lb, cudaMemcpyDeviceToHost));
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (i >= 3)
+                (i & 1 ? tp : tq).push_back(ms);
+        }
+        printf("d2h_logits_row_us pageable %.1f pinned %.1f\n", median(tp) * 1e3,
+               median(tq) * 1e3);
+        free(pg);
+        CK(cudaFreeHost(pin));
+    }
     return 0;
 }

@@ -169,7 +169,7 @@ step_memcheck() {
         log "compute-sanitizer not found, skipped"
         return
     fi
-    timeout 400 "$cs" --tool memcheck --leak-check no --print-limit 20 \
+    timeout 400 "$cs" --tool memcheck --leak-check no --report-api-errors no --print-limit 20 \
         "$G/bin/test_cuda_ops" "$G/plugins/vl2-backend-cuda.so" --quick > "$W/memcheck.txt" 2>&1
     local rc=$?
     tail -40 "$W/memcheck.txt" | tee -a "$LOG"

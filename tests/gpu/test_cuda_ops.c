@@ -349,6 +349,8 @@ static void test_linear(int quick)
     one_linear(5, 64, 48, VL2_DTYPE_BF16, 0, 80, 1e-5);
     one_linear(2, 1280, 300, VL2_DTYPE_BF16, 0, 1280, 1e-5);
     one_linear(20, 64, 48, VL2_DTYPE_BF16, 1, 64, 2e-2);
+    one_linear(33, 96, 200, VL2_DTYPE_BF16, 1, 104, 2e-2);
+    one_linear(64, 1280, 130, VL2_DTYPE_BF16, 0, 1280, 2e-2);
     one_linear(17, 64, 40, VL2_DTYPE_F32, 1, 64, 1e-5);
     one_linear(12, 64, 40, VL2_DTYPE_F16, 0, 70, 5e-3);
     if (!quick)
