@@ -209,13 +209,8 @@ int cpu_attn_full(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const str
         return vl2_err_set(err, VL2_EINVAL, "cpu: attn_full: out is %lld x %lld, expected %lld x %lld",
                            (long long)out->rows, (long long)out->cols, (long long)qkv->rows,
                            (long long)n_head * head_dim);
-    {
-        const char *o0 = out->data, *q0 = qkv->data;
-        size_t no = (size_t)((out->rows - 1) * out->ld + out->cols) * 4;
-        size_t nq = (size_t)((qkv->rows - 1) * qkv->ld + qkv->cols) * 4;
-        if (out->rows > 0 && o0 < q0 + nq && q0 < o0 + no)
-            return vl2_err_set(err, VL2_EINVAL, "cpu: attn_full: out must not overlap qkv");
-    }
+    if ((r = cpu_check_no_alias(out, qkv, "attn_full", "qkv", err)) < 0)
+        return r;
     if ((r = cpu_scratch_reserve(ctx, (size_t)ATT_RB * (size_t)seq_len * sizeof(float), err)) < 0)
         return r;
     j.ctx = ctx;
@@ -371,6 +366,10 @@ int cpu_attn_mha(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
                            (long long)q->cols, (long long)k->cols, (long long)v->cols,
                            (long long)out->cols, (long long)n_head * head_dim, (long long)W,
                            (long long)W, (long long)n_head * head_dim);
+    if ((r = cpu_check_no_alias(out, q, op, "q", err)) < 0 ||
+        (r = cpu_check_no_alias(out, k, op, "k", err)) < 0 ||
+        (r = cpu_check_no_alias(out, v, op, "v", err)) < 0)
+        return r;
     if ((r = check_caches(ctx, layer, VL2_ATTN_MHA, W, op, err)) < 0)
         return r;
     for (int32_t s = 0; s < ctx->n_seqs; s++)
@@ -562,6 +561,10 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
         return vl2_err_set(err, VL2_EINVAL, "cpu: attn_mla: kv_b is %lld x %lld, expected %lld x %lld",
                            (long long)kv_b->rows, (long long)kv_b->cols,
                            (long long)n_head * (nope_dim + v_dim), (long long)lora);
+    if ((r = cpu_check_no_alias(out, q, op, "q", err)) < 0 ||
+        (r = cpu_check_no_alias(out, c, op, "c", err)) < 0 ||
+        (r = cpu_check_no_alias(out, k_pe, op, "k_pe", err)) < 0)
+        return r;
     if ((r = check_caches(ctx, layer, VL2_ATTN_MLA, W, op, err)) < 0)
         return r;
     for (int32_t s = 0; s < ctx->n_seqs; s++)

@@ -192,6 +192,10 @@ int cpu_check_f32(const struct vl2_tensor *t, const char *op, const char *what,
                   struct vl2_err *err);
 int cpu_check_float(const struct vl2_tensor *t, const char *op, const char *what,
                     struct vl2_err *err);
+/* Whether the storage spanned by the rows of a and b intersects. */
+bool cpu_overlaps(const struct vl2_tensor *a, const struct vl2_tensor *b);
+int cpu_check_no_alias(const struct vl2_tensor *out, const struct vl2_tensor *in, const char *op,
+                       const char *what, struct vl2_err *err);
 int cpu_check_vec(const struct vl2_tensor *t, int64_t n, const char *op, const char *what,
                   struct vl2_err *err);
 

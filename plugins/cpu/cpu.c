@@ -145,6 +145,28 @@ const float *cpu_vec_f32(struct vl2_backend_ctx *ctx, const struct vl2_tensor *t
     return s->p;
 }
 
+static size_t span_bytes(const struct vl2_tensor *t)
+{
+    if (t->rows <= 0 || t->cols <= 0)
+        return 0;
+    return (size_t)((t->rows - 1) * t->ld + t->cols) * vl2_dtype_size(t->dtype);
+}
+
+bool cpu_overlaps(const struct vl2_tensor *a, const struct vl2_tensor *b)
+{
+    const char *a0 = a->data, *b0 = b->data;
+    size_t na = span_bytes(a), nb = span_bytes(b);
+    return na && nb && a0 < b0 + nb && b0 < a0 + na;
+}
+
+int cpu_check_no_alias(const struct vl2_tensor *out, const struct vl2_tensor *in, const char *op,
+                       const char *what, struct vl2_err *err)
+{
+    if (cpu_overlaps(out, in))
+        return vl2_err_set(err, VL2_EINVAL, "cpu: %s: out must not overlap '%s'", op, what);
+    return 0;
+}
+
 /* A vector of @n floats: one row of n columns, or n rows of one column
  * stored contiguously (ld 1). */
 int cpu_check_vec(const struct vl2_tensor *t, int64_t n, const char *op, const char *what,

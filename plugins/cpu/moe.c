@@ -290,13 +290,8 @@ int cpu_moe(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct vl
         return vl2_err_set(err, VL2_EINVAL, "cpu: moe: out is %lld x %lld, expected %lld x %lld",
                            (long long)out->rows, (long long)out->cols, (long long)x->rows,
                            (long long)d);
-    {
-        const char *o0 = out->data, *x0 = x->data;
-        size_t no = x->rows ? (size_t)((out->rows - 1) * out->ld + out->cols) * 4 : 0;
-        size_t nx = x->rows ? (size_t)((x->rows - 1) * x->ld + x->cols) * 4 : 0;
-        if (no && o0 < x0 + nx && x0 < o0 + no)
-            return vl2_err_set(err, VL2_EINVAL, "cpu: moe: out must not overlap x");
-    }
+    if ((r = cpu_check_no_alias(out, x, "moe", "x", err)) < 0)
+        return r;
     if ((r = check_layer(L, d, &inter, &sh, err)) < 0)
         return r;
     if (x->rows == 0)

@@ -8,35 +8,12 @@
 
 #include "cpu-impl.h"
 
-/* Bytes of the storage a tensor's rows span. */
-static size_t span_bytes(const struct vl2_tensor *t)
-{
-    if (t->rows <= 0 || t->cols <= 0)
-        return 0;
-    return (size_t)((t->rows - 1) * t->ld + t->cols) * vl2_dtype_size(t->dtype);
-}
-
-static bool overlaps(const struct vl2_tensor *a, const struct vl2_tensor *b)
-{
-    const char *a0 = a->data, *b0 = b->data;
-    size_t na = span_bytes(a), nb = span_bytes(b);
-    return na && nb && a0 < b0 + nb && b0 < a0 + na;
-}
-
 /* out may alias in only as the very same view (element-wise ops). */
 static int check_alias_same(const struct vl2_tensor *out, const struct vl2_tensor *in,
                             const char *op, const char *what, struct vl2_err *err)
 {
-    if (overlaps(out, in) && !(out->data == in->data && out->ld == in->ld))
+    if (cpu_overlaps(out, in) && !(out->data == in->data && out->ld == in->ld))
         return vl2_err_set(err, VL2_EINVAL, "cpu: %s: out partially overlaps '%s'", op, what);
-    return 0;
-}
-
-static int check_no_alias(const struct vl2_tensor *out, const struct vl2_tensor *in,
-                          const char *op, const char *what, struct vl2_err *err)
-{
-    if (overlaps(out, in))
-        return vl2_err_set(err, VL2_EINVAL, "cpu: %s: out must not overlap '%s'", op, what);
     return 0;
 }
 
@@ -164,14 +141,14 @@ int cpu_linear(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct
                            (long long)x->cols, (long long)w->cols);
     if (x->cols > INT32_MAX || w->rows > INT32_MAX || x->ld > INT32_MAX || out->ld > INT32_MAX)
         return vl2_err_set(err, VL2_EINVAL, "cpu: linear: dimensions too large");
-    if ((r = check_no_alias(out, x, op, "x", err)) < 0 ||
-        (r = check_no_alias(out, w, op, "w", err)) < 0)
+    if ((r = cpu_check_no_alias(out, x, op, "x", err)) < 0 ||
+        (r = cpu_check_no_alias(out, w, op, "w", err)) < 0)
         return r;
     memset(&j, 0, sizeof(j));
     if (bias) {
         if ((r = cpu_check_vec(bias, w->rows, op, "bias", err)) < 0)
             return r;
-        if ((r = check_no_alias(out, bias, op, "bias", err)) < 0)
+        if ((r = cpu_check_no_alias(out, bias, op, "bias", err)) < 0)
             return r;
         j.bias = cpu_vec_f32(ctx, bias, w->rows, 0, err);
         if (!j.bias)
@@ -235,7 +212,7 @@ int cpu_embed(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct 
                            (long long)out->cols, (long long)table->cols);
     if (out->rows && !ids)
         return vl2_err_set(err, VL2_EINVAL, "cpu: embed: ids is NULL");
-    if ((r = check_no_alias(out, table, "embed", "table", err)) < 0)
+    if ((r = cpu_check_no_alias(out, table, "embed", "table", err)) < 0)
         return r;
     for (int64_t i = 0; i < out->rows; i++)
         if (ids[i] < 0 || ids[i] >= table->rows)
@@ -571,7 +548,7 @@ int cpu_patchify(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const stru
         return vl2_err_set(err, VL2_EINVAL, "cpu: patchify: img has %lld columns, expected 3*%d*%d",
                            (long long)img->cols, (int)image_size, (int)image_size);
     if ((r = check_dims(out, img->rows * g * g, 3LL * patch * patch, "patchify", "out", err)) < 0 ||
-        (r = check_no_alias(out, img, "patchify", "img", err)) < 0)
+        (r = cpu_check_no_alias(out, img, "patchify", "img", err)) < 0)
         return r;
     j.img = img->data;
     j.ldi = img->ld;
@@ -631,7 +608,7 @@ int cpu_unfold2x2(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const str
     n_img = feat->rows / ((int64_t)grid * grid);
     h2 = (grid + (grid & 1)) / 2;
     if ((r = check_dims(out, n_img * h2 * h2, 4 * feat->cols, "unfold2x2", "out", err)) < 0 ||
-        (r = check_no_alias(out, feat, "unfold2x2", "feat", err)) < 0)
+        (r = cpu_check_no_alias(out, feat, "unfold2x2", "feat", err)) < 0)
         return r;
     j.feat = feat->data;
     j.ldf = feat->ld;

@@ -719,6 +719,8 @@ static void test_attn_mha(struct be *be)
                   VL2_EINVAL);
             CHECK(be->o->attn_mha(be->c, l, &out.t, &q.t, &k.t, &v.t, H, 3, D, scale, &err) ==
                   VL2_EINVAL);
+            CHECK(be->o->attn_mha(be->c, l, &q.t, &q.t, &k.t, &v.t, H, KVH, D, scale, &err) ==
+                  VL2_EINVAL);  /* out aliasing q */
             ha_done(be, &q);
             ha_done(be, &k);
             ha_done(be, &v);
