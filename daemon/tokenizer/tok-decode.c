@@ -86,12 +86,13 @@ int vl2_detok_push(struct vl2_detok *d, int32_t id, const char **ret_text, size_
     const unsigned char *in;
     size_t len = 0, n, o, held;
 
-    *ret_text = "";
-    *ret_len = 0;
     if (d->tok)
         b = id_bytes(d->tok, id, &len);
-    if (!b || !len)
+    if (!b || !len) {
+        *ret_text = "";
+        *ret_len = 0;
         return 0;
+    }
     n = d->n_pending + len;
     /* [output: 3n + 1][input: n] */
     if (reserve(d, 4 * n + 1) < 0)
@@ -115,10 +116,11 @@ int vl2_detok_push(struct vl2_detok *d, int32_t id, const char **ret_text, size_
 
 int vl2_detok_flush(struct vl2_detok *d, const char **ret_text, size_t *ret_len)
 {
-    *ret_text = "";
-    *ret_len = 0;
-    if (!d->n_pending)
+    if (!d->n_pending) {
+        *ret_text = "";
+        *ret_len = 0;
         return 0;
+    }
     if (reserve(d, 4) < 0)
         return VL2_ENOMEM;
     /* what is held is a valid but unfinished sequence: one replacement */
