@@ -248,7 +248,7 @@ struct att_job {
     int32_t n_head, n_kv_head, head_dim;
     /* MLA */
     int32_t nope, rope, vdim, lora;
-    const float *kvb;   /* kv_b as F32 [n_head*(nope+vdim), lora] */
+    const struct vl2_tensor *kvb;   /* kv_b [n_head*(nope+vdim), lora], any float dtype */
 };
 
 /* Build the task list: rows of each sequence in blocks of @rb, heads split so
@@ -429,9 +429,11 @@ static void mla_expanded(struct att_job *j, const struct att_task *t, int tid)
     const struct cpu_kernels *k = j->ctx->k;
     float *kv = cpu_scratch(j->ctx, tid);
     float *sc = kv + nk_all * kvw;
+    void *mmtmp = sc + (int64_t)ATT_RB * nk_all;
+    struct vl2_tensor wh = vl2_tensor_rows(j->kvb, h * kvw, kvw);
 
     /* k_nope and v of every key for this head */
-    mm_nt(k, cache, W, nk_all, j->kvb + h * kvw * lora, lora, kvw, lora, kv, kvw);
+    cpu_mm(j->ctx, cache, W, nk_all, &wh, 0, kvw, kv, kvw, mmtmp);
     for (int64_t r0 = 0; r0 < sq->n_rows; r0 += ATT_RB) {
         int64_t m = imin(ATT_RB, sq->n_rows - r0);
         int64_t nk = (int64_t)sq->n_past + r0 + m;
@@ -482,20 +484,28 @@ static void mla_task(void *arg, int64_t ti, int tid)
     float *ol = sc + M * nk;
     const struct cpu_kernels *k = j->ctx->k;
 
+    size_t es = vl2_dtype_size(j->kvb->dtype);
+    int64_t ldw = j->kvb->ld;
+    float *wf = ol + M * lora;   /* m >= SMALL_ROWS: one head's W_UK or W_UV as F32 */
+
     for (int64_t hh = 0; hh < nh; hh++) {
         int64_t h = t->h0 + hh;
         const float *qn = j->q + (int64_t)(sq->row0 + t->r0) * j->ldq + h * qh;
-        const float *wuk = j->kvb + h * (nope + vd) * lora;  /* [nope, lora] */
+        const char *wuk = (const char *)j->kvb->data + (size_t)(h * (nope + vd) * ldw) * es;
         if (t->m < SMALL_ROWS) {
+            /* q_abs = sum_c q_nope[c] W_UK[c, :], weights in their own dtype */
             for (int64_t i = 0; i < t->m; i++) {
                 float *dst = qc + (i * nh + hh) * W;
                 memset(dst, 0, (size_t)lora * sizeof(float));
                 for (int64_t c = 0; c < nope; c++)
-                    k->axpy(dst, qn[i * j->ldq + c], wuk + c * lora, lora);
+                    k->axpy_w(dst, qn[i * j->ldq + c], wuk + (size_t)(c * ldw) * es,
+                              j->kvb->dtype, lora);
             }
         } else {
+            for (int64_t c = 0; c < nope; c++)
+                k->to_f32(wf + c * lora, wuk + (size_t)(c * ldw) * es, j->kvb->dtype, lora);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)t->m, (int)lora,
-                        (int)nope, 1.0f, qn, (int)j->ldq, wuk, (int)lora, 0.0f, qc + hh * W,
+                        (int)nope, 1.0f, qn, (int)j->ldq, wf, (int)lora, 0.0f, qc + hh * W,
                         (int)(nh * W));
         }
         for (int64_t i = 0; i < t->m; i++)
@@ -510,15 +520,17 @@ static void mla_task(void *arg, int64_t ti, int tid)
     mm_nn(k, sc, nk, M, cache, W, nk, lora, ol, lora);
     for (int64_t hh = 0; hh < nh; hh++) {
         int64_t h = t->h0 + hh;
-        const float *wuv = j->kvb + (h * (nope + vd) + nope) * lora;  /* [vd, lora] */
+        const char *wuv = (const char *)j->kvb->data +
+                          (size_t)((h * (nope + vd) + nope) * ldw) * es;  /* [vd, lora] */
         float *o = j->out + (int64_t)(sq->row0 + t->r0) * j->ldo + h * vd;
         if (t->m < SMALL_ROWS) {
-            for (int64_t i = 0; i < t->m; i++)
-                for (int64_t c = 0; c < vd; c++)
-                    o[i * j->ldo + c] = k->dot(ol + (i * nh + hh) * lora, wuv + c * lora, lora);
+            k->gemm_small(ol + hh * lora, nh * lora, t->m, wuv, ldw, j->kvb->dtype, vd, lora, o,
+                          j->ldo);
         } else {
+            for (int64_t c = 0; c < vd; c++)
+                k->to_f32(wf + c * lora, wuv + (size_t)(c * ldw) * es, j->kvb->dtype, lora);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)t->m, (int)vd, (int)lora,
-                        1.0f, ol + hh * lora, (int)(nh * lora), wuv, (int)lora, 0.0f, o,
+                        1.0f, ol + hh * lora, (int)(nh * lora), wf, (int)lora, 0.0f, o,
                         (int)j->ldo);
         }
     }
@@ -532,8 +544,7 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
 {
     const char *op = "attn_mla";
     struct att_job j;
-    int64_t n_tasks, lora, W, max_nk = 0, max_m, kvb_n;
-    float *kvb;
+    int64_t n_tasks, lora, W, max_nk = 0, max_m;
     size_t need;
     int r;
 
@@ -583,28 +594,6 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
         if (sq->n_past + sq->n_rows > max_nk)
             max_nk = sq->n_past + sq->n_rows;
     }
-    /* kv_b as F32 (contiguous) */
-    kvb_n = kv_b->rows * lora;
-    if (f32_direct(kv_b) && kv_b->ld == lora) {
-        kvb = kv_b->data;
-    } else {
-        struct cpu_scratch *v = &ctx->vec[3];
-        if (v->size < (size_t)kvb_n * 4) {
-            float *p = cpu_aligned_alloc((size_t)kvb_n * 4);
-            if (!p)
-                return vl2_err_set(err, VL2_ENOMEM, "cpu: attn_mla: out of memory");
-            free(v->p);
-            atomic_fetch_sub(&ctx->mem_used, v->size);
-            v->p = p;
-            v->size = (size_t)kvb_n * 4;
-            atomic_fetch_add(&ctx->mem_used, v->size);
-        }
-        kvb = v->p;
-        for (int64_t rr = 0; rr < kv_b->rows; rr++)
-            ctx->k->to_f32(kvb + rr * lora,
-                           (const char *)kv_b->data + (size_t)(rr * kv_b->ld) * vl2_dtype_size(kv_b->dtype),
-                           kv_b->dtype, lora);
-    }
     /* absorbed or expanded form per sequence, by operation count */
     if (ctx->n_seqs > ctx->mla_exp_cap) {
         uint8_t *e = realloc(ctx->mla_exp, (size_t)ctx->n_seqs);
@@ -624,7 +613,8 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
         ctx->mla_exp[s] = (uint8_t)e;
         if (e) {
             size_t ne = ((size_t)(ctx->seqs[s].n_past + ctx->seqs[s].n_rows) *
-                         (size_t)(nope_dim + v_dim + ATT_RB)) * sizeof(float);
+                         (size_t)(nope_dim + v_dim + ATT_RB)) * sizeof(float) +
+                        cpu_mm_scratch(lora) + CPU_ALIGN;
             if (ne > need)
                 need = ne;
         }
@@ -633,8 +623,12 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
     if ((r = make_tasks(ctx, MLA_RB, n_head, ctx->mla_exp, &j.tasks, &n_tasks, err)) < 0)
         return r;
     max_m = (int64_t)MLA_RB * n_head;
-    if ((size_t)max_m * (size_t)(W + max_nk + lora) * sizeof(float) > need)
-        need = (size_t)max_m * (size_t)(W + max_nk + lora) * sizeof(float);
+    {
+        int64_t wmax = (nope_dim > v_dim ? nope_dim : v_dim) * lora;
+        size_t na = ((size_t)max_m * (size_t)(W + max_nk + lora) + (size_t)wmax) * sizeof(float);
+        if (na > need)
+            need = na;
+    }
     if ((r = cpu_scratch_reserve(ctx, need, err)) < 0) {
         free(j.tasks);
         return r;
@@ -651,7 +645,7 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
     j.rope = rope_dim;
     j.vdim = v_dim;
     j.lora = (int32_t)lora;
-    j.kvb = kvb;
+    j.kvb = kv_b;
     cpu_pool_run(ctx->pool, n_tasks, mla_task, &j);
     free(j.tasks);
     return 0;

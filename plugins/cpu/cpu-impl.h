@@ -35,6 +35,8 @@ struct cpu_kernels {
     float (*dot)(const float *a, const float *b, int64_t n);
     /* y[i] += a * x[i] */
     void (*axpy)(float *y, float a, const float *x, int64_t n);
+    /* y[i] += a * w[i], w in @dtype (F32, F16, BF16), any alignment */
+    void (*axpy_w)(float *y, float a, const void *w, int dtype, int64_t n);
     /* o[i] = gelu_tanh(a[i]) = a / (1 + exp(-2 sqrt(2/pi) (a + 0.044715 a^3))); o may be a */
     void (*gelu_tanh)(float *o, const float *a, int64_t n);
     /* o[i] = silu(g[i]) * u[i]; o may be g */

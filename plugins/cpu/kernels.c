@@ -95,6 +95,21 @@ static float dot_w_scalar(const float *x, const void *w, int wdtype, int64_t k)
     return s;
 }
 
+static void axpy_w_scalar(float *y, float a, const void *w, int dtype, int64_t n)
+{
+    const uint8_t *p = w;
+    for (int64_t i = 0; i < n; i++) {
+        float v = 0.0f;
+        uint16_t h;
+        switch (dtype) {
+        case VL2_DTYPE_F32: memcpy(&v, p + 4 * i, 4); break;
+        case VL2_DTYPE_BF16: memcpy(&h, p + 2 * i, 2); v = bf16_to_f32(h); break;
+        case VL2_DTYPE_F16: memcpy(&h, p + 2 * i, 2); v = f16_to_f32(h); break;
+        }
+        y[i] += a * v;
+    }
+}
+
 static void gemm_small_scalar(const float *x, int64_t ldx, int64_t m, const void *w, int64_t ldw,
                               int wdtype, int64_t n, int64_t k, float *y, int64_t ldy)
 {
@@ -153,6 +168,7 @@ static const struct cpu_kernels kernels_scalar = {
     .to_f32 = to_f32_scalar,
     .dot = dot_scalar,
     .axpy = axpy_scalar,
+    .axpy_w = axpy_w_scalar,
     .gelu_tanh = gelu_tanh_scalar,
     .swiglu = swiglu_scalar,
     .softmax = softmax_scalar,
@@ -383,12 +399,27 @@ T_AVX2 static void softmax_avx2(float *s, int64_t nv, int64_t n, float scale)
         s[j] = 0.0f;
 }
 
+T_AVX2 static void axpy_w_avx2(float *y, float a, const void *w, int dtype, int64_t n)
+{
+    const uint8_t *p = w;
+    size_t es = vl2_dtype_size(dtype);
+    __m256 av = _mm256_set1_ps(a);
+    int64_t i;
+
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load8_avx2(p + (size_t)i * es, dtype),
+                                                _mm256_loadu_ps(y + i)));
+    if (i < n)
+        axpy_w_scalar(y + i, a, p + (size_t)i * es, dtype, n - i);
+}
+
 static const struct cpu_kernels kernels_avx2 = {
     .isa = CPU_ISA_AVX2,
     .gemm_small = gemm_small_avx2,
     .to_f32 = to_f32_avx2,
     .dot = dot_avx2,
     .axpy = axpy_avx2,
+    .axpy_w = axpy_w_avx2,
     .gelu_tanh = gelu_tanh_avx2,
     .swiglu = swiglu_avx2,
     .softmax = softmax_avx2,
@@ -607,12 +638,27 @@ T_512 static void softmax_512(float *s, int64_t nv, int64_t n, float scale)
         s[j] = 0.0f;
 }
 
+T_512 static void axpy_w_512(float *y, float a, const void *w, int dtype, int64_t n)
+{
+    const uint8_t *p = w;
+    size_t es = vl2_dtype_size(dtype);
+    __m512 av = _mm512_set1_ps(a);
+
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 mk = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, mk,
+                              _mm512_fmadd_ps(av, load16_512_mask(p + (size_t)i * es, dtype, mk),
+                                              _mm512_maskz_loadu_ps(mk, y + i)));
+    }
+}
+
 static const struct cpu_kernels kernels_512 = {
     .isa = CPU_ISA_AVX512,
     .gemm_small = gemm_small_512,
     .to_f32 = to_f32_512,
     .dot = dot_512,
     .axpy = axpy_512,
+    .axpy_w = axpy_w_512,
     .gelu_tanh = gelu_tanh_512,
     .swiglu = swiglu_512,
     .softmax = softmax_512,

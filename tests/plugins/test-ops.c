@@ -754,7 +754,7 @@ static void test_attn_mla(struct be *be)
     char what[128];
 
     CHECK(be->o->kv_token_bytes(&ks) == (size_t)NL * (LORA + ROPE) * 4);
-    hw_init(be, &kvb, VL2_DTYPE_BF16, H * (NOPE + VD), LORA, LORA, 0.5);
+    hw_init(be, &kvb, VL2_DTYPE_BF16, H * (NOPE + VD), LORA, LORA + 3, 0.5);  /* strided */
     for (int s = 0; s < 3; s++) {
         CHECK(be->o->kv_new(be->c, &ks, &kv[s], &err) == 0);
         hs[s].k = calloc((size_t)cap * LORA, sizeof(double));   /* c */
