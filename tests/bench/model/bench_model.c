@@ -29,6 +29,14 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double cpu_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static double peak_rss_mib(void)
 {
     struct rusage ru;
@@ -183,7 +191,7 @@ static void prepare(struct bench *b, const struct vl2_model *m)
 static void run(struct bench *b, int ti, int first)
 {
     int threads = b->threads[ti];
-    double load_s, t0, t_vis, t_pre, t_first, t_dec, dec_bytes;
+    double load_s, t0, t_vis, t_pre, t_first, t_dec, dec_bytes, c0, c_vis, c_pre, c_dec;
     struct vl2_model *m = load(b, threads, &load_s);
     struct vl2_seq_params sp = vl2_seq_default_params();
     struct vl2_image_embed *e;
@@ -196,47 +204,57 @@ static void run(struct bench *b, int ti, int first)
     if (first)
         prepare(b, m);
     t0 = now();
+    c0 = cpu_now();
     if (vl2_model_encode_image(m, b->tiles, b->tiling.n_tiles, b->tiling.tiles_w,
                                b->tiling.tiles_h, &e, NULL, &err) < 0)
         die("vision", &err);
     t_vis = now() - t0;
+    c_vis = cpu_now() - c0;
     sp.capacity = (int32_t)b->n_ids + b->decode_steps + 1;
     if (vl2_seq_new(m, &sp, &s, &err) < 0)
         die("seq", &err);
     t0 = now();
+    c0 = cpu_now();
     if (vl2_model_prefill(m, s, b->ids, b->n_ids, (const struct vl2_image_embed *const *)&e, 1,
                           &err) < 0)
         die("prefill", &err);
     t_pre = now() - t0;
+    c_pre = cpu_now() - c0;
     id = vl2_seq_sample(s);
     t_first = t_vis + t_pre;
     if (first)
         printf("threads %d: from process start to first token %.2f s (tokenizer, model load, "
                "image decode and tiling, vision, prefill)\n", threads, now() - b->t_start);
     t0 = now();
+    c0 = cpu_now();
     for (step = 0; step < b->decode_steps; step++) {
         if (vl2_model_decode(m, &s, &id, 1, &err) < 0)
             die("decode", &err);
         id = vl2_seq_sample(s);
     }
     t_dec = (now() - t0) / b->decode_steps;
+    c_dec = (cpu_now() - c0) / b->decode_steps;
 
     /* weights of one token plus the KV cache it attends to (mid-run length) */
     kv_read = vl2_model_kv_token_bytes(m) * (b->n_ids + (size_t)b->decode_steps / 2);
     dec_bytes = (double)vl2_model_decode_bytes(m) + (double)kv_read;
     printf("threads %d: load %.2f s\n", threads, load_s);
-    printf("threads %d: vision %.2f s per tile (%d tiles in %.2f s)\n", threads,
-           t_vis / b->tiling.n_tiles, b->tiling.n_tiles, t_vis);
-    printf("threads %d: prefill %.1f tokens/s (%zu tokens, %d image tokens, %.2f s)\n", threads,
-           (double)b->n_ids / t_pre, b->n_ids, b->tiling.n_tokens, t_pre);
+    printf("threads %d: vision %.2f s per tile (%d tiles in %.2f s; CPU time %.2f s)\n",
+           threads, t_vis / b->tiling.n_tiles, b->tiling.n_tiles, t_vis, c_vis);
+    printf("threads %d: prefill %.1f tokens/s (%zu tokens, %d image tokens, %.2f s; CPU time "
+           "%.2f s)\n", threads, (double)b->n_ids / t_pre, b->n_ids, b->tiling.n_tokens, t_pre,
+           c_pre);
     printf("threads %d: time to first token %.2f s (vision + prefill, one %dx%d image)\n",
            threads, t_first, b->img.width, b->img.height);
-    printf("threads %d: decode %.2f tokens/s (%.1f ms/token over %d steps)\n", threads,
-           1.0 / t_dec, 1e3 * t_dec, b->decode_steps);
+    printf("threads %d: decode %.2f tokens/s (%.1f ms/token over %d steps; CPU time %.1f "
+           "ms/token)\n", threads, 1.0 / t_dec, 1e3 * t_dec, b->decode_steps, 1e3 * c_dec);
+    printf("threads %d: KV cache %zu bytes per token\n", threads, vl2_model_kv_token_bytes(m));
     printf("threads %d: bytes read per token %.3f GB (weights %.3f GB + KV %.1f MB)\n", threads,
            dec_bytes / 1e9, (double)vl2_model_decode_bytes(m) / 1e9, (double)kv_read / 1e6);
     b->dec_bytes[ti] = dec_bytes;
     b->tok_s[ti] = 1.0 / t_dec;
+    /* bandwidth right after the decode steps, under the same conditions */
+    b->bw[ti] = bandwidth(threads, (size_t)1 << 30);
     vl2_seq_free(s);
     vl2_image_embed_free(m, e);
     vl2_model_free(m);
@@ -288,7 +306,6 @@ int main(int argc, char **argv)
     printf("peak RSS %.0f MiB\n", peak_rss_mib());
     for (i = 0; i < b.n_threads; i++) {
         double bound;
-        b.bw[i] = bandwidth(b.threads[i], (size_t)1 << 30);
         bound = b.bw[i] / b.dec_bytes[i];
         printf("threads %d: memory read bandwidth %.2f GB/s -> bandwidth-bound decode %.2f "
                "tokens/s; measured %.2f tokens/s = %.0f%% of the bound\n", b.threads[i],
