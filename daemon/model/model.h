@@ -40,7 +40,17 @@
  * weights (each MoE expert is read once per step for the whole batch); a
  * long prompt can be prefilled piecewise (vl2_model_step() with
  * image_row0) between decode steps of other sequences, or prefill rows and
- * decode rows can go in one vl2_model_step().
+ * decode rows can go in one vl2_model_step().  A sequence joins the next
+ * step as soon as its prompt is in; a finished or cancelled one is freed at
+ * once (vl2_seq_free gives its KV bytes back to the budget).  Image
+ * embeddings are independent of sequences: one embedding may serve several
+ * prompts (an image cache keyed by the decoded pixels).
+ *
+ * Errors.  Every input is checked before any work: a failing call leaves
+ * every sequence as it was (VL2_EINVAL: bad ids, image/placeholder mismatch,
+ * duplicate sequence; VL2_ELIMIT: context or budget).  A backend failure in
+ * the middle of a pass (VL2_EBACKEND, VL2_ENOMEM) leaves the sequences of
+ * that call in an undefined state: free or reset them.
  */
 #ifndef VL2_MODEL_H
 #define VL2_MODEL_H

@@ -195,18 +195,18 @@ int main(int argc, char **argv)
     int i, r;
 
     for (i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--model"))
-        o_model = argv[i + 1];
-    else if (!strcmp(argv[i], "--golden"))
-        o_golden = argv[i + 1];
-    else if (!strcmp(argv[i], "--pixels"))
-        o_pixels = argv[i + 1];
-    else if (!strcmp(argv[i], "--plugin-dir"))
-        o_plugin_dir = argv[i + 1];
+        if (!strcmp(argv[i], "--model"))
+            o_model = argv[i + 1];
+        else if (!strcmp(argv[i], "--golden"))
+            o_golden = argv[i + 1];
+        else if (!strcmp(argv[i], "--pixels"))
+            o_pixels = argv[i + 1];
+        else if (!strcmp(argv[i], "--plugin-dir"))
+            o_plugin_dir = argv[i + 1];
     }
     if (!o_model || !o_golden || !o_pixels) {
-    fprintf(stderr, "usage: test_batch --model DIR --golden DIR --pixels DIR\n");
-    return 2;
+        fprintf(stderr, "usage: test_batch --model DIR --golden DIR --pixels DIR\n");
+        return 2;
     }
     dir = tu_path(o_golden, "a384");
     tu_case_load(&ca, dir);
@@ -230,45 +230,48 @@ int main(int argc, char **argv)
     chunked = prefill_a384(mc, &ca, &px);
     two_threads = prefill_a384(m2, &ca, &px);
     {
-    struct vl2_npy row = gl;
-    row.count = V;
-    tu_compare("one-shot vs golden", one_shot, &row, V, TOL);
+        struct vl2_npy row = gl;
+        row.count = V;
+        tu_compare("one-shot vs golden", one_shot, &row, V, TOL);
     }
     check_same("chunked (37 rows a pass) vs one-shot", chunked, one_shot, V, SAME);
     check_same("2 threads vs 1 thread", two_threads, one_shot, V, SAME);
 
     /* the prompt fed in three calls, cutting through the image rows */
     {
-    struct vl2_image_embed *e = encode(m1, &ca, &px);
-    const struct vl2_image_embed *const *imgs = (const struct vl2_image_embed *const *)&e;
-    struct vl2_seq *s = new_seq(m1, (int32_t)ca.n_ids);
-    int32_t cut[4] = { 0, 100, 300, (int32_t)ca.n_ids };
-    int64_t used = 0;
-    int k, j;
-    for (k = 0; k < 3; k++) {
-        struct vl2_step_item it = {
-            .seq = s, .ids = ca.ids + cut[k], .n_ids = cut[k + 1] - cut[k],
-            .images = imgs, .n_images = 1, .image_row0 = used, .want_logits = k == 2,
-        };
-        r = vl2_model_step(m1, &it, 1, &err);
-        TU_CHECK(r == 0, "piecewise prefill: %s", err.msg);
-        for (j = cut[k]; j < cut[k + 1]; j++)
-            used += ca.ids[j] == 128815;
-    }
-    TU_CHECK(vl2_seq_len(s) == (int32_t)ca.n_ids, "piecewise: length %d",
-             (int)vl2_seq_len(s));
-    check_same("piecewise prefill (3 calls) vs one-shot", vl2_seq_logits(s), one_shot, V,
-               SAME);
-    vl2_seq_free(s);
-    vl2_image_embed_free(m1, e);
+        struct vl2_image_embed *e = encode(m1, &ca, &px);
+        const struct vl2_image_embed *const *imgs = (const struct vl2_image_embed *const *)&e;
+        struct vl2_seq *s = new_seq(m1, (int32_t)ca.n_ids);
+        int32_t cut[4] = { 0, 100, 300, (int32_t)ca.n_ids };
+        int64_t used = 0;
+        int k, j;
+        for (k = 0; k < 3; k++) {
+            struct vl2_step_item it = {
+                .seq = s,
+                .ids = ca.ids + cut[k],
+                .n_ids = cut[k + 1] - cut[k],
+                .images = imgs,
+                .n_images = 1,
+                .image_row0 = used,
+                .want_logits = k == 2,
+            };
+            r = vl2_model_step(m1, &it, 1, &err);
+            TU_CHECK(r == 0, "piecewise prefill: %s", err.msg);
+            for (j = cut[k]; j < cut[k + 1]; j++)
+                used += ca.ids[j] == 128815;
+        }
+        TU_CHECK(vl2_seq_len(s) == (int32_t)ca.n_ids, "piecewise: length %d", (int)vl2_seq_len(s));
+        check_same("piecewise prefill (3 calls) vs one-shot", vl2_seq_logits(s), one_shot, V, SAME);
+        vl2_seq_free(s);
+        vl2_image_embed_free(m1, e);
     }
 
     batched(m2, &ca, &ct, &px);
     {
-    struct vl2_model *ml = load2(1, 512, 2);
-    printf("(again with at most 2 logit rows a pass)\n");
-    batched(ml, &ca, &ct, &px);
-    vl2_model_free(ml);
+        struct vl2_model *ml = load2(1, 512, 2);
+        printf("(again with at most 2 logit rows a pass)\n");
+        batched(ml, &ca, &ct, &px);
+        vl2_model_free(ml);
     }
 
     free(one_shot);
