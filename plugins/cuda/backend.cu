@@ -71,6 +71,24 @@ static const char *const op_names[OPK_COUNT] = {
     "patchify", "unfold2x2", "attn_full", "rope", "attn_mha", "attn_mla", "moe",
 };
 
+/* Steps inside ops, timed separately in profile mode. */
+enum sub_kind {
+    SUB_MOE_ROUTE = 0,   /* logits + selection + bucketing */
+    SUB_MOE_GATEUP,
+    SUB_MOE_DOWN,
+    SUB_MOE_COMBINE,
+    SUB_ATTN_QUERIES,    /* MLA: absorbed queries */
+    SUB_ATTN_MAIN,
+    SUB_ATTN_COMBINE,
+    SUB_ATTN_OUT,        /* MLA: value up-projection */
+    SUB_COUNT
+};
+
+static const char *const sub_names[SUB_COUNT] = {
+    "moe.route", "moe.gate_up", "moe.down", "moe.combine", "attn.queries", "attn.main",
+    "attn.combine", "attn.out",
+};
+
 #define PROF_MAX 8192
 
 /* A tensor as an op sees it (no ownership). */
@@ -148,7 +166,7 @@ struct vl2_backend_ctx {
     cublasHandle_t   blas;
     void            *blas_ws;
     char             desc[320];
-    char             desc_full[1024];
+    char             desc_full[2048];
     uint64_t         n_captured;    /* graphs instantiated */
     uint64_t         n_replayed;    /* steps run by replaying a graph */
     uint64_t         n_fallback;    /* steps that left a graph and ran eagerly */
@@ -160,10 +178,19 @@ struct vl2_backend_ctx {
     int              prof_n;        /* pending pairs */
     double           prof_ms[OPK_COUNT];
     uint64_t         prof_calls[OPK_COUNT];
+    cudaEvent_t     *sub_ev;        /* [PROF_MAX] marks after steps inside ops */
+    int32_t         *sub_kind;      /* [PROF_MAX] */
+    int32_t         *sub_prev;      /* [PROF_MAX] mark before it (-1: the op's start event) */
+    int32_t         *sub_op;        /* [PROF_MAX] pending op pair the mark belongs to */
+    int              sub_n;
+    int              sub_last;      /* last mark of the running op, -1 at its start */
+    double           sub_ms[SUB_COUNT];
+    uint64_t         sub_calls[SUB_COUNT];
     size_t           mem_used;
     size_t           mem_budget;
     int              graphs_on;
     int              mma_linear;    /* option mma_linear: own kernel for mid-size products */
+    int              fuse_route;    /* option fuse_route: one block routes small batches */
     int              max_smem;
     void            *rd_pin;        /* pinned bounce buffer for large reads */
     size_t           rd_pin_size;
@@ -598,6 +625,16 @@ static size_t scratch_need(const struct op_rec *r)
 static void prof_drain(struct vl2_backend_ctx *ctx)
 {
     int i;
+    for (i = 0; i < ctx->sub_n; i++) {
+        float ms = 0.0f;
+        cudaEvent_t from = ctx->sub_prev[i] < 0 ? ctx->prof_ev[2 * ctx->sub_op[i]]
+                                                : ctx->sub_ev[ctx->sub_prev[i]];
+        if (cudaEventElapsedTime(&ms, from, ctx->sub_ev[i]) == cudaSuccess) {
+            ctx->sub_ms[ctx->sub_kind[i]] += ms;
+            ctx->sub_calls[ctx->sub_kind[i]]++;
+        }
+    }
+    ctx->sub_n = 0;
     for (i = 0; i < ctx->prof_n; i++) {
         float ms = 0.0f;
         if (cudaEventElapsedTime(&ms, ctx->prof_ev[2 * i], ctx->prof_ev[2 * i + 1]) ==
@@ -615,23 +652,46 @@ static int prof_init(struct vl2_backend_ctx *ctx)
     int i;
     ctx->prof_ev = (cudaEvent_t *)calloc(2 * PROF_MAX, sizeof(cudaEvent_t));
     ctx->prof_kind = (int32_t *)calloc(PROF_MAX, sizeof(int32_t));
-    if (!ctx->prof_ev || !ctx->prof_kind)
+    ctx->sub_ev = (cudaEvent_t *)calloc(PROF_MAX, sizeof(cudaEvent_t));
+    ctx->sub_kind = (int32_t *)calloc(PROF_MAX, sizeof(int32_t));
+    ctx->sub_prev = (int32_t *)calloc(PROF_MAX, sizeof(int32_t));
+    ctx->sub_op = (int32_t *)calloc(PROF_MAX, sizeof(int32_t));
+    if (!ctx->prof_ev || !ctx->prof_kind || !ctx->sub_ev || !ctx->sub_kind || !ctx->sub_prev ||
+        !ctx->sub_op)
         return -1;
     for (i = 0; i < 2 * PROF_MAX; i++)
         if (cudaEventCreate(&ctx->prof_ev[i]) != cudaSuccess)
             return -1;
+    for (i = 0; i < PROF_MAX; i++)
+        if (cudaEventCreate(&ctx->sub_ev[i]) != cudaSuccess)
+            return -1;
     return 0;
+}
+
+/* In profile mode: the step @kind of the running op ends here. */
+static void prof_sub(struct vl2_backend_ctx *ctx, int kind)
+{
+    int i;
+    if (!ctx->profile || ctx->prof_n == 0 || ctx->sub_n == PROF_MAX)
+        return;
+    i = ctx->sub_n++;
+    ctx->sub_kind[i] = kind;
+    ctx->sub_prev[i] = ctx->sub_last;
+    ctx->sub_op[i] = ctx->prof_n - 1;
+    ctx->sub_last = i;
+    (void)cudaEventRecord(ctx->sub_ev[i], ctx->st);
 }
 
 static int exec_profiled(struct vl2_backend_ctx *ctx, const struct op_rec *r,
                          struct vl2_err *err)
 {
     int i, rc;
-    if (ctx->prof_n == PROF_MAX) {
+    if (ctx->prof_n == PROF_MAX || ctx->sub_n > PROF_MAX - 16) {
         (void)cudaStreamSynchronize(ctx->st);
         prof_drain(ctx);
     }
     i = ctx->prof_n++;
+    ctx->sub_last = -1;
     ctx->prof_kind[i] = r->kind;
     (void)cudaEventRecord(ctx->prof_ev[2 * i], ctx->st);
     rc = exec_op(ctx, r, err);
@@ -645,10 +705,26 @@ static int exec_profiled(struct vl2_backend_ctx *ctx, const struct op_rec *r,
 static int submit(struct vl2_backend_ctx *ctx, struct op_rec *r, const void *host, size_t hsize,
                   struct vl2_err *err)
 {
-    struct graph_ent *g;
+    struct graph_ent *g = ctx->cur;
     size_t off;
     int rc;
 
+    if (ctx->mode == MODE_REPLAY) {
+        /* the hot path of a replayed step: compare with the tape, stage the inputs */
+        off = align_up(ctx->stage_used, 16);
+        r->stage_off = (int64_t)off;
+        r->stage_size = (int64_t)hsize;
+        if (off + hsize <= ctx->stage_cap && ctx->rec_i < g->tape_len &&
+            !memcmp(r, &g->tape[ctx->rec_i], sizeof(*r))) {
+            if (hsize)
+                memcpy(ctx->stage_h + off, host, hsize);
+            ctx->stage_used = off + hsize;
+            ctx->rec_i++;
+            return 0;
+        }
+        if ((rc = graph_fallback(ctx, err)) < 0)
+            return rc;
+    }
     (void)cudaSetDevice(ctx->device);
     rc = ensure_scratch(ctx, scratch_need(r), err);
     if (rc < 0)
@@ -666,28 +742,16 @@ static int submit(struct vl2_backend_ctx *ctx, struct op_rec *r, const void *hos
         r->stage_size = (int64_t)hsize;
         return ctx->profile ? exec_profiled(ctx, r, err) : exec_op(ctx, r, err);
     }
+    /* record */
     g = ctx->cur;
     off = align_up(ctx->stage_used, 16);
-    if (off + hsize > ctx->stage_cap) {
+    if (off + hsize > ctx->stage_cap || (g->tape_len == g->tape_cap && g->tape_cap >= 65536)) {
         if ((rc = graph_fallback(ctx, err)) < 0)
             return rc;
         return submit(ctx, r, host, hsize, err);
     }
     r->stage_off = (int64_t)off;
     r->stage_size = (int64_t)hsize;
-    if (ctx->mode == MODE_REPLAY) {
-        if (ctx->rec_i < g->tape_len && !memcmp(r, &g->tape[ctx->rec_i], sizeof(*r))) {
-            if (hsize)
-                memcpy(ctx->stage_h + off, host, hsize);
-            ctx->stage_used = off + hsize;
-            ctx->rec_i++;
-            return 0;
-        }
-        if ((rc = graph_fallback(ctx, err)) < 0)
-            return rc;
-        return submit(ctx, r, host, hsize, err);
-    }
-    /* record */
     if (g->tape_len == g->tape_cap) {
         int nc = g->tape_cap ? 2 * g->tape_cap : 256;
         struct op_rec *nt = (struct op_rec *)realloc(g->tape, (size_t)nc * sizeof(*nt));
@@ -860,12 +924,13 @@ static int exec_attn_mha(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     struct vl2__cu_attn_args a;
     cudaError_t e;
 
-    e = vl2__cu_kv_store(meta_seqs(ctx), meta_rows(ctx), n, (int)r->i[0], dt, nkv * hd, 2,
-                         (const float *)k->data, k->ld, nkv * hd, (const float *)v->data, v->ld,
-                         nkv * hd, ctx->st);
-    if (e != cudaSuccess)
-        return cu_fail(err, e, "attn_mha: store");
     memset(&a, 0, sizeof(a));
+    a.kn_a = (const float *)k->data;
+    a.kn_a_ld = k->ld;
+    a.kn_a_cols = hd;
+    a.kn_b = NULL;
+    a.vn = (const float *)v->data;
+    a.vn_ld = v->ld;
     a.q = (const float *)q->data;
     a.q_ld = q->ld;
     a.q_hs = hd;
@@ -891,8 +956,10 @@ static int exec_attn_mha(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     e = vl2__cu_attn(&a, dt, n_seqs, ctx->st);
     if (e != cudaSuccess)
         return cu_fail(err, e, "attn_mha");
+    prof_sub(ctx, SUB_ATTN_MAIN);
     if (a.n_split > 1 && (e = vl2__cu_attn_combine(&a, n, ctx->st)) != cudaSuccess)
         return cu_fail(err, e, "attn_mha: combine");
+    prof_sub(ctx, SUB_ATTN_COMBINE);
     return 0;
 }
 
@@ -913,11 +980,6 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     cudaError_t e;
 
     plan_mla(r, ctx->scratch, &p);
-    e = vl2__cu_kv_store(meta_seqs(ctx), meta_rows(ctx), n, (int)r->i[0], dt, R + rope, 1,
-                         (const float *)c->data, c->ld, R, (const float *)kpe->data, kpe->ld,
-                         rope, ctx->st);
-    if (e != cudaSuccess)
-        return cu_fail(err, e, "attn_mla: store");
     if (!blas) {
         e = vl2__cu_mla_qabs(p.qcat, (const float *)q->data, q->ld, kvb->data, kvb->ld,
                              kvb->dtype, n, H, nope, rope, vd, R, ctx->st);
@@ -946,6 +1008,7 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
         e = vl2__cu_mla_qpe(p.qcat, (const float *)q->data, q->ld, n, H, nope, rope, R, ctx->st);
     if (e != cudaSuccess)
         return cu_fail(err, e, "attn_mla: queries");
+    prof_sub(ctx, SUB_ATTN_QUERIES);
 
     memset(&a, 0, sizeof(a));
     a.q = p.qcat;
@@ -971,11 +1034,18 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     a.n_split = (int)r->i[10];
     a.part_o = p.part_o;
     a.part_ml = p.part_ml;
+    a.kn_a = (const float *)c->data;
+    a.kn_a_ld = c->ld;
+    a.kn_a_cols = R;
+    a.kn_b = (const float *)kpe->data;
+    a.kn_b_ld = kpe->ld;
     e = vl2__cu_attn(&a, dt, n_seqs, ctx->st);
     if (e != cudaSuccess)
         return cu_fail(err, e, "attn_mla");
+    prof_sub(ctx, SUB_ATTN_MAIN);
     if (a.n_split > 1 && (e = vl2__cu_attn_combine(&a, n, ctx->st)) != cudaSuccess)
         return cu_fail(err, e, "attn_mla: combine");
+    prof_sub(ctx, SUB_ATTN_COMBINE);
 
     if (!blas) {
         struct vl2__cu_gemv_args g;
@@ -993,6 +1063,7 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
         g.x_gs = R;
         g.y_gs = vd;
         e = vl2__cu_gemv(&g, kvb->dtype, (int)r->i[12], 0, (int)r->i[13], vd, H, ctx->st);
+        prof_sub(ctx, SUB_ATTN_OUT);
         return launched(e, "attn_mla: output", err);
     }
     {
@@ -1019,7 +1090,8 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
 }
 
 /* i[]: 0 n, 1 E, 2 k, 3 scoring, 4 method, 5 n_group, 6 topk_group, 7 norm, 8 I, 9 d,
- * 10 n_parts, 11 part, 12 mma, 13 nt, 14 vec, 15 router vec; f[0] routed scale */
+ * 10 n_parts, 11 part, 12 mma, 13 nt, 14 vec, 15 router vec, 16 fused routing;
+ * f[0] routed scale */
 static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct vl2_err *err)
 {
     const struct tdesc *out = &r->t[0], *x = &r->t[1], *router = &r->t[2], *bias = &r->t[3];
@@ -1035,7 +1107,7 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     cudaError_t e;
 
     plan_moe(r, ctx->scratch, &p);
-    {
+    if (!r->i[16]) {
         /* router logits in F32: the product kernel, one group of E rows */
         struct vl2__cu_gemv_args g;
         memset(&g, 0, sizeof(g));
@@ -1054,6 +1126,13 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     }
     memset(&ra, 0, sizeof(ra));
     ra.logits = p.logits;
+    ra.x = (const float *)x->data;
+    ra.ldx = x->ld;
+    ra.router = router->data;
+    ra.ldr = router->ld;
+    ra.rdtype = router->dtype;
+    ra.rvec = (int)r->i[15];
+    ra.d = d;
     ra.bias = bias->data;
     ra.bdtype = bias->dtype;
     ra.n = n;
@@ -1067,8 +1146,6 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     ra.scale = r->f[0];
     ra.idx = p.idx;
     ra.w = p.w;
-    if ((e = vl2__cu_moe_route(&ra, ctx->st)) != cudaSuccess)
-        return cu_fail(err, e, "moe: routing");
 
     memset(&ba, 0, sizeof(ba));
     ba.idx = p.idx;
@@ -1095,8 +1172,13 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     ba.g_up = p.g_up;
     ba.g_dn = p.g_dn;
     ba.n_groups = p.n_groups;
-    if ((e = vl2__cu_moe_bucket(&ba, ctx->st)) != cudaSuccess)
-        return cu_fail(err, e, "moe: bucketing");
+    if (r->i[16])
+        e = vl2__cu_moe_route_all(&ra, &ba, ctx->st);
+    else if ((e = vl2__cu_moe_route(&ra, ctx->st)) == cudaSuccess)
+        e = vl2__cu_moe_bucket(&ba, ctx->st);
+    if (e != cudaSuccess)
+        return cu_fail(err, e, "moe: routing");
+    prof_sub(ctx, SUB_MOE_ROUTE);
 
     if (mma) {
         struct vl2__cu_mma_args m;
@@ -1114,6 +1196,7 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
         e = vl2__cu_mma_grouped(&m, 1, (int)p.ldh, max_groups, n, ctx->st);
         if (e != cudaSuccess)
             return cu_fail(err, e, "moe: gate/up");
+        prof_sub(ctx, SUB_MOE_GATEUP);
         m.a = (const uint16_t *)p.h;
         m.lda = p.ldh;
         m.out = p.y;
@@ -1122,6 +1205,7 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
         e = vl2__cu_mma_grouped(&m, 0, d, max_groups, n, ctx->st);
         if (e != cudaSuccess)
             return cu_fail(err, e, "moe: down");
+        prof_sub(ctx, SUB_MOE_DOWN);
     } else {
         struct vl2__cu_gemv_args g;
         const int nt = (int)r->i[13], vec = (int)r->i[14];
@@ -1135,6 +1219,7 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
         e = vl2__cu_gemv(&g, tab->dtype, nt, 1, vec, (int)p.ldh, max_groups, ctx->st);
         if (e != cudaSuccess)
             return cu_fail(err, e, "moe: gate/up");
+        prof_sub(ctx, SUB_MOE_GATEUP);
         g.x = (const float *)p.h;
         g.ldx = p.ldh;
         g.y = p.y;
@@ -1143,9 +1228,11 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
         e = vl2__cu_gemv(&g, tab->dtype, nt, 0, vec, d, max_groups, ctx->st);
         if (e != cudaSuccess)
             return cu_fail(err, e, "moe: down");
+        prof_sub(ctx, SUB_MOE_DOWN);
     }
     e = vl2__cu_moe_combine((float *)out->data, out->ld, p.y, d, p.pos, p.w, n, k, d, np,
                             ctx->st);
+    prof_sub(ctx, SUB_MOE_COMBINE);
     return launched(e, "moe: combine", err);
 }
 
@@ -1230,6 +1317,8 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->profile = 1;
         else if (len == 12 && !strncmp(p, "mma_linear=0", 12))
             ctx->mma_linear = 0;
+        else if (len == 12 && !strncmp(p, "fuse_route=0", 12))
+            ctx->fuse_route = 0;
         p = e ? e + 1 : NULL;
     }
 }
@@ -1266,6 +1355,7 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     ctx->mem_budget = p ? p->mem_budget : 0;
     ctx->graphs_on = 1;
     ctx->mma_linear = 1;
+    ctx->fuse_route = 1;
     parse_options(ctx, p && p->options ? p->options : getenv("VL2_CUDA_OPTIONS"));
     if (ctx->profile)
         ctx->graphs_on = 0;
@@ -1371,7 +1461,16 @@ static void cu_close(struct vl2_backend_ctx *ctx)
                 (void)cudaEventDestroy(ctx->prof_ev[i]);
         free(ctx->prof_ev);
     }
+    if (ctx->sub_ev) {
+        for (i = 0; i < PROF_MAX; i++)
+            if (ctx->sub_ev[i])
+                (void)cudaEventDestroy(ctx->sub_ev[i]);
+        free(ctx->sub_ev);
+    }
     free(ctx->prof_kind);
+    free(ctx->sub_kind);
+    free(ctx->sub_prev);
+    free(ctx->sub_op);
     for (i = 0; i < ctx->n_tabs; i++) {
         dev_free(ctx, ctx->tabs[i]->dev, 3 * (size_t)ctx->tabs[i]->E * sizeof(void *));
         free(ctx->tabs[i]->host);
@@ -1417,6 +1516,11 @@ static const char *cu_describe(struct vl2_backend_ctx *ctx)
                               ctx->prof_ms[k], (unsigned long long)ctx->prof_calls[k]);
                 first = 0;
             }
+            for (k = 0; k < SUB_COUNT && n > 0 && (size_t)n < sizeof(ctx->desc_full); k++)
+                if (ctx->sub_calls[k])
+                    n += snprintf(ctx->desc_full + n, sizeof(ctx->desc_full) - (size_t)n,
+                                  ", %s %.2f ms/%llu", sub_names[k], ctx->sub_ms[k],
+                                  (unsigned long long)ctx->sub_calls[k]);
         }
     }
     return ctx->desc_full;
@@ -2622,6 +2726,8 @@ static int cu_moe(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
         r.i[14] = tab->vec_ok && sh_ok && x_ok && I % 4 == 0 && part % 4 == 0;
         r.i[15] = x_ok && aligned16(l->router->data) &&
                   (l->router->ld * vl2_dtype_size(l->router->dtype)) % 16 == 0;
+        r.i[16] = ctx->fuse_route && n <= GEMV_MAX_ROWS &&
+                  vl2__cu_moe_route_all_smem((int)n, l->n_expert, (int)r.i[5]) <= 48u << 10;
     }
     r.f[0] = l->routed_scale;
     return submit(ctx, &r, NULL, 0, err);

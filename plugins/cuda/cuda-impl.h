@@ -98,7 +98,14 @@ cudaError_t vl2__cu_mma_grouped(const struct vl2__cu_mma_args *a, int dual, int 
 /* ---- MoE routing ---------------------------------------------------- */
 
 struct vl2__cu_route_args {
-    const float   *logits;      /* [n, E] router logits (F32) */
+    const float   *logits;      /* [n, E] router logits (F32; separate kernels) */
+    const float   *x;           /* fused kernel: [n, d] rows ldx apart */
+    int64_t        ldx;
+    const void    *router;      /* fused kernel: [E, d] rows ldr apart */
+    int64_t        ldr;
+    int32_t        rdtype;
+    int32_t        rvec;        /* 16-byte loads allowed for x and router */
+    int32_t        d;
     const void    *bias;        /* [E] or NULL */
     int32_t        bdtype;
     int32_t        n, E, k;
@@ -136,6 +143,12 @@ struct vl2__cu_bucket_args {
 };
 cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st);
 
+/* Router logits, selection and bucketing in one block (a few tokens: the
+ * shared memory of vl2__cu_moe_route_all_smem must stay under 48 KiB). */
+size_t vl2__cu_moe_route_all_smem(int n, int E, int G);
+cudaError_t vl2__cu_moe_route_all(const struct vl2__cu_route_args *a,
+                                  const struct vl2__cu_bucket_args *b, cudaStream_t st);
+
 /* out[t] = sum_j w[t,j] y[pos[t,j]] + sum_q y[n*k + q*n + t]. */
 cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t ldy,
                                 const int32_t *pos, const float *w, int n, int k, int d,
@@ -164,6 +177,17 @@ struct vl2__cu_attn_args {
     int32_t                   n_split;
     float                    *part_o;   /* n_split > 1: [rows, n_head, n_split, dv] */
     float                    *part_ml;  /* [rows, n_head, n_split, 2] */
+    /* the batch's own keys and values (stored into the caches by the kernel):
+     * key element d of kv head h of batch row r is
+     *   d < kn_a_cols ? kn_a[r * kn_a_ld + h * k_hs + d] : kn_b[r * kn_b_ld + d - kn_a_cols]
+     * and value element d is vn[r * vn_ld + h * v_hs + d] (MHA; MLA values are keys). */
+    const float              *kn_a;
+    int64_t                   kn_a_ld;
+    int32_t                   kn_a_cols;
+    const float              *kn_b;
+    int64_t                   kn_b_ld;
+    const float              *vn;
+    int64_t                   vn_ld;
 };
 #define VL2_CU_ATTN_QT 16
 #define VL2_CU_ATTN_KT 32
@@ -175,11 +199,6 @@ int vl2__cu_attn_init(void);
 cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
                                  cudaStream_t st);
 
-/* Store rows of the batch into the caches: MHA k and v, or MLA [c | k_pe]. */
-cudaError_t vl2__cu_kv_store(const struct vl2__cu_seq *seqs, const struct vl2__cu_row *rows,
-                             int n_rows, int layer, int kv_dtype, int kv_row, int kv_nblk,
-                             const float *a, int64_t lda, int na, const float *b,
-                             int64_t ldb, int nb, cudaStream_t st);
 
 /* MLA: qcat[t, h, 0:R] = q_nope[t,h] . W_UK[h];  qcat[t, h, R:R+rp] = q_pe[t,h]. */
 cudaError_t vl2__cu_mla_qabs(float *qcat, const float *q, int64_t ldq, const void *kvb,

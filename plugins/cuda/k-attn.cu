@@ -18,6 +18,14 @@ static __host__ __device__ inline int k_stride(int dk)
     return (dk & 1) ? dk : dk + 1;
 }
 
+/* @v as the cache of element type CT stores it. */
+template <typename CT> static __device__ __forceinline__ float round_as(float v)
+{
+    CT c;
+    elem<CT>::put(&c, 0, v);
+    return elem<CT>::get(&c, 0);
+}
+
 template <typename CT, int DVL, bool VINK>
 static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct vl2__cu_attn_args a)
 {
@@ -71,33 +79,65 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
         for (int e = 0; e < DVL; e++)
             acc[m][e] = 0.0f;
     }
-    const CT *kb0 = (const CT *)s.kv + (int64_t)a.layer * a.kv_nblk * s.cap * a.kv_row +
-                    (int64_t)kvh * a.k_hs;
-    const CT *vb0 = (const CT *)s.kv + ((int64_t)a.layer * a.kv_nblk + a.v_blk) * s.cap * a.kv_row +
-                    (int64_t)kvh * a.v_hs;
+    CT *kb0 = (CT *)s.kv + (int64_t)a.layer * a.kv_nblk * s.cap * a.kv_row +
+              (int64_t)kvh * a.k_hs;
+    CT *vb0 = (CT *)s.kv + ((int64_t)a.layer * a.kv_nblk + a.v_blk) * s.cap * a.kv_row +
+              (int64_t)kvh * a.v_hs;
+
+    /* the new rows go into the cache (one block per sequence and kv head);
+     * every block reads them from the inputs, so no block waits for it */
+    if (qt == 0 && z == 0) {
+        for (int t = warp; t < s.n_rows; t += ATT_THREADS / 32) {
+            const int64_t in = (int64_t)(s.row0 + t);
+            CT *kd = kb0 + (int64_t)(s.n_past + t) * a.kv_row;
+            const float *ka = a.kn_a + in * a.kn_a_ld + (int64_t)kvh * a.k_hs;
+            for (int d = lane; d < dk; d += 32)
+                elem<CT>::put(kd, d, d < a.kn_a_cols ? ka[d]
+                                                     : a.kn_b[in * a.kn_b_ld + d - a.kn_a_cols]);
+            if (!VINK) {
+                CT *vd = vb0 + (int64_t)(s.n_past + t) * a.kv_row;
+                const float *va = a.vn + in * a.vn_ld + (int64_t)kvh * a.v_hs;
+                for (int d = lane; d < dv; d += 32)
+                    elem<CT>::put(vd, d, va[d]);
+            }
+        }
+    }
     __syncthreads();
 
     for (int kb = ks; kb < ke; kb += KT) {
         const int nkeys = min(KT, ke - kb);
         for (int j = warp; j < KT; j += ATT_THREADS / 32) {
+            const int key = kb + j;
             float *dst = Ks + j * kst;
-            if (j < nkeys) {
-                const CT *src = kb0 + (int64_t)(kb + j) * a.kv_row;
-                for (int d = lane; d < dk; d += 32)
-                    dst[d] = elem<CT>::get(src, d);
-            } else {
+            float *dv_ = Vs + j * dv;
+            if (j >= nkeys) {
                 for (int d = lane; d < dk; d += 32)
                     dst[d] = 0.0f;
-            }
-            if (!VINK) {
-                float *dv_ = Vs + j * dv;
-                if (j < nkeys) {
-                    const CT *src = vb0 + (int64_t)(kb + j) * a.kv_row;
-                    for (int d = lane; d < dv; d += 32)
-                        dv_[d] = elem<CT>::get(src, d);
-                } else {
+                if (!VINK)
                     for (int d = lane; d < dv; d += 32)
                         dv_[d] = 0.0f;
+            } else if (key < s.n_past) {
+                const CT *src = kb0 + (int64_t)key * a.kv_row;
+                for (int d = lane; d < dk; d += 32)
+                    dst[d] = elem<CT>::get(src, d);
+                if (!VINK) {
+                    const CT *vs_ = vb0 + (int64_t)key * a.kv_row;
+                    for (int d = lane; d < dv; d += 32)
+                        dv_[d] = elem<CT>::get(vs_, d);
+                }
+            } else {
+                /* a row of this batch: from the inputs, rounded as the cache stores it */
+                const int64_t in = s.row0 + key - s.n_past;
+                const float *ka = a.kn_a + in * a.kn_a_ld + (int64_t)kvh * a.k_hs;
+                for (int d = lane; d < dk; d += 32) {
+                    const float v = d < a.kn_a_cols ? ka[d]
+                                                    : a.kn_b[in * a.kn_b_ld + d - a.kn_a_cols];
+                    dst[d] = round_as<CT>(v);
+                }
+                if (!VINK) {
+                    const float *va = a.vn + in * a.vn_ld + (int64_t)kvh * a.v_hs;
+                    for (int d = lane; d < dv; d += 32)
+                        dv_[d] = round_as<CT>(va[d]);
                 }
             }
         }
@@ -287,29 +327,44 @@ cudaError_t vl2__cu_attn(const struct vl2__cu_attn_args *a, int kv_dtype, int n_
 
 /* ---- split combination ------------------------------------------------------ */
 
+#define ATT_MAX_SPLIT 64
+
+/* Merge the n_split partial results of one (row, head): weights of the
+ * splits first (parallel loads into shared memory), then the values. */
 static __global__ void attn_combine_kernel(const struct vl2__cu_attn_args a)
 {
+    __shared__ float s_m[ATT_MAX_SPLIT], s_w[ATT_MAX_SPLIT];
+    __shared__ float s_inv;
     const int64_t row = blockIdx.x;
     const int h = blockIdx.y, S = a.n_split, dv = a.dv;
     const int64_t pb = (row * a.n_head + h) * S;
-    float M = -INFINITY;
 
-    for (int z = 0; z < S; z++)
-        M = fmaxf(M, a.part_ml[(pb + z) * 2]);
-    float L = 0.0f;
-    for (int z = 0; z < S; z++) {
-        const float m = a.part_ml[(pb + z) * 2];
-        if (m != -INFINITY)
-            L += expf(m - M) * a.part_ml[(pb + z) * 2 + 1];
+    if (threadIdx.x < S) {
+        s_m[threadIdx.x] = a.part_ml[(pb + threadIdx.x) * 2];
+        s_w[threadIdx.x] = a.part_ml[(pb + threadIdx.x) * 2 + 1];
     }
-    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float M = -INFINITY, L = 0.0f;
+        for (int z = threadIdx.x; z < S; z += 32)
+            M = fmaxf(M, s_m[z]);
+        M = warp_max(M);
+        for (int z = threadIdx.x; z < S; z += 32) {
+            const float w = s_m[z] == -INFINITY ? 0.0f : expf(s_m[z] - M);
+            L += w * s_w[z];
+            s_w[z] = w;
+        }
+        L = warp_sum(L);
+        if (threadIdx.x == 0)
+            s_inv = L > 0.0f ? 1.0f / L : 0.0f;
+    }
+    __syncthreads();
+    const float inv = s_inv;
     for (int d = threadIdx.x; d < dv; d += blockDim.x) {
         float o = 0.0f;
-        for (int z = 0; z < S; z++) {
-            const float m = a.part_ml[(pb + z) * 2];
-            if (m != -INFINITY)
-                o += expf(m - M) * a.part_o[(pb + z) * dv + d];
-        }
+#pragma unroll 8
+        for (int z = 0; z < S; z++)
+            o = fmaf(s_w[z], a.part_o[(pb + z) * dv + d], o);
         a.out[row * a.out_ld + (int64_t)h * a.out_hs + d] = o * inv;
     }
 }
@@ -321,53 +376,6 @@ cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
         return cudaSuccess;
     dim3 grid(n_rows, a->n_head);
     attn_combine_kernel<<<grid, 128, 0, st>>>(*a);
-    return cudaGetLastError();
-}
-
-/* ---- cache stores --------------------------------------------------------------- */
-
-/* Row r of the batch: MHA (kv_nblk 2) stores a into the K block and b into
- * the V block; MLA (kv_nblk 1) stores [a | b] into one row. */
-template <typename CT>
-static __global__ void kv_store_kernel(const struct vl2__cu_seq *seqs,
-                                       const struct vl2__cu_row *rows, int layer, int kv_row,
-                                       int kv_nblk, const float *a, int64_t lda, int na,
-                                       const float *b, int64_t ldb, int nb)
-{
-    const int r = blockIdx.x;
-    const struct vl2__cu_row rw = rows[r];
-    const struct vl2__cu_seq s = seqs[rw.seq];
-    CT *base = (CT *)s.kv;
-    const int64_t ka = ((int64_t)layer * kv_nblk * s.cap + rw.pos) * kv_row;
-    const int64_t kbb = kv_nblk == 2 ? (((int64_t)layer * 2 + 1) * s.cap + rw.pos) * kv_row
-                                     : ka + na;
-    for (int c = threadIdx.x; c < na; c += blockDim.x)
-        elem<CT>::put(base, ka + c, a[(int64_t)r * lda + c]);
-    for (int c = threadIdx.x; c < nb; c += blockDim.x)
-        elem<CT>::put(base, kbb + c, b[(int64_t)r * ldb + c]);
-}
-
-cudaError_t vl2__cu_kv_store(const struct vl2__cu_seq *seqs, const struct vl2__cu_row *rows,
-                             int n_rows, int layer, int kv_dtype, int kv_row, int kv_nblk,
-                             const float *a, int64_t lda, int na, const float *b,
-                             int64_t ldb, int nb, cudaStream_t st)
-{
-    if (n_rows <= 0)
-        return cudaSuccess;
-    switch (kv_dtype) {
-    case VL2_DTYPE_BF16:
-        kv_store_kernel<__nv_bfloat16><<<n_rows, 256, 0, st>>>(seqs, rows, layer, kv_row,
-                                                               kv_nblk, a, lda, na, b, ldb, nb);
-        break;
-    case VL2_DTYPE_F16:
-        kv_store_kernel<__half><<<n_rows, 256, 0, st>>>(seqs, rows, layer, kv_row, kv_nblk, a,
-                                                        lda, na, b, ldb, nb);
-        break;
-    default:
-        kv_store_kernel<float><<<n_rows, 256, 0, st>>>(seqs, rows, layer, kv_row, kv_nblk, a,
-                                                       lda, na, b, ldb, nb);
-        break;
-    }
     return cudaGetLastError();
 }
 

@@ -30,24 +30,22 @@ static __device__ __forceinline__ void warp_argmax(float &bv, int &bi)
     }
 }
 
-/* One warp per token: scores from the router logits, expert selection,
- * weights (spec 7.4). */
-static __global__ void __launch_bounds__(32) route_kernel(const struct vl2__cu_route_args a)
+/* Selection of token @t by one warp (spec 7.4): scores from the logits
+ * (@lg, global or shared), expert choice, weights; writes a.idx and a.w.
+ * @sc: 2E + G floats and G ints of this warp's shared memory. */
+static __device__ void select_token(const struct vl2__cu_route_args &a, const float *lg,
+                                    float *sc, int t)
 {
-    extern __shared__ float sm[];
     const int E = a.E, G = a.n_group;
-    float *s_score = sm;
-    float *s_choice = sm + E;
-    float *s_gs = sm + 2 * E;
+    const int lane = threadIdx.x & 31;
+    float *s_score = sc;
+    float *s_choice = sc + E;
+    float *s_gs = sc + 2 * E;
     int *s_gsel = (int *)(s_gs + G);
-    const int t = blockIdx.x;
-    const int lane = threadIdx.x;
-    const float *lg = a.logits + (int64_t)t * E;
 
     for (int e = lane; e < E; e += 32)
         s_score[e] = lg[e];
     __syncwarp();
-
     if (a.scoring == VL2_MOE_SOFTMAX) {
         float m = -INFINITY;
         for (int e = lane; e < E; e += 32)
@@ -157,28 +155,37 @@ static __global__ void __launch_bounds__(32) route_kernel(const struct vl2__cu_r
             a.w[(int64_t)t * a.k + j] = w;
         }
     }
+    __syncwarp();
+}
+
+static __host__ __device__ size_t select_floats(int E, int G)
+{
+    return (size_t)(2 * E + 2 * G);
+}
+
+/* One warp per token, from logits computed before. */
+static __global__ void __launch_bounds__(32) route_kernel(const struct vl2__cu_route_args a)
+{
+    extern __shared__ float sm[];
+    select_token(a, a.logits + (int64_t)blockIdx.x * a.E, sm, blockIdx.x);
 }
 
 cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, cudaStream_t st)
 {
-    const size_t smem = (size_t)(2 * a->E + a->n_group) * sizeof(float) +
-                        (size_t)a->n_group * sizeof(int);
     if (a->n <= 0)
         return cudaSuccess;
-    route_kernel<<<a->n, 32, smem, st>>>(*a);
+    route_kernel<<<a->n, 32, select_floats(a->E, a->n_group) * sizeof(float), st>>>(*a);
     return cudaGetLastError();
 }
 
 /* ---- bucketing ------------------------------------------------------------ */
 
-#define BUCKET_MAX_E 1024
-
-static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__cu_bucket_args a)
+/* Counting sort of the n*k selections by expert (stable: token order within
+ * an expert) and the group descriptors.  Run by a whole block; @s_cnt,
+ * @s_off, @s_act: E ints of shared memory each, @s_na one. */
+static __device__ void bucket_body(const struct vl2__cu_bucket_args &a, int *s_cnt, int *s_off,
+                                   int *s_act, int *s_na)
 {
-    __shared__ int s_cnt[BUCKET_MAX_E];
-    __shared__ int s_off[BUCKET_MAX_E];
-    __shared__ int s_act[BUCKET_MAX_E];
-    __shared__ int s_na;
     const int nk = a.n * a.k, E = a.E;
     const int tid = threadIdx.x, bs = blockDim.x;
 
@@ -195,7 +202,7 @@ static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__c
             o += s_cnt[e];
             s_act[e] = s_cnt[e] > 0 ? na++ : -1;
         }
-        s_na = na;
+        *s_na = na;
     }
     __syncthreads();
     for (int e = tid; e < E; e += bs) {
@@ -269,7 +276,18 @@ static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__c
         a.g_dn[q] = gd;
     }
     if (tid == 0)
-        *a.n_groups = a.n_parts + s_na;
+        *a.n_groups = a.n_parts + *s_na;
+}
+
+#define BUCKET_MAX_E 1024
+
+static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__cu_bucket_args a)
+{
+    __shared__ int s_cnt[BUCKET_MAX_E];
+    __shared__ int s_off[BUCKET_MAX_E];
+    __shared__ int s_act[BUCKET_MAX_E];
+    __shared__ int s_na;
+    bucket_body(a, s_cnt, s_off, s_act, &s_na);
 }
 
 cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st)
@@ -278,17 +296,111 @@ cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t
     return cudaGetLastError();
 }
 
+/* ---- fused routing for small batches -------------------------------------- */
+
+/* x . w for one router row, lanes striding over d (8-wide loads when @vec). */
+template <typename WT>
+static __device__ __forceinline__ float row_dot(const float *x, const WT *w, int d, bool vec)
+{
+    const int lane = threadIdx.x & 31;
+    float v = 0.0f;
+    int k0 = 0;
+    if (vec) {
+        for (int c = lane; c < d / 8; c += 32) {
+            float wv[8];
+            elem<WT>::get8(w + c * 8, wv);
+            const float4 x0 = *(const float4 *)(x + c * 8);
+            const float4 x1 = *(const float4 *)(x + c * 8 + 4);
+            v = fmaf(x0.x, wv[0], v);
+            v = fmaf(x0.y, wv[1], v);
+            v = fmaf(x0.z, wv[2], v);
+            v = fmaf(x0.w, wv[3], v);
+            v = fmaf(x1.x, wv[4], v);
+            v = fmaf(x1.y, wv[5], v);
+            v = fmaf(x1.z, wv[6], v);
+            v = fmaf(x1.w, wv[7], v);
+        }
+        k0 = d / 8 * 8;
+    }
+    for (int k = k0 + lane; k < d; k += 32)
+        v = fmaf(x[k], elem<WT>::get(w, k), v);
+    return warp_sum(v);
+}
+
+/* Router logits, selection and bucketing of a few tokens in one block:
+ * warps share the n*E logits, warp t selects for token t, then the block
+ * sorts the selections. */
+static __global__ void __launch_bounds__(1024)
+route_all_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b)
+{
+    extern __shared__ float sm[];
+    const int E = a.E, n = a.n;
+    const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const size_t sel = select_floats(E, a.n_group);
+    float *s_lg = sm;
+    float *s_sel = sm + (size_t)n * E;
+    int *s_cnt = (int *)(s_sel + (size_t)n * sel);
+    int *s_off = s_cnt + E, *s_act = s_off + E, *s_na = s_act + E;
+
+    for (int row = warp; row < n * E; row += nw) {
+        const int t = row / E, e = row % E;
+        const float *x = a.x + (int64_t)t * a.ldx;
+        float v;
+        switch (a.rdtype) {
+        case VL2_DTYPE_BF16:
+            v = row_dot(x, (const __nv_bfloat16 *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
+            break;
+        case VL2_DTYPE_F16:
+            v = row_dot(x, (const __half *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
+            break;
+        default:
+            v = row_dot(x, (const float *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
+            break;
+        }
+        if ((threadIdx.x & 31) == 0)
+            s_lg[row] = v;
+    }
+    __syncthreads();
+    if (warp < n)
+        select_token(a, s_lg + (size_t)warp * E, s_sel + (size_t)warp * sel, warp);
+    __syncthreads();
+    bucket_body(b, s_cnt, s_off, s_act, s_na);
+}
+
+size_t vl2__cu_moe_route_all_smem(int n, int E, int G)
+{
+    return sizeof(float) * ((size_t)n * E + (size_t)n * select_floats(E, G)) +
+           sizeof(int) * (3 * (size_t)E + 1);
+}
+
+cudaError_t vl2__cu_moe_route_all(const struct vl2__cu_route_args *a,
+                                  const struct vl2__cu_bucket_args *b, cudaStream_t st)
+{
+    route_all_kernel<<<1, 1024, vl2__cu_moe_route_all_smem(a->n, a->E, a->n_group), st>>>(*a,
+                                                                                         *b);
+    return cudaGetLastError();
+}
+
 /* ---- combination ---------------------------------------------------------- */
 
+/* out[t] = sum_j w[t,j] y[pos[t,j]] + shared parts; the k weights and rows
+ * are staged in shared memory first (no chain of dependent loads). */
 static __global__ void combine_kernel(float *out, int64_t ldo, const float *y, int64_t ldy,
                                       const int32_t *pos, const float *w, int n, int k, int d,
                                       int n_parts)
 {
+    __shared__ float s_w[ROUTE_MAX_K];
+    __shared__ int64_t s_row[ROUTE_MAX_K];
     const int t = blockIdx.x;
+    if (threadIdx.x < k) {
+        s_w[threadIdx.x] = w[t * k + threadIdx.x];
+        s_row[threadIdx.x] = (int64_t)pos[t * k + threadIdx.x] * ldy;
+    }
+    __syncthreads();
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
         float v = 0.0f;
         for (int j = 0; j < k; j++)
-            v = fmaf(w[t * k + j], y[(int64_t)pos[t * k + j] * ldy + c], v);
+            v = fmaf(s_w[j], y[s_row[j] + c], v);
         for (int q = 0; q < n_parts; q++)
             v += y[((int64_t)n * k + (int64_t)q * n + t) * ldy + c];
         out[(int64_t)t * ldo + c] = v;

@@ -6,9 +6,14 @@
  * bandwidth, given with --copy-gbps from gpu_bw).  Prints figures, one
  * markdown table row last; never fails on speed.
  *
+ * The prompts come from the project's tokenizer; for a checkpoint with a
+ * smaller vocabulary (the `small` preset: 102400) ids past it are folded into
+ * it and the image placeholder becomes the last id (random weights: only the
+ * shapes matter).  Host-side sampling (vl2_seq_sample) is timed apart.
+ *
  * usage: bench_gpu --model DIR --image FILE [--plugin-dir DIR] [--copy-gbps X]
- *                  [--decode-steps N] [--batch N] [--label TEXT] [--options S]
- */
+ *                  [--decode-steps N] [--batch N] [--label TEXT]
+ * (backend options through VL2_CUDA_OPTIONS) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +24,7 @@
 #include "model.h"
 #include "prompt.h"
 #include "tokenizer.h"
+#include "weights.h"
 
 #define MAX_BATCH 64
 #define TTFT_RUNS 5
@@ -47,7 +53,32 @@ struct opts {
     const char *model, *image, *plugin_dir, *label, *prompt;
     double      copy_gbps;
     int         steps, batch;
+    int32_t     n_vocab;     /* of the checkpoint */
+    int32_t     tok_image;   /* the tokenizer's <image> id */
+    int32_t     image_id;    /* the id the model is told (tok_image, or folded) */
 };
+
+/* Ids of the tokenizer as ids of the checkpoint (see the head comment). */
+static void fold_ids(const struct opts *o, int32_t *ids, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (ids[i] == o->tok_image)
+            ids[i] = o->image_id;
+        else if (ids[i] >= o->n_vocab)
+            ids[i] %= o->n_vocab - 1;
+    }
+}
+
+static double t_sample;     /* host time in vl2_seq_sample */
+
+static int32_t sample(struct vl2_seq *s)
+{
+    double t0 = now();
+    int32_t id = vl2_seq_sample(s);
+    t_sample += now() - t0;
+    return id;
+}
 
 /* The image as tiles and the prompt ids around it. */
 struct input {
@@ -113,6 +144,7 @@ static void prepare(struct input *in, const struct opts *o, const struct vl2_mod
     nt = in->tiling.n_tokens;
     if (vl2_prompt_build(tok, &msg, 1, &nt, 1, &in->ids, &in->n_ids, &err) < 0)
         die("prompt", &err);
+    fold_ids(o, in->ids, in->n_ids);
 }
 
 /* Vision + prefill of the image prompt into a new sequence; returns the
@@ -137,7 +169,7 @@ static struct vl2_seq *first_token(struct vl2_model *m, const struct input *in, 
     if (vl2_model_prefill(m, s, in->ids, in->n_ids, (const struct vl2_image_embed *const *)&e,
                           1, &err) < 0)
         die("prefill", &err);
-    *ret_id = vl2_seq_sample(s);
+    *ret_id = sample(s);
     t2 = now();
     vl2_image_embed_free(m, e);
     *ret_vis = t1 - t0;
@@ -190,9 +222,17 @@ int main(int argc, char **argv)
     }
     if (vl2_tokenizer_load(&tok, o.model, &err) < 0)
         die("tokenizer", &err);
+    {
+        struct vl2_model_config cfg;
+        if (vl2_config_load(&cfg, o.model, &err) < 0)
+            die("config", &err);
+        o.n_vocab = cfg.lm.n_vocab;
+    }
+    o.tok_image = vl2_tokenizer_id(tok, "<image>");
+    o.image_id = o.tok_image < o.n_vocab ? o.tok_image : o.n_vocab - 1;
     mp.backend = "cuda";
     mp.plugin_dir = o.plugin_dir;
-    mp.image_token_id = vl2_tokenizer_id(tok, "<image>");
+    mp.image_token_id = o.image_id;
     mp.max_rows = 512;
     mp.max_logit_rows = MAX_BATCH;
     mp.n_ctx = 1024;
@@ -240,15 +280,18 @@ int main(int argc, char **argv)
         for (step = 0; step < 4; step++) {       /* warm-up: capture the step graph */
             if (vl2_model_decode(m, &s, &id, 1, &err) < 0)
                 die("decode", &err);
-            id = vl2_seq_sample(s);
+            id = sample(s);
         }
+        t_sample = 0;
         t0 = now();
         for (step = 0; step < o.steps; step++) {
             if (vl2_model_decode(m, &s, &id, 1, &err) < 0)
                 die("decode", &err);
-            id = vl2_seq_sample(s);
+            id = sample(s);
         }
         dec_s = (now() - t0) / o.steps;
+        printf("%s: host sampling %.3f ms per token of the %.3f ms\n", o.label,
+               t_sample * 1e3 / o.steps, dec_s * 1e3);
         vl2_seq_free(s);
     }
     printf("%s: after decode batch 1: %s\n", o.label, ops->describe(bctx));
@@ -277,6 +320,7 @@ int main(int argc, char **argv)
         msg.len = strlen(msg.text);
         if (vl2_prompt_build(tok, &msg, 1, NULL, 0, &pids, &n_p, &err) < 0)
             die("prompt", &err);
+        fold_ids(&o, pids, n_p);
         sp.capacity = (int32_t)n_p + o.steps + 8;
         for (i = 0; i < B; i++) {
             if (vl2_seq_new(m, &sp, &seqs[i], &err) < 0)
@@ -290,21 +334,24 @@ int main(int argc, char **argv)
         if (vl2_model_step(m, items, (size_t)B, &err) < 0)
             die("batched prefill", &err);
         for (i = 0; i < B; i++)
-            ids[i] = vl2_seq_sample(seqs[i]);
+            ids[i] = sample(seqs[i]);
         for (step = 0; step < 4; step++) {
             if (vl2_model_decode(m, seqs, ids, (size_t)B, &err) < 0)
                 die("decode", &err);
             for (i = 0; i < B; i++)
-                ids[i] = vl2_seq_sample(seqs[i]);
+                ids[i] = sample(seqs[i]);
         }
+        t_sample = 0;
         t0 = now();
         for (step = 0; step < o.steps; step++) {
             if (vl2_model_decode(m, seqs, ids, (size_t)B, &err) < 0)
                 die("decode", &err);
             for (i = 0; i < B; i++)
-                ids[i] = vl2_seq_sample(seqs[i]);
+                ids[i] = sample(seqs[i]);
         }
         agg_s = (now() - t0) / o.steps;
+        printf("%s: host sampling %.3f ms per step of the %.3f ms\n", o.label,
+               t_sample * 1e3 / o.steps, agg_s * 1e3);
         agg_tok_s = B / agg_s;
         /* weights of one step: batch-1 weights plus the experts that the other
          * rows add (expected distinct experts under uniform routing) */
