@@ -22,6 +22,10 @@ struct box_list {
 
 int32_t vl2_grounding_to_pixels(int32_t v, int32_t side)
 {
+    if (v < 0 || side < 0)
+        return 0;
+    if (v > 999)
+        v = 999;
     return (int32_t) ((double) v / 999.0 * (double) side);
 }
 

@@ -73,7 +73,9 @@ int  vl2_grounding_parse(const char *text, size_t len, int32_t img_w, int32_t im
 void vl2_boxes_free(struct vl2_box *boxes, size_t n);
 
 /* Map one grid value (0..999) to a pixel coordinate for an image side of
- * @side pixels: (int)(v / 999.0 * side), as the official visualiser. */
+ * @side pixels: (int)(v / 999.0 * side), as the official visualiser.  @v is
+ * clamped to 0..999 and a negative @side gives 0, so the result is always in
+ * 0..side. */
 int32_t vl2_grounding_to_pixels(int32_t v, int32_t side);
 
 #endif /* VL2_GROUNDING_H */
