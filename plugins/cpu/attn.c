@@ -14,7 +14,8 @@
 
 #include "cpu-impl.h"
 
-#define ATT_RB 32       /* query rows per task (MHA, vision) */
+#define ATT_RB 32       /* query rows per task (MHA, MLA expanded) */
+#define FULL_RB 96      /* query rows per task (vision; a multiple of the GEMM tile) */
 #define MLA_RB 8        /* query rows per task (MLA; times the heads of the task) */
 #define SMALL_ROWS 4    /* fewer query rows: dot loops instead of sgemm */
 
@@ -176,14 +177,18 @@ static void full_task(void *arg, int64_t task, int tid)
     struct full_job *j = arg;
     int64_t rb = task % j->n_rb, h = (task / j->n_rb) % j->n_head, s = task / j->n_rb / j->n_head;
     int64_t L = j->seq_len, D = j->head_dim, HD = j->n_head * D;
-    int64_t r0 = rb * ATT_RB, m = imin(ATT_RB, L - r0);
+    int64_t r0 = rb * FULL_RB, m = imin(FULL_RB, L - r0);
     const float *base = j->qkv + s * L * j->ldq;
     const float *q = base + r0 * j->ldq + h * D;
     const float *k = base + HD + h * D;
     const float *v = base + 2 * HD + h * D;
     float *sc = cpu_scratch(j->ctx, tid);
 
-    mm_nt(j->ctx->k, q, j->ldq, m, k, j->ldq, L, D, sc, L);
+    if (j->ctx->own_gemm && m >= SMALL_ROWS)
+        cpu_gemm512(q, j->ldq, m, k, j->ldq, VL2_DTYPE_F32, L, D, sc, L,
+                    sc + (size_t)FULL_RB * (size_t)((L + 15) / 16 * 16));
+    else
+        mm_nt(j->ctx->k, q, j->ldq, m, k, j->ldq, L, D, sc, L);
     for (int64_t i = 0; i < m; i++)
         j->ctx->k->softmax(sc + i * L, L, L, j->scale);
     mm_nn(j->ctx->k, sc, L, m, v, j->ldq, L, D, j->out + (s * L + r0) * j->ldo + h * D, j->ldo);
@@ -211,7 +216,9 @@ int cpu_attn_full(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const str
                            (long long)n_head * head_dim);
     if ((r = cpu_check_no_alias(out, qkv, "attn_full", "qkv", err)) < 0)
         return r;
-    if ((r = cpu_scratch_reserve(ctx, (size_t)ATT_RB * (size_t)seq_len * sizeof(float), err)) < 0)
+    if ((r = cpu_scratch_reserve(ctx, (size_t)FULL_RB * (size_t)((seq_len + 15) / 16 * 16) *
+                                             sizeof(float) + cpu_gemm512_scratch(seq_len),
+                                 err)) < 0)
         return r;
     j.ctx = ctx;
     j.qkv = qkv->data;
@@ -222,7 +229,7 @@ int cpu_attn_full(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const str
     j.n_head = n_head;
     j.head_dim = head_dim;
     j.scale = scale;
-    j.n_rb = (seq_len + ATT_RB - 1) / ATT_RB;
+    j.n_rb = (seq_len + FULL_RB - 1) / FULL_RB;
     cpu_pool_run(ctx->pool, qkv->rows / seq_len * n_head * j.n_rb, full_task, &j);
     return 0;
 }
