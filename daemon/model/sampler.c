@@ -299,6 +299,21 @@ int32_t vl2_sampler_sample(struct vl2_sampler *s, const float *logits)
     return best;
 }
 
+double vl2_logits_logprob(const float *z, int32_t n, int32_t id)
+{
+    double mx = -INFINITY, sum = 0.0;
+    int32_t i;
+
+    if (id < 0 || id >= n)
+        return -INFINITY;
+    for (i = 0; i < n; i++)
+        if (z[i] > mx)
+            mx = z[i];
+    for (i = 0; i < n; i++)
+        sum += exp((double)z[i] - mx);
+    return (double)z[id] - mx - log(sum);
+}
+
 /* ---- stop strings ----------------------------------------------------------- */
 
 long vl2_stop_find(const char *text, size_t len, const char *const *stops, size_t n_stops)

@@ -65,6 +65,11 @@ int32_t vl2_sampler_sample(struct vl2_sampler *s, const float *logits);
  * only step 1 is applied. */
 void vl2_sampler_process(struct vl2_sampler *s, float *z);
 
+/* log softmax(@z)[@id] over @n logits (the raw model distribution, before
+ * any sampler step), for responses that report log-probabilities.  -INFINITY
+ * for an id outside [0, n). */
+double vl2_logits_logprob(const float *z, int32_t n, int32_t id);
+
 /* Uniform double in [0, 1) from the sampler's RNG. */
 double vl2_sampler_uniform(struct vl2_sampler *s);
 

@@ -179,6 +179,17 @@ static void test_draws(void)
     vl2_sampler_done(&a);
 }
 
+static void test_logprob(void)
+{
+    const float z[3] = { logf(0.5f), logf(0.3f), logf(0.2f) };
+    const float big[2] = { 1000.0f, 999.0f };
+
+    TU_CHECK(fabs(vl2_logits_logprob(z, 3, 1) - log(0.3)) < 1e-6, "log p(1) = log 0.3");
+    TU_CHECK(fabs(vl2_logits_logprob(big, 2, 1) - (-1.0 - log(1.0 + exp(-1.0)))) < 1e-9,
+             "large logits do not overflow");
+    TU_CHECK(isinf(vl2_logits_logprob(z, 3, 3)), "id past the end");
+}
+
 static void test_params(void)
 {
     struct vl2_sampler_params p = vl2_sampler_default_params();
@@ -228,6 +239,7 @@ int main(void)
     test_draws();
     test_params();
     test_stops();
+    test_logprob();
     if (tu_failures) {
         printf("%d failures\n", tu_failures);
         return 1;
