@@ -15,7 +15,9 @@
 
 #include "cpu-impl.h"
 
-#define SPIN_ITERS 4000
+#define SPIN_ITERS 4000       /* workers waiting for the next job */
+#define CALLER_SPIN_ITERS 600  /* caller waiting for workers still inside the job: short,
+                                  so that a worker descheduled mid-task gets our core soon */
 #define CLOSED     (1ull << 31)
 #define ACTIVE     (CLOSED - 1)
 
@@ -200,7 +202,7 @@ void cpu_pool_run(struct cpu_pool *p, int64_t n_tasks, cpu_task_fn fn, void *arg
                 break;
             continue;
         }
-        if (spins < SPIN_ITERS) {
+        if (spins < CALLER_SPIN_ITERS) {
             cpu_relax();
             spins++;
         } else {
