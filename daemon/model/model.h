@@ -126,6 +126,7 @@ struct vl2_image_embed {
     struct vl2_tensor rows;      /* [n_tokens, d_model] F32 on the backend */
     int32_t           n_tokens;  /* = vl2_model_image_tokens(tiles_w, tiles_h) */
     int32_t           n_tiles;   /* 1 + tiles_w * tiles_h */
+    int32_t           n_distinct; /* distinct tiles the vision tower ran on */
     int32_t           tiles_w, tiles_h;
 };
 
@@ -144,7 +145,8 @@ void vl2_image_trace_done(struct vl2_image_trace *t);
  * (@tiles: n_tiles * 3 * S * S bytes, uint8 CHW RGB, global view first then
  * the local tiles row-major, as vl2_image_tile() writes them), normalise
  * with the processor's mean/std, and lay the result out as the image's token
- * sequence (spec 6.1).  n_tiles must be 1 + tiles_w * tiles_h.
+ * sequence (spec 6.1).  n_tiles must be 1 + tiles_w * tiles_h.  Identical
+ * tiles (a 1x1 tiling repeats the global view) run through the tower once.
  * On success *ret is a new embedding (free with vl2_image_embed_free).
  * @trace may be NULL. */
 int  vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_tiles,

@@ -116,10 +116,12 @@ static int tower(struct vl2_model *m, int32_t nt, struct vl2_tensor *out, float 
 }
 
 /* Token layout of spec 6.1: the rows of the output that come from the
- * projector (dst_img <- src_img, tile-major projector rows) and those that
- * are newline (special row 0) or separator (special row 1). */
-static void layout(int32_t hs, int32_t tw, int32_t th, int32_t *dst_img, int32_t *src_img,
-                   int32_t *ret_n_img, int32_t *dst_sp, int32_t *src_sp, int32_t *ret_n_sp)
+ * projector (dst_img <- src_img; tile t's projector rows start at
+ * slot[t] * Q) and those that are newline (special row 0) or separator
+ * (special row 1). */
+static void layout(int32_t hs, int32_t tw, int32_t th, const int32_t *slot, int32_t *dst_img,
+                   int32_t *src_img, int32_t *ret_n_img, int32_t *dst_sp, int32_t *src_sp,
+                   int32_t *ret_n_sp)
 {
     const int32_t Q = hs * hs;
     int32_t k = 0, n_img = 0, n_sp = 0, r, c;
@@ -127,7 +129,7 @@ static void layout(int32_t hs, int32_t tw, int32_t th, int32_t *dst_img, int32_t
     for (r = 0; r < hs; r++) {
         for (c = 0; c < hs; c++) {
             dst_img[n_img] = k++;
-            src_img[n_img++] = r * hs + c;
+            src_img[n_img++] = slot[0] * Q + r * hs + c;
         }
         dst_sp[n_sp] = k++;
         src_sp[n_sp++] = 0;
@@ -139,7 +141,7 @@ static void layout(int32_t hs, int32_t tw, int32_t th, int32_t *dst_img, int32_t
         for (c = 0; c < tw * hs; c++) {
             int32_t tx = c / hs, cc = c % hs;
             dst_img[n_img] = k++;
-            src_img[n_img++] = (1 + ty * tw + tx) * Q + rr * hs + cc;
+            src_img[n_img++] = slot[1 + ty * tw + tx] * Q + rr * hs + cc;
         }
         dst_sp[n_sp] = k++;
         src_sp[n_sp++] = 0;
@@ -156,10 +158,12 @@ int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_
     const struct vl2_vision_config *v = &m->cfg.vision;
     const int32_t hs = proj_side(m), Q = hs * hs, P = v->grid * v->grid;
     const int64_t S = v->image_size, plane = S * S, D = m->cfg.proj.d_model;
+    const size_t tile_bytes = 3 * (size_t)plane, Dv = (size_t)v->d_model;
     const float *mean = m->pcfg.image_mean, *std = m->pcfg.image_std;
     struct vl2_image_embed *e = NULL;
     struct vl2_tensor proj = { 0 };
-    int32_t *idx = NULL, n_img = 0, n_sp = 0, t0, n_tok;
+    int32_t *idx = NULL, *slot = NULL, *uniq = NULL, n_img = 0, n_sp = 0, n_uniq = 0;
+    int32_t t, u0, n_tok;
     float *feat = NULL, *pout = NULL;
     int r;
 
@@ -181,7 +185,7 @@ int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_
         memset(trace, 0, sizeof(*trace));
         trace->n_patches = P;
         trace->n_proj = Q;
-        feat = malloc((size_t)n_tiles * (size_t)P * (size_t)v->d_model * sizeof(*feat));
+        feat = malloc((size_t)n_tiles * (size_t)P * Dv * sizeof(*feat));
         pout = malloc((size_t)n_tiles * (size_t)Q * (size_t)D * sizeof(*pout));
         if (!feat || !pout) {
             r = vl2_err_set(err, VL2_ENOMEM, "model: out of memory for the image trace");
@@ -190,12 +194,26 @@ int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_
     }
     e = calloc(1, sizeof(*e));
     idx = malloc(4 * (size_t)n_tok * sizeof(*idx));
-    if (!e || !idx) {
+    slot = malloc(2 * (size_t)n_tiles * sizeof(*slot));
+    if (!e || !idx || !slot) {
         r = vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
         goto out_free;
     }
+    /* Identical tiles give identical rows: run the tower once for each
+     * distinct tile.  (A 1x1 tiling always repeats the global view, spec 3.4.) */
+    uniq = slot + n_tiles;
+    for (t = 0; t < n_tiles; t++) {
+        int32_t k;
+        for (k = 0; k < n_uniq; k++)
+            if (!memcmp(tiles + (size_t)t * tile_bytes, tiles + (size_t)uniq[k] * tile_bytes,
+                        tile_bytes))
+                break;
+        if (k == n_uniq)
+            uniq[n_uniq++] = t;
+        slot[t] = k;
+    }
     {
-        int64_t ne[2] = { (int64_t)n_tiles * Q, D };
+        int64_t ne[2] = { (int64_t)n_uniq * Q, D };
         r = ops->alloc(m->ctx, &proj, VL2_DTYPE_F32, 2, ne, err);
         if (r < 0)
             goto out_free;
@@ -205,34 +223,44 @@ int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_
             goto out_free;
     }
 
-    for (t0 = 0; t0 < n_tiles; t0 += m->vs_rows) {
-        int32_t nt = n_tiles - t0 < m->vs_rows ? n_tiles - t0 : m->vs_rows, t, c;
-        struct vl2_tensor dst = vl2_tensor_rows(&proj, (int64_t)t0 * Q, (int64_t)nt * Q);
-        for (t = 0; t < nt; t++)
+    for (u0 = 0; u0 < n_uniq; u0 += m->vs_rows) {
+        int32_t nt = n_uniq - u0 < m->vs_rows ? n_uniq - u0 : m->vs_rows, k, c;
+        struct vl2_tensor dst = vl2_tensor_rows(&proj, (int64_t)u0 * Q, (int64_t)nt * Q);
+        for (k = 0; k < nt; k++)
             for (c = 0; c < 3; c++) {
-                const uint8_t *in = tiles + ((size_t)(t0 + t) * 3 + (size_t)c) * (size_t)plane;
-                float *o = m->vs.host + ((size_t)t * 3 + (size_t)c) * (size_t)plane;
+                const uint8_t *in = tiles + (size_t)uniq[u0 + k] * tile_bytes +
+                                    (size_t)c * (size_t)plane;
+                float *o = m->vs.host + ((size_t)k * 3 + (size_t)c) * (size_t)plane;
                 int64_t i;
                 for (i = 0; i < plane; i++)
                     o[i] = ((float)in[i] / 255.0f - mean[c]) / std[c];
             }
-        r = ops->write(m->ctx, &m->vs.img, 0, m->vs.host,
-                       (size_t)nt * 3 * (size_t)plane * sizeof(float), err);
+        r = ops->write(m->ctx, &m->vs.img, 0, m->vs.host, (size_t)nt * tile_bytes * sizeof(float),
+                       err);
         if (r < 0)
             goto out_free;
-        r = tower(m, nt, &dst, feat ? feat + (size_t)t0 * P * (size_t)v->d_model : NULL, err);
+        /* features of distinct tile u go to the slot of the tile itself */
+        r = tower(m, nt, &dst, feat ? feat + (size_t)u0 * P * Dv : NULL, err);
         if (r < 0)
             goto out_free;
     }
-    if (pout) {
-        r = ops->read(m->ctx, &proj, 0, pout, (size_t)n_tiles * Q * (size_t)D * sizeof(float),
+    if (trace) {
+        /* expand distinct tiles (slot order) to every tile, last first so
+         * that no slot is overwritten before it is read (slot[t] <= t) */
+        r = ops->read(m->ctx, &proj, 0, pout, (size_t)n_uniq * Q * (size_t)D * sizeof(float),
                       err);
         if (r < 0)
             goto out_free;
+        for (t = n_tiles - 1; t >= 0; t--) {
+            memmove(feat + (size_t)t * P * Dv, feat + (size_t)slot[t] * P * Dv,
+                    (size_t)P * Dv * sizeof(float));
+            memmove(pout + (size_t)t * Q * (size_t)D, pout + (size_t)slot[t] * Q * (size_t)D,
+                    (size_t)Q * (size_t)D * sizeof(float));
+        }
     }
 
-    layout(hs, tiles_w, tiles_h, idx, idx + n_tok, &n_img, idx + 2 * n_tok, idx + 3 * n_tok,
-           &n_sp);
+    layout(hs, tiles_w, tiles_h, slot, idx, idx + n_tok, &n_img, idx + 2 * n_tok,
+           idx + 3 * n_tok, &n_sp);
     if (n_img + n_sp != n_tok) {
         r = vl2_err_set(err, VL2_EINTERNAL, "model: image layout has %d rows, expected %d",
                         n_img + n_sp, n_tok);
@@ -250,8 +278,10 @@ int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_
         goto out_free;
     ops->free_tensor(m->ctx, &proj);
     free(idx);
+    free(slot);
     e->n_tokens = n_tok;
     e->n_tiles = n_tiles;
+    e->n_distinct = n_uniq;
     e->tiles_w = tiles_w;
     e->tiles_h = tiles_h;
     if (trace) {
@@ -266,6 +296,7 @@ out_free:
         ops->free_tensor(m->ctx, &proj);
     vl2_image_embed_free(m, e);
     free(idx);
+    free(slot);
     free(feat);
     free(pout);
     return r;

@@ -87,6 +87,9 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
             TU_CHECK(r == 0, "%s: encode image %d: %s", cs, i, err.msg);
             if (r < 0)
                 goto out;
+            /* a 1x1 tiling repeats the global view: the tower runs once */
+            TU_CHECK(img[i]->n_distinct == (tw * th == 1 ? 1 : nt), "%s: %d distinct tiles of %d",
+                     cs, (int)img[i]->n_distinct, (int)nt);
             nf = (size_t)nt * (size_t)tr.n_patches * (size_t)cfg->vision.d_model;
             np = (size_t)nt * (size_t)tr.n_proj * D;
             /* compare this image's slice of the golden arrays */
