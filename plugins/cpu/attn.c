@@ -276,9 +276,14 @@ static int make_tasks(struct vl2_backend_ctx *ctx, int32_t rb, int32_t n_head,
     hc = n_head;
     while (hc > 1 && n_exp + n_rb * ((n_head + hc - 1) / hc) < 2 * ctx->n_threads)
         hc = (hc + 1) / 2;
-    t = calloc((size_t)(n_exp + n_rb * ((n_head + hc - 1) / hc)), sizeof(*t));
-    if (!t)
-        return vl2_err_set(err, VL2_ENOMEM, "cpu: attention: out of memory");
+    {
+        size_t need = (size_t)(n_exp + n_rb * ((n_head + hc - 1) / hc)) * sizeof(*t);
+        int r = cpu_buf_reserve(ctx, &ctx->tasks, need, err);
+        if (r < 0)
+            return r;
+        t = ctx->tasks.p;
+        memset(t, 0, need);
+    }
     for (int32_t s = 0; s < ctx->n_seqs; s++) {
         if (expanded && expanded[s]) {
             for (int32_t h = 0; h < n_head; h++) {
@@ -417,7 +422,6 @@ int cpu_attn_mha(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
     j.n_kv_head = n_kv_head;
     j.head_dim = head_dim;
     cpu_pool_run(ctx->pool, n_tasks, mha_task, &j);
-    free(j.tasks);
     return 0;
 }
 
@@ -636,10 +640,8 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
         if (na > need)
             need = na;
     }
-    if ((r = cpu_scratch_reserve(ctx, need, err)) < 0) {
-        free(j.tasks);
+    if ((r = cpu_scratch_reserve(ctx, need, err)) < 0)
         return r;
-    }
     j.ctx = ctx;
     j.layer = layer;
     j.q = q->data;
@@ -654,6 +656,5 @@ int cpu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *
     j.lora = (int32_t)lora;
     j.kvb = kv_b;
     cpu_pool_run(ctx->pool, n_tasks, mla_task, &j);
-    free(j.tasks);
     return 0;
 }

@@ -142,6 +142,7 @@ struct vl2_backend_ctx {
     int32_t                    mla_exp_cap;
     struct cpu_scratch         vec[4];     /* parameter vectors converted to F32 */
     struct cpu_scratch         big;        /* moe: routing and expert activations */
+    struct cpu_scratch         tasks;      /* attention: task list */
     char                       desc[256];
 };
 

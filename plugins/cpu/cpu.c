@@ -274,6 +274,7 @@ static void cpu_close(struct vl2_backend_ctx *ctx)
     for (i = 0; i < 4; i++)
         free(ctx->vec[i].p);
     free(ctx->big.p);
+    free(ctx->tasks.p);
     free(ctx->seqs);
     free(ctx->row_pos);
     free(ctx->mla_exp);
