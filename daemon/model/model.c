@@ -15,7 +15,7 @@ struct vl2_model_params vl2_model_default_params(void)
         .n_threads = 0,
         .device = 0,
         .image_token_id = -1,
-        .max_rows = 256,
+        .max_rows = 512,
         .max_logit_rows = 64,
         .vision_batch = 2,
         .n_ctx = 0,

@@ -83,7 +83,7 @@ struct vl2_model_params {
     int         skip_validate;  /* 1: do not run vl2_model_validate (tests of errors) */
 };
 
-/* Defaults: backend "cpu", all cores, image token -1, max_rows 256,
+/* Defaults: backend "cpu", all cores, image token -1, max_rows 512,
  * max_logit_rows 64, vision_batch 2, n_ctx from config, F32 cache, budget
  * for one full-context sequence. */
 struct vl2_model_params vl2_model_default_params(void);
