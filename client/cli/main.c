@@ -17,6 +17,11 @@ struct subcommand {
 static const struct subcommand subcommands[] = {
     { "status", vl2_cmd_status, "show the daemon, its models, queue and speeds" },
     { "models", vl2_cmd_models, "list the models the daemon serves" },
+    { "ask",    vl2_cmd_ask,    "ask about images: vl2 ask [-i IMAGE]... PROMPT" },
+    { "chat",   vl2_cmd_chat,   "a multi-turn conversation (/image PATH, /reset, /quit)" },
+    { "ground", vl2_cmd_ground, "find a phrase: vl2 ground -i IMAGE PHRASE [-o OUT.png]" },
+    { "load",   vl2_cmd_load,   "load a model: vl2 load NAME DIR" },
+    { "unload", vl2_cmd_unload, "unload a model: vl2 unload NAME" },
 };
 
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
@@ -29,11 +34,14 @@ static void usage(FILE *f)
                "commands:\n");
     for (i = 0; i < N_SUBCOMMANDS; i++)
         fprintf(f, "  %-10s %s\n", subcommands[i].name, subcommands[i].help);
-    fprintf(f, "\noptions (before or after COMMAND):\n"
+    fprintf(f, "\n'vl2 COMMAND --help' describes each command.\n"
+               "\noptions (before or after COMMAND):\n"
                "  --socket PATH      the daemon's socket (default: $VL2_SOCKET, then\n"
                "                     $XDG_RUNTIME_DIR/vl2d.sock or /run/vl2d/vl2d.sock)\n"
-               "  --json             print JSON for scripts\n"
-               "  --timeout SECONDS  longest wait for each answer (default 30)\n"
+               "  --json             print JSON for scripts (streaming commands: one\n"
+               "                     object per line and per event)\n"
+               "  --timeout SECONDS  longest wait for each answer (default 30; ask, chat,\n"
+               "                     ground, load and unload wait as long as it takes)\n"
                "  --help, --version\n");
 }
 
@@ -78,6 +86,7 @@ static int take_global(struct vl2_cli *cli, int argc, char **argv, int *i)
                 return -1;
             }
             cli->timeout_ms = (int) (s * 1000.0);
+            cli->timeout_set = true;
         }
         return 1;
     }
@@ -86,7 +95,8 @@ static int take_global(struct vl2_cli *cli, int argc, char **argv, int *i)
 
 int main(int argc, char **argv)
 {
-    struct vl2_cli cli = { .socket_path = NULL, .json = false, .timeout_ms = 30000 };
+    struct vl2_cli cli = { .socket_path = NULL, .json = false, .timeout_ms = 30000,
+                           .timeout_set = false };
     const struct subcommand *cmd = NULL;
     char **rest;
     int i, n_rest = 0, r;
@@ -101,6 +111,8 @@ int main(int argc, char **argv)
         const char *a = argv[i];
 
         if (!strcmp(a, "--")) {
+            if (cmd)
+                rest[n_rest++] = argv[i];   /* the subcommand's own end of options */
             for (i++; i < argc; i++)
                 rest[n_rest++] = argv[i];
             break;
