@@ -86,7 +86,12 @@ static void test_pillow_parity(void)
         r = vl2_image_decode(&img, data, size, NULL, &err);
         CHECK(r == 0, "%s: %s", pillow_files[i], err.msg);
         if (r == 0) {
+            int32_t w = 0, h = 0;
+
             compare(pillow_files[i], ".rgb.npy", &img);
+            CHECK(vl2_image_probe(data, size, &w, &h, &err) == 0 && w == img.width &&
+                      h == img.height,
+                  "%s: probe %dx%d", pillow_files[i], w, h);
             vl2_image_done(&img);
         }
         free(data);
