@@ -1,8 +1,10 @@
-/* cmd_serve.c - `vl2d serve` (also plain `vl2d`): parse options, run the
- * server until SIGTERM/SIGINT.
+/* cmd_serve.c - `vl2d serve` (also plain `vl2d`): read the configuration
+ * file, apply the options, start loading the models, run the server until
+ * SIGTERM/SIGINT.
  *
  * Options live in one table (name, argument, help); add a row and a case in
- * apply_option() to add one. */
+ * apply_option() to add one.  The file comes first (conf.h), then the
+ * options in their order. */
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
@@ -11,11 +13,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cmd.h"
+#include "conf.h"
+#include "engine.h"
 #include "ipc.h"
 #include "log.h"
 #include "server.h"
+#include "vl2-config.h"
 
 enum {
     OPT_SOCKET = 1000,
@@ -28,6 +34,17 @@ enum {
     OPT_NO_ACTIVATION,
     OPT_NO_NOTIFY,
     OPT_LOG_LEVEL,
+    OPT_CONFIG,
+    OPT_NO_CONFIG,
+    OPT_MODEL,
+    OPT_BACKEND,
+    OPT_PLUGIN_DIR,
+    OPT_DEVICE,
+    OPT_THREADS,
+    OPT_MAX_SEQUENCES,
+    OPT_KV_BUDGET,
+    OPT_CONTEXT,
+    OPT_IDLE_UNLOAD,
     OPT_VERBOSE = 'v',
     OPT_HELP = 'h',
 };
@@ -40,6 +57,22 @@ struct serve_option {
 };
 
 static const struct serve_option serve_options[] = {
+    { "config", "FILE", OPT_CONFIG, "read FILE instead of the default configuration ("
+      VL2_SYSCONF_DIR "/vl2d.conf with --system, else $XDG_CONFIG_HOME/vl2d/vl2d.conf)" },
+    { "no-config", NULL, OPT_NO_CONFIG, "read no configuration file" },
+    { "model", "[NAME=]DIR", OPT_MODEL, "serve the model in DIR, named NAME (default: "
+      "the base name of DIR); repeatable, added to the file's models" },
+    { "backend", "NAME", OPT_BACKEND, "cpu (default) or cuda" },
+    { "plugin-dir", "DIR", OPT_PLUGIN_DIR, "where the backend plugins are" },
+    { "device", "N", OPT_DEVICE, "backend device index (default 0)" },
+    { "threads", "N", OPT_THREADS, "backend threads (default 0: all cores)" },
+    { "max-sequences", "N", OPT_MAX_SEQUENCES, "requests generating at once per model "
+      "(default 8); the others wait in a fair queue" },
+    { "kv-budget", "SIZE", OPT_KV_BUDGET, "memory for the KV caches of a model (K/M/G; "
+      "default: max-sequences full contexts, at most a quarter of the RAM)" },
+    { "context", "N", OPT_CONTEXT, "context length in tokens (default: the model's)" },
+    { "idle-unload", "TIME", OPT_IDLE_UNLOAD, "release a model's memory after TIME unused "
+      "(30s, 10m, 1h; default 0: never); the next request loads it again" },
     { "socket", "PATH", OPT_SOCKET,
       "listen on PATH (default: $XDG_RUNTIME_DIR/vl2d.sock; /run/vl2d/vl2d.sock with "
       "--system, or as root without XDG_RUNTIME_DIR)" },
@@ -176,22 +209,59 @@ static int resolve_group(const char *s, gid_t *ret)
     return 0;
 }
 
-/* Returns 0, 1 for --help, or -1 after printing a usage error. */
-static int apply_option(struct vl2_server_opts *o, int id, const char *arg)
+/* Set [daemon] key @key from option @opt.  Returns 0 or -1 (printed). */
+static int conf_option(struct vl2_conf *c, const char *opt, const char *key, const char *arg)
 {
-    unsigned long long size;
+    struct vl2_err err = { 0 };
+
+    if (vl2_conf_set(c, key, arg, &err) < 0) {
+        fprintf(stderr, "vl2d: --%s: %s\n", opt, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Returns 0, 1 for --help, or -1 after printing a usage error. */
+static int apply_option(struct vl2_conf *c, int id, const char *arg)
+{
+    struct vl2_server_opts *o = &c->server;
+    struct vl2_err err = { 0 };
     unsigned long v;
     enum vl2_log_level level;
     char *end;
 
     switch (id) {
+    case OPT_CONFIG:
+    case OPT_NO_CONFIG:
+        return 0;  /* read before the others */
+    case OPT_MODEL:
+        if (vl2_conf_add_model_arg(c, arg, &err) < 0) {
+            fprintf(stderr, "vl2d: --model '%s': %s\n", arg, err.msg);
+            return -1;
+        }
+        return 0;
+    case OPT_BACKEND:
+        return conf_option(c, "backend", "backend", arg);
+    case OPT_PLUGIN_DIR:
+        return conf_option(c, "plugin-dir", "plugin_dir", arg);
+    case OPT_DEVICE:
+        return conf_option(c, "device", "device", arg);
+    case OPT_THREADS:
+        return conf_option(c, "threads", "threads", arg);
+    case OPT_MAX_SEQUENCES:
+        return conf_option(c, "max-sequences", "max_sequences", arg);
+    case OPT_KV_BUDGET:
+        return conf_option(c, "kv-budget", "kv_budget", arg);
+    case OPT_CONTEXT:
+        return conf_option(c, "context", "context", arg);
+    case OPT_IDLE_UNLOAD:
+        return conf_option(c, "idle-unload", "idle_unload", arg);
     case OPT_SOCKET:
         if (!arg[0]) {
             fprintf(stderr, "vl2d: --socket needs a path\n");
             return -1;
         }
-        o->socket_path = arg;
-        return 0;
+        return conf_option(c, "socket", "socket", arg);
     case OPT_SYSTEM:
         o->system = true;
         return 0;
@@ -229,13 +299,16 @@ static int apply_option(struct vl2_server_opts *o, int id, const char *arg)
         }
         o->n_allow_gids++;
         return 0;
-    case OPT_MAX_FRAME:
+    case OPT_MAX_FRAME: {
+        unsigned long long size;
+
         if (parse_size(arg, &size) < 0 || size == 0 || size > VL2_IPC_MAX_FRAME_LIMIT) {
             fprintf(stderr, "vl2d: --max-frame '%s': expected a size from 1 to 1G\n", arg);
             return -1;
         }
         o->max_frame = (uint32_t) size;
         return 0;
+    }
     case OPT_MAX_CONNECTIONS:
         if (parse_id(arg, &v) < 0 || v == 0 || v > 65536) {
             fprintf(stderr, "vl2d: --max-connections '%s': expected 1 to 65536\n", arg);
@@ -267,15 +340,83 @@ static int apply_option(struct vl2_server_opts *o, int id, const char *arg)
     return -1;
 }
 
+/* ---- engines --------------------------------------------------------- */
+
+/* The factory the server makes engines with: the daemon's engine
+ * parameters, the backend of the model or of the request. */
+static int create_engine(void *ud, const struct vl2_engine_spec *spec,
+                         const struct vl2_engine_ops **ret_ops, void **ret_engine,
+                         struct vl2_err *err)
+{
+    const struct vl2_conf *c = ud;
+    struct vl2_engine *e;
+    int r;
+
+    r = vl2_engine_new(&c->engine, spec, &e, err);
+    if (r < 0)
+        return r;
+    *ret_ops = vl2_engine_ops();
+    *ret_engine = e;
+    return 0;
+}
+
+/* ---- the command ----------------------------------------------------- */
+
+struct parsed_opt {
+    int id;
+    const char *arg;
+};
+
+/* Read the configuration file: --config FILE, or the mode's default when it
+ * exists.  Returns 0 or -1 (printed). */
+static int read_config(struct vl2_conf *c, const struct parsed_opt *opts, size_t n)
+{
+    struct vl2_err err = { 0 };
+    const char *path = NULL, *xdg = getenv("XDG_RUNTIME_DIR");
+    char def[4096];
+    bool system = false, none = false;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (opts[i].id == OPT_CONFIG)
+            path = opts[i].arg;
+        else if (opts[i].id == OPT_NO_CONFIG)
+            none = true;
+        else if (opts[i].id == OPT_SYSTEM)
+            system = true;
+    }
+    if (none)
+        return 0;
+    if (path) {
+        if (vl2_conf_load(c, path, true, &err) < 0) {
+            fprintf(stderr, "vl2d: %s\n", err.msg);
+            return -1;
+        }
+        return 0;
+    }
+    /* the same rule as the socket's: system mode for root without a session */
+    if (!system && geteuid() == 0 && (!xdg || !xdg[0]))
+        system = true;
+    if (vl2_conf_default_path(system, def, sizeof(def), &err) < 0)
+        return 0;  /* no home: no user file */
+    if (vl2_conf_load(c, def, false, &err) < 0) {
+        fprintf(stderr, "vl2d: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 int vl2d_cmd_serve(int argc, char **argv)
 {
     struct option longopts[N_OPTIONS + 1];
-    struct vl2_server_opts o = vl2_server_default_opts();
+    struct vl2_engine_factory factory = { .create = create_engine };
     struct vl2_server *srv = NULL;
     struct vl2_err err = { 0 };
+    struct parsed_opt *opts;
+    struct vl2_conf conf;
     char shortopts[2 * N_OPTIONS + 2];
-    size_t i, ns = 0;
-    int c, r;
+    size_t i, ns = 0, n_opts = 0;
+    int c, r, rc = 2;
 
     shortopts[ns++] = ':';
     for (i = 0; i < N_OPTIONS; i++) {
@@ -292,6 +433,12 @@ int vl2d_cmd_serve(int argc, char **argv)
     shortopts[ns] = '\0';
     memset(&longopts[N_OPTIONS], 0, sizeof(longopts[N_OPTIONS]));
 
+    opts = calloc((size_t) argc + 1, sizeof(*opts));
+    if (!opts) {
+        fprintf(stderr, "vl2d: out of memory\n");
+        return 1;
+    }
+    vl2_conf_init(&conf);
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
@@ -303,28 +450,61 @@ int vl2d_cmd_serve(int argc, char **argv)
             else
                 fprintf(stderr, "vl2d: unknown option '%s'\n", bad);
             fprintf(stderr, "try 'vl2d serve --help'\n");
-            return 2;
+            goto out_free;
         }
-        r = apply_option(&o, c, optarg);
-        if (r > 0)
-            return 0;
-        if (r < 0)
-            return 2;
+        if (c == OPT_HELP) {
+            usage(stdout);
+            rc = 0;
+            goto out_free;
+        }
+        opts[n_opts].id = c;
+        opts[n_opts].arg = optarg;
+        n_opts++;
     }
     if (optind < argc) {
         fprintf(stderr, "vl2d: unexpected argument '%s'\ntry 'vl2d serve --help'\n",
                 argv[optind]);
-        return 2;
+        goto out_free;
+    }
+    if (read_config(&conf, opts, n_opts) < 0)
+        goto out_free;
+    if (conf.has_log_level)
+        vl2_log_set_level(conf.log_level);
+    for (i = 0; i < n_opts; i++) {
+        r = apply_option(&conf, opts[i].id, opts[i].arg);
+        if (r < 0)
+            goto out_free;
+    }
+    if (vl2_engine_check_params(&conf.engine, &err) < 0) {
+        fprintf(stderr, "vl2d: %s\n", err.msg);
+        goto out_free;
     }
 
-    r = vl2_server_new(&o, &srv, &err);
+    rc = 1;
+    factory.ud = &conf;
+    conf.server.factory = &factory;
+    r = vl2_server_new(&conf.server, &srv, &err);
     if (r < 0) {
         vl2_log(VL2_LOG_ERR, "%s", err.msg);
-        return 1;
+        goto out_free;
     }
+    for (i = 0; i < conf.n_models; i++) {
+        const struct vl2_conf_model *m = &conf.models[i];
+
+        r = vl2_server_load_model(srv, m->name, m->dir, m->backend, &err);
+        if (r < 0)
+            vl2_log(VL2_LOG_ERR, "model '%s': %s", m->name, err.msg);
+    }
+    if (conf.n_models == 0)
+        vl2_log(VL2_LOG_INFO, "no model configured: load one with 'vl2 load DIR' or start "
+                "vl2d with --model DIR");
     r = vl2_server_run(srv, &err);
     if (r < 0)
         vl2_log(VL2_LOG_ERR, "%s", err.msg);
     vl2_server_free(srv);
-    return r < 0 ? 1 : 0;
+    rc = r < 0 ? 1 : 0;
+out_free:
+    vl2_conf_done(&conf);
+    free(opts);
+    return rc;
 }

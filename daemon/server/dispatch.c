@@ -77,6 +77,43 @@ static size_t count_models(const struct vl2_server *srv)
     return n;
 }
 
+static Vl2__ModelState model_state(const struct vl2_srv_model *m,
+                                   const struct vl2_engine_stats *st)
+{
+    if (m->unloading)
+        return VL2__MODEL_STATE__MODEL_STATE_UNLOADING;
+    switch (st->state) {
+    case VL2_MODEL_STATE_LOADING:   return VL2__MODEL_STATE__MODEL_STATE_LOADING;
+    case VL2_MODEL_STATE_FAILED:    return VL2__MODEL_STATE__MODEL_STATE_FAILED;
+    case VL2_MODEL_STATE_UNLOADING: return VL2__MODEL_STATE__MODEL_STATE_UNLOADING;
+    default:                        return VL2__MODEL_STATE__MODEL_STATE_READY;
+    }
+}
+
+/* Fill @mi for @m; @stats receives the engine's figures (strings in @mi
+ * point into @m and @stats). */
+static void model_info(struct vl2_srv_model *m, Vl2__ModelInfo *mi,
+                       struct vl2_engine_stats *stats)
+{
+    vl2__model_info__init(mi);
+    memset(stats, 0, sizeof(*stats));
+    if (m->ops->stats)
+        m->ops->stats(m->engine, stats);
+    mi->name = m->name;
+    mi->dir = m->dir;
+    mi->has_state = 1;
+    mi->state = model_state(m, stats);
+    if (stats->error)
+        mi->error = (char *) stats->error;
+    mi->has_memory_bytes = 1;
+    mi->memory_bytes = stats->memory_bytes;
+    mi->backend = (char *) (stats->backend ? stats->backend : "");
+    mi->has_active_sequences = 1;
+    mi->active_sequences = stats->active_sequences;
+    mi->has_queue_length = 1;
+    mi->queue_length = stats->queue_length;
+}
+
 /* Fill @infos (and @ptrs pointing at them) for every model. */
 static void model_infos(struct vl2_server *srv, Vl2__ModelInfo *infos, Vl2__ModelInfo **ptrs,
                         struct vl2_engine_stats *stats)
@@ -85,24 +122,8 @@ static void model_infos(struct vl2_server *srv, Vl2__ModelInfo *infos, Vl2__Mode
     size_t i = 0;
 
     for (m = srv->models; m; m = m->next, i++) {
-        Vl2__ModelInfo *mi = &infos[i];
-
-        vl2__model_info__init(mi);
-        memset(&stats[i], 0, sizeof(stats[i]));
-        if (m->ops->stats)
-            m->ops->stats(m->engine, &stats[i]);
-        mi->name = m->name;
-        mi->dir = m->dir;
-        mi->has_state = 1;
-        mi->state = VL2__MODEL_STATE__MODEL_STATE_READY;
-        mi->has_memory_bytes = 1;
-        mi->memory_bytes = stats[i].memory_bytes;
-        mi->backend = (char *) (stats[i].backend ? stats[i].backend : "");
-        mi->has_active_sequences = 1;
-        mi->active_sequences = stats[i].active_sequences;
-        mi->has_queue_length = 1;
-        mi->queue_length = stats[i].queue_length;
-        ptrs[i] = mi;
+        model_info(m, &infos[i], &stats[i]);
+        ptrs[i] = &infos[i];
     }
 }
 
@@ -212,9 +233,9 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame,
         struct vl2_job_message *m = &job->messages[i];
 
         switch (pm->has_role ? pm->role : VL2__ROLE__ROLE_UNSPECIFIED) {
-        case VL2__ROLE__ROLE_SYSTEM:    m->role = VL2_ROLE_SYSTEM; break;
-        case VL2__ROLE__ROLE_USER:      m->role = VL2_ROLE_USER; break;
-        case VL2__ROLE__ROLE_ASSISTANT: m->role = VL2_ROLE_ASSISTANT; break;
+        case VL2__ROLE__ROLE_SYSTEM:    m->role = VL2_JOB_ROLE_SYSTEM; break;
+        case VL2__ROLE__ROLE_USER:      m->role = VL2_JOB_ROLE_USER; break;
+        case VL2__ROLE__ROLE_ASSISTANT: m->role = VL2_JOB_ROLE_ASSISTANT; break;
         default:
             r = vl2_err_set(err, VL2_EINVAL, "server: generate: message %zu has no valid role",
                             i);
@@ -236,6 +257,7 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame,
             struct vl2_job_image *im = &m->images[j];
 
             im->apply_exif = pi->apply_exif;
+            im->has_apply_exif = pi->has_apply_exif;
             if (pi->source_case == VL2__IMAGE__SOURCE_DATA) {
                 if (pi->data.len == 0) {
                     r = vl2_err_set(err, VL2_EINVAL,
@@ -314,16 +336,49 @@ out_free:
     return r;
 }
 
+/* The model a request names; "" or NULL: the first that is neither failed
+ * nor being unloaded. */
 static struct vl2_srv_model *find_model(struct vl2_server *srv, const char *name)
 {
     struct vl2_srv_model *m;
 
-    if (!name || !name[0])
-        return srv->models;
-    for (m = srv->models; m; m = m->next)
-        if (!strcmp(m->name, name))
+    for (m = srv->models; m; m = m->next) {
+        if (m->unloading)
+            continue;
+        if (name && name[0] ? !strcmp(m->name, name) : !m->failed)
             return m;
+    }
     return NULL;
+}
+
+static bool id_in_use(struct vl2_conn *c, uint64_t id)
+{
+    struct vl2_inflight *inf;
+
+    for (inf = c->inflight; inf; inf = inf->next)
+        if (inf->request_id == id)
+            return true;
+    return false;
+}
+
+/* Refuse a request whose id is taken or that would pass the per-connection
+ * limit.  Returns true when refused (the Error is sent). */
+static bool refuse_inflight(struct vl2_conn *c, uint64_t id)
+{
+    struct vl2_err err = { 0 };
+
+    if (id_in_use(c, id)) {
+        vl2_err_set(&err, VL2_EINVAL,
+                    "server: request id %llu is already in use on this connection",
+                    (unsigned long long) id);
+    } else if (c->n_inflight >= c->srv->opts.max_inflight_per_conn) {
+        vl2_err_set(&err, VL2_ELIMIT, "server: %u requests in flight on this connection, "
+                    "the limit", c->n_inflight);
+    } else {
+        return false;
+    }
+    vl2__conn_send_error(c, id, err.code, err.msg, false);
+    return true;
 }
 
 static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
@@ -336,31 +391,19 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
     struct vl2_job *job = NULL;
     int r;
 
-    if (!srv->models) {
-        unimplemented(c, id, "generate (no model runtime yet, no model loaded)");
-        return;
-    }
     model = find_model(srv, g->model);
     if (!model) {
-        vl2_err_set(&err, VL2_ENOTFOUND, "server: generate: model '%s' is not loaded",
-                    g->model);
+        if (g->model && g->model[0])
+            vl2_err_set(&err, VL2_ENOTFOUND, "server: generate: model '%s' is not loaded",
+                        g->model);
+        else
+            vl2_err_set(&err, VL2_ENOTFOUND, "server: generate: no model is loaded (start "
+                        "vl2d with --model DIR, or load one with 'vl2 load')");
         vl2__conn_send_error(c, id, err.code, err.msg, false);
         return;
     }
-    for (inf = c->inflight; inf; inf = inf->next)
-        if (inf->request_id == id) {
-            vl2_err_set(&err, VL2_EINVAL,
-                        "server: request id %llu is already in use on this connection",
-                        (unsigned long long) id);
-            vl2__conn_send_error(c, id, err.code, err.msg, false);
-            return;
-        }
-    if (c->n_inflight >= srv->opts.max_inflight_per_conn) {
-        vl2_err_set(&err, VL2_ELIMIT, "server: %u requests in flight on this connection, "
-                    "the limit", c->n_inflight);
-        vl2__conn_send_error(c, id, err.code, err.msg, false);
+    if (refuse_inflight(c, id))
         return;
-    }
     r = make_job(g, frame, &job, &err);
     if (r < 0) {
         vl2__conn_send_error(c, id, r, err.msg, false);
@@ -374,6 +417,7 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
     }
     inf->request_id = id;
     inf->key = job->key = srv->next_key++;
+    job->owner = c->id;
     inf->model = model;
     inf->stream = job->stream;
     r = model->ops->submit(model->engine, job, &err);
@@ -386,6 +430,106 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
     inf->next = c->inflight;
     c->inflight = inf;
     c->n_inflight++;
+}
+
+/* ---- LoadModel, UnloadModel ------------------------------------------- */
+
+static void send_model_loaded(struct vl2_conn *c, uint64_t id, struct vl2_srv_model *m)
+{
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__ModelLoaded ml = VL2__MODEL_LOADED__INIT;
+    Vl2__ModelInfo mi;
+    struct vl2_engine_stats st;
+
+    model_info(m, &mi, &st);
+    ml.model = &mi;
+    ml.has_load_s = 1;
+    ml.load_s = m->load_s;
+    resp.body_case = VL2__RESPONSE__BODY_LOADED;
+    resp.loaded = &ml;
+    reply(c, &resp, id);
+}
+
+static void on_load_model(struct vl2_conn *c, uint64_t id, const Vl2__LoadModel *lm)
+{
+    struct vl2_server *srv = c->srv;
+    struct vl2_err err = { 0 };
+    struct vl2_srv_model *m = NULL, *old;
+    struct vl2_inflight *inf;
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__Accepted a = VL2__ACCEPTED__INIT;
+    int r;
+
+    if (!lm->dir || lm->dir[0] != '/') {
+        vl2_err_set(&err, VL2_EINVAL, "server: load: the model directory '%s' is not an "
+                    "absolute path", lm->dir ? lm->dir : "");
+        vl2__conn_send_error(c, id, err.code, err.msg, false);
+        return;
+    }
+    if (refuse_inflight(c, id))
+        return;
+    /* a model that failed to load may be loaded again under its name */
+    for (old = srv->models; old; old = old->next)
+        if (lm->name && !strcmp(old->name, lm->name))
+            break;
+    if (old && old->failed && !old->unloading) {
+        /* its engine only waits: free it now so that the name is free */
+        vl2__server_unload(srv, old, "server: model replaced", true);
+    } else if (old) {
+        vl2_err_set(&err, old->unloading ? VL2_EBUSY : VL2_EINVAL,
+                    old->unloading ? "server: load: model '%s' is being unloaded, try again"
+                                   : "server: load: model '%s' is already loaded; unload it "
+                                     "first", old->name);
+        vl2__conn_send_error(c, id, err.code, err.msg, false);
+        return;
+    }
+    inf = calloc(1, sizeof(*inf));
+    if (!inf) {
+        vl2__conn_send_error(c, id, VL2_ENOMEM, "server: out of memory", false);
+        return;
+    }
+    r = vl2__server_load(srv, lm->name, lm->dir, lm->backend, lm->progress, &m, &err);
+    if (r < 0) {
+        free(inf);
+        vl2__conn_send_error(c, id, r, err.msg, false);
+        return;
+    }
+    inf->request_id = id;
+    inf->key = m->load_key;
+    inf->model = m;
+    inf->load = true;
+    inf->next = c->inflight;
+    c->inflight = inf;
+    c->n_inflight++;
+    a.has_queue_position = 1;
+    a.queue_position = 0;
+    resp.body_case = VL2__RESPONSE__BODY_ACCEPTED;
+    resp.accepted = &a;
+    reply(c, &resp, id);
+}
+
+static void on_unload_model(struct vl2_conn *c, uint64_t id, const Vl2__UnloadModel *um)
+{
+    struct vl2_server *srv = c->srv;
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__Ack ack = VL2__ACK__INIT;
+    struct vl2_srv_model *m;
+    char msg[200];
+
+    for (m = srv->models; m; m = m->next)
+        if (um->name && !strcmp(m->name, um->name) && !m->unloading)
+            break;
+    if (!m) {
+        snprintf(msg, sizeof(msg), "server: unload: model '%s' is not loaded",
+                 um->name ? um->name : "");
+        vl2__conn_send_error(c, id, VL2_ENOTFOUND, msg, false);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "server: model '%s' was unloaded", m->name);
+    vl2__server_unload(srv, m, msg, false);
+    resp.body_case = VL2__RESPONSE__BODY_ACK;
+    resp.ack = &ack;
+    reply(c, &resp, id);
 }
 
 static void on_cancel(struct vl2_conn *c, uint64_t id, const Vl2__Cancel *cn)
@@ -452,10 +596,10 @@ void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame)
         on_cancel(c, id, req->cancel);
         break;
     case VL2__REQUEST__BODY_LOAD_MODEL:
-        unimplemented(c, id, "load-model");
+        on_load_model(c, id, req->load_model);
         break;
     case VL2__REQUEST__BODY_UNLOAD_MODEL:
-        unimplemented(c, id, "unload-model");
+        on_unload_model(c, id, req->unload_model);
         break;
     case VL2__REQUEST__BODY_TOKENIZE:
         unimplemented(c, id, "tokenize");
@@ -549,15 +693,61 @@ out_free:
     free(ptrs);
 }
 
+/* An event about a model itself: its state changes, whoever asked. */
+static void model_event(struct vl2_server *srv, struct vl2_srv_model *m,
+                        const struct vl2_event *ev)
+{
+    switch (ev->kind) {
+    case VL2_EVENT_LOADED:
+        if (!m->loading)
+            return;
+        m->loading = false;
+        m->load_s = ev->load_s;
+        vl2_log(VL2_LOG_INFO, "model '%s': loaded in %.2f s", m->name, ev->load_s);
+        vl2__server_model_settled(srv);
+        break;
+    case VL2_EVENT_ERROR:
+        if (!m->loading)
+            return;
+        m->loading = false;
+        m->failed = true;
+        vl2_log(VL2_LOG_ERR, "%s", ev->message);
+        vl2__server_model_settled(srv);
+        break;
+    case VL2_EVENT_UNLOADED:
+        if (m->unloading) {
+            vl2_log(VL2_LOG_INFO, "model '%s': unloaded", m->name);
+            vl2__server_drop_model(srv, m);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
 void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
 {
     Vl2__Response resp = VL2__RESPONSE__INIT;
     struct vl2_inflight *inf;
     struct vl2_conn *c = NULL;
+    struct vl2_srv_model *m;
 
     inf = vl2__conn_find_key(srv, ev->key, &c);
+    m = vl2__server_model_by_load_key(srv, ev->key);
+    if (m && ev->kind == VL2_EVENT_UNLOADED) {
+        model_event(srv, m, ev);
+        return;
+    }
+    if (m && (ev->kind == VL2_EVENT_LOADED || ev->kind == VL2_EVENT_ERROR))
+        model_event(srv, m, ev);
     if (!inf)
         return;  /* cancelled, or its client is gone */
+    if (inf->load && ev->kind == VL2_EVENT_LOADED) {
+        vl2__inflight_unlink(c, inf);
+        send_model_loaded(c, inf->request_id, inf->model);
+        vl2__inflight_free(inf);
+        return;
+    }
     switch (ev->kind) {
     case VL2_EVENT_ACCEPTED: {
         Vl2__Accepted a = VL2__ACCEPTED__INIT;
@@ -615,6 +805,8 @@ void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
         vl2__conn_send_error(c, inf->request_id, ev->code < 0 ? ev->code : VL2_EINTERNAL,
                              ev->message[0] ? ev->message : vl2_status_name(ev->code), false);
         vl2__inflight_free(inf);
+        break;
+    default:
         break;
     }
 }

@@ -20,14 +20,21 @@ struct vl2_srv_model {
     char *dir;
     const struct vl2_engine_ops *ops;
     void *engine;
+    uint64_t load_key;            /* events about the model itself (0: attached) */
+    bool loading;                 /* neither LOADED nor a load ERROR yet */
+    bool failed;                  /* loading failed (the engine refuses jobs) */
+    bool unloading;               /* stop() called; freed on UNLOADED */
+    bool initial;                 /* loaded at start: READY=1 waits for it */
+    double load_s;
 };
 
 /* A request of a connection that an engine is serving. */
 struct vl2_inflight {
     struct vl2_inflight *next;
     uint64_t request_id;
-    uint64_t key;                 /* vl2_job.key */
+    uint64_t key;                 /* vl2_job.key, or the model's load_key */
     struct vl2_srv_model *model;
+    bool load;                    /* a LoadModel: answered by ModelLoaded */
     bool stream;
     uint8_t *text;                /* answer gathered from TOKEN events when !stream */
     size_t text_size;
@@ -89,6 +96,8 @@ struct vl2_server {
     unsigned n_conns;
     struct vl2_srv_model *models;
     bool stopping;
+    bool running;                 /* vl2_server_run() started serving */
+    bool ready_sent;              /* READY=1 went to systemd */
     /* posted from other threads */
     pthread_mutex_t lock;
     struct vl2_event *events;     /* LIFO; drained in order by the loop */
@@ -128,5 +137,20 @@ void vl2__dispatch_abort_inflight(struct vl2_conn *c, int code, const char *msg,
 
 /* server.c */
 void vl2__server_resident_memory(uint64_t *ret_bytes);
+/* Start loading model @name from @dir through the engine factory; the
+ * model is listed at once (LOADING).  Returns 0 and *@ret_model, or < 0. */
+int vl2__server_load(struct vl2_server *srv, const char *name, const char *dir,
+                     const char *backend, bool progress, struct vl2_srv_model **ret_model,
+                     struct vl2_err *err);
+/* Unload @m: its requests in flight get an Error CANCELED @why; the model
+ * goes once its engine has stopped, or at once (blocking) with @now. */
+void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const char *why,
+                        bool now);
+/* The model whose load_key is @key, or NULL. */
+struct vl2_srv_model *vl2__server_model_by_load_key(struct vl2_server *srv, uint64_t key);
+/* Take @m out of the list and free it with its engine. */
+void vl2__server_drop_model(struct vl2_server *srv, struct vl2_srv_model *m);
+/* A model settled (loaded or failed): READY=1 when nothing else loads. */
+void vl2__server_model_settled(struct vl2_server *srv);
 
 #endif /* VL2_SERVER_IMPL_H */

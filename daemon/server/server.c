@@ -29,6 +29,8 @@ struct vl2_server_opts vl2_server_default_opts(void)
         .n_allow_uids = 0,
         .n_allow_gids = 0,
         .shutdown_grace_s = 2.0,
+        .factory = NULL,
+        .max_models = 16,
     };
     return o;
 }
@@ -63,34 +65,215 @@ void vl2__server_resident_memory(uint64_t *ret_bytes)
 
 /* ---- models ---------------------------------------------------------- */
 
-int vl2_server_attach_model(struct vl2_server *srv, const char *name, const char *dir,
-                            const struct vl2_engine_ops *ops, void *engine,
-                            struct vl2_err *err)
+static size_t n_models(const struct vl2_server *srv)
 {
-    struct vl2_srv_model *m, **tail;
+    const struct vl2_srv_model *m;
+    size_t n = 0;
 
-    if (!name || !name[0])
-        return vl2_err_set(err, VL2_EINVAL, "server: a model needs a name");
-    if (!ops || !ops->submit || !ops->cancel || !ops->free)
-        return vl2_err_set(err, VL2_EINVAL, "server: model '%s': incomplete engine", name);
-    for (tail = &srv->models; *tail; tail = &(*tail)->next)
-        if (!strcmp((*tail)->name, name))
-            return vl2_err_set(err, VL2_EINVAL, "server: model '%s' is already served", name);
+    for (m = srv->models; m; m = m->next)
+        n++;
+    return n;
+}
+
+static struct vl2_srv_model *new_model(struct vl2_server *srv, const char *name,
+                                       const char *dir, struct vl2_err *err)
+{
+    struct vl2_srv_model *m, *it;
+
+    if (!name || !name[0]) {
+        vl2_err_set(err, VL2_EINVAL, "server: a model needs a name");
+        return NULL;
+    }
+    for (it = srv->models; it; it = it->next)
+        if (!strcmp(it->name, name)) {
+            vl2_err_set(err, VL2_EINVAL, "server: model '%s' is already served", name);
+            return NULL;
+        }
+    if (srv->opts.max_models && n_models(srv) >= srv->opts.max_models) {
+        vl2_err_set(err, VL2_ELIMIT, "server: %zu models are served, the limit", n_models(srv));
+        return NULL;
+    }
     m = calloc(1, sizeof(*m));
-    if (!m)
-        return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+    if (!m) {
+        vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+        return NULL;
+    }
     m->name = strdup(name);
     m->dir = strdup(dir ? dir : "");
     if (!m->name || !m->dir) {
         free(m->name);
         free(m->dir);
         free(m);
-        return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+        vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
+        return NULL;
     }
+    return m;
+}
+
+static void append_model(struct vl2_server *srv, struct vl2_srv_model *m)
+{
+    struct vl2_srv_model **tail;
+
+    for (tail = &srv->models; *tail; tail = &(*tail)->next)
+        ;
+    *tail = m;
+}
+
+int vl2_server_attach_model(struct vl2_server *srv, const char *name, const char *dir,
+                            const struct vl2_engine_ops *ops, void *engine,
+                            struct vl2_err *err)
+{
+    struct vl2_srv_model *m;
+
+    if (!name || !name[0])
+        return vl2_err_set(err, VL2_EINVAL, "server: a model needs a name");
+    if (!ops || !ops->submit || !ops->cancel || !ops->free)
+        return vl2_err_set(err, VL2_EINVAL, "server: model '%s': incomplete engine", name);
+    m = new_model(srv, name, dir, err);
+    if (!m)
+        return err ? err->code : VL2_EINVAL;
     m->ops = ops;
     m->engine = engine;
-    *tail = m;
+    append_model(srv, m);
     return 0;
+}
+
+static void post_event(void *ud, struct vl2_event *ev)
+{
+    vl2_server_post(ud, ev);
+}
+
+/* The last path component of @dir, without trailing slashes, into @buf. */
+static void base_name(const char *dir, char *buf, size_t size)
+{
+    size_t n = strlen(dir);
+    const char *p;
+
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    for (p = dir + n; p > dir && p[-1] != '/'; p--)
+        ;
+    snprintf(buf, size, "%.*s", (int) (dir + n - p), p);
+}
+
+int vl2__server_load(struct vl2_server *srv, const char *name, const char *dir,
+                     const char *backend, bool progress, struct vl2_srv_model **ret_model,
+                     struct vl2_err *err)
+{
+    struct vl2_engine_spec spec = { 0 };
+    struct vl2_srv_model *m;
+    char base[256];
+    int r;
+
+    if (!srv->opts.factory || !srv->opts.factory->create)
+        return vl2_err_set(err, VL2_EUNIMPLEMENTED, "server: this daemon cannot load models");
+    if (!dir || !dir[0])
+        return vl2_err_set(err, VL2_EINVAL, "server: load: no model directory given");
+    if (!name || !name[0]) {
+        base_name(dir, base, sizeof(base));
+        name = base;
+    }
+    if (!name[0] || !strcmp(name, "/") || !strcmp(name, ".") || !strcmp(name, ".."))
+        return vl2_err_set(err, VL2_EINVAL, "server: load: cannot name a model after '%s'; "
+                           "give a name", dir);
+    m = new_model(srv, name, dir, err);
+    if (!m)
+        return err ? err->code : VL2_EINVAL;
+    m->load_key = srv->next_key++;
+    m->loading = true;
+    spec.name = m->name;
+    spec.dir = m->dir;
+    spec.backend = backend;
+    spec.load_key = m->load_key;
+    spec.progress = progress;
+    spec.post = post_event;
+    spec.post_ud = srv;
+    r = srv->opts.factory->create(srv->opts.factory->ud, &spec, &m->ops, &m->engine, err);
+    if (r < 0) {
+        free(m->name);
+        free(m->dir);
+        free(m);
+        return r;
+    }
+    append_model(srv, m);
+    vl2_log(VL2_LOG_INFO, "model '%s': loading '%s'", m->name, m->dir);
+    if (ret_model)
+        *ret_model = m;
+    return 0;
+}
+
+int vl2_server_load_model(struct vl2_server *srv, const char *name, const char *dir,
+                          const char *backend, struct vl2_err *err)
+{
+    struct vl2_srv_model *m = NULL;
+    int r;
+
+    r = vl2__server_load(srv, name, dir, backend, false, &m, err);
+    if (r < 0)
+        return r;
+    m->initial = !srv->running;
+    return 0;
+}
+
+struct vl2_srv_model *vl2__server_model_by_load_key(struct vl2_server *srv, uint64_t key)
+{
+    struct vl2_srv_model *m;
+
+    if (key == 0)
+        return NULL;
+    for (m = srv->models; m; m = m->next)
+        if (m->load_key == key)
+            return m;
+    return NULL;
+}
+
+void vl2__server_drop_model(struct vl2_server *srv, struct vl2_srv_model *m)
+{
+    struct vl2_srv_model **pp;
+
+    for (pp = &srv->models; *pp; pp = &(*pp)->next)
+        if (*pp == m) {
+            *pp = m->next;
+            break;
+        }
+    m->ops->free(m->engine);
+    free(m->name);
+    free(m->dir);
+    free(m);
+}
+
+void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const char *why,
+                        bool now)
+{
+    struct vl2_conn *c;
+    bool was_initial = m->initial && m->loading;
+
+    /* every request on this model ends now, for its client */
+    for (c = srv->conns; c; c = c->next) {
+        struct vl2_inflight *inf, *next;
+
+        for (inf = c->inflight; inf; inf = next) {
+            next = inf->next;
+            if (inf->model != m)
+                continue;
+            vl2__inflight_unlink(c, inf);
+            if (!inf->load)
+                m->ops->cancel(m->engine, inf->key);
+            vl2__conn_send_error(c, inf->request_id, VL2_ECANCELED, why, false);
+            vl2__inflight_free(inf);
+            if (c->closing)
+                break;  /* its other requests were aborted with it */
+        }
+    }
+    m->unloading = true;
+    m->initial = false;
+    vl2_log(VL2_LOG_INFO, "model '%s': unloading", m->name);
+    if (m->ops->stop && !now)
+        m->ops->stop(m->engine);
+    else
+        vl2__server_drop_model(srv, m);
+    if (was_initial)
+        vl2__server_model_settled(srv);
 }
 
 static void free_models(struct vl2_server *srv)
@@ -318,9 +501,23 @@ out_free:
     return err ? err->code : VL2_EIO;
 }
 
+void vl2__server_model_settled(struct vl2_server *srv)
+{
+    const struct vl2_srv_model *m;
+    char ready[160];
+
+    if (!srv->running || srv->ready_sent || srv->stopping)
+        return;
+    for (m = srv->models; m; m = m->next)
+        if (m->initial && m->loading)
+            return;
+    srv->ready_sent = true;
+    snprintf(ready, sizeof(ready), "READY=1\nSTATUS=serving %s", srv->socket_path);
+    notify(srv, ready);
+}
+
 int vl2_server_run(struct vl2_server *srv, struct vl2_err *err)
 {
-    char ready[160];
     int r;
 
     r = uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
@@ -331,11 +528,12 @@ int vl2_server_run(struct vl2_server *srv, struct vl2_err *err)
     if (r < 0)
         return vl2_err_set(err, VL2_EIO, "server: cannot start serving: %s", uv_strerror(r));
     srv->started_ns = uv_hrtime();
+    srv->running = true;
     vl2_log(VL2_LOG_INFO, "listening on '%s'%s (protocol %u, pid %ld)",
             srv->socket_path, srv->activated ? " (from systemd)" : "",
             VL2_IPC_PROTOCOL_VERSION, (long) getpid());
-    snprintf(ready, sizeof(ready), "READY=1\nSTATUS=serving %s", srv->socket_path);
-    notify(srv, ready);
+    /* READY=1 once the models of the configuration are loaded (or failed) */
+    vl2__server_model_settled(srv);
     uv_run(&srv->loop, UV_RUN_DEFAULT);
     /* close what is left (handles closed during shutdown need one more turn) */
     uv_run(&srv->loop, UV_RUN_NOWAIT);

@@ -55,6 +55,11 @@ struct vl2_server_opts {
     /* Seconds to wait, when stopping, for clients to read their last
      * responses. */
     double shutdown_grace_s;
+    /* Makes the engines of LoadModel requests and vl2_server_load_model()
+     * (NULL: this server cannot load models; LoadModel is refused). */
+    const struct vl2_engine_factory *factory;
+    /* Models served at once. */
+    unsigned max_models;
 };
 
 struct vl2_server_opts vl2_server_default_opts(void);
@@ -74,6 +79,17 @@ int vl2_server_run(struct vl2_server *srv, struct vl2_err *err);
 
 /* Ask a running server to stop, as SIGTERM does.  Safe from any thread. */
 void vl2_server_stop(struct vl2_server *srv);
+
+/* Start loading model @name (NULL or "": the base name of @dir) from @dir
+ * with @backend (NULL: the factory's default) through o->factory, on the
+ * engine's thread.  The model is listed at once as LOADING; a directory that
+ * fails validation leaves it FAILED with the reason (ListModels, Status) and
+ * the daemon serves the other models.  Call before vl2_server_run(): the
+ * READY=1 notification then waits until these models are loaded or failed.
+ * Returns 0, or < 0 (no factory, bad or duplicate name, engine creation)
+ * with @err. */
+int vl2_server_load_model(struct vl2_server *srv, const char *name, const char *dir,
+                          const char *backend, struct vl2_err *err);
 
 /* Free the server; removes a socket file it created.  Accepts NULL. */
 void vl2_server_free(struct vl2_server *srv);

@@ -468,13 +468,14 @@ static void test_requests(void)
         CHECK_EQ_INT(resp->hello->max_fds, 16);
         vl2__response__free_unpacked(resp, NULL);
     }
-    /* what this daemon cannot do yet: UNIMPLEMENTED, each with its id */
+    /* no model loaded: each refusal with its id */
     send_body(fd, 100, VL2__REQUEST__BODY_GENERATE, &gen);
-    expect_error(fd, 100, VL2_EUNIMPLEMENTED, "generate");
+    expect_error(fd, 100, VL2_ENOTFOUND, "no model is loaded");
     send_body(fd, 101, VL2__REQUEST__BODY_LOAD_MODEL, &load);
-    expect_error(fd, 101, VL2_EUNIMPLEMENTED, "load-model");
+    expect_error(fd, 101, VL2_EINVAL, "not an absolute path");
     send_body(fd, 102, VL2__REQUEST__BODY_UNLOAD_MODEL, &unload);
-    expect_error(fd, 102, VL2_EUNIMPLEMENTED, "unload-model");
+    expect_error(fd, 102, VL2_ENOTFOUND, "is not loaded");
+    /* what this daemon cannot do yet: UNIMPLEMENTED */
     send_body(fd, 103, VL2__REQUEST__BODY_TOKENIZE, &tok);
     expect_error(fd, 103, VL2_EUNIMPLEMENTED, "tokenize");
     /* nothing in flight to cancel */

@@ -516,8 +516,8 @@ static void test_generate_stream(void)
     pthread_mutex_lock(&fake.mu);
     CHECK(!strcmp(fake.last.model, "fake"));
     CHECK_EQ_INT(fake.last.n_messages, 2);
-    CHECK_EQ_INT(fake.last.roles[0], VL2_ROLE_SYSTEM);
-    CHECK_EQ_INT(fake.last.roles[1], VL2_ROLE_USER);
+    CHECK_EQ_INT(fake.last.roles[0], VL2_JOB_ROLE_SYSTEM);
+    CHECK_EQ_INT(fake.last.roles[1], VL2_JOB_ROLE_USER);
     CHECK(!strcmp(fake.last.texts[0], "be brief"));
     CHECK(!strcmp(fake.last.texts[1], "<image><image> what is this?"));
     CHECK_EQ_INT(fake.last.n_images, 2);

@@ -1,5 +1,7 @@
 /* job.h - the boundary between the server (loop thread) and an engine
- * (one per loaded model, its own threads).
+ * (one per loaded model, its own threads).  It lives beside the engine
+ * (daemon/engine), the lower layer; the server includes it through
+ * job_dep.
  *
  * The server translates a Generate request into a struct vl2_job (in
  * dispatch.c, the only place that reads protobuf) and hands it to the model's
@@ -29,9 +31,9 @@ struct vl2_server;
 /* ---- jobs (server -> engine) ----------------------------------------- */
 
 enum vl2_job_role {
-    VL2_ROLE_SYSTEM = 1,
-    VL2_ROLE_USER = 2,
-    VL2_ROLE_ASSISTANT = 3,
+    VL2_JOB_ROLE_SYSTEM = 1,
+    VL2_JOB_ROLE_USER = 2,
+    VL2_JOB_ROLE_ASSISTANT = 3,
 };
 
 /* An image as the client sent it: encoded bytes, or a descriptor the client
@@ -41,6 +43,7 @@ struct vl2_job_image {
     size_t   data_size;
     int      fd;            /* owned (O_CLOEXEC); -1 when @data is set */
     bool     apply_exif;
+    bool     has_apply_exif;  /* false: the client left it unset (daemon default) */
 };
 
 struct vl2_job_message {
@@ -72,6 +75,7 @@ struct vl2_job_sampling {
 /* One Generate request.  Owned by the engine after a successful submit(). */
 struct vl2_job {
     uint64_t key;                   /* names the job in events; unique per server */
+    uint64_t owner;                 /* who asked (the connection), for fair queueing */
     char *model;                    /* model name, owned */
     struct vl2_job_message *messages;  /* [n_messages], owned */
     size_t n_messages;
@@ -92,6 +96,9 @@ enum vl2_event_kind {
     VL2_EVENT_TOKEN,
     VL2_EVENT_DONE,                 /* terminal */
     VL2_EVENT_ERROR,                /* terminal */
+    /* about a model rather than a job (key = vl2_engine_spec.load_key): */
+    VL2_EVENT_LOADED,               /* the model is ready (terminal for loading) */
+    VL2_EVENT_UNLOADED,             /* after ops->stop(): the engine is idle, free() it */
 };
 
 /* Values of vl2_event.stage and .finish_reason: the numbers of vl2.proto's
@@ -142,6 +149,8 @@ struct vl2_event {
     /* ERROR */
     int code;                       /* enum vl2_status */
     char message[VL2_ERR_MSG_SIZE];
+    /* LOADED */
+    double load_s;                  /* seconds the load took */
 };
 
 /* A zeroed event of @kind for job @key, or NULL when out of memory. */
@@ -159,13 +168,24 @@ void vl2_server_post(struct vl2_server *srv, struct vl2_event *ev);
 
 /* ---- engines --------------------------------------------------------- */
 
-/* Figures an engine reports for Status; filled on the loop thread. */
+/* States of a model (the numbers of vl2.proto's ModelState). */
+enum vl2_model_state {
+    VL2_MODEL_STATE_LOADING = 1,
+    VL2_MODEL_STATE_READY = 2,
+    VL2_MODEL_STATE_FAILED = 3,
+    VL2_MODEL_STATE_UNLOADING = 4,
+};
+
+/* Figures an engine reports for Status; filled on the loop thread.  The
+ * server zeroes the struct first: an engine that leaves @state 0 is READY. */
 struct vl2_engine_stats {
-    uint64_t memory_bytes;
-    uint32_t queue_length;
-    uint32_t active_sequences;
-    double   tokens_per_s;
+    uint64_t memory_bytes;          /* mapped weights + backend memory (KV included) */
+    uint32_t queue_length;          /* requests waiting for a slot */
+    uint32_t active_sequences;      /* requests holding a slot */
+    double   tokens_per_s;          /* generated tokens per second, last minute */
     const char *backend;            /* static string or owned by the engine */
+    enum vl2_model_state state;     /* 0: READY */
+    const char *error;              /* why, when FAILED; owned by the engine */
 };
 
 /* What a model's engine offers the server.  Every call comes from the loop
@@ -185,6 +205,39 @@ struct vl2_engine_ops {
     /* The server is going away: stop every job, join the threads, free the
      * engine.  Events posted from here on are dropped. */
     void (*free)(void *engine);
+    /* Optional (may be NULL): begin unloading without blocking: end every
+     * job (ERROR VL2_ECANCELED), release the model, then post one
+     * VL2_EVENT_UNLOADED with the load key; free() follows it.  Without
+     * stop(), the server calls free() at once. */
+    void (*stop)(void *engine);
+};
+
+/* How an engine hands events to the server (vl2_server_post for vl2d);
+ * callable from any thread. */
+typedef void (*vl2_event_post_fn)(void *post_ud, struct vl2_event *ev);
+
+/* A model to load, as the server asks for it. */
+struct vl2_engine_spec {
+    const char *name;
+    const char *dir;                /* model directory, daemon side */
+    const char *backend;            /* NULL or "": the daemon's default */
+    uint64_t load_key;              /* key of every event about the model itself */
+    bool progress;                  /* post PROGRESS (LOADING) events */
+    vl2_event_post_fn post;
+    void *post_ud;
+};
+
+/* Makes engines for LoadModel requests and for the models of the
+ * configuration (vl2d serve: the engine module).  create() returns at once
+ * (loading happens on the engine's own thread) with an engine that posts,
+ * for spec->load_key, PROGRESS (LOADING) events when asked, then exactly one
+ * VL2_EVENT_LOADED or VL2_EVENT_ERROR.  Returns 0, or < 0 with @err (nothing
+ * is posted then). */
+struct vl2_engine_factory {
+    int (*create)(void *ud, const struct vl2_engine_spec *spec,
+                  const struct vl2_engine_ops **ret_ops, void **ret_engine,
+                  struct vl2_err *err);
+    void *ud;
 };
 
 /* Serve model @name (from @dir, for display) with @engine.  The server calls

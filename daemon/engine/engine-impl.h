@@ -1,0 +1,169 @@
+/* engine-impl.h - the engine's internal state, shared by its .c files only. */
+#ifndef VL2_ENGINE_IMPL_H
+#define VL2_ENGINE_IMPL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "image.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "weights.h"
+
+/* Stop strings of one request, and the bytes each may hold. */
+#define VL2_ENGINE_MAX_STOPS     16
+#define VL2_ENGINE_MAX_STOP_LEN  1024
+/* Prompt ids fed per prefill unit between two decode steps. */
+#define VL2_ENGINE_PREFILL_CHUNK 256
+/* Seconds of the tokens/s window of Status. */
+#define VL2_ENGINE_RATE_WINDOW   60
+
+/* One image of a request. */
+struct vl2_req_image {
+    int32_t width, height;          /* decoded, after EXIF orientation */
+    struct vl2_tiling tiling;
+    uint8_t *tiles;                 /* [n_tiles, 3, S, S] uint8; freed once encoded */
+    struct vl2_image_embed *embed;  /* engine thread; freed after the prefill */
+};
+
+/* Where a request is; each list below holds the requests of one place. */
+enum vl2_req_place {
+    VL2_REQ_QUEUED = 1,             /* waiting for a slot */
+    VL2_REQ_PREP_TODO,              /* holds a slot, waits for a prep thread */
+    VL2_REQ_PREPPING,               /* a prep thread works on it */
+    VL2_REQ_READY,                  /* prepared, waits for the engine thread */
+    VL2_REQ_RUNNING,                /* engine thread: vision, prefill, decode */
+};
+
+struct vl2_req {
+    struct vl2_req *prev, *next;    /* in the list of its place */
+    enum vl2_req_place place;
+    struct vl2_job *job;            /* owned */
+    uint64_t key;
+    uint64_t owner;
+    uint64_t seq_no;                /* arrival order */
+    bool cancelled;                 /* under the engine's lock */
+    const char *cancel_why;         /* static message for the ERROR */
+    double t_submit;
+
+    /* ---- set by the prep thread ---- */
+    struct vl2_req_image *images;   /* [n_images] over the whole conversation */
+    size_t n_images;
+    const struct vl2_image_embed **embeds;  /* [n_images], the images' embed */
+    int32_t *ids;                   /* prompt */
+    size_t n_ids;
+    int32_t n_image_tokens;
+    size_t max_new;
+    struct vl2_sampler_params sp;
+    const char *stops[VL2_ENGINE_MAX_STOPS];  /* point into job */
+    size_t n_stops;
+    size_t max_stop_len;
+
+    /* ---- engine thread ---- */
+    struct vl2_seq *seq;
+    size_t kv_bytes;                /* reserved by seq */
+    size_t n_encoded;               /* images through the vision tower */
+    size_t n_fed;                   /* prompt ids prefilled */
+    int64_t image_rows;             /* image rows consumed by the fed ids */
+    bool decoding;                  /* prefill done: joins the decode steps */
+    bool has_next;
+    int32_t next_id;                /* sampled, fed at the next step */
+    int32_t last_id;
+    size_t n_gen;                   /* sampled ids (EOS included) */
+    struct vl2_detok dt;
+    char *text;                     /* the answer so far (stop strings cut) */
+    size_t text_len, text_cap;
+    size_t sent;                    /* bytes of text sent in TOKEN events */
+    double t_first, t_last;
+};
+
+struct vl2_req_list {
+    struct vl2_req *head, *tail;
+    size_t n;
+};
+
+struct vl2_engine {
+    struct vl2_engine_params p;
+    char *name, *dir, *backend, *plugin_dir;   /* owned copies */
+    uint64_t load_key;
+    bool load_progress;
+    vl2_event_post_fn post;
+    void *post_ud;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;              /* wakes the engine thread */
+    pthread_cond_t prep_cv;         /* wakes prep threads */
+    pthread_cond_t state_cv;        /* loading finished (wait_loaded) */
+    pthread_t thread;
+    bool thread_started;
+    pthread_t *prep;
+    size_t n_prep;
+
+    /* ---- under mu ---- */
+    bool quit;                      /* free(): stop everything */
+    bool stopping;                  /* stop(): unload, then UNLOADED */
+    enum vl2_model_state state;
+    int error_code;
+    char error[VL2_ERR_MSG_SIZE];   /* FAILED: why */
+    struct vl2_req_list queue;      /* VL2_REQ_QUEUED */
+    struct vl2_req_list prep_todo;  /* VL2_REQ_PREP_TODO */
+    struct vl2_req_list prepping;   /* VL2_REQ_PREPPING */
+    struct vl2_req_list ready;      /* VL2_REQ_READY */
+    struct vl2_req_list running;    /* VL2_REQ_RUNNING (the engine thread's) */
+    uint64_t next_seq_no;
+    uint64_t memory_bytes;          /* for Status, refreshed by the engine thread */
+    uint32_t rate_tokens[VL2_ENGINE_RATE_WINDOW];  /* tokens per second, ring */
+    int64_t rate_sec[VL2_ENGINE_RATE_WINDOW];      /* which second each slot counts */
+    double t_rate0;                 /* first second counted */
+
+    /* ---- fixed once loaded (read by prep threads) ---- */
+    struct vl2_tokenizer *tok;
+    int32_t eos_id;
+    int32_t image_token_id;
+    int32_t n_ctx;
+    int image_size, patch_size, downsample;
+    int n_cands;
+    int cands[VL2_MAX_CANDIDATES][2];
+    size_t mapped_bytes;            /* safetensors files of the model directory */
+
+    /* ---- engine thread only ---- */
+    struct vl2_model *m;            /* NULL after an idle unload */
+    size_t kv_token_bytes;
+    size_t kv_budget;
+    size_t kv_used;
+    double t_idle;                  /* when the engine last had nothing to do */
+    struct vl2_seq **batch_seqs;    /* [max_sequences] */
+    int32_t *batch_ids;
+    struct vl2_req **batch_reqs;
+};
+
+/* ---- lists (caller holds mu) ---- */
+void vl2__req_list_push(struct vl2_req_list *l, struct vl2_req *r, enum vl2_req_place place);
+void vl2__req_list_remove(struct vl2_req_list *l, struct vl2_req *r);
+struct vl2_req *vl2__req_list_pop(struct vl2_req_list *l);
+
+/* Free a request: its job, images, prompt, text (and its sequence and
+ * image embeddings when the engine thread still has the model). */
+void vl2__req_free(struct vl2_engine *e, struct vl2_req *r);
+
+/* Post an event for @r (ERROR with @code and @err's message). */
+void vl2__req_post_error(struct vl2_engine *e, struct vl2_req *r, int code, const char *msg);
+void vl2__req_post_progress(struct vl2_engine *e, struct vl2_req *r, enum vl2_event_stage stage,
+                            float fraction);
+
+/* prep.c: everything before the model: images and prompt ids.  Returns 0
+ * or < 0 with @err (the request's error). */
+int vl2__prep_request(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err);
+
+/* Read an image passed as a descriptor: a regular file whole (from offset
+ * 0), anything else until end of file, each within @max bytes and @timeout_s
+ * seconds.  *@ret is malloc'd.  For tests and the prep threads. */
+int vl2__read_image_fd(int fd, size_t max, double timeout_s, uint8_t **ret, size_t *ret_size,
+                       struct vl2_err *err);
+
+double vl2__engine_now(void);
+
+#endif /* VL2_ENGINE_IMPL_H */

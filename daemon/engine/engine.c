@@ -1,0 +1,1307 @@
+/* engine.c - one model's scheduler: loading, the fair queue, the prep
+ * threads, and the engine thread's loop of prefill work and batched decode
+ * steps (engine.h describes the whole). */
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine-impl.h"
+#include "grounding.h"
+#include "prompt.h"
+
+struct vl2_engine_params vl2_engine_default_params(void)
+{
+    struct vl2_engine_params p = {
+        .backend = "cpu",
+        .plugin_dir = NULL,
+        .device = 0,
+        .n_threads = 0,
+        .max_sequences = 8,
+        .max_queue = 1024,
+        .kv_budget = 0,
+        .n_ctx = 0,
+        .max_images = 16,
+        .max_image_pixels = 50000000,
+        .max_image_bytes = (size_t) 64 << 20,
+        .apply_exif = true,
+        .max_new_tokens = 512,
+        .prep_threads = 2,
+        .fd_timeout_s = 10.0,
+        .idle_unload_s = 0.0,
+    };
+    return p;
+}
+
+int vl2_engine_check_params(const struct vl2_engine_params *p, struct vl2_err *err)
+{
+    if (!p->backend || !p->backend[0])
+        return vl2_err_set(err, VL2_EINVAL, "engine: no backend named");
+    if (p->max_sequences == 0 || p->max_sequences > 4096)
+        return vl2_err_set(err, VL2_EINVAL, "engine: max_sequences %u: expected 1 to 4096",
+                           p->max_sequences);
+    if (p->max_queue == 0)
+        return vl2_err_set(err, VL2_EINVAL, "engine: max_queue must be at least 1");
+    if (p->n_ctx < 0 || p->n_threads < 0 || p->device < 0)
+        return vl2_err_set(err, VL2_EINVAL, "engine: negative n_ctx, threads or device");
+    if (p->max_image_pixels == 0 || p->max_image_bytes == 0)
+        return vl2_err_set(err, VL2_EINVAL, "engine: image limits must be positive");
+    if (p->prep_threads == 0 || p->prep_threads > 64)
+        return vl2_err_set(err, VL2_EINVAL, "engine: prep_threads %u: expected 1 to 64",
+                           p->prep_threads);
+    if (!(p->fd_timeout_s > 0) || !(p->idle_unload_s >= 0))
+        return vl2_err_set(err, VL2_EINVAL, "engine: timeouts must be positive");
+    return 0;
+}
+
+/* ---- lists ------------------------------------------------------------ */
+
+void vl2__req_list_push(struct vl2_req_list *l, struct vl2_req *r, enum vl2_req_place place)
+{
+    r->prev = l->tail;
+    r->next = NULL;
+    if (l->tail)
+        l->tail->next = r;
+    else
+        l->head = r;
+    l->tail = r;
+    l->n++;
+    r->place = place;
+}
+
+void vl2__req_list_remove(struct vl2_req_list *l, struct vl2_req *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        l->head = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        l->tail = r->prev;
+    r->prev = r->next = NULL;
+    l->n--;
+}
+
+struct vl2_req *vl2__req_list_pop(struct vl2_req_list *l)
+{
+    struct vl2_req *r = l->head;
+
+    if (r)
+        vl2__req_list_remove(l, r);
+    return r;
+}
+
+static struct vl2_req_list *list_of(struct vl2_engine *e, enum vl2_req_place place)
+{
+    switch (place) {
+    case VL2_REQ_QUEUED: return &e->queue;
+    case VL2_REQ_PREP_TODO: return &e->prep_todo;
+    case VL2_REQ_PREPPING: return &e->prepping;
+    case VL2_REQ_READY: return &e->ready;
+    case VL2_REQ_RUNNING: return &e->running;
+    }
+    return NULL;
+}
+
+/* ---- requests and events ---------------------------------------------- */
+
+/* snprintf for messages that may be cut at the buffer's end. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void msgf(char *buf, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+}
+
+void vl2__req_free(struct vl2_engine *e, struct vl2_req *r)
+{
+    size_t i;
+
+    (void) e;
+    if (!r)
+        return;
+    /* the engine thread released its sequence and embeddings before */
+    for (i = 0; i < r->n_images; i++)
+        free(r->images[i].tiles);
+    free(r->images);
+    free(r->embeds);
+    free(r->ids);
+    free(r->text);
+    vl2_detok_done(&r->dt);
+    vl2_job_free(r->job);
+    free(r);
+}
+
+static void post(struct vl2_engine *e, struct vl2_event *ev)
+{
+    if (ev)
+        e->post(e->post_ud, ev);
+}
+
+void vl2__req_post_error(struct vl2_engine *e, struct vl2_req *r, int code, const char *msg)
+{
+    struct vl2_event *ev = vl2_event_new(VL2_EVENT_ERROR, r->key);
+
+    if (!ev)
+        return;
+    ev->code = code < 0 ? code : VL2_EINTERNAL;
+    snprintf(ev->message, sizeof(ev->message), "%s", msg && msg[0] ? msg : vl2_status_name(code));
+    post(e, ev);
+}
+
+void vl2__req_post_progress(struct vl2_engine *e, struct vl2_req *r, enum vl2_event_stage stage,
+                            float fraction)
+{
+    struct vl2_event *ev = vl2_event_new(VL2_EVENT_PROGRESS, r->key);
+
+    if (!ev)
+        return;
+    ev->stage = stage;
+    ev->fraction = fraction;
+    post(e, ev);
+}
+
+/* An error for request @r: "engine: model 'x': <why>". */
+static void req_fail(struct vl2_engine *e, struct vl2_req *r, int code, const char *why)
+{
+    char msg[VL2_ERR_MSG_SIZE];
+
+    msgf(msg, sizeof(msg), "engine: model '%s': %s", e->name, why);
+    vl2__req_post_error(e, r, code, msg);
+}
+
+/* ---- the fair queue (caller holds mu) --------------------------------- */
+
+/* Requests of @owner queued before @r. */
+static size_t owner_rank(const struct vl2_engine *e, const struct vl2_req *r)
+{
+    const struct vl2_req *q;
+    size_t n = 0;
+
+    for (q = e->queue.head; q && q != r; q = q->next)
+        n += q->owner == r->owner;
+    return n;
+}
+
+/* The next request to admit: round robin between owners, oldest first
+ * within a round. */
+static struct vl2_req *queue_next(const struct vl2_engine *e)
+{
+    struct vl2_req *q, *best = NULL;
+    size_t best_rank = 0;
+
+    for (q = e->queue.head; q; q = q->next) {
+        size_t rank = owner_rank(e, q);
+
+        if (!best || rank < best_rank) {
+            best = q;
+            best_rank = rank;
+        }
+        if (best_rank == 0)
+            break;
+    }
+    return best;
+}
+
+static size_t slots_held(const struct vl2_engine *e)
+{
+    return e->prep_todo.n + e->prepping.n + e->ready.n + e->running.n;
+}
+
+/* Give free slots to queued requests. */
+static void admit(struct vl2_engine *e)
+{
+    if (e->state != VL2_MODEL_STATE_READY || e->stopping || e->quit)
+        return;
+    while (e->queue.n > 0 && slots_held(e) < e->p.max_sequences) {
+        struct vl2_req *r = queue_next(e);
+
+        vl2__req_list_remove(&e->queue, r);
+        vl2__req_list_push(&e->prep_todo, r, VL2_REQ_PREP_TODO);
+        pthread_cond_signal(&e->prep_cv);
+    }
+}
+
+/* Position @r would have in the queue: requests admitted before it. */
+static uint32_t queue_position(const struct vl2_engine *e, const struct vl2_req *r)
+{
+    size_t rank = owner_rank(e, r), n = 0;
+    const struct vl2_req *q;
+
+    for (q = e->queue.head; q && q != r; q = q->next)
+        if (owner_rank(e, q) <= rank)
+            n++;
+    return (uint32_t) (n + 1);
+}
+
+/* ---- tokens/s over the last minute (caller holds mu) ------------------- */
+
+static void rate_add(struct vl2_engine *e, double now, uint32_t n)
+{
+    int64_t sec = (int64_t) now;
+    size_t slot = (size_t) (sec % VL2_ENGINE_RATE_WINDOW);
+
+    if (n == 0)
+        return;
+    if (e->t_rate0 == 0)
+        e->t_rate0 = now;
+    if (e->rate_sec[slot] != sec) {
+        e->rate_sec[slot] = sec;
+        e->rate_tokens[slot] = 0;
+    }
+    e->rate_tokens[slot] += n;
+}
+
+static double rate_get(const struct vl2_engine *e, double now)
+{
+    int64_t sec = (int64_t) now;
+    double span, sum = 0;
+    size_t i;
+
+    for (i = 0; i < VL2_ENGINE_RATE_WINDOW; i++)
+        if (e->rate_sec[i] > sec - VL2_ENGINE_RATE_WINDOW && e->rate_sec[i] <= sec)
+            sum += e->rate_tokens[i];
+    if (sum == 0)
+        return 0.0;
+    span = now - e->t_rate0;
+    if (span > VL2_ENGINE_RATE_WINDOW)
+        span = VL2_ENGINE_RATE_WINDOW;
+    if (span < 1.0)
+        span = 1.0;
+    return sum / span;
+}
+
+/* ---- loading ---------------------------------------------------------- */
+
+static size_t dir_mapped_bytes(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    size_t total = 0;
+
+    if (!d)
+        return 0;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        struct stat st;
+
+        if (n < 12 || strcmp(de->d_name + n - 12, ".safetensors"))
+            continue;
+        if (fstatat(dirfd(d), de->d_name, &st, 0) == 0 && S_ISREG(st.st_mode))
+            total += (size_t) st.st_size;
+    }
+    closedir(d);
+    return total;
+}
+
+static void post_load_progress(struct vl2_engine *e, float fraction)
+{
+    struct vl2_event *ev;
+
+    if (!e->load_progress)
+        return;
+    ev = vl2_event_new(VL2_EVENT_PROGRESS, e->load_key);
+    if (!ev)
+        return;
+    ev->stage = VL2_STAGE_LOADING;
+    ev->fraction = fraction;
+    post(e, ev);
+}
+
+static int open_model(struct vl2_engine *e, struct vl2_err *err)
+{
+    struct vl2_model_params mp = vl2_model_default_params();
+    int r;
+
+    mp.backend = e->backend;
+    mp.plugin_dir = e->plugin_dir;
+    mp.n_threads = e->p.n_threads;
+    mp.device = e->p.device;
+    mp.image_token_id = e->image_token_id;
+    mp.n_ctx = e->p.n_ctx;
+    if ((int32_t) e->p.max_sequences > mp.max_logit_rows)
+        mp.max_logit_rows = (int32_t) e->p.max_sequences;
+    /* the engine keeps its own budget (it waits for room instead of failing) */
+    mp.kv_budget = e->p.kv_budget ? e->p.kv_budget : SIZE_MAX / 4;
+    r = vl2_model_load(&e->m, e->dir, &mp, err);
+    if (r < 0)
+        return r;
+    e->kv_token_bytes = vl2_model_kv_token_bytes(e->m);
+    return 0;
+}
+
+static size_t physical_memory(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+
+    if (pages <= 0 || size <= 0)
+        return 0;
+    return (size_t) pages * (size_t) size;
+}
+
+static int load(struct vl2_engine *e, struct vl2_err *err)
+{
+    const struct vl2_model_config *cfg;
+    const struct vl2_processor_config *pc;
+    int r, i;
+
+    post_load_progress(e, 0.0f);
+    r = vl2_tokenizer_load(&e->tok, e->dir, err);
+    if (r < 0)
+        return r;
+    e->image_token_id = vl2_tokenizer_id(e->tok, VL2_PROMPT_IMAGE_TAG);
+    if (e->image_token_id < 0)
+        return vl2_err_set(err, VL2_EFORMAT, "the tokenizer has no '%s' token",
+                           VL2_PROMPT_IMAGE_TAG);
+    post_load_progress(e, 0.1f);
+    r = open_model(e, err);
+    if (r < 0)
+        return r;
+    post_load_progress(e, 0.9f);
+    cfg = vl2_model_config(e->m);
+    pc = vl2_model_processor_config(e->m);
+    e->eos_id = vl2_tokenizer_eos(e->tok);
+    if (e->eos_id < 0)
+        e->eos_id = cfg->lm.eos_id;
+    e->n_ctx = vl2_model_n_ctx(e->m);
+    e->image_size = cfg->vision.image_size;
+    e->patch_size = cfg->vision.patch_size;
+    e->downsample = cfg->proj.downsample;
+    if (pc->n_candidates > 0) {
+        e->n_cands = pc->n_candidates;
+        memcpy(e->cands, pc->candidates, sizeof(e->cands));
+    } else {
+        e->n_cands = cfg->n_candidates;
+        memcpy(e->cands, cfg->candidates, sizeof(e->cands));
+    }
+    for (i = 0; i < e->n_cands; i++)
+        if (e->cands[i][0] <= 0 || e->cands[i][1] <= 0)
+            return vl2_err_set(err, VL2_EFORMAT, "candidate resolution %d is not positive", i);
+    if (e->n_cands > 0 && e->cands[0][0] != e->image_size)
+        return vl2_err_set(err, VL2_EUNSUPPORTED, "first candidate resolution %d differs from "
+                           "the vision image size %d", e->cands[0][0], e->image_size);
+    e->mapped_bytes = dir_mapped_bytes(e->dir);
+    if (e->p.kv_budget) {
+        e->kv_budget = e->p.kv_budget;
+    } else {
+        size_t full = e->kv_token_bytes * (size_t) e->n_ctx;
+        size_t quarter = physical_memory() / 4;
+
+        e->kv_budget = full * e->p.max_sequences;
+        if (quarter && e->kv_budget > quarter)
+            e->kv_budget = quarter;
+        if (e->kv_budget < full)
+            e->kv_budget = full;
+    }
+    e->batch_seqs = calloc(e->p.max_sequences, sizeof(*e->batch_seqs));
+    e->batch_ids = calloc(e->p.max_sequences, sizeof(*e->batch_ids));
+    e->batch_reqs = calloc(e->p.max_sequences, sizeof(*e->batch_reqs));
+    if (!e->batch_seqs || !e->batch_ids || !e->batch_reqs)
+        return vl2_err_set(err, VL2_ENOMEM, "out of memory");
+    post_load_progress(e, 1.0f);
+    return 0;
+}
+
+static void refresh_memory(struct vl2_engine *e)
+{
+    uint64_t bytes = 0;
+
+    if (e->m) {
+        struct vl2_backend_ctx *ctx;
+        const struct vl2_backend_ops *ops = vl2_model_backend(e->m, &ctx);
+
+        bytes = e->mapped_bytes + (ops->mem_used ? ops->mem_used(ctx) : 0);
+    }
+    pthread_mutex_lock(&e->mu);
+    e->memory_bytes = bytes;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- generation (engine thread) --------------------------------------- */
+
+static int append_text(struct vl2_req *r, const char *s, size_t n)
+{
+    if (r->text_len + n + 1 > r->text_cap) {
+        size_t cap = r->text_cap ? r->text_cap : 256;
+        char *p;
+
+        while (cap < r->text_len + n + 1)
+            cap *= 2;
+        p = realloc(r->text, cap);
+        if (!p)
+            return VL2_ENOMEM;
+        r->text = p;
+        r->text_cap = cap;
+    }
+    memcpy(r->text + r->text_len, s, n);
+    r->text_len += n;
+    r->text[r->text_len] = '\0';
+    return 0;
+}
+
+/* Look for a stop string in the text added since @from. */
+static bool cut_at_stop(struct vl2_req *r, size_t from)
+{
+    size_t start = from > r->max_stop_len ? from - r->max_stop_len : 0;
+    long at;
+
+    if (r->n_stops == 0)
+        return false;
+    at = vl2_stop_find(r->text + start, r->text_len - start, r->stops, r->n_stops);
+    if (at < 0)
+        return false;
+    r->text_len = start + (size_t) at;
+    r->text[r->text_len] = '\0';
+    return true;
+}
+
+/* Send the text up to @upto (not yet sent) in a TOKEN event for @id. */
+static void send_token(struct vl2_engine *e, struct vl2_req *r, size_t upto, int32_t id,
+                       bool has_logprob, float logprob)
+{
+    struct vl2_event *ev = vl2_event_new(VL2_EVENT_TOKEN, r->key);
+
+    if (upto < r->sent)
+        upto = r->sent;
+    if (!ev)
+        return;
+    if (vl2_event_set_text(ev, r->text ? r->text + r->sent : "", upto - r->sent) < 0) {
+        vl2_event_free(ev);
+        return;
+    }
+    r->sent = upto;
+    ev->token_id = id < 0 ? 0 : (uint32_t) id;
+    ev->has_logprob = has_logprob;
+    ev->logprob = logprob;
+    post(e, ev);
+}
+
+static float token_logprob(const float *z, size_t n, int32_t id)
+{
+    double mx = -INFINITY, sum = 0;
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (z[i] > mx)
+            mx = z[i];
+    for (i = 0; i < n; i++)
+        sum += exp((double) z[i] - mx);
+    return (float) ((double) z[id] - mx - log(sum));
+}
+
+/* Release what the request holds on the model (engine thread). */
+static void release_seq(struct vl2_engine *e, struct vl2_req *r)
+{
+    size_t i;
+
+    for (i = 0; i < r->n_images; i++) {
+        if (r->images[i].embed && e->m)
+            vl2_image_embed_free(e->m, r->images[i].embed);
+        r->images[i].embed = NULL;
+        r->embeds[i] = NULL;
+    }
+    if (r->seq) {
+        vl2_seq_free(r->seq);
+        e->kv_used -= r->kv_bytes;
+    }
+    r->seq = NULL;
+    r->kv_bytes = 0;
+}
+
+/* Take @r off the running list and free it (its terminal event is sent). */
+static void retire(struct vl2_engine *e, struct vl2_req *r)
+{
+    release_seq(e, r);
+    pthread_mutex_lock(&e->mu);
+    vl2__req_list_remove(&e->running, r);
+    admit(e);
+    pthread_mutex_unlock(&e->mu);
+    vl2__req_free(e, r);
+}
+
+static void finish_error(struct vl2_engine *e, struct vl2_req *r, int code, const char *why)
+{
+    req_fail(e, r, code, why);
+    retire(e, r);
+}
+
+/* Boxes of the answer, on the grid of the conversation's last image (spec
+ * 9), into @ev. */
+static void add_boxes(struct vl2_req *r, struct vl2_event *ev)
+{
+    const struct vl2_req_image *last = &r->images[r->n_images - 1];
+    struct vl2_box *boxes = NULL;
+    size_t n = 0, i;
+
+    if (vl2_grounding_parse(r->text ? r->text : "", r->text_len, last->width, last->height,
+                            &boxes, &n, NULL) < 0 || n == 0)
+        return;
+    ev->boxes = calloc(n, sizeof(*ev->boxes));
+    if (ev->boxes) {
+        for (i = 0; i < n; i++) {
+            ev->boxes[i].label = boxes[i].label;   /* moved */
+            boxes[i].label = NULL;
+            ev->boxes[i].x1 = boxes[i].x1;
+            ev->boxes[i].y1 = boxes[i].y1;
+            ev->boxes[i].x2 = boxes[i].x2;
+            ev->boxes[i].y2 = boxes[i].y2;
+            ev->boxes[i].image_index = (uint32_t) (r->n_images - 1);
+        }
+        ev->n_boxes = n;
+    }
+    vl2_boxes_free(boxes, n);
+}
+
+/* DONE for @r (every piece of text already sent), then free it. */
+static void finish_done(struct vl2_engine *e, struct vl2_req *r, enum vl2_finish_reason why)
+{
+    struct vl2_event *ev = vl2_event_new(VL2_EVENT_DONE, r->key);
+
+    if (ev) {
+        ev->finish_reason = why;
+        ev->prompt_tokens = (uint32_t) r->n_ids;
+        ev->image_tokens = (uint32_t) r->n_image_tokens;
+        ev->generated_tokens = (uint32_t) r->n_gen;
+        ev->time_to_first_token_s = r->n_gen ? r->t_first - r->t_submit : 0.0;
+        ev->decode_tokens_per_s = r->n_gen > 1 && r->t_last > r->t_first
+                                      ? (double) (r->n_gen - 1) / (r->t_last - r->t_first)
+                                      : 0.0;
+        if (r->job->grounding && r->n_images > 0)
+            add_boxes(r, ev);
+        post(e, ev);
+    }
+    retire(e, r);
+}
+
+/* End of the stream: the bytes of an unfinished character.  Returns true
+ * when that completed a stop string (the text is then cut). */
+static bool flush_text(struct vl2_req *r)
+{
+    const char *piece = "";
+    size_t plen = 0, from = r->text_len;
+
+    if (vl2_detok_flush(&r->dt, &piece, &plen) < 0 || plen == 0)
+        return false;
+    if (append_text(r, piece, plen) < 0)
+        return false;
+    return cut_at_stop(r, from);
+}
+
+/* Account for the sampled @id of @r: text, stop strings, one TOKEN event;
+ * then set up the next decode step or finish the request (freeing it). */
+static void take_token(struct vl2_engine *e, struct vl2_req *r, int32_t id, bool has_lp,
+                       float lp)
+{
+    const char *piece = "";
+    size_t plen = 0, from = r->text_len, upto;
+    enum vl2_finish_reason why = 0;
+
+    r->t_last = vl2__engine_now();
+    if (r->n_gen == 0)
+        r->t_first = r->t_last;
+    r->n_gen++;
+    r->has_next = false;
+    if (id == e->eos_id && !r->job->sampling.ignore_eos) {
+        if (flush_text(r) || r->text_len > r->sent)
+            send_token(e, r, r->text_len, id, has_lp, lp);
+        finish_done(e, r, VL2_FINISH_EOS);
+        return;
+    }
+    if (vl2_detok_push(&r->dt, id, &piece, &plen) < 0 || append_text(r, piece, plen) < 0) {
+        finish_error(e, r, VL2_ENOMEM, "out of memory for the answer");
+        return;
+    }
+    if (cut_at_stop(r, from)) {
+        why = VL2_FINISH_STOP;
+    } else if (r->n_gen >= r->max_new) {
+        why = flush_text(r) ? VL2_FINISH_STOP : VL2_FINISH_LENGTH;
+    }
+    upto = why ? r->text_len
+               : r->text_len - vl2_stop_holdback(r->text, r->text_len, r->stops, r->n_stops);
+    send_token(e, r, upto, id, has_lp, lp);
+    if (why) {
+        finish_done(e, r, why);
+        return;
+    }
+    r->next_id = id;
+    r->has_next = true;
+}
+
+static void sample(struct vl2_engine *e, struct vl2_req *r)
+{
+    const float *z = vl2_seq_logits(r->seq);
+    int32_t id = vl2_seq_sample(r->seq);
+    float lp = 0.0f;
+
+    if (r->job->logprobs)
+        lp = token_logprob(z, (size_t) vl2_model_config(e->m)->lm.n_vocab, id);
+    take_token(e, r, id, r->job->logprobs, lp);
+}
+
+/* Reserve the KV cache of @r.  Returns 1 when done, 0 when it must wait for
+ * room, < 0 with @err when it can never fit. */
+static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err)
+{
+    struct vl2_seq_params sp = vl2_seq_default_params();
+    size_t cap = r->n_ids + r->max_new, need;
+    int rc;
+
+    if (cap > (size_t) e->n_ctx)
+        cap = (size_t) e->n_ctx;
+    need = cap * e->kv_token_bytes;
+    if (need > e->kv_budget)
+        return vl2_err_set(err, VL2_ELIMIT, "%zu tokens of KV cache need %zu bytes, the "
+                           "budget is %zu", cap, need, e->kv_budget);
+    if (need > e->kv_budget - e->kv_used)
+        return 0;
+    sp.capacity = (int32_t) cap;
+    sp.sampler = r->sp;
+    rc = vl2_seq_new(e->m, &sp, &r->seq, err);
+    if (rc < 0)
+        return rc;
+    r->kv_bytes = need;
+    e->kv_used += need;
+    vl2_detok_init(&r->dt, e->tok);
+    return 1;
+}
+
+/* One chunk of the prompt of @r.  Returns 0 or < 0 with @err. */
+static int prefill_chunk(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err)
+{
+    size_t n = r->n_ids - r->n_fed, i;
+    struct vl2_step_item it;
+    int rc;
+
+    if (n > VL2_ENGINE_PREFILL_CHUNK)
+        n = VL2_ENGINE_PREFILL_CHUNK;
+    it = (struct vl2_step_item){
+        .seq = r->seq, .ids = r->ids + r->n_fed, .n_ids = (int32_t) n,
+        .images = r->embeds, .n_images = (int32_t) r->n_images,
+        .image_row0 = r->image_rows, .want_logits = r->n_fed + n == r->n_ids,
+    };
+    rc = vl2_model_step(e->m, &it, 1, err);
+    if (rc < 0)
+        return rc;
+    for (i = 0; i < n; i++) {
+        int32_t id = r->ids[r->n_fed + i];
+
+        r->image_rows += id == e->image_token_id;
+        if (r->sp.penalize_prompt)
+            vl2_sampler_accept(vl2_seq_sampler(r->seq), id);
+    }
+    r->n_fed += n;
+    vl2__req_post_progress(e, r, VL2_STAGE_PREFILL, (float) r->n_fed / (float) r->n_ids);
+    return 0;
+}
+
+/* One unit of work for a request that is not decoding yet: its KV cache
+ * and one image through the vision tower, or one chunk of its prompt; the
+ * last chunk gives its first token.  Returns false when it has to wait for
+ * KV room (nothing was done). */
+static bool start_work(struct vl2_engine *e, struct vl2_req *r, bool others_decoding)
+{
+    struct vl2_err err = { 0 };
+    size_t i;
+    int rc;
+
+    if (r->max_new == 0) {
+        finish_done(e, r, VL2_FINISH_LENGTH);
+        return true;
+    }
+    if (!r->seq) {
+        rc = start_seq(e, r, &err);
+        if (rc == 0 && others_decoding)
+            return false;
+        if (rc == 0)
+            rc = vl2_err_set(&err, VL2_ELIMIT, "the KV cache budget (%zu bytes) is held by "
+                             "requests that have not started decoding", e->kv_budget);
+        if (rc < 0) {
+            finish_error(e, r, rc, err.msg);
+            return true;
+        }
+    }
+    if (r->n_encoded < r->n_images) {
+        struct vl2_req_image *im = &r->images[r->n_encoded];
+
+        rc = vl2_model_encode_image(e->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
+                                    im->tiling.tiles_h, &im->embed, NULL, &err);
+        if (rc == 0 && im->embed->n_tokens != im->tiling.n_tokens)
+            rc = vl2_err_set(&err, VL2_EINTERNAL, "%d image tokens from the model, %d planned",
+                             im->embed->n_tokens, im->tiling.n_tokens);
+        if (rc < 0) {
+            char why[VL2_ERR_MSG_SIZE + 32];
+
+            msgf(why, sizeof(why), "image %zu: %s", r->n_encoded, err.msg);
+            finish_error(e, r, rc, why);
+            return true;
+        }
+        free(im->tiles);
+        im->tiles = NULL;
+        r->embeds[r->n_encoded] = im->embed;
+        r->n_encoded++;
+        vl2__req_post_progress(e, r, VL2_STAGE_VISION,
+                               (float) r->n_encoded / (float) r->n_images);
+        return true;
+    }
+    rc = prefill_chunk(e, r, &err);
+    if (rc < 0) {
+        finish_error(e, r, rc, err.msg);
+        return true;
+    }
+    if (r->n_fed < r->n_ids)
+        return true;
+    /* the prompt is in: the image embeddings are no longer needed */
+    for (i = 0; i < r->n_images; i++) {
+        vl2_image_embed_free(e->m, r->images[i].embed);
+        r->images[i].embed = NULL;
+        r->embeds[i] = NULL;
+    }
+    r->decoding = true;
+    sample(e, r);
+    return true;
+}
+
+/* One vl2_model_decode() step for every decoding request. */
+static void decode_step(struct vl2_engine *e)
+{
+    struct vl2_err err = { 0 };
+    struct vl2_req *r;
+    size_t n = 0, i;
+    int rc;
+
+    for (r = e->running.head; r && n < e->p.max_sequences; r = r->next)
+        if (r->decoding && r->has_next) {
+            e->batch_reqs[n] = r;
+            e->batch_seqs[n] = r->seq;
+            e->batch_ids[n] = r->next_id;
+            n++;
+        }
+    if (n == 0)
+        return;
+    rc = vl2_model_decode(e->m, e->batch_seqs, e->batch_ids, n, &err);
+    if (rc < 0) {
+        for (i = 0; i < n; i++)
+            finish_error(e, e->batch_reqs[i], rc, err.msg);
+        return;
+    }
+    pthread_mutex_lock(&e->mu);
+    rate_add(e, vl2__engine_now(), (uint32_t) n);
+    pthread_mutex_unlock(&e->mu);
+    for (i = 0; i < n; i++)
+        sample(e, e->batch_reqs[i]);
+}
+
+/* ---- the engine thread ------------------------------------------------ */
+
+/* End every request that waits or runs: with an ERROR @code "@why", or
+ * silently when @why is NULL (the server is gone). */
+static void fail_all(struct vl2_engine *e, int code, const char *why)
+{
+    struct vl2_req_list lists[4];
+    struct vl2_req *r;
+    size_t i;
+
+    pthread_mutex_lock(&e->mu);
+    lists[0] = e->queue;
+    lists[1] = e->prep_todo;
+    lists[2] = e->ready;
+    lists[3] = e->running;
+    memset(&e->queue, 0, sizeof(e->queue));
+    memset(&e->prep_todo, 0, sizeof(e->prep_todo));
+    memset(&e->ready, 0, sizeof(e->ready));
+    memset(&e->running, 0, sizeof(e->running));
+    pthread_mutex_unlock(&e->mu);
+    for (i = 0; i < 4; i++)
+        while ((r = vl2__req_list_pop(&lists[i]))) {
+            if (why)
+                req_fail(e, r, code, why);
+            release_seq(e, r);
+            vl2__req_free(e, r);
+        }
+}
+
+static void set_failed(struct vl2_engine *e, const struct vl2_err *err)
+{
+    char why[VL2_ERR_MSG_SIZE + 64];
+    struct vl2_event *ev;
+    int code = err->code < 0 ? err->code : VL2_EINTERNAL;
+
+    pthread_mutex_lock(&e->mu);
+    e->state = VL2_MODEL_STATE_FAILED;
+    e->error_code = code;
+    msgf(e->error, sizeof(e->error), "engine: model '%s' ('%s'): %s", e->name, e->dir,
+             err->msg);
+    pthread_cond_broadcast(&e->state_cv);
+    pthread_mutex_unlock(&e->mu);
+    ev = vl2_event_new(VL2_EVENT_ERROR, e->load_key);
+    if (ev) {
+        ev->code = code;
+        msgf(ev->message, sizeof(ev->message), "%s", e->error);
+        post(e, ev);
+    }
+    msgf(why, sizeof(why), "failed to load: %s", err->msg);
+    fail_all(e, code, why);
+}
+
+/* Wait for work, move prepared requests to the running list.  Returns
+ * false when the engine must stop. */
+static bool gather(struct vl2_engine *e)
+{
+    struct vl2_req *r;
+    bool go;
+
+    pthread_mutex_lock(&e->mu);
+    while (!e->quit && !e->stopping && e->ready.n == 0 && e->running.n == 0) {
+        if (e->p.idle_unload_s > 0 && e->m) {
+            double due = e->t_idle + e->p.idle_unload_s, now = vl2__engine_now();
+            struct timespec ts;
+
+            if (now >= due)
+                break;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += (time_t) (due - now) + 1;
+            pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+            continue;
+        }
+        pthread_cond_wait(&e->cv, &e->mu);
+    }
+    while ((r = vl2__req_list_pop(&e->ready)))
+        vl2__req_list_push(&e->running, r, VL2_REQ_RUNNING);
+    go = !e->quit && !e->stopping;
+    pthread_mutex_unlock(&e->mu);
+    return go;
+}
+
+/* End the running requests that were cancelled, before the next step. */
+static void reap_cancelled(struct vl2_engine *e)
+{
+    struct vl2_req *r, *next;
+
+    for (r = e->running.head; r; r = next) {
+        const char *why;
+        bool c;
+
+        next = r->next;
+        pthread_mutex_lock(&e->mu);
+        c = r->cancelled;
+        why = r->cancel_why;
+        pthread_mutex_unlock(&e->mu);
+        if (c)
+            finish_error(e, r, VL2_ECANCELED, why ? why : "cancelled");
+    }
+}
+
+/* Release the model after idle_unload_s without work. */
+static void idle_unload(struct vl2_engine *e)
+{
+    if (!e->m || e->p.idle_unload_s <= 0 || e->running.head)
+        return;
+    if (vl2__engine_now() < e->t_idle + e->p.idle_unload_s)
+        return;
+    vl2_model_free(e->m);
+    e->m = NULL;
+    refresh_memory(e);
+}
+
+/* After an idle unload: load the model again for the requests that came. */
+static bool ensure_model(struct vl2_engine *e)
+{
+    struct vl2_err err = { 0 };
+    char why[VL2_ERR_MSG_SIZE + 32];
+    struct vl2_req *r, *next;
+
+    if (e->m)
+        return true;
+    for (r = e->running.head; r; r = r->next)
+        vl2__req_post_progress(e, r, VL2_STAGE_LOADING, 0.0f);
+    if (open_model(e, &err) == 0) {
+        refresh_memory(e);
+        return true;
+    }
+    msgf(why, sizeof(why), "loading again: %s", err.msg);
+    for (r = e->running.head; r; r = next) {
+        next = r->next;
+        finish_error(e, r, err.code, why);
+    }
+    return false;
+}
+
+static void serve(struct vl2_engine *e)
+{
+    for (;;) {
+        struct vl2_req *r;
+        bool others = false;
+
+        if (!gather(e))
+            return;
+        idle_unload(e);
+        reap_cancelled(e);
+        if (!e->running.head || !ensure_model(e))
+            continue;
+        /* one unit of work for the oldest request that has not started
+         * decoding; it waits (and those after it) while KV room lacks */
+        for (r = e->running.head; r; r = r->next)
+            others |= r->decoding;
+        for (r = e->running.head; r && r->decoding; r = r->next)
+            ;
+        if (r)
+            (void) start_work(e, r, others);
+        decode_step(e);
+        refresh_memory(e);
+        if (!e->running.head)
+            e->t_idle = vl2__engine_now();
+    }
+}
+
+static void *engine_main(void *arg)
+{
+    struct vl2_engine *e = arg;
+    struct vl2_err err = { 0 };
+    double t0 = vl2__engine_now();
+    struct vl2_event *ev;
+    bool quit;
+
+    if (load(e, &err) < 0) {
+        vl2_model_free(e->m);
+        e->m = NULL;
+        set_failed(e, &err);
+        goto out_wait;
+    }
+    pthread_mutex_lock(&e->mu);
+    e->state = VL2_MODEL_STATE_READY;
+    pthread_cond_broadcast(&e->state_cv);
+    admit(e);
+    pthread_mutex_unlock(&e->mu);
+    refresh_memory(e);
+    ev = vl2_event_new(VL2_EVENT_LOADED, e->load_key);
+    if (ev) {
+        ev->load_s = vl2__engine_now() - t0;
+        post(e, ev);
+    }
+    e->t_idle = vl2__engine_now();
+    serve(e);
+
+    /* stop() or free(): end every request, give the model back */
+    pthread_mutex_lock(&e->mu);
+    quit = e->quit;
+    pthread_mutex_unlock(&e->mu);
+    fail_all(e, VL2_ECANCELED, quit ? NULL : "the model is being unloaded");
+    vl2_model_free(e->m);
+    e->m = NULL;
+    refresh_memory(e);
+
+out_wait:
+    pthread_mutex_lock(&e->mu);
+    while (!e->quit && !e->stopping)
+        pthread_cond_wait(&e->cv, &e->mu);
+    quit = e->quit;
+    pthread_mutex_unlock(&e->mu);
+    if (!quit)
+        post(e, vl2_event_new(VL2_EVENT_UNLOADED, e->load_key));
+    return NULL;
+}
+
+/* ---- prep threads ----------------------------------------------------- */
+
+static void *prep_main(void *arg)
+{
+    struct vl2_engine *e = arg;
+    struct vl2_req *r;
+
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        struct vl2_err err = { 0 };
+        bool dead;
+        int rc;
+
+        if (e->quit)
+            break;
+        r = vl2__req_list_pop(&e->prep_todo);
+        if (!r) {
+            pthread_cond_wait(&e->prep_cv, &e->mu);
+            continue;
+        }
+        vl2__req_list_push(&e->prepping, r, VL2_REQ_PREPPING);
+        pthread_mutex_unlock(&e->mu);
+        rc = vl2__prep_request(e, r, &err);
+        pthread_mutex_lock(&e->mu);
+        vl2__req_list_remove(&e->prepping, r);
+        dead = r->cancelled || e->stopping || e->quit;
+        if (rc >= 0 && !dead) {
+            vl2__req_list_push(&e->ready, r, VL2_REQ_READY);
+            pthread_cond_signal(&e->cv);
+            continue;
+        }
+        admit(e);
+        if (!e->quit) {
+            if (dead)
+                req_fail(e, r, VL2_ECANCELED, r->cancel_why ? r->cancel_why : "cancelled");
+            else
+                req_fail(e, r, rc, err.msg);
+        }
+        pthread_mutex_unlock(&e->mu);
+        vl2__req_free(e, r);
+        pthread_mutex_lock(&e->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+/* ---- the server's side (loop thread) ---------------------------------- */
+
+static int engine_submit(void *engine, struct vl2_job *job, struct vl2_err *err)
+{
+    struct vl2_engine *e = engine;
+    struct vl2_event *ev;
+    struct vl2_req *r;
+    int rc = 0;
+
+    r = calloc(1, sizeof(*r));
+    ev = vl2_event_new(VL2_EVENT_ACCEPTED, job->key);
+    if (!r || !ev) {
+        free(r);
+        vl2_event_free(ev);
+        return vl2_err_set(err, VL2_ENOMEM, "engine: out of memory");
+    }
+    pthread_mutex_lock(&e->mu);
+    if (e->state == VL2_MODEL_STATE_FAILED) {
+        rc = vl2_err_set(err, e->error_code, "%s", e->error);
+    } else if (e->stopping || e->quit) {
+        rc = vl2_err_set(err, VL2_ENOTFOUND, "engine: model '%s' is being unloaded", e->name);
+    } else if (e->queue.n >= e->p.max_queue) {
+        rc = vl2_err_set(err, VL2_EBUSY, "engine: model '%s': %zu requests wait already, "
+                         "try again later", e->name, e->queue.n);
+    }
+    if (rc < 0) {
+        pthread_mutex_unlock(&e->mu);
+        free(r);
+        vl2_event_free(ev);
+        return rc;
+    }
+    r->job = job;
+    r->key = job->key;
+    r->owner = job->owner;
+    r->seq_no = e->next_seq_no++;
+    r->t_submit = vl2__engine_now();
+    vl2__req_list_push(&e->queue, r, VL2_REQ_QUEUED);
+    admit(e);
+    ev->queue_position = r->place == VL2_REQ_QUEUED ? queue_position(e, r) : 0;
+    /* posted under the lock: ACCEPTED goes before anything the threads post */
+    post(e, ev);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+static struct vl2_req *find_key(struct vl2_engine *e, uint64_t key)
+{
+    static const enum vl2_req_place places[] = {
+        VL2_REQ_QUEUED, VL2_REQ_PREP_TODO, VL2_REQ_PREPPING, VL2_REQ_READY, VL2_REQ_RUNNING,
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(places) / sizeof(places[0]); i++) {
+        struct vl2_req *r;
+
+        for (r = list_of(e, places[i])->head; r; r = r->next)
+            if (r->key == key)
+                return r;
+    }
+    return NULL;
+}
+
+static void engine_cancel(void *engine, uint64_t key)
+{
+    struct vl2_engine *e = engine;
+    struct vl2_req *r;
+
+    pthread_mutex_lock(&e->mu);
+    r = find_key(e, key);
+    if (!r) {
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+    if (r->place == VL2_REQ_QUEUED || r->place == VL2_REQ_PREP_TODO) {
+        /* nothing started: end it here */
+        vl2__req_list_remove(list_of(e, r->place), r);
+        admit(e);
+        req_fail(e, r, VL2_ECANCELED, "cancelled");
+        pthread_mutex_unlock(&e->mu);
+        vl2__req_free(e, r);
+        return;
+    }
+    r->cancelled = true;
+    r->cancel_why = "cancelled";
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void engine_stats(void *engine, struct vl2_engine_stats *ret)
+{
+    struct vl2_engine *e = engine;
+
+    pthread_mutex_lock(&e->mu);
+    ret->memory_bytes = e->memory_bytes;
+    ret->queue_length = (uint32_t) e->queue.n;
+    ret->active_sequences = (uint32_t) slots_held(e);
+    ret->tokens_per_s = rate_get(e, vl2__engine_now());
+    ret->backend = e->backend;
+    ret->state = e->stopping ? VL2_MODEL_STATE_UNLOADING : e->state;
+    ret->error = e->state == VL2_MODEL_STATE_FAILED ? e->error : NULL;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void engine_stop(void *engine)
+{
+    struct vl2_engine *e = engine;
+
+    pthread_mutex_lock(&e->mu);
+    e->stopping = true;
+    pthread_cond_broadcast(&e->cv);
+    pthread_cond_broadcast(&e->prep_cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void engine_free(void *engine)
+{
+    struct vl2_engine *e = engine;
+    struct vl2_req *r;
+    size_t i;
+
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->quit = true;
+    pthread_cond_broadcast(&e->cv);
+    pthread_cond_broadcast(&e->prep_cv);
+    pthread_mutex_unlock(&e->mu);
+    if (e->thread_started)
+        pthread_join(e->thread, NULL);
+    for (i = 0; i < e->n_prep; i++)
+        pthread_join(e->prep[i], NULL);
+    /* the engine thread released the model; what is left holds no model */
+    while ((r = vl2__req_list_pop(&e->queue)))
+        vl2__req_free(e, r);
+    while ((r = vl2__req_list_pop(&e->prep_todo)))
+        vl2__req_free(e, r);
+    while ((r = vl2__req_list_pop(&e->ready)))
+        vl2__req_free(e, r);
+    vl2_model_free(e->m);
+    vl2_tokenizer_free(e->tok);
+    free(e->batch_seqs);
+    free(e->batch_ids);
+    free(e->batch_reqs);
+    free(e->prep);
+    pthread_cond_destroy(&e->cv);
+    pthread_cond_destroy(&e->prep_cv);
+    pthread_cond_destroy(&e->state_cv);
+    pthread_mutex_destroy(&e->mu);
+    free(e->name);
+    free(e->dir);
+    free(e->backend);
+    free(e->plugin_dir);
+    free(e);
+}
+
+static const struct vl2_engine_ops engine_ops = {
+    .submit = engine_submit,
+    .cancel = engine_cancel,
+    .stats = engine_stats,
+    .free = engine_free,
+    .stop = engine_stop,
+};
+
+const struct vl2_engine_ops *vl2_engine_ops(void)
+{
+    return &engine_ops;
+}
+
+/* ---- life cycle ------------------------------------------------------- */
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int vl2_engine_new(const struct vl2_engine_params *p, const struct vl2_engine_spec *spec,
+                   struct vl2_engine **ret, struct vl2_err *err)
+{
+    struct vl2_engine *e;
+    size_t i;
+    int rc;
+
+    rc = vl2_engine_check_params(p, err);
+    if (rc < 0)
+        return rc;
+    if (!spec->name || !spec->name[0] || !spec->dir || !spec->dir[0] || !spec->post)
+        return vl2_err_set(err, VL2_EINVAL, "engine: a model needs a name, a directory and "
+                           "an event sink");
+    e = calloc(1, sizeof(*e));
+    if (!e)
+        return vl2_err_set(err, VL2_ENOMEM, "engine: out of memory");
+    e->p = *p;
+    e->name = strdup(spec->name);
+    e->dir = strdup(spec->dir);
+    e->backend = strdup(spec->backend && spec->backend[0] ? spec->backend : p->backend);
+    e->plugin_dir = dup_or_null(p->plugin_dir);
+    e->prep = calloc(p->prep_threads, sizeof(*e->prep));
+    e->p.backend = NULL;
+    e->p.plugin_dir = NULL;
+    if (!e->name || !e->dir || !e->backend || (p->plugin_dir && !e->plugin_dir) || !e->prep) {
+        free(e->name);
+        free(e->dir);
+        free(e->backend);
+        free(e->plugin_dir);
+        free(e->prep);
+        free(e);
+        return vl2_err_set(err, VL2_ENOMEM, "engine: out of memory");
+    }
+    e->load_key = spec->load_key;
+    e->load_progress = spec->progress;
+    e->post = spec->post;
+    e->post_ud = spec->post_ud;
+    e->state = VL2_MODEL_STATE_LOADING;
+    e->eos_id = -1;
+    e->image_token_id = -1;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    pthread_cond_init(&e->prep_cv, NULL);
+    pthread_cond_init(&e->state_cv, NULL);
+    for (i = 0; i < p->prep_threads; i++) {
+        if (pthread_create(&e->prep[i], NULL, prep_main, e) != 0)
+            break;
+        e->n_prep++;
+    }
+    if (e->n_prep == p->prep_threads && pthread_create(&e->thread, NULL, engine_main, e) == 0)
+        e->thread_started = true;
+    if (!e->thread_started) {
+        engine_free(e);
+        return vl2_err_set(err, VL2_EIO, "engine: cannot start threads");
+    }
+    *ret = e;
+    return 0;
+}
+
+int vl2_engine_wait_loaded(struct vl2_engine *e, struct vl2_err *err)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&e->mu);
+    while (e->state == VL2_MODEL_STATE_LOADING)
+        pthread_cond_wait(&e->state_cv, &e->mu);
+    if (e->state == VL2_MODEL_STATE_FAILED)
+        rc = vl2_err_set(err, e->error_code, "%s", e->error);
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
