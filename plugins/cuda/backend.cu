@@ -29,6 +29,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda-impl.h"
+#include "cuda-launch.cuh"
 #include "vl2-backend.h"
 #include "vl2-status.h"
 
@@ -44,6 +45,10 @@
 #define ATTN_FULL_SCRATCH (512u << 20)
 
 #define MIB(x) ((double)(x) / 1048576.0)
+
+/* Dependent launches (cuda-launch.cuh): a process-wide capability of the
+ * device, like a CPU feature table; set by the first open. */
+int vl2__cu_pdl;
 
 /* ---- records -------------------------------------------------------------- */
 
@@ -191,6 +196,7 @@ struct vl2_backend_ctx {
     int              graphs_on;
     int              mma_linear;    /* option mma_linear: own kernel for mid-size products */
     int              fuse_route;    /* option fuse_route: one block routes small batches */
+    int              pdl;           /* option pdl: programmatic dependent launches */
     int              max_smem;
     void            *rd_pin;        /* pinned bounce buffer for large reads */
     size_t           rd_pin_size;
@@ -1319,6 +1325,8 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->mma_linear = 0;
         else if (len == 12 && !strncmp(p, "fuse_route=0", 12))
             ctx->fuse_route = 0;
+        else if (len == 5 && !strncmp(p, "pdl=0", 5))
+            ctx->pdl = 0;
         p = e ? e + 1 : NULL;
     }
 }
@@ -1356,6 +1364,7 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     ctx->graphs_on = 1;
     ctx->mma_linear = 1;
     ctx->fuse_route = 1;
+    ctx->pdl = 1;
     parse_options(ctx, p && p->options ? p->options : getenv("VL2_CUDA_OPTIONS"));
     if (ctx->profile)
         ctx->graphs_on = 0;
@@ -1372,6 +1381,7 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
                          dev, ctx->prop.name, ctx->prop.major, ctx->prop.minor);
         goto out_free;
     }
+    vl2__cu_pdl = ctx->pdl;
     if ((e = cudaStreamCreateWithFlags(&ctx->st, cudaStreamNonBlocking)) != cudaSuccess) {
         rv = cu_fail(err, e, "stream");
         goto out_free;
@@ -1421,11 +1431,12 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     (void)cudaRuntimeGetVersion(&rt);
     snprintf(ctx->desc, sizeof(ctx->desc),
              "cuda: device %d %s (sm_%d%d, %d SMs, %.1f GiB), driver %d.%d, runtime %d.%d, "
-             "cuBLAS, graphs %s%s",
+             "cuBLAS, graphs %s%s%s",
              dev, ctx->prop.name, ctx->prop.major, ctx->prop.minor,
              ctx->prop.multiProcessorCount, (double)ctx->prop.totalGlobalMem / 1073741824.0,
              drv / 1000, (drv % 1000) / 10, rt / 1000, (rt % 1000) / 10,
-             ctx->graphs_on ? "on" : "off", ctx->profile ? ", profiling" : "");
+             ctx->graphs_on ? "on" : "off", ctx->pdl ? ", dependent launches" : "",
+             ctx->profile ? ", profiling" : "");
     *ret_ctx = ctx;
     return 0;
 

@@ -131,3 +131,19 @@ static __device__ __forceinline__ float silu_f(float g)
 }
 
 #endif /* VL2_CUDA_DEV_CUH */
+
+/* ---- programmatic dependent launch (Hopper) ------------------------------- */
+
+/* Every kernel starts with PDL_ENTRY(): wait until the kernels before it are
+ * complete and their writes visible (a no-op without a programmatic
+ * dependency), then let the next kernel be scheduled early when this grid
+ * fits in about one wave (larger grids let it go when their blocks exit).
+ * The next kernel's blocks become resident and wait at their own entry, so
+ * its launch latency hides behind this kernel's work. */
+static __device__ __forceinline__ void pdl_entry(void)
+{
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (gridDim.x * gridDim.y * gridDim.z <= 1024u)
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+#define PDL_ENTRY() pdl_entry()

@@ -7,6 +7,7 @@
 
 #include "cuda-dev.cuh"
 #include "cuda-impl.h"
+#include "cuda-launch.cuh"
 
 #define QT VL2_CU_ATTN_QT
 #define KT VL2_CU_ATTN_KT
@@ -26,9 +27,66 @@ template <typename CT> static __device__ __forceinline__ float round_as(float v)
     return elem<CT>::get(&c, 0);
 }
 
+/* 16 bytes of CT at @p (16-byte aligned) as floats: 4 (F32) or 8 values. */
+template <typename CT> static __device__ __forceinline__ void load16(const CT *p, float *v)
+{
+    elem<CT>::get8(p, v);
+}
+template <> __device__ __forceinline__ void load16<float>(const float *p, float *v)
+{
+    const float4 a = __ldg((const float4 *)p);
+    v[0] = a.x;
+    v[1] = a.y;
+    v[2] = a.z;
+    v[3] = a.w;
+}
+
+/* Rows [0, rows) x cols of @src (rows src_ld apart) into @dst (F32, rows dst_ld
+ * apart), the block's threads striding over the flattened tile with many
+ * loads in flight (16-byte loads when aligned). */
+template <typename CT>
+static __device__ __forceinline__ void tile_load(float *dst, int dst_ld, const CT *src,
+                                                 int64_t src_ld, int rows, int cols, int tid)
+{
+    constexpr int V = 16 / sizeof(CT);
+    if (((uintptr_t)src & 15) == 0 && src_ld % V == 0 && cols % V == 0) {
+        const int cc = cols / V, total = rows * cc;
+        int j = tid / cc, c = tid - j * cc;
+#pragma unroll 8
+        for (int idx = tid; idx < total; idx += ATT_THREADS) {
+            float v[8];
+            load16<CT>(src + (int64_t)j * src_ld + c * V, v);
+            float *o = dst + j * dst_ld + c * V;
+#pragma unroll
+            for (int e = 0; e < V; e++)
+                o[e] = v[e];
+            c += ATT_THREADS;
+            while (c >= cc) {
+                c -= cc;
+                j++;
+            }
+        }
+        return;
+    }
+    {
+        const int total = rows * cols;
+        int j = tid / cols, d = tid - j * cols;
+#pragma unroll 8
+        for (int idx = tid; idx < total; idx += ATT_THREADS) {
+            dst[j * dst_ld + d] = elem<CT>::get(src, (int64_t)j * src_ld + d);
+            d += ATT_THREADS;
+            while (d >= cols) {
+                d -= cols;
+                j++;
+            }
+        }
+    }
+}
+
 template <typename CT, int DVL, bool VINK>
 static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct vl2__cu_attn_args a)
 {
+    PDL_ENTRY();
     extern __shared__ float sm[];
     const int dk = a.dk, dv = a.dv, kst = k_stride(dk);
     const int vst = VINK ? kst : dv;
@@ -44,18 +102,23 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
         return;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
-    for (int i = warp; i < QT; i += ATT_THREADS / 32) {
-        const int qi = q0 + i;
-        float *dst = Qs + i * dk;
-        if (qi < nq) {
-            const int t = qi / a.group, r = qi % a.group;
-            const int h = kvh * a.group + r;
-            const float *src = a.q + (int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs;
-            for (int d = lane; d < dk; d += 32)
-                dst[d] = src[d];
-        } else {
-            for (int d = lane; d < dk; d += 32)
-                dst[d] = 0.0f;
+    {
+        /* the tile's queries: rows of q (one per head and batch row), zeros past nq */
+        const int nvalid = min(QT, nq - q0), total = QT * dk;
+        int i = tid / dk, d = tid - i * dk;
+#pragma unroll 8
+        for (int idx = tid; idx < total; idx += ATT_THREADS) {
+            float v = 0.0f;
+            if (i < nvalid) {
+                const int qi = q0 + i, t = qi / a.group, h = kvh * a.group + qi % a.group;
+                v = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d];
+            }
+            Qs[i * dk + d] = v;
+            d += ATT_THREADS;
+            while (d >= dk) {
+                d -= dk;
+                i++;
+            }
         }
     }
     const int qlast = min(q0 + QT, nq) - 1;
@@ -91,12 +154,14 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
             const int64_t in = (int64_t)(s.row0 + t);
             CT *kd = kb0 + (int64_t)(s.n_past + t) * a.kv_row;
             const float *ka = a.kn_a + in * a.kn_a_ld + (int64_t)kvh * a.k_hs;
+#pragma unroll 8
             for (int d = lane; d < dk; d += 32)
                 elem<CT>::put(kd, d, d < a.kn_a_cols ? ka[d]
                                                      : a.kn_b[in * a.kn_b_ld + d - a.kn_a_cols]);
             if (!VINK) {
                 CT *vd = vb0 + (int64_t)(s.n_past + t) * a.kv_row;
                 const float *va = a.vn + in * a.vn_ld + (int64_t)kvh * a.v_hs;
+#pragma unroll 8
                 for (int d = lane; d < dv; d += 32)
                     elem<CT>::put(vd, d, va[d]);
             }
@@ -106,29 +171,26 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
 
     for (int kb = ks; kb < ke; kb += KT) {
         const int nkeys = min(KT, ke - kb);
-        for (int j = warp; j < KT; j += ATT_THREADS / 32) {
-            const int key = kb + j;
+        /* rows of the tile in the cache: everything before this batch's own rows */
+        const int n_cache = max(0, min(nkeys, s.n_past - kb));
+        tile_load<CT>(Ks, kst, kb0 + (int64_t)kb * a.kv_row, a.kv_row, n_cache, dk, tid);
+        if (!VINK)
+            tile_load<CT>(Vs, dv, vb0 + (int64_t)kb * a.kv_row, a.kv_row, n_cache, dv, tid);
+        for (int j = n_cache + warp; j < KT; j += ATT_THREADS / 32) {
             float *dst = Ks + j * kst;
             float *dv_ = Vs + j * dv;
             if (j >= nkeys) {
                 for (int d = lane; d < dk; d += 32)
                     dst[d] = 0.0f;
-                if (!VINK)
+                if (!VINK) {
                     for (int d = lane; d < dv; d += 32)
                         dv_[d] = 0.0f;
-            } else if (key < s.n_past) {
-                const CT *src = kb0 + (int64_t)key * a.kv_row;
-                for (int d = lane; d < dk; d += 32)
-                    dst[d] = elem<CT>::get(src, d);
-                if (!VINK) {
-                    const CT *vs_ = vb0 + (int64_t)key * a.kv_row;
-                    for (int d = lane; d < dv; d += 32)
-                        dv_[d] = elem<CT>::get(vs_, d);
                 }
             } else {
                 /* a row of this batch: from the inputs, rounded as the cache stores it */
-                const int64_t in = s.row0 + key - s.n_past;
+                const int64_t in = s.row0 + kb + j - s.n_past;
                 const float *ka = a.kn_a + in * a.kn_a_ld + (int64_t)kvh * a.k_hs;
+#pragma unroll 4
                 for (int d = lane; d < dk; d += 32) {
                     const float v = d < a.kn_a_cols ? ka[d]
                                                     : a.kn_b[in * a.kn_b_ld + d - a.kn_a_cols];
@@ -136,6 +198,7 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
                 }
                 if (!VINK) {
                     const float *va = a.vn + in * a.vn_ld + (int64_t)kvh * a.v_hs;
+#pragma unroll 4
                     for (int d = lane; d < dv; d += 32)
                         dv_[d] = round_as<CT>(va[d]);
                 }
@@ -288,9 +351,9 @@ static cudaError_t attn_launch_v(const struct vl2__cu_attn_args *a, int v_in_k, 
                                  size_t smem, cudaStream_t st)
 {
     if (v_in_k)
-        attn_kernel<CT, DVL, true><<<grid, ATT_THREADS, smem, st>>>(*a);
+        launch_k(attn_kernel<CT, DVL, true>, grid, ATT_THREADS, smem, st, *a);
     else
-        attn_kernel<CT, DVL, false><<<grid, ATT_THREADS, smem, st>>>(*a);
+        launch_k(attn_kernel<CT, DVL, false>, grid, ATT_THREADS, smem, st, *a);
     return cudaGetLastError();
 }
 
@@ -333,15 +396,16 @@ cudaError_t vl2__cu_attn(const struct vl2__cu_attn_args *a, int kv_dtype, int n_
  * splits first (parallel loads into shared memory), then the values. */
 static __global__ void attn_combine_kernel(const struct vl2__cu_attn_args a)
 {
+    PDL_ENTRY();
     __shared__ float s_m[ATT_MAX_SPLIT], s_w[ATT_MAX_SPLIT];
     __shared__ float s_inv;
     const int64_t row = blockIdx.x;
     const int h = blockIdx.y, S = a.n_split, dv = a.dv;
     const int64_t pb = (row * a.n_head + h) * S;
 
-    if (threadIdx.x < S) {
-        s_m[threadIdx.x] = a.part_ml[(pb + threadIdx.x) * 2];
-        s_w[threadIdx.x] = a.part_ml[(pb + threadIdx.x) * 2 + 1];
+    for (int z = threadIdx.x; z < S; z += blockDim.x) {
+        s_m[z] = a.part_ml[(pb + z) * 2];
+        s_w[z] = a.part_ml[(pb + z) * 2 + 1];
     }
     __syncthreads();
     if (threadIdx.x < 32) {
@@ -375,7 +439,8 @@ cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
     if (n_rows <= 0)
         return cudaSuccess;
     dim3 grid(n_rows, a->n_head);
-    attn_combine_kernel<<<grid, 128, 0, st>>>(*a);
+    const int threads = a->dv >= 512 ? 512 : (a->dv + 31) / 32 * 32;
+    launch_k(attn_combine_kernel, grid, threads < 64 ? 64 : threads, 0, st, *a);
     return cudaGetLastError();
 }
 
@@ -391,6 +456,7 @@ static __global__ void __launch_bounds__(QA_WARPS * 32)
 mla_qabs_kernel(float *qcat, const float *q, int64_t ldq, const WT *kvb, int64_t ldb, int n,
                 int H, int nope, int rope, int vdim, int R)
 {
+    PDL_ENTRY();
     __shared__ float red[QA_WARPS][NT][QA_COLS];
     const int h = blockIdx.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -405,7 +471,7 @@ mla_qabs_kernel(float *qcat, const float *q, int64_t ldq, const WT *kvb, int64_t
 #pragma unroll
         for (int t = 0; t < NT; t++)
             acc[t][0] = acc[t][1] = 0.0f;
-#pragma unroll 4
+#pragma unroll 16
         for (int i = i0; i < i1; i++) {
             const WT *wr = w + (int64_t)i * ldb;
             const float w0 = c0 < R ? elem<WT>::get(wr, c0) : 0.0f;
@@ -447,16 +513,16 @@ static cudaError_t qabs_launch(float *qcat, const float *q, int64_t ldq, const v
     dim3 grid(H, (R + QA_COLS - 1) / QA_COLS);
     const WT *w = (const WT *)kvb;
     if (n <= 1)
-        mla_qabs_kernel<WT, 1><<<grid, QA_WARPS * 32, 0, st>>>(qcat, q, ldq, w, ldb, n, H, nope,
+        launch_k(mla_qabs_kernel<WT, 1>, grid, QA_WARPS * 32, 0, st, qcat, q, ldq, w, ldb, n, H, nope,
                                                                 rope, vdim, R);
     else if (n <= 2)
-        mla_qabs_kernel<WT, 2><<<grid, QA_WARPS * 32, 0, st>>>(qcat, q, ldq, w, ldb, n, H, nope,
+        launch_k(mla_qabs_kernel<WT, 2>, grid, QA_WARPS * 32, 0, st, qcat, q, ldq, w, ldb, n, H, nope,
                                                                 rope, vdim, R);
     else if (n <= 4)
-        mla_qabs_kernel<WT, 4><<<grid, QA_WARPS * 32, 0, st>>>(qcat, q, ldq, w, ldb, n, H, nope,
+        launch_k(mla_qabs_kernel<WT, 4>, grid, QA_WARPS * 32, 0, st, qcat, q, ldq, w, ldb, n, H, nope,
                                                                 rope, vdim, R);
     else
-        mla_qabs_kernel<WT, 8><<<grid, QA_WARPS * 32, 0, st>>>(qcat, q, ldq, w, ldb, n, H, nope,
+        launch_k(mla_qabs_kernel<WT, 8>, grid, QA_WARPS * 32, 0, st, qcat, q, ldq, w, ldb, n, H, nope,
                                                                 rope, vdim, R);
     return cudaGetLastError();
 }
@@ -480,6 +546,7 @@ cudaError_t vl2__cu_mla_qabs(float *qcat, const float *q, int64_t ldq, const voi
 static __global__ void mla_qpe_kernel(float *qcat, const float *q, int64_t ldq, int H,
                                       int nope, int rope, int R)
 {
+    PDL_ENTRY();
     const int t = blockIdx.x;
     for (int idx = threadIdx.x; idx < H * rope; idx += blockDim.x) {
         const int h = idx / rope, j = idx % rope;
@@ -493,6 +560,6 @@ cudaError_t vl2__cu_mla_qpe(float *qcat, const float *q, int64_t ldq, int n, int
 {
     if (n <= 0)
         return cudaSuccess;
-    mla_qpe_kernel<<<n, 128, 0, st>>>(qcat, q, ldq, H, nope, rope, R);
+    launch_k(mla_qpe_kernel, n, 128, 0, st, qcat, q, ldq, H, nope, rope, R);
     return cudaGetLastError();
 }

@@ -5,6 +5,7 @@
 
 #include "cuda-dev.cuh"
 #include "cuda-impl.h"
+#include "cuda-launch.cuh"
 
 #define LAUNCH_CHECK() cudaGetLastError()
 
@@ -21,8 +22,10 @@ static inline unsigned int blocks_for(int64_t n, int threads)
 static __global__ void embed_kernel(float *out, int64_t ldo, const void *table, int64_t ldt,
                                     int tdtype, const int32_t *ids, int cols)
 {
+    PDL_ENTRY();
     const int r = blockIdx.x;
     const int64_t base = (int64_t)ids[r] * ldt;
+#pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         out[(int64_t)r * ldo + c] = ld_any(table, tdtype, base + c);
 }
@@ -32,7 +35,7 @@ cudaError_t vl2__cu_embed(float *out, int64_t ldo, const void *table, int64_t ld
 {
     if (n <= 0)
         return cudaSuccess;
-    embed_kernel<<<n, 256, 0, st>>>(out, ldo, table, ldt, tdtype, ids, cols);
+    launch_k(embed_kernel, n, 256, 0, st, out, ldo, table, ldt, tdtype, ids, cols);
     return LAUNCH_CHECK();
 }
 
@@ -41,15 +44,19 @@ cudaError_t vl2__cu_embed(float *out, int64_t ldo, const void *table, int64_t ld
 static __global__ void rmsnorm_kernel(float *out, int64_t ldo, const float *x, int64_t ldx,
                                       const void *w, int wdtype, int cols, float eps)
 {
+    PDL_ENTRY();
     __shared__ float sh[32];
     const float *xr = x + (int64_t)blockIdx.x * ldx;
     float *o = out + (int64_t)blockIdx.x * ldo;
     float s = 0.0f;
 
+#pragma unroll 4
+
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         s += xr[c] * xr[c];
     s = block_sum(s, sh);
     const float inv = 1.0f / sqrtf(s / (float)cols + eps);
+#pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         o[c] = ld_any(w, wdtype, c) * (xr[c] * inv);
 }
@@ -60,7 +67,7 @@ cudaError_t vl2__cu_rmsnorm(float *out, int64_t ldo, const float *x, int64_t ldx
 {
     if (n <= 0)
         return cudaSuccess;
-    rmsnorm_kernel<<<n, cols >= 1024 ? 512 : 256, 0, st>>>(out, ldo, x, ldx, w, wdtype, cols,
+    launch_k(rmsnorm_kernel, n, cols >= 1024 ? 512 : 256, 0, st, out, ldo, x, ldx, w, wdtype, cols,
                                                            eps);
     return LAUNCH_CHECK();
 }
@@ -69,21 +76,26 @@ static __global__ void layernorm_kernel(float *out, int64_t ldo, const float *x,
                                         const void *w, int wdtype, const void *b, int bdtype,
                                         int cols, float eps)
 {
+    PDL_ENTRY();
     __shared__ float sh[32];
     const float *xr = x + (int64_t)blockIdx.x * ldx;
     float *o = out + (int64_t)blockIdx.x * ldo;
     float s = 0.0f;
 
+#pragma unroll 4
+
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         s += xr[c];
     const float mean = block_sum(s, sh) / (float)cols;
     s = 0.0f;
+#pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         const float d = xr[c] - mean;
         s += d * d;
     }
     const float var = block_sum(s, sh) / (float)cols;
     const float inv = 1.0f / sqrtf(var + eps);
+#pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         float v = (xr[c] - mean) * inv * ld_any(w, wdtype, c);
         if (b)
@@ -98,7 +110,7 @@ cudaError_t vl2__cu_layernorm(float *out, int64_t ldo, const float *x, int64_t l
 {
     if (n <= 0)
         return cudaSuccess;
-    layernorm_kernel<<<n, cols >= 1024 ? 512 : 256, 0, st>>>(out, ldo, x, ldx, w, wdtype, b,
+    launch_k(layernorm_kernel, n, cols >= 1024 ? 512 : 256, 0, st, out, ldo, x, ldx, w, wdtype, b,
                                                              bdtype, cols, eps);
     return LAUNCH_CHECK();
 }
@@ -109,6 +121,7 @@ static __global__ void add_kernel(float *out, int64_t ldo, const void *a, int64_
                                   int adtype, const void *b, int64_t ldb, int bdtype,
                                   int64_t brows, int64_t n, int cols)
 {
+    PDL_ENTRY();
     const int64_t total = n * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -126,13 +139,14 @@ cudaError_t vl2__cu_add(float *out, int64_t ldo, const void *a, int64_t lda, int
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
         return cudaSuccess;
-    add_kernel<<<blocks_for(total, 256), 256, 0, st>>>(out, ldo, a, lda, adtype, b, ldb,
+    launch_k(add_kernel, blocks_for(total, 256), 256, 0, st, out, ldo, a, lda, adtype, b, ldb,
                                                        bdtype, brows, n, cols);
     return LAUNCH_CHECK();
 }
 
 static __global__ void gelu_kernel(float *x, int64_t ldx, int64_t n, int cols, int kind)
 {
+    PDL_ENTRY();
     const int64_t total = n * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -153,13 +167,14 @@ cudaError_t vl2__cu_gelu(float *x, int64_t ldx, int n, int cols, int kind, cudaS
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
         return cudaSuccess;
-    gelu_kernel<<<blocks_for(total, 256), 256, 0, st>>>(x, ldx, n, cols, kind);
+    launch_k(gelu_kernel, blocks_for(total, 256), 256, 0, st, x, ldx, n, cols, kind);
     return LAUNCH_CHECK();
 }
 
 static __global__ void swiglu_kernel(float *out, int64_t ldo, const float *g, int64_t ldg,
                                      const float *u, int64_t ldu, int64_t n, int cols)
 {
+    PDL_ENTRY();
     const int64_t total = n * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -174,7 +189,7 @@ cudaError_t vl2__cu_swiglu(float *out, int64_t ldo, const float *g, int64_t ldg,
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
         return cudaSuccess;
-    swiglu_kernel<<<blocks_for(total, 256), 256, 0, st>>>(out, ldo, g, ldg, u, ldu, n, cols);
+    launch_k(swiglu_kernel, blocks_for(total, 256), 256, 0, st, out, ldo, g, ldg, u, ldu, n, cols);
     return LAUNCH_CHECK();
 }
 
@@ -184,8 +199,10 @@ static __global__ void copy_rows_kernel(void *dst, int64_t ldd, int ddtype,
                                         const int32_t *drows, const void *src, int64_t lds,
                                         int sdtype, const int32_t *srows, int cols)
 {
+    PDL_ENTRY();
     const int64_t d = (int64_t)drows[blockIdx.x] * ldd;
     const int64_t s = (int64_t)srows[blockIdx.x] * lds;
+#pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         st_any(dst, ddtype, d + c, ld_any(src, sdtype, s + c));
 }
@@ -196,7 +213,7 @@ cudaError_t vl2__cu_copy_rows(void *dst, int64_t ldd, int ddtype, const int32_t 
 {
     if (n <= 0)
         return cudaSuccess;
-    copy_rows_kernel<<<n, 256, 0, st>>>(dst, ldd, ddtype, drows, src, lds, sdtype, srows,
+    launch_k(copy_rows_kernel, n, 256, 0, st, dst, ldd, ddtype, drows, src, lds, sdtype, srows,
                                         cols);
     return LAUNCH_CHECK();
 }
@@ -205,6 +222,7 @@ cudaError_t vl2__cu_copy_rows(void *dst, int64_t ldd, int ddtype, const int32_t 
 static __global__ void patchify_kernel(float *out, int64_t ldo, const float *img, int64_t ldi,
                                        int S, int p, int g)
 {
+    PDL_ENTRY();
     const int row = blockIdx.x;
     const int i = row / (g * g), gy = (row / g) % g, gx = row % g;
     const int F = 3 * p * p;
@@ -221,7 +239,7 @@ cudaError_t vl2__cu_patchify(float *out, int64_t ldo, const float *img, int64_t 
     const int g = S / p;
     if (n_img <= 0 || g <= 0)
         return cudaSuccess;
-    patchify_kernel<<<n_img * g * g, 256, 0, st>>>(out, ldo, img, ldi, S, p, g);
+    launch_k(patchify_kernel, n_img * g * g, 256, 0, st, out, ldo, img, ldi, S, p, g);
     return LAUNCH_CHECK();
 }
 
@@ -229,6 +247,7 @@ cudaError_t vl2__cu_patchify(float *out, int64_t ldo, const float *img, int64_t 
 static __global__ void unfold_kernel(float *out, int64_t ldo, const float *feat, int64_t ldf,
                                      int g, int c)
 {
+    PDL_ENTRY();
     const int g2 = (g + 1) / 2;
     const int row = blockIdx.x;
     const int i = row / (g2 * g2), by = (row / g2) % g2, bx = row % g2;
@@ -248,7 +267,7 @@ cudaError_t vl2__cu_unfold2x2(float *out, int64_t ldo, const float *feat, int64_
     const int g2 = (g + 1) / 2;
     if (n_img <= 0 || g <= 0)
         return cudaSuccess;
-    unfold_kernel<<<n_img * g2 * g2, 256, 0, st>>>(out, ldo, feat, ldf, g, c);
+    launch_k(unfold_kernel, n_img * g2 * g2, 256, 0, st, out, ldo, feat, ldf, g, c);
     return LAUNCH_CHECK();
 }
 
@@ -262,6 +281,7 @@ static __global__ void rope_kernel(float *x, int64_t ldx, const struct vl2__cu_r
                                    int n_head, int head_stride, int rot_off, int rot_dim,
                                    float theta, int layout)
 {
+    PDL_ENTRY();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.y * (blockDim.x >> 5) + warp;
     if (h >= n_head)
@@ -310,7 +330,7 @@ cudaError_t vl2__cu_rope(float *x, int64_t ldx, const struct vl2__cu_row *rows, 
     if (n <= 0 || n_head <= 0)
         return cudaSuccess;
     dim3 grid(n, (n_head + warps - 1) / warps);
-    rope_kernel<<<grid, 32 * warps, 0, st>>>(x, ldx, rows, n_head, head_stride, rot_off,
+    launch_k(rope_kernel, grid, 32 * warps, 0, st, x, ldx, rows, n_head, head_stride, rot_off,
                                              rot_dim, theta, layout);
     return LAUNCH_CHECK();
 }
@@ -320,6 +340,7 @@ cudaError_t vl2__cu_rope(float *x, int64_t ldx, const struct vl2__cu_row *rows, 
 static __global__ void convert_kernel(void *dst, int64_t ldd, int ddtype, const float *src,
                                       int64_t lds, int64_t n, int cols)
 {
+    PDL_ENTRY();
     const int64_t total = n * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -334,13 +355,14 @@ cudaError_t vl2__cu_convert(void *dst, int64_t ldd, int ddtype, const float *src
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
         return cudaSuccess;
-    convert_kernel<<<blocks_for(total, 256), 256, 0, st>>>(dst, ldd, ddtype, src, lds, n, cols);
+    launch_k(convert_kernel, blocks_for(total, 256), 256, 0, st, dst, ldd, ddtype, src, lds, n, cols);
     return LAUNCH_CHECK();
 }
 
 static __global__ void add_bias_kernel(float *out, int64_t ldo, const void *bias, int bdtype,
                                        int64_t n, int cols)
 {
+    PDL_ENTRY();
     const int64_t total = n * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -355,15 +377,18 @@ cudaError_t vl2__cu_add_bias(float *out, int64_t ldo, const void *bias, int bdty
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
         return cudaSuccess;
-    add_bias_kernel<<<blocks_for(total, 256), 256, 0, st>>>(out, ldo, bias, bdtype, n, cols);
+    launch_k(add_bias_kernel, blocks_for(total, 256), 256, 0, st, out, ldo, bias, bdtype, n, cols);
     return LAUNCH_CHECK();
 }
 
 static __global__ void softmax_rows_kernel(float *s, int cols)
 {
+    PDL_ENTRY();
     __shared__ float sh[32];
     float *r = s + (int64_t)blockIdx.x * cols;
     float m = -INFINITY;
+
+#pragma unroll 4
 
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         m = fmaxf(m, r[c]);
@@ -375,6 +400,7 @@ static __global__ void softmax_rows_kernel(float *s, int cols)
     m = (threadIdx.x & 31) < (int)(blockDim.x >> 5) ? sh[threadIdx.x & 31] : -INFINITY;
     m = warp_max(m);
     float sum = 0.0f;
+#pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         const float e = expf(r[c] - m);
         r[c] = e;
@@ -382,6 +408,7 @@ static __global__ void softmax_rows_kernel(float *s, int cols)
     }
     sum = block_sum(sum, sh);
     const float inv = 1.0f / sum;
+#pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         r[c] *= inv;
 }
@@ -390,7 +417,7 @@ cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, cudaStream_t st)
 {
     if (n <= 0)
         return cudaSuccess;
-    softmax_rows_kernel<<<(unsigned int)n, 256, 0, st>>>(s, cols);
+    launch_k(softmax_rows_kernel, (unsigned int)n, 256, 0, st, s, cols);
     return LAUNCH_CHECK();
 }
 
@@ -400,6 +427,7 @@ cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, cudaStream_t st)
  * ops after it and event pairs time kernels, not launch gaps). */
 static __global__ void spin_kernel(unsigned long long ns)
 {
+    PDL_ENTRY();
     unsigned long long t0, t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
     do {
@@ -410,6 +438,6 @@ static __global__ void spin_kernel(unsigned long long ns)
 
 cudaError_t vl2__cu_spin(int us, cudaStream_t st)
 {
-    spin_kernel<<<1, 1, 0, st>>>((unsigned long long)us * 1000ull);
+    launch_k(spin_kernel, 1, 1, 0, st, (unsigned long long)us * 1000ull);
     return cudaGetLastError();
 }

@@ -8,6 +8,7 @@
  * silu-gated pairs gate/up) and per-head products (strided groups). */
 #include "cuda-dev.cuh"
 #include "cuda-impl.h"
+#include "cuda-launch.cuh"
 
 #define GV_WARPS 4      /* warps per block */
 
@@ -21,6 +22,24 @@ static __global__ void __launch_bounds__(GV_WARPS * 32)
 gemv_kernel(const struct vl2__cu_gemv_args a)
 {
     struct vl2__cu_group g;
+
+    if (!a.groups) {
+        /* the weights do not depend on the kernels before: start pulling this
+         * warp's rows into L2 while they finish */
+        const int jw = (blockIdx.x * GV_WARPS + (threadIdx.x >> 5)) * GV_R;
+        const char *w0 = (const char *)a.g0.wa +
+                         (int64_t)blockIdx.y * a.w_gs * (int64_t)sizeof(WT);
+        const int64_t row_bytes = (int64_t)a.g0.K * (int64_t)sizeof(WT);
+#pragma unroll
+        for (int r = 0; r < GV_R; r++) {
+            if (jw + r >= a.g0.n_out)
+                break;
+            const char *row = w0 + (int64_t)(jw + r) * a.g0.ldw * (int64_t)sizeof(WT);
+            for (int64_t off = (int64_t)(threadIdx.x & 31) * 128; off < row_bytes; off += 32 * 128)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
+        }
+    }
+    PDL_ENTRY();
 
     if (a.groups) {
         if ((int)blockIdx.y >= *a.n_groups)
@@ -138,9 +157,9 @@ static cudaError_t launch_vec(const struct vl2__cu_gemv_args *a, int vec, dim3 g
 {
     constexpr int R = NT == 1 ? 1 : 2;
     if (vec)
-        gemv_kernel<WT, NT, R, DUAL, true><<<grid, GV_WARPS * 32, 0, st>>>(*a);
+        launch_k(gemv_kernel<WT, NT, R, DUAL, true>, grid, GV_WARPS * 32, 0, st, *a);
     else
-        gemv_kernel<WT, NT, R, DUAL, false><<<grid, GV_WARPS * 32, 0, st>>>(*a);
+        launch_k(gemv_kernel<WT, NT, R, DUAL, false>, grid, GV_WARPS * 32, 0, st, *a);
     return cudaGetLastError();
 }
 

@@ -9,6 +9,7 @@
 
 #include "cuda-dev.cuh"
 #include "cuda-impl.h"
+#include "cuda-launch.cuh"
 
 using namespace nvcuda;
 
@@ -166,6 +167,7 @@ static __host__ __device__ size_t select_floats(int E, int G)
 /* One warp per token, from logits computed before. */
 static __global__ void __launch_bounds__(32) route_kernel(const struct vl2__cu_route_args a)
 {
+    PDL_ENTRY();
     extern __shared__ float sm[];
     select_token(a, a.logits + (int64_t)blockIdx.x * a.E, sm, blockIdx.x);
 }
@@ -174,7 +176,7 @@ cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, cudaStream_t s
 {
     if (a->n <= 0)
         return cudaSuccess;
-    route_kernel<<<a->n, 32, select_floats(a->E, a->n_group) * sizeof(float), st>>>(*a);
+    launch_k(route_kernel, a->n, 32, select_floats(a->E, a->n_group) * sizeof(float), st, *a);
     return cudaGetLastError();
 }
 
@@ -210,6 +212,7 @@ static __device__ void bucket_body(const struct vl2__cu_bucket_args &a, int *s_c
             continue;
         int c = 0;
         const int off = s_off[e];
+#pragma unroll 8
         for (int s = 0; s < nk; s++) {
             if (a.idx[s] == e) {
                 a.pos[s] = off + c;
@@ -283,6 +286,7 @@ static __device__ void bucket_body(const struct vl2__cu_bucket_args &a, int *s_c
 
 static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__cu_bucket_args a)
 {
+    PDL_ENTRY();
     __shared__ int s_cnt[BUCKET_MAX_E];
     __shared__ int s_off[BUCKET_MAX_E];
     __shared__ int s_act[BUCKET_MAX_E];
@@ -292,7 +296,7 @@ static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__c
 
 cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st)
 {
-    bucket_kernel<<<1, 1024, 0, st>>>(*a);
+    launch_k(bucket_kernel, 1, 1024, 0, st, *a);
     return cudaGetLastError();
 }
 
@@ -333,6 +337,7 @@ static __device__ __forceinline__ float row_dot(const float *x, const WT *w, int
 static __global__ void __launch_bounds__(1024)
 route_all_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b)
 {
+    PDL_ENTRY();
     extern __shared__ float sm[];
     const int E = a.E, n = a.n;
     const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -376,7 +381,7 @@ size_t vl2__cu_moe_route_all_smem(int n, int E, int G)
 cudaError_t vl2__cu_moe_route_all(const struct vl2__cu_route_args *a,
                                   const struct vl2__cu_bucket_args *b, cudaStream_t st)
 {
-    route_all_kernel<<<1, 1024, vl2__cu_moe_route_all_smem(a->n, a->E, a->n_group), st>>>(*a,
+    launch_k(route_all_kernel, 1, 1024, vl2__cu_moe_route_all_smem(a->n, a->E, a->n_group), st, *a,
                                                                                          *b);
     return cudaGetLastError();
 }
@@ -389,6 +394,7 @@ static __global__ void combine_kernel(float *out, int64_t ldo, const float *y, i
                                       const int32_t *pos, const float *w, int n, int k, int d,
                                       int n_parts)
 {
+    PDL_ENTRY();
     __shared__ float s_w[ROUTE_MAX_K];
     __shared__ int64_t s_row[ROUTE_MAX_K];
     const int t = blockIdx.x;
@@ -397,14 +403,17 @@ static __global__ void combine_kernel(float *out, int64_t ldo, const float *y, i
         s_row[threadIdx.x] = (int64_t)pos[t * k + threadIdx.x] * ldy;
     }
     __syncthreads();
-    for (int c = threadIdx.x; c < d; c += blockDim.x) {
-        float v = 0.0f;
-        for (int j = 0; j < k; j++)
-            v = fmaf(s_w[j], y[s_row[j] + c], v);
-        for (int q = 0; q < n_parts; q++)
-            v += y[((int64_t)n * k + (int64_t)q * n + t) * ldy + c];
-        out[(int64_t)t * ldo + c] = v;
-    }
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= d)
+        return;
+    float v = 0.0f;
+#pragma unroll 8
+    for (int j = 0; j < k; j++)
+        v = fmaf(s_w[j], y[s_row[j] + c], v);
+#pragma unroll 4
+    for (int q = 0; q < n_parts; q++)
+        v += y[((int64_t)n * k + (int64_t)q * n + t) * ldy + c];
+    out[(int64_t)t * ldo + c] = v;
 }
 
 cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t ldy,
@@ -413,7 +422,8 @@ cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t
 {
     if (n <= 0)
         return cudaSuccess;
-    combine_kernel<<<n, 256, 0, st>>>(out, ldo, y, ldy, pos, w, n, k, d, n_parts);
+    launch_k(combine_kernel, dim3(n, (d + 127) / 128), 128, 0, st, out, ldo, y, ldy, pos, w, n,
+             k, d, n_parts);
     return cudaGetLastError();
 }
 
@@ -445,6 +455,7 @@ template <int N> static __device__ __forceinline__ void cp_async_wait(void)
 template <bool DUAL>
 static __global__ void __launch_bounds__(128) mma_kernel(const struct vl2__cu_mma_args a)
 {
+    PDL_ENTRY();
     constexpr int NB = DUAL ? 2 : 1;
     constexpr int AB_BYTES = (2 * MM_BM * MM_BKP + 2 * NB * MM_BN * MM_BKP) * 2;
     constexpr int C_BYTES = MM_BM * MM_CP * 4;
@@ -597,8 +608,8 @@ cudaError_t vl2__cu_mma_grouped(const struct vl2__cu_mma_args *a, int dual, int 
     if (grid.z > 65535)
         return cudaErrorInvalidConfiguration;
     if (dual)
-        mma_kernel<true><<<grid, 128, 0, st>>>(*a);
+        launch_k(mma_kernel<true>, grid, 128, 0, st, *a);
     else
-        mma_kernel<false><<<grid, 128, 0, st>>>(*a);
+        launch_k(mma_kernel<false>, grid, 128, 0, st, *a);
     return cudaGetLastError();
 }
