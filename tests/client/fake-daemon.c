@@ -358,6 +358,7 @@ static void on_request(struct conn *c, const Vl2__Request *req, const struct vl2
     }
     case VL2__REQUEST__BODY_UNLOAD_MODEL: {
         Vl2__Ack ack = VL2__ACK__INIT;
+        Vl2__Error e = VL2__ERROR__INIT;
         const char *name = req->unload_model->name ? req->unload_model->name : "";
 
         o = cJSON_CreateObject();
@@ -365,7 +366,6 @@ static void on_request(struct conn *c, const Vl2__Request *req, const struct vl2
         cJSON_AddStringToObject(o, "name", name);
         log_line(c, o);
         if (!strcmp(name, "missing")) {
-            Vl2__Error e = VL2__ERROR__INIT;
             e.has_code = 1;
             e.code = VL2_ENOTFOUND;
             e.message = (char *) "no model 'missing'";
