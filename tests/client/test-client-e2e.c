@@ -1,0 +1,271 @@
+/* test-client-e2e.c - `vl2 ask` against the real vl2d serving the golden
+ * micro-mha checkpoint: greedy, 12 new tokens, image g_a_384.jpg, prompt
+ * "Describe this image.", the image sent as a descriptor and as bytes; the
+ * answer must be exactly the golden text (tests/data/golden/micro-mha/a384/
+ * generated.json 'text') and, with --json, the golden token ids.
+ *
+ * usage: test-client-e2e VL2D VL2 CKPT_DIR PLUGIN_DIR IMAGE GENERATED_JSON */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+
+static char dir[64];
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 0, got;
+
+    if (!f)
+        return NULL;
+    do {
+        if (n + 4097 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            buf = realloc(buf, cap);
+            if (!buf)
+                abort();
+        }
+        got = fread(buf + n, 1, 4096, f);
+        n += got;
+    } while (got > 0);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Run argv with stdout and stderr captured; returns the exit code or -1. */
+static int run(const char *const *argv, char **ret_out, char **ret_err)
+{
+    char out_path[128], err_path[128];
+    int st;
+    pid_t pid;
+
+    snprintf(out_path, sizeof(out_path), "%s/out", dir);
+    snprintf(err_path, sizeof(err_path), "%s/err", dir);
+    pid = fork();
+    if (pid == 0) {
+        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+        dup2(o, 1);
+        dup2(e, 2);
+        execv(argv[0], (char *const *) argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 6000; i++) {
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            *ret_out = slurp(out_path);
+            *ret_err = slurp(err_path);
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        }
+        sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    *ret_out = slurp(out_path);
+    *ret_err = slurp(err_path);
+    return -1;
+}
+
+static bool can_connect(const char *path)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool ok;
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    ok = fd >= 0 && connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+int main(int argc, char **argv)
+{
+    char tmpl[] = "/tmp/vl2-e2e-XXXXXX", sock[96], log[96], model_arg[4096];
+    const char *vl2d, *vl2, *ckpt, *plugins, *image;
+    cJSON *golden, *gtext, *gids;
+    char *gjson, *out = NULL, *err = NULL, *want;
+    pid_t daemon;
+    int st, i;
+
+    if (argc != 7) {
+        fprintf(stderr, "usage: test-client-e2e VL2D VL2 CKPT_DIR PLUGIN_DIR IMAGE "
+                "GENERATED_JSON\n");
+        return 2;
+    }
+    vl2d = argv[1];
+    vl2 = argv[2];
+    ckpt = argv[3];
+    plugins = argv[4];
+    image = argv[5];
+    gjson = slurp(argv[6]);
+    golden = gjson ? cJSON_Parse(gjson) : NULL;
+    free(gjson);
+    gtext = cJSON_GetObjectItemCaseSensitive(golden, "text");
+    gids = cJSON_GetObjectItemCaseSensitive(golden, "generated_ids");
+    if (!cJSON_IsString(gtext) || !cJSON_IsArray(gids) || cJSON_GetArraySize(gids) != 12) {
+        fprintf(stderr, "'%s': no golden text / 12 generated_ids\n", argv[6]);
+        return 1;
+    }
+    if (!mkdtemp(tmpl))
+        return 1;
+    snprintf(dir, sizeof(dir), "%s", tmpl);
+    snprintf(sock, sizeof(sock), "%s/sock", dir);
+    snprintf(log, sizeof(log), "%s/vl2d.log", dir);
+    snprintf(model_arg, sizeof(model_arg), "micro=%s", ckpt);
+
+    daemon = fork();
+    if (daemon == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+        dup2(fd, 1);
+        dup2(fd, 2);
+        unsetenv("LISTEN_FDS");
+        unsetenv("LISTEN_PID");
+        unsetenv("NOTIFY_SOCKET");
+        execl(vl2d, vl2d, "serve", "--no-config", "--model", model_arg, "--plugin-dir",
+              plugins, "--socket", sock, "--threads", "2", "--no-notify",
+              "--no-socket-activation", (char *) NULL);
+        _exit(127);
+    }
+    for (i = 0; i < 3000 && !can_connect(sock); i++) {
+        if (waitpid(daemon, &st, WNOHANG) == daemon) {
+            char *l = slurp(log);
+            fprintf(stderr, "vl2d exited early:\n%s\n", l ? l : "");
+            free(l);
+            return 1;
+        }
+        sleep_ms(10);
+    }
+    CHECK(i < 3000, "vl2d did not listen on '%s' within 30 s", sock);
+
+    want = malloc(strlen(gtext->valuestring) + 2);
+    sprintf(want, "%s\n", gtext->valuestring);
+    for (int bytes = 0; bytes < 2; bytes++) {
+        const char *args[20], *jargs[20];
+        const char *how = bytes ? "bytes" : "descriptor";
+        size_t n = 0, k;
+        int rc;
+
+        args[n++] = vl2;
+        args[n++] = "--socket";
+        args[n++] = sock;
+        args[n++] = "ask";
+        args[n++] = "-m";
+        args[n++] = "micro";
+        args[n++] = "-i";
+        args[n++] = image;
+        args[n++] = "--max-new-tokens";
+        args[n++] = "12";
+        args[n++] = "--temperature";
+        args[n++] = "0";
+        if (bytes)
+            args[n++] = "--send-bytes";
+        args[n++] = "Describe this image.";
+        args[n] = NULL;
+        /* the same with --json after the socket */
+        jargs[0] = vl2;
+        jargs[1] = "--json";
+        for (k = 1; k <= n; k++)
+            jargs[k + 1] = args[k];
+        rc = run(args, &out, &err);
+        CHECK(rc == 0, "%s: exit %d: %s", how, rc, err ? err : "");
+        CHECK(out && !strcmp(out, want), "%s: answer '%s', golden '%s'", how, out ? out : "",
+              gtext->valuestring);
+        CHECK(err && !err[0], "%s: stderr '%s'", how, err ? err : "");
+        free(out);
+        free(err);
+
+        rc = run(jargs, &out, &err);
+        CHECK(rc == 0, "%s --json: exit %d: %s", how, rc, err ? err : "");
+        {
+            char *save = NULL, *line;
+            int n_tok = 0;
+            bool done = false;
+
+            for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                cJSON *o = cJSON_Parse(line);
+                const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event");
+
+                CHECK(cJSON_IsString(ev), "%s: line '%s'", how, line);
+                if (cJSON_IsString(ev) && !strcmp(ev->valuestring, "token")) {
+                    const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
+                    const cJSON *gid = cJSON_GetArrayItem(gids, n_tok);
+
+                    CHECK(gid && cJSON_IsNumber(id) && id->valuedouble == gid->valuedouble,
+                          "%s: token %d: id %g, golden %g", how, n_tok,
+                          cJSON_IsNumber(id) ? id->valuedouble : -1.0,
+                          gid ? gid->valuedouble : -1.0);
+                    n_tok++;
+                } else if (cJSON_IsString(ev) && !strcmp(ev->valuestring, "done")) {
+                    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "text");
+                    const cJSON *g = cJSON_GetObjectItemCaseSensitive(o, "generated_tokens");
+                    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, "finish_reason");
+
+                    done = true;
+                    CHECK(cJSON_IsString(t) && !strcmp(t->valuestring, gtext->valuestring),
+                          "%s: done text", how);
+                    CHECK(cJSON_IsNumber(g) && g->valuedouble == 12, "%s: generated_tokens",
+                          how);
+                    CHECK(cJSON_IsString(f) && !strcmp(f->valuestring, "length"),
+                          "%s: finish_reason", how);
+                }
+                cJSON_Delete(o);
+            }
+            CHECK(n_tok == 12 && done, "%s --json: %d tokens, done %d", how, n_tok, done);
+        }
+        free(out);
+        free(err);
+    }
+    free(want);
+
+    kill(daemon, SIGTERM);
+    for (i = 0; i < 1000 && waitpid(daemon, &st, WNOHANG) != daemon; i++)
+        sleep_ms(10);
+    if (i == 1000) {
+        kill(daemon, SIGKILL);
+        waitpid(daemon, &st, 0);
+    }
+    if (check_failures) {
+        char *l = slurp(log);
+        fprintf(stderr, "vl2d log:\n%s\n%d check(s) failed\n", l ? l : "", check_failures);
+        free(l);
+    } else {
+        printf("client-e2e: vl2 ask gives the golden text (descriptor and bytes)\n");
+    }
+    {
+        char path[128];
+        snprintf(path, sizeof(path), "%s/out", dir);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/err", dir);
+        unlink(path);
+        unlink(log);
+        unlink(sock);
+        snprintf(path, sizeof(path), "%s/sock.lock", dir);
+        unlink(path);
+        rmdir(dir);
+    }
+    cJSON_Delete(golden);
+    return check_failures ? 1 : 0;
+}
