@@ -355,9 +355,15 @@ static int load(struct vl2_engine *e, struct vl2_err *err)
 {
     const struct vl2_model_config *cfg;
     const struct vl2_processor_config *pc;
+    struct stat st;
     int r, i;
 
     post_load_progress(e, 0.0f);
+    if (stat(e->dir, &st) < 0)
+        return vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO, "%s",
+                           strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return vl2_err_set(err, VL2_EINVAL, "not a directory");
     r = vl2_tokenizer_load(&e->tok, e->dir, err);
     if (r < 0)
         return r;
@@ -841,8 +847,8 @@ static void set_failed(struct vl2_engine *e, const struct vl2_err *err)
     pthread_mutex_lock(&e->mu);
     e->state = VL2_MODEL_STATE_FAILED;
     e->error_code = code;
-    msgf(e->error, sizeof(e->error), "engine: model '%s' ('%s'): %s", e->name, e->dir,
-             err->msg);
+    msgf(e->error, sizeof(e->error), "engine: model '%s' failed to load from '%s': %s",
+         e->name, e->dir, err->msg);
     pthread_cond_broadcast(&e->state_cv);
     pthread_mutex_unlock(&e->mu);
     ev = vl2_event_new(VL2_EVENT_ERROR, e->load_key);
