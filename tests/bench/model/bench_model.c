@@ -239,8 +239,9 @@ static void run(struct bench *b, int ti, int first)
     kv_read = vl2_model_kv_token_bytes(m) * (b->n_ids + (size_t)b->decode_steps / 2);
     dec_bytes = (double)vl2_model_decode_bytes(m) + (double)kv_read;
     printf("threads %d: load %.2f s\n", threads, load_s);
-    printf("threads %d: vision %.2f s per tile (%d tiles in %.2f s; CPU time %.2f s)\n",
-           threads, t_vis / b->tiling.n_tiles, b->tiling.n_tiles, t_vis, c_vis);
+    printf("threads %d: vision %.2f s per tile (%d tiles, %d distinct, in %.2f s; CPU time "
+           "%.2f s)\n", threads, t_vis / e->n_distinct, b->tiling.n_tiles, e->n_distinct, t_vis,
+           c_vis);
     printf("threads %d: prefill %.1f tokens/s (%zu tokens, %d image tokens, %.2f s; CPU time "
            "%.2f s)\n", threads, (double)b->n_ids / t_pre, b->n_ids, b->tiling.n_tokens, t_pre,
            c_pre);
