@@ -1126,7 +1126,9 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
         g.g0.n_out = E;
         g.g0.count = n;
         g.g0.K = d;
-        e = vl2__cu_gemv(&g, router->dtype, (int)r->i[13], 0, (int)r->i[15], E, 1, ctx->st);
+        g.tok_split = 1;
+        e = vl2__cu_gemv(&g, router->dtype, (int)r->i[13], 0, (int)r->i[15], E,
+                         (n + (int)r->i[13] - 1) / (int)r->i[13], ctx->st);
         if (e != cudaSuccess)
             return cu_fail(err, e, "moe: router");
     }

@@ -70,6 +70,8 @@ struct vl2__cu_gemv_args {
     int64_t                     w_gs;     /* weight element offset per group */
     int64_t                     x_gs;     /* x column offset per group */
     int64_t                     y_gs;     /* y column offset per group */
+    int32_t                     tok_split; /* groups == NULL: block b along the group axis
+                                              takes rows [b*nt, b*nt + nt) of g0 instead */
 };
 
 /* y = x W^T over groups with F32 x (any weight dtype).  @nt: rows handled

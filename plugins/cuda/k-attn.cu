@@ -103,17 +103,14 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
     {
-        /* the tile's queries: rows of q (one per head and batch row), zeros past nq */
-        const int nvalid = min(QT, nq - q0), total = QT * dk;
+        /* the tile's queries: rows of q (one per head and batch row); slots past nq
+         * are left as they are (their scores are masked) */
+        const int nvalid = min(QT, nq - q0), total = nvalid * dk;
         int i = tid / dk, d = tid - i * dk;
 #pragma unroll 8
         for (int idx = tid; idx < total; idx += ATT_THREADS) {
-            float v = 0.0f;
-            if (i < nvalid) {
-                const int qi = q0 + i, t = qi / a.group, h = kvh * a.group + qi % a.group;
-                v = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d];
-            }
-            Qs[i * dk + d] = v;
+            const int qi = q0 + i, t = qi / a.group, h = kvh * a.group + qi % a.group;
+            Qs[i * dk + d] = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d];
             d += ATT_THREADS;
             while (d >= dk) {
                 d -= dk;

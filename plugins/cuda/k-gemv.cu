@@ -45,6 +45,13 @@ gemv_kernel(const struct vl2__cu_gemv_args a)
         if ((int)blockIdx.y >= *a.n_groups)
             return;
         g = a.groups[blockIdx.y];
+    } else if (a.tok_split) {
+        g = a.g0;
+        g.in_base += (int)blockIdx.y * NT;
+        g.out_base += (int)blockIdx.y * NT;
+        g.count = min(NT, g.count - (int)blockIdx.y * NT);
+        if (g.count <= 0)
+            return;
     } else {
         g = a.g0;
         g.wa = (const WT *)g.wa + (int64_t)blockIdx.y * a.w_gs;

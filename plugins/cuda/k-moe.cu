@@ -310,6 +310,7 @@ static __device__ __forceinline__ float row_dot(const float *x, const WT *w, int
     float v = 0.0f;
     int k0 = 0;
     if (vec) {
+#pragma unroll 8
         for (int c = lane; c < d / 8; c += 32) {
             float wv[8];
             elem<WT>::get8(w + c * 8, wv);
@@ -326,6 +327,7 @@ static __device__ __forceinline__ float row_dot(const float *x, const WT *w, int
         }
         k0 = d / 8 * 8;
     }
+#pragma unroll 4
     for (int k = k0 + lane; k < d; k += 32)
         v = fmaf(x[k], elem<WT>::get(w, k), v);
     return warp_sum(v);

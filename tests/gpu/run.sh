@@ -141,12 +141,21 @@ step_bench() {  # preset [options]
     log "== benchmark $label"
     step_bw
     mkw "$p" || return
+    nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,utilization.gpu \
+        --format=csv,noheader,nounits -lms 100 > "$W/clocks.txt" 2>/dev/null &
+    local smi=$!
     VL2_CUDA_OPTIONS=$opt timeout 480 "$G/bin/bench_gpu" --model "$W/$p" \
         --image "$ROOT/data/images/g_a_384.jpg" --plugin-dir "$G/plugins" \
         --copy-gbps "${COPY_GBPS:-0}" --decode-steps $steps --batch 16 --label "$label" \
         > "$W/bench.txt" 2>&1
     rc=$?
+    kill $smi 2>/dev/null
+    wait $smi 2>/dev/null
     cat "$W/bench.txt" | tee -a "$LOG"
+    sort -t, -k1 -n "$W/clocks.txt" | awk -F, 'NF >= 4 { sm[n] = $1; mem[n] = $2; p[n++] = $3 }
+        END { if (n) printf "clocks during the run (%d samples): SM min %s median %s max %s MHz, " \
+              "memory %s MHz, power median %s W\n", n, sm[0], sm[int(n / 2)], sm[n - 1],
+              mem[int(n / 2)], p[int(n / 2)] }' | tee -a "$LOG"
     [ $rc = 0 ] || note_fail "bench $p (exit $rc)"
     if [ $BENCH_HEAD = 0 ]; then
         {
@@ -159,6 +168,25 @@ step_bench() {  # preset [options]
         BENCH_HEAD=1
     fi
     grep '^|' "$W/bench.txt" >> "$TABLE"
+}
+
+step_ncu() {  # a few decode kernels of tiny, timed by Nsight Compute
+    local nc
+    nc=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [ -z "$nc" ]; then
+        log "ncu not found, skipped"
+        return
+    fi
+    mkw tiny || return
+    log "== ncu: decode kernels of tiny"
+    timeout 240 "$nc" --clock-control none --graph-profiling node \
+        --kernel-name regex:'attn_kernel|route_all_kernel|gemv_kernel|combine_kernel|rmsnorm_kernel' \
+        --launch-skip 2000 --launch-count 40 \
+        --metrics gpu__time_duration.sum,sm__cycles_elapsed.avg.per_second,dram__bytes_read.sum,launch__grid_size \
+        "$G/bin/bench_gpu" --model "$W/tiny" --image "$ROOT/data/images/g_a_384.jpg" \
+        --plugin-dir "$G/plugins" --decode-steps 8 --batch 2 --label ncu > "$W/ncu.txt" 2>&1
+    grep -E '^  [a-z_]+.*\(|gpu__time_duration|sm__cycles_elapsed|dram__bytes_read|launch__grid_size' \
+        "$W/ncu.txt" | sed 's/  */ /g' | tee -a "$LOG" | tail -200 > /dev/null
 }
 
 step_memcheck() {
@@ -182,6 +210,7 @@ for s in $STEPS; do
         ops) step_ops ;;
         golden) step_golden ;;
         memcheck) step_memcheck ;;
+        ncu) step_ncu ;;
         tiny|small|base) step_bench "$s" ;;
         tiny:*|small:*|base:*) step_bench "${s%%:*}" "${s#*:}" ;;
         *) log "unknown step $s" ;;
