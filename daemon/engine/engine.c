@@ -683,92 +683,11 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
     return 1;
 }
 
-/* One chunk of the prompt of @r.  Returns 0 or < 0 with @err. */
-static int prefill_chunk(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err)
+/* The prompt of @r is in: drop its image embeddings, take its first token. */
+static void prefill_done(struct vl2_engine *e, struct vl2_req *r)
 {
-    size_t n = r->n_ids - r->n_fed, i;
-    struct vl2_step_item it;
-    int rc;
-
-    if (n > VL2_ENGINE_PREFILL_CHUNK)
-        n = VL2_ENGINE_PREFILL_CHUNK;
-    it = (struct vl2_step_item){
-        .seq = r->seq, .ids = r->ids + r->n_fed, .n_ids = (int32_t) n,
-        .images = r->embeds, .n_images = (int32_t) r->n_images,
-        .image_row0 = r->image_rows, .want_logits = r->n_fed + n == r->n_ids,
-    };
-    rc = vl2_model_step(e->m, &it, 1, err);
-    if (rc < 0)
-        return rc;
-    for (i = 0; i < n; i++) {
-        int32_t id = r->ids[r->n_fed + i];
-
-        r->image_rows += id == e->image_token_id;
-        if (r->sp.penalize_prompt)
-            vl2_sampler_accept(vl2_seq_sampler(r->seq), id);
-    }
-    r->n_fed += n;
-    vl2__req_post_progress(e, r, VL2_STAGE_PREFILL, (float) r->n_fed / (float) r->n_ids);
-    return 0;
-}
-
-/* One unit of work for a request that is not decoding yet: its KV cache
- * and one image through the vision tower, or one chunk of its prompt; the
- * last chunk gives its first token.  Returns false when it has to wait for
- * KV room (nothing was done). */
-static bool start_work(struct vl2_engine *e, struct vl2_req *r, bool others_decoding)
-{
-    struct vl2_err err = { 0 };
     size_t i;
-    int rc;
 
-    if (r->max_new == 0) {
-        finish_done(e, r, VL2_FINISH_LENGTH);
-        return true;
-    }
-    if (!r->seq) {
-        rc = start_seq(e, r, &err);
-        if (rc == 0 && others_decoding)
-            return false;
-        if (rc == 0)
-            rc = vl2_err_set(&err, VL2_ELIMIT, "the KV cache budget (%zu bytes) is held by "
-                             "requests that have not started decoding", e->kv_budget);
-        if (rc < 0) {
-            finish_error(e, r, rc, err.msg);
-            return true;
-        }
-    }
-    if (r->n_encoded < r->n_images) {
-        struct vl2_req_image *im = &r->images[r->n_encoded];
-
-        rc = vl2_model_encode_image(e->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
-                                    im->tiling.tiles_h, &im->embed, NULL, &err);
-        if (rc == 0 && im->embed->n_tokens != im->tiling.n_tokens)
-            rc = vl2_err_set(&err, VL2_EINTERNAL, "%d image tokens from the model, %d planned",
-                             im->embed->n_tokens, im->tiling.n_tokens);
-        if (rc < 0) {
-            char why[VL2_ERR_MSG_SIZE + 32];
-
-            msgf(why, sizeof(why), "image %zu: %s", r->n_encoded, err.msg);
-            finish_error(e, r, rc, why);
-            return true;
-        }
-        free(im->tiles);
-        im->tiles = NULL;
-        r->embeds[r->n_encoded] = im->embed;
-        r->n_encoded++;
-        vl2__req_post_progress(e, r, VL2_STAGE_VISION,
-                               (float) r->n_encoded / (float) r->n_images);
-        return true;
-    }
-    rc = prefill_chunk(e, r, &err);
-    if (rc < 0) {
-        finish_error(e, r, rc, err.msg);
-        return true;
-    }
-    if (r->n_fed < r->n_ids)
-        return true;
-    /* the prompt is in: the image embeddings are no longer needed */
     for (i = 0; i < r->n_images; i++) {
         vl2_image_embed_free(e->m, r->images[i].embed);
         r->images[i].embed = NULL;
@@ -776,7 +695,128 @@ static bool start_work(struct vl2_engine *e, struct vl2_req *r, bool others_deco
     }
     r->decoding = true;
     sample(e, r);
-    return true;
+}
+
+/* One image of @r through the vision tower. */
+static void encode_one(struct vl2_engine *e, struct vl2_req *r)
+{
+    struct vl2_req_image *im = &r->images[r->n_encoded];
+    struct vl2_err err = { 0 };
+    int rc;
+
+    rc = vl2_model_encode_image(e->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
+                                im->tiling.tiles_h, &im->embed, NULL, &err);
+    if (rc == 0 && im->embed->n_tokens != im->tiling.n_tokens)
+        rc = vl2_err_set(&err, VL2_EINTERNAL, "%d image tokens from the model, %d planned",
+                         im->embed->n_tokens, im->tiling.n_tokens);
+    if (rc < 0) {
+        char why[VL2_ERR_MSG_SIZE + 32];
+
+        msgf(why, sizeof(why), "image %zu: %s", r->n_encoded, err.msg);
+        finish_error(e, r, rc, why);
+        return;
+    }
+    free(im->tiles);
+    im->tiles = NULL;
+    r->embeds[r->n_encoded] = im->embed;
+    r->n_encoded++;
+    vl2__req_post_progress(e, r, VL2_STAGE_VISION, (float) r->n_encoded / (float) r->n_images);
+}
+
+/* One prefill pass over chunks of several starting requests' prompts, at
+ * most VL2_ENGINE_PREFILL_CHUNK rows in all; a request whose prompt is then
+ * complete takes its first token. */
+static void prefill_some(struct vl2_engine *e, struct vl2_req **reqs, size_t n)
+{
+    struct vl2_step_item *items = calloc(n, sizeof(*items));
+    struct vl2_err err = { 0 };
+    size_t rows = 0, k = 0, i, j;
+    int rc;
+
+    if (!items) {
+        for (i = 0; i < n; i++)
+            finish_error(e, reqs[i], VL2_ENOMEM, "out of memory");
+        return;
+    }
+    for (i = 0; i < n && rows < VL2_ENGINE_PREFILL_CHUNK; i++) {
+        struct vl2_req *r = reqs[i];
+        size_t take = r->n_ids - r->n_fed;
+
+        if (take > VL2_ENGINE_PREFILL_CHUNK - rows)
+            take = VL2_ENGINE_PREFILL_CHUNK - rows;
+        items[k++] = (struct vl2_step_item){
+            .seq = r->seq, .ids = r->ids + r->n_fed, .n_ids = (int32_t) take,
+            .images = r->embeds, .n_images = (int32_t) r->n_images,
+            .image_row0 = r->image_rows, .want_logits = r->n_fed + take == r->n_ids,
+        };
+        rows += take;
+    }
+    rc = vl2_model_step(e->m, items, k, &err);
+    for (i = 0; i < k; i++) {
+        struct vl2_req *r = reqs[i];
+
+        if (rc < 0) {
+            finish_error(e, r, rc, err.msg);
+            continue;
+        }
+        for (j = 0; j < (size_t) items[i].n_ids; j++) {
+            int32_t id = items[i].ids[j];
+
+            r->image_rows += id == e->image_token_id;
+            if (r->sp.penalize_prompt)
+                vl2_sampler_accept(vl2_seq_sampler(r->seq), id);
+        }
+        r->n_fed += (size_t) items[i].n_ids;
+        vl2__req_post_progress(e, r, VL2_STAGE_PREFILL, (float) r->n_fed / (float) r->n_ids);
+        if (r->n_fed == r->n_ids)
+            prefill_done(e, r);
+    }
+    free(items);
+}
+
+/* Work for the requests that have not started decoding, oldest first:
+ * reserve their KV caches (the oldest that finds no room waits, and those
+ * after it), one image through the vision tower, one prefill pass. */
+static void start_requests(struct vl2_engine *e)
+{
+    struct vl2_req *r, *next, *vision = NULL;
+    struct vl2_req **pre = e->batch_reqs;
+    struct vl2_err err = { 0 };
+    size_t n_pre = 0;
+    int rc;
+
+    for (r = e->running.head; r; r = next) {
+        next = r->next;
+        if (r->decoding)
+            continue;
+        if (r->max_new == 0) {
+            finish_done(e, r, VL2_FINISH_LENGTH);
+            continue;
+        }
+        if (!r->seq) {
+            rc = start_seq(e, r, &err);
+            if (rc == 0 && e->kv_used > 0)
+                break;  /* room comes back when the others finish */
+            if (rc == 0)
+                rc = vl2_err_set(&err, VL2_ELIMIT, "the KV cache budget (%zu bytes) is "
+                                 "held by requests that have not started decoding",
+                                 e->kv_budget);
+            if (rc < 0) {
+                finish_error(e, r, rc, err.msg);
+                continue;
+            }
+        }
+        if (r->n_encoded < r->n_images) {
+            if (!vision)
+                vision = r;
+            continue;
+        }
+        pre[n_pre++] = r;
+    }
+    if (vision)
+        encode_one(e, vision);
+    if (n_pre > 0)
+        prefill_some(e, pre, n_pre);
 }
 
 /* One vl2_model_decode() step for every decoding request. */
@@ -947,23 +987,13 @@ static bool ensure_model(struct vl2_engine *e)
 static void serve(struct vl2_engine *e)
 {
     for (;;) {
-        struct vl2_req *r;
-        bool others = false;
-
         if (!gather(e))
             return;
         idle_unload(e);
         reap_cancelled(e);
         if (!e->running.head || !ensure_model(e))
             continue;
-        /* one unit of work for the oldest request that has not started
-         * decoding; it waits (and those after it) while KV room lacks */
-        for (r = e->running.head; r; r = r->next)
-            others |= r->decoding;
-        for (r = e->running.head; r && r->decoding; r = r->next)
-            ;
-        if (r)
-            (void) start_work(e, r, others);
+        start_requests(e);
         decode_step(e);
         refresh_memory(e);
         if (!e->running.head)
