@@ -364,6 +364,19 @@ static int generate(struct vl2_client *c, const char *prompt, const struct golde
     return rc;
 }
 
+static int generate_on(const char *path, const char *prompt, const struct golden *g,
+                       const struct gen_opts *o, struct result *r)
+{
+    struct vl2_client *c = open_client(path);
+    int rc;
+
+    if (!c)
+        return -1;
+    rc = generate(c, prompt, g, o, r);
+    vl2_client_close(c);
+    return rc;
+}
+
 static bool ids_equal(const struct result *r, const struct golden *g, size_t n)
 {
     size_t i;
@@ -1035,7 +1048,7 @@ static void test_config(void)
     CHECK(f != NULL);
     if (!f)
         return;
-    fprintf(f, "# test\n[daemon]\nmax_sequences = 2\nkv_budget = 64M\nidle_unload = 0\n\n"
+    fprintf(f, "# test\n[daemon]\nmax_sequences = 2\nkv_budget = 64M\nidle_unload = 1s\n\n"
                "[model cfg]\ndir = \"%s\"\n", mha_dir);
     fclose(f);
     pid = harness_start(vl2d_path, s2, args, log2, NULL);
@@ -1058,6 +1071,21 @@ static void test_config(void)
         vl2_client_close(c);
         free(r);
     }
+    /* idle_unload = 1s: the model's memory goes, the next request loads it
+     * again */
+    for (t = 0; t < 8000; t += 50) {
+        if (get_status(s2, &s) == 0 && s.n_models == 1 && s.memory[0] == 0)
+            break;
+        sleep_ms(50);
+    }
+    CHECK_MSG(s.n_models == 1 && s.memory[0] == 0, "memory %llu after idle_unload",
+              (unsigned long long) s.memory[0]);
+    CHECK_EQ_INT(model_state(&s, "cfg"), VL2__MODEL_STATE__MODEL_STATE_READY);
+    r = calloc(1, sizeof(*r));
+    CHECK(generate_on(s2, mha[0].prompt, &mha[0], &o, r) == 0);
+    check_golden(r, &mha[0], "after an idle unload");
+    CHECK(r->stages & (1u << VL2__STAGE__STAGE_LOADING));
+    free(r);
     CHECK(harness_stop(pid, SIGTERM, 10000) == 0);
 
     /* bad lines: an error naming FILE:LINE, exit status 2 */
