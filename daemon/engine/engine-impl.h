@@ -45,6 +45,7 @@ struct vl2_req {
     uint64_t key;
     uint64_t owner;
     uint64_t seq_no;                /* arrival order */
+    size_t rank;                    /* queued: requests of its owner queued before it */
     bool cancelled;                 /* under the engine's lock */
     const char *cancel_why;         /* static message for the ERROR */
     double t_submit;

@@ -184,15 +184,26 @@ static void req_fail(struct vl2_engine *e, struct vl2_req *r, int code, const ch
 
 /* ---- the fair queue (caller holds mu) --------------------------------- */
 
-/* Requests of @owner queued before @r. */
-static size_t owner_rank(const struct vl2_engine *e, const struct vl2_req *r)
+/* Queue @r; its rank is the number of requests of its owner already
+ * waiting (the round it belongs to). */
+static void queue_push(struct vl2_engine *e, struct vl2_req *r)
 {
     const struct vl2_req *q;
-    size_t n = 0;
 
-    for (q = e->queue.head; q && q != r; q = q->next)
-        n += q->owner == r->owner;
-    return n;
+    r->rank = 0;
+    for (q = e->queue.head; q; q = q->next)
+        r->rank += q->owner == r->owner;
+    vl2__req_list_push(&e->queue, r, VL2_REQ_QUEUED);
+}
+
+static void queue_remove(struct vl2_engine *e, struct vl2_req *r)
+{
+    struct vl2_req *q;
+
+    for (q = r->next; q; q = q->next)
+        if (q->owner == r->owner)
+            q->rank--;
+    vl2__req_list_remove(&e->queue, r);
 }
 
 /* The next request to admit: round robin between owners, oldest first
@@ -200,19 +211,25 @@ static size_t owner_rank(const struct vl2_engine *e, const struct vl2_req *r)
 static struct vl2_req *queue_next(const struct vl2_engine *e)
 {
     struct vl2_req *q, *best = NULL;
-    size_t best_rank = 0;
 
     for (q = e->queue.head; q; q = q->next) {
-        size_t rank = owner_rank(e, q);
-
-        if (!best || rank < best_rank) {
+        if (!best || q->rank < best->rank)
             best = q;
-            best_rank = rank;
-        }
-        if (best_rank == 0)
+        if (best->rank == 0)
             break;
     }
     return best;
+}
+
+/* Position @r has in the queue: 1 + the requests admitted before it. */
+static uint32_t queue_position(const struct vl2_engine *e, const struct vl2_req *r)
+{
+    const struct vl2_req *q;
+    size_t n = 0;
+
+    for (q = e->queue.head; q && q != r; q = q->next)
+        n += q->rank <= r->rank;
+    return (uint32_t) (n + 1);
 }
 
 static size_t slots_held(const struct vl2_engine *e)
@@ -228,22 +245,10 @@ static void admit(struct vl2_engine *e)
     while (e->queue.n > 0 && slots_held(e) < e->p.max_sequences) {
         struct vl2_req *r = queue_next(e);
 
-        vl2__req_list_remove(&e->queue, r);
+        queue_remove(e, r);
         vl2__req_list_push(&e->prep_todo, r, VL2_REQ_PREP_TODO);
         pthread_cond_signal(&e->prep_cv);
     }
-}
-
-/* Position @r would have in the queue: requests admitted before it. */
-static uint32_t queue_position(const struct vl2_engine *e, const struct vl2_req *r)
-{
-    size_t rank = owner_rank(e, r), n = 0;
-    const struct vl2_req *q;
-
-    for (q = e->queue.head; q && q != r; q = q->next)
-        if (owner_rank(e, q) <= rank)
-            n++;
-    return (uint32_t) (n + 1);
 }
 
 /* ---- tokens/s over the last minute (caller holds mu) ------------------- */
@@ -1131,7 +1136,7 @@ static int engine_submit(void *engine, struct vl2_job *job, struct vl2_err *err)
     r->owner = job->owner;
     r->seq_no = e->next_seq_no++;
     r->t_submit = vl2__engine_now();
-    vl2__req_list_push(&e->queue, r, VL2_REQ_QUEUED);
+    queue_push(e, r);
     admit(e);
     ev->queue_position = r->place == VL2_REQ_QUEUED ? queue_position(e, r) : 0;
     /* posted under the lock: ACCEPTED goes before anything the threads post */
@@ -1170,7 +1175,10 @@ static void engine_cancel(void *engine, uint64_t key)
     }
     if (r->place == VL2_REQ_QUEUED || r->place == VL2_REQ_PREP_TODO) {
         /* nothing started: end it here */
-        vl2__req_list_remove(list_of(e, r->place), r);
+        if (r->place == VL2_REQ_QUEUED)
+            queue_remove(e, r);
+        else
+            vl2__req_list_remove(&e->prep_todo, r);
         admit(e);
         req_fail(e, r, VL2_ECANCELED, "cancelled");
         pthread_mutex_unlock(&e->mu);

@@ -579,6 +579,8 @@ static void test_stop_and_logprobs(void)
     free(r);
 }
 
+static const char long_prompt[] = "Write a haiku about GPUs.";
+
 /* ---- 50 clients ---- */
 
 #define N_CLIENTS 50
@@ -690,9 +692,57 @@ static void test_one_connection(void)
     free(r);
 }
 
-/* ---- a client killed mid-stream, Cancel ---- */
+/* Round robin between connections: A fills the 8 slots and queues 4 more;
+ * B's one request comes second in the queue, not fifth.  Then A leaves:
+ * its 12 requests end, B gets its answer. */
+static void test_fair_queue(void)
+{
+    struct vl2_client *a = open_client(sock), *b = open_client(sock);
+    struct result *ra = calloc(12, sizeof(*ra)), *rb = calloc(1, sizeof(*rb));
+    struct multi ma = { ra, 12 };
+    struct vl2_err err = { 0 };
+    struct gen_opts o = gen_defaults();
+    struct gen_req q;
+    size_t i, n_acc = 0, n_queued = 0;
 
-static const char long_prompt[] = "Write a haiku about GPUs.";
+    CHECK(a && b);
+    if (!a || !b)
+        goto out;
+    o.max_new = 4000;
+    o.ignore_eos = true;
+    for (i = 0; i < 12; i++) {
+        make_req(&q, long_prompt, NULL, 0, NULL, &o);
+        CHECK(send_req(a, &q, &ra[i].id) == 0);
+    }
+    while (n_acc < 12) {
+        if (vl2_client_recv(a, on_multi, &ma, &err) < 0)
+            break;
+        for (n_acc = 0, i = 0; i < 12; i++)
+            n_acc += ra[i].n_responses > 0;
+    }
+    for (i = 0; i < 12; i++)
+        n_queued += ra[i].queue_position > 0;
+    CHECK_EQ_INT(n_queued, 4);
+    o = gen_defaults();
+    make_req(&q, mha[0].prompt, mha[0].image_data, mha[0].image_size, NULL, &o);
+    CHECK(send_req(b, &q, &rb->id) == 0);
+    CHECK(vl2_client_recv(b, on_response, rb, &err) == 0);
+    CHECK_EQ_INT(rb->first_kind, VL2__RESPONSE__BODY_ACCEPTED);
+    CHECK_EQ_INT(rb->queue_position, 2);
+    /* A leaves with 12 requests: they are cancelled, B goes on */
+    vl2_client_close(a);
+    a = NULL;
+    CHECK(vl2_client_wait(b, rb->id, on_response, rb, &err) == 0);
+    check_golden(rb, &mha[0], "after the other client left");
+    CHECK_MSG(wait_idle(10000), "the left client's sequences are still active");
+out:
+    vl2_client_close(a);
+    vl2_client_close(b);
+    free(ra);
+    free(rb);
+}
+
+/* ---- a client killed mid-stream, Cancel ---- */
 
 /* Child: ask for a long answer, tell the parent at the first token, wait
  * to be killed. */
@@ -1181,6 +1231,7 @@ int main(int argc, char **argv)
     RUN(test_stop_and_logprobs);
     RUN(test_concurrent_clients);
     RUN(test_one_connection);
+    RUN(test_fair_queue);
     RUN(test_killed_client);
     RUN(test_cancel);
     RUN(test_bad_requests);
