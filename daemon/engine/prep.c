@@ -170,7 +170,7 @@ static int prep_image(struct vl2_engine *e, const struct vl2_job_image *im, bool
     lim.max_pixels = e->p.max_image_pixels;
     lim.max_bytes = e->p.max_image_bytes;
     lim.apply_exif = im->has_apply_exif ? im->apply_exif : e->p.apply_exif;
-    if (im->data) {
+    if (im->data && im->data_size > 0) {
         data = im->data;
         size = im->data_size;
     } else if (im->fd >= 0) {
@@ -336,7 +336,7 @@ static int sampling(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err
 
 int vl2__prep_request(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err)
 {
-    const struct vl2_job *job = r->job;
+    struct vl2_job *job = r->job;
     size_t i, j, k, n = 0;
     bool cropping;
     int rc;
@@ -359,16 +359,24 @@ int vl2__prep_request(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *e
      * at most two images */
     cropping = n <= 2;
     for (i = 0, k = 0; i < job->n_messages; i++) {
-        const struct vl2_job_message *jm = &job->messages[i];
+        struct vl2_job_message *jm = &job->messages[i];
 
         for (j = 0; j < jm->n_images; j++, k++) {
+            struct vl2_job_image *im = &jm->images[j];
             char what[48];
 
-            rc = prep_image(e, &jm->images[j], cropping, &r->images[k], err);
+            rc = prep_image(e, im, cropping, &r->images[k], err);
             if (rc < 0) {
                 snprintf(what, sizeof(what), "image %zu (message %zu)", k, i);
                 return vl2_err_prefix(err, what);
             }
+            /* the tiles are what counts now: give the encoded file back */
+            free(im->data);
+            im->data = NULL;
+            im->data_size = 0;
+            if (im->fd >= 0)
+                (void) close(im->fd);
+            im->fd = -1;
             r->n_image_tokens += r->images[k].tiling.n_tokens;
             vl2__req_post_progress(e, r, VL2_STAGE_TILING, (float) (k + 1) / (float) n);
             pthread_mutex_lock(&e->mu);
