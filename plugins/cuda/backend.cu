@@ -547,7 +547,7 @@ static size_t plan_moe(const struct op_rec *r, char *base, struct moe_plan *p)
     struct carver c = { base, 0 };
     const int64_t n = r->i[0], E = r->i[1], k = r->i[2], I = r->i[8], d = r->i[9];
     const int64_t np = r->i[10], part = r->i[11], mma = r->i[12];
-    const int64_t ngr = np + E;
+    const int64_t ngr = np + E > n * k + np * n ? np + E : n * k + np * n;
 
     p->rows_total = n * k + np * n;
     p->ldh = I > part ? I : part;
@@ -1106,7 +1106,8 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     const int n = (int)r->i[0], E = (int)r->i[1], k = (int)r->i[2];
     const int I = (int)r->i[8], d = (int)r->i[9], np = (int)r->i[10], part = (int)r->i[11];
     const int mma = (int)r->i[12];
-    const int max_groups = np + (E < n * k ? E : n * k);
+    /* slot groups (decode): n*k + np*n groups of one row; else sorted groups */
+    const int max_groups = r->i[16] ? n * k + np * n : np + (E < n * k ? E : n * k);
     struct vl2__cu_route_args ra;
     struct vl2__cu_bucket_args ba;
     struct moe_plan p;
@@ -1181,7 +1182,7 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     ba.g_dn = p.g_dn;
     ba.n_groups = p.n_groups;
     if (r->i[16])
-        e = vl2__cu_moe_route_all(&ra, &ba, ctx->st);
+        e = vl2__cu_moe_route_small(&ra, &ba, ctx->st);
     else if ((e = vl2__cu_moe_route(&ra, ctx->st)) == cudaSuccess)
         e = vl2__cu_moe_bucket(&ba, ctx->st);
     if (e != cudaSuccess)
@@ -1216,7 +1217,7 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
         prof_sub(ctx, SUB_MOE_DOWN);
     } else {
         struct vl2__cu_gemv_args g;
-        const int nt = (int)r->i[13], vec = (int)r->i[14];
+        const int nt = r->i[16] ? 1 : (int)r->i[13], vec = (int)r->i[14];
         memset(&g, 0, sizeof(g));
         g.x = (const float *)x->data;
         g.ldx = x->ld;
@@ -2739,8 +2740,8 @@ static int cu_moe(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
         r.i[14] = tab->vec_ok && sh_ok && x_ok && I % 4 == 0 && part % 4 == 0;
         r.i[15] = x_ok && aligned16(l->router->data) &&
                   (l->router->ld * vl2_dtype_size(l->router->dtype)) % 16 == 0;
-        r.i[16] = ctx->fuse_route && n <= GEMV_MAX_ROWS &&
-                  vl2__cu_moe_route_all_smem((int)n, l->n_expert, (int)r.i[5]) <= 48u << 10;
+        r.i[16] = ctx->fuse_route && n <= GEMV_MAX_ROWS && !r.i[12] &&
+                  vl2__cu_moe_route_small_smem(l->n_expert, (int)r.i[5]) <= 48u << 10;
     }
     r.f[0] = l->routed_scale;
     return submit(ctx, &r, NULL, 0, err);

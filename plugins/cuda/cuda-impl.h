@@ -145,11 +145,11 @@ struct vl2__cu_bucket_args {
 };
 cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st);
 
-/* Router logits, selection and bucketing in one block (a few tokens: the
- * shared memory of vl2__cu_moe_route_all_smem must stay under 48 KiB). */
-size_t vl2__cu_moe_route_all_smem(int n, int E, int G);
-cudaError_t vl2__cu_moe_route_all(const struct vl2__cu_route_args *a,
-                                  const struct vl2__cu_bucket_args *b, cudaStream_t st);
+/* Decode routing: one block per token, group descriptors per slot (no
+ * sorting): n*k routed groups then n_parts*n shared groups, each one row. */
+size_t vl2__cu_moe_route_small_smem(int E, int G);
+cudaError_t vl2__cu_moe_route_small(const struct vl2__cu_route_args *a,
+                                    const struct vl2__cu_bucket_args *b, cudaStream_t st);
 
 /* out[t] = sum_j w[t,j] y[pos[t,j]] + sum_q y[n*k + q*n + t]. */
 cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t ldy,

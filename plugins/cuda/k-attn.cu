@@ -42,8 +42,9 @@ template <> __device__ __forceinline__ void load16<float>(const float *p, float 
 }
 
 /* Rows [0, rows) x cols of @src (rows src_ld apart) into @dst (F32, rows dst_ld
- * apart), the block's threads striding over the flattened tile with many
- * loads in flight (16-byte loads when aligned). */
+ * apart), the block's threads striding over the flattened tile: each thread
+ * issues TL_BATCH loads before storing any (16-byte loads when aligned). */
+#define TL_BATCH 8
 template <typename CT>
 static __device__ __forceinline__ void tile_load(float *dst, int dst_ld, const CT *src,
                                                  int64_t src_ld, int rows, int cols, int tid)
@@ -51,33 +52,49 @@ static __device__ __forceinline__ void tile_load(float *dst, int dst_ld, const C
     constexpr int V = 16 / sizeof(CT);
     if (((uintptr_t)src & 15) == 0 && src_ld % V == 0 && cols % V == 0) {
         const int cc = cols / V, total = rows * cc;
-        int j = tid / cc, c = tid - j * cc;
-#pragma unroll 8
-        for (int idx = tid; idx < total; idx += ATT_THREADS) {
-            float v[8];
-            load16<CT>(src + (int64_t)j * src_ld + c * V, v);
-            float *o = dst + j * dst_ld + c * V;
+        for (int base = tid; base < total; base += TL_BATCH * ATT_THREADS) {
+            float v[TL_BATCH][8];
 #pragma unroll
-            for (int e = 0; e < V; e++)
-                o[e] = v[e];
-            c += ATT_THREADS;
-            while (c >= cc) {
-                c -= cc;
-                j++;
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * ATT_THREADS;
+                if (idx < total) {
+                    const int j = idx / cc, c = idx - j * cc;
+                    load16<CT>(src + (int64_t)j * src_ld + c * V, v[u]);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * ATT_THREADS;
+                if (idx < total) {
+                    const int j = idx / cc, c = idx - j * cc;
+                    float *o = dst + j * dst_ld + c * V;
+#pragma unroll
+                    for (int e = 0; e < V; e++)
+                        o[e] = v[u][e];
+                }
             }
         }
         return;
     }
     {
         const int total = rows * cols;
-        int j = tid / cols, d = tid - j * cols;
-#pragma unroll 8
-        for (int idx = tid; idx < total; idx += ATT_THREADS) {
-            dst[j * dst_ld + d] = elem<CT>::get(src, (int64_t)j * src_ld + d);
-            d += ATT_THREADS;
-            while (d >= cols) {
-                d -= cols;
-                j++;
+        for (int base = tid; base < total; base += TL_BATCH * ATT_THREADS) {
+            float v[TL_BATCH];
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * ATT_THREADS;
+                if (idx < total) {
+                    const int j = idx / cols;
+                    v[u] = elem<CT>::get(src, (int64_t)j * src_ld + idx - j * cols);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * ATT_THREADS;
+                if (idx < total) {
+                    const int j = idx / cols;
+                    dst[j * dst_ld + idx - j * cols] = v[u];
+                }
             }
         }
     }
@@ -106,15 +123,23 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
         /* the tile's queries: rows of q (one per head and batch row); slots past nq
          * are left as they are (their scores are masked) */
         const int nvalid = min(QT, nq - q0), total = nvalid * dk;
-        int i = tid / dk, d = tid - i * dk;
-#pragma unroll 8
-        for (int idx = tid; idx < total; idx += ATT_THREADS) {
-            const int qi = q0 + i, t = qi / a.group, h = kvh * a.group + qi % a.group;
-            Qs[i * dk + d] = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d];
-            d += ATT_THREADS;
-            while (d >= dk) {
-                d -= dk;
-                i++;
+        for (int base = tid; base < total; base += TL_BATCH * ATT_THREADS) {
+            float v[TL_BATCH];
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * ATT_THREADS;
+                if (idx < total) {
+                    const int i = idx / dk, qi = q0 + i;
+                    const int t = qi / a.group, h = kvh * a.group + qi % a.group;
+                    v[u] = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + idx -
+                               i * dk];
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * ATT_THREADS;
+                if (idx < total)
+                    Qs[idx] = v[u];
             }
         }
     }
@@ -423,7 +448,7 @@ static __global__ void attn_combine_kernel(const struct vl2__cu_attn_args a)
     const float inv = s_inv;
     for (int d = threadIdx.x; d < dv; d += blockDim.x) {
         float o = 0.0f;
-#pragma unroll 8
+#pragma unroll 16
         for (int z = 0; z < S; z++)
             o = fmaf(s_w[z], a.part_o[(pb + z) * dv + d], o);
         a.out[row * a.out_ld + (int64_t)h * a.out_hs + d] = o * inv;

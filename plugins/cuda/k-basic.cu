@@ -41,6 +41,8 @@ cudaError_t vl2__cu_embed(float *out, int64_t ldo, const void *table, int64_t ld
 
 /* ---- norms ------------------------------------------------------------- */
 
+#define RMS_PER_THREAD 8
+
 static __global__ void rmsnorm_kernel(float *out, int64_t ldo, const float *x, int64_t ldx,
                                       const void *w, int wdtype, int cols, float eps)
 {
@@ -49,6 +51,29 @@ static __global__ void rmsnorm_kernel(float *out, int64_t ldo, const float *x, i
     const float *xr = x + (int64_t)blockIdx.x * ldx;
     float *o = out + (int64_t)blockIdx.x * ldo;
     float s = 0.0f;
+
+    if (cols <= RMS_PER_THREAD * (int)blockDim.x) {
+        /* one read of the row: values and weights stay in registers */
+        float xv[RMS_PER_THREAD], wv[RMS_PER_THREAD];
+#pragma unroll
+        for (int i = 0; i < RMS_PER_THREAD; i++) {
+            const int c = threadIdx.x + i * blockDim.x;
+            xv[i] = c < cols ? xr[c] : 0.0f;
+            wv[i] = c < cols ? ld_any(w, wdtype, c) : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < RMS_PER_THREAD; i++)
+            s += xv[i] * xv[i];
+        s = block_sum(s, sh);
+        const float inv = 1.0f / sqrtf(s / (float)cols + eps);
+#pragma unroll
+        for (int i = 0; i < RMS_PER_THREAD; i++) {
+            const int c = threadIdx.x + i * blockDim.x;
+            if (c < cols)
+                o[c] = wv[i] * (xv[i] * inv);
+        }
+        return;
+    }
 
 #pragma unroll 4
 

@@ -300,7 +300,7 @@ cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t
     return cudaGetLastError();
 }
 
-/* ---- fused routing for small batches -------------------------------------- */
+/* ---- router dot products ------------------------------------------------- */
 
 /* x . w for one router row, lanes striding over d (8-wide loads when @vec). */
 template <typename WT>
@@ -333,25 +333,22 @@ static __device__ __forceinline__ float row_dot(const float *x, const WT *w, int
     return warp_sum(v);
 }
 
-/* Router logits, selection and bucketing of a few tokens in one block:
- * warps share the n*E logits, warp t selects for token t, then the block
- * sorts the selections. */
-static __global__ void __launch_bounds__(1024)
-route_all_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b)
-{
-    PDL_ENTRY();
-    extern __shared__ float sm[];
-    const int E = a.E, n = a.n;
-    const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const size_t sel = select_floats(E, a.n_group);
-    float *s_lg = sm;
-    float *s_sel = sm + (size_t)n * E;
-    int *s_cnt = (int *)(s_sel + (size_t)n * sel);
-    int *s_off = s_cnt + E, *s_act = s_off + E, *s_na = s_act + E;
+/* ---- decode routing: slot groups --------------------------------------------- */
 
-    for (int row = warp; row < n * E; row += nw) {
-        const int t = row / E, e = row % E;
-        const float *x = a.x + (int64_t)t * a.ldx;
+/* One block per token: router logits (8 warps), selection (warp 0), then the
+ * group descriptors of this token's slots without any sorting: slot
+ * s = t*k + j multiplies row t by its expert (h row s, y row s) and shared
+ * part q of token t is group n*k + q*n + t.  A token never picks an expert
+ * twice, so no weight is read twice for one token. */
+static __global__ void __launch_bounds__(256)
+route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b)
+{
+    extern __shared__ float sm[];
+    const int E = a.E, t = blockIdx.x, k = a.k, n = a.n;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float *x = a.x + (int64_t)t * a.ldx;
+
+    for (int e = warp; e < E; e += 8) {
         float v;
         switch (a.rdtype) {
         case VL2_DTYPE_BF16:
@@ -364,27 +361,88 @@ route_all_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_
             v = row_dot(x, (const float *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
             break;
         }
-        if ((threadIdx.x & 31) == 0)
-            s_lg[row] = v;
+        if (lane == 0)
+            sm[e] = v;
     }
     __syncthreads();
-    if (warp < n)
-        select_token(a, s_lg + (size_t)warp * E, s_sel + (size_t)warp * sel, warp);
-    __syncthreads();
-    bucket_body(b, s_cnt, s_off, s_act, s_na);
+    if (warp != 0)
+        return;
+    select_token(a, sm, sm + E, t);
+    for (int j = lane; j < k; j += 32) {
+        const int s = t * k + j, e = a.idx[s];
+        struct vl2__cu_group gu, gd;
+        b.pos[s] = s;
+        gu.wa = b.tab_gate[e];
+        gu.wb = b.tab_up[e];
+        gu.ldw = b.ld_gu;
+        gu.in_map = NULL;
+        gu.x_off = 0;
+        gu.y_off = 0;
+        gu.n_out = b.I;
+        gu.count = 1;
+        gu.start = 0;
+        gu.in_base = t;
+        gu.out_base = s;
+        gu.K = b.d;
+        gd.wa = b.tab_down[e];
+        gd.wb = NULL;
+        gd.ldw = b.ld_dn;
+        gd.in_map = NULL;
+        gd.x_off = 0;
+        gd.y_off = 0;
+        gd.n_out = b.d;
+        gd.count = 1;
+        gd.start = 0;
+        gd.in_base = s;
+        gd.out_base = s;
+        gd.K = b.I;
+        b.g_up[s] = gu;
+        b.g_dn[s] = gd;
+    }
+    for (int q = lane; q < b.n_parts; q += 32) {
+        const int g = n * k + q * n + t;
+        struct vl2__cu_group gu, gd;
+        gu.wa = (const char *)b.sh_gate + (size_t)q * b.part * b.sh_ld_gu * b.esize;
+        gu.wb = (const char *)b.sh_up + (size_t)q * b.part * b.sh_ld_gu * b.esize;
+        gu.ldw = b.sh_ld_gu;
+        gu.in_map = NULL;
+        gu.x_off = 0;
+        gu.y_off = 0;
+        gu.n_out = b.part;
+        gu.count = 1;
+        gu.start = 0;
+        gu.in_base = t;
+        gu.out_base = g;
+        gu.K = b.d;
+        gd.wa = (const char *)b.sh_down + (size_t)q * b.part * b.esize;
+        gd.wb = NULL;
+        gd.ldw = b.sh_ld_dn;
+        gd.in_map = NULL;
+        gd.x_off = 0;
+        gd.y_off = 0;
+        gd.n_out = b.d;
+        gd.count = 1;
+        gd.start = 0;
+        gd.in_base = g;
+        gd.out_base = g;
+        gd.K = b.part;
+        b.g_up[g] = gu;
+        b.g_dn[g] = gd;
+    }
+    if (t == 0 && lane == 0)
+        *b.n_groups = n * k + b.n_parts * n;
 }
 
-size_t vl2__cu_moe_route_all_smem(int n, int E, int G)
+size_t vl2__cu_moe_route_small_smem(int E, int G)
 {
-    return sizeof(float) * ((size_t)n * E + (size_t)n * select_floats(E, G)) +
-           sizeof(int) * (3 * (size_t)E + 1);
+    return sizeof(float) * ((size_t)E + select_floats(E, G));
 }
 
-cudaError_t vl2__cu_moe_route_all(const struct vl2__cu_route_args *a,
-                                  const struct vl2__cu_bucket_args *b, cudaStream_t st)
+cudaError_t vl2__cu_moe_route_small(const struct vl2__cu_route_args *a,
+                                    const struct vl2__cu_bucket_args *b, cudaStream_t st)
 {
-    launch_k(route_all_kernel, 1, 1024, vl2__cu_moe_route_all_smem(a->n, a->E, a->n_group), st, *a,
-                                                                                         *b);
+    launch_k(route_small_kernel, a->n, 256, vl2__cu_moe_route_small_smem(a->E, a->n_group), st,
+             *a, *b);
     return cudaGetLastError();
 }
 
