@@ -847,6 +847,67 @@ static void test_cancel(void)
     free(r);
 }
 
+/* A conversation: system, user with an image, assistant, user with two
+ * more.  Three images: no local tiles (spec 3.2), so 3 x 421 image tokens
+ * (spec 6.2: 14 * 15 + 1 + 14 * (14 + 1)). */
+static void test_conversation(void)
+{
+    struct vl2_client *c = open_client(sock);
+    Vl2__Request req = VL2__REQUEST__INIT;
+    Vl2__Generate gen = VL2__GENERATE__INIT;
+    Vl2__Message m[4], *mp[4];
+    Vl2__Image im[3], *ip[3];
+    Vl2__Sampling smp = VL2__SAMPLING__INIT;
+    struct result *r = calloc(1, sizeof(*r));
+    struct vl2_err err = { 0 };
+    static const char *const texts[4] = { "You are terse.", "<image>\nWhat is it?",
+                                          "A picture.", "And these two?" };
+    static const Vl2__Role roles[4] = { VL2__ROLE__ROLE_SYSTEM, VL2__ROLE__ROLE_USER,
+                                        VL2__ROLE__ROLE_ASSISTANT, VL2__ROLE__ROLE_USER };
+    size_t i;
+
+    CHECK(c != NULL);
+    if (!c) {
+        free(r);
+        return;
+    }
+    for (i = 0; i < 3; i++) {
+        vl2__image__init(&im[i]);
+        im[i].source_case = VL2__IMAGE__SOURCE_DATA;
+        im[i].data.data = mha[i].image_data;
+        im[i].data.len = mha[i].image_size;
+        ip[i] = &im[i];
+    }
+    for (i = 0; i < 4; i++) {
+        vl2__message__init(&m[i]);
+        m[i].has_role = 1;
+        m[i].role = roles[i];
+        m[i].text = (char *) texts[i];
+        mp[i] = &m[i];
+    }
+    m[1].n_images = 1;
+    m[1].images = &ip[0];
+    m[3].n_images = 2;               /* no tags: the images go before the text */
+    m[3].images = &ip[1];
+    smp.has_max_new_tokens = 1;
+    smp.max_new_tokens = 4;
+    gen.n_messages = 4;
+    gen.messages = mp;
+    gen.sampling = &smp;
+    gen.has_grounding = 1;
+    gen.grounding = 1;
+    req.body_case = VL2__REQUEST__BODY_GENERATE;
+    req.generate = &gen;
+    CHECK(vl2_client_send(c, &req, NULL, 0, &r->id, &err) == 0);
+    CHECK(vl2_client_wait(c, r->id, on_response, r, &err) == 0);
+    CHECK_MSG(r->has_done, "error %d '%s'", r->error_code, r->error_msg);
+    CHECK_EQ_INT(r->done.image_tokens, 3 * 421);
+    CHECK(r->done.prompt_tokens > 3 * 421);
+    CHECK_EQ_INT(r->done.generated_tokens, 4);
+    vl2_client_close(c);
+    free(r);
+}
+
 /* ---- bad requests fail alone ---- */
 
 static void expect_refusal(const char *prompt, const uint8_t *img, size_t img_size,
@@ -1234,6 +1295,7 @@ int main(int argc, char **argv)
     RUN(test_fair_queue);
     RUN(test_killed_client);
     RUN(test_cancel);
+    RUN(test_conversation);
     RUN(test_bad_requests);
     RUN(test_models);
     RUN(test_status_figures);
