@@ -343,6 +343,7 @@ static __device__ __forceinline__ float row_dot(const float *x, const WT *w, int
 static __global__ void __launch_bounds__(256)
 route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b)
 {
+    PDL_ENTRY();
     extern __shared__ float sm[];
     const int E = a.E, t = blockIdx.x, k = a.k, n = a.n;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
