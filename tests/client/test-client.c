@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pty.h>
 #include <signal.h>
 #include <spng.h>
 #include <stdio.h>
@@ -932,6 +933,60 @@ static void test_load(void)
     fake_stop();
 }
 
+/* ---- progress on a terminal -------------------------------------------- */
+
+/* With standard error on a terminal, progress shows there (and is cleared
+ * before the answer); standard output still gets only the answer. */
+static void test_terminal(void)
+{
+    struct run r = { 0 };
+    int master, slave, st;
+    char buf[8192];
+    size_t n = 0;
+
+    fake_start(&hello_script);   /* first: the fake must not hold the terminal open */
+    if (openpty(&master, &slave, NULL, NULL, NULL) < 0) {
+        printf("skipping the terminal test: openpty: %s\n", strerror(errno));
+        fake_stop();
+        return;
+    }
+    (void) fcntl(master, F_SETFD, FD_CLOEXEC);
+    (void) fcntl(slave, F_SETFD, FD_CLOEXEC);
+    snprintf(r.out_path, sizeof(r.out_path), "%s/stdout", dir);
+    r.pid = fork();
+    if (r.pid == 0) {
+        int out = open(r.out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+        dup2(out, 1);
+        dup2(slave, 2);
+        close(master);
+        execl(vl2, vl2, "--socket", sock, "ask", "hi", (char *) NULL);
+        _exit(127);
+    }
+    close(slave);
+    for (;;) {
+        ssize_t got = read(master, buf + n, sizeof(buf) - 1 - n);
+        if (got > 0 && n + (size_t) got < sizeof(buf) - 1) {
+            n += (size_t) got;
+            continue;
+        }
+        if (got < 0 && errno == EINTR)
+            continue;
+        break;   /* EIO once the child has closed the terminal */
+    }
+    buf[n] = '\0';
+    close(master);
+    waitpid(r.pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
+    r.out = slurp(r.out_path, NULL);
+    CHECK_STR(r.out, "Hello world!\n");
+    CHECK(strstr(buf, "tiling 100%") && strstr(buf, "vision 100%") &&
+          strstr(buf, "prefill 100%"), "progress on the terminal: '%s'", buf);
+    CHECK(strstr(buf, "\r\033[K") != NULL, "progress line not cleared: '%s'", buf);
+    free(r.out);
+    fake_stop();
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/tmp/vl2-client-XXXXXX";
@@ -947,6 +1002,7 @@ int main(int argc, char **argv)
     }
     jpg = argv[2];
     signal(SIGPIPE, SIG_IGN);
+    alarm(110);   /* a hang fails the test instead of blocking the suite */
     if (!mkdtemp(tmpl))
         return 1;
     snprintf(dir, sizeof(dir), "%s", tmpl);
@@ -962,6 +1018,7 @@ int main(int argc, char **argv)
     test_chat();
     test_ground();
     test_load();
+    test_terminal();
 
     fake_stop();
     {
