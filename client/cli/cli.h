@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "vl2.h"
 
@@ -154,6 +155,10 @@ bool vl2_cli_interrupted(void);
  * and @boxes (pixels; @box_image may be NULL). */
 struct cJSON *vl2_cli_done_json(const struct vl2_cli_result *res, const struct vl2_box *boxes,
                                 const uint32_t *box_image, size_t n_boxes);
+
+/* Print one line per box: "x1 y1 x2 y2 label" (control characters of the
+ * label as spaces). */
+void vl2_cli_print_boxes(FILE *f, const struct vl2_box *boxes, size_t n_boxes);
 
 /* ---- drawing (draw.c) ----------------------------------------------------- */
 

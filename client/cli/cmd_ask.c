@@ -42,6 +42,10 @@ int vl2_cli_gen_args_parse(struct vl2_cli_gen_args *a, const char *cmd, unsigned
             a->send_bytes = true;
             continue;
         }
+        if (!strcmp(arg, "--grounding") && (allow & GEN_ALLOW_GROUNDING)) {
+            a->grounding = true;
+            continue;
+        }
         r = vl2_cli_sampling_arg(&a->s, cmd, argc, argv, &i);
         if (r < 0)
             return 2;
@@ -158,6 +162,10 @@ static void ask_usage(FILE *f)
                "  -i, --image FILE          JPEG, PNG or WebP (repeatable); opened by vl2 and\n"
                "                            passed to the daemon as a file descriptor\n"
                "  --send-bytes              send the images' bytes instead of descriptors\n"
+               "  --grounding               ask the daemon for the boxes of <|ref|>/<|det|>\n"
+               "                            in the answer (for prompts starting with\n"
+               "                            <|grounding|>); printed after the answer as\n"
+               "                            'x1 y1 x2 y2 label' lines, pixels of the last image\n"
                "%s"
                "  --json                    one JSON object per line and per event\n"
                "                            (accepted, progress, token, done, error)\n"
@@ -182,7 +190,8 @@ int vl2_cmd_ask(const struct vl2_cli *cli, int argc, char **argv)
     size_t len = 0;
     int r, rc = 1;
 
-    r = vl2_cli_gen_args_parse(&a, "ask", GEN_ALLOW_IMAGES, argc, argv, ask_usage);
+    r = vl2_cli_gen_args_parse(&a, "ask", GEN_ALLOW_IMAGES | GEN_ALLOW_GROUNDING, argc, argv,
+                               ask_usage);
     if (r != 0)
         return r == 1 ? 0 : r;
     if (a.n_words == 0) {
@@ -228,9 +237,12 @@ int vl2_cmd_ask(const struct vl2_cli *cli, int argc, char **argv)
     turn.images = img_ptrs;
     turn.n_images = a.n_images;
 
+    so.grounding = a.grounding;
     r = vl2_cli_generate(c, cli, a.model, &a.s, &turn, 1, &so, &res, &err);
     if (!cli->json && res.len && res.text[res.len - 1] != '\n')
         fputc('\n', stdout);
+    if (!cli->json && r == 0)
+        vl2_cli_print_boxes(stdout, res.boxes, res.n_boxes);
     fflush(stdout);
     if (r < 0)
         (void) vl2_cli_fail(cli, &err);
@@ -312,6 +324,8 @@ static void chat_usage(FILE *f)
                "\n"
                "  -m, --model MODEL         a model the daemon serves (default: its default)\n"
                "  --send-bytes              send images' bytes instead of descriptors\n"
+               "  --grounding               boxes of <|ref|>/<|det|> in answers, printed after\n"
+               "                            each as 'x1 y1 x2 y2 label' lines\n"
                "%s"
                "  --json                    one JSON object per line and per event\n"
                "  --socket PATH, --timeout SECONDS   as for every command\n",
@@ -339,7 +353,8 @@ int vl2_cmd_chat(const struct vl2_cli *cli, int argc, char **argv)
     size_t line_cap = 0;
     int r, failures = 0;
 
-    r = vl2_cli_gen_args_parse(&a, "chat", GEN_ALLOW_IMAGES, argc, argv, chat_usage);
+    r = vl2_cli_gen_args_parse(&a, "chat", GEN_ALLOW_IMAGES | GEN_ALLOW_GROUNDING, argc, argv,
+                               chat_usage);
     if (r != 0)
         return r == 1 ? 0 : r;
     if (a.n_words > 0) {
@@ -446,9 +461,12 @@ int vl2_cmd_chat(const struct vl2_cli *cli, int argc, char **argv)
             failures++;
             break;
         }
+        so.grounding = a.grounding;
         r = vl2_cli_generate(c, cli, a.model, &a.s, ch.turns, ch.n_turns, &so, &res, &err);
         if (!cli->json && res.len && res.text[res.len - 1] != '\n')
             fputc('\n', stdout);
+        if (!cli->json && r == 0)
+            vl2_cli_print_boxes(stdout, res.boxes, res.n_boxes);
         fflush(stdout);
         if (r < 0) {
             /* the turn did not happen: forget it, keep its images pending */

@@ -165,10 +165,7 @@ int vl2_cmd_ground(const struct vl2_cli *cli, int argc, char **argv)
             cJSON_AddStringToObject(o, "output", a.output);
         vl2_cli_print_json_line(o);
     } else {
-        for (size_t i = 0; i < n_boxes; i++)
-            printf("%g %g %g %g %s\n", (double) boxes[i].x1, (double) boxes[i].y1,
-                   (double) boxes[i].x2, (double) boxes[i].y2, boxes[i].label);
-        fflush(stdout);
+        vl2_cli_print_boxes(stdout, boxes, n_boxes);
         if (n_boxes == 0)
             fprintf(stderr, "vl2 ground: no boxes in the answer: '%s'\n", res.text);
         if (a.output && isatty(STDERR_FILENO))

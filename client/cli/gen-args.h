@@ -12,6 +12,7 @@
 enum {
     GEN_ALLOW_IMAGES = 1u << 0,   /* -i/--image, --send-bytes */
     GEN_ALLOW_OUTPUT = 1u << 1,   /* -o/--output */
+    GEN_ALLOW_GROUNDING = 1u << 2,   /* --grounding */
 };
 
 struct vl2_cli_gen_args {
@@ -19,6 +20,7 @@ struct vl2_cli_gen_args {
     const char *images[VL2_CLI_MAX_IMAGES];   /* -i, in order */
     size_t n_images;
     bool send_bytes;                          /* --send-bytes */
+    bool grounding;                           /* --grounding */
     const char *output;                       /* -o */
     struct vl2_cli_sampling s;
     const char *words[VL2_CLI_MAX_WORDS];     /* positional arguments */

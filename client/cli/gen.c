@@ -122,6 +122,19 @@ cJSON *vl2_cli_done_json(const struct vl2_cli_result *res, const struct vl2_box 
     return o;
 }
 
+void vl2_cli_print_boxes(FILE *f, const struct vl2_box *boxes, size_t n_boxes)
+{
+    for (size_t i = 0; i < n_boxes; i++) {
+        fprintf(f, "%g %g %g %g ", (double) boxes[i].x1, (double) boxes[i].y1,
+                (double) boxes[i].x2, (double) boxes[i].y2);
+        /* one line per box, whatever the label holds */
+        for (const char *p = boxes[i].label ? boxes[i].label : ""; *p; p++)
+            fputc((unsigned char) *p < 0x20 || *p == 0x7f ? ' ' : *p, f);
+        fputc('\n', f);
+    }
+    fflush(f);
+}
+
 /* ---- receiving -------------------------------------------------------- */
 
 struct gen_ctx {
@@ -368,7 +381,7 @@ int vl2_cli_generate(struct vl2_client *c, const struct vl2_cli *cli, const char
                      struct vl2_cli_result *res, struct vl2_err *err)
 {
     const Vl2__HelloReply *hello = vl2_client_hello(c);
-    size_t max_fds = hello && hello->max_fds ? hello->max_fds : VL2_IPC_MAX_FDS;
+    size_t max_fds = hello && hello->has_max_fds ? hello->max_fds : VL2_IPC_MAX_FDS;
     Vl2__Request req = VL2__REQUEST__INIT;
     Vl2__Generate gen = VL2__GENERATE__INIT;
     Vl2__Sampling sp = VL2__SAMPLING__INIT;
@@ -407,8 +420,8 @@ int vl2_cli_generate(struct vl2_client *c, const struct vl2_cli *cli, const char
             vl2__image__init(pi);
             if (im->fd >= 0) {
                 if (n_fds == max_fds) {
-                    r = vl2_err_set(err, VL2_ELIMIT, "vl2: more than %zu images to pass as "
-                                    "descriptors; use --send-bytes", max_fds);
+                    r = vl2_err_set(err, VL2_ELIMIT, "vl2: vl2d takes at most %zu image "
+                                    "descriptors per request; use --send-bytes", max_fds);
                     goto out_free;
                 }
                 /* the descriptor shares its offset with the daemon's copy:

@@ -768,6 +768,11 @@ static void test_ground(void)
         .boxes = { { "giraffe (daemon)", 580, 162, 1000, 540 }, { "second", 10, 6, 100, 120 } },
         .n_boxes = 2,
     };
+    /* A label with a line break still prints on one line. */
+    static const struct fake_script odd_label = {
+        .pieces = { "x" }, .ids = { 9 }, .n_pieces = 1,
+        .boxes = { { "two\nlines\tand tab", 1, 2, 3, 4 } }, .n_boxes = 1,
+    };
     static const struct fake_script none = {
         .pieces = { "I see no giraffe." }, .ids = { 9 }, .n_pieces = 1,
     };
@@ -819,11 +824,38 @@ static void test_ground(void)
     }
     run_done(&r);
     (void) unlink(out_png);
+    /* ask --grounding: grounding asked for, boxes printed after the answer */
+    log_clear();
+    run(&r, (const char *[]) { "--socket", sock, "ask", "--grounding", "-i", png,
+        "<|grounding|>Where is the giraffe?", NULL }, NULL);
+    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_STR(r.out, "whatever the text says\n580 162 1000 540 giraffe (daemon)\n"
+              "10 6 100 120 second\n");
+    run_done(&r);
+    log = log_entries("generate");
+    CHECK(cJSON_IsTrue(jget(cJSON_GetArrayItem(log, 0), "grounding")), "ask --grounding");
+    cJSON_Delete(log);
     /* an output path that cannot be written: exit 1 naming it */
     run(&r, (const char *[]) { "--socket", sock, "ground", "-i", png, "-o",
         "/nonexistent-dir/x.png", "giraffe", NULL }, NULL);
     CHECK(r.status == 1 && strstr(r.err, "/nonexistent-dir/x.png"), "exit %d, '%s'", r.status,
           r.err);
+    run_done(&r);
+    fake_stop();
+
+    fake_start(&odd_label);
+    run(&r, (const char *[]) { "--socket", sock, "ground", "-i", png, "x", NULL }, NULL);
+    CHECK(r.status == 0, "exit %d", r.status);
+    CHECK_STR(r.out, "1 2 3 4 two lines and tab\n");
+    run_done(&r);
+    run(&r, (const char *[]) { "--socket", sock, "--json", "ground", "-i", png, "x", NULL },
+        NULL);
+    {
+        cJSON *lines = json_lines(r.out);
+        cJSON *d = cJSON_GetArrayItem(lines, cJSON_GetArraySize(lines) - 1);
+        CHECK_STR(jstr(cJSON_GetArrayItem(jget(d, "boxes"), 0), "label"), "two\nlines\tand tab");
+        cJSON_Delete(lines);
+    }
     run_done(&r);
     fake_stop();
 
