@@ -348,8 +348,10 @@ route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucke
     const int E = a.E, t = blockIdx.x, k = a.k, n = a.n;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float *x = a.x + (int64_t)t * a.ldx;
+    const int nw = blockDim.x >> 5;
 
-    for (int e = warp; e < E; e += 8) {
+    /* logits computed before (a.logits), or here by the block's warps */
+    for (int e = warp; !a.logits && e < E; e += nw) {
         float v;
         switch (a.rdtype) {
         case VL2_DTYPE_BF16:
@@ -368,7 +370,7 @@ route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucke
     __syncthreads();
     if (warp != 0)
         return;
-    select_token(a, sm, sm + E, t);
+    select_token(a, a.logits ? a.logits + (int64_t)t * E : sm, sm + E, t);
     for (int j = lane; j < k; j += 32) {
         const int s = t * k + j, e = a.idx[s];
         struct vl2__cu_group gu, gd;
@@ -442,8 +444,8 @@ size_t vl2__cu_moe_route_small_smem(int E, int G)
 cudaError_t vl2__cu_moe_route_small(const struct vl2__cu_route_args *a,
                                     const struct vl2__cu_bucket_args *b, cudaStream_t st)
 {
-    launch_k(route_small_kernel, a->n, 256, vl2__cu_moe_route_small_smem(a->E, a->n_group), st,
-             *a, *b);
+    launch_k(route_small_kernel, a->n, a->logits ? 32 : 256,
+             vl2__cu_moe_route_small_smem(a->E, a->n_group), st, *a, *b);
     return cudaGetLastError();
 }
 

@@ -180,7 +180,7 @@ step_ncu() {  # a few decode kernels of tiny, timed by Nsight Compute
     mkw tiny || return
     log "== ncu: decode kernels of tiny"
     timeout 240 "$nc" --clock-control none --graph-profiling node \
-        --kernel-name regex:'attn_kernel|route_all_kernel|gemv_kernel|combine_kernel|rmsnorm_kernel' \
+        --kernel-name regex:'attn_kernel|route_small_kernel|route_kernel|bucket_kernel|gemv_kernel|combine_kernel' \
         --launch-skip 2000 --launch-count 40 \
         --metrics gpu__time_duration.sum,sm__cycles_elapsed.avg.per_second,dram__bytes_read.sum,launch__grid_size \
         "$G/bin/bench_gpu" --model "$W/tiny" --image "$ROOT/data/images/g_a_384.jpg" \
