@@ -37,6 +37,7 @@ struct run_opts {
     long        max_new;
     int         threads;
     int         ignore_eos;
+    int         apply_exif;   /* --apply-exif: honour the EXIF orientation tag */
     int         json;
     struct vl2_sampler_params sp;
 };
@@ -63,6 +64,8 @@ static void usage(FILE *f)
 "  --seed S                  sampler seed (default 0)\n"
 "  --stop TEXT               stop when TEXT appears in the output (repeatable)\n"
 "  --ignore-eos              keep generating after the end-of-sentence token\n"
+"  --apply-exif              rotate/flip images per their EXIF orientation tag\n"
+"                            (default: ignore it, as the official code does)\n"
 "  --json                    print one JSON object instead of streaming\n"
 "  --dump OUT                write every stage to the folder OUT (golden formats)\n"
 "  --backend NAME            cpu (default) or cuda\n"
@@ -131,6 +134,10 @@ static int parse_args(struct run_opts *o, int argc, char **argv)
         }
         if (!strcmp(a, "--json")) {
             o->json = 1;
+            continue;
+        }
+        if (!strcmp(a, "--apply-exif")) {
+            o->apply_exif = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -436,6 +443,7 @@ static int load_images(struct run *R, struct vl2_err *err)
         struct vl2_image_limits lim = vl2_image_default_limits();
         char *data;
         size_t size;
+        lim.apply_exif = R->o.apply_exif;
         r = read_file(R->o.images[i], &data, &size, lim.max_bytes, err);
         if (r < 0)
             return r;

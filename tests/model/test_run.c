@@ -23,6 +23,7 @@
 extern char **environ;
 
 static const char *o_vl2d, *o_model, *o_golden, *o_images, *o_pixels, *o_plugin_dir;
+static const char *o_exif_image;   /* stored 7x4 with EXIF orientation 6 (90 degrees) */
 
 /* Run argv with stdout and stderr to files; returns the exit status. */
 static int run(char *const *argv, const char *out, const char *errf)
@@ -292,6 +293,46 @@ static void check_errors(const char *tmp)
     free(img);
 }
 
+/* --apply-exif: the image is stored 7x4 with EXIF orientation 6 (rotate 90
+ * degrees clockwise to view), so the official path sees 7x4 and the upright
+ * image is 4x7 (EXIF 2.3, Table "Orientation"). */
+static void check_exif(const char *tmp)
+{
+    static const int want[2][2] = { { 7, 4 }, { 4, 7 } };
+    int k;
+
+    if (!o_exif_image)
+        return;
+    printf("--apply-exif\n");
+    for (k = 0; k < 2; k++) {
+        char *dir = tu_path(tmp, k ? "exif-on" : "exif-off");
+        char *out = tu_path(tmp, "exif.out"), *errf = tu_path(tmp, "exif.err");
+        char *pd = (char *)o_plugin_dir;
+        char *argv[] = { (char *)o_vl2d, "run", "--model", (char *)o_model, "--image",
+                         (char *)o_exif_image, "--prompt", "x", "--max-new-tokens", "1",
+                         "--dump", dir, k ? "--apply-exif" : "--json",
+                         pd ? "--plugin-dir" : NULL, pd, NULL };
+        cJSON *j, *sz;
+        int st = run(argv, out, errf);
+
+        TU_CHECK(st == 0, "vl2d run %s exited %d", k ? "--apply-exif" : "", st);
+        if (st == 0) {
+            j = json_file(dir, "input_ids.json");
+            sz = j ? cJSON_GetObjectItem(j, "image_sizes") : NULL;
+            sz = sz ? cJSON_GetArrayItem(sz, 0) : NULL;
+            TU_CHECK(sz && cJSON_GetArraySize(sz) == 2 &&
+                     cJSON_GetArrayItem(sz, 0)->valueint == want[k][0] &&
+                     cJSON_GetArrayItem(sz, 1)->valueint == want[k][1],
+                     "exif %s: image size is not %dx%d", k ? "on" : "off",
+                     want[k][0], want[k][1]);
+            cJSON_Delete(j);
+        }
+        free(dir);
+        free(out);
+        free(errf);
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const char *cases[] = { "a384", "wide", "tall", "textonly" };
@@ -312,6 +353,8 @@ int main(int argc, char **argv)
             o_pixels = argv[i + 1];
         else if (!strcmp(argv[i], "--plugin-dir"))
             o_plugin_dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--exif-image"))
+            o_exif_image = argv[i + 1];
     }
     if (!o_vl2d || !o_model || !o_golden || !o_images || !o_pixels) {
         fprintf(stderr, "usage: test_run --vl2d PATH --model DIR --golden DIR --images DIR\n");
@@ -325,6 +368,7 @@ int main(int argc, char **argv)
         run_case(cases[i], tmp);
     check_json(tmp);
     check_errors(tmp);
+    check_exif(tmp);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
     if (!tu_failures && system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", tmp);
