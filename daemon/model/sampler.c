@@ -263,21 +263,55 @@ void vl2_sampler_process(struct vl2_sampler *s, float *z)
     process(s, z, &n);
 }
 
+/* Index of the first largest of z[0..n) (ties: the lowest index, as a plain
+ * scan with '>' gives).  The maximum is found lane-wise over 16 columns, a
+ * loop the compiler vectorises, then one scan finds its first position: on a
+ * 129 280-entry vocabulary this is several times faster than a scan that
+ * carries the index in its dependency chain.  If z[0] is NaN the plain scan
+ * returns 0; so does this. */
+static int32_t argmax_first(const float *z, int32_t n)
+{
+    enum { W = 16 };
+    float m[W], mx;
+    int32_t i, j;
+
+    if (n <= 0)
+        return 0;
+    mx = z[0];
+    if (n >= 2 * W) {
+        for (j = 0; j < W; j++)
+            m[j] = z[j];
+        for (i = W; i + W <= n; i += W)
+            for (j = 0; j < W; j++)
+                m[j] = z[i + j] > m[j] ? z[i + j] : m[j];
+        for (j = 0; j < W; j++)
+            mx = m[j] > mx ? m[j] : mx;
+    } else {
+        i = 1;
+    }
+    for (; i < n; i++)
+        mx = z[i] > mx ? z[i] : mx;
+    for (i = 0; i < n; i++)
+        if (z[i] == mx)
+            return i;
+    return 0;
+}
+
 int32_t vl2_sampler_sample(struct vl2_sampler *s, const float *logits)
 {
     float *z = s->z, mx;
     int32_t n, i, best;
     double sum = 0.0, u, acc = 0.0;
 
-    memcpy(z, logits, (size_t)s->n_vocab * sizeof(*z));
     if (s->p.temperature == 0.0f) {
+        /* greedy: without a penalty the logits are read in place */
+        if (s->p.repetition_penalty == 1.0f)
+            return argmax_first(logits, s->n_vocab);
+        memcpy(z, logits, (size_t)s->n_vocab * sizeof(*z));
         penalize(s, z);
-        best = 0;
-        for (i = 1; i < s->n_vocab; i++)
-            if (z[i] > z[best])
-                best = i;
-        return best;
+        return argmax_first(z, s->n_vocab);
     }
+    memcpy(z, logits, (size_t)s->n_vocab * sizeof(*z));
     process(s, z, &n);
     if (n <= 0)
         return 0;

@@ -231,9 +231,49 @@ static void test_stops(void)
     TU_CHECK(vl2_stop_holdback("x<\xef\xbd", 4, stops, 3) == 3, "hold back a partial EOS");
 }
 
+/* Greedy picks the first largest logit, compared with a plain scan, on
+ * vocabulary sizes around the vectorised block width, with ties placed
+ * before, inside and after a block boundary and the maximum in the tail. */
+static void test_greedy_argmax(void)
+{
+    static const int32_t sizes[] = { 1, 2, 15, 16, 17, 31, 32, 33, 100, 129280, 102401 };
+    uint64_t x = 12345;
+    size_t k;
+
+    for (k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        int32_t V = sizes[k], i, trial;
+        float *z = malloc((size_t)V * sizeof(*z));
+        struct vl2_sampler s = mk(V, 0.0f, 0, 1.0f, 1.0f, 1);
+
+        for (trial = 0; trial < 6; trial++) {
+            int32_t want = 0, pos;
+            for (i = 0; i < V; i++) {
+                x = x * 6364136223846793005ull + 1442695040888963407ull;
+                z[i] = (float)((x >> 40) % 1000) / 10.0f - 50.0f;
+            }
+            pos = (int32_t)((x >> 20) % (uint64_t)V);
+            if (trial == 1)
+                z[V - 1] = 1000.0f;                 /* maximum in the tail */
+            if (trial >= 2) {                        /* ties at the maximum */
+                z[pos] = 500.0f;
+                z[(pos + 16 * trial) % V] = 500.0f;
+                z[V - 1 - pos] = 500.0f;
+            }
+            for (i = 1; i < V; i++)
+                if (z[i] > z[want])
+                    want = i;
+            TU_CHECK(vl2_sampler_sample(&s, z) == want, "greedy V=%d trial %d: want %d",
+                     V, trial, want);
+        }
+        vl2_sampler_done(&s);
+        free(z);
+    }
+}
+
 int main(void)
 {
     test_penalty();
+    test_greedy_argmax();
     test_temperature_topk();
     test_topp();
     test_draws();
