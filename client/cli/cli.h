@@ -188,5 +188,6 @@ int vl2_cmd_chat(const struct vl2_cli *cli, int argc, char **argv);
 int vl2_cmd_ground(const struct vl2_cli *cli, int argc, char **argv);
 int vl2_cmd_load(const struct vl2_cli *cli, int argc, char **argv);
 int vl2_cmd_unload(const struct vl2_cli *cli, int argc, char **argv);
+int vl2_cmd_tokenize(const struct vl2_cli *cli, int argc, char **argv);
 
 #endif

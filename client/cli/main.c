@@ -22,6 +22,7 @@ static const struct subcommand subcommands[] = {
     { "ground", vl2_cmd_ground, "find a phrase: vl2 ground -i IMAGE PHRASE [-o OUT.png]" },
     { "load",   vl2_cmd_load,   "load a model: vl2 load NAME DIR" },
     { "unload", vl2_cmd_unload, "unload a model: vl2 unload NAME" },
+    { "tokenize", vl2_cmd_tokenize, "token ids of a text: vl2 tokenize [-m MODEL] [--bos] TEXT" },
 };
 
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))

@@ -107,6 +107,7 @@ struct vl2_engine {
     bool quit;                      /* free(): stop everything */
     bool stopping;                  /* stop(): unload, then UNLOADED */
     enum vl2_model_state state;
+    bool tok_ready;                 /* tok is loaded (Tokenize may use it) */
     int error_code;
     char error[VL2_ERR_MSG_SIZE];   /* FAILED: why */
     struct vl2_req_list queue;      /* VL2_REQ_QUEUED */

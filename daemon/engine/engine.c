@@ -372,6 +372,10 @@ static int load(struct vl2_engine *e, struct vl2_err *err)
     r = vl2_tokenizer_load(&e->tok, e->dir, err);
     if (r < 0)
         return r;
+    /* Tokenize requests may use it from now on, while the model loads */
+    pthread_mutex_lock(&e->mu);
+    e->tok_ready = true;
+    pthread_mutex_unlock(&e->mu);
     e->image_token_id = vl2_tokenizer_id(e->tok, VL2_PROMPT_IMAGE_TAG);
     if (e->image_token_id < 0)
         return vl2_err_set(err, VL2_EFORMAT, "the tokenizer has no '%s' token",
@@ -1258,12 +1262,33 @@ static void engine_free(void *engine)
     free(e);
 }
 
+static int engine_tokenizer(void *engine, const struct vl2_tokenizer **ret,
+                            struct vl2_err *err)
+{
+    struct vl2_engine *e = engine;
+    int rc = 0;
+
+    pthread_mutex_lock(&e->mu);
+    if (e->state == VL2_MODEL_STATE_FAILED)
+        rc = vl2_err_set(err, e->error_code, "%s", e->error);
+    else if (e->stopping || e->quit)
+        rc = vl2_err_set(err, VL2_ENOTFOUND, "engine: model '%s' is being unloaded", e->name);
+    else if (!e->tok_ready)
+        rc = vl2_err_set(err, VL2_EBUSY, "engine: model '%s' is still loading its tokenizer, "
+                         "try again", e->name);
+    else
+        *ret = e->tok;
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
 static const struct vl2_engine_ops engine_ops = {
     .submit = engine_submit,
     .cancel = engine_cancel,
     .stats = engine_stats,
     .free = engine_free,
     .stop = engine_stop,
+    .tokenizer = engine_tokenizer,
 };
 
 const struct vl2_engine_ops *vl2_engine_ops(void)

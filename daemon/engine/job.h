@@ -27,6 +27,7 @@
 #include "vl2-status.h"
 
 struct vl2_server;
+struct vl2_tokenizer;
 
 /* ---- jobs (server -> engine) ----------------------------------------- */
 
@@ -210,6 +211,13 @@ struct vl2_engine_ops {
      * VL2_EVENT_UNLOADED with the load key; free() follows it.  Without
      * stop(), the server calls free() at once. */
     void (*stop)(void *engine);
+    /* Optional (may be NULL: Tokenize is refused as UNIMPLEMENTED): the
+     * model's tokenizer, for Tokenize requests.  Returns 0 and *@ret, valid
+     * until free() (the loop thread may encode with it, a tokenizer being
+     * immutable); or < 0 without waiting: VL2_EBUSY while the tokenizer is
+     * still loading, the load error when loading failed, VL2_ENOTFOUND while
+     * unloading. */
+    int  (*tokenizer)(void *engine, const struct vl2_tokenizer **ret, struct vl2_err *err);
 };
 
 /* How an engine hands events to the server (vl2_server_post for vl2d);

@@ -3,7 +3,7 @@
  * become responses.
  *
  * Every request gets an answer: a reply, an engine's stream of events, or an
- * Error (UNIMPLEMENTED for what this daemon cannot do yet).  A request that
+ * Error (UNIMPLEMENTED for a kind of request from a newer protocol).  A request that
  * is wrong gets an Error and the connection stays; a frame that does not
  * decode gets an Error with id 0 and the connection closes. */
 #include <errno.h>
@@ -13,9 +13,12 @@
 #include <unistd.h>
 
 #include "server-impl.h"
+#include "tokenizer.h"
 
 /* Images one Generate may carry. */
 #define MAX_IMAGES_PER_REQUEST 64
+/* Bytes of text one Tokenize may carry: it is encoded on the loop thread. */
+#define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
 
 static void reply(struct vl2_conn *c, Vl2__Response *resp, uint64_t id)
 {
@@ -555,6 +558,102 @@ static void on_cancel(struct vl2_conn *c, uint64_t id, const Vl2__Cancel *cn)
     reply(c, &resp, id);
 }
 
+/* ---- Tokenize --------------------------------------------------------- */
+
+static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
+{
+    struct vl2_server *srv = c->srv;
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__TokenizeReply tr = VL2__TOKENIZE_REPLY__INIT;
+    const struct vl2_tokenizer *tok = NULL;
+    struct vl2_err err = { 0 };
+    struct vl2_srv_model *model;
+    const char *text = t->text ? t->text : "";
+    size_t len = strlen(text), n = 0, i, size;
+    int32_t *ids = NULL, bos = -1;
+    uint32_t *out_ids = NULL;
+    ProtobufCBinaryData *pieces = NULL;
+    int r;
+
+    model = find_model(srv, t->model);
+    if (!model) {
+        if (t->model && t->model[0])
+            vl2_err_set(&err, VL2_ENOTFOUND, "server: tokenize: model '%s' is not loaded",
+                        t->model);
+        else
+            vl2_err_set(&err, VL2_ENOTFOUND, "server: tokenize: no model is loaded (start "
+                        "vl2d with --model DIR, or load one with 'vl2 load')");
+        goto out_error;
+    }
+    if (!model->ops->tokenizer) {
+        unimplemented(c, id, "tokenize for this model");
+        return;
+    }
+    if (len > MAX_TOKENIZE_TEXT) {
+        vl2_err_set(&err, VL2_ELIMIT, "server: tokenize: the text has %zu bytes, at most %zu",
+                    len, MAX_TOKENIZE_TEXT);
+        goto out_error;
+    }
+    r = model->ops->tokenizer(model->engine, &tok, &err);
+    if (r < 0)
+        goto out_error;
+    if (t->add_bos) {
+        bos = vl2_tokenizer_bos(tok);
+        if (bos < 0) {
+            vl2_err_set(&err, VL2_EUNSUPPORTED, "server: tokenize: the tokenizer of model "
+                        "'%s' has no bos_token", model->name);
+            goto out_error;
+        }
+    }
+    r = vl2_tokenizer_encode(tok, text, len, &ids, &n, &err);
+    if (r < 0)
+        goto out_error;
+    out_ids = malloc((n + 1) * sizeof(*out_ids));
+    if (t->pieces)
+        pieces = calloc(n + 1, sizeof(*pieces));
+    if (!out_ids || (t->pieces && !pieces)) {
+        vl2_err_set(&err, VL2_ENOMEM, "server: out of memory");
+        goto out_error;
+    }
+    tr.n_ids = 0;
+    if (bos >= 0)
+        out_ids[tr.n_ids++] = (uint32_t) bos;
+    for (i = 0; i < n; i++)
+        out_ids[tr.n_ids++] = (uint32_t) ids[i];
+    tr.ids = out_ids;
+    if (pieces) {
+        for (i = 0; i < tr.n_ids; i++) {
+            size_t plen = 0;
+            const char *p = vl2_tokenizer_token_bytes(tok, (int32_t) out_ids[i], &plen);
+
+            pieces[i].data = (uint8_t *) (p ? p : "");
+            pieces[i].len = p ? plen : 0;
+        }
+        tr.n_pieces = tr.n_ids;
+        tr.pieces = pieces;
+    }
+    resp.has_id = 1;
+    resp.id = id;
+    resp.body_case = VL2__RESPONSE__BODY_TOKENIZE;
+    resp.tokenize = &tr;
+    /* the reply must fit the client's frame limit too */
+    size = vl2__response__get_packed_size(&resp);
+    if (size > srv->opts.max_frame) {
+        vl2_err_set(&err, VL2_ELIMIT, "server: tokenize: the reply would take %zu bytes, over "
+                    "the frame limit of %u", size, srv->opts.max_frame);
+        goto out_error;
+    }
+    vl2__conn_send(c, &resp);
+    goto out_free;
+
+out_error:
+    vl2__conn_send_error(c, id, err.code, err.msg, false);
+out_free:
+    free(ids);
+    free(out_ids);
+    free(pieces);
+}
+
 /* ---- requests -------------------------------------------------------- */
 
 void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame)
@@ -602,7 +701,7 @@ void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame)
         on_unload_model(c, id, req->unload_model);
         break;
     case VL2__REQUEST__BODY_TOKENIZE:
-        unimplemented(c, id, "tokenize");
+        on_tokenize(c, id, req->tokenize);
         break;
     default:
         /* a kind from a newer protocol lands in the unknown fields */

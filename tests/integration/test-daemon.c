@@ -475,9 +475,9 @@ static void test_requests(void)
     expect_error(fd, 101, VL2_EINVAL, "not an absolute path");
     send_body(fd, 102, VL2__REQUEST__BODY_UNLOAD_MODEL, &unload);
     expect_error(fd, 102, VL2_ENOTFOUND, "is not loaded");
-    /* what this daemon cannot do yet: UNIMPLEMENTED */
+    /* Tokenize needs a model's tokenizer too */
     send_body(fd, 103, VL2__REQUEST__BODY_TOKENIZE, &tok);
-    expect_error(fd, 103, VL2_EUNIMPLEMENTED, "tokenize");
+    expect_error(fd, 103, VL2_ENOTFOUND, "no model is loaded");
     /* nothing in flight to cancel */
     cancel.has_target_id = 1;
     cancel.target_id = 100;
@@ -501,7 +501,7 @@ static void test_requests(void)
     CHECK(resp && resp->id == 200 && resp->body_case == VL2__RESPONSE__BODY_STATUS);
     if (resp)
         vl2__response__free_unpacked(resp, NULL);
-    expect_error(fd, 201, VL2_EUNIMPLEMENTED, NULL);
+    expect_error(fd, 201, VL2_ENOTFOUND, "tokenize");
     CHECK(harness_recv(fd, 5000, &resp) == 1);
     CHECK(resp && resp->id == 202 && resp->body_case == VL2__RESPONSE__BODY_MODELS &&
           resp->models->n_models == 0);

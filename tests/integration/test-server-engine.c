@@ -593,6 +593,33 @@ static void test_generate_refused(void)
     vl2_client_close(c);
 }
 
+/* Tokenize with an engine that offers no tokenizer: an Error, never a
+ * silent drop, and the connection goes on. */
+static void test_tokenize_unimplemented(void)
+{
+    Vl2__Request req = VL2__REQUEST__INIT;
+    Vl2__Tokenize tk = VL2__TOKENIZE__INIT;
+    struct vl2_client *c = client();
+    struct vl2_err err = { 0 };
+    struct seen s = { 0 };
+    int r;
+
+    if (!c)
+        return;
+    tk.model = (char *) "fake";
+    tk.text = (char *) "hello";
+    req.body_case = VL2__REQUEST__BODY_TOKENIZE;
+    req.tokenize = &tk;
+    r = vl2_client_call(c, &req, NULL, 0, collect, &s, &err);
+    CHECK_EQ_INT(r, VL2_EUNIMPLEMENTED);
+    CHECK_MSG(strstr(err.msg, "tokenize"), "%s", err.msg);
+    tk.model = (char *) "nope";
+    r = vl2_client_call(c, &req, NULL, 0, collect, &s, &err);
+    CHECK_EQ_INT(r, VL2_ENOTFOUND);
+    CHECK_MSG(strstr(err.msg, "'nope' is not loaded"), "%s", err.msg);
+    vl2_client_close(c);
+}
+
 /* Two requests in flight on one connection, answers matched by id. */
 static void test_two_in_flight(void)
 {
@@ -796,6 +823,7 @@ int main(void)
     RUN(test_generate_stream);
     RUN(test_generate_no_stream);
     RUN(test_generate_refused);
+    RUN(test_tokenize_unimplemented);
     RUN(test_two_in_flight);
     RUN(test_cancel);
     RUN(test_client_leaves);
