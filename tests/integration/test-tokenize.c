@@ -215,6 +215,11 @@ static void test_golden_lines(void)
             continue;
         }
         want = malloc(((size_t) cJSON_GetArraySize(ids) + 1) * sizeof(*want));
+        CHECK(want != NULL);
+        if (!want) {
+            cJSON_Delete(o);
+            break;
+        }
         want[n++] = prompt_ids[0];          /* with BOS: the first piece is BOS */
         cJSON_ArrayForEach(it, ids)
             want[n++] = (uint32_t) it->valuedouble;
@@ -377,6 +382,8 @@ static char *expected_line(const uint32_t *ids, size_t n)
     char *s = malloc(16 * n + 4), *p = s;
     size_t i;
 
+    if (!s)
+        return strdup("(out of memory)");
     p += sprintf(p, "[");
     for (i = 0; i < n; i++)
         p += sprintf(p, i ? ", %u" : "%u", ids[i]);
