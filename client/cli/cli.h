@@ -84,6 +84,7 @@ struct vl2_cli_image {
     int fd;              /* open for reading; -1 when sent as bytes */
     uint8_t *data;       /* the file's bytes when sent as bytes */
     size_t size;
+    int exif;            /* apply the EXIF orientation: 1 yes, 0 no, -1 the daemon's default */
 };
 
 /* Open @path.  @send_bytes: read it whole (at most @max_bytes).  Returns 0 or

@@ -17,6 +17,7 @@ int vl2_cli_gen_args_parse(struct vl2_cli_gen_args *a, const char *cmd, unsigned
     bool dashdash = false;
 
     memset(a, 0, sizeof(*a));
+    a->exif = -1;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         const char *val = NULL;
@@ -40,6 +41,11 @@ int vl2_cli_gen_args_parse(struct vl2_cli_gen_args *a, const char *cmd, unsigned
         }
         if (!strcmp(arg, "--send-bytes") && (allow & GEN_ALLOW_IMAGES)) {
             a->send_bytes = true;
+            continue;
+        }
+        if ((!strcmp(arg, "--exif") || !strcmp(arg, "--no-exif")) &&
+            (allow & GEN_ALLOW_IMAGES)) {
+            a->exif = arg[2] != 'n';
             continue;
         }
         if (!strcmp(arg, "--grounding") && (allow & GEN_ALLOW_GROUNDING)) {
@@ -116,6 +122,7 @@ int vl2_cli_open_images(struct vl2_client *c, const struct vl2_cli *cli,
                 vl2_cli_image_close(&out[--i]);
             return vl2_cli_fail(cli, &err);
         }
+        out[i].exif = a->exif;
     }
     return 0;
 }
@@ -162,6 +169,8 @@ static void ask_usage(FILE *f)
                "  -i, --image FILE          JPEG, PNG or WebP (repeatable); opened by vl2 and\n"
                "                            passed to the daemon as a file descriptor\n"
                "  --send-bytes              send the images' bytes instead of descriptors\n"
+               "  --exif, --no-exif         apply (or ignore) the images' EXIF orientation tag\n"
+               "                            (default: the daemon's setting, apply_exif)\n"
                "  --grounding               ask the daemon for the boxes of <|ref|>/<|det|>\n"
                "                            in the answer (for prompts starting with\n"
                "                            <|grounding|>); printed after the answer as\n"
@@ -324,6 +333,8 @@ static void chat_usage(FILE *f)
                "\n"
                "  -m, --model MODEL         a model the daemon serves (default: its default)\n"
                "  --send-bytes              send images' bytes instead of descriptors\n"
+               "  --exif, --no-exif         apply (or ignore) the images' EXIF orientation tag\n"
+               "                            (default: the daemon's setting, apply_exif)\n"
                "  --grounding               boxes of <|ref|>/<|det|> in answers, printed after\n"
                "                            each as 'x1 y1 x2 y2 label' lines\n"
                "%s"

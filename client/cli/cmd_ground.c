@@ -24,6 +24,9 @@ static void ground_usage(FILE *f)
                "                            image and save it as PNG\n"
                "  -m, --model MODEL         a model the daemon serves (default: its default)\n"
                "  --send-bytes              send the image's bytes instead of a descriptor\n"
+               "  --no-exif                 ignore the image's EXIF orientation tag (default:\n"
+               "                            apply it; the boxes and the drawing use the same\n"
+               "                            orientation as the daemon, which is told so)\n"
                "%s"
                "  --json                    one JSON object per line and per event; the\n"
                "                            done event carries the boxes\n"
@@ -31,8 +34,8 @@ static void ground_usage(FILE *f)
             vl2_cli_sampling_help);
 }
 
-/* Decode the image as the daemon sees it (EXIF orientation applied, the
- * protocol's default). */
+/* Decode the image as the daemon sees it: ground always tells the daemon
+ * whether to apply the EXIF orientation (im->exif), so both agree. */
 static int decode_local(const struct vl2_cli_image *im, size_t max_bytes, struct vl2_image *out,
                         struct vl2_err *err)
 {
@@ -44,7 +47,7 @@ static int decode_local(const struct vl2_cli_image *im, size_t max_bytes, struct
     r = vl2_cli_image_read(im, max_bytes, &data, &size, err);
     if (r < 0)
         return r;
-    lim.apply_exif = 1;
+    lim.apply_exif = im->exif != 0;
     if (lim.max_bytes < size)
         lim.max_bytes = size;
     r = vl2_image_decode(out, data, size, &lim, err);
@@ -120,6 +123,8 @@ int vl2_cmd_ground(const struct vl2_cli *cli, int argc, char **argv)
     max_bytes = h && h->max_frame_size ? h->max_frame_size : 64u << 20;
     if (vl2_cli_open_images(c, cli, &a, &image) != 0)
         goto out_close;
+    /* the drawing is made on our own decode: pin the orientation for both */
+    image.exif = a.exif != 0;
 
     r = vl2_cli_generate(c, cli, a.model, &a.s, &turn, 1, &so, &res, &err);
     if (r < 0) {

@@ -283,6 +283,7 @@ int vl2_cli_image_open(struct vl2_cli_image *img, const char *path, bool send_by
 
     memset(img, 0, sizeof(*img));
     img->fd = -1;
+    img->exif = -1;
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
         return vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO,

@@ -20,6 +20,7 @@ struct vl2_cli_gen_args {
     const char *images[VL2_CLI_MAX_IMAGES];   /* -i, in order */
     size_t n_images;
     bool send_bytes;                          /* --send-bytes */
+    int exif;                                 /* --exif 1, --no-exif 0, else -1 */
     bool grounding;                           /* --grounding */
     const char *output;                       /* -o */
     struct vl2_cli_sampling s;

@@ -418,6 +418,10 @@ int vl2_cli_generate(struct vl2_client *c, const struct vl2_cli *cli, const char
             Vl2__Image *pi = &imgs[k];
 
             vl2__image__init(pi);
+            if (im->exif >= 0) {
+                pi->has_apply_exif = 1;
+                pi->apply_exif = im->exif != 0;
+            }
             if (im->fd >= 0) {
                 if (n_fds == max_fds) {
                     r = vl2_err_set(err, VL2_ELIMIT, "vl2: vl2d takes at most %zu image "

@@ -122,6 +122,8 @@ static void on_generate(struct conn *c, const Vl2__Request *req, const struct vl
             const Vl2__Image *im = m->images[k];
             cJSON *io = cJSON_CreateObject();
 
+            if (im->has_apply_exif)
+                cJSON_AddBoolToObject(io, "apply_exif", im->apply_exif);
             if (im->source_case == VL2__IMAGE__SOURCE_FD_INDEX) {
                 cJSON_AddNumberToObject(io, "fd_index", im->fd_index);
                 if (im->fd_index < f->n_fds)

@@ -363,6 +363,31 @@ static void test_ask(void)
     CHECK(image_matches(cJSON_GetArrayItem(imgs, 0), "fd", png), "png by fd");
     CHECK(image_matches(cJSON_GetArrayItem(imgs, 1), "fd", jpg), "jpg by fd");
     CHECK(jnum(g, "n_fds") == 2, "n_fds %g", jnum(g, "n_fds"));
+    CHECK(!jget(cJSON_GetArrayItem(imgs, 0), "apply_exif"),
+          "ask sent apply_exif without --exif/--no-exif");
+    cJSON_Delete(log);
+
+    /* --no-exif / --exif: the request says so for every image */
+    log_clear();
+    run(&r, (const char *[]) { "ask", "--socket", sock, "--no-exif", "-i", png, "-i", jpg,
+        "two", NULL }, NULL);
+    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    run_done(&r);
+    log = log_entries("generate");
+    imgs = (cJSON *) jget(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(log, 0), "messages"), 0),
+                          "images");
+    CHECK(cJSON_IsFalse(jget(cJSON_GetArrayItem(imgs, 0), "apply_exif")) &&
+          cJSON_IsFalse(jget(cJSON_GetArrayItem(imgs, 1), "apply_exif")), "--no-exif");
+    cJSON_Delete(log);
+    log_clear();
+    run(&r, (const char *[]) { "ask", "--socket", sock, "--exif", "-i", png, "one", NULL },
+        NULL);
+    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    run_done(&r);
+    log = log_entries("generate");
+    imgs = (cJSON *) jget(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(log, 0), "messages"), 0),
+                          "images");
+    CHECK(cJSON_IsTrue(jget(cJSON_GetArrayItem(imgs, 0), "apply_exif")), "--exif");
     cJSON_Delete(log);
 
     /* prompt from stdin, a pipe as the image (sent as bytes) */
@@ -792,6 +817,9 @@ static void test_ground(void)
     m = cJSON_GetArrayItem(jget(g, "messages"), 0);
     CHECK_STR(jstr(m, "text"), "<image>\n<|ref|>The giraffe at the back.<|/ref|>.");
     CHECK(image_matches(cJSON_GetArrayItem(jget(m, "images"), 0), "fd", png), "image");
+    /* ground pins the EXIF choice it draws with: applied unless --no-exif */
+    CHECK(cJSON_IsTrue(jget(cJSON_GetArrayItem(jget(m, "images"), 0), "apply_exif")),
+          "ground did not ask for the EXIF orientation explicitly");
     cJSON_Delete(log);
     check_drawing(out_png);
     (void) unlink(out_png);
