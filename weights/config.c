@@ -615,8 +615,8 @@ out_free:
 
 /* ---- files ---------------------------------------------------------------- */
 
-int vl2__read_small_file(const char *path, size_t max, char **ret_buf, size_t *ret_len,
-                         struct vl2_err *err)
+int vl2_file_read(const char *path, size_t max, const char *who, char **ret_buf, size_t *ret_len,
+                  struct vl2_err *err)
 {
     struct stat st;
     char *buf;
@@ -625,20 +625,20 @@ int vl2__read_small_file(const char *path, size_t max, char **ret_buf, size_t *r
 
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO, "weights: '%s': %s",
+        return vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO, "%s: '%s': %s", who,
                            path, strerror(errno));
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        r = vl2_err_set(err, VL2_EIO, "weights: '%s': not a regular file", path);
+        r = vl2_err_set(err, VL2_EIO, "%s: '%s': not a regular file", who, path);
         goto out_close;
     }
     if ((uint64_t) st.st_size > max) {
-        r = vl2_err_set(err, VL2_ELIMIT, "weights: '%s': %lld bytes, more than the limit of %zu",
-                        path, (long long) st.st_size, max);
+        r = vl2_err_set(err, VL2_ELIMIT, "%s: '%s': %lld bytes, more than the limit of %zu",
+                        who, path, (long long) st.st_size, max);
         goto out_close;
     }
     buf = malloc((size_t) st.st_size + 1);
     if (!buf) {
-        r = vl2_err_set(err, VL2_ENOMEM, "weights: '%s': out of memory", path);
+        r = vl2_err_set(err, VL2_ENOMEM, "%s: '%s': out of memory", who, path);
         goto out_close;
     }
     while (got < (size_t) st.st_size) {
@@ -646,7 +646,7 @@ int vl2__read_small_file(const char *path, size_t max, char **ret_buf, size_t *r
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            r = vl2_err_set(err, VL2_EIO, "weights: '%s': read failed: %s", path,
+            r = vl2_err_set(err, VL2_EIO, "%s: '%s': read failed: %s", who, path,
                             n < 0 ? strerror(errno) : "file shrank");
             free(buf);
             goto out_close;
@@ -670,7 +670,7 @@ static int vl2_config_load_impl(struct vl2_model_config *c, const char *dir, str
     int r;
 
     snprintf(path, sizeof(path), "%s/config.json", dir);
-    r = vl2__read_small_file(path, CONFIG_MAX_SIZE, &buf, &len, err);
+    r = vl2_file_read(path, CONFIG_MAX_SIZE, "weights", &buf, &len, err);
     if (r < 0)
         return r;
     r = vl2_config_parse(c, buf, len, err);
@@ -783,7 +783,7 @@ static int vl2_processor_config_load_impl(struct vl2_processor_config *c, const 
     int r;
 
     snprintf(path, sizeof(path), "%s/processor_config.json", dir);
-    r = vl2__read_small_file(path, CONFIG_MAX_SIZE, &buf, &len, err);
+    r = vl2_file_read(path, CONFIG_MAX_SIZE, "weights", &buf, &len, err);
     if (r == VL2_ENOTFOUND) {
         vl2__processor_config_defaults(c);
         vl2_err_clear(err);
@@ -852,7 +852,7 @@ static int vl2_tokenizer_config_load_impl(struct vl2_tokenizer_config *c, const 
     int r;
 
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
-    r = vl2__read_small_file(path, CONFIG_MAX_SIZE, &buf, &len, err);
+    r = vl2_file_read(path, CONFIG_MAX_SIZE, "weights", &buf, &len, err);
     if (r == VL2_ENOTFOUND) {
         vl2_err_clear(err);
         r = vl2__tokenizer_config_parse(c, "{}", 2, err);

@@ -667,7 +667,7 @@ static int open_index(struct vl2_weights *w, const char *dir, const char *ipath,
     size_t len;
     int r;
 
-    r = vl2__read_small_file(ipath, VL2_ST_MAX_INDEX, &text, &len, err);
+    r = vl2_file_read(ipath, VL2_ST_MAX_INDEX, "weights", &text, &len, err);
     if (r < 0)
         return r;
     r = index_parse(&root, &map, ipath, text, len, err);

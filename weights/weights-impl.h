@@ -16,11 +16,6 @@
 
 extern const int vl2__default_candidates[23][2];
 
-/* Read a whole regular file of at most @max bytes; *ret_buf is malloc'd and
- * NUL-terminated.  VL2_ENOTFOUND when it does not exist. */
-int vl2__read_small_file(const char *path, size_t max, char **ret_buf, size_t *ret_len,
-                         struct vl2_err *err);
-
 void vl2__processor_config_defaults(struct vl2_processor_config *p);
 int  vl2__processor_config_parse(struct vl2_processor_config *c, const char *json, size_t len,
                                  struct vl2_err *err);

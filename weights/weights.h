@@ -259,4 +259,11 @@ struct vl2_tokenizer_config {
 int vl2_tokenizer_config_load(struct vl2_tokenizer_config *c, const char *dir,
                               struct vl2_err *err);
 
+/* Read the whole regular file @path, of at most @max bytes, into *ret_buf
+ * (malloc'd, NUL-terminated; *ret_len bytes before the NUL).  Messages read
+ * "@who: '<path>': ...": VL2_ENOTFOUND when it does not exist, VL2_ELIMIT when
+ * larger than @max, VL2_EIO when not a regular file or unreadable. */
+int vl2_file_read(const char *path, size_t max, const char *who, char **ret_buf,
+                  size_t *ret_len, struct vl2_err *err);
+
 #endif /* VL2_WEIGHTS_H */

@@ -2,15 +2,12 @@
  * of struct vl2_tokenizer: vocabulary and merge hash maps, added-token
  * tries, compiled pre-tokenizer regexes, decoded bytes of every id. */
 #include <cjson/cJSON.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "tokenizer-impl.h"
+#include "weights.h"
 
 #define MAX_JSON_SIZE ((size_t) 1 << 30)
 
@@ -45,47 +42,11 @@ static int fail(struct loader *ld, int code, const char *fmt, ...)
 
 static int read_file(const char *path, char **ret_buf, size_t *ret_len, struct vl2_err *err)
 {
-    struct stat st;
-    char *buf;
-    size_t got = 0;
-    int fd, r;
+    int r = vl2_file_read(path, MAX_JSON_SIZE, "tokenizer", ret_buf, ret_len, err);
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO,
-                           "tokenizer: '%s': %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        r = vl2_err_set(err, VL2_EIO, "tokenizer: '%s': not a regular file", path);
-        goto out_close;
-    }
-    if ((uint64_t) st.st_size > MAX_JSON_SIZE) {
+    if (r == VL2_ELIMIT)
         r = vl2_err_set(err, VL2_ELIMIT, "tokenizer: '%s': file larger than %zu bytes", path,
                         MAX_JSON_SIZE);
-        goto out_close;
-    }
-    buf = malloc((size_t) st.st_size + 1);
-    if (!buf) {
-        r = vl2_err_set(err, VL2_ENOMEM, "tokenizer: '%s': out of memory", path);
-        goto out_close;
-    }
-    while (got < (size_t) st.st_size) {
-        ssize_t k = read(fd, buf + got, (size_t) st.st_size - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            r = vl2_err_set(err, VL2_EIO, "tokenizer: '%s': read failed: %s", path,
-                            k < 0 ? strerror(errno) : "file shrank");
-            free(buf);
-            goto out_close;
-        }
-        got += (size_t) k;
-    }
-    buf[got] = '\0';
-    *ret_buf = buf;
-    *ret_len = got;
-    r = 0;
-out_close:
-    close(fd);
     return r;
 }
 

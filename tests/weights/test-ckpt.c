@@ -25,7 +25,7 @@ static int read_file(const char *dir, const char *name, char **buf, size_t *len)
     char path[4096];
 
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    return vl2__read_small_file(path, 1u << 30, buf, len, NULL);
+    return vl2_file_read(path, 1u << 30, "weights", buf, len, NULL);
 }
 
 static void same_file(const char *a, const char *b, const char *name)

@@ -57,7 +57,7 @@ static void bench_config(const char *dir)
     double t0;
 
     snprintf(path, sizeof(path), "%s/config.json", dir);
-    if (vl2__read_small_file(path, 1 << 20, &text, &len, NULL) < 0)
+    if (vl2_file_read(path, 1 << 20, "weights", &text, &len, NULL) < 0)
         return;
     t0 = now();
     for (i = 0; i < reps; i++)
