@@ -26,33 +26,11 @@ static struct vl2_model_params params(void)
     return mp;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    long n;
-    char *b;
-
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    if (b)
-        b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 /* A copy of the model directory in @tmp whose config.json has
  * language_config[@key] = @value (a JSON text). */
 static void edited_dir(const char *tmp, const char *key, const char *value)
 {
-    char *src = tu_path(o_model, "config.json"), *text = slurp(src), *out, *p;
+    char *src = tu_path(o_model, "config.json"), *text = tu_slurp(src), *out, *p;
     cJSON *j = cJSON_Parse(text), *lc = cJSON_GetObjectItem(j, "language_config");
     FILE *f;
 

@@ -45,31 +45,9 @@ static int run(char *const *argv, const char *out, const char *errf)
     return WEXITSTATUS(st);
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    long n;
-    char *b;
-
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    if (b)
-        b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 static cJSON *json_file(const char *dir, const char *name)
 {
-    char *p = tu_path(dir, name), *t = slurp(p);
+    char *p = tu_path(dir, name), *t = tu_slurp(p);
     cJSON *j = t ? cJSON_Parse(t) : NULL;
 
     TU_CHECK(j != NULL, "%s: missing or not JSON", p);
@@ -170,14 +148,14 @@ static void run_case(const char *cs, const char *tmp)
     r = run(argv, out, errf);
     TU_CHECK(r == 0, "vl2d run exited with %d", r);
     if (r != 0) {
-        char *t = slurp(errf);
+        char *t = tu_slurp(errf);
         fprintf(stderr, "%s\n", t ? t : "");
         free(t);
         goto out;
     }
     {
         cJSON *mi = json_file(dump, "input_ids.json"), *mg = json_file(dump, "generated.json");
-        char *streamed = slurp(out);
+        char *streamed = tu_slurp(out);
         const char *gtext = cJSON_GetObjectItem(gj, "text")->valuestring;
         TU_CHECK(mi && same_ints(cJSON_GetObjectItem(mi, "input_ids"),
                                  cJSON_GetObjectItem(ij, "input_ids")), "input_ids differ");
@@ -234,7 +212,7 @@ static void check_json(const char *tmp)
     printf("--json\n");
     r = run(argv, out, errf);
     TU_CHECK(r == 0, "vl2d run --json exited with %d", r);
-    t = slurp(out);
+    t = tu_slurp(out);
     j = t ? cJSON_Parse(t) : NULL;
     TU_CHECK(j != NULL, "--json output is not one JSON object");
     if (j) {
@@ -260,7 +238,7 @@ static void expect_failure(const char *tmp, const char *what, char **argv, const
     char *out = tu_path(tmp, "stdout"), *errf = tu_path(tmp, "stderr"), *t;
     int r = run(argv, out, errf);
 
-    t = slurp(errf);
+    t = tu_slurp(errf);
     printf("  %s: exit %d: %s", what, r, t ? t : "\n");
     TU_CHECK(r == 1 || r == 2, "%s: exit status %d", what, r);
     TU_CHECK(t && strstr(t, want), "%s: message does not mention '%s'", what, want);
