@@ -17,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../ipc/check.h"
+#include "../common/check.h"
 #include "harness.h"
 #include "vl2-config.h"
 #include "vl2.h"

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../ipc/check.h"
+#include "../common/check.h"
 #include "conf.h"
 #include "vl2-config.h"
 

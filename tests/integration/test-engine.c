@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../ipc/check.h"
+#include "../common/check.h"
 #include "harness.h"
 #include "vl2-status.h"
 #include "vl2.h"

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../ipc/check.h"
+#include "../common/check.h"
 #include "harness.h"
 #include "server.h"
 #include "vl2.h"

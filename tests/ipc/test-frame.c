@@ -14,7 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "../common/check.h"
 #include "ipc.h"
 
 static int count_open_fds(void)

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "backend.h"
-#include "pcheck.h"
+#include "../common/check.h"
 #include "vl2-config.h"
 
 static void expect_fail(const char *name, const char *dir, int code, const char *const *needles)

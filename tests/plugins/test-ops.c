@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "backend.h"
-#include "pcheck.h"
+#include "../common/check.h"
 
 struct be {
     struct vl2_backend *b;

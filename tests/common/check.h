@@ -1,5 +1,6 @@
-/* check.h - minimal assertions for the ipc and integration tests: a failed
- * CHECK prints where and what, counts, and the test continues. */
+/* check.h - minimal assertions for the ipc, plugins and integration tests: a
+ * failed CHECK prints where and what, counts, and the test continues; main()
+ * returns non-zero if any failed. */
 #ifndef VL2_TEST_CHECK_H
 #define VL2_TEST_CHECK_H
 
