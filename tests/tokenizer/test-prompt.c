@@ -14,41 +14,12 @@
 #include "prompt.h"
 #include "tokenizer.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                            \
-    do {                                                            \
-        if (!(cond)) {                                              \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
-            fprintf(stderr, __VA_ARGS__);                           \
-            fprintf(stderr, "\n");                                  \
-            failures++;                                             \
-        }                                                           \
-    } while (0)
+#include "tcheck.h"
 
 /* Spec 6.2: 14 x (14 + 1) + 1 + (th * 14) x (tw * 14 + 1). */
 static int32_t image_tokens(int tw, int th)
 {
     return 14 * 15 + 1 + (th * 14) * (tw * 14 + 1);
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    rewind(f);
-    buf = malloc((size_t) n + 1);
-    if (fread(buf, 1, (size_t) n, f) != (size_t) n)
-        abort();
-    fclose(f);
-    buf[n] = '\0';
-    return buf;
 }
 
 static void compare(const int32_t *got, size_t n_got, const int32_t *want, size_t n_want,
@@ -78,7 +49,7 @@ static void golden_case(const struct vl2_tokenizer *tok, const char *dir, const 
 
     snprintf(path, sizeof(path), "%s/%s/%s/input_ids.json", dir, preset, name);
     snprintf(what, sizeof(what), "%s/%s", preset, name);
-    buf = slurp(path);
+    buf = slurp(path, NULL);
     CHECK(buf != NULL, "cannot read '%s'", path);
     if (!buf)
         return;

@@ -13,41 +13,7 @@
 
 #include "tokenizer.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                            \
-    do {                                                            \
-        if (!(cond)) {                                              \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
-            fprintf(stderr, __VA_ARGS__);                           \
-            fprintf(stderr, "\n");                                  \
-            failures++;                                             \
-        }                                                           \
-    } while (0)
-
-static char *slurp(const char *path, size_t *ret_len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t cap = 0, n = 0, k;
-
-    if (!f)
-        return NULL;
-    do {
-        if (n + 65536 > cap) {
-            cap = cap ? cap * 2 : 1 << 20;
-            buf = realloc(buf, cap + 1);
-            if (!buf)
-                abort();
-        }
-        k = fread(buf + n, 1, 65536, f);
-        n += k;
-    } while (k > 0);
-    fclose(f);
-    buf[n] = '\0';
-    *ret_len = n;
-    return buf;
-}
+#include "tcheck.h"
 
 /* JSON strings hold no NUL here except through \u0000, which cJSON cuts;
  * the golden corpus has "\u0000" in one case, so rebuild such strings from

@@ -16,18 +16,9 @@
 
 #include "tokenizer.h"
 
-static int failures;
-static char tmpdir[64];
+#include "tcheck.h"
 
-#define CHECK(cond, ...)                                            \
-    do {                                                            \
-        if (!(cond)) {                                              \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
-            fprintf(stderr, __VA_ARGS__);                           \
-            fprintf(stderr, "\n");                                  \
-            failures++;                                             \
-        }                                                           \
-    } while (0)
+static char tmpdir[64];
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -40,26 +31,6 @@ static void write_file(const char *path, const char *data, size_t len)
         exit(1);
     }
     fclose(f);
-}
-
-static char *slurp(const char *path, size_t *ret_len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    rewind(f);
-    buf = malloc((size_t) n + 1);
-    if (fread(buf, 1, (size_t) n, f) != (size_t) n)
-        abort();
-    fclose(f);
-    buf[n] = '\0';
-    *ret_len = (size_t) n;
-    return buf;
 }
 
 static size_t put_utf8(char *out, uint32_t c)
