@@ -340,8 +340,10 @@ out_free:
 }
 
 /* The model a request names; "" or NULL: the first that is neither failed
- * nor being unloaded. */
-static struct vl2_srv_model *find_model(struct vl2_server *srv, const char *name)
+ * nor being unloaded.  NULL, with VL2_ENOTFOUND in @err for request @what
+ * ("generate"), when there is none. */
+static struct vl2_srv_model *find_model(struct vl2_server *srv, const char *name,
+                                        const char *what, struct vl2_err *err)
 {
     struct vl2_srv_model *m;
 
@@ -351,6 +353,11 @@ static struct vl2_srv_model *find_model(struct vl2_server *srv, const char *name
         if (name && name[0] ? !strcmp(m->name, name) : !m->failed)
             return m;
     }
+    if (name && name[0])
+        vl2_err_set(err, VL2_ENOTFOUND, "server: %s: model '%s' is not loaded", what, name);
+    else
+        vl2_err_set(err, VL2_ENOTFOUND, "server: %s: no model is loaded (start vl2d with "
+                    "--model DIR, or load one with 'vl2 load')", what);
     return NULL;
 }
 
@@ -394,14 +401,8 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
     struct vl2_job *job = NULL;
     int r;
 
-    model = find_model(srv, g->model);
+    model = find_model(srv, g->model, "generate", &err);
     if (!model) {
-        if (g->model && g->model[0])
-            vl2_err_set(&err, VL2_ENOTFOUND, "server: generate: model '%s' is not loaded",
-                        g->model);
-        else
-            vl2_err_set(&err, VL2_ENOTFOUND, "server: generate: no model is loaded (start "
-                        "vl2d with --model DIR, or load one with 'vl2 load')");
         vl2__conn_send_error(c, id, err.code, err.msg, false);
         return;
     }
@@ -575,16 +576,9 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
     ProtobufCBinaryData *pieces = NULL;
     int r;
 
-    model = find_model(srv, t->model);
-    if (!model) {
-        if (t->model && t->model[0])
-            vl2_err_set(&err, VL2_ENOTFOUND, "server: tokenize: model '%s' is not loaded",
-                        t->model);
-        else
-            vl2_err_set(&err, VL2_ENOTFOUND, "server: tokenize: no model is loaded (start "
-                        "vl2d with --model DIR, or load one with 'vl2 load')");
+    model = find_model(srv, t->model, "tokenize", &err);
+    if (!model)
         goto out_error;
-    }
     if (!model->ops->tokenizer) {
         unimplemented(c, id, "tokenize for this model");
         return;
