@@ -12,6 +12,7 @@
 
 #include "conf.h"
 #include "ipc.h"
+#include "server-impl.h"
 #include "vl2-config.h"
 
 /* Largest configuration file read. */
@@ -302,18 +303,6 @@ static char *absolute(const char *dir, const char *base)
     return p;
 }
 
-static void base_name(const char *dir, char *buf, size_t size)
-{
-    size_t n = strlen(dir);
-    const char *p;
-
-    while (n > 1 && dir[n - 1] == '/')
-        n--;
-    for (p = dir + n; p > dir && p[-1] != '/'; p--)
-        ;
-    snprintf(buf, size, "%.*s", (int) (dir + n - p), p);
-}
-
 int vl2_conf_add_model(struct vl2_conf *c, const char *name, const char *dir,
                        const char *base_dir, struct vl2_err *err)
 {
@@ -324,7 +313,7 @@ int vl2_conf_add_model(struct vl2_conf *c, const char *name, const char *dir,
     if (!dir || !dir[0])
         return vl2_err_set(err, VL2_EINVAL, "model '%s': no directory", name ? name : "");
     if (!name || !name[0]) {
-        base_name(dir, base, sizeof(base));
+        vl2__base_name(dir, base, sizeof(base));
         name = base;
     }
     if (!valid_name(name))

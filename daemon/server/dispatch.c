@@ -70,16 +70,6 @@ static void on_hello(struct vl2_conn *c, uint64_t id, const Vl2__Hello *h)
 
 /* ---- Status, ListModels ---------------------------------------------- */
 
-static size_t count_models(const struct vl2_server *srv)
-{
-    const struct vl2_srv_model *m;
-    size_t n = 0;
-
-    for (m = srv->models; m; m = m->next)
-        n++;
-    return n;
-}
-
 static Vl2__ModelState model_state(const struct vl2_srv_model *m,
                                    const struct vl2_engine_stats *st)
 {
@@ -135,7 +125,7 @@ static void on_status(struct vl2_conn *c, uint64_t id)
     struct vl2_server *srv = c->srv;
     Vl2__Response resp = VL2__RESPONSE__INIT;
     Vl2__StatusReply st = VL2__STATUS_REPLY__INIT;
-    size_t n = count_models(srv), i;
+    size_t n = vl2__server_n_models(srv), i;
     Vl2__ModelInfo *infos = calloc(n ? n : 1, sizeof(*infos));
     Vl2__ModelInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
     struct vl2_engine_stats *stats = calloc(n ? n : 1, sizeof(*stats));
@@ -179,7 +169,7 @@ static void on_list_models(struct vl2_conn *c, uint64_t id)
     struct vl2_server *srv = c->srv;
     Vl2__Response resp = VL2__RESPONSE__INIT;
     Vl2__ModelList ml = VL2__MODEL_LIST__INIT;
-    size_t n = count_models(srv);
+    size_t n = vl2__server_n_models(srv);
     Vl2__ModelInfo *infos = calloc(n ? n : 1, sizeof(*infos));
     Vl2__ModelInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
     struct vl2_engine_stats *stats = calloc(n ? n : 1, sizeof(*stats));

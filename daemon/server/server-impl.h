@@ -137,6 +137,11 @@ void vl2__dispatch_abort_inflight(struct vl2_conn *c, int code, const char *msg,
 
 /* server.c */
 void vl2__server_resident_memory(uint64_t *ret_bytes);
+/* How many models are listed (loading, ready, failed or unloading). */
+size_t vl2__server_n_models(const struct vl2_server *srv);
+/* The last path component of @dir, without trailing slashes, into @buf (the
+ * name a model gets when none is given; also conf.c's). */
+void vl2__base_name(const char *dir, char *buf, size_t size);
 /* Start loading model @name from @dir through the engine factory; the
  * model is listed at once (LOADING).  Returns 0 and *@ret_model, or < 0. */
 int vl2__server_load(struct vl2_server *srv, const char *name, const char *dir,

@@ -65,7 +65,7 @@ void vl2__server_resident_memory(uint64_t *ret_bytes)
 
 /* ---- models ---------------------------------------------------------- */
 
-static size_t n_models(const struct vl2_server *srv)
+size_t vl2__server_n_models(const struct vl2_server *srv)
 {
     const struct vl2_srv_model *m;
     size_t n = 0;
@@ -89,8 +89,9 @@ static struct vl2_srv_model *new_model(struct vl2_server *srv, const char *name,
             vl2_err_set(err, VL2_EINVAL, "server: model '%s' is already served", name);
             return NULL;
         }
-    if (srv->opts.max_models && n_models(srv) >= srv->opts.max_models) {
-        vl2_err_set(err, VL2_ELIMIT, "server: %zu models are served, the limit", n_models(srv));
+    if (srv->opts.max_models && vl2__server_n_models(srv) >= srv->opts.max_models) {
+        vl2_err_set(err, VL2_ELIMIT, "server: %zu models are served, the limit",
+                    vl2__server_n_models(srv));
         return NULL;
     }
     m = calloc(1, sizeof(*m));
@@ -143,8 +144,7 @@ static void post_event(void *ud, struct vl2_event *ev)
     vl2_server_post(ud, ev);
 }
 
-/* The last path component of @dir, without trailing slashes, into @buf. */
-static void base_name(const char *dir, char *buf, size_t size)
+void vl2__base_name(const char *dir, char *buf, size_t size)
 {
     size_t n = strlen(dir);
     const char *p;
@@ -170,7 +170,7 @@ int vl2__server_load(struct vl2_server *srv, const char *name, const char *dir,
     if (!dir || !dir[0])
         return vl2_err_set(err, VL2_EINVAL, "server: load: no model directory given");
     if (!name || !name[0]) {
-        base_name(dir, base, sizeof(base));
+        vl2__base_name(dir, base, sizeof(base));
         name = base;
     }
     if (!name[0] || !strcmp(name, "/") || !strcmp(name, ".") || !strcmp(name, ".."))
