@@ -20,38 +20,9 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "../common/util.h"
 
 static char dir[64];
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0, cap = 0, got;
-
-    if (!f)
-        return NULL;
-    do {
-        if (n + 4097 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            buf = realloc(buf, cap);
-            if (!buf)
-                abort();
-        }
-        got = fread(buf + n, 1, 4096, f);
-        n += got;
-    } while (got > 0);
-    fclose(f);
-    buf[n] = '\0';
-    return buf;
-}
 
 /* Run argv with stdout and stderr captured; returns the exit code or -1. */
 static int run(const char *const *argv, char **ret_out, char **ret_err)
@@ -74,16 +45,16 @@ static int run(const char *const *argv, char **ret_out, char **ret_err)
     }
     for (int i = 0; i < 6000; i++) {
         if (waitpid(pid, &st, WNOHANG) == pid) {
-            *ret_out = slurp(out_path);
-            *ret_err = slurp(err_path);
+            *ret_out = test_slurp(out_path, NULL);
+            *ret_err = test_slurp(err_path, NULL);
             return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
         }
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
-    *ret_out = slurp(out_path);
-    *ret_err = slurp(err_path);
+    *ret_out = test_slurp(out_path, NULL);
+    *ret_err = test_slurp(err_path, NULL);
     return -1;
 }
 
@@ -119,7 +90,7 @@ int main(int argc, char **argv)
     ckpt = argv[3];
     plugins = argv[4];
     image = argv[5];
-    gjson = slurp(argv[6]);
+    gjson = test_slurp(argv[6], NULL);
     golden = gjson ? cJSON_Parse(gjson) : NULL;
     free(gjson);
     gtext = cJSON_GetObjectItemCaseSensitive(golden, "text");
@@ -151,12 +122,12 @@ int main(int argc, char **argv)
     }
     for (i = 0; i < 3000 && !can_connect(sock); i++) {
         if (waitpid(daemon, &st, WNOHANG) == daemon) {
-            char *l = slurp(log);
+            char *l = test_slurp(log, NULL);
             fprintf(stderr, "vl2d exited early:\n%s\n", l ? l : "");
             free(l);
             return 1;
         }
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     CHECK(i < 3000, "vl2d did not listen on '%s' within 30 s", sock);
 
@@ -242,13 +213,13 @@ int main(int argc, char **argv)
 
     kill(daemon, SIGTERM);
     for (i = 0; i < 1000 && waitpid(daemon, &st, WNOHANG) != daemon; i++)
-        sleep_ms(10);
+        test_sleep_ms(10);
     if (i == 1000) {
         kill(daemon, SIGKILL);
         waitpid(daemon, &st, 0);
     }
     if (check_failures) {
-        char *l = slurp(log);
+        char *l = test_slurp(log, NULL);
         fprintf(stderr, "vl2d log:\n%s\n%d check(s) failed\n", l ? l : "", check_failures);
         free(l);
     } else {

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "../common/util.h"
 #include "fake-daemon.h"
 #include "image.h"
 
@@ -29,40 +30,6 @@ static char dir[64];             /* temporary directory */
 static char sock[128], logp[128], png[128], out_png[128];
 
 /* ---- helpers ---------------------------------------------------------- */
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-static char *slurp(const char *path, size_t *ret_len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-
-    if (!f)
-        return NULL;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            buf = realloc(buf, cap);
-            if (!buf)
-                abort();
-        }
-        size_t got = fread(buf + n, 1, 4096, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    fclose(f);
-    buf[n] = '\0';
-    if (ret_len)
-        *ret_len = n;
-    return buf;
-}
 
 /* Start vl2 with @args (NULL-terminated) and @input on its stdin; output
  * goes to files read by finish(). */
@@ -114,15 +81,15 @@ static int finish(struct run *r)
     for (int i = 0; i < 3000; i++) {
         if (waitpid(r->pid, &st, WNOHANG) == r->pid)
             goto done;
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     fprintf(stderr, "vl2 did not finish within 30 s\n");
     kill(r->pid, SIGKILL);
     waitpid(r->pid, &st, 0);
 done:
     r->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    r->out = slurp(r->out_path, NULL);
-    r->err = slurp(r->err_path, NULL);
+    r->out = test_slurp(r->out_path, NULL);
+    r->err = test_slurp(r->err_path, NULL);
     if (!r->out)
         r->out = strdup("");
     if (!r->err)
@@ -174,7 +141,7 @@ static void fake_stop(void)
 /* The fake's log: an array of the requests it saw (of @type, or all). */
 static cJSON *log_entries(const char *type)
 {
-    char *text = slurp(logp, NULL), *line, *save = NULL;
+    char *text = test_slurp(logp, NULL), *line, *save = NULL;
     cJSON *arr = cJSON_CreateArray();
 
     if (!text)
@@ -235,7 +202,7 @@ static const cJSON *jget(const cJSON *o, const char *key)
 static uint64_t file_fnv(const char *path, size_t *ret_size)
 {
     size_t n = 0;
-    char *b = slurp(path, &n);
+    char *b = test_slurp(path, &n);
     uint64_t h = fake_fnv(b, n);
 
     free(b);
@@ -556,10 +523,10 @@ static void test_cancel(void)
         cJSON_Delete(w);
         if (n > 0)
             break;
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     CHECK(i < 1000, "the request never arrived");
-    sleep_ms(50);   /* the client is in its receive loop */
+    test_sleep_ms(50);   /* the client is in its receive loop */
     kill(r.pid, SIGINT);
     finish(&r);
     CHECK(r.status == 1, "exit %d, stderr '%s'", r.status, r.err);
@@ -705,7 +672,7 @@ static void check_drawing(const char *path)
     struct vl2_image im = { 0 };
     struct vl2_err err = { 0 };
     size_t n = 0;
-    char *data = slurp(path, &n);
+    char *data = test_slurp(path, &n);
     static const uint8_t white[3] = { 255, 255, 255 }, black[3] = { 0, 0, 0 };
     int ink = 0, band = 0;
 
@@ -899,7 +866,7 @@ static void test_ground(void)
     {
         struct vl2_image im = { 0 };
         size_t n = 0;
-        char *data = slurp(out_png, &n);
+        char *data = test_slurp(out_png, &n);
         CHECK(data && vl2_image_decode(&im, data, n, NULL, NULL) == 0 &&
               is(&im, 580, 300, grey) && is(&im, 999, 599, grey), "unchanged copy");
         vl2_image_done(&im);
@@ -1038,7 +1005,7 @@ static void test_terminal(void)
     close(master);
     waitpid(r.pid, &st, 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
-    r.out = slurp(r.out_path, NULL);
+    r.out = test_slurp(r.out_path, NULL);
     CHECK_STR(r.out, "Hello world!\n");
     CHECK(strstr(buf, "tiling 100%") && strstr(buf, "vision 100%") &&
           strstr(buf, "prefill 100%"), "progress on the terminal: '%s'", buf);

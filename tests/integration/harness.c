@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "../common/util.h"
 
 static long long now_ms(void)
 {
@@ -22,14 +23,6 @@ static long long now_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
 }
 
 char *harness_tmpdir(void)
@@ -122,7 +115,7 @@ pid_t harness_start(const char *vl2d, const char *socket, const char *const *arg
         }
         if (socket && can_connect(socket))
             return pid;
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     fprintf(stderr, "harness: vl2d did not start listening on '%s'\n", socket);
     kill(pid, SIGKILL);
@@ -145,7 +138,7 @@ int harness_wait(pid_t pid, int timeout_ms)
             return status;
         if (r < 0)
             return -1;
-        sleep_ms(5);
+        test_sleep_ms(5);
     }
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);

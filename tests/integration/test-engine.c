@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "../common/check.h"
+#include "../common/util.h"
 #include "harness.h"
 #include "vl2-status.h"
 #include "vl2.h"
@@ -52,37 +53,13 @@ struct golden {
 
 static struct golden mha[4], mla_a384;
 
-static char *read_all(const char *path, size_t *ret_size)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    long n;
-
-    if (!f)
-        return NULL;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-        buf = malloc((size_t) n + 1);
-        if (buf && fread(buf, 1, (size_t) n, f) != (size_t) n) {
-            free(buf);
-            buf = NULL;
-        }
-        if (buf) {
-            buf[n] = '\0';
-            if (ret_size)
-                *ret_size = (size_t) n;
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 static cJSON *read_json(const char *preset, const char *cas, const char *file)
 {
     char path[512], *text;
     cJSON *j;
 
     snprintf(path, sizeof(path), "%s/%s/%s/%s", golden_dir, preset, cas, file);
-    text = read_all(path, NULL);
+    text = test_slurp(path, NULL);
     if (!text) {
         fprintf(stderr, "cannot read '%s'\n", path);
         exit(2);
@@ -128,7 +105,7 @@ static void load_golden(struct golden *g, const char *preset, const char *cas)
     if (cJSON_GetArraySize(imgs) == 1) {
         snprintf(g->image, sizeof(g->image), "%s/%s", images_dir,
                  cJSON_GetStringValue(cJSON_GetArrayItem(imgs, 0)));
-        g->image_data = (uint8_t *) read_all(g->image, &g->image_size);
+        g->image_data = (uint8_t *) test_slurp(g->image, &g->image_size);
         if (!g->image_data) {
             fprintf(stderr, "cannot read '%s'\n", g->image);
             exit(2);
@@ -489,14 +466,6 @@ static int model_state(const struct status *s, const char *name)
     return -1;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
 /* Wait until the daemon reports no active sequence (true) or give up. */
 static bool wait_idle(int timeout_ms)
 {
@@ -506,7 +475,7 @@ static bool wait_idle(int timeout_ms)
     for (t = 0; t < timeout_ms; t += 20) {
         if (get_status(sock, &s) == 0 && s.active == 0 && s.queue_length == 0)
             return true;
-        sleep_ms(20);
+        test_sleep_ms(20);
     }
     return false;
 }
@@ -1118,7 +1087,7 @@ static void test_models(void)
         CHECK(get_status(sock, &s) == 0);
         if (model_state(&s, "mla") < 0 && model_state(&s, "broken") < 0)
             break;
-        sleep_ms(20);
+        test_sleep_ms(20);
     }
     CHECK_MSG(model_state(&s, "mla") < 0, "mla still listed");
     expect_refusal(mla_a384.prompt, mla_a384.image_data, mla_a384.image_size, &o,
@@ -1170,7 +1139,7 @@ static void test_config(void)
         if (get_status(s2, &s) == 0 && model_state(&s, "cfg") ==
             VL2__MODEL_STATE__MODEL_STATE_READY)
             break;
-        sleep_ms(20);
+        test_sleep_ms(20);
     }
     CHECK_EQ_INT(model_state(&s, "cfg"), VL2__MODEL_STATE__MODEL_STATE_READY);
     {
@@ -1187,7 +1156,7 @@ static void test_config(void)
     for (t = 0; t < 8000; t += 50) {
         if (get_status(s2, &s) == 0 && s.n_models == 1 && s.memory[0] == 0)
             break;
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
     CHECK_MSG(s.n_models == 1 && s.memory[0] == 0, "memory %llu after idle_unload",
               (unsigned long long) s.memory[0]);
@@ -1282,7 +1251,7 @@ int main(int argc, char **argv)
             if (get_status(sock, &s) == 0 && model_state(&s, "micro-mha") ==
                 VL2__MODEL_STATE__MODEL_STATE_READY)
                 break;
-            sleep_ms(20);
+            test_sleep_ms(20);
         }
         CHECK_EQ_INT(model_state(&s, "micro-mha"), VL2__MODEL_STATE__MODEL_STATE_READY);
     }

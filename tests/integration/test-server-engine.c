@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "../common/check.h"
+#include "../common/util.h"
 #include "harness.h"
 #include "server.h"
 #include "vl2.h"
@@ -691,13 +692,6 @@ static void test_cancel(void)
     vl2_client_close(c);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { .tv_sec = 0, .tv_nsec = (long) ms * 1000000L };
-
-    nanosleep(&ts, NULL);
-}
-
 /* A client that leaves with a request in flight: the engine is told. */
 static void test_client_leaves(void)
 {
@@ -716,7 +710,7 @@ static void test_client_leaves(void)
     CHECK_EQ_INT(vl2_client_recv(c, collect, &s, &err), 0);
     vl2_client_close(c);
     for (i = 0; i < 200 && engine_count(&hang, &hang.n_cancelled) == before; i++)
-        sleep_ms(10);
+        test_sleep_ms(10);
     CHECK_EQ_INT(engine_count(&hang, &hang.n_cancelled), before + 1);
     close(fd);
 }

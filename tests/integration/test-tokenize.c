@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "../common/check.h"
+#include "../common/util.h"
 #include "harness.h"
 #include "vl2-status.h"
 #include "vl2.h"
@@ -37,13 +38,6 @@ static const char *vl2d_path, *vl2_path, *mha_dir, *golden_path;
 static char *tmp;
 static char sock[256], log_path[256];
 static pid_t daemon_pid = -1;
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
-
-    nanosleep(&ts, NULL);
-}
 
 static struct vl2_client *open_client(void)
 {
@@ -339,7 +333,7 @@ static void test_errors(void)
                 break;
             CHECK_MSG(strstr(t.msg, "still loading"), "%s", t.msg);
             tk_free(&t);
-            sleep_ms(10);
+            test_sleep_ms(10);
         }
         CHECK_MSG(t.code == 0 && ids_equal(t.ids, t.n_ids, prompt_ids, N_PROMPT_IDS),
                   "%d %s", t.code, t.msg);
@@ -609,7 +603,7 @@ int main(int argc, char **argv)
         tk_free(&t);
         if (code != VL2_EBUSY)
             break;
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     RUN(test_prompt);
     RUN(test_golden_lines);

@@ -13,6 +13,7 @@
 
 #include "model.h"
 #include "testutil.h"
+#include "../common/util.h"
 
 static const char *o_model, *o_plugin_dir;
 
@@ -30,7 +31,7 @@ static struct vl2_model_params params(void)
  * language_config[@key] = @value (a JSON text). */
 static void edited_dir(const char *tmp, const char *key, const char *value)
 {
-    char *src = tu_path(o_model, "config.json"), *text = tu_slurp(src), *out, *p;
+    char *src = tu_path(o_model, "config.json"), *text = test_slurp(src, NULL), *out, *p;
     cJSON *j = cJSON_Parse(text), *lc = cJSON_GetObjectItem(j, "language_config");
     FILE *f;
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "../common/util.h"
 
 #define TOL 1e-3
 
@@ -47,7 +48,7 @@ static int run(char *const *argv, const char *out, const char *errf)
 
 static cJSON *json_file(const char *dir, const char *name)
 {
-    char *p = tu_path(dir, name), *t = tu_slurp(p);
+    char *p = tu_path(dir, name), *t = test_slurp(p, NULL);
     cJSON *j = t ? cJSON_Parse(t) : NULL;
 
     TU_CHECK(j != NULL, "%s: missing or not JSON", p);
@@ -148,14 +149,14 @@ static void run_case(const char *cs, const char *tmp)
     r = run(argv, out, errf);
     TU_CHECK(r == 0, "vl2d run exited with %d", r);
     if (r != 0) {
-        char *t = tu_slurp(errf);
+        char *t = test_slurp(errf, NULL);
         fprintf(stderr, "%s\n", t ? t : "");
         free(t);
         goto out;
     }
     {
         cJSON *mi = json_file(dump, "input_ids.json"), *mg = json_file(dump, "generated.json");
-        char *streamed = tu_slurp(out);
+        char *streamed = test_slurp(out, NULL);
         const char *gtext = cJSON_GetObjectItem(gj, "text")->valuestring;
         TU_CHECK(mi && same_ints(cJSON_GetObjectItem(mi, "input_ids"),
                                  cJSON_GetObjectItem(ij, "input_ids")), "input_ids differ");
@@ -212,7 +213,7 @@ static void check_json(const char *tmp)
     printf("--json\n");
     r = run(argv, out, errf);
     TU_CHECK(r == 0, "vl2d run --json exited with %d", r);
-    t = tu_slurp(out);
+    t = test_slurp(out, NULL);
     j = t ? cJSON_Parse(t) : NULL;
     TU_CHECK(j != NULL, "--json output is not one JSON object");
     if (j) {
@@ -238,7 +239,7 @@ static void expect_failure(const char *tmp, const char *what, char **argv, const
     char *out = tu_path(tmp, "stdout"), *errf = tu_path(tmp, "stderr"), *t;
     int r = run(argv, out, errf);
 
-    t = tu_slurp(errf);
+    t = test_slurp(errf, NULL);
     printf("  %s: exit %d: %s", what, r, t ? t : "\n");
     TU_CHECK(r == 1 || r == 2, "%s: exit status %d", what, r);
     TU_CHECK(t && strstr(t, want), "%s: message does not mention '%s'", what, want);

@@ -22,28 +22,6 @@ char *tu_path(const char *dir, const char *name)
     return p;
 }
 
-char *tu_slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    long n;
-    char *b;
-
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    if (b)
-        b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 static cJSON *read_json(const char *dir, const char *name)
 {
     char *path = tu_path(dir, name), *buf;

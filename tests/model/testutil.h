@@ -50,7 +50,4 @@ void tu_topk(const float *z, size_t n, int k, int32_t *ret_ids);
 
 char *tu_path(const char *dir, const char *name);
 
-/* The whole file @path, NUL-terminated (malloc'd); NULL when it cannot be read. */
-char *tu_slurp(const char *path);
-
 #endif

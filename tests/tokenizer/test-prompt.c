@@ -49,7 +49,7 @@ static void golden_case(const struct vl2_tokenizer *tok, const char *dir, const 
 
     snprintf(path, sizeof(path), "%s/%s/%s/input_ids.json", dir, preset, name);
     snprintf(what, sizeof(what), "%s/%s", preset, name);
-    buf = slurp(path, NULL);
+    buf = test_slurp(path, NULL);
     CHECK(buf != NULL, "cannot read '%s'", path);
     if (!buf)
         return;

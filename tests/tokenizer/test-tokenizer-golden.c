@@ -119,7 +119,7 @@ static void check_decode(const struct vl2_tokenizer *tok, const int32_t *ids, si
 static void golden_corpus(const struct vl2_tokenizer *tok, const char *path)
 {
     size_t len, n_cases = 0;
-    char *all = slurp(path, &len), *line, *save = NULL;
+    char *all = test_slurp(path, &len), *line, *save = NULL;
 
     CHECK(all != NULL, "cannot read '%s'", path);
     if (!all)
@@ -185,7 +185,7 @@ static void golden_generated(const struct vl2_tokenizer *tok, const char *dir)
 
             snprintf(path, sizeof(path), "%s/%s/%s/generated.json", dir, presets[p], cases[c]);
             snprintf(what, sizeof(what), "%s/%s generated", presets[p], cases[c]);
-            buf = slurp(path, &len);
+            buf = test_slurp(path, &len);
             CHECK(buf != NULL, "cannot read '%s'", path);
             if (!buf)
                 continue;
@@ -246,7 +246,7 @@ static void golden_threads(const struct vl2_tokenizer *tok, const char *path)
     struct thread_job jobs[N_THREADS];
     pthread_t th[N_THREADS];
     size_t len, i, k = 0;
-    char *all = slurp(path, &len), *line, *save = NULL;
+    char *all = test_slurp(path, &len), *line, *save = NULL;
     int32_t *want[N_THREADS] = { 0 };
 
     if (!all)

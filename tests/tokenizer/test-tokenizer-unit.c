@@ -680,7 +680,7 @@ static void test_refused(const char *real_dir)
 
     /* the real file with another model type, and an unknown pre-tokenizer */
     snprintf(path, sizeof(path), "%s/tokenizer.json", real_dir);
-    json = slurp(path, &len);
+    json = test_slurp(path, &len);
     CHECK(json != NULL, "cannot read %s", path);
     if (json) {
         snprintf(dst, sizeof(dst), "%s/tokenizer.json", tmpdir);
