@@ -178,8 +178,8 @@ static void prepare(struct bench *b, const struct vl2_model *m)
                       (size_t)c->vision.image_size);
     if (vl2_image_tile(&b->img, &b->tiling, c->vision.image_size, b->tiles, &err) < 0)
         die("tile", &err);
-    text = malloc(strlen(b->prompt) + 16);
-    sprintf(text, "<image>\n%s", b->prompt);
+    if (asprintf(&text, "<image>\n%s", b->prompt) < 0)
+        die("prompt", NULL);
     msg.text = text;
     msg.len = strlen(text);
     nt = b->tiling.n_tokens;
