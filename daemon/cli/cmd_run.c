@@ -36,6 +36,7 @@ struct run_opts {
     int         n_stops;
     long        max_new;
     int         threads;
+    int         device;       /* --device: backend device index */
     int         ignore_eos;
     int         apply_exif;   /* --apply-exif: honour the EXIF orientation tag */
     int         json;
@@ -70,7 +71,8 @@ static void usage(FILE *f)
 "  --dump OUT                write every stage to the folder OUT (golden formats)\n"
 "  --backend NAME            cpu (default) or cuda\n"
 "  --plugin-dir DIR          where the backend plugins are\n"
-"  --threads N               backend threads (default: all cores)\n",
+"  --threads N               backend threads (default: all cores)\n"
+"  --device N                backend device index, e.g. the GPU (default 0)\n",
             RUN_MAX_IMAGES);
 }
 
@@ -176,6 +178,10 @@ static int parse_args(struct run_opts *o, int argc, char **argv)
             if (parse_long(a, v, 0, 4096, &l) < 0)
                 return -1;
             o->threads = (int)l;
+        } else if (!strcmp(a, "--device")) {
+            if (parse_long(a, v, 0, 1024, &l) < 0)
+                return -1;
+            o->device = (int)l;
         } else if (!strcmp(a, "--top-k")) {
             if (parse_long(a, v, 0, INT32_MAX, &l) < 0)
                 return -1;
@@ -901,6 +907,7 @@ int vl2d_cmd_run(int argc, char **argv)
     mp.backend = R.o.backend;
     mp.plugin_dir = R.o.plugin_dir;
     mp.n_threads = R.o.threads;
+    mp.device = R.o.device;
     mp.image_token_id = R.image_token_id;
     mp.max_logit_rows = 1;
     r = vl2_model_load(&R.m, R.o.model, &mp, &err);
