@@ -26,6 +26,7 @@ struct vl2_req_image {
     int32_t width, height;          /* decoded, after EXIF orientation */
     struct vl2_tiling tiling;
     uint8_t *tiles;                 /* [n_tiles, 3, S, S] uint8; freed once encoded */
+    struct vl2_image_job *job;      /* engine thread: tiles through the tower so far */
     struct vl2_image_embed *embed;  /* engine thread; freed after the prefill */
 };
 

@@ -35,6 +35,7 @@ struct vl2_engine_params vl2_engine_default_params(void)
         .prep_threads = 2,
         .fd_timeout_s = 10.0,
         .idle_unload_s = 0.0,
+        .vision_tiles_per_step = 1,
     };
     return p;
 }
@@ -522,6 +523,9 @@ static void release_seq(struct vl2_engine *e, struct vl2_req *r)
     size_t i;
 
     for (i = 0; i < r->n_images; i++) {
+        if (r->images[i].job && e->m)
+            vl2_model_image_abort(e->m, r->images[i].job);
+        r->images[i].job = NULL;
         if (r->images[i].embed && e->m)
             vl2_image_embed_free(e->m, r->images[i].embed);
         r->images[i].embed = NULL;
@@ -706,15 +710,31 @@ static void prefill_done(struct vl2_engine *e, struct vl2_req *r)
     sample(e, r);
 }
 
-/* One image of @r through the vision tower. */
-static void encode_one(struct vl2_engine *e, struct vl2_req *r)
+/* Up to @max_tiles distinct tiles (0: all) of @r's next image through the
+ * vision tower; the image's embedding once they all went through. */
+static void encode_some(struct vl2_engine *e, struct vl2_req *r, int32_t max_tiles)
 {
     struct vl2_req_image *im = &r->images[r->n_encoded];
     struct vl2_err err = { 0 };
-    int rc;
+    int32_t done_tiles, total;
+    int rc = 0, done = 0;
 
-    rc = vl2_model_encode_image(e->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
-                                im->tiling.tiles_h, &im->embed, NULL, &err);
+    if (!im->job)
+        rc = vl2_model_image_begin(e->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
+                                   im->tiling.tiles_h, &im->job, &err);
+    if (rc == 0)
+        rc = vl2_model_image_step(e->m, im->job, max_tiles, &done, &err);
+    if (rc == 0 && !done) {
+        vl2_model_image_progress(im->job, &done_tiles, &total);
+        vl2__req_post_progress(e, r, VL2_STAGE_VISION,
+                               ((float) r->n_encoded + (float) done_tiles / (float) total) /
+                               (float) r->n_images);
+        return;
+    }
+    if (rc == 0) {
+        rc = vl2_model_image_finish(e->m, im->job, &im->embed, &err);
+        im->job = NULL;  /* freed by finish, also on error */
+    }
     if (rc == 0 && im->embed->n_tokens != im->tiling.n_tokens)
         rc = vl2_err_set(&err, VL2_EINTERNAL, "%d image tokens from the model, %d planned",
                          im->embed->n_tokens, im->tiling.n_tokens);
@@ -785,7 +805,8 @@ static void prefill_some(struct vl2_engine *e, struct vl2_req **reqs, size_t n)
 
 /* Work for the requests that have not started decoding, oldest first:
  * reserve their KV caches (the oldest that finds no room waits, and those
- * after it), one image through the vision tower, one prefill pass. */
+ * after it), vision_tiles_per_step tiles of one image through the vision
+ * tower (the whole image when no other request runs), one prefill pass. */
 static void start_requests(struct vl2_engine *e)
 {
     struct vl2_req *r, *next, *vision = NULL;
@@ -823,7 +844,7 @@ static void start_requests(struct vl2_engine *e)
         pre[n_pre++] = r;
     }
     if (vision)
-        encode_one(e, vision);
+        encode_some(e, vision, e->running.n > 1 ? (int32_t) e->p.vision_tiles_per_step : 0);
     if (n_pre > 0)
         prefill_some(e, pre, n_pre);
 }

@@ -4,8 +4,9 @@
  * One engine per loaded model, with its own threads (DESIGN 3):
  *
  *     engine thread   loads the model, then loops: cancellations, admission
- *                     of prepared requests, one unit of vision or prefill
- *                     work for one starting request, then ONE batched
+ *                     of prepared requests, one unit of vision work (a few
+ *                     tiles of one image: vision_tiles_per_step) and one
+ *                     prefill pass for the starting requests, then ONE batched
  *                     vl2_model_decode() step for every decoding sequence
  *                     (continuous batching: a request joins the step after
  *                     its prefill; MoE layers read each expert once per
@@ -66,6 +67,10 @@ struct vl2_engine_params {
     double      fd_timeout_s;       /* longest wait reading an image descriptor (10) */
     double      idle_unload_s;      /* release the model after this long unused, 0: never;
                                        the next request loads it again */
+    uint32_t    vision_tiles_per_step; /* image tiles through the vision tower between
+                                       two decode steps while other requests run
+                                       (default 1; 0: a whole image); alone, a
+                                       request's image goes through at once */
 };
 
 struct vl2_engine_params vl2_engine_default_params(void);

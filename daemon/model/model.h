@@ -154,6 +154,38 @@ int  vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n
                             struct vl2_image_trace *trace, struct vl2_err *err);
 void vl2_image_embed_free(struct vl2_model *m, struct vl2_image_embed *e);
 
+/* The same work in pieces, so that a caller can interleave an image's tiles
+ * with other passes (the engine runs one tile between two decode steps):
+ *
+ *     vl2_model_image_begin(m, tiles_u8, n_tiles, tw, th, &job, &err);
+ *     do vl2_model_image_step(m, job, 1, &done, &err);    // + other passes
+ *     while (!done);
+ *     vl2_model_image_finish(m, job, &img, &err);          // frees job
+ *
+ * vl2_model_encode_image is begin + one step of every tile + finish, so the
+ * embedding is the same whatever the steps (the tower is per tile).
+ *
+ * begin checks the tiling (as vl2_model_encode_image), finds the distinct
+ * tiles and reserves their projector rows on the backend.  @tiles is the
+ * caller's and must stay unchanged until finish or abort.
+ * step runs up to @max_tiles more distinct tiles (<= 0: all the rest)
+ * through the tower and the projector; *@ret_done (may be NULL) is 1 when
+ * every distinct tile has run.  After a step error, abort the job.
+ * progress gives the distinct tiles run and their number.
+ * finish lays the rows out (every tile must have run) into a new embedding
+ * and frees the job, also on error.  abort frees an unfinished job (NULL ok). */
+struct vl2_image_job;
+int  vl2_model_image_begin(struct vl2_model *m, const uint8_t *tiles, int32_t n_tiles,
+                           int32_t tiles_w, int32_t tiles_h, struct vl2_image_job **ret,
+                           struct vl2_err *err);
+int  vl2_model_image_step(struct vl2_model *m, struct vl2_image_job *job, int32_t max_tiles,
+                          int *ret_done, struct vl2_err *err);
+void vl2_model_image_progress(const struct vl2_image_job *job, int32_t *ret_done,
+                              int32_t *ret_total);
+int  vl2_model_image_finish(struct vl2_model *m, struct vl2_image_job *job,
+                            struct vl2_image_embed **ret, struct vl2_err *err);
+void vl2_model_image_abort(struct vl2_model *m, struct vl2_image_job *job);
+
 /* ---- sequences -------------------------------------------------------- */
 
 struct vl2_seq_params {

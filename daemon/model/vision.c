@@ -150,24 +150,45 @@ static void layout(int32_t hs, int32_t tw, int32_t th, const int32_t *slot, int3
     *ret_n_sp = n_sp;
 }
 
-int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_tiles,
-                           int32_t tiles_w, int32_t tiles_h, struct vl2_image_embed **ret,
-                           struct vl2_image_trace *trace, struct vl2_err *err)
+/* An image on its way through the vision tower (vl2_model_image_begin). */
+struct vl2_image_job {
+    const uint8_t    *tiles;     /* the caller's, [n_tiles, 3, S, S] */
+    int32_t           n_tiles, tiles_w, tiles_h, n_tok;
+    int32_t          *slot;      /* [n_tiles] distinct index of each tile, then
+                                  * uniq [n_tiles]: first tile of each distinct one */
+    int32_t           n_uniq;    /* distinct tiles */
+    int32_t           n_done;    /* distinct tiles through the tower */
+    struct vl2_tensor proj;      /* [n_uniq * Q, D] projector rows, distinct order */
+    float            *feat;      /* trace only: [n_tiles, P, Dv] */
+    float            *pout;      /* trace only: [n_tiles, Q, D] */
+};
+
+void vl2_model_image_abort(struct vl2_model *m, struct vl2_image_job *j)
 {
-    const struct vl2_backend_ops *ops = m->ops;
+    if (!j)
+        return;
+    if (j->proj.data || j->proj.priv)
+        m->ops->free_tensor(m->ctx, &j->proj);
+    free(j->slot);
+    free(j->feat);
+    free(j->pout);
+    free(j);
+}
+
+/* vl2_model_image_begin, with host buffers for @trace when not NULL. */
+static int image_begin(struct vl2_model *m, const uint8_t *tiles, int32_t n_tiles,
+                       int32_t tiles_w, int32_t tiles_h, struct vl2_image_trace *trace,
+                       struct vl2_image_job **ret, struct vl2_err *err)
+{
     const struct vl2_vision_config *v = &m->cfg.vision;
-    const int32_t hs = proj_side(m), Q = hs * hs, P = v->grid * v->grid;
-    const int64_t S = v->image_size, plane = S * S, D = m->cfg.proj.d_model;
-    const size_t tile_bytes = 3 * (size_t)plane, Dv = (size_t)v->d_model;
-    const float *mean = m->pcfg.image_mean, *std = m->pcfg.image_std;
-    struct vl2_image_embed *e = NULL;
-    struct vl2_tensor proj = { 0 };
-    int32_t *idx = NULL, *slot = NULL, *uniq = NULL, n_img = 0, n_sp = 0, n_uniq = 0;
-    int32_t t, u0, n_tok;
-    float *feat = NULL, *pout = NULL;
+    const int32_t Q = proj_side(m) * proj_side(m), P = v->grid * v->grid;
+    const int64_t S = v->image_size, D = m->cfg.proj.d_model;
+    const size_t tile_bytes = 3 * (size_t)(S * S), Dv = (size_t)v->d_model;
+    struct vl2_image_job *j;
+    int32_t t, *uniq, n_tok;
     int r;
 
-    if (!tiles || tiles_w <= 0 || tiles_h <= 0 || tiles_w > 64 || tiles_h > 64 ||
+    if (!tiles || !ret || tiles_w <= 0 || tiles_h <= 0 || tiles_w > 64 || tiles_h > 64 ||
         n_tiles != 1 + tiles_w * tiles_h)
         return vl2_err_set(err, VL2_EINVAL, "model: image of %d tiles for a %dx%d tiling "
                            "(expected 1 global + %d local tiles)", n_tiles, tiles_w, tiles_h,
@@ -181,54 +202,89 @@ int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_
         if (r < 0)
             return r;
     }
+    j = calloc(1, sizeof(*j));
+    if (!j)
+        return vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
+    j->tiles = tiles;
+    j->n_tiles = n_tiles;
+    j->tiles_w = tiles_w;
+    j->tiles_h = tiles_h;
+    j->n_tok = n_tok;
+    j->slot = malloc(2 * (size_t)n_tiles * sizeof(*j->slot));
+    if (!j->slot) {
+        r = vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
+        goto out_free;
+    }
     if (trace) {
         memset(trace, 0, sizeof(*trace));
         trace->n_patches = P;
         trace->n_proj = Q;
-        feat = malloc((size_t)n_tiles * (size_t)P * Dv * sizeof(*feat));
-        pout = malloc((size_t)n_tiles * (size_t)Q * (size_t)D * sizeof(*pout));
-        if (!feat || !pout) {
+        j->feat = malloc((size_t)n_tiles * (size_t)P * Dv * sizeof(*j->feat));
+        j->pout = malloc((size_t)n_tiles * (size_t)Q * (size_t)D * sizeof(*j->pout));
+        if (!j->feat || !j->pout) {
             r = vl2_err_set(err, VL2_ENOMEM, "model: out of memory for the image trace");
             goto out_free;
         }
     }
-    e = calloc(1, sizeof(*e));
-    idx = malloc(4 * (size_t)n_tok * sizeof(*idx));
-    slot = malloc(2 * (size_t)n_tiles * sizeof(*slot));
-    if (!e || !idx || !slot) {
-        r = vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
-        goto out_free;
-    }
     /* Identical tiles give identical rows: run the tower once for each
      * distinct tile.  (A 1x1 tiling always repeats the global view, spec 3.4.) */
-    uniq = slot + n_tiles;
+    uniq = j->slot + n_tiles;
     for (t = 0; t < n_tiles; t++) {
         int32_t k;
-        for (k = 0; k < n_uniq; k++)
+        for (k = 0; k < j->n_uniq; k++)
             if (!memcmp(tiles + (size_t)t * tile_bytes, tiles + (size_t)uniq[k] * tile_bytes,
                         tile_bytes))
                 break;
-        if (k == n_uniq)
-            uniq[n_uniq++] = t;
-        slot[t] = k;
+        if (k == j->n_uniq)
+            uniq[j->n_uniq++] = t;
+        j->slot[t] = k;
     }
     {
-        int64_t ne[2] = { (int64_t)n_uniq * Q, D };
-        r = ops->alloc(m->ctx, &proj, VL2_DTYPE_F32, 2, ne, err);
-        if (r < 0)
-            goto out_free;
-        ne[0] = n_tok;
-        r = ops->alloc(m->ctx, &e->rows, VL2_DTYPE_F32, 2, ne, err);
+        int64_t ne[2] = { (int64_t)j->n_uniq * Q, D };
+        r = m->ops->alloc(m->ctx, &j->proj, VL2_DTYPE_F32, 2, ne, err);
         if (r < 0)
             goto out_free;
     }
+    *ret = j;
+    return 0;
 
-    for (u0 = 0; u0 < n_uniq; u0 += m->vs_rows) {
-        int32_t nt = n_uniq - u0 < m->vs_rows ? n_uniq - u0 : m->vs_rows, k, c;
-        struct vl2_tensor dst = vl2_tensor_rows(&proj, (int64_t)u0 * Q, (int64_t)nt * Q);
+out_free:
+    vl2_model_image_abort(m, j);
+    return r;
+}
+
+int vl2_model_image_begin(struct vl2_model *m, const uint8_t *tiles, int32_t n_tiles,
+                          int32_t tiles_w, int32_t tiles_h, struct vl2_image_job **ret,
+                          struct vl2_err *err)
+{
+    return image_begin(m, tiles, n_tiles, tiles_w, tiles_h, NULL, ret, err);
+}
+
+int vl2_model_image_step(struct vl2_model *m, struct vl2_image_job *j, int32_t max_tiles,
+                         int *ret_done, struct vl2_err *err)
+{
+    const struct vl2_backend_ops *ops = m->ops;
+    const struct vl2_vision_config *v = &m->cfg.vision;
+    const int32_t Q = proj_side(m) * proj_side(m), P = v->grid * v->grid;
+    const int64_t plane = (int64_t)v->image_size * v->image_size;
+    const size_t tile_bytes = 3 * (size_t)plane, Dv = (size_t)v->d_model;
+    const float *mean = m->pcfg.image_mean, *std = m->pcfg.image_std;
+    const int32_t *uniq;
+    int32_t end;
+    int r;
+
+    if (!j)
+        return vl2_err_set(err, VL2_EINVAL, "model: no image job");
+    uniq = j->slot + j->n_tiles;
+    end = max_tiles <= 0 || max_tiles >= j->n_uniq - j->n_done ? j->n_uniq
+                                                                : j->n_done + max_tiles;
+    while (j->n_done < end) {
+        const int32_t u0 = j->n_done;
+        int32_t nt = end - u0 < m->vs_rows ? end - u0 : m->vs_rows, k, c;
+        struct vl2_tensor dst = vl2_tensor_rows(&j->proj, (int64_t)u0 * Q, (int64_t)nt * Q);
         for (k = 0; k < nt; k++)
             for (c = 0; c < 3; c++) {
-                const uint8_t *in = tiles + (size_t)uniq[u0 + k] * tile_bytes +
+                const uint8_t *in = j->tiles + (size_t)uniq[u0 + k] * tile_bytes +
                                     (size_t)c * (size_t)plane;
                 float *o = m->vs.host + ((size_t)k * 3 + (size_t)c) * (size_t)plane;
                 int64_t i;
@@ -238,35 +294,84 @@ int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_
         r = ops->write(m->ctx, &m->vs.img, 0, m->vs.host, (size_t)nt * tile_bytes * sizeof(float),
                        err);
         if (r < 0)
-            goto out_free;
+            return r;
         /* features of distinct tile u go to the slot of the tile itself */
-        r = tower(m, nt, &dst, feat ? feat + (size_t)u0 * P * Dv : NULL, err);
+        r = tower(m, nt, &dst, j->feat ? j->feat + (size_t)u0 * P * Dv : NULL, err);
+        if (r < 0)
+            return r;
+        j->n_done += nt;
+    }
+    if (ret_done)
+        *ret_done = j->n_done == j->n_uniq;
+    return 0;
+}
+
+void vl2_model_image_progress(const struct vl2_image_job *j, int32_t *ret_done,
+                              int32_t *ret_total)
+{
+    *ret_done = j ? j->n_done : 0;
+    *ret_total = j ? j->n_uniq : 0;
+}
+
+/* vl2_model_image_finish, filling @trace (begun with image_begin) when not
+ * NULL. */
+static int image_finish(struct vl2_model *m, struct vl2_image_job *j,
+                        struct vl2_image_embed **ret, struct vl2_image_trace *trace,
+                        struct vl2_err *err)
+{
+    const struct vl2_backend_ops *ops = m->ops;
+    const struct vl2_vision_config *v = &m->cfg.vision;
+    const int32_t hs = proj_side(m), Q = hs * hs, P = v->grid * v->grid;
+    const int64_t D = m->cfg.proj.d_model;
+    const size_t Dv = (size_t)v->d_model;
+    struct vl2_image_embed *e = NULL;
+    int32_t *idx = NULL, n_img = 0, n_sp = 0, n_tok, t;
+    int r;
+
+    if (!j)
+        return vl2_err_set(err, VL2_EINVAL, "model: no image job");
+    n_tok = j->n_tok;
+    if (j->n_done != j->n_uniq) {
+        r = vl2_err_set(err, VL2_EINVAL, "model: image finished with %d of its %d distinct "
+                        "tiles encoded", j->n_done, j->n_uniq);
+        goto out_free;
+    }
+    e = calloc(1, sizeof(*e));
+    idx = malloc(4 * (size_t)n_tok * sizeof(*idx));
+    if (!e || !idx) {
+        r = vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
+        goto out_free;
+    }
+    {
+        int64_t ne[2] = { n_tok, D };
+        r = ops->alloc(m->ctx, &e->rows, VL2_DTYPE_F32, 2, ne, err);
         if (r < 0)
             goto out_free;
     }
-    if (trace) {
+    if (trace && j->pout) {
         /* expand distinct tiles (slot order) to every tile, last first so
          * that no slot is overwritten before it is read (slot[t] <= t) */
-        r = ops->read(m->ctx, &proj, 0, pout, (size_t)n_uniq * Q * (size_t)D * sizeof(float),
-                      err);
+        r = ops->read(m->ctx, &j->proj, 0, j->pout,
+                      (size_t)j->n_uniq * Q * (size_t)D * sizeof(float), err);
         if (r < 0)
             goto out_free;
-        for (t = n_tiles - 1; t >= 0; t--) {
-            memmove(feat + (size_t)t * P * Dv, feat + (size_t)slot[t] * P * Dv,
+        for (t = j->n_tiles - 1; t >= 0; t--) {
+            memmove(j->feat + (size_t)t * P * Dv, j->feat + (size_t)j->slot[t] * P * Dv,
                     (size_t)P * Dv * sizeof(float));
-            memmove(pout + (size_t)t * Q * (size_t)D, pout + (size_t)slot[t] * Q * (size_t)D,
+            memmove(j->pout + (size_t)t * Q * (size_t)D,
+                    j->pout + (size_t)j->slot[t] * Q * (size_t)D,
                     (size_t)Q * (size_t)D * sizeof(float));
         }
     }
 
-    layout(hs, tiles_w, tiles_h, slot, idx, idx + n_tok, &n_img, idx + 2 * n_tok,
+    layout(hs, j->tiles_w, j->tiles_h, j->slot, idx, idx + n_tok, &n_img, idx + 2 * n_tok,
            idx + 3 * n_tok, &n_sp);
     if (n_img + n_sp != n_tok) {
         r = vl2_err_set(err, VL2_EINTERNAL, "model: image layout has %d rows, expected %d",
                         n_img + n_sp, n_tok);
         goto out_free;
     }
-    r = ops->copy_rows(m->ctx, &e->rows, idx, &proj, idx + n_tok, n_img, err);
+    r = ops->copy_rows(m->ctx, &e->rows, idx, &j->proj, idx + n_tok, n_img, err);
     if (r < 0)
         goto out_free;
     r = ops->copy_rows(m->ctx, &e->rows, idx + 2 * n_tok, &m->special, idx + 3 * n_tok, n_sp,
@@ -276,28 +381,49 @@ int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_
     r = ops->sync(m->ctx, err);
     if (r < 0)
         goto out_free;
-    ops->free_tensor(m->ctx, &proj);
     free(idx);
-    free(slot);
     e->n_tokens = n_tok;
-    e->n_tiles = n_tiles;
-    e->n_distinct = n_uniq;
-    e->tiles_w = tiles_w;
-    e->tiles_h = tiles_h;
-    if (trace) {
-        trace->vision_features = feat;
-        trace->projector_out = pout;
+    e->n_tiles = j->n_tiles;
+    e->n_distinct = j->n_uniq;
+    e->tiles_w = j->tiles_w;
+    e->tiles_h = j->tiles_h;
+    if (trace && j->pout) {
+        trace->vision_features = j->feat;
+        trace->projector_out = j->pout;
+        j->feat = NULL;
+        j->pout = NULL;
     }
+    vl2_model_image_abort(m, j);
     *ret = e;
     return 0;
 
 out_free:
-    if (proj.data || proj.priv)
-        ops->free_tensor(m->ctx, &proj);
     vl2_image_embed_free(m, e);
     free(idx);
-    free(slot);
-    free(feat);
-    free(pout);
+    vl2_model_image_abort(m, j);
     return r;
+}
+
+int vl2_model_image_finish(struct vl2_model *m, struct vl2_image_job *j,
+                           struct vl2_image_embed **ret, struct vl2_err *err)
+{
+    return image_finish(m, j, ret, NULL, err);
+}
+
+int vl2_model_encode_image(struct vl2_model *m, const uint8_t *tiles, int32_t n_tiles,
+                           int32_t tiles_w, int32_t tiles_h, struct vl2_image_embed **ret,
+                           struct vl2_image_trace *trace, struct vl2_err *err)
+{
+    struct vl2_image_job *j = NULL;
+    int r, done = 0;
+
+    r = image_begin(m, tiles, n_tiles, tiles_w, tiles_h, trace, &j, err);
+    if (r < 0)
+        return r;
+    r = vl2_model_image_step(m, j, 0, &done, err);
+    if (r < 0) {
+        vl2_model_image_abort(m, j);
+        return r;
+    }
+    return image_finish(m, j, ret, trace, err);
 }

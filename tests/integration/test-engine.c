@@ -2,7 +2,8 @@
  * through libvl2: greedy answers equal the golden generated text with the
  * image sent as bytes and as a descriptor; 50 concurrent clients each get
  * their own golden answer; several requests on one connection; a client
- * killed mid-stream frees its slot; Cancel; bad requests fail alone;
+ * killed mid-stream frees its slot; Cancel; an image encoded a tile per
+ * step lets a text request start before it is done; bad requests fail alone;
  * LoadModel (a bad directory fails, another model keeps serving) and
  * UnloadModel; the configuration file.
  *
@@ -816,6 +817,110 @@ static void test_cancel(void)
     free(r);
 }
 
+/* Vision interleaved with decoding: while A decodes, B's tall image (7
+ * distinct tiles) goes through the vision tower a tile per engine step, so
+ * C, a text-only request sent once B's vision has begun, takes its first
+ * token before B's vision ends.  All on one connection: one order of
+ * events.  B and C still get their golden answers.  Then D, cancelled in
+ * the middle of its vision. */
+struct interleave {
+    struct result *rs;              /* A, B, C */
+    size_t n_events;
+    size_t b_vision_partial;        /* event number of B's first VISION < 1 */
+    size_t b_vision_done;           /* ... of B's VISION 1 */
+    size_t c_first_token;
+};
+
+static int on_interleave(const Vl2__Response *resp, void *ud)
+{
+    struct interleave *x = ud;
+    size_t i;
+
+    x->n_events++;
+    for (i = 0; i < 3; i++)
+        if (resp->id == x->rs[i].id && x->rs[i].id != 0)
+            break;
+    if (i == 3)
+        return 0;
+    if (i == 1 && resp->body_case == VL2__RESPONSE__BODY_PROGRESS &&
+        resp->progress->stage == VL2__STAGE__STAGE_VISION && resp->progress->has_fraction) {
+        if (resp->progress->fraction < 1.0f && !x->b_vision_partial)
+            x->b_vision_partial = x->n_events;
+        if (resp->progress->fraction >= 1.0f && !x->b_vision_done)
+            x->b_vision_done = x->n_events;
+    }
+    if (i == 2 && resp->body_case == VL2__RESPONSE__BODY_TOKEN && !x->c_first_token)
+        x->c_first_token = x->n_events;
+    return on_response(resp, &x->rs[i]);
+}
+
+static void test_vision_interleaved(void)
+{
+    struct vl2_client *c = open_client(sock);
+    struct result *rs = calloc(3, sizeof(*rs));
+    struct interleave x = { .rs = rs };
+    struct gen_opts o = gen_defaults(), ol = gen_defaults();
+    struct vl2_err err = { 0 };
+    struct cancel_ctx cc = { 0 };
+    struct gen_req q;
+
+    CHECK(c != NULL && rs != NULL);
+    if (!c || !rs)
+        goto out;
+    ol.max_new = 4000;
+    ol.ignore_eos = true;
+    make_req(&q, long_prompt, NULL, 0, NULL, &ol);
+    CHECK(send_req(c, &q, &rs[0].id) == 0);
+    while (rs[0].n_tokens == 0 && !rs[0].has_done && !rs[0].error_code)
+        if (vl2_client_recv(c, on_interleave, &x, &err) < 0)
+            goto out;
+    CHECK_MSG(rs[0].n_tokens > 0, "A: no token (error %d '%s')", rs[0].error_code,
+              rs[0].error_msg);
+    make_req(&q, mha[2].prompt, mha[2].image_data, mha[2].image_size, NULL, &o);
+    CHECK(send_req(c, &q, &rs[1].id) == 0);
+    while (!x.b_vision_partial && !x.b_vision_done && !rs[1].has_done && !rs[1].error_code)
+        if (vl2_client_recv(c, on_interleave, &x, &err) < 0)
+            goto out;
+    CHECK_MSG(x.b_vision_partial > 0, "B: no partial vision progress before its end");
+    make_req(&q, mha[3].prompt, NULL, 0, NULL, &o);
+    CHECK(send_req(c, &q, &rs[2].id) == 0);
+    while ((!rs[1].has_done && !rs[1].error_code) || (!rs[2].has_done && !rs[2].error_code))
+        if (vl2_client_recv(c, on_interleave, &x, &err) < 0)
+            goto out;
+    CHECK_MSG(x.c_first_token > 0 && x.b_vision_done > 0 && x.c_first_token < x.b_vision_done,
+              "C's first token is event %zu, B's vision ended at event %zu", x.c_first_token,
+              x.b_vision_done);
+    CHECK_MSG(rs[0].has_done == false && rs[0].error_code == 0, "A ended early");
+    check_golden(&rs[1], &mha[2], "image encoded between decode steps");
+    check_golden(&rs[2], &mha[3], "text while an image is encoded");
+    /* D: the tall image again, cancelled once its vision has begun (its
+     * job is freed: ASan's leak check at the daemon's exit) */
+    memset(&rs[1], 0, sizeof(rs[1]));
+    x.b_vision_partial = x.b_vision_done = 0;
+    make_req(&q, mha[2].prompt, mha[2].image_data, mha[2].image_size, NULL, &ol);
+    CHECK(send_req(c, &q, &rs[1].id) == 0);
+    while (!x.b_vision_partial && !x.b_vision_done && !rs[1].error_code)
+        if (vl2_client_recv(c, on_interleave, &x, &err) < 0)
+            goto out;
+    cc.c = c;
+    rs[1].ud = &cc;
+    cancel_at_first_token(&rs[1]);
+    while (!rs[1].has_done && !rs[1].error_code)
+        if (vl2_client_recv(c, on_interleave, &x, &err) < 0)
+            goto out;
+    CHECK_EQ_INT(rs[1].error_code, VL2_ECANCELED);
+    /* A is still decoding: cancel it */
+    cc.sent = false;
+    rs[0].ud = &cc;
+    cancel_at_first_token(&rs[0]);
+out:
+    if (c && rs && rs[0].id && !rs[0].has_done && !rs[0].error_code)
+        CHECK(vl2_client_wait(c, rs[0].id, on_response, &rs[0], &err) == VL2_ECANCELED);
+    CHECK(wait_idle(10000));
+    vl2_client_close(c);
+    free(rs);
+}
+
 /* A conversation: system, user with an image, assistant, user with two
  * more.  Three images: no local tiles (spec 3.2), so 3 x 421 image tokens
  * (spec 6.2: 14 * 15 + 1 + 14 * (14 + 1)). */
@@ -1264,6 +1369,7 @@ int main(int argc, char **argv)
     RUN(test_fair_queue);
     RUN(test_killed_client);
     RUN(test_cancel);
+    RUN(test_vision_interleaved);
     RUN(test_conversation);
     RUN(test_bad_requests);
     RUN(test_models);

@@ -1,7 +1,8 @@
 /* test_golden.c - golden parity of every stage for one micro preset:
  * vision features, projector output, input embeddings, logits of the last
  * prompt position and after the first generated token, the top-20 ids of
- * every greedy step, and the 12 greedy ids.
+ * every greedy step, and the 12 greedy ids; the image embedding encoded
+ * tile by tile (vl2_model_image_step) equals the one-shot one bit for bit.
  *
  * usage: test_golden --model CKPT_DIR --golden GOLDEN_PRESET_DIR
  *                    --pixels PIXELS_DIR [--plugin-dir DIR] [--threads N]
@@ -49,6 +50,94 @@ static void check_topk(const char *cs, int step, const float *logits, size_t V,
              step, bad, TOPK);
 }
 
+/* Encode one image piecewise: begin, steps of @per tiles (the first of
+ * @first when > 0), finish. */
+static int encode_steps(struct vl2_model *m, const uint8_t *tiles, int32_t nt, int32_t tw,
+                        int32_t th, int32_t first, int32_t per, struct vl2_image_embed **ret,
+                        int *ret_steps, struct vl2_err *err)
+{
+    struct vl2_image_job *job = NULL;
+    int r, done = 0, steps = 0;
+
+    r = vl2_model_image_begin(m, tiles, nt, tw, th, &job, err);
+    if (r < 0)
+        return r;
+    while (!done) {
+        int32_t was, now, total;
+        vl2_model_image_progress(job, &was, &total);
+        r = vl2_model_image_step(m, job, steps == 0 && first > 0 ? first : per, &done, err);
+        if (r < 0) {
+            vl2_model_image_abort(m, job);
+            return r;
+        }
+        vl2_model_image_progress(job, &now, &total);
+        TU_CHECK(now > was && now <= total && (done == (now == total)),
+                 "step %d: %d -> %d of %d distinct tiles, done %d", steps, (int)was, (int)now,
+                 (int)total, done);
+        steps++;
+    }
+    *ret_steps = steps;
+    return vl2_model_image_finish(m, job, ret, err);
+}
+
+/* Rows of two embeddings equal bit for bit. */
+static void check_same_embed(struct vl2_model *m, const char *what,
+                             const struct vl2_image_embed *a, const struct vl2_image_embed *b)
+{
+    struct vl2_backend_ctx *ctx;
+    const struct vl2_backend_ops *ops = vl2_model_backend(m, &ctx);
+    const size_t D = (size_t)vl2_model_config(m)->lm.d_model;
+    struct vl2_err err = { 0 };
+    float *ra, *rb;
+    size_t n;
+
+    TU_CHECK(a->n_tokens == b->n_tokens && a->n_distinct == b->n_distinct &&
+             a->n_tiles == b->n_tiles, "%s: %d/%d tokens, %d/%d distinct tiles", what,
+             (int)a->n_tokens, (int)b->n_tokens, (int)a->n_distinct, (int)b->n_distinct);
+    if (a->n_tokens != b->n_tokens)
+        return;
+    n = (size_t)a->n_tokens * D;
+    ra = malloc(n * sizeof(*ra));
+    rb = malloc(n * sizeof(*rb));
+    if (!ra || !rb) {
+        TU_CHECK(0, "%s: out of memory", what);
+    } else if (ops->read(ctx, &a->rows, 0, ra, n * sizeof(*ra), &err) < 0 ||
+               ops->read(ctx, &b->rows, 0, rb, n * sizeof(*rb), &err) < 0) {
+        TU_CHECK(0, "%s: read: %s", what, err.msg);
+    } else {
+        TU_CHECK(memcmp(ra, rb, n * sizeof(*ra)) == 0, "%s: embeddings differ", what);
+    }
+    free(ra);
+    free(rb);
+}
+
+/* An unfinished job: finish refuses it (and frees it), abort frees one. */
+static void check_unfinished(struct vl2_model *m, const char *cs, const uint8_t *tiles,
+                             int32_t nt, int32_t tw, int32_t th)
+{
+    struct vl2_image_job *job = NULL;
+    struct vl2_image_embed *e = NULL;
+    struct vl2_err err = { 0 };
+    int done = 1, r;
+
+    r = vl2_model_image_begin(m, tiles, nt, tw, th, &job, &err);
+    TU_CHECK(r == 0, "%s: begin: %s", cs, err.msg);
+    if (r < 0)
+        return;
+    r = vl2_model_image_step(m, job, 1, &done, &err);
+    TU_CHECK(r == 0 && !done, "%s: one step of %d tiles: %d done %d", cs, (int)nt, r, done);
+    r = vl2_model_image_finish(m, job, &e, &err);
+    TU_CHECK(r == VL2_EINVAL && !e, "%s: finish of an unfinished image gave %d", cs, r);
+    job = NULL;
+    r = vl2_model_image_begin(m, tiles, nt, tw, th, &job, &err);
+    TU_CHECK(r == 0, "%s: begin: %s", cs, err.msg);
+    if (r == 0 && vl2_model_image_step(m, job, 1, &done, &err) < 0)
+        TU_CHECK(0, "%s: step: %s", cs, err.msg);
+    vl2_model_image_abort(m, job);
+    r = vl2_model_image_begin(m, tiles, nt, tw + 1, th, &job, &err);
+    TU_CHECK(r == VL2_EINVAL, "%s: begin with a wrong tiling gave %d", cs, r);
+}
+
 static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
 {
     const struct vl2_model_config *cfg = vl2_model_config(m);
@@ -82,14 +171,36 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
             int32_t tw = c.crop[i][0], th = c.crop[i][1], nt = 1 + tw * th;
             size_t nf, np;
             struct vl2_npy sub;
-            r = vl2_model_encode_image(m, (const uint8_t *)px.data + (size_t)t0 * tile_bytes,
-                                       nt, tw, th, &img[i], &tr, &err);
+            const uint8_t *tiles = (const uint8_t *)px.data + (size_t)t0 * tile_bytes;
+            struct vl2_image_embed *whole = NULL, *mixed = NULL;
+            int steps = 0, steps2 = 0;
+            r = vl2_model_encode_image(m, tiles, nt, tw, th, &whole, &tr, &err);
             TU_CHECK(r == 0, "%s: encode image %d: %s", cs, i, err.msg);
             if (r < 0)
                 goto out;
             /* a 1x1 tiling repeats the global view: the tower runs once */
-            TU_CHECK(img[i]->n_distinct == (tw * th == 1 ? 1 : nt), "%s: %d distinct tiles of %d",
-                     cs, (int)img[i]->n_distinct, (int)nt);
+            TU_CHECK(whole->n_distinct == (tw * th == 1 ? 1 : nt), "%s: %d distinct tiles of %d",
+                     cs, (int)whole->n_distinct, (int)nt);
+            /* piecewise, one tile per step: the prompt below uses this
+             * embedding (inputs_embeds against the golden ones), and it is
+             * bit for bit the one-shot one; so is 1, then 2 at a time */
+            r = encode_steps(m, tiles, nt, tw, th, 0, 1, &img[i], &steps, &err);
+            TU_CHECK(r == 0, "%s: encode image %d tile by tile: %s", cs, i, err.msg);
+            if (r == 0) {
+                TU_CHECK(steps == whole->n_distinct, "%s: %d steps for %d distinct tiles", cs,
+                         steps, (int)whole->n_distinct);
+                check_same_embed(m, "one tile per step", img[i], whole);
+            }
+            r = encode_steps(m, tiles, nt, tw, th, 1, 2, &mixed, &steps2, &err);
+            TU_CHECK(r == 0, "%s: encode image %d 1, then 2 tiles per step: %s", cs, i, err.msg);
+            if (r == 0)
+                check_same_embed(m, "1 then 2 tiles per step", mixed, whole);
+            if (whole->n_distinct > 1)
+                check_unfinished(m, cs, tiles, nt, tw, th);
+            vl2_image_embed_free(m, mixed);
+            vl2_image_embed_free(m, whole);
+            if (!img[i])
+                goto out;
             nf = (size_t)nt * (size_t)tr.n_patches * (size_t)cfg->vision.d_model;
             np = (size_t)nt * (size_t)tr.n_proj * D;
             /* compare this image's slice of the golden arrays */
