@@ -261,6 +261,7 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
     UINT_KEY("max_image_bytes", true, 1, VL2_IPC_MAX_FRAME_LIMIT, ep->max_image_bytes,
              size_t)
     UINT_KEY("prep_threads", false, 1, 64, ep->prep_threads, uint32_t)
+    UINT_KEY("vision_tiles_per_step", false, 0, 1024, ep->vision_tiles_per_step, uint32_t)
     UINT_KEY("max_frame", true, 1, VL2_IPC_MAX_FRAME_LIMIT, so->max_frame, uint32_t)
     UINT_KEY("max_connections", false, 1, 65536, so->max_connections, unsigned)
 #undef UINT_KEY

@@ -37,6 +37,8 @@
  *   context (0: the model's) max_new_tokens (512)               max_images (16)
  *   max_image_pixels (50000000)  max_image_bytes (64M)          apply_exif (true)
  *   image_timeout (10s)      prep_threads (2)                   idle_unload (0: never)
+ *   vision_tiles_per_step (1: tiles of one image encoded between two decode steps
+ *                            while other requests run; 0: a whole image at once)
  */
 #ifndef VL2_SERVER_CONF_H
 #define VL2_SERVER_CONF_H

@@ -44,6 +44,7 @@ static void test_good(void)
         "apply_exif = no\n"
         "image_timeout = 2m\n"
         "prep_threads = 3\n"
+        "vision_tiles_per_step = 2\n"
         "idle_unload = 1.5h\n"
         "\n"
         "[model tiny]\n"
@@ -75,6 +76,7 @@ static void test_good(void)
     CHECK(!c.engine.apply_exif);
     CHECK(c.engine.fd_timeout_s == 120.0);
     CHECK_EQ_INT(c.engine.prep_threads, 3);
+    CHECK_EQ_INT(c.engine.vision_tiles_per_step, 2);
     CHECK(c.engine.idle_unload_s == 5400.0);
     CHECK_EQ_INT(c.n_models, 2);
     CHECK(!strcmp(c.models[0].name, "tiny") &&
