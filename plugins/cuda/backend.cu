@@ -37,6 +37,9 @@
 #define MMA_MAX_ROWS 64         /* up to this many rows: own tensor-core kernel (BF16) */
 #define READ_PIN_MIN (32u << 10) /* reads from this size go through pinned memory */
 #define GRAPH_MAX_ROWS 64       /* steps with at most this many rows are captured */
+#define MLA_BLAS_ROWS 32        /* eager MLA attention of sequences with this many rows:
+                                   cuBLAS products around a causal softmax */
+#define MLA_SCORES_MAX (128u << 20)   /* bytes of scores per cuBLAS pass */
 #define MAX_GRAPHS 8
 #define MAX_TOPK 16
 #define MAX_EXPERTS 1024
@@ -197,6 +200,12 @@ struct vl2_backend_ctx {
     int              mma_linear;    /* option mma_linear: own kernel for mid-size products */
     int              fuse_route;    /* option fuse_route: one block routes small batches */
     int              pdl;           /* option pdl: programmatic dependent launches */
+    int              mla_decode;    /* option mla_decode: k-mla.cu decode kernel */
+    int              mla_blas_min;  /* option mla_blas_rows: rows of a sequence from which
+                                       eager MLA attention runs through cuBLAS (0: never) */
+    int              mla_chunk;     /* option mla_chunk: most query rows per cuBLAS pass */
+    int              mla_split;     /* option mla_split: most runs of keys per sequence */
+    int              gemv_r1;       /* option gemv_r1: weight rows per warp, single rows */
     int              max_smem;
     void            *rd_pin;        /* pinned bounce buffer for large reads */
     size_t           rd_pin_size;
@@ -566,9 +575,12 @@ static size_t plan_moe(const struct op_rec *r, char *base, struct moe_plan *p)
 }
 
 struct mla_plan {
-    float *qcat, *olat, *part_o, *part_ml;
+    float *qcat, *olat, *part_o, *part_ml, *sc;
     void  *qb, *ob;
 };
+
+/* i[14] of an attn_mla record: how its attention core runs */
+enum { MLA_PATH_TILES, MLA_PATH_DECODE, MLA_PATH_BLAS };
 
 static size_t plan_mla(const struct op_rec *r, char *base, struct mla_plan *p)
 {
@@ -583,6 +595,7 @@ static size_t plan_mla(const struct op_rec *r, char *base, struct mla_plan *p)
     p->part_ml = split > 1 ? (float *)take(&c, (size_t)(n * H * split * 2) * 4) : NULL;
     p->qb = blas ? take(&c, (size_t)(n * H * (nope + rope)) * es) : NULL;
     p->ob = blas ? take(&c, (size_t)(n * H * R) * es) : NULL;
+    p->sc = r->i[14] == MLA_PATH_BLAS ? (float *)take(&c, (size_t)r->i[16] * 4) : NULL;
     return c.off;
 }
 
@@ -969,6 +982,62 @@ static int exec_attn_mha(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     return 0;
 }
 
+/* The attention of the sequences with at least i[19] rows, one by one (eager
+ * steps only: the host metadata is the batch's): their new rows into the
+ * cache, then per pass of at most i[15] query rows S = Q K^T over the keys the
+ * pass can see, the causal softmax, and O = P V, V being the latent part of
+ * the same cache rows.  TF32 tensor cores with F32 accumulation. */
+static int mla_blas_core(struct vl2_backend_ctx *ctx, const struct op_rec *r,
+                         const struct mla_plan *p, const struct tdesc *c,
+                         const struct tdesc *kpe, struct vl2_err *err)
+{
+    const struct vl2__cu_seq *ds = (const struct vl2__cu_seq *)ctx->meta_h;
+    const int H = (int)r->i[1], rope = (int)r->i[3], R = (int)r->i[5];
+    const int n_seqs = (int)r->i[6], layer = (int)r->i[0], dk = R + rope;
+    const int64_t chunk = r->i[15];
+    const float one = 1.0f, zero = 0.0f;
+    int i;
+
+    for (i = 0; i < n_seqs; i++) {
+        const struct vl2__cu_seq *q = &ds[i];
+        const float *kv = (const float *)q->kv + (int64_t)layer * q->cap * dk;
+        int64_t t0;
+        cudaError_t e;
+
+        if (q->n_rows < r->i[19])
+            continue;
+        e = vl2__cu_mla_store((float *)kv + (int64_t)q->n_past * dk, VL2_DTYPE_F32, dk,
+                              (const float *)c->data + (int64_t)q->row0 * c->ld, c->ld, R,
+                              (const float *)kpe->data + (int64_t)q->row0 * kpe->ld, kpe->ld,
+                              rope, q->n_rows, ctx->st);
+        if (e != cudaSuccess)
+            return cu_fail(err, e, "attn_mla: cache rows");
+        for (t0 = 0; t0 < q->n_rows; t0 += chunk) {
+            const int64_t t1 = t0 + chunk < q->n_rows ? t0 + chunk : q->n_rows;
+            const int64_t rows = (t1 - t0) * H, Lc = q->n_past + t1;
+            const float *qc = p->qcat + ((int64_t)q->row0 + t0) * H * dk;
+            float *oc = p->olat + ((int64_t)q->row0 + t0) * H * R;
+            cublasStatus_t s;
+
+            s = cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)Lc, (int)rows, dk, &one,
+                             kv, CUDA_R_32F, dk, qc, CUDA_R_32F, dk, &zero, p->sc, CUDA_R_32F,
+                             (int)Lc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT);
+            if (s != CUBLAS_STATUS_SUCCESS)
+                return blas_fail(err, s, "attn_mla: scores");
+            e = vl2__cu_softmax_causal(p->sc, rows, Lc, H, (int)t0, q->n_past, r->f[0],
+                                       ctx->st);
+            if (e != cudaSuccess)
+                return cu_fail(err, e, "attn_mla: softmax");
+            s = cublasGemmEx(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_N, R, (int)rows, (int)Lc, &one,
+                             kv, CUDA_R_32F, dk, p->sc, CUDA_R_32F, (int)Lc, &zero, oc,
+                             CUDA_R_32F, R, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT);
+            if (s != CUBLAS_STATUS_SUCCESS)
+                return blas_fail(err, s, "attn_mla: values");
+        }
+    }
+    return 0;
+}
+
 static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
                          struct vl2_err *err)
 {
@@ -984,6 +1053,7 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     struct mla_plan p;
     cublasStatus_t s;
     cudaError_t e;
+    int rc;
 
     plan_mla(r, ctx->scratch, &p);
     if (!blas) {
@@ -1010,7 +1080,7 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
             return blas_fail(err, s, "attn_mla: absorb");
         e = cudaSuccess;
     }
-    if (e == cudaSuccess)
+    if (e == cudaSuccess && blas)   /* the absorbing kernel copies the rotated part itself */
         e = vl2__cu_mla_qpe(p.qcat, (const float *)q->data, q->ld, n, H, nope, rope, R, ctx->st);
     if (e != cudaSuccess)
         return cu_fail(err, e, "attn_mla: queries");
@@ -1024,6 +1094,7 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     a.out_ld = (int64_t)H * R;
     a.out_hs = R;
     a.seqs = meta_seqs(ctx);
+    a.rows = meta_rows(ctx);
     a.layer = (int)r->i[0];
     a.kv_row = R + rope;
     a.kv_nblk = 1;
@@ -1045,11 +1116,19 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     a.kn_a_cols = R;
     a.kn_b = (const float *)kpe->data;
     a.kn_b_ld = kpe->ld;
-    e = vl2__cu_attn(&a, dt, n_seqs, ctx->st);
+    if (r->i[14] == MLA_PATH_DECODE) {
+        e = vl2__cu_mla_decode(&a, dt, n_seqs, (int)r->i[17], ctx->st);
+    } else {
+        a.skip_rows = r->i[14] == MLA_PATH_BLAS ? (int)r->i[19] : 0;
+        e = a.skip_rows && !r->i[18] ? cudaSuccess : vl2__cu_attn(&a, dt, n_seqs, ctx->st);
+    }
     if (e != cudaSuccess)
         return cu_fail(err, e, "attn_mla");
+    if (r->i[14] == MLA_PATH_BLAS && (rc = mla_blas_core(ctx, r, &p, c, kpe, err)) < 0)
+        return rc;
     prof_sub(ctx, SUB_ATTN_MAIN);
-    if (a.n_split > 1 && (e = vl2__cu_attn_combine(&a, n, ctx->st)) != cudaSuccess)
+    if (a.n_split > 1 && (!a.skip_rows || r->i[18]) &&
+        (e = vl2__cu_attn_combine(&a, n, ctx->st)) != cudaSuccess)
         return cu_fail(err, e, "attn_mla: combine");
     prof_sub(ctx, SUB_ATTN_COMBINE);
 
@@ -1330,6 +1409,16 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->fuse_route = 0;
         else if (len == 5 && !strncmp(p, "pdl=0", 5))
             ctx->pdl = 0;
+        else if (len == 12 && !strncmp(p, "mla_decode=0", 12))
+            ctx->mla_decode = 0;
+        else if (len > 14 && !strncmp(p, "mla_blas_rows=", 14))
+            ctx->mla_blas_min = atoi(p + 14);
+        else if (len > 10 && !strncmp(p, "mla_chunk=", 10))
+            ctx->mla_chunk = atoi(p + 10);
+        else if (len > 10 && !strncmp(p, "mla_split=", 10))
+            ctx->mla_split = atoi(p + 10);
+        else if (len > 8 && !strncmp(p, "gemv_r1=", 8))
+            ctx->gemv_r1 = atoi(p + 8);
         p = e ? e + 1 : NULL;
     }
 }
@@ -1368,6 +1457,10 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     ctx->mma_linear = 1;
     ctx->fuse_route = 1;
     ctx->pdl = 1;
+    ctx->mla_decode = 1;
+    ctx->mla_blas_min = MLA_BLAS_ROWS;
+    ctx->mla_split = 32;
+    ctx->gemv_r1 = 1;
     parse_options(ctx, p && p->options ? p->options : getenv("VL2_CUDA_OPTIONS"));
     if (ctx->profile)
         ctx->graphs_on = 0;
@@ -1385,6 +1478,7 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
         goto out_free;
     }
     vl2__cu_pdl = ctx->pdl;
+    vl2__cu_gemv_r1 = ctx->gemv_r1;
     if ((e = cudaStreamCreateWithFlags(&ctx->st, cudaStreamNonBlocking)) != cudaSuccess) {
         rv = cu_fail(err, e, "stream");
         goto out_free;
@@ -1409,6 +1503,11 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     ctx->max_smem = vl2__cu_attn_init();
     if (ctx->max_smem <= 0) {
         rv = vl2_err_set(err, VL2_EBACKEND, "cuda: device %d: cannot configure the attention "
+                         "kernels: %s", dev, cudaGetErrorString(cudaGetLastError()));
+        goto out_close;
+    }
+    if (vl2__cu_mla_init(ctx->max_smem) < 0) {
+        rv = vl2_err_set(err, VL2_EBACKEND, "cuda: device %d: cannot configure the MLA "
                          "kernels: %s", dev, cudaGetErrorString(cudaGetLastError()));
         goto out_close;
     }
@@ -2458,6 +2557,56 @@ static int cu_attn_mha(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_te
     return submit(ctx, &r, NULL, 0, err);
 }
 
+/* How the attention core of an attn_mla record runs (i[14]), with what it needs:
+ *  - decode kernel (k-mla.cu) when every sequence has few rows: i[10] runs of
+ *    keys per sequence, i[17] queries per sequence at most;
+ *  - cuBLAS products for the sequences with at least mla_blas_min rows in an
+ *    eager step with an F32 cache (prefill; never inside a captured graph, whose
+ *    replays change n_past): i[15] query rows per pass, i[16] score floats,
+ *    i[18] sequences left to the tile kernel, i[19] the row threshold;
+ *  - else the tile kernel of k-attn.cu for everything. */
+static void mla_choose_path(struct vl2_backend_ctx *ctx, struct op_rec *r, int n_head, int R,
+                            int rope)
+{
+    const int64_t nq = (int64_t)ctx->b_max_seq_rows * n_head;
+
+    r->i[14] = MLA_PATH_TILES;
+    if (ctx->mla_decode && nq <= 64 && vl2__cu_mla_decode_nqt((int)nq, R) &&
+        vl2__cu_mla_decode_smem(R + rope, (int)nq) <= (size_t)ctx->max_smem) {
+        int64_t split = ctx->prop.multiProcessorCount / ctx->b_seqs;
+        r->i[14] = MLA_PATH_DECODE;
+        if (split > ctx->mla_split)
+            split = ctx->mla_split;
+        r->i[10] = split < 1 ? 1 : split > 64 ? 64 : split;
+        r->i[17] = nq;
+        return;
+    }
+    if (ctx->mode == MODE_EAGER && ctx->mla_blas_min > 0 && ctx->b_kv.dtype == VL2_DTYPE_F32 &&
+        ctx->b_max_seq_rows >= ctx->mla_blas_min) {
+        const struct vl2__cu_seq *ds = (const struct vl2__cu_seq *)ctx->meta_h;
+        int64_t lmax = 0, small = 0, chunk;
+        int i;
+        for (i = 0; i < ctx->b_seqs; i++) {
+            if (ds[i].n_rows < ctx->mla_blas_min)
+                small++;
+            else if (ds[i].n_past + ds[i].n_rows > lmax)
+                lmax = ds[i].n_past + ds[i].n_rows;
+        }
+        chunk = (int64_t)(MLA_SCORES_MAX / 4) / ((int64_t)n_head * lmax);
+        if (chunk > ctx->b_max_seq_rows)
+            chunk = ctx->b_max_seq_rows;
+        if (ctx->mla_chunk > 0 && chunk > ctx->mla_chunk)
+            chunk = ctx->mla_chunk;
+        if (chunk < 1)
+            chunk = 1;
+        r->i[14] = MLA_PATH_BLAS;
+        r->i[15] = chunk;
+        r->i[16] = chunk * n_head * lmax;
+        r->i[18] = small;
+        r->i[19] = ctx->mla_blas_min;
+    }
+}
+
 static int cu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_tensor *out,
                        const struct vl2_tensor *q, const struct vl2_tensor *c,
                        const struct vl2_tensor *k_pe, const struct vl2_tensor *kv_b,
@@ -2522,6 +2671,7 @@ static int cu_attn_mla(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_te
         const size_t es = vl2_dtype_size(kv_b->dtype);
         r.i[13] = aligned16(kv_b->data) && (kv_b->ld * es) % 16 == 0 && R % 4 == 0;
     }
+    mla_choose_path(ctx, &r, n_head, R, rope_dim);
     r.f[0] = scale;
     return submit(ctx, &r, NULL, 0, err);
 }

@@ -130,6 +130,90 @@ static __device__ __forceinline__ float silu_f(float g)
     return g / (1.0f + expf(-g));
 }
 
+/* ---- tiles of a cache into shared memory ----------------------------------- */
+
+#define TL_BATCH 8
+
+/* @v as the cache of element type CT stores it. */
+template <typename CT> static __device__ __forceinline__ float round_as(float v)
+{
+    CT c;
+    elem<CT>::put(&c, 0, v);
+    return elem<CT>::get(&c, 0);
+}
+
+/* 16 bytes of CT at @p (16-byte aligned) as floats: 4 (F32) or 8 values. */
+template <typename CT> static __device__ __forceinline__ void load16(const CT *p, float *v)
+{
+    elem<CT>::get8(p, v);
+}
+template <> __device__ __forceinline__ void load16<float>(const float *p, float *v)
+{
+    const float4 a = __ldg((const float4 *)p);
+    v[0] = a.x;
+    v[1] = a.y;
+    v[2] = a.z;
+    v[3] = a.w;
+}
+
+/* Rows [0, rows) x cols of @src (rows src_ld apart) into @dst (F32, rows dst_ld
+ * apart), the block's NT threads striding over the flattened tile: each thread
+ * issues TL_BATCH loads before storing any (16-byte loads when aligned). */
+template <typename CT, int NT>
+static __device__ __forceinline__ void tile_load_nt(float *dst, int dst_ld, const CT *src,
+                                                    int64_t src_ld, int rows, int cols, int tid)
+{
+    constexpr int V = 16 / sizeof(CT);
+    if (((uintptr_t)src & 15) == 0 && src_ld % V == 0 && cols % V == 0) {
+        const int cc = cols / V, total = rows * cc;
+        for (int base = tid; base < total; base += TL_BATCH * NT) {
+            float v[TL_BATCH][8];
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * NT;
+                if (idx < total) {
+                    const int j = idx / cc, c = idx - j * cc;
+                    load16<CT>(src + (int64_t)j * src_ld + c * V, v[u]);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * NT;
+                if (idx < total) {
+                    const int j = idx / cc, c = idx - j * cc;
+                    float *o = dst + j * dst_ld + c * V;
+#pragma unroll
+                    for (int e = 0; e < V; e++)
+                        o[e] = v[u][e];
+                }
+            }
+        }
+        return;
+    }
+    {
+        const int total = rows * cols;
+        for (int base = tid; base < total; base += TL_BATCH * NT) {
+            float v[TL_BATCH];
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * NT;
+                if (idx < total) {
+                    const int j = idx / cols;
+                    v[u] = elem<CT>::get(src, (int64_t)j * src_ld + idx - j * cols);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < TL_BATCH; u++) {
+                const int idx = base + u * NT;
+                if (idx < total) {
+                    const int j = idx / cols;
+                    dst[j * dst_ld + idx - j * cols] = v[u];
+                }
+            }
+        }
+    }
+}
+
 #endif /* VL2_CUDA_DEV_CUH */
 
 /* ---- programmatic dependent launch (Hopper) ------------------------------- */

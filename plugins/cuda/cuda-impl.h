@@ -74,6 +74,9 @@ struct vl2__cu_gemv_args {
                                               takes rows [b*nt, b*nt + nt) of g0 instead */
 };
 
+/* Process-wide: weight rows per warp of single-row products (1, 2 or 4). */
+extern int vl2__cu_gemv_r1;
+
 /* y = x W^T over groups with F32 x (any weight dtype).  @nt: rows handled
  * per pass (1, 2, 4 or 8), @dual: silu-gated pair, @max_out: largest n_out,
  * @grid_groups: blocks along the group axis. */
@@ -190,6 +193,10 @@ struct vl2__cu_attn_args {
     int64_t                   kn_b_ld;
     const float              *vn;
     int64_t                   vn_ld;
+    /* sequences with at least skip_rows rows (when > 0) are left alone: their
+     * attention runs elsewhere (MLA prefill through cuBLAS) */
+    int32_t                   skip_rows;
+    const struct vl2__cu_row *rows;     /* batch rows (combine, with skip_rows) */
 };
 #define VL2_CU_ATTN_QT 16
 #define VL2_CU_ATTN_KT 32
@@ -202,7 +209,28 @@ cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
                                  cudaStream_t st);
 
 
-/* MLA: qcat[t, h, 0:R] = q_nope[t,h] . W_UK[h];  qcat[t, h, R:R+rp] = q_pe[t,h]. */
+/* MLA decode (k-mla.cu): every sequence of the batch with its n_rows * n_head
+ * <= nq_max queries, the latent cache as keys (dk = R + rope) and values
+ * (dv = R); n_split runs of keys per sequence, merged by vl2__cu_attn_combine
+ * when n_split > 1.  vl2__cu_mla_decode_nqt / _smem: 0 when the kernel does
+ * not take the shape. */
+int vl2__cu_mla_init(int max_smem);
+int vl2__cu_mla_decode_nqt(int nq, int dv);
+size_t vl2__cu_mla_decode_smem(int dk, int nq);
+cudaError_t vl2__cu_mla_decode(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
+                               int nq_max, cudaStream_t st);
+/* Cache rows of one layer: dst[(t) * kv_row + d] = d < acols ? a[t][d] : b[t][d - acols]. */
+cudaError_t vl2__cu_mla_store(void *dst, int kv_dtype, int64_t kv_row, const float *a,
+                              int64_t lda, int acols, const float *b, int64_t ldb, int bcols,
+                              int n, cudaStream_t st);
+/* Causal softmax in place: row r of @s (ld floats) is query t0 + r / H of a
+ * sequence with n_past cached tokens; it keeps n_past + t0 + r / H + 1 columns
+ * of softmax(scale * s) and zeros the rest of its ld. */
+cudaError_t vl2__cu_softmax_causal(float *s, int64_t rows, int64_t ld, int H, int t0,
+                                   int n_past, float scale, cudaStream_t st);
+
+/* MLA: qcat[t, h, 0:R] = q_nope[t,h] . W_UK[h];  qcat[t, h, R:R+rp] = q_pe[t,h]
+ * (both: vl2__cu_mla_qabs; the second alone: vl2__cu_mla_qpe). */
 cudaError_t vl2__cu_mla_qabs(float *qcat, const float *q, int64_t ldq, const void *kvb,
                              int64_t ldb, int wdtype, int n, int H, int nope, int rope,
                              int vdim, int R, cudaStream_t st);

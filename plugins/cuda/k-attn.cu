@@ -19,85 +19,11 @@ static __host__ __device__ inline int k_stride(int dk)
     return (dk & 1) ? dk : dk + 1;
 }
 
-/* @v as the cache of element type CT stores it. */
-template <typename CT> static __device__ __forceinline__ float round_as(float v)
-{
-    CT c;
-    elem<CT>::put(&c, 0, v);
-    return elem<CT>::get(&c, 0);
-}
-
-/* 16 bytes of CT at @p (16-byte aligned) as floats: 4 (F32) or 8 values. */
-template <typename CT> static __device__ __forceinline__ void load16(const CT *p, float *v)
-{
-    elem<CT>::get8(p, v);
-}
-template <> __device__ __forceinline__ void load16<float>(const float *p, float *v)
-{
-    const float4 a = __ldg((const float4 *)p);
-    v[0] = a.x;
-    v[1] = a.y;
-    v[2] = a.z;
-    v[3] = a.w;
-}
-
-/* Rows [0, rows) x cols of @src (rows src_ld apart) into @dst (F32, rows dst_ld
- * apart), the block's threads striding over the flattened tile: each thread
- * issues TL_BATCH loads before storing any (16-byte loads when aligned). */
-#define TL_BATCH 8
 template <typename CT>
 static __device__ __forceinline__ void tile_load(float *dst, int dst_ld, const CT *src,
                                                  int64_t src_ld, int rows, int cols, int tid)
 {
-    constexpr int V = 16 / sizeof(CT);
-    if (((uintptr_t)src & 15) == 0 && src_ld % V == 0 && cols % V == 0) {
-        const int cc = cols / V, total = rows * cc;
-        for (int base = tid; base < total; base += TL_BATCH * ATT_THREADS) {
-            float v[TL_BATCH][8];
-#pragma unroll
-            for (int u = 0; u < TL_BATCH; u++) {
-                const int idx = base + u * ATT_THREADS;
-                if (idx < total) {
-                    const int j = idx / cc, c = idx - j * cc;
-                    load16<CT>(src + (int64_t)j * src_ld + c * V, v[u]);
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < TL_BATCH; u++) {
-                const int idx = base + u * ATT_THREADS;
-                if (idx < total) {
-                    const int j = idx / cc, c = idx - j * cc;
-                    float *o = dst + j * dst_ld + c * V;
-#pragma unroll
-                    for (int e = 0; e < V; e++)
-                        o[e] = v[u][e];
-                }
-            }
-        }
-        return;
-    }
-    {
-        const int total = rows * cols;
-        for (int base = tid; base < total; base += TL_BATCH * ATT_THREADS) {
-            float v[TL_BATCH];
-#pragma unroll
-            for (int u = 0; u < TL_BATCH; u++) {
-                const int idx = base + u * ATT_THREADS;
-                if (idx < total) {
-                    const int j = idx / cols;
-                    v[u] = elem<CT>::get(src, (int64_t)j * src_ld + idx - j * cols);
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < TL_BATCH; u++) {
-                const int idx = base + u * ATT_THREADS;
-                if (idx < total) {
-                    const int j = idx / cols;
-                    dst[j * dst_ld + idx - j * cols] = v[u];
-                }
-            }
-        }
-    }
+    tile_load_nt<CT, ATT_THREADS>(dst, dst_ld, src, src_ld, rows, cols, tid);
 }
 
 template <typename CT, int DVL, bool VINK>
@@ -115,7 +41,7 @@ static __global__ void __launch_bounds__(ATT_THREADS) attn_kernel(const struct v
     const int z = blockIdx.z;
     const int nq = s.n_rows * a.group;
     const int q0 = qt * QT;
-    if (q0 >= nq)
+    if (q0 >= nq || (a.skip_rows > 0 && s.n_rows >= a.skip_rows))
         return;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
@@ -425,6 +351,8 @@ static __global__ void attn_combine_kernel(const struct vl2__cu_attn_args a)
     const int h = blockIdx.y, S = a.n_split, dv = a.dv;
     const int64_t pb = (row * a.n_head + h) * S;
 
+    if (a.skip_rows > 0 && a.seqs[a.rows[row].seq].n_rows >= a.skip_rows)
+        return;
     for (int z = threadIdx.x; z < S; z += blockDim.x) {
         s_m[z] = a.part_ml[(pb + z) * 2];
         s_w[z] = a.part_ml[(pb + z) * 2 + 1];
@@ -472,7 +400,9 @@ cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
 #define QA_COLS 64      /* latent columns per block: 2 per lane */
 
 /* qcat[t, h, c] = sum_i q[t, h*(nope+rope) + i] * kvb[h*(nope+v) + i][c] for
- * c in this block's 64 columns; the i range is split over the 8 warps. */
+ * c in this block's 64 columns; the i range is split over the 8 warps.  The
+ * first block of each head also copies the rotated part:
+ * qcat[t, h, R + j] = q[t, h*(nope+rope) + nope + j]. */
 template <typename WT, int NT>
 static __global__ void __launch_bounds__(QA_WARPS * 32)
 mla_qabs_kernel(float *qcat, const float *q, int64_t ldq, const WT *kvb, int64_t ldb, int n,
@@ -488,6 +418,13 @@ mla_qabs_kernel(float *qcat, const float *q, int64_t ldq, const WT *kvb, int64_t
     const int i0 = warp * per, i1 = min(nope, i0 + per);
     const WT *w = kvb + (int64_t)h * (nope + vdim) * ldb;
 
+    if (blockIdx.y == 0) {
+        for (int idx = threadIdx.x; idx < n * rope; idx += blockDim.x) {
+            const int t = idx / rope, j = idx - t * rope;
+            qcat[((int64_t)t * H + h) * (R + rope) + R + j] =
+                q[(int64_t)t * ldq + (int64_t)h * qh + nope + j];
+        }
+    }
     for (int t0 = 0; t0 < n; t0 += NT) {
         float acc[NT][2];
 #pragma unroll

@@ -158,16 +158,31 @@ gemv_kernel(const struct vl2__cu_gemv_args a)
     }
 }
 
-template <typename WT, int NT, bool DUAL>
-static cudaError_t launch_vec(const struct vl2__cu_gemv_args *a, int vec, dim3 grid,
-                              cudaStream_t st)
+/* Weight rows per warp of single-row products (option gemv_r1: 1, 2 or 4). */
+int vl2__cu_gemv_r1 = 1;
+
+template <typename WT, int NT, int R, bool DUAL>
+static cudaError_t launch_r(const struct vl2__cu_gemv_args *a, int vec, dim3 grid,
+                            cudaStream_t st)
 {
-    constexpr int R = NT == 1 ? 1 : 2;
     if (vec)
         launch_k(gemv_kernel<WT, NT, R, DUAL, true>, grid, GV_WARPS * 32, 0, st, *a);
     else
         launch_k(gemv_kernel<WT, NT, R, DUAL, false>, grid, GV_WARPS * 32, 0, st, *a);
     return cudaGetLastError();
+}
+
+template <typename WT, int NT, bool DUAL>
+static cudaError_t launch_vec(const struct vl2__cu_gemv_args *a, int vec, dim3 grid,
+                              cudaStream_t st)
+{
+    if (NT > 1)
+        return launch_r<WT, NT, 2, DUAL>(a, vec, grid, st);
+    if (vl2__cu_gemv_r1 >= 4)
+        return launch_r<WT, 1, 4, DUAL>(a, vec, grid, st);
+    if (vl2__cu_gemv_r1 == 2)
+        return launch_r<WT, 1, 2, DUAL>(a, vec, grid, st);
+    return launch_r<WT, 1, 1, DUAL>(a, vec, grid, st);
 }
 
 template <typename WT, int NT>
@@ -193,7 +208,8 @@ static cudaError_t launch_nt(const struct vl2__cu_gemv_args *a, int nt, int dual
 cudaError_t vl2__cu_gemv(const struct vl2__cu_gemv_args *a, int wdtype, int nt, int dual,
                          int vec, int max_out, int grid_groups, cudaStream_t st)
 {
-    const int rows_per_block = GV_WARPS * (nt == 1 ? 1 : 2);
+    const int rows_per_block =
+        GV_WARPS * (nt > 1 ? 2 : vl2__cu_gemv_r1 >= 4 ? 4 : vl2__cu_gemv_r1 == 2 ? 2 : 1);
     if (max_out <= 0 || grid_groups <= 0)
         return cudaSuccess;
     dim3 grid((max_out + rows_per_block - 1) / rows_per_block, grid_groups);

@@ -182,17 +182,22 @@ cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, cudaStream_t s
 
 /* ---- bucketing ------------------------------------------------------------ */
 
-/* Counting sort of the n*k selections by expert (stable: token order within
- * an expert) and the group descriptors.  Run by a whole block; @s_cnt,
- * @s_off, @s_act: E ints of shared memory each, @s_na one. */
+/* Counting sort of the n*k selections by expert and the group descriptors.
+ * The order of the slots within an expert is that of the atomics: every slot
+ * row is computed on its own (no product mixes rows) and the combination
+ * sums each token's slots in selection order, so results do not depend on it.
+ * Run by a whole block; @s_cnt, @s_off, @s_act, @s_fill: E ints of shared
+ * memory each, @s_na one. */
 static __device__ void bucket_body(const struct vl2__cu_bucket_args &a, int *s_cnt, int *s_off,
-                                   int *s_act, int *s_na)
+                                   int *s_act, int *s_fill, int *s_na)
 {
     const int nk = a.n * a.k, E = a.E;
     const int tid = threadIdx.x, bs = blockDim.x;
 
-    for (int e = tid; e < E; e += bs)
+    for (int e = tid; e < E; e += bs) {
         s_cnt[e] = 0;
+        s_fill[e] = 0;
+    }
     __syncthreads();
     for (int s = tid; s < nk; s += bs)
         atomicAdd(&s_cnt[a.idx[s]], 1);
@@ -207,19 +212,16 @@ static __device__ void bucket_body(const struct vl2__cu_bucket_args &a, int *s_c
         *s_na = na;
     }
     __syncthreads();
+    for (int s = tid; s < nk; s += bs) {
+        const int e = a.idx[s];
+        const int p = s_off[e] + atomicAdd(&s_fill[e], 1);
+        a.pos[s] = p;
+        a.slot_tok[p] = s / a.k;
+    }
     for (int e = tid; e < E; e += bs) {
         if (s_cnt[e] == 0)
             continue;
-        int c = 0;
         const int off = s_off[e];
-#pragma unroll 8
-        for (int s = 0; s < nk; s++) {
-            if (a.idx[s] == e) {
-                a.pos[s] = off + c;
-                a.slot_tok[off + c] = s / a.k;
-                c++;
-            }
-        }
         struct vl2__cu_group gu, gd;
         gu.wa = a.tab_gate[e];
         gu.wb = a.tab_up[e];
@@ -290,8 +292,9 @@ static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__c
     __shared__ int s_cnt[BUCKET_MAX_E];
     __shared__ int s_off[BUCKET_MAX_E];
     __shared__ int s_act[BUCKET_MAX_E];
+    __shared__ int s_fill[BUCKET_MAX_E];
     __shared__ int s_na;
-    bucket_body(a, s_cnt, s_off, s_act, &s_na);
+    bucket_body(a, s_cnt, s_off, s_act, s_fill, &s_na);
 }
 
 cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st)

@@ -1,6 +1,7 @@
 #!/bin/bash
 # tests/gpu/run.sh - the CUDA backend on the GPU machine, in one call:
 #   ops     op tests of every op against naive CPU references, graph replay
+#           (twice: default options, then mla_chunk=7,mla_decode=0)
 #   golden  vl2-mkweights micro checkpoints (sha256 checked), then for every
 #           golden case `vl2d run --backend cuda --dump` compared in C
 #           (gpu_golden) with tests/data/golden at the bf16 tolerances
@@ -76,6 +77,13 @@ step_ops() {
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || note_fail "op tests (exit $rc)"
     { echo "### op tests"; echo; grep -E '^[0-9]+ checks' "$LOG" | tail -1; echo; } >> "$TABLE"
+    # the other attention paths: cuBLAS passes of 7 query rows, the tile kernel for decode
+    log "== op tests with VL2_CUDA_OPTIONS=mla_chunk=7,mla_decode=0"
+    VL2_CUDA_OPTIONS=mla_chunk=7,mla_decode=0 timeout 300 "$G/bin/test_cuda_ops" \
+        "$G/plugins/vl2-backend-cuda.so" 2>&1 | tee -a "$LOG" | grep -E 'FAIL|checks'
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || note_fail "op tests, mla_chunk=7,mla_decode=0 (exit $rc)"
+    { echo "with mla_chunk=7,mla_decode=0: $(grep -E '^[0-9]+ checks' "$LOG" | tail -1)"; echo; } >> "$TABLE"
 }
 
 step_golden() {
@@ -137,7 +145,8 @@ step_bw() {
 BENCH_HEAD=0
 step_bench() {  # preset [options]
     local p=$1 opt=${2:-} rc label=$1 steps=128
-    [ -n "$opt" ] && label="$p ($opt)" && steps=32
+    [ -n "$opt" ] && label="$p ($opt)"
+    case $opt in *profile=1*) steps=32 ;; esac
     log "== benchmark $label"
     step_bw
     mkw "$p" || return
@@ -189,6 +198,25 @@ step_ncu() {  # a few decode kernels of tiny, timed by Nsight Compute
         "$W/ncu.txt" | sed 's/  */ /g' | tee -a "$LOG" | tail -200 > /dev/null
 }
 
+step_kernels() {  # preset: the device time of every kernel (Nsight Compute, serialised)
+    local nc p=$1
+    nc=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [ -z "$nc" ]; then
+        log "ncu not found, skipped"
+        return
+    fi
+    mkw "$p" || return
+    log "== ncu: every kernel of $p (TTFT runs, decode 4 steps, batch 1)"
+    timeout 420 "$nc" --clock-control none --graph-profiling node --csv --print-units base \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-count 16000 \
+        "$G/bin/bench_gpu" --model "$W/$p" --image "$ROOT/data/images/g_a_384.jpg" \
+        --plugin-dir "$G/plugins" --decode-steps 4 --batch 1 --label "ncu $p" \
+        > "$W/kernels_$p.csv" 2> "$W/kernels_$p.err"
+    log "ncu exit $?: $(wc -l < "$W/kernels_$p.csv") lines"
+    tail -3 "$W/kernels_$p.err" | tee -a "$LOG"
+    gzip -c "$W/kernels_$p.csv" > "$OUT/kernels_$p.csv.gz"
+}
+
 step_memcheck() {
     local cs
     log "== op tests under compute-sanitizer memcheck"
@@ -211,6 +239,7 @@ for s in $STEPS; do
         golden) step_golden ;;
         memcheck) step_memcheck ;;
         ncu) step_ncu ;;
+        kernels:*) step_kernels "${s#*:}" ;;
         tiny|small|base) step_bench "$s" ;;
         tiny:*|small:*|base:*) step_bench "${s%%:*}" "${s#*:}" ;;
         *) log "unknown step $s" ;;

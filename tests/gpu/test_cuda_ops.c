@@ -807,7 +807,108 @@ static void mha_case(int H, int nkv, int hd, int kvdt, double tol)
     }
 }
 
-/* MLA reference in the plain (non-absorbed) form of spec 7.6. */
+/* MLA reference in the plain (non-absorbed) form of spec 7.6: the H heads of
+ * one query row @q ([H, nope + rp]) over the first L rows of @hc ([R | rp]). */
+static void ref_mla_row(double *out, const float *q, const struct hcache *hc, int L, int H,
+                        int nope, int rp, int vd, int R, const float *kvb, float scale)
+{
+    const int qh = nope + rp;
+    double *sc = malloc((size_t)L * sizeof(double));
+    double *kn = malloc((size_t)nope * sizeof(double));
+    int h, s, i, j;
+
+    for (h = 0; h < H; h++) {
+        const float *wuk = kvb + (size_t)h * (nope + vd) * R;
+        const float *wuv = wuk + (size_t)nope * R;
+        double m = -1e300, sum = 0;
+        for (s = 0; s < L; s++) {
+            const float *cs = hc->data + (size_t)s * hc->row;
+            double v = 0;
+            for (i = 0; i < nope; i++) {
+                kn[i] = 0;
+                for (j = 0; j < R; j++)
+                    kn[i] += (double)wuk[i * R + j] * cs[j];
+                v += (double)q[h * qh + i] * kn[i];
+            }
+            for (i = 0; i < rp; i++)
+                v += (double)q[h * qh + nope + i] * cs[R + i];
+            sc[s] = v * scale;
+            if (sc[s] > m)
+                m = sc[s];
+        }
+        for (s = 0; s < L; s++) {
+            sc[s] = exp(sc[s] - m);
+            sum += sc[s];
+        }
+        for (i = 0; i < vd; i++) {
+            double o = 0;
+            for (s = 0; s < L; s++) {
+                const float *cs = hc->data + (size_t)s * hc->row;
+                double vv = 0;
+                for (j = 0; j < R; j++)
+                    vv += (double)wuv[i * R + j] * cs[j];
+                o += sc[s] * vv;
+            }
+            out[h * vd + i] = o / sum;
+        }
+    }
+    free(sc);
+    free(kn);
+}
+
+/* The same in the absorbed form (q_nope W_UK against the latent rows, the
+ * latent mix times W_UV), equal in exact arithmetic and linear in L per head:
+ * the long cases below would take minutes in the plain form. */
+static void ref_mla_row_abs(double *out, const float *q, const struct hcache *hc, int L, int H,
+                            int nope, int rp, int vd, int R, const float *kvb, float scale)
+{
+    const int qh = nope + rp;
+    double *sc = malloc((size_t)L * sizeof(double));
+    double *qa = malloc((size_t)R * sizeof(double));
+    double *ol = malloc((size_t)R * sizeof(double));
+    int h, s, i, j;
+
+    for (h = 0; h < H; h++) {
+        const float *wuk = kvb + (size_t)h * (nope + vd) * R;
+        const float *wuv = wuk + (size_t)nope * R;
+        double m = -1e300, sum = 0;
+        for (j = 0; j < R; j++) {
+            qa[j] = 0;
+            for (i = 0; i < nope; i++)
+                qa[j] += (double)q[h * qh + i] * wuk[i * R + j];
+        }
+        for (s = 0; s < L; s++) {
+            const float *cs = hc->data + (size_t)s * hc->row;
+            double v = 0;
+            for (j = 0; j < R; j++)
+                v += qa[j] * cs[j];
+            for (i = 0; i < rp; i++)
+                v += (double)q[h * qh + nope + i] * cs[R + i];
+            sc[s] = v * scale;
+            if (sc[s] > m)
+                m = sc[s];
+        }
+        for (j = 0; j < R; j++)
+            ol[j] = 0;
+        for (s = 0; s < L; s++) {
+            const float *cs = hc->data + (size_t)s * hc->row;
+            sc[s] = exp(sc[s] - m);
+            sum += sc[s];
+            for (j = 0; j < R; j++)
+                ol[j] += sc[s] * cs[j];
+        }
+        for (i = 0; i < vd; i++) {
+            double o = 0;
+            for (j = 0; j < R; j++)
+                o += (double)wuv[i * R + j] * ol[j];
+            out[h * vd + i] = o / sum;
+        }
+    }
+    free(sc);
+    free(qa);
+    free(ol);
+}
+
 static void mla_case(int H, int nope, int rp, int vd, int R, int kvdt, int n_pre, double tol)
 {
     const int cap = 128, layer = 0, qh = nope + rp;
@@ -831,9 +932,8 @@ static void mla_case(int H, int nope, int rp, int vd, int R, int kvdt, int n_pre
         float *kpe = malloc((size_t)n * rp * sizeof(float));
         double *ref = malloc((size_t)n * H * vd * sizeof(double));
         struct vl2_tensor *tq, *tc, *tk, *to;
-        double *sc = malloc(4096 * sizeof(double));
         float *got;
-        int t, h, s, i, j;
+        int t, i;
 
         rows[0] = n;
         OK(set_batch(1, rows, past, kv));
@@ -850,42 +950,8 @@ static void mla_case(int H, int nope, int rp, int vd, int R, int kvdt, int n_pre
                 dst[R + i] = round_to(kpe[t * rp + i], kvdt);
         }
         for (t = 0; t < n; t++)
-            for (h = 0; h < H; h++) {
-                const int L = past[0] + t + 1;
-                const float *wuk = kvb + (size_t)h * (nope + vd) * R;
-                const float *wuv = wuk + (size_t)nope * R;
-                double m = -1e300, sum = 0;
-                for (s = 0; s < L; s++) {
-                    const float *cs = hc.data + (size_t)s * hc.row;
-                    double v = 0;
-                    for (i = 0; i < nope; i++) {
-                        double kn = 0;
-                        for (j = 0; j < R; j++)
-                            kn += (double)wuk[i * R + j] * cs[j];
-                        v += (double)q[(t * H + h) * qh + i] * kn;
-                    }
-                    for (i = 0; i < rp; i++)
-                        v += (double)q[(t * H + h) * qh + nope + i] * cs[R + i];
-                    sc[s] = v * scale;
-                    if (sc[s] > m)
-                        m = sc[s];
-                }
-                for (s = 0; s < L; s++) {
-                    sc[s] = exp(sc[s] - m);
-                    sum += sc[s];
-                }
-                for (i = 0; i < vd; i++) {
-                    double o = 0;
-                    for (s = 0; s < L; s++) {
-                        const float *cs = hc.data + (size_t)s * hc.row;
-                        double vv = 0;
-                        for (j = 0; j < R; j++)
-                            vv += (double)wuv[i * R + j] * cs[j];
-                        o += sc[s] * vv;
-                    }
-                    ref[(t * H + h) * vd + i] = o / sum;
-                }
-            }
+            ref_mla_row(ref + (size_t)t * H * vd, q + (size_t)t * H * qh, &hc, past[0] + t + 1,
+                        H, nope, rp, vd, R, kvb, scale);
         got = fetch(to);
         snprintf(name, sizeof(name), "attn_mla H%d R%d rope%d %s step %d (n=%d)", H, R, rp,
                  kvdt == VL2_DTYPE_BF16 ? "bf16" : "f32", step, n);
@@ -895,12 +961,95 @@ static void mla_case(int H, int nope, int rp, int vd, int R, int kvdt, int n_pre
         free(c);
         free(kpe);
         free(ref);
-        free(sc);
         past[0] += n;
     }
     O->kv_free(C, kv[0]);
     free(hc.data);
     free(kvb);
+}
+
+/* Two sequences through the steps @rows ([n_steps][2], 0: not in that step):
+ * prefill next to decode (a step with one long and one short sequence takes
+ * the cuBLAS path for the long one and the tile kernel for the other), decode
+ * of both (the decode kernel, several runs of keys per sequence), and steps
+ * of a few rows each. */
+static void mla_multi(const char *label, int H, int nope, int rp, int vd, int R, int kvdt,
+                      int cap, const int (*rows)[2], int n_steps, double tol)
+{
+    const int layer = 1, qh = nope + rp;
+    const float scale = 0.7f / sqrtf((float)qh);
+    float *kvb = malloc((size_t)H * (nope + vd) * R * sizeof(float));
+    struct vl2_tensor *tkvb = mk_weight(VL2_DTYPE_BF16, (int64_t)H * (nope + vd), R, 0.2f, kvb);
+    struct vl2_kv *kv[2], *bkv[2];
+    struct hcache hc[2];
+    int past[2] = { 0, 0 };
+    int step, s;
+    char name[128];
+
+    for (s = 0; s < 2; s++) {
+        kv[s] = mk_kv(VL2_ATTN_MLA, 2, 0, 0, R, rp, kvdt, cap);
+        hc[s].row = R + rp;
+        hc[s].data = calloc((size_t)cap * hc[s].row, sizeof(float));
+    }
+    for (step = 0; step < n_steps; step++) {
+        int brows[2], bpast[2], map[2], ns = 0, n = 0, t, i, b;
+        for (s = 0; s < 2; s++)
+            if (rows[step][s] > 0) {
+                map[ns] = s;
+                brows[ns] = rows[step][s];
+                bpast[ns] = past[s];
+                bkv[ns] = kv[s];
+                n += brows[ns];
+                ns++;
+            }
+        OK(set_batch(ns, brows, bpast, bkv));
+        {
+            float *q = malloc((size_t)n * H * qh * sizeof(float));
+            float *c = malloc((size_t)n * R * sizeof(float));
+            float *kpe = malloc((size_t)n * rp * sizeof(float));
+            double *ref = malloc((size_t)n * H * vd * sizeof(double));
+            struct vl2_tensor *tq = mk_act(n, H * qh, H * qh, 1.0f, q);
+            struct vl2_tensor *tc = mk_act(n, R, R, 1.0f, c);
+            struct vl2_tensor *tk = mk_act(n, rp, R + rp, 1.0f, kpe);
+            struct vl2_tensor *to = mk_out(n, H * vd);
+            int r0 = 0;
+            float *got;
+            OK(O->attn_mla(C, layer, to, tq, tc, tk, tkvb, H, nope, rp, vd, scale, &Er));
+            for (b = 0; b < ns; b++) {
+                struct hcache *h = &hc[map[b]];
+                for (t = 0; t < brows[b]; t++) {
+                    float *dst = h->data + (size_t)(bpast[b] + t) * h->row;
+                    for (i = 0; i < R; i++)
+                        dst[i] = round_to(c[(r0 + t) * R + i], kvdt);
+                    for (i = 0; i < rp; i++)
+                        dst[R + i] = round_to(kpe[(r0 + t) * rp + i], kvdt);
+                }
+                for (t = 0; t < brows[b]; t++)
+                    ref_mla_row_abs(ref + (size_t)(r0 + t) * H * vd,
+                                    q + (size_t)(r0 + t) * H * qh, h, bpast[b] + t + 1, H, nope,
+                                    rp, vd, R, kvb, scale);
+                r0 += brows[b];
+            }
+            got = fetch(to);
+            snprintf(name, sizeof(name), "attn_mla %s step %d (%d+%d rows, past %d+%d)", label,
+                     step, rows[step][0], rows[step][1], past[0], past[1]);
+            /* more than 8 rows: queries and latent mix pass through BF16 for the
+             * absorbing products (as in mla_case), and long sequences through
+             * TF32 scores and values: 1e-2; decode steps are F32 throughout */
+            compare(name, got, ref, (int64_t)n * H * vd, n > 8 ? 1e-2 : tol);
+            free(got);
+            free(q);
+            free(c);
+            free(kpe);
+            free(ref);
+        }
+        for (s = 0; s < 2; s++)
+            past[s] += rows[step][s];
+    }
+    for (s = 0; s < 2; s++) {
+        O->kv_free(C, kv[s]);
+        free(hc[s].data);
+    }
 }
 
 static void test_attention(int quick)
@@ -914,6 +1063,24 @@ static void test_attention(int quick)
     mla_case(4, 16, 8, 16, 32, VL2_DTYPE_BF16, 5, 1e-5);
     if (!quick)
         mla_case(16, 128, 64, 128, 512, VL2_DTYPE_F32, 12, 1e-4);
+    {
+        /* prefill beside decode, decode of both (several runs of keys each),
+         * a few rows per sequence, prefill after cached rows */
+        static const int steps[][2] = { { 45, 0 }, { 1, 37 }, { 1, 1 }, { 1, 1 }, { 1, 1 },
+                                        { 2, 1 }, { 1, 3 }, { 0, 1 }, { 40, 1 }, { 1, 1 } };
+        const int ns = (int)(sizeof(steps) / sizeof(steps[0]));
+        mla_multi("H4 R32 f32", 4, 16, 8, 16, 32, VL2_DTYPE_F32, 160, steps, ns, 1e-5);
+        mla_multi("H3 R20 rope6 bf16", 3, 10, 6, 12, 20, VL2_DTYPE_BF16, 160, steps, ns, 1e-5);
+        if (!quick) {
+            /* the real shapes (small/base): 16 heads, rank 512, rope 64 */
+            mla_multi("H16 R512 f32", 16, 128, 64, 128, 512, VL2_DTYPE_F32, 160, steps, 5,
+                      1e-5);
+            /* long decode: more than one tile of keys per run */
+            static const int longs[][2] = { { 300, 0 }, { 300, 1 }, { 300, 1 }, { 250, 1 },
+                                            { 1, 1 }, { 1, 1 } };
+            mla_multi("H2 R32 long", 2, 16, 8, 16, 32, VL2_DTYPE_F32, 1200, longs, 6, 1e-5);
+        }
+    }
 }
 
 /* ---- MoE ----------------------------------------------------------------------------- */

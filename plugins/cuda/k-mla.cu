@@ -1,0 +1,416 @@
+/* k-mla.cu - MLA attention for the two shapes that matter:
+ *
+ *  - decode (a few rows per sequence): every head of a row reads the same
+ *    latent rows, so one block takes a run of keys of one sequence for all
+ *    of its queries at once (heads x rows), from a tile in shared memory:
+ *    scores with the warps splitting the key width and the lanes the keys,
+ *    then the values with the threads splitting the latent width.  Partial
+ *    results per key run go through the split combination of k-attn.cu.
+ *
+ *  - prefill (many rows of one sequence, eager steps): the latent cache is a
+ *    plain matrix, so scores and values are two cuBLAS products (backend.cu)
+ *    around the causal row softmax here; the new rows are stored into the
+ *    cache first by mla_store_kernel.
+ *
+ * Everything in F32; the cache may be F32, BF16 or F16. */
+#include <math.h>
+
+#include "cuda-dev.cuh"
+#include "cuda-impl.h"
+#include "cuda-launch.cuh"
+
+#define MD_THREADS 256
+#define MD_WARPS (MD_THREADS / 32)
+#define MD_KC 32              /* keys per tile: one per lane */
+#define MD_QB 16              /* queries per scoring pass */
+
+/* Floats between rows of the shared tiles: a whole number of float4, odd so
+ * that 16-byte loads of 8 consecutive lanes from 8 rows hit distinct banks. */
+static __host__ __device__ inline int md_stride4(int dk)
+{
+    const int n4 = (dk + 3) / 4;
+    return (n4 & 1) ? n4 : n4 + 1;
+}
+
+/* Largest number of queries (rows x heads) the decode kernel takes. */
+#define MD_MAX_Q 32
+
+size_t vl2__cu_mla_decode_smem(int dk, int nq)
+{
+    const size_t st = 4 * (size_t)md_stride4(dk);
+    if (dk <= 0 || nq <= 0 || nq > MD_MAX_Q)
+        return 0;
+    /* Q, K tile, score partials per warp, P, running max / sum / correction */
+    return sizeof(float) * ((size_t)nq * st + MD_KC * st + (size_t)MD_WARPS * nq * MD_KC +
+                            (size_t)nq * MD_KC + 3 * (size_t)nq);
+}
+
+/* grid (n_seqs, n_split), MD_THREADS threads.  NQT: queries per thread in the
+ * value pass (>= ceil(nq / (MD_THREADS / dv4))). */
+template <typename CT, int NQT>
+static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const struct vl2__cu_attn_args a,
+                                                                       int nq_max)
+{
+    PDL_ENTRY();
+    extern __shared__ float4 md_sm4[];
+    const int dk = a.dk, dv = a.dv, H = a.n_head;
+    const int n4 = (dk + 3) / 4, st4 = md_stride4(dk), st = 4 * st4;
+    const int dv4 = (dv + 3) / 4;
+    float *Qs = (float *)md_sm4;
+    float *Ks = Qs + (size_t)nq_max * st;
+    float *Red = Ks + (size_t)MD_KC * st;
+    float *Ps = Red + (size_t)MD_WARPS * nq_max * MD_KC;
+    float *Ms = Ps + (size_t)nq_max * MD_KC;
+    float *Ls = Ms + nq_max;
+    float *Cs = Ls + nq_max;
+    const struct vl2__cu_seq s = a.seqs[blockIdx.x];
+    const int z = blockIdx.y, S = a.n_split;
+    const int nq = s.n_rows * H;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const CT *kb0 = (const CT *)s.kv + (int64_t)a.layer * s.cap * a.kv_row;
+
+    /* the first block of a sequence stores its new rows; the others read them
+     * from the inputs */
+    if (z == 0) {
+        CT *kd0 = (CT *)s.kv + (int64_t)a.layer * s.cap * a.kv_row;
+        for (int t = warp; t < s.n_rows; t += MD_WARPS) {
+            const int64_t in = s.row0 + t;
+            CT *kd = kd0 + (int64_t)(s.n_past + t) * a.kv_row;
+            const float *ka = a.kn_a + in * a.kn_a_ld;
+            for (int d = lane; d < dk; d += 32)
+                elem<CT>::put(kd, d, d < a.kn_a_cols ? ka[d]
+                                                     : a.kn_b[in * a.kn_b_ld + d - a.kn_a_cols]);
+        }
+    }
+    /* queries: q index i = t * H + h */
+    for (int idx = tid; idx < nq * 4 * n4; idx += MD_THREADS) {
+        const int i = idx / (4 * n4), d = idx - i * 4 * n4;
+        const int t = i / H, h = i - t * H;
+        Qs[i * st + d] = d < dk ? a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d]
+                                : 0.0f;
+    }
+    if (4 * n4 > dk) {   /* the tile's columns past dk stay zero */
+        for (int idx = tid; idx < MD_KC * (4 * n4 - dk); idx += MD_THREADS) {
+            const int j = idx / (4 * n4 - dk);
+            Ks[j * st + dk + idx - j * (4 * n4 - dk)] = 0.0f;
+        }
+    }
+    for (int i = tid; i < nq; i += MD_THREADS) {
+        Ms[i] = -INFINITY;
+        Ls[i] = 0.0f;
+    }
+
+    const int L = s.n_past + s.n_rows;
+    const int per = (L + S - 1) / S;
+    const int ks = z * per, ke = min(L, ks + per);
+
+    /* value pass layout: column group c (4 floats) of queries qv0 + m * qlanes */
+    const int qlanes = MD_THREADS / dv4;
+    const int c = tid % dv4, qv0 = tid / dv4;
+    const bool vact = qv0 < qlanes;
+    float4 acc[NQT];
+#pragma unroll
+    for (int m = 0; m < NQT; m++)
+        acc[m] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+
+    for (int kb = ks; kb < ke; kb += MD_KC) {
+        const int nk = min(MD_KC, ke - kb);
+        __syncthreads();   /* the previous tile is consumed (and Q, Ms are written) */
+        {
+            /* cached keys in one batched load, the batch's own rows from the inputs
+             * (rounded as the cache keeps them), zeros past the run */
+            const int n_cache = max(0, min(nk, s.n_past - kb));
+            tile_load_nt<CT, MD_THREADS>(Ks, st, kb0 + (int64_t)kb * a.kv_row, a.kv_row, n_cache,
+                                         dk, tid);
+            for (int j = n_cache + warp; j < MD_KC; j += MD_WARPS) {
+                float *dst = Ks + j * st;
+                if (j >= nk) {
+                    for (int d = lane; d < dk; d += 32)
+                        dst[d] = 0.0f;
+                } else {
+                    const int64_t in = s.row0 + kb + j - s.n_past;
+                    const float *ka = a.kn_a + in * a.kn_a_ld;
+                    for (int d = lane; d < dk; d += 32)
+                        dst[d] = round_as<CT>(d < a.kn_a_cols ? ka[d]
+                                                              : a.kn_b[in * a.kn_b_ld + d -
+                                                                       a.kn_a_cols]);
+                }
+            }
+        }
+        __syncthreads();
+
+        /* scores: lane = key, warp = every MD_WARPS-th float4 of the width */
+        for (int q0 = 0; q0 < nq; q0 += MD_QB) {
+            float sc[MD_QB];
+#pragma unroll
+            for (int m = 0; m < MD_QB; m++)
+                sc[m] = 0.0f;
+            const float4 *kr = (const float4 *)(Ks + lane * st);
+            for (int i4 = warp; i4 < n4; i4 += MD_WARPS) {
+                const float4 kv = kr[i4];
+#pragma unroll
+                for (int m = 0; m < MD_QB; m++) {
+                    if (q0 + m < nq) {
+                        const float4 qv = ((const float4 *)(Qs + (q0 + m) * st))[i4];
+                        sc[m] = fmaf(qv.x, kv.x, sc[m]);
+                        sc[m] = fmaf(qv.y, kv.y, sc[m]);
+                        sc[m] = fmaf(qv.z, kv.z, sc[m]);
+                        sc[m] = fmaf(qv.w, kv.w, sc[m]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < MD_QB; m++)
+                if (q0 + m < nq)
+                    Red[(warp * nq_max + q0 + m) * MD_KC + lane] = sc[m];
+        }
+        __syncthreads();
+
+        /* online softmax: a warp per query, a lane per key */
+        for (int i = warp; i < nq; i += MD_WARPS) {
+            float v = 0.0f;
+#pragma unroll
+            for (int w = 0; w < MD_WARPS; w++)
+                v += Red[(w * nq_max + i) * MD_KC + lane];
+            const int qpos = s.n_past + i / H, key = kb + lane;
+            const bool ok = lane < nk && key <= qpos;
+            const float sv = ok ? v * a.scale : -INFINITY;
+            const float mold = Ms[i];
+            const float mnew = fmaxf(mold, warp_max(sv));
+            const float p = ok ? expf(sv - mnew) : 0.0f;
+            const float corr = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+            const float sum = warp_sum(p);
+            Ps[i * MD_KC + lane] = p;
+            __syncwarp();
+            if (lane == 0) {
+                Ls[i] = Ls[i] * corr + sum;
+                Ms[i] = mnew;
+                Cs[i] = corr;
+            }
+        }
+        __syncthreads();
+
+        /* values: the latent rows again (the first dv columns of the tile) */
+        if (vact) {
+#pragma unroll
+            for (int m = 0; m < NQT; m++) {
+                const int i = qv0 + m * qlanes;
+                if (i < nq) {
+                    const float cr = Cs[i];
+                    acc[m].x *= cr;
+                    acc[m].y *= cr;
+                    acc[m].z *= cr;
+                    acc[m].w *= cr;
+                }
+            }
+            for (int j = 0; j < nk; j++) {
+                const float4 vv = ((const float4 *)(Ks + j * st))[c];
+#pragma unroll
+                for (int m = 0; m < NQT; m++) {
+                    const int i = qv0 + m * qlanes;
+                    if (i < nq) {
+                        const float p = Ps[i * MD_KC + j];
+                        acc[m].x = fmaf(p, vv.x, acc[m].x);
+                        acc[m].y = fmaf(p, vv.y, acc[m].y);
+                        acc[m].z = fmaf(p, vv.z, acc[m].z);
+                        acc[m].w = fmaf(p, vv.w, acc[m].w);
+                    }
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    if (vact) {
+#pragma unroll
+        for (int m = 0; m < NQT; m++) {
+            const int i = qv0 + m * qlanes;
+            if (i >= nq)
+                continue;
+            const int t = i / H, h = i - t * H;
+            const int64_t row = s.row0 + t;
+            const float o[4] = { acc[m].x, acc[m].y, acc[m].z, acc[m].w };
+            float *dst;
+            float f = 1.0f;
+            if (S == 1) {
+                dst = a.out + row * a.out_ld + (int64_t)h * a.out_hs;
+                f = Ls[i] > 0.0f ? 1.0f / Ls[i] : 0.0f;
+            } else {
+                dst = a.part_o + ((row * H + h) * S + z) * dv;
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (4 * c + e < dv)
+                    dst[4 * c + e] = o[e] * f;
+        }
+    }
+    if (S > 1) {
+        for (int i = tid; i < nq; i += MD_THREADS) {
+            const int t = i / H, h = i - t * H;
+            const int64_t pb = ((int64_t)(s.row0 + t) * H + h) * S + z;
+            a.part_ml[pb * 2] = Ms[i];
+            a.part_ml[pb * 2 + 1] = Ls[i];
+        }
+    }
+}
+
+template <typename CT, int NQT>
+static cudaError_t md_attr(int max_smem)
+{
+    return cudaFuncSetAttribute(mla_decode_kernel<CT, NQT>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
+}
+
+template <typename CT>
+static cudaError_t md_attr_all(int max_smem)
+{
+    cudaError_t e;
+    if ((e = md_attr<CT, 1>(max_smem)) != cudaSuccess ||
+        (e = md_attr<CT, 2>(max_smem)) != cudaSuccess ||
+        (e = md_attr<CT, 4>(max_smem)) != cudaSuccess ||
+        (e = md_attr<CT, 8>(max_smem)) != cudaSuccess)
+        return e;
+    return md_attr<CT, 16>(max_smem);
+}
+
+int vl2__cu_mla_init(int max_smem)
+{
+    if (md_attr_all<float>(max_smem) != cudaSuccess ||
+        md_attr_all<__nv_bfloat16>(max_smem) != cudaSuccess ||
+        md_attr_all<__half>(max_smem) != cudaSuccess)
+        return -1;
+    return 0;
+}
+
+/* Queries per thread in the value pass for @nq queries of width @dv; 0 when
+ * the kernel does not take the shape. */
+int vl2__cu_mla_decode_nqt(int nq, int dv)
+{
+    const int dv4 = (dv + 3) / 4;
+    int need, nqt;
+    if (nq <= 0 || nq > MD_MAX_Q || dv4 <= 0 || dv4 > MD_THREADS)
+        return 0;
+    need = (nq + MD_THREADS / dv4 - 1) / (MD_THREADS / dv4);
+    for (nqt = 1; nqt < need; nqt *= 2)
+        ;
+    return nqt <= 16 ? nqt : 0;
+}
+
+template <typename CT>
+static cudaError_t md_launch(const struct vl2__cu_attn_args *a, int nqt, int nq_max, dim3 grid,
+                             size_t smem, cudaStream_t st)
+{
+    switch (nqt) {
+    case 1: launch_k(mla_decode_kernel<CT, 1>, grid, MD_THREADS, smem, st, *a, nq_max); break;
+    case 2: launch_k(mla_decode_kernel<CT, 2>, grid, MD_THREADS, smem, st, *a, nq_max); break;
+    case 4: launch_k(mla_decode_kernel<CT, 4>, grid, MD_THREADS, smem, st, *a, nq_max); break;
+    case 8: launch_k(mla_decode_kernel<CT, 8>, grid, MD_THREADS, smem, st, *a, nq_max); break;
+    default: launch_k(mla_decode_kernel<CT, 16>, grid, MD_THREADS, smem, st, *a, nq_max); break;
+    }
+    return cudaGetLastError();
+}
+
+cudaError_t vl2__cu_mla_decode(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
+                               int nq_max, cudaStream_t st)
+{
+    const int nqt = vl2__cu_mla_decode_nqt(nq_max, a->dv);
+    const size_t smem = vl2__cu_mla_decode_smem(a->dk, nq_max);
+    if (n_seqs <= 0)
+        return cudaSuccess;
+    if (!nqt || !smem)
+        return cudaErrorInvalidValue;
+    dim3 grid(n_seqs, a->n_split);
+    switch (kv_dtype) {
+    case VL2_DTYPE_BF16: return md_launch<__nv_bfloat16>(a, nqt, nq_max, grid, smem, st);
+    case VL2_DTYPE_F16: return md_launch<__half>(a, nqt, nq_max, grid, smem, st);
+    default: return md_launch<float>(a, nqt, nq_max, grid, smem, st);
+    }
+}
+
+/* ---- prefill: cache store and causal softmax -------------------------------------- */
+
+/* Rows [0, n) of the inputs into the cache rows [n_past, n_past + n) of one
+ * layer (@dst: that layer's first row). */
+template <typename CT>
+static __global__ void mla_store_kernel(CT *dst, int64_t kv_row, const float *a, int64_t lda,
+                                        int acols, const float *b, int64_t ldb, int bcols, int n)
+{
+    PDL_ENTRY();
+    const int cols = acols + bcols;
+    const int64_t total = (int64_t)n * cols;
+    for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = idx / cols;
+        const int d = (int)(idx - t * cols);
+        const float v = d < acols ? a[t * lda + d] : b[t * ldb + d - acols];
+        elem<CT>::put(dst, t * kv_row + d, v);
+    }
+}
+
+cudaError_t vl2__cu_mla_store(void *dst, int kv_dtype, int64_t kv_row, const float *a,
+                              int64_t lda, int acols, const float *b, int64_t ldb, int bcols,
+                              int n, cudaStream_t st)
+{
+    const int64_t total = (int64_t)n * (acols + bcols);
+    unsigned int blocks;
+    if (total <= 0)
+        return cudaSuccess;
+    blocks = (unsigned int)((total + 255) / 256 < 1024 ? (total + 255) / 256 : 1024);
+    switch (kv_dtype) {
+    case VL2_DTYPE_BF16:
+        launch_k(mla_store_kernel<__nv_bfloat16>, blocks, 256, 0, st, (__nv_bfloat16 *)dst,
+                 kv_row, a, lda, acols, b, ldb, bcols, n);
+        break;
+    case VL2_DTYPE_F16:
+        launch_k(mla_store_kernel<__half>, blocks, 256, 0, st, (__half *)dst, kv_row, a, lda,
+                 acols, b, ldb, bcols, n);
+        break;
+    default:
+        launch_k(mla_store_kernel<float>, blocks, 256, 0, st, (float *)dst, kv_row, a, lda,
+                 acols, b, ldb, bcols, n);
+        break;
+    }
+    return cudaGetLastError();
+}
+
+/* Row r of @s (ld @ld) is query row t0 + r / H of a sequence with n_past cached
+ * tokens: it sees keys [0, n_past + t0 + r / H]; softmax of scale * scores
+ * over those, zero past them. */
+static __global__ void softmax_causal_kernel(float *s, int64_t ld, int H, int t0, int n_past,
+                                             float scale)
+{
+    PDL_ENTRY();
+    __shared__ float sh[32];
+    float *r = s + (int64_t)blockIdx.x * ld;
+    const int lim = n_past + t0 + (int)(blockIdx.x / H) + 1;
+    float m = -INFINITY;
+
+    for (int c = threadIdx.x; c < lim; c += blockDim.x)
+        m = fmaxf(m, r[c] * scale);
+    m = warp_max(m);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+        sh[threadIdx.x >> 5] = m;
+    __syncthreads();
+    m = (threadIdx.x & 31) < (int)(blockDim.x >> 5) ? sh[threadIdx.x & 31] : -INFINITY;
+    m = warp_max(m);
+    float sum = 0.0f;
+    for (int c = threadIdx.x; c < lim; c += blockDim.x) {
+        const float e = expf(r[c] * scale - m);
+        r[c] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, sh);
+    const float inv = 1.0f / sum;
+    for (int c = threadIdx.x; c < (int)ld; c += blockDim.x)
+        r[c] = c < lim ? r[c] * inv : 0.0f;
+}
+
+cudaError_t vl2__cu_softmax_causal(float *s, int64_t rows, int64_t ld, int H, int t0,
+                                   int n_past, float scale, cudaStream_t st)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    launch_k(softmax_causal_kernel, (unsigned int)rows, 256, 0, st, s, ld, H, t0, n_past, scale);
+    return cudaGetLastError();
+}
