@@ -206,6 +206,8 @@ struct vl2_backend_ctx {
     int              mla_chunk;     /* option mla_chunk: most query rows per cuBLAS pass */
     int              mla_split;     /* option mla_split: most runs of keys per sequence */
     int              gemv_r1;       /* option gemv_r1: weight rows per warp, single rows */
+    unsigned         skip_ops;      /* option skip=KIND+KIND: ops not run (measurements of
+                                       what each kind costs; the results are wrong) */
     int              max_smem;
     void            *rd_pin;        /* pinned bounce buffer for large reads */
     size_t           rd_pin_size;
@@ -1330,6 +1332,9 @@ static int exec_op(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct v
     const void *stage = ctx->stage_d + r->stage_off;
     cudaError_t e;
 
+    if (ctx->skip_ops >> r->kind & 1u)
+        return 0;
+
     switch (r->kind) {
     case OPK_EMBED:
         e = vl2__cu_embed((float *)t0->data, t0->ld, t1->data, t1->ld, t1->dtype,
@@ -1419,6 +1424,18 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->mla_split = atoi(p + 10);
         else if (len > 8 && !strncmp(p, "gemv_r1=", 8))
             ctx->gemv_r1 = atoi(p + 8);
+        else if (len > 5 && !strncmp(p, "skip=", 5)) {
+            const char *q = p + 5, *end = p + len;
+            while (q < end) {
+                const char *pl = (const char *)memchr(q, '+', (size_t)(end - q));
+                size_t l = pl ? (size_t)(pl - q) : (size_t)(end - q);
+                int k;
+                for (k = 1; k < OPK_COUNT; k++)
+                    if (strlen(op_names[k]) == l && !strncmp(q, op_names[k], l))
+                        ctx->skip_ops |= 1u << k;
+                q += l + 1;
+            }
+        }
         p = e ? e + 1 : NULL;
     }
 }
@@ -1701,6 +1718,8 @@ static int new_tensor(struct vl2_backend_ctx *ctx, struct vl2_tensor *t, int dty
             free(ar);
             return cu_fail(err, e, "weight upload");
         }
+    } else if (ctx->skip_ops) {
+        (void)cudaMemsetAsync(p, 0, bytes, ctx->st);   /* skipped ops leave zeros */
     }
     memset(t, 0, sizeof(*t));
     vl2_tensor_set_shape(t, dtype, ndim, ne);

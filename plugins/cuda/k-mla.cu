@@ -45,6 +45,34 @@ size_t vl2__cu_mla_decode_smem(int dk, int nq)
                             (size_t)nq * MD_KC + 3 * (size_t)nq);
 }
 
+/* One new row of the batch (element d: d < acols ? ka[d] : kb[d - acols])
+ * into the key tile row @dst, rounded as the cache keeps it, or into the cache
+ * row @cdst.  Eight loads per lane before any store: a plain loop would wait
+ * for each load in turn. */
+template <typename CT>
+static __device__ __forceinline__ void md_in_row(float *dst, CT *cdst, const float *ka,
+                                                 const float *kb, int acols, int dk, int lane)
+{
+    for (int d0 = lane; d0 < dk; d0 += 32 * 8) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int d = d0 + 32 * u;
+            v[u] = d < dk ? (d < acols ? ka[d] : kb[d - acols]) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int d = d0 + 32 * u;
+            if (d < dk) {
+                if (dst)
+                    dst[d] = round_as<CT>(v[u]);
+                else
+                    elem<CT>::put(cdst, d, v[u]);
+            }
+        }
+    }
+}
+
 /* grid (n_seqs, n_split), MD_THREADS threads.  NQT: queries per thread in the
  * value pass (>= ceil(nq / (MD_THREADS / dv4))). */
 template <typename CT, int NQT>
@@ -75,24 +103,29 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
         CT *kd0 = (CT *)s.kv + (int64_t)a.layer * s.cap * a.kv_row;
         for (int t = warp; t < s.n_rows; t += MD_WARPS) {
             const int64_t in = s.row0 + t;
-            CT *kd = kd0 + (int64_t)(s.n_past + t) * a.kv_row;
-            const float *ka = a.kn_a + in * a.kn_a_ld;
-            for (int d = lane; d < dk; d += 32)
-                elem<CT>::put(kd, d, d < a.kn_a_cols ? ka[d]
-                                                     : a.kn_b[in * a.kn_b_ld + d - a.kn_a_cols]);
+            md_in_row<CT>(NULL, kd0 + (int64_t)(s.n_past + t) * a.kv_row,
+                          a.kn_a + in * a.kn_a_ld, a.kn_b + in * a.kn_b_ld, a.kn_a_cols, dk,
+                          lane);
         }
     }
-    /* queries: q index i = t * H + h */
-    for (int idx = tid; idx < nq * 4 * n4; idx += MD_THREADS) {
-        const int i = idx / (4 * n4), d = idx - i * 4 * n4;
-        const int t = i / H, h = i - t * H;
-        Qs[i * st + d] = d < dk ? a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d]
-                                : 0.0f;
+    /* queries: q index i = t * H + h, rows q_hs apart when the heads of a row
+     * follow each other (the absorbed queries always do) */
+    if (a.q_ld == (int64_t)H * a.q_hs) {
+        tile_load_nt<float, MD_THREADS>(Qs, st, a.q + (int64_t)s.row0 * a.q_ld, a.q_hs, nq, dk,
+                                        tid);
+    } else {
+        for (int idx = tid; idx < nq * dk; idx += MD_THREADS) {
+            const int i = idx / dk, d = idx - i * dk;
+            const int t = i / H, h = i - t * H;
+            Qs[i * st + d] = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d];
+        }
     }
-    if (4 * n4 > dk) {   /* the tile's columns past dk stay zero */
-        for (int idx = tid; idx < MD_KC * (4 * n4 - dk); idx += MD_THREADS) {
-            const int j = idx / (4 * n4 - dk);
-            Ks[j * st + dk + idx - j * (4 * n4 - dk)] = 0.0f;
+    if (4 * n4 > dk) {   /* the columns past dk stay zero */
+        const int pad = 4 * n4 - dk;
+        for (int idx = tid; idx < (MD_KC + nq) * pad; idx += MD_THREADS) {
+            const int j = idx / pad;
+            float *row = j < MD_KC ? Ks + j * st : Qs + (j - MD_KC) * st;
+            row[dk + idx - j * pad] = 0.0f;
         }
     }
     for (int i = tid; i < nq; i += MD_THREADS) {
@@ -129,11 +162,8 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
                         dst[d] = 0.0f;
                 } else {
                     const int64_t in = s.row0 + kb + j - s.n_past;
-                    const float *ka = a.kn_a + in * a.kn_a_ld;
-                    for (int d = lane; d < dk; d += 32)
-                        dst[d] = round_as<CT>(d < a.kn_a_cols ? ka[d]
-                                                              : a.kn_b[in * a.kn_b_ld + d -
-                                                                       a.kn_a_cols]);
+                    md_in_row<CT>(dst, NULL, a.kn_a + in * a.kn_a_ld, a.kn_b + in * a.kn_b_ld,
+                                  a.kn_a_cols, dk, lane);
                 }
             }
         }
