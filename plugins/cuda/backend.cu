@@ -206,8 +206,12 @@ struct vl2_backend_ctx {
     int              mla_chunk;     /* option mla_chunk: most query rows per cuBLAS pass */
     int              mla_split;     /* option mla_split: most runs of keys per sequence */
     int              gemv_r1;       /* option gemv_r1: weight rows per warp, single rows */
+    int              prefer_shared; /* option prefer_shared: the device's L1 / shared split
+                                       set once for the largest shared memory */
     unsigned         skip_ops;      /* option skip=KIND+KIND: ops not run (measurements of
                                        what each kind costs; the results are wrong) */
+    unsigned         skip_sub;      /* the same for steps of attn_mla: mla_queries (1),
+                                       mla_core (2), mla_out (4) */
     int              max_smem;
     void            *rd_pin;        /* pinned bounce buffer for large reads */
     size_t           rd_pin_size;
@@ -494,6 +498,8 @@ static int ensure_scratch(struct vl2_backend_ctx *ctx, size_t need, struct vl2_e
     r = dev_alloc(ctx, &p, sz, "scratch buffer", err);
     if (r < 0)
         return r;
+    if (ctx->skip_ops || ctx->skip_sub)
+        (void)cudaMemsetAsync(p, 0, sz, ctx->st);
     ctx->scratch = (char *)p;
     ctx->scratch_size = sz;
     return 0;
@@ -1058,7 +1064,9 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     int rc;
 
     plan_mla(r, ctx->scratch, &p);
-    if (!blas) {
+    if (!blas && (ctx->skip_sub & 1u)) {
+        e = cudaSuccess;
+    } else if (!blas) {
         e = vl2__cu_mla_qabs(p.qcat, (const float *)q->data, q->ld, kvb->data, kvb->ld,
                              kvb->dtype, n, H, nope, rope, vd, R, ctx->st);
     } else {
@@ -1118,7 +1126,10 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
     a.kn_a_cols = R;
     a.kn_b = (const float *)kpe->data;
     a.kn_b_ld = kpe->ld;
-    if (r->i[14] == MLA_PATH_DECODE) {
+    if (r->i[14] == MLA_PATH_DECODE && (ctx->skip_sub & 2u)) {
+        a.n_split = 1;
+        e = cudaSuccess;
+    } else if (r->i[14] == MLA_PATH_DECODE) {
         e = vl2__cu_mla_decode(&a, dt, n_seqs, (int)r->i[17], ctx->st);
     } else {
         a.skip_rows = r->i[14] == MLA_PATH_BLAS ? (int)r->i[19] : 0;
@@ -1134,6 +1145,8 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
         return cu_fail(err, e, "attn_mla: combine");
     prof_sub(ctx, SUB_ATTN_COMBINE);
 
+    if (!blas && (ctx->skip_sub & 4u))
+        return 0;
     if (!blas) {
         struct vl2__cu_gemv_args g;
         memset(&g, 0, sizeof(g));
@@ -1424,15 +1437,21 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->mla_split = atoi(p + 10);
         else if (len > 8 && !strncmp(p, "gemv_r1=", 8))
             ctx->gemv_r1 = atoi(p + 8);
+        else if (len > 14 && !strncmp(p, "prefer_shared=", 14))
+            ctx->prefer_shared = atoi(p + 14);
         else if (len > 5 && !strncmp(p, "skip=", 5)) {
             const char *q = p + 5, *end = p + len;
             while (q < end) {
                 const char *pl = (const char *)memchr(q, '+', (size_t)(end - q));
                 size_t l = pl ? (size_t)(pl - q) : (size_t)(end - q);
                 int k;
+                static const char *const subs[3] = { "mla_queries", "mla_core", "mla_out" };
                 for (k = 1; k < OPK_COUNT; k++)
                     if (strlen(op_names[k]) == l && !strncmp(q, op_names[k], l))
                         ctx->skip_ops |= 1u << k;
+                for (k = 0; k < 3; k++)
+                    if (strlen(subs[k]) == l && !strncmp(q, subs[k], l))
+                        ctx->skip_sub |= 1u << k;
                 q += l + 1;
             }
         }
@@ -1496,6 +1515,9 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     }
     vl2__cu_pdl = ctx->pdl;
     vl2__cu_gemv_r1 = ctx->gemv_r1;
+    if (ctx->prefer_shared)
+        (void)cudaDeviceSetCacheConfig(cudaFuncCachePreferShared);
+    (void)cudaGetLastError();
     if ((e = cudaStreamCreateWithFlags(&ctx->st, cudaStreamNonBlocking)) != cudaSuccess) {
         rv = cu_fail(err, e, "stream");
         goto out_free;
@@ -1718,7 +1740,7 @@ static int new_tensor(struct vl2_backend_ctx *ctx, struct vl2_tensor *t, int dty
             free(ar);
             return cu_fail(err, e, "weight upload");
         }
-    } else if (ctx->skip_ops) {
+    } else if (ctx->skip_ops || ctx->skip_sub) {
         (void)cudaMemsetAsync(p, 0, bytes, ctx->st);   /* skipped ops leave zeros */
     }
     memset(t, 0, sizeof(*t));

@@ -8,6 +8,9 @@
 #   tiny    vl2-mkweights tiny, then bench_gpu (TTFT, decode, 16 sequences)
 #   small   the same for small
 #   memcheck  the op tests (--quick) under compute-sanitizer
+#   kernels:PRESET  the device time of every kernel (Nsight Compute), to $OUT
+#   kernels:PRESET:REGEX  a full Nsight Compute report of a few decode launches
+#           of the kernels matching REGEX (e.g. kernels:small:mla_decode)
 #   PRESET:OPTIONS  a benchmark with backend options (VL2_CUDA_OPTIONS), e.g.
 #           tiny:profile=1 (device time per op kind) or tiny:graphs=0
 # Steps run in the order given (default: ops golden tiny).  Binaries come
@@ -198,23 +201,37 @@ step_ncu() {  # a few decode kernels of tiny, timed by Nsight Compute
         "$W/ncu.txt" | sed 's/  */ /g' | tee -a "$LOG" | tail -200 > /dev/null
 }
 
-step_kernels() {  # preset: the device time of every kernel (Nsight Compute, serialised)
-    local nc p=$1
+step_kernels() {  # preset [regex]: device time of every kernel, or a full Nsight Compute
+    local nc p=$1 rx=${2:-}       # report (warp stalls, throughput) of the kernels matching regex
     nc=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     if [ -z "$nc" ]; then
         log "ncu not found, skipped"
         return
     fi
     mkw "$p" || return
-    log "== ncu: every kernel of $p (TTFT runs, decode 4 steps, batch 1)"
-    timeout 420 "$nc" --clock-control none --graph-profiling node --csv --print-units base \
-        --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-count 16000 \
+    if [ -z "$rx" ]; then
+        log "== ncu: every kernel of $p (TTFT runs, decode 4 steps, batch 1)"
+        timeout 420 "$nc" --clock-control none --graph-profiling node --csv --print-units base \
+            --metrics gpu__time_duration.sum,dram__bytes_read.sum --launch-count 16000 \
+            "$G/bin/bench_gpu" --model "$W/$p" --image "$ROOT/data/images/g_a_384.jpg" \
+            --plugin-dir "$G/plugins" --decode-steps 4 --batch 1 --label "ncu $p" \
+            > "$W/kernels_$p.csv" 2> "$W/kernels_$p.err"
+        log "ncu exit $?: $(wc -l < "$W/kernels_$p.csv") lines"
+        tail -3 "$W/kernels_$p.err" | tee -a "$LOG"
+        gzip -c "$W/kernels_$p.csv" > "$OUT/kernels_$p.csv.gz"
+        return
+    fi
+    # the decode steps come after the prefill runs: skip the first matches
+    log "== ncu: full report of $p kernels matching $rx (decode, batch 1)"
+    timeout 420 "$nc" --clock-control none --graph-profiling node --set full \
+        --kernel-name regex:"$rx" --launch-skip 300 --launch-count 4 \
         "$G/bin/bench_gpu" --model "$W/$p" --image "$ROOT/data/images/g_a_384.jpg" \
-        --plugin-dir "$G/plugins" --decode-steps 4 --batch 1 --label "ncu $p" \
-        > "$W/kernels_$p.csv" 2> "$W/kernels_$p.err"
-    log "ncu exit $?: $(wc -l < "$W/kernels_$p.csv") lines"
-    tail -3 "$W/kernels_$p.err" | tee -a "$LOG"
-    gzip -c "$W/kernels_$p.csv" > "$OUT/kernels_$p.csv.gz"
+        --plugin-dir "$G/plugins" --decode-steps 16 --batch 1 --label "ncu $p" \
+        > "$W/ncu_full_$p.txt" 2>&1
+    log "ncu exit $?"
+    gzip -c "$W/ncu_full_$p.txt" > "$OUT/ncu_full_$p.txt.gz"
+    grep -E 'Duration|Warp Cycles Per Issued|Stall|Achieved Occupancy|Registers|Shared Memory Config|Block Limit' \
+        "$W/ncu_full_$p.txt" | head -60 | tee -a "$LOG" > /dev/null
 }
 
 step_memcheck() {
@@ -239,6 +256,7 @@ for s in $STEPS; do
         golden) step_golden ;;
         memcheck) step_memcheck ;;
         ncu) step_ncu ;;
+        kernels:*:*) k=${s#kernels:}; step_kernels "${k%%:*}" "${k#*:}" ;;
         kernels:*) step_kernels "${s#*:}" ;;
         tiny|small|base) step_bench "$s" ;;
         tiny:*|small:*|base:*) step_bench "${s%%:*}" "${s#*:}" ;;
