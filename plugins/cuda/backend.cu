@@ -19,7 +19,14 @@
  * metadata are uploaded before the launch).  Anything that departs from the
  * tape, and any other call (read, sync, write, alloc, ...), ends the step:
  * a complete step launches its graph, a partial one runs its records
- * eagerly.  So a graph never runs anything an eager step would not. */
+ * eagerly.  So a graph never runs anything an eager step would not.
+ *
+ * Attention.  MHA, and MLA sequences of a few rows, go through the tile
+ * kernel of k-attn.cu; MLA steps whose sequences all have few rows (decode)
+ * through the latent-tile kernel of k-mla.cu; in eager steps with an F32
+ * cache, MLA sequences of MLA_BLAS_ROWS rows or more (prefill) through two
+ * cuBLAS products around a causal softmax (mla_blas_core).  The choice is made
+ * when the op is recorded (mla_choose_path) and kept in the record. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
