@@ -26,6 +26,8 @@ struct vl2_srv_model {
     bool unloading;               /* stop() called; freed on UNLOADED */
     bool initial;                 /* loaded at start: READY=1 waits for it */
     double load_s;
+    unsigned n_busy;              /* Tokenize requests encoding with its tokenizer */
+    bool drop_pending;            /* dropped while busy: freed when n_busy reaches 0 */
 };
 
 /* A request of a connection that an engine is serving. */
@@ -95,6 +97,7 @@ struct vl2_server {
     struct vl2_conn *conns;
     unsigned n_conns;
     struct vl2_srv_model *models;
+    unsigned n_tokenizing;        /* Tokenize requests on libuv's thread pool */
     bool stopping;
     bool running;                 /* vl2_server_run() started serving */
     bool ready_sent;              /* READY=1 went to systemd */
@@ -153,8 +156,11 @@ void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const c
                         bool now);
 /* The model whose load_key is @key, or NULL. */
 struct vl2_srv_model *vl2__server_model_by_load_key(struct vl2_server *srv, uint64_t key);
-/* Take @m out of the list and free it with its engine. */
+/* Take @m out of the list and free it with its engine (once no Tokenize
+ * request uses its tokenizer any more: vl2__server_model_idle). */
 void vl2__server_drop_model(struct vl2_server *srv, struct vl2_srv_model *m);
+/* A Tokenize request on @m ended: free @m if it was dropped meanwhile. */
+void vl2__server_model_idle(struct vl2_server *srv, struct vl2_srv_model *m);
 /* A model settled (loaded or failed): READY=1 when nothing else loads. */
 void vl2__server_model_settled(struct vl2_server *srv);
 
