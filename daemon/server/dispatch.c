@@ -558,6 +558,7 @@ static void on_cancel(struct vl2_conn *c, uint64_t id, const Vl2__Cancel *cn)
  * allocated until it ends (n_busy); its connection is looked up again by id
  * when it ends, and the answer dropped if the client has gone. */
 struct tok_work {
+    struct tok_work *next;        /* srv->tokenizing */
     uv_work_t req;
     struct vl2_server *srv;
     struct vl2_srv_model *model;
@@ -568,6 +569,7 @@ struct tok_work {
     size_t len;
     int32_t bos;                  /* prepended when >= 0 */
     bool pieces;
+    bool answered;                /* an Error went already (shutdown) */
     /* results, written by the pool thread */
     int rc;
     int32_t *ids;
@@ -647,11 +649,18 @@ static void tokenize_done(uv_work_t *req, int status)
     struct vl2_server *srv = w->srv;
     struct vl2_conn *c;
 
+    struct tok_work **pp;
+
     (void) status;  /* never cancelled */
+    for (pp = &srv->tokenizing; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
     for (c = srv->conns; c; c = c->next)
         if (c->id == w->conn_id)
             break;
-    if (c && !c->closing && !c->close_after_flush)
+    if (c && !c->closing && !c->close_after_flush && !w->answered)
         tokenize_reply(c, w);
     srv->n_tokenizing--;
     w->model->n_busy--;
@@ -659,6 +668,23 @@ static void tokenize_done(uv_work_t *req, int status)
     free(w->ids);
     free(w->text);
     free(w);
+}
+
+void vl2__dispatch_abort_tokenize(struct vl2_server *srv, int code, const char *msg)
+{
+    struct tok_work *w;
+    struct vl2_conn *c;
+
+    for (w = srv->tokenizing; w; w = w->next) {
+        if (w->answered)
+            continue;
+        w->answered = true;
+        for (c = srv->conns; c; c = c->next)
+            if (c->id == w->conn_id)
+                break;
+        if (c && !c->closing && !c->close_after_flush)
+            vl2__conn_send_error(c, w->request_id, code, msg, false);
+    }
 }
 
 static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
@@ -726,6 +752,8 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
         vl2_err_set(&err, VL2_EIO, "server: tokenize: %s", uv_strerror(r));
         goto out_error;
     }
+    w->next = srv->tokenizing;
+    srv->tokenizing = w;
     srv->n_tokenizing++;
     model->n_busy++;
     return;

@@ -13,6 +13,8 @@
 #include "log.h"
 #include "server.h"
 
+struct tok_work;
+
 /* A model the server serves, with the engine attached to it. */
 struct vl2_srv_model {
     struct vl2_srv_model *next;
@@ -98,6 +100,7 @@ struct vl2_server {
     unsigned n_conns;
     struct vl2_srv_model *models;
     unsigned n_tokenizing;        /* Tokenize requests on libuv's thread pool */
+    struct tok_work *tokenizing;  /* the same, listed (dispatch.c) */
     bool stopping;
     bool running;                 /* vl2_server_run() started serving */
     bool ready_sent;              /* READY=1 went to systemd */
@@ -135,6 +138,9 @@ void vl2__inflight_free(struct vl2_inflight *inf);
 /* dispatch.c: the one place that reads requests and builds responses */
 void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame);
 void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev);
+/* Answer every Tokenize still encoding with an Error @code (shutdown); their
+ * results are dropped when they end. */
+void vl2__dispatch_abort_tokenize(struct vl2_server *srv, int code, const char *msg);
 /* Error every request in flight on @c with @code and cancel its job. */
 void vl2__dispatch_abort_inflight(struct vl2_conn *c, int code, const char *msg, bool notify);
 

@@ -432,6 +432,7 @@ static void begin_shutdown(struct vl2_server *srv, const char *why)
     uv_close((uv_handle_t *) &srv->sigint, on_closed_quietly);
     /* The socket file goes first, so that no new client finds it. */
     vl2__server_unlisten(srv);
+    vl2__dispatch_abort_tokenize(srv, VL2_ECANCELED, "server: vl2d is shutting down");
     for (c = srv->conns; c; c = next) {
         next = c->next;
         vl2__dispatch_abort_inflight(c, VL2_ECANCELED, "server: vl2d is shutting down", true);

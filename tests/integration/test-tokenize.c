@@ -5,7 +5,10 @@
  * tests/data/tokenizer/golden.jsonl (the reference tokenizer), never from
  * vl2d; pieces are checked by their concatenation, which must give back the
  * text.  Errors (unknown model, text over the limit, a model that failed to
- * load, bad usage) each get an answer, and the daemon keeps serving.
+ * load, bad usage) each get an answer, and the daemon keeps serving.  Texts
+ * encode off the event loop: a Status after a 1 MiB text is answered first,
+ * and a client gone, a model unloaded, too many texts at once or SIGTERM
+ * while one encodes all end cleanly.
  *
  * usage: test-tokenize VL2D VL2 MICRO_MHA_DIR GOLDEN_JSONL */
 #include <cjson/cJSON.h>
@@ -508,6 +511,40 @@ out:
     vl2_client_close(c);
 }
 
+/* SIGTERM while a long text encodes: vl2d answers it (an Error saying it is
+ * shutting down, or the ids when the encoding won the race) and exits 0. */
+static void stop_while_encoding(void)
+{
+    Vl2__Request req = VL2__REQUEST__INIT;
+    Vl2__Status st = VL2__STATUS__INIT;
+    struct vl2_client *c = open_client();
+    char *text = long_text();
+    struct vl2_err err = { 0 };
+    struct order o;
+    uint64_t tid;
+    int r;
+
+    if (!c || !text) {
+        CHECK_EQ_INT(harness_stop(daemon_pid, SIGTERM, 10000), 0);
+        goto out;
+    }
+    tid = send_tokenize(c, NULL, text);
+    /* the Status answer shows that vl2d has read the Tokenize before it */
+    req.body_case = VL2__REQUEST__BODY_STATUS;
+    req.status = &st;
+    CHECK(vl2_client_call(c, &req, NULL, 0, NULL, NULL, &err) == 0);
+    CHECK_EQ_INT(harness_stop(daemon_pid, SIGTERM, 10000), 0);
+    memset(&o, 0, sizeof(o));
+    r = vl2_client_wait(c, tid, note_order, &o, &err);
+    CHECK_MSG((r == VL2_ECANCELED && strstr(err.msg, "shutting down")) ||
+                  (r == 0 && o.n_ids_of[0] > MAX_TEXT / 8),
+              "%d %s", r, err.msg);
+    fprintf(stderr, "  SIGTERM while encoding: %s\n", r == 0 ? "ids" : err.msg);
+out:
+    free(text);
+    vl2_client_close(c);
+}
+
 /* ---- vl2 tokenize ----------------------------------------------------- */
 
 /* Run vl2 with @args (after "--socket SOCK"); with @input, standard input
@@ -772,7 +809,7 @@ int main(int argc, char **argv)
     RUN(test_errors);
     RUN(test_off_loop);
     RUN(test_cli);
-    CHECK_EQ_INT(harness_stop(daemon_pid, SIGTERM, 10000), 0);
+    stop_while_encoding();
     if (check_failures) {
         text = harness_slurp(log_path);
         fprintf(stderr, "---- vl2d log ----\n%s\n", text ? text : "");
