@@ -388,6 +388,19 @@ static uint64_t send_tokenize(struct vl2_client *c, const char *model, const cha
     return id;
 }
 
+static uint64_t send_status(struct vl2_client *c)
+{
+    Vl2__Request req = VL2__REQUEST__INIT;
+    Vl2__Status st = VL2__STATUS__INIT;
+    struct vl2_err err = { 0 };
+    uint64_t id = 0;
+
+    req.body_case = VL2__REQUEST__BODY_STATUS;
+    req.status = &st;
+    CHECK_MSG(vl2_client_send(c, &req, NULL, 0, &id, &err) == 0, "%s", err.msg);
+    return id;
+}
+
 /* A text of MAX_TEXT bytes of made-up words (a fixed pseudo-random
  * sequence), which takes the tokenizer a while: few repeated pieces. */
 static char *long_text(void)
@@ -413,7 +426,6 @@ static char *long_text(void)
 static void test_off_loop(void)
 {
     Vl2__Request req = VL2__REQUEST__INIT;
-    Vl2__Status st = VL2__STATUS__INIT;
     struct vl2_client *c = open_client();
     char *text = long_text();
     struct vl2_err err = { 0 };
@@ -425,9 +437,7 @@ static void test_off_loop(void)
         goto out;
     memset(&o, 0, sizeof(o));
     tid = send_tokenize(c, NULL, text);
-    req.body_case = VL2__REQUEST__BODY_STATUS;
-    req.status = &st;
-    CHECK(vl2_client_send(c, &req, NULL, 0, &sid, &err) == 0);
+    sid = send_status(c);
     for (i = 0; i < 2; i++)
         CHECK_EQ_INT(vl2_client_recv(c, note_order, &o, &err), 1);
     CHECK_EQ_INT(o.n, 2);
@@ -515,8 +525,6 @@ out:
  * shutting down, or the ids when the encoding won the race) and exits 0. */
 static void stop_while_encoding(void)
 {
-    Vl2__Request req = VL2__REQUEST__INIT;
-    Vl2__Status st = VL2__STATUS__INIT;
     struct vl2_client *c = open_client();
     char *text = long_text();
     struct vl2_err err = { 0 };
@@ -530,9 +538,7 @@ static void stop_while_encoding(void)
     }
     tid = send_tokenize(c, NULL, text);
     /* the Status answer shows that vl2d has read the Tokenize before it */
-    req.body_case = VL2__REQUEST__BODY_STATUS;
-    req.status = &st;
-    CHECK(vl2_client_call(c, &req, NULL, 0, NULL, NULL, &err) == 0);
+    CHECK(vl2_client_wait(c, send_status(c), NULL, NULL, &err) == 0);
     CHECK_EQ_INT(harness_stop(daemon_pid, SIGTERM, 10000), 0);
     memset(&o, 0, sizeof(o));
     r = vl2_client_wait(c, tid, note_order, &o, &err);
