@@ -643,13 +643,23 @@ out_free:
     free(pieces);
 }
 
+/* The connection a Tokenize came from, while it can still take an answer. */
+static struct vl2_conn *tokenize_conn(struct vl2_server *srv, const struct tok_work *w)
+{
+    struct vl2_conn *c;
+
+    for (c = srv->conns; c; c = c->next)
+        if (c->id == w->conn_id)
+            return c->closing || c->close_after_flush ? NULL : c;
+    return NULL;
+}
+
 static void tokenize_done(uv_work_t *req, int status)
 {
     struct tok_work *w = req->data;
     struct vl2_server *srv = w->srv;
-    struct vl2_conn *c;
-
     struct tok_work **pp;
+    struct vl2_conn *c;
 
     (void) status;  /* never cancelled */
     for (pp = &srv->tokenizing; *pp; pp = &(*pp)->next)
@@ -657,12 +667,9 @@ static void tokenize_done(uv_work_t *req, int status)
             *pp = w->next;
             break;
         }
-    for (c = srv->conns; c; c = c->next)
-        if (c->id == w->conn_id)
-            break;
-    if (c && !c->closing && !c->close_after_flush && !w->answered)
+    c = tokenize_conn(srv, w);
+    if (c && !w->answered)
         tokenize_reply(c, w);
-    srv->n_tokenizing--;
     w->model->n_busy--;
     vl2__server_model_idle(srv, w->model);
     free(w->ids);
@@ -679,10 +686,8 @@ void vl2__dispatch_abort_tokenize(struct vl2_server *srv, int code, const char *
         if (w->answered)
             continue;
         w->answered = true;
-        for (c = srv->conns; c; c = c->next)
-            if (c->id == w->conn_id)
-                break;
-        if (c && !c->closing && !c->close_after_flush)
+        c = tokenize_conn(srv, w);
+        if (c)
             vl2__conn_send_error(c, w->request_id, code, msg, false);
     }
 }
@@ -697,6 +702,7 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
     size_t len = strlen(text);
     struct tok_work *w;
     int32_t bos = -1;
+    unsigned n_pending = 0;
     int r;
 
     model = find_model(srv, t->model, "tokenize", &err);
@@ -711,9 +717,11 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
                     len, MAX_TOKENIZE_TEXT);
         goto out_error;
     }
-    if (srv->n_tokenizing >= MAX_TOKENIZE_PENDING) {
+    for (w = srv->tokenizing; w; w = w->next)
+        n_pending++;
+    if (n_pending >= MAX_TOKENIZE_PENDING) {
         vl2_err_set(&err, VL2_EBUSY, "server: tokenize: %u texts are being encoded, try "
-                    "again", srv->n_tokenizing);
+                    "again", n_pending);
         goto out_error;
     }
     r = model->ops->tokenizer(model->engine, &tok, &err);
@@ -754,7 +762,6 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
     }
     w->next = srv->tokenizing;
     srv->tokenizing = w;
-    srv->n_tokenizing++;
     model->n_busy++;
     return;
 

@@ -99,8 +99,7 @@ struct vl2_server {
     struct vl2_conn *conns;
     unsigned n_conns;
     struct vl2_srv_model *models;
-    unsigned n_tokenizing;        /* Tokenize requests on libuv's thread pool */
-    struct tok_work *tokenizing;  /* the same, listed (dispatch.c) */
+    struct tok_work *tokenizing;  /* Tokenize requests on libuv's thread pool (dispatch.c) */
     bool stopping;
     bool running;                 /* vl2_server_run() started serving */
     bool ready_sent;              /* READY=1 went to systemd */

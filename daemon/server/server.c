@@ -580,7 +580,7 @@ void vl2_server_free(struct vl2_server *srv)
             vl2__conn_close(c);
         }
         /* Tokenize requests still encoding hold their model's tokenizer */
-        while (srv->n_tokenizing > 0 && uv_run(&srv->loop, UV_RUN_ONCE))
+        while (srv->tokenizing && uv_run(&srv->loop, UV_RUN_ONCE))
             ;
     }
     free_models(srv);
