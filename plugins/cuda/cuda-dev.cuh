@@ -176,15 +176,25 @@ static __device__ __forceinline__ void tile_load_nt(float *dst, int dst_ld, cons
                     load16<CT>(src + (int64_t)j * src_ld + c * V, v[u]);
                 }
             }
+            /* 16-byte stores when the tile rows allow them (a scalar store per
+             * element would hit the same banks from consecutive lanes) */
+            const bool v4 = (dst_ld & 3) == 0 && ((uintptr_t)dst & 15) == 0;
 #pragma unroll
             for (int u = 0; u < TL_BATCH; u++) {
                 const int idx = base + u * NT;
                 if (idx < total) {
                     const int j = idx / cc, c = idx - j * cc;
                     float *o = dst + j * dst_ld + c * V;
+                    if (v4) {
 #pragma unroll
-                    for (int e = 0; e < V; e++)
-                        o[e] = v[u][e];
+                        for (int e = 0; e < V; e += 4)
+                            *(float4 *)(o + e) =
+                                make_float4(v[u][e], v[u][e + 1], v[u][e + 2], v[u][e + 3]);
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < V; e++)
+                            o[e] = v[u][e];
+                    }
                 }
             }
         }
