@@ -224,6 +224,22 @@ static float *fetch(const struct vl2_tensor *t)
 }
 
 /* max|got - ref| / max|ref| within @tol, and no NaN. */
+/* sc[0..n) = exp(sc - max) in place; returns their sum (the softmax divisor). */
+static double softmax_d(double *sc, int n)
+{
+    double m = -1e300, sum = 0;
+    int i;
+
+    for (i = 0; i < n; i++)
+        if (sc[i] > m)
+            m = sc[i];
+    for (i = 0; i < n; i++) {
+        sc[i] = exp(sc[i] - m);
+        sum += sc[i];
+    }
+    return sum;
+}
+
 static double compare(const char *name, const float *got, const double *ref, int64_t n,
                       double tol)
 {
@@ -543,20 +559,15 @@ static void test_vision_ops(int quick)
             for (h = 0; h < H; h++)
                 for (t = 0; t < L; t++) {
                     const float *q = qkv + (size_t)(s * L + t) * 3 * H * hd + h * hd;
-                    double m = -1e300, sum = 0;
+                    double sum;
                     for (u = 0; u < L; u++) {
                         const float *k = qkv + (size_t)(s * L + u) * 3 * H * hd + H * hd + h * hd;
                         double v = 0;
                         for (d = 0; d < hd; d++)
                             v += (double)q[d] * k[d];
                         sc[u] = v * scale;
-                        if (sc[u] > m)
-                            m = sc[u];
                     }
-                    for (u = 0; u < L; u++) {
-                        sc[u] = exp(sc[u] - m);
-                        sum += sc[u];
-                    }
+                    sum = softmax_d(sc, L);
                     for (d = 0; d < hd; d++) {
                         double o = 0;
                         for (u = 0; u < L; u++)
@@ -700,20 +711,15 @@ static void ref_attn_mha(double *out, const float *q, const struct hcache *hc, i
     for (t = 0; t < n_rows; t++)
         for (h = 0; h < H; h++) {
             const int kh = h / g, L = n_past + t + 1;
-            double m = -1e300, sum = 0;
+            double sum;
             for (s = 0; s < L; s++) {
                 const float *k = hc->data + (size_t)s * hc->row + kh * hd;
                 double v = 0;
                 for (d = 0; d < hd; d++)
                     v += (double)q[(t * H + h) * hd + d] * k[d];
                 sc[s] = v * scale;
-                if (sc[s] > m)
-                    m = sc[s];
             }
-            for (s = 0; s < L; s++) {
-                sc[s] = exp(sc[s] - m);
-                sum += sc[s];
-            }
+            sum = softmax_d(sc, L);
             for (d = 0; d < hd; d++) {
                 double o = 0;
                 for (s = 0; s < L; s++)
@@ -820,7 +826,7 @@ static void ref_mla_row(double *out, const float *q, const struct hcache *hc, in
     for (h = 0; h < H; h++) {
         const float *wuk = kvb + (size_t)h * (nope + vd) * R;
         const float *wuv = wuk + (size_t)nope * R;
-        double m = -1e300, sum = 0;
+        double sum;
         for (s = 0; s < L; s++) {
             const float *cs = hc->data + (size_t)s * hc->row;
             double v = 0;
@@ -833,13 +839,8 @@ static void ref_mla_row(double *out, const float *q, const struct hcache *hc, in
             for (i = 0; i < rp; i++)
                 v += (double)q[h * qh + nope + i] * cs[R + i];
             sc[s] = v * scale;
-            if (sc[s] > m)
-                m = sc[s];
         }
-        for (s = 0; s < L; s++) {
-            sc[s] = exp(sc[s] - m);
-            sum += sc[s];
-        }
+        sum = softmax_d(sc, L);
         for (i = 0; i < vd; i++) {
             double o = 0;
             for (s = 0; s < L; s++) {
@@ -871,7 +872,7 @@ static void ref_mla_row_abs(double *out, const float *q, const struct hcache *hc
     for (h = 0; h < H; h++) {
         const float *wuk = kvb + (size_t)h * (nope + vd) * R;
         const float *wuv = wuk + (size_t)nope * R;
-        double m = -1e300, sum = 0;
+        double sum;
         for (j = 0; j < R; j++) {
             qa[j] = 0;
             for (i = 0; i < nope; i++)
@@ -885,15 +886,12 @@ static void ref_mla_row_abs(double *out, const float *q, const struct hcache *hc
             for (i = 0; i < rp; i++)
                 v += (double)q[h * qh + nope + i] * cs[R + i];
             sc[s] = v * scale;
-            if (sc[s] > m)
-                m = sc[s];
         }
+        sum = softmax_d(sc, L);
         for (j = 0; j < R; j++)
             ol[j] = 0;
         for (s = 0; s < L; s++) {
             const float *cs = hc->data + (size_t)s * hc->row;
-            sc[s] = exp(sc[s] - m);
-            sum += sc[s];
             for (j = 0; j < R; j++)
                 ol[j] += sc[s] * cs[j];
         }
