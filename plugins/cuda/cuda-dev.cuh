@@ -3,6 +3,8 @@
 #ifndef VL2_CUDA_DEV_CUH
 #define VL2_CUDA_DEV_CUH
 
+#include <math.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -123,6 +125,21 @@ static __device__ __forceinline__ float block_sum(float v, float *sh)
     __syncthreads();
     v = lane < nw ? sh[lane] : 0.0f;
     return warp_sum(v);
+}
+
+/* Maximum over the block, as block_sum. */
+static __device__ __forceinline__ float block_max(float v, float *sh)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = (blockDim.x + 31) >> 5;
+
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : -INFINITY;
+    return warp_max(v);
 }
 
 static __device__ __forceinline__ float silu_f(float g)

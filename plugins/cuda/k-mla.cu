@@ -447,13 +447,7 @@ static __global__ void softmax_causal_kernel(float *s, int64_t ld, int H, int t0
 
     for (int c = threadIdx.x; c < lim; c += blockDim.x)
         m = fmaxf(m, r[c] * scale);
-    m = warp_max(m);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        sh[threadIdx.x >> 5] = m;
-    __syncthreads();
-    m = (threadIdx.x & 31) < (int)(blockDim.x >> 5) ? sh[threadIdx.x & 31] : -INFINITY;
-    m = warp_max(m);
+    m = block_max(m, sh);
     float sum = 0.0f;
     for (int c = threadIdx.x; c < lim; c += blockDim.x) {
         const float e = expf(r[c] * scale - m);
