@@ -17,8 +17,10 @@
 
 /* Images one Generate may carry. */
 #define MAX_IMAGES_PER_REQUEST 64
-/* Bytes of text one Tokenize may carry: it is encoded on the loop thread. */
+/* Bytes of text one Tokenize may carry, and Tokenize requests encoding at
+ * once (on libuv's thread pool; more get BUSY). */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
+#define MAX_TOKENIZE_PENDING 16
 
 static void reply(struct vl2_conn *c, Vl2__Response *resp, uint64_t id)
 {
@@ -551,19 +553,150 @@ static void on_cancel(struct vl2_conn *c, uint64_t id, const Vl2__Cancel *cn)
 
 /* ---- Tokenize --------------------------------------------------------- */
 
+/* A Tokenize request encoding on libuv's thread pool, so that a long text
+ * (up to MAX_TOKENIZE_TEXT) never holds up the loop.  Its model stays
+ * allocated until it ends (n_busy); its connection is looked up again by id
+ * when it ends, and the answer dropped if the client has gone. */
+struct tok_work {
+    struct tok_work *next;        /* srv->tokenizing */
+    uv_work_t req;
+    struct vl2_server *srv;
+    struct vl2_srv_model *model;
+    const struct vl2_tokenizer *tok;
+    uint64_t conn_id;
+    uint64_t request_id;
+    char *text;
+    size_t len;
+    int32_t bos;                  /* prepended when >= 0 */
+    bool pieces;
+    bool answered;                /* an Error went already (shutdown) */
+    /* results, written by the pool thread */
+    int rc;
+    int32_t *ids;
+    size_t n;
+    struct vl2_err err;
+};
+
+static void tokenize_work(uv_work_t *req)
+{
+    struct tok_work *w = req->data;
+
+    w->rc = vl2_tokenizer_encode(w->tok, w->text, w->len, &w->ids, &w->n, &w->err);
+}
+
+/* The reply of a finished encoding (on the loop thread). */
+static void tokenize_reply(struct vl2_conn *c, struct tok_work *w)
+{
+    Vl2__Response resp = VL2__RESPONSE__INIT;
+    Vl2__TokenizeReply tr = VL2__TOKENIZE_REPLY__INIT;
+    struct vl2_err err = { 0 };
+    uint32_t *out_ids = NULL;
+    ProtobufCBinaryData *pieces = NULL;
+    size_t i, size;
+
+    if (w->rc < 0) {
+        err = w->err;
+        goto out_error;
+    }
+    out_ids = malloc((w->n + 1) * sizeof(*out_ids));
+    if (w->pieces)
+        pieces = calloc(w->n + 1, sizeof(*pieces));
+    if (!out_ids || (w->pieces && !pieces)) {
+        vl2_err_set(&err, VL2_ENOMEM, "server: out of memory");
+        goto out_error;
+    }
+    tr.n_ids = 0;
+    if (w->bos >= 0)
+        out_ids[tr.n_ids++] = (uint32_t) w->bos;
+    for (i = 0; i < w->n; i++)
+        out_ids[tr.n_ids++] = (uint32_t) w->ids[i];
+    tr.ids = out_ids;
+    if (pieces) {
+        for (i = 0; i < tr.n_ids; i++) {
+            size_t plen = 0;
+            const char *p = vl2_tokenizer_token_bytes(w->tok, (int32_t) out_ids[i], &plen);
+
+            pieces[i].data = (uint8_t *) (p ? p : "");
+            pieces[i].len = p ? plen : 0;
+        }
+        tr.n_pieces = tr.n_ids;
+        tr.pieces = pieces;
+    }
+    resp.has_id = 1;
+    resp.id = w->request_id;
+    resp.body_case = VL2__RESPONSE__BODY_TOKENIZE;
+    resp.tokenize = &tr;
+    /* the reply must fit the client's frame limit too */
+    size = vl2__response__get_packed_size(&resp);
+    if (size > c->srv->opts.max_frame) {
+        vl2_err_set(&err, VL2_ELIMIT, "server: tokenize: the reply would take %zu bytes, over "
+                    "the frame limit of %u", size, c->srv->opts.max_frame);
+        goto out_error;
+    }
+    vl2__conn_send(c, &resp);
+    goto out_free;
+
+out_error:
+    vl2__conn_send_error(c, w->request_id, err.code, err.msg, false);
+out_free:
+    free(out_ids);
+    free(pieces);
+}
+
+static void tokenize_done(uv_work_t *req, int status)
+{
+    struct tok_work *w = req->data;
+    struct vl2_server *srv = w->srv;
+    struct vl2_conn *c;
+
+    struct tok_work **pp;
+
+    (void) status;  /* never cancelled */
+    for (pp = &srv->tokenizing; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    for (c = srv->conns; c; c = c->next)
+        if (c->id == w->conn_id)
+            break;
+    if (c && !c->closing && !c->close_after_flush && !w->answered)
+        tokenize_reply(c, w);
+    srv->n_tokenizing--;
+    w->model->n_busy--;
+    vl2__server_model_idle(srv, w->model);
+    free(w->ids);
+    free(w->text);
+    free(w);
+}
+
+void vl2__dispatch_abort_tokenize(struct vl2_server *srv, int code, const char *msg)
+{
+    struct tok_work *w;
+    struct vl2_conn *c;
+
+    for (w = srv->tokenizing; w; w = w->next) {
+        if (w->answered)
+            continue;
+        w->answered = true;
+        for (c = srv->conns; c; c = c->next)
+            if (c->id == w->conn_id)
+                break;
+        if (c && !c->closing && !c->close_after_flush)
+            vl2__conn_send_error(c, w->request_id, code, msg, false);
+    }
+}
+
 static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
 {
     struct vl2_server *srv = c->srv;
-    Vl2__Response resp = VL2__RESPONSE__INIT;
-    Vl2__TokenizeReply tr = VL2__TOKENIZE_REPLY__INIT;
     const struct vl2_tokenizer *tok = NULL;
     struct vl2_err err = { 0 };
     struct vl2_srv_model *model;
     const char *text = t->text ? t->text : "";
-    size_t len = strlen(text), n = 0, i, size;
-    int32_t *ids = NULL, bos = -1;
-    uint32_t *out_ids = NULL;
-    ProtobufCBinaryData *pieces = NULL;
+    size_t len = strlen(text);
+    struct tok_work *w;
+    int32_t bos = -1;
     int r;
 
     model = find_model(srv, t->model, "tokenize", &err);
@@ -578,6 +711,11 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
                     len, MAX_TOKENIZE_TEXT);
         goto out_error;
     }
+    if (srv->n_tokenizing >= MAX_TOKENIZE_PENDING) {
+        vl2_err_set(&err, VL2_EBUSY, "server: tokenize: %u texts are being encoded, try "
+                    "again", srv->n_tokenizing);
+        goto out_error;
+    }
     r = model->ops->tokenizer(model->engine, &tok, &err);
     if (r < 0)
         goto out_error;
@@ -589,53 +727,39 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
             goto out_error;
         }
     }
-    r = vl2_tokenizer_encode(tok, text, len, &ids, &n, &err);
-    if (r < 0)
-        goto out_error;
-    out_ids = malloc((n + 1) * sizeof(*out_ids));
-    if (t->pieces)
-        pieces = calloc(n + 1, sizeof(*pieces));
-    if (!out_ids || (t->pieces && !pieces)) {
+    w = calloc(1, sizeof(*w));
+    if (w)
+        w->text = malloc(len + 1);
+    if (!w || !w->text) {
+        free(w);
         vl2_err_set(&err, VL2_ENOMEM, "server: out of memory");
         goto out_error;
     }
-    tr.n_ids = 0;
-    if (bos >= 0)
-        out_ids[tr.n_ids++] = (uint32_t) bos;
-    for (i = 0; i < n; i++)
-        out_ids[tr.n_ids++] = (uint32_t) ids[i];
-    tr.ids = out_ids;
-    if (pieces) {
-        for (i = 0; i < tr.n_ids; i++) {
-            size_t plen = 0;
-            const char *p = vl2_tokenizer_token_bytes(tok, (int32_t) out_ids[i], &plen);
-
-            pieces[i].data = (uint8_t *) (p ? p : "");
-            pieces[i].len = p ? plen : 0;
-        }
-        tr.n_pieces = tr.n_ids;
-        tr.pieces = pieces;
-    }
-    resp.has_id = 1;
-    resp.id = id;
-    resp.body_case = VL2__RESPONSE__BODY_TOKENIZE;
-    resp.tokenize = &tr;
-    /* the reply must fit the client's frame limit too */
-    size = vl2__response__get_packed_size(&resp);
-    if (size > srv->opts.max_frame) {
-        vl2_err_set(&err, VL2_ELIMIT, "server: tokenize: the reply would take %zu bytes, over "
-                    "the frame limit of %u", size, srv->opts.max_frame);
+    memcpy(w->text, text, len + 1);
+    w->len = len;
+    w->srv = srv;
+    w->model = model;
+    w->tok = tok;
+    w->conn_id = c->id;
+    w->request_id = id;
+    w->bos = bos;
+    w->pieces = t->pieces;
+    w->req.data = w;
+    r = uv_queue_work(&srv->loop, &w->req, tokenize_work, tokenize_done);
+    if (r < 0) {
+        free(w->text);
+        free(w);
+        vl2_err_set(&err, VL2_EIO, "server: tokenize: %s", uv_strerror(r));
         goto out_error;
     }
-    vl2__conn_send(c, &resp);
-    goto out_free;
+    w->next = srv->tokenizing;
+    srv->tokenizing = w;
+    srv->n_tokenizing++;
+    model->n_busy++;
+    return;
 
 out_error:
     vl2__conn_send_error(c, id, err.code, err.msg, false);
-out_free:
-    free(ids);
-    free(out_ids);
-    free(pieces);
 }
 
 /* ---- requests -------------------------------------------------------- */

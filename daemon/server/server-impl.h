@@ -13,6 +13,8 @@
 #include "log.h"
 #include "server.h"
 
+struct tok_work;
+
 /* A model the server serves, with the engine attached to it. */
 struct vl2_srv_model {
     struct vl2_srv_model *next;
@@ -26,6 +28,8 @@ struct vl2_srv_model {
     bool unloading;               /* stop() called; freed on UNLOADED */
     bool initial;                 /* loaded at start: READY=1 waits for it */
     double load_s;
+    unsigned n_busy;              /* Tokenize requests encoding with its tokenizer */
+    bool drop_pending;            /* dropped while busy: freed when n_busy reaches 0 */
 };
 
 /* A request of a connection that an engine is serving. */
@@ -95,6 +99,8 @@ struct vl2_server {
     struct vl2_conn *conns;
     unsigned n_conns;
     struct vl2_srv_model *models;
+    unsigned n_tokenizing;        /* Tokenize requests on libuv's thread pool */
+    struct tok_work *tokenizing;  /* the same, listed (dispatch.c) */
     bool stopping;
     bool running;                 /* vl2_server_run() started serving */
     bool ready_sent;              /* READY=1 went to systemd */
@@ -132,6 +138,9 @@ void vl2__inflight_free(struct vl2_inflight *inf);
 /* dispatch.c: the one place that reads requests and builds responses */
 void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame);
 void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev);
+/* Answer every Tokenize still encoding with an Error @code (shutdown); their
+ * results are dropped when they end. */
+void vl2__dispatch_abort_tokenize(struct vl2_server *srv, int code, const char *msg);
 /* Error every request in flight on @c with @code and cancel its job. */
 void vl2__dispatch_abort_inflight(struct vl2_conn *c, int code, const char *msg, bool notify);
 
@@ -153,8 +162,11 @@ void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const c
                         bool now);
 /* The model whose load_key is @key, or NULL. */
 struct vl2_srv_model *vl2__server_model_by_load_key(struct vl2_server *srv, uint64_t key);
-/* Take @m out of the list and free it with its engine. */
+/* Take @m out of the list and free it with its engine (once no Tokenize
+ * request uses its tokenizer any more: vl2__server_model_idle). */
 void vl2__server_drop_model(struct vl2_server *srv, struct vl2_srv_model *m);
+/* A Tokenize request on @m ended: free @m if it was dropped meanwhile. */
+void vl2__server_model_idle(struct vl2_server *srv, struct vl2_srv_model *m);
 /* A model settled (loaded or failed): READY=1 when nothing else loads. */
 void vl2__server_model_settled(struct vl2_server *srv);
 

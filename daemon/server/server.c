@@ -227,6 +227,14 @@ struct vl2_srv_model *vl2__server_model_by_load_key(struct vl2_server *srv, uint
     return NULL;
 }
 
+static void free_model(struct vl2_srv_model *m)
+{
+    m->ops->free(m->engine);
+    free(m->name);
+    free(m->dir);
+    free(m);
+}
+
 void vl2__server_drop_model(struct vl2_server *srv, struct vl2_srv_model *m)
 {
     struct vl2_srv_model **pp;
@@ -236,10 +244,19 @@ void vl2__server_drop_model(struct vl2_server *srv, struct vl2_srv_model *m)
             *pp = m->next;
             break;
         }
-    m->ops->free(m->engine);
-    free(m->name);
-    free(m->dir);
-    free(m);
+    m->next = NULL;
+    if (m->n_busy > 0) {
+        m->drop_pending = true;   /* a thread still encodes with its tokenizer */
+        return;
+    }
+    free_model(m);
+}
+
+void vl2__server_model_idle(struct vl2_server *srv, struct vl2_srv_model *m)
+{
+    (void) srv;
+    if (m->n_busy == 0 && m->drop_pending)
+        free_model(m);
 }
 
 void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const char *why,
@@ -282,10 +299,7 @@ static void free_models(struct vl2_server *srv)
 
     for (m = srv->models; m; m = next) {
         next = m->next;
-        m->ops->free(m->engine);
-        free(m->name);
-        free(m->dir);
-        free(m);
+        free_model(m);
     }
     srv->models = NULL;
 }
@@ -418,6 +432,7 @@ static void begin_shutdown(struct vl2_server *srv, const char *why)
     uv_close((uv_handle_t *) &srv->sigint, on_closed_quietly);
     /* The socket file goes first, so that no new client finds it. */
     vl2__server_unlisten(srv);
+    vl2__dispatch_abort_tokenize(srv, VL2_ECANCELED, "server: vl2d is shutting down");
     for (c = srv->conns; c; c = next) {
         next = c->next;
         vl2__dispatch_abort_inflight(c, VL2_ECANCELED, "server: vl2d is shutting down", true);
@@ -564,6 +579,9 @@ void vl2_server_free(struct vl2_server *srv)
             cn = c->next;
             vl2__conn_close(c);
         }
+        /* Tokenize requests still encoding hold their model's tokenizer */
+        while (srv->n_tokenizing > 0 && uv_run(&srv->loop, UV_RUN_ONCE))
+            ;
     }
     free_models(srv);
     if (srv->loop_init) {

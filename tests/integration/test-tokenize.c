@@ -5,7 +5,10 @@
  * tests/data/tokenizer/golden.jsonl (the reference tokenizer), never from
  * vl2d; pieces are checked by their concatenation, which must give back the
  * text.  Errors (unknown model, text over the limit, a model that failed to
- * load, bad usage) each get an answer, and the daemon keeps serving.
+ * load, bad usage) each get an answer, and the daemon keeps serving.  Texts
+ * encode off the event loop: a Status after a 1 MiB text is answered first,
+ * and a client gone, a model unloaded, too many texts at once or SIGTERM
+ * while one encodes all end cleanly.
  *
  * usage: test-tokenize VL2D VL2 MICRO_MHA_DIR GOLDEN_JSONL */
 #include <cjson/cJSON.h>
@@ -346,6 +349,202 @@ out:
     vl2_client_close(c);
 }
 
+/* ---- encoding off the loop -------------------------------------------- */
+
+struct order {
+    uint64_t ids[64];
+    int codes[64];              /* 0, or the Error's code */
+    size_t n_ids_of[64];        /* ids in a TokenizeReply */
+    int n;
+};
+
+static int note_order(const Vl2__Response *resp, void *ud)
+{
+    struct order *o = ud;
+
+    if (o->n < 64) {
+        o->ids[o->n] = resp->id;
+        o->codes[o->n] = resp->body_case == VL2__RESPONSE__BODY_ERROR && resp->error
+                             ? (int) resp->error->code : 0;
+        o->n_ids_of[o->n] = resp->body_case == VL2__RESPONSE__BODY_TOKENIZE && resp->tokenize
+                                ? resp->tokenize->n_ids : 0;
+        o->n++;
+    }
+    return 0;
+}
+
+static uint64_t send_tokenize(struct vl2_client *c, const char *model, const char *text)
+{
+    Vl2__Request req = VL2__REQUEST__INIT;
+    Vl2__Tokenize tk = VL2__TOKENIZE__INIT;
+    struct vl2_err err = { 0 };
+    uint64_t id = 0;
+
+    tk.model = (char *) (model ? model : "");
+    tk.text = (char *) text;
+    req.body_case = VL2__REQUEST__BODY_TOKENIZE;
+    req.tokenize = &tk;
+    CHECK_MSG(vl2_client_send(c, &req, NULL, 0, &id, &err) == 0, "%s", err.msg);
+    return id;
+}
+
+/* A text of MAX_TEXT bytes of made-up words (a fixed pseudo-random
+ * sequence), which takes the tokenizer a while: few repeated pieces. */
+static char *long_text(void)
+{
+    char *t = malloc(MAX_TEXT + 1);
+    uint32_t x = 12345;
+    size_t i;
+
+    if (!t)
+        return NULL;
+    for (i = 0; i < MAX_TEXT; i++) {
+        x = x * 1664525u + 1013904223u;
+        t[i] = (x >> 24) % 7 == 0 ? ' ' : (char) ('a' + (x >> 16) % 26);
+    }
+    t[MAX_TEXT] = '\0';
+    return t;
+}
+
+/* Tokenize encodes on a thread pool: a Status sent after a long text on the
+ * same connection is answered first; a client gone before its answer, a model
+ * unloaded while its tokenizer encodes, and more long texts than the daemon
+ * encodes at once (BUSY) all leave it serving. */
+static void test_off_loop(void)
+{
+    Vl2__Request req = VL2__REQUEST__INIT;
+    Vl2__Status st = VL2__STATUS__INIT;
+    struct vl2_client *c = open_client();
+    char *text = long_text();
+    struct vl2_err err = { 0 };
+    struct order o;
+    uint64_t tid, sid;
+    int i, busy = 0, ok = 0;
+
+    if (!c || !text)
+        goto out;
+    memset(&o, 0, sizeof(o));
+    tid = send_tokenize(c, NULL, text);
+    req.body_case = VL2__REQUEST__BODY_STATUS;
+    req.status = &st;
+    CHECK(vl2_client_send(c, &req, NULL, 0, &sid, &err) == 0);
+    for (i = 0; i < 2; i++)
+        CHECK_EQ_INT(vl2_client_recv(c, note_order, &o, &err), 1);
+    CHECK_EQ_INT(o.n, 2);
+    CHECK_MSG(o.ids[0] == sid && o.ids[1] == tid,
+              "replies in the order %llu, %llu (status %llu, tokenize %llu)",
+              (unsigned long long) o.ids[0], (unsigned long long) o.ids[1],
+              (unsigned long long) sid, (unsigned long long) tid);
+    CHECK_MSG(o.codes[1] == 0 && o.n_ids_of[1] > MAX_TEXT / 8, "tokenize: %d, %zu ids",
+              o.codes[1], o.n_ids_of[1]);
+
+    /* a client that leaves before its answer */
+    {
+        struct vl2_client *gone = open_client();
+        if (gone) {
+            send_tokenize(gone, NULL, text);
+            vl2_client_close(gone);
+        }
+        check_serving("a client gone while its text encodes");
+    }
+
+    /* a model unloaded while its tokenizer encodes: the answer still comes */
+    {
+        Vl2__LoadModel lm = VL2__LOAD_MODEL__INIT;
+        Vl2__UnloadModel um = VL2__UNLOAD_MODEL__INIT;
+        struct vl2_client *other = open_client();
+        uint64_t id;
+
+        lm.name = (char *) "third";
+        lm.dir = (char *) mha_dir;
+        req = (Vl2__Request) VL2__REQUEST__INIT;
+        req.body_case = VL2__REQUEST__BODY_LOAD_MODEL;
+        req.load_model = &lm;
+        CHECK(vl2_client_call(c, &req, NULL, 0, NULL, NULL, &err) == 0);
+        id = send_tokenize(c, "third", text);
+        um.name = (char *) "third";
+        req = (Vl2__Request) VL2__REQUEST__INIT;
+        req.body_case = VL2__REQUEST__BODY_UNLOAD_MODEL;
+        req.unload_model = &um;
+        CHECK(other && vl2_client_call(other, &req, NULL, 0, NULL, NULL, &err) == 0);
+        vl2_client_close(other);
+        memset(&o, 0, sizeof(o));
+        CHECK_EQ_INT(vl2_client_wait(c, id, note_order, &o, &err), 0);
+        CHECK_MSG(o.n == 1 && o.n_ids_of[0] > MAX_TEXT / 8, "%d replies, %zu ids", o.n,
+                  o.n_ids_of[0]);
+        check_serving("a model unloaded while its tokenizer encodes");
+    }
+
+    /* more long texts at once than the daemon encodes: BUSY for the rest.
+     * Two per connection: a client that sends on without reading its answers
+     * gets no more reading from vl2d once 4 MiB of them wait (conn.c), and
+     * these answers take 0.7 MB each. */
+    {
+        enum { N_CONN = 12, PER = 2 };
+        struct vl2_client *cs[N_CONN];
+        int j, n = 0;
+
+        memset(&o, 0, sizeof(o));
+        for (j = 0; j < N_CONN; j++) {
+            cs[j] = open_client();
+            for (i = 0; cs[j] && i < PER; i++, n++)
+                send_tokenize(cs[j], NULL, text);
+        }
+        for (j = 0; j < N_CONN; j++) {
+            for (i = 0; cs[j] && i < PER; i++)
+                CHECK_EQ_INT(vl2_client_recv(cs[j], note_order, &o, &err), 1);
+            vl2_client_close(cs[j]);
+        }
+        for (i = 0; i < o.n; i++) {
+            if (o.codes[i] == VL2_EBUSY)
+                busy++;
+            else if (o.codes[i] == 0 && o.n_ids_of[i] > MAX_TEXT / 8)
+                ok++;
+        }
+        fprintf(stderr, "  %d long texts at once: %d answered, %d BUSY\n", n, ok, busy);
+        CHECK_MSG(n == N_CONN * PER && busy + ok == n && busy > 0 && ok >= 16,
+                  "%d answered, %d BUSY of %d", ok, busy, n);
+    }
+    check_serving("24 long texts at once");
+out:
+    free(text);
+    vl2_client_close(c);
+}
+
+/* SIGTERM while a long text encodes: vl2d answers it (an Error saying it is
+ * shutting down, or the ids when the encoding won the race) and exits 0. */
+static void stop_while_encoding(void)
+{
+    Vl2__Request req = VL2__REQUEST__INIT;
+    Vl2__Status st = VL2__STATUS__INIT;
+    struct vl2_client *c = open_client();
+    char *text = long_text();
+    struct vl2_err err = { 0 };
+    struct order o;
+    uint64_t tid;
+    int r;
+
+    if (!c || !text) {
+        CHECK_EQ_INT(harness_stop(daemon_pid, SIGTERM, 10000), 0);
+        goto out;
+    }
+    tid = send_tokenize(c, NULL, text);
+    /* the Status answer shows that vl2d has read the Tokenize before it */
+    req.body_case = VL2__REQUEST__BODY_STATUS;
+    req.status = &st;
+    CHECK(vl2_client_call(c, &req, NULL, 0, NULL, NULL, &err) == 0);
+    CHECK_EQ_INT(harness_stop(daemon_pid, SIGTERM, 10000), 0);
+    memset(&o, 0, sizeof(o));
+    r = vl2_client_wait(c, tid, note_order, &o, &err);
+    CHECK_MSG((r == VL2_ECANCELED && strstr(err.msg, "shutting down")) ||
+                  (r == 0 && o.n_ids_of[0] > MAX_TEXT / 8),
+              "%d %s", r, err.msg);
+    fprintf(stderr, "  SIGTERM while encoding: %s\n", r == 0 ? "ids" : err.msg);
+out:
+    free(text);
+    vl2_client_close(c);
+}
+
 /* ---- vl2 tokenize ----------------------------------------------------- */
 
 /* Run vl2 with @args (after "--socket SOCK"); with @input, standard input
@@ -608,8 +807,9 @@ int main(int argc, char **argv)
     RUN(test_prompt);
     RUN(test_golden_lines);
     RUN(test_errors);
+    RUN(test_off_loop);
     RUN(test_cli);
-    CHECK_EQ_INT(harness_stop(daemon_pid, SIGTERM, 10000), 0);
+    stop_while_encoding();
     if (check_failures) {
         text = harness_slurp(log_path);
         fprintf(stderr, "---- vl2d log ----\n%s\n", text ? text : "");
