@@ -3,6 +3,8 @@
 #ifndef VL2_CUDA_DEV_CUH
 #define VL2_CUDA_DEV_CUH
 
+#include <math.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -125,6 +127,21 @@ static __device__ __forceinline__ float block_sum(float v, float *sh)
     return warp_sum(v);
 }
 
+/* Maximum over the block, as block_sum. */
+static __device__ __forceinline__ float block_max(float v, float *sh)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = (blockDim.x + 31) >> 5;
+
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : -INFINITY;
+    return warp_max(v);
+}
+
 static __device__ __forceinline__ float silu_f(float g)
 {
     return g / (1.0f + expf(-g));
@@ -176,15 +193,25 @@ static __device__ __forceinline__ void tile_load_nt(float *dst, int dst_ld, cons
                     load16<CT>(src + (int64_t)j * src_ld + c * V, v[u]);
                 }
             }
+            /* 16-byte stores when the tile rows allow them (a scalar store per
+             * element would hit the same banks from consecutive lanes) */
+            const bool v4 = (dst_ld & 3) == 0 && ((uintptr_t)dst & 15) == 0;
 #pragma unroll
             for (int u = 0; u < TL_BATCH; u++) {
                 const int idx = base + u * NT;
                 if (idx < total) {
                     const int j = idx / cc, c = idx - j * cc;
                     float *o = dst + j * dst_ld + c * V;
+                    if (v4) {
 #pragma unroll
-                    for (int e = 0; e < V; e++)
-                        o[e] = v[u][e];
+                        for (int e = 0; e < V; e += 4)
+                            *(float4 *)(o + e) =
+                                make_float4(v[u][e], v[u][e + 1], v[u][e + 2], v[u][e + 3]);
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < V; e++)
+                            o[e] = v[u][e];
+                    }
                 }
             }
         }

@@ -340,57 +340,67 @@ cudaError_t vl2__cu_attn(const struct vl2__cu_attn_args *a, int kv_dtype, int n_
 
 #define ATT_MAX_SPLIT 64
 
-/* Merge the n_split partial results of one (row, head): weights of the
- * splits first (parallel loads into shared memory), then the values. */
-static __global__ void attn_combine_kernel(const struct vl2__cu_attn_args a)
+#define CB_THREADS 128   /* value columns per block */
+
+/* Merge the n_split partial results of one (row, head) for CB_THREADS value
+ * columns: every partial value of the thread's column is loaded at once, with
+ * the splits' running max and sum (one round trip), then weighted.  SMAX:
+ * the largest n_split the instance takes. */
+template <int SMAX>
+static __global__ void __launch_bounds__(CB_THREADS) attn_combine_kernel(const struct vl2__cu_attn_args a)
 {
     PDL_ENTRY();
-    __shared__ float s_m[ATT_MAX_SPLIT], s_w[ATT_MAX_SPLIT];
-    __shared__ float s_inv;
+    __shared__ float s_m[SMAX], s_l[SMAX];
     const int64_t row = blockIdx.x;
     const int h = blockIdx.y, S = a.n_split, dv = a.dv;
+    const int d = blockIdx.z * CB_THREADS + threadIdx.x;
     const int64_t pb = (row * a.n_head + h) * S;
+    float v[SMAX];
 
     if (a.skip_rows > 0 && a.seqs[a.rows[row].seq].n_rows >= a.skip_rows)
         return;
-    for (int z = threadIdx.x; z < S; z += blockDim.x) {
-        s_m[z] = a.part_ml[(pb + z) * 2];
-        s_w[z] = a.part_ml[(pb + z) * 2 + 1];
+#pragma unroll
+    for (int z = 0; z < SMAX; z++)
+        v[z] = z < S && d < dv ? a.part_o[(pb + z) * dv + d] : 0.0f;
+    if (threadIdx.x < S) {
+        s_m[threadIdx.x] = a.part_ml[(pb + threadIdx.x) * 2];
+        s_l[threadIdx.x] = a.part_ml[(pb + threadIdx.x) * 2 + 1];
     }
     __syncthreads();
-    if (threadIdx.x < 32) {
-        float M = -INFINITY, L = 0.0f;
-        for (int z = threadIdx.x; z < S; z += 32)
-            M = fmaxf(M, s_m[z]);
-        M = warp_max(M);
-        for (int z = threadIdx.x; z < S; z += 32) {
+    if (d >= dv)
+        return;
+    float M = -INFINITY;
+    for (int z = 0; z < S; z++)
+        M = fmaxf(M, s_m[z]);
+    float L = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int z = 0; z < SMAX; z++) {
+        if (z < S) {
             const float w = s_m[z] == -INFINITY ? 0.0f : expf(s_m[z] - M);
-            L += w * s_w[z];
-            s_w[z] = w;
+            L = fmaf(w, s_l[z], L);
+            o = fmaf(w, v[z], o);
         }
-        L = warp_sum(L);
-        if (threadIdx.x == 0)
-            s_inv = L > 0.0f ? 1.0f / L : 0.0f;
     }
-    __syncthreads();
-    const float inv = s_inv;
-    for (int d = threadIdx.x; d < dv; d += blockDim.x) {
-        float o = 0.0f;
-#pragma unroll 16
-        for (int z = 0; z < S; z++)
-            o = fmaf(s_w[z], a.part_o[(pb + z) * dv + d], o);
-        a.out[row * a.out_ld + (int64_t)h * a.out_hs + d] = o * inv;
-    }
+    a.out[row * a.out_ld + (int64_t)h * a.out_hs + d] = L > 0.0f ? o / L : 0.0f;
 }
 
 cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
                                  cudaStream_t st)
 {
+    const int S = a->n_split;
     if (n_rows <= 0)
         return cudaSuccess;
-    dim3 grid(n_rows, a->n_head);
-    const int threads = a->dv >= 512 ? 512 : (a->dv + 31) / 32 * 32;
-    launch_k(attn_combine_kernel, grid, threads < 64 ? 64 : threads, 0, st, *a);
+    if (S > ATT_MAX_SPLIT || S > CB_THREADS)
+        return cudaErrorInvalidValue;
+    dim3 grid(n_rows, a->n_head, (a->dv + CB_THREADS - 1) / CB_THREADS);
+    if (S <= 8)
+        launch_k(attn_combine_kernel<8>, grid, CB_THREADS, 0, st, *a);
+    else if (S <= 16)
+        launch_k(attn_combine_kernel<16>, grid, CB_THREADS, 0, st, *a);
+    else if (S <= 32)
+        launch_k(attn_combine_kernel<32>, grid, CB_THREADS, 0, st, *a);
+    else
+        launch_k(attn_combine_kernel<64>, grid, CB_THREADS, 0, st, *a);
     return cudaGetLastError();
 }
 

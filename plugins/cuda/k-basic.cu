@@ -417,13 +417,7 @@ static __global__ void softmax_rows_kernel(float *s, int cols)
 
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         m = fmaxf(m, r[c]);
-    m = warp_max(m);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        sh[threadIdx.x >> 5] = m;
-    __syncthreads();
-    m = (threadIdx.x & 31) < (int)(blockDim.x >> 5) ? sh[threadIdx.x & 31] : -INFINITY;
-    m = warp_max(m);
+    m = block_max(m, sh);
     float sum = 0.0f;
 #pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {

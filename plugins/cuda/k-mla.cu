@@ -35,14 +35,21 @@ static __host__ __device__ inline int md_stride4(int dk)
 /* Largest number of queries (rows x heads) the decode kernel takes. */
 #define MD_MAX_Q 32
 
+/* Query rows in shared memory: a whole number of scoring passes (the rows
+ * past the queries are zeros, so that the passes need no per-query test). */
+static __host__ __device__ inline int md_qrows(int nq)
+{
+    return (nq + MD_QB - 1) / MD_QB * MD_QB;
+}
+
 size_t vl2__cu_mla_decode_smem(int dk, int nq)
 {
     const size_t st = 4 * (size_t)md_stride4(dk);
     if (dk <= 0 || nq <= 0 || nq > MD_MAX_Q)
         return 0;
     /* Q, K tile, score partials per warp, P, running max / sum / correction */
-    return sizeof(float) * ((size_t)nq * st + MD_KC * st + (size_t)MD_WARPS * nq * MD_KC +
-                            (size_t)nq * MD_KC + 3 * (size_t)nq);
+    return sizeof(float) * ((size_t)md_qrows(nq) * st + MD_KC * st +
+                            (size_t)MD_WARPS * nq * MD_KC + (size_t)nq * MD_KC + 3 * (size_t)nq);
 }
 
 /* One new row of the batch (element d: d < acols ? ka[d] : kb[d - acols])
@@ -79,23 +86,38 @@ template <typename CT, int NQT>
 static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const struct vl2__cu_attn_args a,
                                                                        int nq_max)
 {
-    PDL_ENTRY();
     extern __shared__ float4 md_sm4[];
     const int dk = a.dk, dv = a.dv, H = a.n_head;
     const int n4 = (dk + 3) / 4, st4 = md_stride4(dk), st = 4 * st4;
     const int dv4 = (dv + 3) / 4;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+    /* Before waiting for the kernels before: the batch metadata (uploaded
+     * before the step's first kernel) and the cached rows of this block's keys
+     * (written by earlier steps) can be read now; pull the rows into L2. */
+    const struct vl2__cu_seq s = a.seqs[blockIdx.x];
+    const int z = blockIdx.y, S = a.n_split;
+    const int L = s.n_past + s.n_rows;
+    const int per = (L + S - 1) / S;
+    const int ks = z * per, ke = min(L, ks + per);
+    const CT *kb0 = (const CT *)s.kv + (int64_t)a.layer * s.cap * a.kv_row;
+    {
+        const int kc = min(ke, s.n_past) - ks;
+        const int64_t bytes = (int64_t)kc * a.kv_row * (int64_t)sizeof(CT);
+        const char *base = (const char *)(kb0 + (int64_t)ks * a.kv_row);
+        for (int64_t off = (int64_t)tid * 128; off < bytes; off += (int64_t)MD_THREADS * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+    }
+    PDL_ENTRY();
+    const int nqp = md_qrows(nq_max);
     float *Qs = (float *)md_sm4;
-    float *Ks = Qs + (size_t)nq_max * st;
+    float *Ks = Qs + (size_t)nqp * st;
     float *Red = Ks + (size_t)MD_KC * st;
     float *Ps = Red + (size_t)MD_WARPS * nq_max * MD_KC;
     float *Ms = Ps + (size_t)nq_max * MD_KC;
     float *Ls = Ms + nq_max;
     float *Cs = Ls + nq_max;
-    const struct vl2__cu_seq s = a.seqs[blockIdx.x];
-    const int z = blockIdx.y, S = a.n_split;
     const int nq = s.n_rows * H;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const CT *kb0 = (const CT *)s.kv + (int64_t)a.layer * s.cap * a.kv_row;
 
     /* the first block of a sequence stores its new rows; the others read them
      * from the inputs */
@@ -120,6 +142,8 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
             Qs[i * st + d] = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d];
         }
     }
+    for (int idx = tid; idx < (md_qrows(nq) - nq) * st; idx += MD_THREADS)
+        Qs[nq * st + idx] = 0.0f;   /* query rows past nq: zeros */
     if (4 * n4 > dk) {   /* the columns past dk stay zero */
         const int pad = 4 * n4 - dk;
         for (int idx = tid; idx < (MD_KC + nq) * pad; idx += MD_THREADS) {
@@ -132,10 +156,6 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
         Ms[i] = -INFINITY;
         Ls[i] = 0.0f;
     }
-
-    const int L = s.n_past + s.n_rows;
-    const int per = (L + S - 1) / S;
-    const int ks = z * per, ke = min(L, ks + per);
 
     /* value pass layout: column group c (4 floats) of queries qv0 + m * qlanes */
     const int qlanes = MD_THREADS / dv4;
@@ -176,17 +196,21 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
             for (int m = 0; m < MD_QB; m++)
                 sc[m] = 0.0f;
             const float4 *kr = (const float4 *)(Ks + lane * st);
+            const float4 *qb = (const float4 *)(Qs + q0 * st);
             for (int i4 = warp; i4 < n4; i4 += MD_WARPS) {
+                /* all loads of the pass first: no branch, no wait between them
+                 * (rows past nq are zeros and their sums are not stored) */
                 const float4 kv = kr[i4];
+                float4 qq[MD_QB];
+#pragma unroll
+                for (int m = 0; m < MD_QB; m++)
+                    qq[m] = qb[m * st4 + i4];
 #pragma unroll
                 for (int m = 0; m < MD_QB; m++) {
-                    if (q0 + m < nq) {
-                        const float4 qv = ((const float4 *)(Qs + (q0 + m) * st))[i4];
-                        sc[m] = fmaf(qv.x, kv.x, sc[m]);
-                        sc[m] = fmaf(qv.y, kv.y, sc[m]);
-                        sc[m] = fmaf(qv.z, kv.z, sc[m]);
-                        sc[m] = fmaf(qv.w, kv.w, sc[m]);
-                    }
+                    sc[m] = fmaf(qq[m].x, kv.x, sc[m]);
+                    sc[m] = fmaf(qq[m].y, kv.y, sc[m]);
+                    sc[m] = fmaf(qq[m].z, kv.z, sc[m]);
+                    sc[m] = fmaf(qq[m].w, kv.w, sc[m]);
                 }
             }
 #pragma unroll
@@ -259,7 +283,6 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
                 continue;
             const int t = i / H, h = i - t * H;
             const int64_t row = s.row0 + t;
-            const float o[4] = { acc[m].x, acc[m].y, acc[m].z, acc[m].w };
             float *dst;
             float f = 1.0f;
             if (S == 1) {
@@ -268,10 +291,17 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
             } else {
                 dst = a.part_o + ((row * H + h) * S + z) * dv;
             }
+            const float4 o = make_float4(acc[m].x * f, acc[m].y * f, acc[m].z * f,
+                                         acc[m].w * f);
+            if (4 * c + 3 < dv && ((uintptr_t)(dst + 4 * c) & 15) == 0) {
+                *(float4 *)(dst + 4 * c) = o;
+            } else {
+                const float ov[4] = { o.x, o.y, o.z, o.w };
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-                if (4 * c + e < dv)
-                    dst[4 * c + e] = o[e] * f;
+                for (int e = 0; e < 4; e++)
+                    if (4 * c + e < dv)
+                        dst[4 * c + e] = ov[e];
+            }
         }
     }
     if (S > 1) {
@@ -417,13 +447,7 @@ static __global__ void softmax_causal_kernel(float *s, int64_t ld, int H, int t0
 
     for (int c = threadIdx.x; c < lim; c += blockDim.x)
         m = fmaxf(m, r[c] * scale);
-    m = warp_max(m);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        sh[threadIdx.x >> 5] = m;
-    __syncthreads();
-    m = (threadIdx.x & 31) < (int)(blockDim.x >> 5) ? sh[threadIdx.x & 31] : -INFINITY;
-    m = warp_max(m);
+    m = block_max(m, sh);
     float sum = 0.0f;
     for (int c = threadIdx.x; c < lim; c += blockDim.x) {
         const float e = expf(r[c] * scale - m);
