@@ -212,6 +212,7 @@ struct vl2_backend_ctx {
                                        eager MLA attention runs through cuBLAS (0: never) */
     int              mla_chunk;     /* option mla_chunk: most query rows per cuBLAS pass */
     int              mla_split;     /* option mla_split: most runs of keys per sequence */
+    int              mla_qgroup;    /* option mla_qgroup: queries per decode block (0: auto) */
     int              gemv_r1;       /* option gemv_r1: weight rows per warp, single rows */
     int              prefer_shared; /* option prefer_shared: the device's L1 / shared split
                                        set once for the largest shared memory */
@@ -1137,7 +1138,7 @@ static int exec_attn_mla(struct vl2_backend_ctx *ctx, const struct op_rec *r,
         a.n_split = 1;
         e = cudaSuccess;
     } else if (r->i[14] == MLA_PATH_DECODE) {
-        e = vl2__cu_mla_decode(&a, dt, n_seqs, (int)r->i[17], ctx->st);
+        e = vl2__cu_mla_decode(&a, dt, n_seqs, (int)r->i[17], (int)r->i[15], ctx->st);
     } else {
         a.skip_rows = r->i[14] == MLA_PATH_BLAS ? (int)r->i[19] : 0;
         e = a.skip_rows && !r->i[18] ? cudaSuccess : vl2__cu_attn(&a, dt, n_seqs, ctx->st);
@@ -1442,6 +1443,8 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->mla_chunk = atoi(p + 10);
         else if (len > 10 && !strncmp(p, "mla_split=", 10))
             ctx->mla_split = atoi(p + 10);
+        else if (len > 11 && !strncmp(p, "mla_qgroup=", 11))
+            ctx->mla_qgroup = atoi(p + 11);
         else if (len > 8 && !strncmp(p, "gemv_r1=", 8))
             ctx->gemv_r1 = atoi(p + 8);
         else if (len > 14 && !strncmp(p, "prefer_shared=", 14))
@@ -2607,7 +2610,10 @@ static int cu_attn_mha(struct vl2_backend_ctx *ctx, int32_t layer, struct vl2_te
 
 /* How the attention core of an attn_mla record runs (i[14]), with what it needs:
  *  - decode kernel (k-mla.cu) when every sequence has few rows: i[10] runs of
- *    keys per sequence, i[17] queries per sequence at most;
+ *    keys per sequence, i[17] queries per sequence at most, i[15] of them
+ *    per block (halved from all of them, down to 4, while the blocks still
+ *    run at once, one per multiprocessor: a block's time is what a decode
+ *    step waits for);
  *  - cuBLAS products for the sequences with at least mla_blas_min rows in an
  *    eager step with an F32 cache (prefill; never inside a captured graph, whose
  *    replays change n_past): i[15] query rows per pass, i[16] score floats,
@@ -2621,11 +2627,19 @@ static void mla_choose_path(struct vl2_backend_ctx *ctx, struct op_rec *r, int n
     r->i[14] = MLA_PATH_TILES;
     if (ctx->mla_decode && nq <= 64 && vl2__cu_mla_decode_nqt((int)nq, R) &&
         vl2__cu_mla_decode_smem(R + rope, (int)nq) <= (size_t)ctx->max_smem) {
-        int64_t split = ctx->prop.multiProcessorCount / ctx->b_seqs;
+        const int64_t sms = ctx->prop.multiProcessorCount;
+        int64_t split = sms / ctx->b_seqs, qg = nq;
         r->i[14] = MLA_PATH_DECODE;
         if (split > ctx->mla_split)
             split = ctx->mla_split;
-        r->i[10] = split < 1 ? 1 : split > 64 ? 64 : split;
+        split = split < 1 ? 1 : split > 64 ? 64 : split;
+        if (ctx->mla_qgroup > 0)
+            qg = ctx->mla_qgroup < nq ? ctx->mla_qgroup : nq;
+        else
+            while (qg > 4 && ctx->b_seqs * split * ((nq + qg / 2 - 1) / (qg / 2)) <= sms)
+                qg /= 2;
+        r->i[10] = split;
+        r->i[15] = qg;
         r->i[17] = nq;
         return;
     }

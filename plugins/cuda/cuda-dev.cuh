@@ -151,6 +151,51 @@ static __device__ __forceinline__ float silu_f(float g)
 
 #define TL_BATCH 8
 
+/* Asynchronous copies global -> shared (sm_80 and later): 16 bytes, of which
+ * the first @src_bytes are read and the rest zeroed. */
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(src_bytes)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> static __device__ __forceinline__ void cp_async_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Rows [0, rows) x cols of the F32 matrix @src (rows src_ld apart) into @dst
+ * (rows dst_ld apart) by asynchronous copies, the block's NT threads striding
+ * over the tile; the caller commits and waits.  False (nothing issued) for
+ * another element type or when a row is not 16-byte aligned. */
+template <int NT, typename CT>
+static __device__ __forceinline__ bool tile_load_async(float *, int, const CT *, int64_t, int, int,
+                                                       int)
+{
+    return false;
+}
+template <int NT>
+static __device__ __forceinline__ bool tile_load_async(float *dst, int dst_ld, const float *src,
+                                                       int64_t src_ld, int rows, int cols, int tid)
+{
+    if (((uintptr_t)src & 15) || ((uintptr_t)dst & 15) || (src_ld & 3) || (dst_ld & 3) ||
+        (cols & 3))
+        return false;
+    const int cc = cols / 4, total = rows * cc;
+    for (int idx = tid; idx < total; idx += NT) {
+        const int j = idx / cc, c = idx - j * cc;
+        cp_async16(dst + j * dst_ld + 4 * c, src + (int64_t)j * src_ld + 4 * c, 16);
+    }
+    return true;
+}
+
 /* @v as the cache of element type CT stores it. */
 template <typename CT> static __device__ __forceinline__ float round_as(float v)
 {

@@ -212,13 +212,14 @@ cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
 /* MLA decode (k-mla.cu): every sequence of the batch with its n_rows * n_head
  * <= nq_max queries, the latent cache as keys (dk = R + rope) and values
  * (dv = R); n_split runs of keys per sequence, merged by vl2__cu_attn_combine
- * when n_split > 1.  vl2__cu_mla_decode_nqt / _smem: 0 when the kernel does
- * not take the shape. */
+ * when n_split > 1; the queries of a sequence in blocks of q_group (0: all in
+ * one).  vl2__cu_mla_decode_nqt / _smem (of nq queries per block): 0 when the
+ * kernel does not take the shape. */
 int vl2__cu_mla_init(int max_smem);
 int vl2__cu_mla_decode_nqt(int nq, int dv);
 size_t vl2__cu_mla_decode_smem(int dk, int nq);
 cudaError_t vl2__cu_mla_decode(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
-                               int nq_max, cudaStream_t st);
+                               int nq_max, int q_group, cudaStream_t st);
 /* Cache rows of one layer: dst[(t) * kv_row + d] = d < acols ? a[t][d] : b[t][d - acols]. */
 cudaError_t vl2__cu_mla_store(void *dst, int kv_dtype, int64_t kv_row, const float *a,
                               int64_t lda, int acols, const float *b, int64_t ldb, int bcols,

@@ -22,7 +22,6 @@
 #define MD_THREADS 256
 #define MD_WARPS (MD_THREADS / 32)
 #define MD_KC 32              /* keys per tile: one per lane */
-#define MD_QB 16              /* queries per scoring pass */
 
 /* Floats between rows of the shared tiles: a whole number of float4, odd so
  * that 16-byte loads of 8 consecutive lanes from 8 rows hit distinct banks. */
@@ -35,13 +34,22 @@ static __host__ __device__ inline int md_stride4(int dk)
 /* Largest number of queries (rows x heads) the decode kernel takes. */
 #define MD_MAX_Q 32
 
+/* Queries per scoring pass (template QB of the kernel) for @nq queries in a
+ * block: 4, 8 or 16. */
+static __host__ __device__ inline int md_qb(int nq)
+{
+    return nq <= 4 ? 4 : nq <= 8 ? 8 : 16;
+}
+
 /* Query rows in shared memory: a whole number of scoring passes (the rows
  * past the queries are zeros, so that the passes need no per-query test). */
 static __host__ __device__ inline int md_qrows(int nq)
 {
-    return (nq + MD_QB - 1) / MD_QB * MD_QB;
+    const int qb = md_qb(nq);
+    return (nq + qb - 1) / qb * qb;
 }
 
+/* Shared memory of a block taking @nq queries. */
 size_t vl2__cu_mla_decode_smem(int dk, int nq)
 {
     const size_t st = 4 * (size_t)md_stride4(dk);
@@ -80,11 +88,16 @@ static __device__ __forceinline__ void md_in_row(float *dst, CT *cdst, const flo
     }
 }
 
-/* grid (n_seqs, n_split), MD_THREADS threads.  NQT: queries per thread in the
- * value pass (>= ceil(nq / (MD_THREADS / dv4))). */
-template <typename CT, int NQT>
-static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const struct vl2__cu_attn_args a,
-                                                                       int nq_max)
+/* grid (n_seqs * n_qg, n_split), MD_THREADS threads: block (x, z) takes the
+ * queries [g * nq_max, (g + 1) * nq_max) of sequence x / n_qg (g = x % n_qg)
+ * against the z-th run of its keys.  Splitting the queries of a sequence over
+ * blocks shortens each block's work, which is what a decode step waits for
+ * (at batch 1 the whole step is a few microseconds of arithmetic spread over
+ * too few blocks).  NQT: queries per thread in the value pass (>= ceil(nq_max
+ * / (MD_THREADS / dv4))); QB: queries per scoring pass (md_qb(nq_max)). */
+template <typename CT, int NQT, int QB>
+static __global__ void __launch_bounds__(MD_THREADS, 1) mla_decode_kernel(const struct vl2__cu_attn_args a,
+                                                                       int nq_max, int n_qg)
 {
     extern __shared__ float4 md_sm4[];
     const int dk = a.dk, dv = a.dv, H = a.n_head;
@@ -95,7 +108,12 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
     /* Before waiting for the kernels before: the batch metadata (uploaded
      * before the step's first kernel) and the cached rows of this block's keys
      * (written by earlier steps) can be read now; pull the rows into L2. */
-    const struct vl2__cu_seq s = a.seqs[blockIdx.x];
+    const int g = blockIdx.x % n_qg;
+    const struct vl2__cu_seq s = a.seqs[blockIdx.x / n_qg];
+    const int qbeg = g * nq_max;
+    const int nq = min(nq_max, s.n_rows * H - qbeg);
+    if (nq <= 0)
+        return;   /* a sequence with fewer queries than the batch's most */
     const int z = blockIdx.y, S = a.n_split;
     const int L = s.n_past + s.n_rows;
     const int per = (L + S - 1) / S;
@@ -117,11 +135,10 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
     float *Ms = Ps + (size_t)nq_max * MD_KC;
     float *Ls = Ms + nq_max;
     float *Cs = Ls + nq_max;
-    const int nq = s.n_rows * H;
 
     /* the first block of a sequence stores its new rows; the others read them
      * from the inputs */
-    if (z == 0) {
+    if (z == 0 && g == 0) {
         CT *kd0 = (CT *)s.kv + (int64_t)a.layer * s.cap * a.kv_row;
         for (int t = warp; t < s.n_rows; t += MD_WARPS) {
             const int64_t in = s.row0 + t;
@@ -130,19 +147,20 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
                           lane);
         }
     }
-    /* queries: q index i = t * H + h, rows q_hs apart when the heads of a row
-     * follow each other (the absorbed queries always do) */
+    /* queries: q index qbeg + i = t * H + h, rows q_hs apart when the heads
+     * of a row follow each other (the absorbed queries always do) */
     if (a.q_ld == (int64_t)H * a.q_hs) {
-        tile_load_nt<float, MD_THREADS>(Qs, st, a.q + (int64_t)s.row0 * a.q_ld, a.q_hs, nq, dk,
-                                        tid);
+        const float *q0 = a.q + (int64_t)s.row0 * a.q_ld + (int64_t)qbeg * a.q_hs;
+        if (!tile_load_async<MD_THREADS>(Qs, st, q0, a.q_hs, nq, dk, tid))
+            tile_load_nt<float, MD_THREADS>(Qs, st, q0, a.q_hs, nq, dk, tid);
     } else {
         for (int idx = tid; idx < nq * dk; idx += MD_THREADS) {
             const int i = idx / dk, d = idx - i * dk;
-            const int t = i / H, h = i - t * H;
+            const int t = (qbeg + i) / H, h = qbeg + i - t * H;
             Qs[i * st + d] = a.q[(int64_t)(s.row0 + t) * a.q_ld + (int64_t)h * a.q_hs + d];
         }
     }
-    for (int idx = tid; idx < (md_qrows(nq) - nq) * st; idx += MD_THREADS)
+    for (int idx = tid; idx < ((nq + QB - 1) / QB * QB - nq) * st; idx += MD_THREADS)
         Qs[nq * st + idx] = 0.0f;   /* query rows past nq: zeros */
     if (4 * n4 > dk) {   /* the columns past dk stay zero */
         const int pad = 4 * n4 - dk;
@@ -173,8 +191,9 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
             /* cached keys in one batched load, the batch's own rows from the inputs
              * (rounded as the cache keeps them), zeros past the run */
             const int n_cache = max(0, min(nk, s.n_past - kb));
-            tile_load_nt<CT, MD_THREADS>(Ks, st, kb0 + (int64_t)kb * a.kv_row, a.kv_row, n_cache,
-                                         dk, tid);
+            const CT *k0 = kb0 + (int64_t)kb * a.kv_row;
+            if (!tile_load_async<MD_THREADS>(Ks, st, k0, a.kv_row, n_cache, dk, tid))
+                tile_load_nt<CT, MD_THREADS>(Ks, st, k0, a.kv_row, n_cache, dk, tid);
             for (int j = n_cache + warp; j < MD_KC; j += MD_WARPS) {
                 float *dst = Ks + j * st;
                 if (j >= nk) {
@@ -187,13 +206,15 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
                 }
             }
         }
+        cp_async_commit();   /* the copies into Ks (and, the first time, Qs) */
+        cp_async_wait<0>();
         __syncthreads();
 
         /* scores: lane = key, warp = every MD_WARPS-th float4 of the width */
-        for (int q0 = 0; q0 < nq; q0 += MD_QB) {
-            float sc[MD_QB];
+        for (int q0 = 0; q0 < nq; q0 += QB) {
+            float sc[QB];
 #pragma unroll
-            for (int m = 0; m < MD_QB; m++)
+            for (int m = 0; m < QB; m++)
                 sc[m] = 0.0f;
             const float4 *kr = (const float4 *)(Ks + lane * st);
             const float4 *qb = (const float4 *)(Qs + q0 * st);
@@ -201,12 +222,12 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
                 /* all loads of the pass first: no branch, no wait between them
                  * (rows past nq are zeros and their sums are not stored) */
                 const float4 kv = kr[i4];
-                float4 qq[MD_QB];
+                float4 qq[QB];
 #pragma unroll
-                for (int m = 0; m < MD_QB; m++)
+                for (int m = 0; m < QB; m++)
                     qq[m] = qb[m * st4 + i4];
 #pragma unroll
-                for (int m = 0; m < MD_QB; m++) {
+                for (int m = 0; m < QB; m++) {
                     sc[m] = fmaf(qq[m].x, kv.x, sc[m]);
                     sc[m] = fmaf(qq[m].y, kv.y, sc[m]);
                     sc[m] = fmaf(qq[m].z, kv.z, sc[m]);
@@ -214,7 +235,7 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
                 }
             }
 #pragma unroll
-            for (int m = 0; m < MD_QB; m++)
+            for (int m = 0; m < QB; m++)
                 if (q0 + m < nq)
                     Red[(warp * nq_max + q0 + m) * MD_KC + lane] = sc[m];
         }
@@ -226,7 +247,7 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
 #pragma unroll
             for (int w = 0; w < MD_WARPS; w++)
                 v += Red[(w * nq_max + i) * MD_KC + lane];
-            const int qpos = s.n_past + i / H, key = kb + lane;
+            const int qpos = s.n_past + (qbeg + i) / H, key = kb + lane;
             const bool ok = lane < nk && key <= qpos;
             const float sv = ok ? v * a.scale : -INFINITY;
             const float mold = Ms[i];
@@ -273,6 +294,8 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
             }
         }
     }
+    cp_async_commit();   /* none left in flight when the loop did not run */
+    cp_async_wait<0>();
     __syncthreads();
 
     if (vact) {
@@ -281,7 +304,7 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
             const int i = qv0 + m * qlanes;
             if (i >= nq)
                 continue;
-            const int t = i / H, h = i - t * H;
+            const int t = (qbeg + i) / H, h = qbeg + i - t * H;
             const int64_t row = s.row0 + t;
             float *dst;
             float f = 1.0f;
@@ -306,7 +329,7 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
     }
     if (S > 1) {
         for (int i = tid; i < nq; i += MD_THREADS) {
-            const int t = i / H, h = i - t * H;
+            const int t = (qbeg + i) / H, h = qbeg + i - t * H;
             const int64_t pb = ((int64_t)(s.row0 + t) * H + h) * S + z;
             a.part_ml[pb * 2] = Ms[i];
             a.part_ml[pb * 2 + 1] = Ls[i];
@@ -314,31 +337,24 @@ static __global__ void __launch_bounds__(MD_THREADS) mla_decode_kernel(const str
     }
 }
 
-template <typename CT, int NQT>
-static cudaError_t md_attr(int max_smem)
-{
-    return cudaFuncSetAttribute(mla_decode_kernel<CT, NQT>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
-}
+/* The instances for each cache type: NQT never exceeds the queries of a
+ * block, nor so QB. */
+#define MD_FOR_EACH(X, CT)                                                                        \
+    X(CT, 1, 4) X(CT, 2, 4) X(CT, 4, 4)                                                           \
+    X(CT, 1, 8) X(CT, 2, 8) X(CT, 4, 8) X(CT, 8, 8)                                               \
+    X(CT, 1, 16) X(CT, 2, 16) X(CT, 4, 16) X(CT, 8, 16) X(CT, 16, 16)
 
-template <typename CT>
-static cudaError_t md_attr_all(int max_smem)
-{
-    cudaError_t e;
-    if ((e = md_attr<CT, 1>(max_smem)) != cudaSuccess ||
-        (e = md_attr<CT, 2>(max_smem)) != cudaSuccess ||
-        (e = md_attr<CT, 4>(max_smem)) != cudaSuccess ||
-        (e = md_attr<CT, 8>(max_smem)) != cudaSuccess)
-        return e;
-    return md_attr<CT, 16>(max_smem);
-}
+#define MD_ATTR(CT, NQT, QB)                                                                      \
+    if (cudaFuncSetAttribute(mla_decode_kernel<CT, NQT, QB>,                                      \
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,                         \
+                             max_smem) != cudaSuccess)                                            \
+        return -1;
 
 int vl2__cu_mla_init(int max_smem)
 {
-    if (md_attr_all<float>(max_smem) != cudaSuccess ||
-        md_attr_all<__nv_bfloat16>(max_smem) != cudaSuccess ||
-        md_attr_all<__half>(max_smem) != cudaSuccess)
-        return -1;
+    MD_FOR_EACH(MD_ATTR, float)
+    MD_FOR_EACH(MD_ATTR, __nv_bfloat16)
+    MD_FOR_EACH(MD_ATTR, __half)
     return 0;
 }
 
@@ -356,34 +372,37 @@ int vl2__cu_mla_decode_nqt(int nq, int dv)
     return nqt <= 16 ? nqt : 0;
 }
 
-template <typename CT>
-static cudaError_t md_launch(const struct vl2__cu_attn_args *a, int nqt, int nq_max, dim3 grid,
-                             size_t smem, cudaStream_t st)
-{
-    switch (nqt) {
-    case 1: launch_k(mla_decode_kernel<CT, 1>, grid, MD_THREADS, smem, st, *a, nq_max); break;
-    case 2: launch_k(mla_decode_kernel<CT, 2>, grid, MD_THREADS, smem, st, *a, nq_max); break;
-    case 4: launch_k(mla_decode_kernel<CT, 4>, grid, MD_THREADS, smem, st, *a, nq_max); break;
-    case 8: launch_k(mla_decode_kernel<CT, 8>, grid, MD_THREADS, smem, st, *a, nq_max); break;
-    default: launch_k(mla_decode_kernel<CT, 16>, grid, MD_THREADS, smem, st, *a, nq_max); break;
+#define MD_CASE(CT, NQT, QB)                                                                      \
+    if (nqt == NQT && qb == QB) {                                                                 \
+        launch_k(mla_decode_kernel<CT, NQT, QB>, grid, MD_THREADS, smem, st, *a, nq_max, n_qg);   \
+        return cudaGetLastError();                                                                \
     }
-    return cudaGetLastError();
+
+template <typename CT>
+static cudaError_t md_launch(const struct vl2__cu_attn_args *a, int nqt, int qb, int nq_max,
+                             int n_qg, dim3 grid, size_t smem, cudaStream_t st)
+{
+    MD_FOR_EACH(MD_CASE, CT)
+    return cudaErrorInvalidValue;
 }
 
 cudaError_t vl2__cu_mla_decode(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
-                               int nq_max, cudaStream_t st)
+                               int nq_max, int q_group, cudaStream_t st)
 {
-    const int nqt = vl2__cu_mla_decode_nqt(nq_max, a->dv);
-    const size_t smem = vl2__cu_mla_decode_smem(a->dk, nq_max);
+    const int qg = q_group > 0 && q_group < nq_max ? q_group : nq_max;
+    const int n_qg = (nq_max + qg - 1) / qg;
+    const int nqt = vl2__cu_mla_decode_nqt(qg, a->dv);
+    const size_t smem = vl2__cu_mla_decode_smem(a->dk, qg);
     if (n_seqs <= 0)
         return cudaSuccess;
     if (!nqt || !smem)
         return cudaErrorInvalidValue;
-    dim3 grid(n_seqs, a->n_split);
+    dim3 grid(n_seqs * n_qg, a->n_split);
     switch (kv_dtype) {
-    case VL2_DTYPE_BF16: return md_launch<__nv_bfloat16>(a, nqt, nq_max, grid, smem, st);
-    case VL2_DTYPE_F16: return md_launch<__half>(a, nqt, nq_max, grid, smem, st);
-    default: return md_launch<float>(a, nqt, nq_max, grid, smem, st);
+    case VL2_DTYPE_BF16:
+        return md_launch<__nv_bfloat16>(a, nqt, md_qb(qg), qg, n_qg, grid, smem, st);
+    case VL2_DTYPE_F16: return md_launch<__half>(a, nqt, md_qb(qg), qg, n_qg, grid, smem, st);
+    default: return md_launch<float>(a, nqt, md_qb(qg), qg, n_qg, grid, smem, st);
     }
 }
 

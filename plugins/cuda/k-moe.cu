@@ -501,23 +501,6 @@ cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t
 #define MM_BKP (MM_BK + 8)
 #define MM_CP (MM_BN + 4)
 
-static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
-{
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
-                 "r"(src_bytes));
-}
-
-static __device__ __forceinline__ void cp_async_commit(void)
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int N> static __device__ __forceinline__ void cp_async_wait(void)
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 template <bool DUAL>
 static __global__ void __launch_bounds__(128) mma_kernel(const struct vl2__cu_mma_args a)
 {
