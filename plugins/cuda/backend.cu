@@ -213,6 +213,7 @@ struct vl2_backend_ctx {
     int              mla_chunk;     /* option mla_chunk: most query rows per cuBLAS pass */
     int              mla_split;     /* option mla_split: most runs of keys per sequence */
     int              mla_qgroup;    /* option mla_qgroup: queries per decode block (0: auto) */
+    int              moe_prefetch;  /* option moe_prefetch: shared experts into L2 early */
     int              gemv_r1;       /* option gemv_r1: weight rows per warp, single rows */
     int              prefer_shared; /* option prefer_shared: the device's L1 / shared split
                                        set once for the largest shared memory */
@@ -1327,6 +1328,17 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
         g.ldy = p.ldh;
         g.groups = p.g_up;
         g.n_groups = p.n_groups;
+        if (r->i[16] && np > 0 && ctx->moe_prefetch) {
+            /* slot groups: the shared parts first, their weights known now */
+            g.pre.wa = shg->data;
+            g.pre.wb = shu->data;
+            g.pre.ldw = shg->ld;
+            g.pre.part_rows = part;
+            g.pre.K = d;
+            g.pre.n_out = part;
+            g.pre.per_part = n;
+            g.pre.n_groups = np * n;
+        }
         e = vl2__cu_gemv(&g, tab->dtype, nt, 1, vec, (int)p.ldh, max_groups, ctx->st);
         if (e != cudaSuccess)
             return cu_fail(err, e, "moe: gate/up");
@@ -1336,6 +1348,15 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
         g.y = p.y;
         g.ldy = d;
         g.groups = p.g_dn;
+        if (g.pre.n_groups) {
+            g.pre.wa = shd->data;
+            g.pre.wb = NULL;
+            g.pre.ldw = shd->ld;
+            g.pre.part_rows = 0;
+            g.pre.part_cols = part;
+            g.pre.K = part;
+            g.pre.n_out = d;
+        }
         e = vl2__cu_gemv(&g, tab->dtype, nt, 0, vec, d, max_groups, ctx->st);
         if (e != cudaSuccess)
             return cu_fail(err, e, "moe: down");
@@ -1445,6 +1466,8 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->mla_split = atoi(p + 10);
         else if (len > 11 && !strncmp(p, "mla_qgroup=", 11))
             ctx->mla_qgroup = atoi(p + 11);
+        else if (len == 14 && !strncmp(p, "moe_prefetch=0", 14))
+            ctx->moe_prefetch = 0;
         else if (len > 8 && !strncmp(p, "gemv_r1=", 8))
             ctx->gemv_r1 = atoi(p + 8);
         else if (len > 14 && !strncmp(p, "prefer_shared=", 14))
@@ -1506,6 +1529,7 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     ctx->mla_decode = 1;
     ctx->mla_blas_min = MLA_BLAS_ROWS;
     ctx->mla_split = 32;
+    ctx->moe_prefetch = 1;
     ctx->gemv_r1 = 1;
     parse_options(ctx, p && p->options ? p->options : getenv("VL2_CUDA_OPTIONS"));
     if (ctx->profile)

@@ -188,10 +188,17 @@ static __device__ __forceinline__ bool tile_load_async(float *dst, int dst_ld, c
     if (((uintptr_t)src & 15) || ((uintptr_t)dst & 15) || (src_ld & 3) || (dst_ld & 3) ||
         (cols & 3))
         return false;
-    const int cc = cols / 4, total = rows * cc;
-    for (int idx = tid; idx < total; idx += NT) {
-        const int j = idx / cc, c = idx - j * cc;
+    /* (row j, 16-byte column c) of the flattened index, advanced without
+     * dividing */
+    const int cc = cols / 4;
+    int j = tid / cc, c = tid - j * cc;
+    while (j < rows) {
         cp_async16(dst + j * dst_ld + 4 * c, src + (int64_t)j * src_ld + 4 * c, 16);
+        c += NT;
+        while (c >= cc) {
+            c -= cc;
+            j++;
+        }
     }
     return true;
 }

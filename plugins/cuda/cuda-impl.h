@@ -72,6 +72,16 @@ struct vl2__cu_gemv_args {
     int64_t                     y_gs;     /* y column offset per group */
     int32_t                     tok_split; /* groups == NULL: block b along the group axis
                                               takes rows [b*nt, b*nt + nt) of g0 instead */
+    /* With groups: groups [0, pre.n_groups) are known before the kernels
+     * before this one finish (the shared experts of decode MoE), and their
+     * weight rows are pulled into L2 while those kernels run.  Group b uses
+     * part q = b / pre.per_part: row j of it at element
+     * (q * part_rows + j) * ldw + q * part_cols of wa (and of wb). */
+    struct {
+        const void *wa, *wb;
+        int64_t     ldw, part_rows, part_cols;
+        int32_t     K, n_out, per_part, n_groups;
+    } pre;
 };
 
 /* Process-wide: weight rows per warp of single-row products (1, 2 or 4). */

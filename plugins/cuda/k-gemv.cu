@@ -38,6 +38,24 @@ gemv_kernel(const struct vl2__cu_gemv_args a)
             for (int64_t off = (int64_t)(threadIdx.x & 31) * 128; off < row_bytes; off += 32 * 128)
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
         }
+    } else if ((int)blockIdx.y < a.pre.n_groups) {
+        const int jw = (blockIdx.x * GV_WARPS + (threadIdx.x >> 5)) * GV_R;
+        const int64_t q = (int64_t)blockIdx.y / a.pre.per_part;
+        const int64_t row_bytes = (int64_t)a.pre.K * (int64_t)sizeof(WT);
+#pragma unroll
+        for (int r = 0; r < GV_R; r++) {
+            if (jw + r >= a.pre.n_out)
+                break;
+            const int64_t el = (q * a.pre.part_rows + jw + r) * a.pre.ldw + q * a.pre.part_cols;
+            const char *ra = (const char *)a.pre.wa + el * (int64_t)sizeof(WT);
+            const char *rb = DUAL ? (const char *)a.pre.wb + el * (int64_t)sizeof(WT) : NULL;
+            for (int64_t off = (int64_t)(threadIdx.x & 31) * 128; off < row_bytes;
+                 off += 32 * 128) {
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(ra + off));
+                if (DUAL)
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(rb + off));
+            }
+        }
     }
     PDL_ENTRY();
 

@@ -189,21 +189,17 @@ static __global__ void __launch_bounds__(MD_THREADS, 1) mla_decode_kernel(const 
         __syncthreads();   /* the previous tile is consumed (and Q, Ms are written) */
         {
             /* cached keys in one batched load, the batch's own rows from the inputs
-             * (rounded as the cache keeps them), zeros past the run */
+             * (rounded as the cache keeps them).  Rows past the run keep whatever
+             * they held: their scores are never used (the softmax selects -inf
+             * for lanes >= nk, whatever the sum) and the value pass stops at nk. */
             const int n_cache = max(0, min(nk, s.n_past - kb));
             const CT *k0 = kb0 + (int64_t)kb * a.kv_row;
             if (!tile_load_async<MD_THREADS>(Ks, st, k0, a.kv_row, n_cache, dk, tid))
                 tile_load_nt<CT, MD_THREADS>(Ks, st, k0, a.kv_row, n_cache, dk, tid);
-            for (int j = n_cache + warp; j < MD_KC; j += MD_WARPS) {
-                float *dst = Ks + j * st;
-                if (j >= nk) {
-                    for (int d = lane; d < dk; d += 32)
-                        dst[d] = 0.0f;
-                } else {
-                    const int64_t in = s.row0 + kb + j - s.n_past;
-                    md_in_row<CT>(dst, NULL, a.kn_a + in * a.kn_a_ld, a.kn_b + in * a.kn_b_ld,
-                                  a.kn_a_cols, dk, lane);
-                }
+            for (int j = n_cache + warp; j < nk; j += MD_WARPS) {
+                const int64_t in = s.row0 + kb + j - s.n_past;
+                md_in_row<CT>(Ks + j * st, NULL, a.kn_a + in * a.kn_a_ld,
+                              a.kn_b + in * a.kn_b_ld, a.kn_a_cols, dk, lane);
             }
         }
         cp_async_commit();   /* the copies into Ks (and, the first time, Qs) */

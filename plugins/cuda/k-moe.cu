@@ -340,9 +340,12 @@ static __device__ __forceinline__ float row_dot(const float *x, const WT *w, int
 
 /* One block per token: router logits (8 warps), selection (warp 0), then the
  * group descriptors of this token's slots without any sorting: slot
- * s = t*k + j multiplies row t by its expert (h row s, y row s) and shared
- * part q of token t is group n*k + q*n + t.  A token never picks an expert
- * twice, so no weight is read twice for one token. */
+ * s = t*k + j multiplies row t by its expert (group n_parts*n + s, h row s,
+ * y row s) and shared part q of token t is group q*n + t (h and y row
+ * n*k + q*n + t).  The shared parts come first so that the products' first
+ * blocks, resident soonest, are those whose weights are known before the
+ * routing ends.  A token never picks an expert twice, so no weight is read
+ * twice for one token. */
 static __global__ void __launch_bounds__(256)
 route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b)
 {
@@ -402,11 +405,11 @@ route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucke
         gd.in_base = s;
         gd.out_base = s;
         gd.K = b.I;
-        b.g_up[s] = gu;
-        b.g_dn[s] = gd;
+        b.g_up[b.n_parts * n + s] = gu;
+        b.g_dn[b.n_parts * n + s] = gd;
     }
     for (int q = lane; q < b.n_parts; q += 32) {
-        const int g = n * k + q * n + t;
+        const int g = n * k + q * n + t;   /* its h and y row; group q * n + t */
         struct vl2__cu_group gu, gd;
         gu.wa = (const char *)b.sh_gate + (size_t)q * b.part * b.sh_ld_gu * b.esize;
         gu.wb = (const char *)b.sh_up + (size_t)q * b.part * b.sh_ld_gu * b.esize;
@@ -432,8 +435,8 @@ route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucke
         gd.in_base = g;
         gd.out_base = g;
         gd.K = b.part;
-        b.g_up[g] = gu;
-        b.g_dn[g] = gd;
+        b.g_up[q * n + t] = gu;
+        b.g_dn[q * n + t] = gd;
     }
     if (t == 0 && lane == 0)
         *b.n_groups = n * k + b.n_parts * n;
