@@ -206,6 +206,8 @@ struct vl2_backend_ctx {
     int              graphs_on;
     int              mma_linear;    /* option mma_linear: own kernel for mid-size products */
     int              fuse_route;    /* option fuse_route: one block routes small batches */
+    int              fuse_router;   /* option fuse_router: and computes their logits too */
+    unsigned int    *ticket_d;      /* device counter of router_route_kernel, at 0 */
     int              pdl;           /* option pdl: programmatic dependent launches */
     int              mla_decode;    /* option mla_decode: k-mla.cu decode kernel */
     int              mla_blas_min;  /* option mla_blas_rows: rows of a sequence from which
@@ -1217,7 +1219,7 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     cudaError_t e;
 
     plan_moe(r, ctx->scratch, &p);
-    {
+    if (r->i[17] != 1) {
         /* router logits in F32: the product kernel, one group of E rows */
         struct vl2__cu_gemv_args g;
         memset(&g, 0, sizeof(g));
@@ -1284,7 +1286,9 @@ static int exec_moe(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct 
     ba.g_up = p.g_up;
     ba.g_dn = p.g_dn;
     ba.n_groups = p.n_groups;
-    if (r->i[16])
+    if (r->i[17] == 1)
+        e = vl2__cu_moe_router_route(&ra, &ba, p.logits, ctx->ticket_d, ctx->st);
+    else if (r->i[16])
         e = vl2__cu_moe_route_small(&ra, &ba, ctx->st);
     else if ((e = vl2__cu_moe_route(&ra, ctx->st)) == cudaSuccess)
         e = vl2__cu_moe_bucket(&ba, ctx->st);
@@ -1454,6 +1458,8 @@ static void parse_options(struct vl2_backend_ctx *ctx, const char *opt)
             ctx->mma_linear = 0;
         else if (len == 12 && !strncmp(p, "fuse_route=0", 12))
             ctx->fuse_route = 0;
+        else if (len == 13 && !strncmp(p, "fuse_router=0", 13))
+            ctx->fuse_router = 0;
         else if (len == 5 && !strncmp(p, "pdl=0", 5))
             ctx->pdl = 0;
         else if (len == 12 && !strncmp(p, "mla_decode=0", 12))
@@ -1525,6 +1531,7 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
     ctx->graphs_on = 1;
     ctx->mma_linear = 1;
     ctx->fuse_route = 1;
+    ctx->fuse_router = 1;
     ctx->pdl = 1;
     ctx->mla_decode = 1;
     ctx->mla_blas_min = MLA_BLAS_ROWS;
@@ -1599,6 +1606,13 @@ static int cu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx **
         ctx->meta_d = (char *)ptr;
         ctx->meta_alloc = mb;
     }
+    if ((rv = dev_alloc(ctx, &ptr, sizeof(unsigned int), "routing counter", err)) < 0)
+        goto out_close;
+    ctx->ticket_d = (unsigned int *)ptr;
+    if (cudaMemset(ctx->ticket_d, 0, sizeof(unsigned int)) != cudaSuccess) {
+        rv = vl2_err_set(err, VL2_EBACKEND, "cuda: device %d: cudaMemset failed", dev);
+        goto out_close;
+    }
     if ((rv = ensure_stage(ctx, 1u << 16, err)) < 0 ||
         (rv = ensure_scratch(ctx, 16u << 20, err)) < 0)
         goto out_close;
@@ -1666,6 +1680,7 @@ static void cu_close(struct vl2_backend_ctx *ctx)
     dev_free(ctx, ctx->scratch, ctx->scratch_size);
     dev_free(ctx, ctx->stage_d, ctx->stage_cap);
     dev_free(ctx, ctx->meta_d, ctx->meta_alloc);
+    dev_free(ctx, ctx->ticket_d, sizeof(unsigned int));
     dev_free(ctx, ctx->blas_ws, BLAS_WS_SIZE);
     free(ctx->stage_h);
     free(ctx->meta_h);
@@ -2978,6 +2993,10 @@ static int cu_moe(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
                   (l->router->ld * vl2_dtype_size(l->router->dtype)) % 16 == 0;
         r.i[16] = ctx->fuse_route && n <= GEMV_MAX_ROWS && !r.i[12] &&
                   vl2__cu_moe_route_small_smem(l->n_expert, (int)r.i[5]) <= 48u << 10;
+        /* i[17] = 1: logits and routing in one launch (router rows 16-byte
+         * aligned, its shared memory within the default 48 KB) */
+        r.i[17] = r.i[16] && ctx->fuse_router && r.i[15] &&
+                  vl2__cu_moe_router_route_smem(l->n_expert, (int)r.i[5]) <= 48u << 10;
     }
     r.f[0] = l->routed_scale;
     return submit(ctx, &r, NULL, 0, err);

@@ -159,10 +159,16 @@ struct vl2__cu_bucket_args {
 cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st);
 
 /* Decode routing: one block per token, group descriptors per slot (no
- * sorting): n*k routed groups then n_parts*n shared groups, each one row. */
+ * sorting): n_parts*n shared groups then n*k routed groups, each one row. */
 size_t vl2__cu_moe_route_small_smem(int E, int G);
 cudaError_t vl2__cu_moe_route_small(const struct vl2__cu_route_args *a,
                                     const struct vl2__cu_bucket_args *b, cudaStream_t st);
+/* The same with the router logits (written to @logits, [n, E]) in the same
+ * launch; @ticket: a device counter at 0, left at 0. */
+size_t vl2__cu_moe_router_route_smem(int E, int G);
+cudaError_t vl2__cu_moe_router_route(const struct vl2__cu_route_args *a,
+                                     const struct vl2__cu_bucket_args *b, float *logits,
+                                     unsigned int *ticket, cudaStream_t st);
 
 /* out[t] = sum_j w[t,j] y[pos[t,j]] + sum_q y[n*k + q*n + t]. */
 cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t ldy,

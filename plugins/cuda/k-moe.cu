@@ -338,45 +338,12 @@ static __device__ __forceinline__ float row_dot(const float *x, const WT *w, int
 
 /* ---- decode routing: slot groups --------------------------------------------- */
 
-/* One block per token: router logits (8 warps), selection (warp 0), then the
- * group descriptors of this token's slots without any sorting: slot
- * s = t*k + j multiplies row t by its expert (group n_parts*n + s, h row s,
- * y row s) and shared part q of token t is group q*n + t (h and y row
- * n*k + q*n + t).  The shared parts come first so that the products' first
- * blocks, resident soonest, are those whose weights are known before the
- * routing ends.  A token never picks an expert twice, so no weight is read
- * twice for one token. */
-static __global__ void __launch_bounds__(256)
-route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b)
+/* The group descriptors of token @t's slots (by one warp, after
+ * select_token wrote its choice): see route_small_kernel. */
+static __device__ void slot_groups(const struct vl2__cu_route_args &a,
+                                   const struct vl2__cu_bucket_args &b, int t)
 {
-    PDL_ENTRY();
-    extern __shared__ float sm[];
-    const int E = a.E, t = blockIdx.x, k = a.k, n = a.n;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const float *x = a.x + (int64_t)t * a.ldx;
-    const int nw = blockDim.x >> 5;
-
-    /* logits computed before (a.logits), or here by the block's warps */
-    for (int e = warp; !a.logits && e < E; e += nw) {
-        float v;
-        switch (a.rdtype) {
-        case VL2_DTYPE_BF16:
-            v = row_dot(x, (const __nv_bfloat16 *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
-            break;
-        case VL2_DTYPE_F16:
-            v = row_dot(x, (const __half *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
-            break;
-        default:
-            v = row_dot(x, (const float *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
-            break;
-        }
-        if (lane == 0)
-            sm[e] = v;
-    }
-    __syncthreads();
-    if (warp != 0)
-        return;
-    select_token(a, a.logits ? a.logits + (int64_t)t * E : sm, sm + E, t);
+    const int k = a.k, n = a.n, lane = threadIdx.x & 31;
     for (int j = lane; j < k; j += 32) {
         const int s = t * k + j, e = a.idx[s];
         struct vl2__cu_group gu, gd;
@@ -442,6 +409,49 @@ route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucke
         *b.n_groups = n * k + b.n_parts * n;
 }
 
+
+/* One block per token: router logits (8 warps), selection (warp 0), then the
+ * group descriptors of this token's slots without any sorting: slot
+ * s = t*k + j multiplies row t by its expert (group n_parts*n + s, h row s,
+ * y row s) and shared part q of token t is group q*n + t (h and y row
+ * n*k + q*n + t).  The shared parts come first so that the products' first
+ * blocks, resident soonest, are those whose weights are known before the
+ * routing ends.  A token never picks an expert twice, so no weight is read
+ * twice for one token. */
+static __global__ void __launch_bounds__(256)
+route_small_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b)
+{
+    PDL_ENTRY();
+    extern __shared__ float sm[];
+    const int E = a.E, t = blockIdx.x;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float *x = a.x + (int64_t)t * a.ldx;
+    const int nw = blockDim.x >> 5;
+
+    /* logits computed before (a.logits), or here by the block's warps */
+    for (int e = warp; !a.logits && e < E; e += nw) {
+        float v;
+        switch (a.rdtype) {
+        case VL2_DTYPE_BF16:
+            v = row_dot(x, (const __nv_bfloat16 *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
+            break;
+        case VL2_DTYPE_F16:
+            v = row_dot(x, (const __half *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
+            break;
+        default:
+            v = row_dot(x, (const float *)a.router + (int64_t)e * a.ldr, a.d, a.rvec);
+            break;
+        }
+        if (lane == 0)
+            sm[e] = v;
+    }
+    __syncthreads();
+    if (warp != 0)
+        return;
+    select_token(a, a.logits ? a.logits + (int64_t)t * E : sm, sm + E, t);
+    slot_groups(a, b, t);
+}
+
 size_t vl2__cu_moe_route_small_smem(int E, int G)
 {
     return sizeof(float) * ((size_t)E + select_floats(E, G));
@@ -452,6 +462,87 @@ cudaError_t vl2__cu_moe_route_small(const struct vl2__cu_route_args *a,
 {
     launch_k(route_small_kernel, a->n, a->logits ? 32 : 256,
              vl2__cu_moe_route_small_smem(a->E, a->n_group), st, *a, *b);
+    return cudaGetLastError();
+}
+
+/* Router logits and slot routing in one launch (decode): warp w of block b
+ * computes the logits of expert b * RR_WARPS + w for every token (its router
+ * row pulled into L2 before the kernels before finish), then the last block
+ * to finish, known by a ticket, routes the tokens (a warp per token).  One
+ * kernel boundary less per MoE layer than logits then route_small. */
+#define RR_WARPS 4
+
+template <typename WT>
+static __global__ void __launch_bounds__(RR_WARPS * 32)
+router_route_kernel(const struct vl2__cu_route_args a, const struct vl2__cu_bucket_args b,
+                    float *logits, unsigned int *ticket)
+{
+    extern __shared__ float sm[];
+    __shared__ int s_last;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int e = blockIdx.x * RR_WARPS + warp;
+    const WT *wr = (const WT *)a.router + (int64_t)e * a.ldr;
+
+    if (e < a.E)
+        for (int64_t off = (int64_t)lane * 128; off < (int64_t)a.d * (int64_t)sizeof(WT);
+             off += 32 * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"((const char *)wr + off));
+    PDL_ENTRY();
+    if (e < a.E)
+        for (int t = 0; t < a.n; t++) {
+            const float v = row_dot(a.x + (int64_t)t * a.ldx, wr, a.d, a.rvec);
+            if (lane == 0)
+                logits[(int64_t)t * a.E + e] = v;
+        }
+    __threadfence();   /* the logits visible to the block that routes */
+    __syncthreads();
+    if (threadIdx.x == 0)
+        s_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!s_last)
+        return;
+    __threadfence();
+    if (threadIdx.x == 0)
+        *ticket = 0;   /* for the next layer (kernels in a stream do not overlap here) */
+    float *lg = sm + (size_t)warp * (a.E + select_floats(a.E, a.n_group));
+    for (int t = warp; t < a.n; t += RR_WARPS) {
+        /* other blocks' logits, past this SM's L1 */
+        for (int i = lane; i < a.E; i += 32)
+            lg[i] = __ldcg(logits + (int64_t)t * a.E + i);
+        __syncwarp();
+        select_token(a, lg, lg + a.E, t);
+        slot_groups(a, b, t);
+        __syncwarp();
+    }
+}
+
+size_t vl2__cu_moe_router_route_smem(int E, int G)
+{
+    return sizeof(float) * RR_WARPS * ((size_t)E + select_floats(E, G));
+}
+
+cudaError_t vl2__cu_moe_router_route(const struct vl2__cu_route_args *a,
+                                     const struct vl2__cu_bucket_args *b, float *logits,
+                                     unsigned int *ticket, cudaStream_t st)
+{
+    const unsigned int blocks = (unsigned int)((a->E + RR_WARPS - 1) / RR_WARPS);
+    const size_t smem = vl2__cu_moe_router_route_smem(a->E, a->n_group);
+    if (a->n <= 0)
+        return cudaSuccess;
+    switch (a->rdtype) {
+    case VL2_DTYPE_BF16:
+        launch_k(router_route_kernel<__nv_bfloat16>, blocks, RR_WARPS * 32, smem, st, *a, *b,
+                 logits, ticket);
+        break;
+    case VL2_DTYPE_F16:
+        launch_k(router_route_kernel<__half>, blocks, RR_WARPS * 32, smem, st, *a, *b, logits,
+                 ticket);
+        break;
+    default:
+        launch_k(router_route_kernel<float>, blocks, RR_WARPS * 32, smem, st, *a, *b, logits,
+                 ticket);
+        break;
+    }
     return cudaGetLastError();
 }
 

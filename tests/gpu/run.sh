@@ -2,7 +2,7 @@
 # tests/gpu/run.sh - the CUDA backend on the GPU machine, in one call:
 #   ops     op tests of every op against naive CPU references, graph replay
 #           (three times: default options, then mla_chunk=7,mla_decode=0, then
-#           mla_qgroup=3)
+#           mla_qgroup=3,fuse_router=0)
 #   golden  vl2-mkweights micro checkpoints (sha256 checked), then for every
 #           golden case `vl2d run --backend cuda --dump` compared in C
 #           (gpu_golden) with tests/data/golden at the bf16 tolerances
@@ -89,12 +89,12 @@ step_ops() {
     [ "$rc" = 0 ] || note_fail "op tests, mla_chunk=7,mla_decode=0 (exit $rc)"
     { echo "with mla_chunk=7,mla_decode=0: $(grep -E '^[0-9]+ checks' "$LOG" | tail -1)"; echo; } >> "$TABLE"
     # the decode kernel with the queries of a sequence in uneven blocks of 3
-    log "== op tests with VL2_CUDA_OPTIONS=mla_qgroup=3"
-    VL2_CUDA_OPTIONS=mla_qgroup=3 timeout 300 "$G/bin/test_cuda_ops" \
+    log "== op tests with VL2_CUDA_OPTIONS=mla_qgroup=3,fuse_router=0"
+    VL2_CUDA_OPTIONS=mla_qgroup=3,fuse_router=0 timeout 300 "$G/bin/test_cuda_ops" \
         "$G/plugins/vl2-backend-cuda.so" 2>&1 | tee -a "$LOG" | grep -E 'FAIL|checks'
     rc=${PIPESTATUS[0]}
-    [ "$rc" = 0 ] || note_fail "op tests, mla_qgroup=3 (exit $rc)"
-    { echo "with mla_qgroup=3: $(grep -E '^[0-9]+ checks' "$LOG" | tail -1)"; echo; } >> "$TABLE"
+    [ "$rc" = 0 ] || note_fail "op tests, mla_qgroup=3,fuse_router=0 (exit $rc)"
+    { echo "with mla_qgroup=3,fuse_router=0: $(grep -E '^[0-9]+ checks' "$LOG" | tail -1)"; echo; } >> "$TABLE"
 }
 
 step_golden() {

@@ -1354,6 +1354,16 @@ static void test_moe(int quick)
     moe_run(&m, 12, 3e-2, "no shared, d 40, n 12");
     moe_free(&m);
 
+    /* 10 experts: the fused router kernel's last block has idle warps */
+    memset(&m, 0, sizeof(m));
+    m.E = 10; m.k = 3; m.d = 64; m.I = 32; m.ns = 1;
+    m.scoring = VL2_MOE_SOFTMAX; m.method = VL2_MOE_GREEDY; m.n_group = 1; m.topk_group = 1;
+    m.norm = 1; m.scale = 1.0f;
+    moe_build(&m, VL2_DTYPE_BF16);
+    moe_run(&m, 1, 1e-5, "10 experts");
+    moe_run(&m, 8, 1e-5, "10 experts, n 8");
+    moe_free(&m);
+
     if (!quick) {
         memset(&m, 0, sizeof(m));
         m.E = 64; m.k = 6; m.d = 256; m.I = 64; m.ns = 2;
