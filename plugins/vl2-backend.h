@@ -291,7 +291,20 @@ struct vl2_backend_ops {
     int  (*moe)(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
                 const struct vl2_tensor *x, const struct vl2_moe_layer *layer,
                 struct vl2_err *err);
+
+    /* -- optional (NULL, or past a shorter table's struct_size: absent) -- */
+    /* Greedy choice per row: out (I32, [n] or [n, 1]) gets the index of the
+     * first largest value of row i of x (F32 [n, cols]); NaN never wins, and
+     * a row whose first value is NaN gives 0.  It
+     * lets a greedy decode step read back one id per sequence instead of its
+     * logits. */
+    int  (*argmax)(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
+                   const struct vl2_tensor *x, struct vl2_err *err);
 };
+
+/* Size of the function table without the optional operations: the least
+ * struct_size a backend of this ABI version may give. */
+#define VL2_BACKEND_OPS_BASE_SIZE offsetof(struct vl2_backend_ops, argmax)
 
 typedef const struct vl2_backend_ops *(*vl2_backend_entry_fn)(uint32_t abi_version,
                                                               struct vl2_err *err);

@@ -118,13 +118,18 @@ static int load_file(struct vl2_backend *b, const char *path, const struct vl2_b
                         ops->abi_version, VL2_BACKEND_ABI_VERSION);
         goto out_close;
     }
-    if (ops->struct_size < sizeof(struct vl2_backend_ops)) {
+    if (ops->struct_size < VL2_BACKEND_OPS_BASE_SIZE) {
         r = vl2_err_set(err, VL2_EABI,
                         "backend: refusing '%s': function table of %u bytes, expected at least %zu (ABI version %u)",
-                        path, ops->struct_size, sizeof(struct vl2_backend_ops),
+                        path, ops->struct_size, (size_t)VL2_BACKEND_OPS_BASE_SIZE,
                         VL2_BACKEND_ABI_VERSION);
         goto out_close;
     }
+    /* our copy: the optional operations past a shorter table are NULL */
+    memset(&b->table, 0, sizeof(b->table));
+    memcpy(&b->table, ops,
+           ops->struct_size < sizeof(b->table) ? ops->struct_size : sizeof(b->table));
+    ops = &b->table;
     miss = missing_op(ops);
     if (miss) {
         r = vl2_err_set(err, VL2_EABI, "backend: refusing '%s': operation '%s' is missing", path,

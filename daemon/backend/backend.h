@@ -24,7 +24,9 @@
 #include "vl2-status.h"
 
 struct vl2_backend {
-    const struct vl2_backend_ops *ops;   /* the plugin's table (checked) */
+    const struct vl2_backend_ops *ops;   /* &table once loaded */
+    struct vl2_backend_ops        table; /* the plugin's table (checked), optional
+                                            operations it lacks NULL */
     struct vl2_backend_ctx       *ctx;   /* from ops->open() */
     void                         *dl;    /* dlopen handle */
     char                          path[4096]; /* file loaded */

@@ -687,6 +687,9 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
         return 0;
     sp.capacity = (int32_t) cap;
     sp.sampler = r->sp;
+    /* greedy requests without log-probabilities need only the ids: the
+     * backend picks them and the logits stay on the device */
+    sp.device_greedy = !r->job->logprobs;
     rc = vl2_seq_new(e->m, &sp, &r->seq, err);
     if (rc < 0)
         return rc;

@@ -47,6 +47,12 @@ int vl2__llm_scratch_init(struct vl2_model *m, struct vl2_err *err)
     if ((r = vl2__model_alloc(m, &s->last, L, D, err)) < 0 ||
         (r = vl2__model_alloc(m, &s->logits, L, c->n_vocab, err)) < 0)
         return r;
+    if (m->ops->argmax) {
+        if ((r = vl2__model_alloc_dt(m, &s->best, VL2_DTYPE_I32, L, 1, err)) < 0)
+            return r;
+        if (!(s->best_h = malloc((size_t)L * sizeof(*s->best_h))))
+            return vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
+    }
     s->ids = malloc((size_t)R * sizeof(*s->ids));
     s->dst = malloc((size_t)R * sizeof(*s->dst));
     s->src = malloc((size_t)R * sizeof(*s->src));
@@ -250,17 +256,29 @@ static int run_pass(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t
     }
     if (n_logits > 0) {
         struct vl2_tensor last = VIEW(s->last, n_logits), lg = VIEW(s->logits, n_logits);
-        int32_t k = 0;
+        int32_t k = 0, n_dev = 0;
         if ((r = ops->copy_rows(ctx, &last, s->dst, &x, s->src, n_logits, err)) < 0 ||
             (r = ops->rmsnorm(ctx, &last, &last, &m->norm, (float)c->rms_eps, err)) < 0 ||
             (r = ops->linear(ctx, &lg, &last, &m->lm_head, NULL, err)) < 0)
             return r;
+        for (i = 0; i < n_pc; i++)
+            n_dev += pc[i].logits && pc[i].item->seq->dev_greedy;
+        if (n_dev > 0) {
+            /* greedy sequences: their ids, not their logits, come back */
+            struct vl2_tensor best = VIEW(s->best, n_logits);
+            if ((r = ops->argmax(ctx, &best, &lg, err)) < 0 ||
+                (r = ops->read(ctx, &best, 0, s->best_h, (size_t)n_logits * sizeof(int32_t),
+                               err)) < 0)
+                return r;
+        }
         for (i = 0; i < n_pc; i++) {
+            struct vl2_seq *sq = pc[i].item->seq;
             if (!pc[i].logits)
                 continue;
-            r = ops->read(ctx, &s->logits, (size_t)k * (size_t)V * sizeof(float),
-                          pc[i].item->seq->logits, (size_t)V * sizeof(float), err);
-            if (r < 0)
+            if (sq->dev_greedy)
+                sq->dev_id = s->best_h[k];
+            else if ((r = ops->read(ctx, &s->logits, (size_t)k * (size_t)V * sizeof(float),
+                                    sq->logits, (size_t)V * sizeof(float), err)) < 0)
                 return r;
             k++;
         }

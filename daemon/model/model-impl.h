@@ -73,6 +73,8 @@ struct vl2_llm_scratch {
     struct vl2_tensor g, u;   /* [R, d_ff] dense MLP */
     struct vl2_tensor last;   /* [L, D] last rows of the sequences that want logits */
     struct vl2_tensor logits; /* [L, V] */
+    struct vl2_tensor best;   /* I32 [L, 1] greedy ids (backends with argmax) */
+    int32_t          *best_h; /* host [L] */
     int32_t          *ids;    /* host [R] */
     int32_t          *dst;    /* host [R] row indices */
     int32_t          *src;    /* host [R] */
@@ -140,8 +142,10 @@ struct vl2_seq {
     int32_t             capacity;
     int32_t             n_past;
     size_t              kv_bytes;   /* taken from the model's budget */
-    float              *logits;     /* [V] host */
+    float              *logits;     /* [V] host (not written when dev_greedy) */
     struct vl2_sampler  sampler;
+    int                 dev_greedy; /* passes choose the id on the device (argmax) */
+    int32_t             dev_id;     /* that id, from the last pass with logits */
 };
 
 /* llm.c */
@@ -152,5 +156,8 @@ int  vl2__vision_scratch_init(struct vl2_model *m, struct vl2_err *err);
 /* model.c: allocate an F32 activation tensor [rows, cols], recorded for freeing. */
 int  vl2__model_alloc(struct vl2_model *m, struct vl2_tensor *t, int64_t rows, int64_t cols,
                       struct vl2_err *err);
+/* The same of element type @dtype. */
+int  vl2__model_alloc_dt(struct vl2_model *m, struct vl2_tensor *t, int dtype, int64_t rows,
+                         int64_t cols, struct vl2_err *err);
 
 #endif /* VL2_MODEL_IMPL_H */

@@ -99,13 +99,19 @@ static int own(struct vl2_model *m, struct vl2_tensor *t, struct vl2_err *err)
 int vl2__model_alloc(struct vl2_model *m, struct vl2_tensor *t, int64_t rows, int64_t cols,
                      struct vl2_err *err)
 {
+    return vl2__model_alloc_dt(m, t, VL2_DTYPE_F32, rows, cols, err);
+}
+
+int vl2__model_alloc_dt(struct vl2_model *m, struct vl2_tensor *t, int dtype, int64_t rows,
+                        int64_t cols, struct vl2_err *err)
+{
     int64_t ne[2] = { rows, cols };
     int r;
 
     r = own(m, t, err);
     if (r < 0)
         return r;
-    r = m->ops->alloc(m->ctx, t, VL2_DTYPE_F32, 2, ne, err);
+    r = m->ops->alloc(m->ctx, t, dtype, 2, ne, err);
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
@@ -602,6 +608,7 @@ void vl2_model_free(struct vl2_model *m)
     free(m->layers);
     free(m->vit);
     free(m->ls.ids);
+    free(m->ls.best_h);
     free(m->ls.dst);
     free(m->ls.src);
     free(m->ls.bseq);
@@ -730,6 +737,9 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
     r = vl2_sampler_init(&s->sampler, &p->sampler, m->cfg.lm.n_vocab, err);
     if (r < 0)
         goto out_free;
+    /* the device picks the id when that is all the sampler would do */
+    s->dev_greedy = p->device_greedy && m->ops->argmax && p->sampler.temperature == 0.0f &&
+                    p->sampler.repetition_penalty == 1.0f;
     r = m->ops->kv_new(m->ctx, &shape, &s->kv, err);
     if (r < 0) {
         vl2_err_prefix(err, "model: KV cache");
@@ -775,11 +785,18 @@ int32_t vl2_seq_capacity(const struct vl2_seq *s)
 
 const float *vl2_seq_logits(const struct vl2_seq *s)
 {
-    return s->logits;
+    return s->dev_greedy ? NULL : s->logits;
+}
+
+int vl2_seq_device_greedy(const struct vl2_seq *s)
+{
+    return s->dev_greedy;
 }
 
 int32_t vl2_seq_sample(struct vl2_seq *s)
 {
+    if (s->dev_greedy)
+        return s->dev_id;
     return vl2_sampler_sample(&s->sampler, s->logits);
 }
 

@@ -191,6 +191,12 @@ void vl2_model_image_abort(struct vl2_model *m, struct vl2_image_job *job);
 struct vl2_seq_params {
     int32_t                   capacity;  /* tokens its KV cache holds (0: model n_ctx) */
     struct vl2_sampler_params sampler;
+    /* 1: when the sampler is greedy without repetition penalty and the
+     * backend has argmax, passes choose the next id on the device and read
+     * back that id instead of the logits: vl2_seq_logits() is then NULL and
+     * vl2_seq_sample() gives the device's choice.  For callers that need no
+     * logits (no log-probabilities, no dumps). */
+    int                       device_greedy;
 };
 struct vl2_seq_params vl2_seq_default_params(void);
 
@@ -208,6 +214,8 @@ int32_t vl2_seq_capacity(const struct vl2_seq *s);
 /* Logits [n_vocab] at the last token of the last pass that asked for them;
  * owned by the sequence, valid until the next pass over it. */
 const float *vl2_seq_logits(const struct vl2_seq *s);
+/* 1 when the sequence's ids are chosen on the device (see device_greedy). */
+int vl2_seq_device_greedy(const struct vl2_seq *s);
 /* Next token from the current logits by the sequence's sampler (repetition
  * penalty over the ids it has seen).  Does not feed it back. */
 int32_t vl2_seq_sample(struct vl2_seq *s);

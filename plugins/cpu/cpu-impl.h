@@ -228,6 +228,8 @@ int cpu_layernorm(struct vl2_backend_ctx *, struct vl2_tensor *, const struct vl
                   const struct vl2_tensor *, const struct vl2_tensor *, float, struct vl2_err *);
 int cpu_add(struct vl2_backend_ctx *, struct vl2_tensor *, const struct vl2_tensor *,
             const struct vl2_tensor *, struct vl2_err *);
+int cpu_argmax(struct vl2_backend_ctx *, struct vl2_tensor *, const struct vl2_tensor *,
+               struct vl2_err *);
 int cpu_gelu_tanh(struct vl2_backend_ctx *, struct vl2_tensor *, struct vl2_err *);
 int cpu_gelu_erf(struct vl2_backend_ctx *, struct vl2_tensor *, struct vl2_err *);
 int cpu_swiglu(struct vl2_backend_ctx *, struct vl2_tensor *, const struct vl2_tensor *,

@@ -694,6 +694,7 @@ static const struct vl2_backend_ops cpu_ops = {
     .attn_mha = cpu_attn_mha,
     .attn_mla = cpu_attn_mla,
     .moe = cpu_moe,
+    .argmax = cpu_argmax,
 };
 
 __attribute__((visibility("default"))) const struct vl2_backend_ops *

@@ -386,6 +386,42 @@ int cpu_layernorm(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const str
     return 0;
 }
 
+/* Greedy choice per row (ABI argmax): the first largest value, NaN never
+ * winning, 0 when the row starts with NaN.  One pass per row: the rows are
+ * few (one per decoding sequence) and the pass is short next to the step. */
+int cpu_argmax(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct vl2_tensor *x,
+               struct vl2_err *err)
+{
+    int64_t i, c;
+    int r;
+
+    (void)ctx;
+    if ((r = cpu_check_f32(x, "argmax", "x", err)) < 0 ||
+        (r = cpu_check_tensor(out, "argmax", "out", err)) < 0)
+        return r;
+    if (out->dtype != VL2_DTYPE_I32 || out->rows * out->cols != x->rows ||
+        (out->cols != 1 && out->rows != 1))
+        return vl2_err_set(err, VL2_EINVAL, "cpu: argmax: 'out' must be an I32 vector of %lld "
+                           "entries", (long long)x->rows);
+    if (x->cols < 1)
+        return vl2_err_set(err, VL2_EINVAL, "cpu: argmax: 'x' has no columns");
+    for (i = 0; i < x->rows; i++) {
+        const float *z = (const float *)x->data + i * x->ld;
+        int32_t *o = out->cols == 1 ? (int32_t *)out->data + i * out->ld
+                                    : (int32_t *)out->data + i;
+        float best = z[0];
+        int32_t bi = 0;
+        if (best == best)
+            for (c = 1; c < x->cols; c++)
+                if (z[c] > best) {
+                    best = z[c];
+                    bi = (int32_t)c;
+                }
+        *o = bi;
+    }
+    return 0;
+}
+
 int cpu_add(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct vl2_tensor *a,
             const struct vl2_tensor *b, struct vl2_err *err)
 {

@@ -78,12 +78,13 @@ enum op_kind {
     OPK_ATTN_MHA,
     OPK_ATTN_MLA,
     OPK_MOE,
+    OPK_ARGMAX,
     OPK_COUNT
 };
 
 static const char *const op_names[OPK_COUNT] = {
     "?", "embed", "linear", "rmsnorm", "layernorm", "add", "gelu", "swiglu", "copy_rows",
-    "patchify", "unfold2x2", "attn_full", "rope", "attn_mha", "attn_mla", "moe",
+    "patchify", "unfold2x2", "attn_full", "rope", "attn_mha", "attn_mla", "moe", "argmax",
 };
 
 /* Steps inside ops, timed separately in profile mode. */
@@ -1401,6 +1402,11 @@ static int exec_op(struct vl2_backend_ctx *ctx, const struct op_rec *r, struct v
         e = vl2__cu_add((float *)t0->data, t0->ld, t1->data, t1->ld, t1->dtype, t2->data,
                         t2->ld, t2->dtype, t2->rows, (int)t1->rows, (int)t1->cols, ctx->st);
         return launched(e, "add", err);
+    case OPK_ARGMAX:
+        /* out: a column ([n, 1], rows ld apart) or a row ([1, n]) */
+        e = vl2__cu_argmax((int32_t *)t0->data, t0->cols == 1 ? t0->ld : 1,
+                           (const float *)t1->data, t1->ld, (int)t1->rows, (int)t1->cols, ctx->st);
+        return launched(e, "argmax", err);
     case OPK_GELU:
         e = vl2__cu_gelu((float *)t0->data, t0->ld, (int)t0->rows, (int)t0->cols, (int)r->i[0],
                          ctx->st);
@@ -2357,6 +2363,26 @@ static int cu_add(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
     return submit(ctx, &r, NULL, 0, err);
 }
 
+static int cu_argmax(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
+                     const struct vl2_tensor *x, struct vl2_err *err)
+{
+    struct op_rec r;
+    int rc;
+
+    if ((rc = check_t(x, "argmax", "x", 1, err)) < 0)
+        return rc;
+    if (!out || !out->data || out->dtype != VL2_DTYPE_I32 || out->rows * out->cols != x->rows ||
+        (out->cols != 1 && out->rows != 1))
+        return vl2_err_set(err, VL2_EINVAL, "cuda: argmax: 'out' must be an I32 vector of %lld "
+                           "entries", (long long)x->rows);
+    if (x->rows == 0)
+        return 0;
+    rec_init(&r, OPK_ARGMAX);
+    r.t[0] = td(out);
+    r.t[1] = td(x);
+    return submit(ctx, &r, NULL, 0, err);
+}
+
 static int gelu_any(struct vl2_backend_ctx *ctx, struct vl2_tensor *x, int kind,
                     struct vl2_err *err)
 {
@@ -3038,6 +3064,7 @@ static const struct vl2_backend_ops cuda_ops = {
     cu_attn_mha,
     cu_attn_mla,
     cu_moe,
+    cu_argmax,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct vl2_backend_ops *

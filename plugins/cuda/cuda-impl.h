@@ -265,6 +265,10 @@ cudaError_t vl2__cu_rmsnorm(float *out, int64_t ldo, const float *x, int64_t ldx
 cudaError_t vl2__cu_layernorm(float *out, int64_t ldo, const float *x, int64_t ldx,
                               const void *w, int wdtype, const void *b, int bdtype, int n,
                               int cols, float eps, cudaStream_t st);
+/* out[i * ldo] = index of the first largest of row i of x (NaN never wins;
+ * 0 for a row starting with NaN). */
+cudaError_t vl2__cu_argmax(int32_t *out, int64_t ldo, const float *x, int64_t ldx, int n,
+                           int cols, cudaStream_t st);
 cudaError_t vl2__cu_add(float *out, int64_t ldo, const void *a, int64_t lda, int adtype,
                         const void *b, int64_t ldb, int bdtype, int64_t brows, int n,
                         int cols, cudaStream_t st);

@@ -1,6 +1,7 @@
 /* k-basic.cu - element-wise and row-wise kernels of the CUDA backend:
  * embedding, norms, add, activations, row copies, patchify, unfold, RoPE,
  * dtype conversion, bias, row softmax. */
+#include <limits.h>
 #include <math.h>
 
 #include "cuda-dev.cuh"
@@ -141,6 +142,69 @@ cudaError_t vl2__cu_layernorm(float *out, int64_t ldo, const float *x, int64_t l
 }
 
 /* ---- add, activations ---------------------------------------------------- */
+
+/* Greedy choice per row (ABI argmax): one block per row, each thread the
+ * first largest of its strided columns, then the block's, ties to the
+ * lower column; NaN never wins and a row starting with NaN gives 0. */
+#define AM_THREADS 1024
+static __global__ void __launch_bounds__(AM_THREADS)
+argmax_kernel(int32_t *out, int64_t ldo, const float *x, int64_t ldx, int cols)
+{
+    PDL_ENTRY();
+    __shared__ float s_v[AM_THREADS / 32];
+    __shared__ int s_i[AM_THREADS / 32];
+    const float *z = x + (int64_t)blockIdx.x * ldx;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+
+    for (int c = threadIdx.x; c < cols; c += AM_THREADS) {
+        const float v = z[c];
+        if (v > bv) {   /* strictly: the first of equal values stays */
+            bv = v;
+            bi = c;
+        }
+    }
+    /* a column holding -inf everywhere still needs an index */
+    if (bi == INT_MAX && threadIdx.x < cols && z[threadIdx.x] == -INFINITY)
+        bi = threadIdx.x;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    if (lane == 0) {
+        s_v[warp] = bv;
+        s_i[warp] = bi;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        bv = lane < AM_THREADS / 32 ? s_v[lane] : -INFINITY;
+        bi = lane < AM_THREADS / 32 ? s_i[lane] : INT_MAX;
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (lane == 0)
+            out[(int64_t)blockIdx.x * ldo] = z[0] != z[0] || bi == INT_MAX ? 0 : bi;
+    }
+}
+
+cudaError_t vl2__cu_argmax(int32_t *out, int64_t ldo, const float *x, int64_t ldx, int n,
+                           int cols, cudaStream_t st)
+{
+    if (n <= 0)
+        return cudaSuccess;
+    launch_k(argmax_kernel, n, AM_THREADS, 0, st, out, ldo, x, ldx, cols);
+    return LAUNCH_CHECK();
+}
 
 static __global__ void add_kernel(float *out, int64_t ldo, const void *a, int64_t lda,
                                   int adtype, const void *b, int64_t ldb, int bdtype,

@@ -13,6 +13,11 @@
  *
  * usage: bench_gpu --model DIR --image FILE [--plugin-dir DIR] [--copy-gbps X]
  *                  [--decode-steps N] [--batch N] [--label TEXT]
+ *                  [--sampling device|host]
+ * Greedy ids are chosen by the backend (argmax on the device, one id read
+ * back per sequence: what vl2d does for requests without log-probabilities)
+ * unless --sampling host, which reads the logits back and samples on the
+ * host.
  * (backend options through VL2_CUDA_OPTIONS) */
 #include <math.h>
 #include <stdio.h>
@@ -53,6 +58,7 @@ struct opts {
     const char *model, *image, *plugin_dir, *label, *prompt;
     double      copy_gbps;
     int         steps, batch;
+    int         host_sampling; /* --sampling host: logits read back, sampled here */
     int32_t     n_vocab;     /* of the checkpoint */
     int32_t     tok_image;   /* the tokenizer's <image> id */
     int32_t     image_id;    /* the id the model is told (tok_image, or folded) */
@@ -150,7 +156,8 @@ static void prepare(struct input *in, const struct opts *o, const struct vl2_mod
 /* Vision + prefill of the image prompt into a new sequence; returns the
  * first sampled id and the times. */
 static struct vl2_seq *first_token(struct vl2_model *m, const struct input *in, int capacity,
-                                   int32_t *ret_id, double *ret_vis, double *ret_pre)
+                                   int dev_greedy, int32_t *ret_id, double *ret_vis,
+                                   double *ret_pre)
 {
     struct vl2_seq_params sp = vl2_seq_default_params();
     struct vl2_image_embed *e = NULL;
@@ -159,6 +166,7 @@ static struct vl2_seq *first_token(struct vl2_model *m, const struct input *in, 
     double t0, t1, t2;
 
     sp.capacity = capacity;
+    sp.device_greedy = dev_greedy;
     if (vl2_seq_new(m, &sp, &s, &err) < 0)
         die("seq", &err);
     t0 = now();
@@ -210,6 +218,8 @@ int main(int argc, char **argv)
             o.batch = atoi(v) > 0 && atoi(v) <= MAX_BATCH ? atoi(v) : 16;
         else if (!strcmp(a, "--label"))
             o.label = v;
+        else if (!strcmp(a, "--sampling") && (!strcmp(v, "device") || !strcmp(v, "host")))
+            o.host_sampling = !strcmp(v, "host");
         else {
             fprintf(stderr, "bench_gpu: unknown option %s\n", a);
             return 2;
@@ -217,7 +227,8 @@ int main(int argc, char **argv)
     }
     if (!o.model || !o.image) {
         fprintf(stderr, "usage: bench_gpu --model DIR --image FILE [--plugin-dir DIR] "
-                "[--copy-gbps X] [--decode-steps N] [--batch N] [--label TEXT]\n");
+                "[--copy-gbps X] [--decode-steps N] [--batch N] [--label TEXT] "
+                "[--sampling device|host]\n");
         return 2;
     }
     if (vl2_tokenizer_load(&tok, o.model, &err) < 0)
@@ -255,10 +266,11 @@ int main(int argc, char **argv)
     {
         int32_t id;
         double v, p;
-        struct vl2_seq *s = first_token(m, &in, (int)in.n_ids + 1, &id, &v, &p);
+        struct vl2_seq *s = first_token(m, &in, (int)in.n_ids + 1, !o.host_sampling, &id, &v, &p);
         vl2_seq_free(s);
         for (i = 0; i < TTFT_RUNS; i++) {
-            s = first_token(m, &in, (int)in.n_ids + 1, &id, &vis[i], &pre[i]);
+            s = first_token(m, &in, (int)in.n_ids + 1, !o.host_sampling, &id, &vis[i],
+                            &pre[i]);
             tt[i] = vis[i] + pre[i];
             vl2_seq_free(s);
         }
@@ -276,7 +288,8 @@ int main(int argc, char **argv)
     {
         int32_t id;
         double v, p;
-        struct vl2_seq *s = first_token(m, &in, (int)in.n_ids + o.steps + 8, &id, &v, &p);
+        struct vl2_seq *s = first_token(m, &in, (int)in.n_ids + o.steps + 8, !o.host_sampling,
+                                        &id, &v, &p);
         for (step = 0; step < 4; step++) {       /* warm-up: capture the step graph */
             if (vl2_model_decode(m, &s, &id, 1, &err) < 0)
                 die("decode", &err);
@@ -290,7 +303,8 @@ int main(int argc, char **argv)
             id = sample(s);
         }
         dec_s = (now() - t0) / o.steps;
-        printf("%s: host sampling %.3f ms per token of the %.3f ms\n", o.label,
+        printf("%s: %s sampling %.3f ms per token of the %.3f ms\n", o.label,
+               vl2_seq_device_greedy(s) ? "device (argmax; host part)" : "host",
                t_sample * 1e3 / o.steps, dec_s * 1e3);
         vl2_seq_free(s);
     }
@@ -322,6 +336,7 @@ int main(int argc, char **argv)
             die("prompt", &err);
         fold_ids(&o, pids, n_p);
         sp.capacity = (int32_t)n_p + o.steps + 8;
+        sp.device_greedy = !o.host_sampling;
         for (i = 0; i < B; i++) {
             if (vl2_seq_new(m, &sp, &seqs[i], &err) < 0)
                 die("seq", &err);
@@ -350,7 +365,8 @@ int main(int argc, char **argv)
                 ids[i] = sample(seqs[i]);
         }
         agg_s = (now() - t0) / o.steps;
-        printf("%s: host sampling %.3f ms per step of the %.3f ms\n", o.label,
+        printf("%s: %s sampling %.3f ms per step of the %.3f ms\n", o.label,
+               vl2_seq_device_greedy(seqs[0]) ? "device (argmax; host part)" : "host",
                t_sample * 1e3 / o.steps, agg_s * 1e3);
         agg_tok_s = B / agg_s;
         /* weights of one step: batch-1 weights plus the experts that the other

@@ -164,10 +164,12 @@ step_bench() {  # preset [options]
     nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,utilization.gpu \
         --format=csv,noheader,nounits -lms 100 > "$W/clocks.txt" 2>/dev/null &
     local smi=$!
+    local sampling=device   # option sampling=host: logits read back, sampled on the host
+    case $opt in *sampling=host*) sampling=host ;; esac
     VL2_CUDA_OPTIONS=$opt timeout 480 "$G/bin/bench_gpu" --model "$W/$p" \
         --image "$ROOT/data/images/g_a_384.jpg" --plugin-dir "$G/plugins" \
         --copy-gbps "${COPY_GBPS:-0}" --decode-steps $steps --batch 16 --label "$label" \
-        > "$W/bench.txt" 2>&1
+        --sampling $sampling > "$W/bench.txt" 2>&1
     rc=$?
     kill $smi 2>/dev/null
     wait $smi 2>/dev/null

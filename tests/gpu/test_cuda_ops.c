@@ -467,6 +467,70 @@ static void test_elementwise(void)
     expect_err(O->add(C, to, tb, ta, &Er), VL2_EINVAL, "add with b larger than a");
 }
 
+/* The first largest of @z[0..n), NaN never winning, 0 when z[0] is NaN. */
+static int ref_argmax(const float *z, int n)
+{
+    float best = z[0];
+    int bi = 0, i;
+    if (best != best)
+        return 0;
+    for (i = 1; i < n; i++)
+        if (z[i] > best) {
+            best = z[i];
+            bi = i;
+        }
+    return bi;
+}
+
+/* argmax over vocabulary-sized rows: ties, NaN, -inf, the last column, as a
+ * column [n, 1] and as a row [1, n]. */
+static void test_argmax(void)
+{
+    enum { N = 6, V = 129280 };
+    float *x = malloc((size_t)N * V * sizeof(float));
+    struct vl2_tensor *tx = mk_act(N, V, V, 1.0f, x);
+    struct vl2_tensor out;
+    int64_t ne_col[2] = { N, 1 }, ne_row[2] = { 1, N };
+    int32_t got[N];
+    int r, form, c;
+
+    printf("argmax\n");
+    x[1 * V + 1000] = 5.0f;          /* ties: the first */
+    x[1 * V + 90000] = 5.0f;
+    x[2 * V + 0] = NAN;              /* starts with NaN: 0 */
+    x[2 * V + 7] = 9.0f;
+    x[3 * V + 3] = NAN;              /* NaN inside: skipped */
+    x[3 * V + 77777] = 9.0f;
+    for (c = 0; c < V; c++)
+        x[4 * V + c] = -INFINITY;    /* all -inf: 0 */
+    x[5 * V + V - 1] = 7.0f;         /* the last column */
+    die_if(O->write(C, tx, 0, x, (size_t)N * V * sizeof(float), &Er), "write");
+    for (form = 0; form < 2; form++) {
+        die_if(O->alloc(C, &out, VL2_DTYPE_I32, 2, form ? ne_row : ne_col, &Er), "alloc");
+        OK(O->argmax(C, &out, tx, &Er));
+        die_if(O->read(C, &out, 0, got, sizeof(got), &Er), "read");
+        for (r = 0; r < N; r++) {
+            const int want = ref_argmax(x + (size_t)r * V, V);
+            CHECK(got[r] == want, "argmax row %d (%s): %d, expected %d", r,
+                  form ? "row" : "column", (int)got[r], want);
+        }
+        O->free_tensor(C, &out);
+    }
+    CHECK(ref_argmax(x + 1 * V, V) == 1000 && ref_argmax(x + 3 * V, V) == 77777 &&
+              ref_argmax(x + 5 * V, V) == V - 1,
+          "argmax reference");
+    printf("  %d rows of %d\n", N, V);
+    ne_col[0] = N - 1;
+    die_if(O->alloc(C, &out, VL2_DTYPE_I32, 2, ne_col, &Er), "alloc");
+    expect_err(O->argmax(C, &out, tx, &Er), VL2_EINVAL, "argmax into too short an output");
+    O->free_tensor(C, &out);
+    ne_col[0] = N;
+    die_if(O->alloc(C, &out, VL2_DTYPE_F32, 2, ne_col, &Er), "alloc");
+    expect_err(O->argmax(C, &out, tx, &Er), VL2_EINVAL, "argmax into an F32 output");
+    O->free_tensor(C, &out);
+    free(x);
+}
+
 static void test_copy_rows(void)
 {
     const int D = 16;
@@ -1408,6 +1472,8 @@ static void test_graph_steps(void)
     struct vl2_tensor *ax = mk_out(8, D), *ah = mk_out(8, D), *aq = mk_out(8, D);
     struct vl2_tensor *ak = mk_out(8, D), *av = mk_out(8, D), *ao = mk_out(8, D);
     struct vl2_tensor *aa = mk_out(8, D), *al = mk_out(8, D), *lg = mk_out(8, V);
+    struct vl2_tensor ids;
+    int64_t ne_ids[2] = { 8, 1 };
     struct moe_host m;
     struct vl2_kv *kv[3];
     struct hcache hc[3];
@@ -1417,6 +1483,7 @@ static void test_graph_steps(void)
     unsigned long long rep0 = 0, rep1 = 0, cap0 = 0, cap1 = 0, fb0 = 0, fb1 = 0;
 
     printf("decode steps through graphs\n");
+    die_if(O->alloc(C, &ids, VL2_DTYPE_I32, 2, ne_ids, &Er), "alloc");
     memset(&m, 0, sizeof(m));
     m.E = 8; m.k = 2; m.d = D; m.I = 32; m.ns = 2;
     m.scoring = VL2_MOE_SOFTMAX; m.method = VL2_MOE_GREEDY; m.n_group = 1; m.topk_group = 1;
@@ -1463,7 +1530,18 @@ static void test_graph_steps(void)
         OK(O->copy_rows(C, &l, dst, &x, src, ns, &Er));
         OK(O->rmsnorm(C, &l, &l, tn, 1e-6f, &Er));
         OK(O->linear(C, &lgv, &l, th, NULL, &Er));
-        got = fetch(&lgv);
+        {
+            /* the greedy ids in the same step: those of the logits read back */
+            struct vl2_tensor idv = vl2_tensor_rows(&ids, 0, ns);
+            int32_t gi[3];
+            OK(O->argmax(C, &idv, &lgv, &Er));
+            die_if(O->read(C, &idv, 0, gi, (size_t)ns * sizeof(int32_t), &Er), "read");
+            got = fetch(&lgv);
+            for (s = 0; s < ns; s++)
+                CHECK(gi[s] == ref_argmax(got + (size_t)s * V, V),
+                      "step %d seq %d: argmax %d, logits say %d", step, s, (int)gi[s],
+                      ref_argmax(got + (size_t)s * V, V));
+        }
 
         /* reference */
         for (s = 0; s < ns; s++) {
@@ -1544,6 +1622,7 @@ static void test_graph_steps(void)
         O->kv_free(C, kv[s]);
         free(hc[s].data);
     }
+    O->free_tensor(C, &ids);
     moe_free(&m);
 }
 
@@ -1658,6 +1737,7 @@ int main(int argc, char **argv)
     test_norms();
     test_elementwise();
     test_copy_rows();
+    test_argmax();
     test_vision_ops(quick);
     test_rope();
     test_attention(quick);

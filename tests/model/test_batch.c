@@ -3,7 +3,10 @@
  *     calls with image_row0) equals one-shot prefill;
  *   - several sequences decoding together give the logits each gets alone;
  *   - a pass mixing a prompt and decode rows equals separate passes;
- *   - 1 and 2 backend threads give the same logits (float rounding only).
+ *   - 1 and 2 backend threads give the same logits (float rounding only);
+ *   - a greedy sequence whose ids the backend chooses (device_greedy, the
+ *     argmax op) gets the ids the host sampler picks from the logits, in
+ *     passes that mix it with a sequence whose logits are read back.
  * Also checks against the golden logits so that "equal" means "right".
  *
  * usage: test_batch --model CKPT_DIR --golden GOLDEN_PRESET_DIR
@@ -183,6 +186,54 @@ static void batched(struct vl2_model *m2, const struct tu_case *ca_, const struc
     vl2_image_embed_free(m2, e);
 }
 
+/* Device greedy vs host greedy over a prompt and 8 decode steps, the two
+ * sequences in the same passes. */
+static void device_greedy(struct vl2_model *m, const struct tu_case *ct)
+{
+    struct vl2_seq_params sp = vl2_seq_default_params();
+    struct vl2_seq *host = new_seq(m, 2048), *dev, *warm, *two[2];
+    struct vl2_err err = { 0 };
+    int32_t tok[2];
+    int r, st, same = 0;
+
+    printf("device greedy vs host greedy\n");
+    sp.capacity = 2048;
+    sp.device_greedy = 1;
+    r = vl2_seq_new(m, &sp, &dev, &err);
+    TU_CHECK(r == 0, "seq: %s", err.msg);
+    sp.sampler.temperature = 0.7f;   /* not greedy: the logits come back */
+    r = vl2_seq_new(m, &sp, &warm, &err);
+    TU_CHECK(r == 0, "seq: %s", err.msg);
+    TU_CHECK(vl2_seq_device_greedy(dev) == 1, "the CPU backend has argmax: device greedy is on");
+    TU_CHECK(vl2_seq_device_greedy(host) == 0 && vl2_seq_device_greedy(warm) == 0,
+             "device greedy only when asked for and greedy");
+    {
+        struct vl2_step_item it[2] = {
+            { .seq = host, .ids = ct->ids, .n_ids = (int32_t)ct->n_ids, .want_logits = 1 },
+            { .seq = dev, .ids = ct->ids, .n_ids = (int32_t)ct->n_ids, .want_logits = 1 },
+        };
+        r = vl2_model_step(m, it, 2, &err);
+        TU_CHECK(r == 0, "prefill: %s", err.msg);
+    }
+    TU_CHECK(vl2_seq_logits(dev) == NULL && vl2_seq_logits(host) != NULL,
+             "logits are read back only for the host-sampled sequence");
+    two[0] = host;
+    two[1] = dev;
+    for (st = 0; st < 8; st++) {
+        tok[0] = vl2_seq_sample(host);
+        tok[1] = vl2_seq_sample(dev);
+        TU_CHECK(tok[0] == tok[1], "step %d: device chose %d, the host sampler %d", st,
+                 (int)tok[1], (int)tok[0]);
+        same += tok[0] == tok[1];
+        r = vl2_model_decode(m, two, tok, 2, &err);
+        TU_CHECK(r == 0, "decode: %s", err.msg);
+    }
+    printf("  %d of 8 ids the same\n", same);
+    vl2_seq_free(host);
+    vl2_seq_free(dev);
+    vl2_seq_free(warm);
+}
+
 int main(int argc, char **argv)
 {
     struct vl2_model *m1, *m2, *mc;
@@ -267,6 +318,7 @@ int main(int argc, char **argv)
     }
 
     batched(m2, &ca, &ct, &px);
+    device_greedy(m2, &ct);
     {
         struct vl2_model *ml = load2(1, 512, 2);
         printf("(again with at most 2 logit rows a pass)\n");

@@ -1116,6 +1116,60 @@ static void test_moe(struct be *be)
 
 /* ---- memory, arguments ------------------------------------------------------------------ */
 
+/* argmax: the first largest per row; NaN never wins; a row starting with
+ * NaN gives 0; all -inf gives 0.  Output as a column and as a row. */
+static void test_argmax(struct be *be)
+{
+    enum { N = 6, C = 1000, LD = 1003 };
+    struct vl2_err err = { 0 };
+    struct vl2_tensor out, bad;
+    int64_t ne_col[2] = { N, 1 }, ne_row[2] = { 1, N }, ne_bad[2] = { N, 1 };
+    int32_t got[N], want[N];
+    struct ha x;
+
+    ha_init(be, &x, N, C, LD, 4.0);
+    A(&x, 1, 100) = 9.0f;            /* ties: the first */
+    A(&x, 1, 700) = 9.0f;
+    A(&x, 2, 0) = NAN;               /* starts with NaN: 0 */
+    A(&x, 2, 5) = 50.0f;
+    A(&x, 3, 17) = NAN;              /* NaN inside: skipped */
+    A(&x, 3, 900) = 20.0f;
+    for (int c = 0; c < C; c++)
+        A(&x, 4, c) = -INFINITY;
+    A(&x, 5, C - 1) = 30.0f;         /* the last column */
+    ha_write(be, &x);
+    for (int r = 0; r < N; r++) {
+        float best = A(&x, r, 0);
+        want[r] = 0;
+        if (best == best)
+            for (int c = 1; c < C; c++)
+                if (A(&x, r, c) > best) {
+                    best = A(&x, r, c);
+                    want[r] = c;
+                }
+    }
+    CHECK(want[1] == 100 && want[2] == 0 && want[3] == 900 && want[4] == 0 && want[5] == C - 1);
+    for (int form = 0; form < 2; form++) {
+        CHECK(be->o->alloc(be->c, &out, VL2_DTYPE_I32, 2, form ? ne_row : ne_col, &err) == 0);
+        memset(got, 0xff, sizeof(got));
+        CHECK_MSG(be->o->argmax(be->c, &out, &x.t, &err) == 0, "%s", err.msg);
+        CHECK(be->o->read(be->c, &out, 0, got, sizeof(got), &err) == 0);
+        for (int r = 0; r < N; r++)
+            CHECK_MSG(got[r] == want[r], "%s argmax row %d (%s): %d, expected %d", be->name, r,
+                      form ? "row" : "column", got[r], want[r]);
+        be->o->free_tensor(be->c, &out);
+    }
+    /* an F32 output and one of the wrong length are refused */
+    CHECK(be->o->alloc(be->c, &bad, VL2_DTYPE_F32, 2, ne_bad, &err) == 0);
+    CHECK(be->o->argmax(be->c, &bad, &x.t, &err) == VL2_EINVAL);
+    be->o->free_tensor(be->c, &bad);
+    ne_bad[0] = N - 1;
+    CHECK(be->o->alloc(be->c, &bad, VL2_DTYPE_I32, 2, ne_bad, &err) == 0);
+    CHECK(be->o->argmax(be->c, &bad, &x.t, &err) == VL2_EINVAL);
+    be->o->free_tensor(be->c, &bad);
+    ha_done(be, &x);
+}
+
 static void test_memory(struct be *be)
 {
     struct vl2_tensor t;
@@ -1258,6 +1312,7 @@ int main(int argc, char **argv)
             test_attn_mha(&be);
             test_attn_mla(&be);
             test_moe(&be);
+            test_argmax(&be);
             printf("%s %s: %s\n", be.name, be.o->describe(be.c),
                    check_failures == before ? "ok" : "FAILED");
             vl2_backend_unload(be.b);
