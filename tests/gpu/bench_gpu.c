@@ -18,7 +18,8 @@
  * back per sequence: what vl2d does for requests without log-probabilities)
  * unless --sampling host, which reads the logits back and samples on the
  * host.
- * (backend options through VL2_CUDA_OPTIONS) */
+ * (backend options through VL2_CUDA_OPTIONS; VL2_BENCH_BACKEND=cpu runs it on
+ * the CPU backend instead) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,7 +242,7 @@ int main(int argc, char **argv)
     }
     o.tok_image = vl2_tokenizer_id(tok, "<image>");
     o.image_id = o.tok_image < o.n_vocab ? o.tok_image : o.n_vocab - 1;
-    mp.backend = "cuda";
+    mp.backend = getenv("VL2_BENCH_BACKEND") ? getenv("VL2_BENCH_BACKEND") : "cuda";
     mp.plugin_dir = o.plugin_dir;
     mp.image_token_id = o.image_id;
     mp.max_rows = 512;
@@ -282,6 +283,34 @@ int main(int argc, char **argv)
                "prefill %.1f ms for %zu tokens)\n", o.label, ttft * 1e3, TTFT_RUNS,
                vis[TTFT_RUNS / 2] * 1e3, in.tiling.n_tiles, pre[TTFT_RUNS / 2] * 1e3, in.n_ids);
         printf("%s: after TTFT runs: %s\n", o.label, ops->describe(bctx));
+    }
+
+    /* the ids the device picks (argmax) are those the host sampler picks from
+     * the logits read back: the same prompt, then 16 steps, side by side */
+    {
+        int32_t ih, idv, k, same;
+        double v, p;
+        struct vl2_seq *sh = first_token(m, &in, (int)in.n_ids + 24, 0, &ih, &v, &p);
+        struct vl2_seq *sd = first_token(m, &in, (int)in.n_ids + 24, 1, &idv, &v, &p);
+        same = ih == idv;
+        for (k = 0; k < 16 && ih == idv; k++) {
+            if (vl2_model_decode(m, &sh, &ih, 1, &err) < 0 ||
+                vl2_model_decode(m, &sd, &idv, 1, &err) < 0)
+                die("decode", &err);
+            ih = sample(sh);
+            idv = sample(sd);
+            same += ih == idv;
+        }
+        printf("%s: greedy ids chosen on the device (%s) vs sampled on the host: %d of 17 "
+               "the same\n", o.label, vl2_seq_device_greedy(sd) ? "argmax" : "not available",
+               same);
+        if (same != 17) {
+            fprintf(stderr, "bench_gpu: device greedy id %d differs from the host's %d\n",
+                    (int)idv, (int)ih);
+            return 1;
+        }
+        vl2_seq_free(sh);
+        vl2_seq_free(sd);
     }
 
     /* decode at batch 1 after the image prompt */
