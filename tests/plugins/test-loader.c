@@ -1,6 +1,6 @@
 /* test-loader.c - daemon/backend: finding and checking plugins.
  * argv[1]: folder with the fake plugins (vl2-backend-{badabi,refuse,small,
- * noentry,failopen}.so); argv[2]: folder with vl2-backend-cpu.so. */
+ * noentry,failopen,oldtable}.so); argv[2]: folder with vl2-backend-cpu.so. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +80,22 @@ int main(int argc, char **argv)
         const char *n[] = { "fake: no device here", NULL };
         expect_fail("failopen", fake_dir, VL2_EBACKEND, n);
     }
+    /* a table that ends before the optional operations loads; they are NULL
+     * whatever lies past its end */
+    CHECK(vl2_backend_load(&b, "oldtable", fake_dir, NULL, &err) == 0);
+    if (b) {
+        CHECK(b->ops->argmax == NULL);
+        CHECK(b->ops->moe != NULL && strcmp(b->ops->describe(b->ctx), "fake: an older table") == 0);
+        printf("  oldtable   -> loaded, %s, argmax %s\n", b->ops->describe(b->ctx),
+               b->ops->argmax ? "present" : "absent");
+        vl2_backend_unload(b);
+        b = NULL;
+    }
+    /* the CPU plugin has it */
+    CHECK(vl2_backend_load(&b, "cpu", cpu_dir, &p, &err) == 0);
+    CHECK(b && b->ops->argmax != NULL);
+    vl2_backend_unload(b);
+    b = NULL;
     /* a file that is not a shared object: dlerror text */
     {
         const char *n[] = { "cannot load", "vl2-backend-garbage.so", NULL };
