@@ -127,6 +127,20 @@ static __device__ __forceinline__ float block_sum(float v, float *sh)
     return warp_sum(v);
 }
 
+/* Best (value, index) over the warp; ties go to the lower index. */
+static __device__ __forceinline__ void warp_argmax(float &bv, int &bi)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+}
+
 /* Maximum over the block, as block_sum. */
 static __device__ __forceinline__ float block_max(float v, float *sh)
 {

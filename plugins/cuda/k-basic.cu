@@ -168,14 +168,7 @@ argmax_kernel(int32_t *out, int64_t ldo, const float *x, int64_t ldx, int cols)
     /* a column holding -inf everywhere still needs an index */
     if (bi == INT_MAX && threadIdx.x < cols && z[threadIdx.x] == -INFINITY)
         bi = threadIdx.x;
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(bv, bi);
     if (lane == 0) {
         s_v[warp] = bv;
         s_i[warp] = bi;
@@ -184,14 +177,7 @@ argmax_kernel(int32_t *out, int64_t ldo, const float *x, int64_t ldx, int cols)
     if (warp == 0) {
         bv = lane < AM_THREADS / 32 ? s_v[lane] : -INFINITY;
         bi = lane < AM_THREADS / 32 ? s_i[lane] : INT_MAX;
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(bv, bi);
         if (lane == 0)
             out[(int64_t)blockIdx.x * ldo] = z[0] != z[0] || bi == INT_MAX ? 0 : bi;
     }

@@ -17,20 +17,6 @@ using namespace nvcuda;
 
 #define ROUTE_MAX_K 16
 
-/* Best (value, index) over the warp; ties go to the lower index. */
-static __device__ __forceinline__ void warp_argmax(float &bv, int &bi)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-}
-
 /* Selection of token @t by one warp (spec 7.4): scores from the logits
  * (@lg, global or shared), expert choice, weights; writes a.idx and a.w.
  * @sc: 2E + G floats and G ints of this warp's shared memory. */

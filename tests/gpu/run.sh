@@ -75,26 +75,23 @@ mkw() {  # preset
     fi
 }
 
+ops_again() {  # options, why: the op tests once more with VL2_CUDA_OPTIONS=options
+    log "== op tests with VL2_CUDA_OPTIONS=$1 ($2)"
+    VL2_CUDA_OPTIONS=$1 timeout 300 "$G/bin/test_cuda_ops" \
+        "$G/plugins/vl2-backend-cuda.so" 2>&1 | tee -a "$LOG" | grep -E 'FAIL|checks'
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || note_fail "op tests, $1 (exit $rc)"
+    { echo "with $1: $(grep -E '^[0-9]+ checks' "$LOG" | tail -1)"; echo; } >> "$TABLE"
+}
+
 step_ops() {
     log "== op tests"
     timeout 300 "$G/bin/test_cuda_ops" "$G/plugins/vl2-backend-cuda.so" 2>&1 | tee -a "$LOG"
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || note_fail "op tests (exit $rc)"
     { echo "### op tests"; echo; grep -E '^[0-9]+ checks' "$LOG" | tail -1; echo; } >> "$TABLE"
-    # the other attention paths: cuBLAS passes of 7 query rows, the tile kernel for decode
-    log "== op tests with VL2_CUDA_OPTIONS=mla_chunk=7,mla_decode=0"
-    VL2_CUDA_OPTIONS=mla_chunk=7,mla_decode=0 timeout 300 "$G/bin/test_cuda_ops" \
-        "$G/plugins/vl2-backend-cuda.so" 2>&1 | tee -a "$LOG" | grep -E 'FAIL|checks'
-    rc=${PIPESTATUS[0]}
-    [ "$rc" = 0 ] || note_fail "op tests, mla_chunk=7,mla_decode=0 (exit $rc)"
-    { echo "with mla_chunk=7,mla_decode=0: $(grep -E '^[0-9]+ checks' "$LOG" | tail -1)"; echo; } >> "$TABLE"
-    # the decode kernel with the queries of a sequence in uneven blocks of 3
-    log "== op tests with VL2_CUDA_OPTIONS=mla_qgroup=3,fuse_router=0"
-    VL2_CUDA_OPTIONS=mla_qgroup=3,fuse_router=0 timeout 300 "$G/bin/test_cuda_ops" \
-        "$G/plugins/vl2-backend-cuda.so" 2>&1 | tee -a "$LOG" | grep -E 'FAIL|checks'
-    rc=${PIPESTATUS[0]}
-    [ "$rc" = 0 ] || note_fail "op tests, mla_qgroup=3,fuse_router=0 (exit $rc)"
-    { echo "with mla_qgroup=3,fuse_router=0: $(grep -E '^[0-9]+ checks' "$LOG" | tail -1)"; echo; } >> "$TABLE"
+    ops_again mla_chunk=7,mla_decode=0 "cuBLAS passes of 7 query rows, the tile kernel for decode"
+    ops_again mla_qgroup=3,fuse_router=0 "MLA decode queries in uneven blocks of 3, routing in two kernels"
 }
 
 step_golden() {
