@@ -264,30 +264,30 @@ void vl2_sampler_process(struct vl2_sampler *s, float *z)
 }
 
 /* Index of the first largest of z[0..n) (ties: the lowest index, as a plain
- * scan with '>' gives).  The maximum is found lane-wise over 16 columns, a
- * loop the compiler vectorises, then one scan finds its first position: on a
- * 129 280-entry vocabulary this is several times faster than a scan that
- * carries the index in its dependency chain.  If z[0] is NaN the plain scan
- * returns 0; so does this. */
+ * scan with '>' gives), as the backends' argmax: NaN never wins, and a row
+ * starting with NaN gives 0.  The maximum is found lane-wise over 16 columns,
+ * a loop the compiler vectorises, then one scan finds its first position: on
+ * a 129 280-entry vocabulary this is several times faster than a scan that
+ * carries the index in its dependency chain.  Lanes start at -inf so that a
+ * NaN among the first columns does not hide the lane's later values. */
 static int32_t argmax_first(const float *z, int32_t n)
 {
     enum { W = 16 };
     float m[W], mx;
     int32_t i, j;
 
-    if (n <= 0)
+    if (n <= 0 || z[0] != z[0])
         return 0;
     mx = z[0];
+    i = 1;
     if (n >= 2 * W) {
         for (j = 0; j < W; j++)
-            m[j] = z[j];
-        for (i = W; i + W <= n; i += W)
+            m[j] = -INFINITY;
+        for (i = 0; i + W <= n; i += W)
             for (j = 0; j < W; j++)
                 m[j] = z[i + j] > m[j] ? z[i + j] : m[j];
         for (j = 0; j < W; j++)
             mx = m[j] > mx ? m[j] : mx;
-    } else {
-        i = 1;
     }
     for (; i < n; i++)
         mx = z[i] > mx ? z[i] : mx;

@@ -265,6 +265,24 @@ static void test_greedy_argmax(void)
             TU_CHECK(vl2_sampler_sample(&s, z) == want, "greedy V=%d trial %d: want %d",
                      V, trial, want);
         }
+        /* NaN never wins (one in column 1, where lane 1 starts, with the
+         * maximum later in that lane; one in the middle); a row starting
+         * with NaN gives 0 */
+        if (V >= 3) {
+            int32_t want = 0;
+            for (i = 0; i < V; i++)
+                z[i] = (float)(i % 7);
+            z[V >= 48 ? 33 : V - 1] = 100.0f;
+            z[1] = NAN;
+            z[V / 2] = NAN;
+            for (i = 1; i < V; i++)
+                if (z[i] > z[want])
+                    want = i;
+            TU_CHECK(want == (V >= 48 ? 33 : V - 1) && vl2_sampler_sample(&s, z) == want,
+                     "greedy V=%d with NaN: want %d", V, want);
+            z[0] = NAN;
+            TU_CHECK(vl2_sampler_sample(&s, z) == 0, "greedy V=%d starting with NaN", V);
+        }
         vl2_sampler_done(&s);
         free(z);
     }
