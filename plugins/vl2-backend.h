@@ -1,4 +1,4 @@
-/* vl2-backend.h - the backend ABI, version 1.
+/* vl2-backend.h - the backend ABI, version 2.
  *
  * A backend is a shared object (vl2-backend-cpu.so, vl2-backend-cuda.so)
  * that exports one symbol:
@@ -8,8 +8,20 @@
  *
  * It returns its table of functions when it implements @abi_version, or NULL
  * with a reason in @err.  The loader (daemon/backend) also checks
- * ops->abi_version and ops->struct_size before use.  This header and
- * vl2-status.h are all a backend includes from vl2d.
+ * ops->abi_version and ops->struct_size before use.  This header,
+ * vl2-status.h and vl2-options.h are all a backend includes from vl2d.
+ *
+ * Versioning rule.  Any change to a struct or enum of this file, or to the
+ * meaning or order of a slot of struct vl2_backend_ops, is a change of the
+ * ABI and bumps VL2_BACKEND_ABI_VERSION.  The one exception is a new
+ * optional slot appended at the tail of the table (the loader treats slots
+ * past a shorter table's struct_size as NULL).  Every struct that crosses
+ * the ABI starts with @struct_size, set by the caller to sizeof(struct) as
+ * it was compiled; a backend refuses a struct whose size is not the one it
+ * knows (VL2_EABI), so a caller built from another revision of this header
+ * is caught at the first call instead of reading fields at wrong offsets.
+ * Plugins are installed in a directory named by the version
+ * ($libdir/vl2d/backends-<N>), so two ABIs never share one.
  *
  * Model.  The runtime writes the forward pass once as calls on tensors that
  * the backend owns.  Calls are asynchronous: they are queued in order on the
@@ -46,7 +58,7 @@
 
 #include "vl2-status.h"
 
-#define VL2_BACKEND_ABI_VERSION 1u
+#define VL2_BACKEND_ABI_VERSION 2u
 #define VL2_BACKEND_ENTRY "vl2_backend_entry"
 
 enum vl2_dtype {
@@ -83,10 +95,11 @@ struct vl2_backend_ctx;
 struct vl2_kv;
 
 struct vl2_backend_params {
+    uint32_t    struct_size;  /* sizeof(struct vl2_backend_params) */
     int         n_threads;    /* CPU: worker threads (0: all cores) */
     int         device;       /* CUDA: device index */
     size_t      mem_budget;   /* bytes the backend may allocate (0: no limit) */
-    const char *options;      /* backend-specific "key=value,..." or NULL */
+    const char *options;      /* backend options in the grammar of vl2-options.h, or NULL */
 };
 
 /* KV cache of one sequence, all layers.
@@ -96,6 +109,7 @@ struct vl2_backend_params {
 enum vl2_attn_kind { VL2_ATTN_MHA = 0, VL2_ATTN_MLA = 1 };
 
 struct vl2_kv_shape {
+    uint32_t struct_size; /* sizeof(struct vl2_kv_shape) */
     int32_t kind;         /* enum vl2_attn_kind */
     int32_t n_layer;
     int32_t n_kv_head;    /* MHA */
@@ -115,6 +129,7 @@ struct vl2_batch_seq {
 };
 
 struct vl2_batch {
+    uint32_t                     struct_size;  /* sizeof(struct vl2_batch) */
     int32_t                      n_rows;  /* total rows = sum of seqs[i].n_rows */
     int32_t                      n_seqs;
     const struct vl2_batch_seq  *seqs;    /* rows of seqs[i] follow those of seqs[i-1] */
@@ -133,6 +148,7 @@ enum vl2_moe_method  { VL2_MOE_GREEDY = 0, VL2_MOE_GROUP_LIMITED = 1, VL2_MOE_NO
  * each [inter, d_model] (gate, up) or [d_model, inter] (down).  Shared
  * expert tensors are NULL when there is none. */
 struct vl2_moe_layer {
+    uint32_t struct_size;                 /* sizeof(struct vl2_moe_layer) */
     const struct vl2_tensor *router;      /* [n_expert, d_model] */
     const struct vl2_tensor *bias;        /* [n_expert] e_score_correction_bias, or NULL */
     const struct vl2_tensor *const *gate; /* n_expert x [inter, d_model] */
@@ -149,6 +165,31 @@ struct vl2_moe_layer {
     int32_t topk_group;
     int32_t norm_topk_prob;
     float   routed_scale;  /* routed_scaling_factor */
+};
+
+/* What supports_op() is asked about: one per operation of the table, plus
+ * the storage kinds a model is built from. */
+enum vl2_op {
+    VL2_OP_WEIGHT = 1,   /* weight(): a weight tensor of @dtype */
+    VL2_OP_KV,           /* kv_new(): a cache stored as @dtype */
+    VL2_OP_EMBED,        /* embed() from a table of @dtype */
+    VL2_OP_LINEAR,       /* linear() with weights of @dtype */
+    VL2_OP_RMSNORM,
+    VL2_OP_LAYERNORM,
+    VL2_OP_ADD,
+    VL2_OP_GELU_TANH,
+    VL2_OP_GELU_ERF,
+    VL2_OP_SWIGLU,
+    VL2_OP_COPY_ROWS,
+    VL2_OP_PATCHIFY,
+    VL2_OP_UNFOLD2X2,
+    VL2_OP_ATTN_FULL,
+    VL2_OP_ROPE,
+    VL2_OP_ATTN_MHA,     /* over a cache of @dtype */
+    VL2_OP_ATTN_MLA,     /* over a cache of @dtype */
+    VL2_OP_MOE,          /* with expert weights of @dtype */
+    VL2_OP_ARGMAX,
+    VL2_OP_COUNT
 };
 
 struct vl2_backend_ops {
@@ -300,6 +341,14 @@ struct vl2_backend_ops {
      * logits. */
     int  (*argmax)(struct vl2_backend_ctx *ctx, struct vl2_tensor *out,
                    const struct vl2_tensor *x, struct vl2_err *err);
+    /* 1 when @op (enum vl2_op) works with @dtype (enum vl2_dtype: the weight
+     * dtype for WEIGHT, EMBED, LINEAR and MOE, the cache dtype for KV and the
+     * attention ops; -1 for the ops that take no weights), 0 when it does
+     * not.  The runtime asks before it builds a model, so a dtype or op a
+     * backend lacks is refused with a clear error instead of failing inside
+     * the forward pass.  Absent: the backend supports every op with F32,
+     * F16 and BF16 weights and F32 caches (ABI 1 behaviour). */
+    int  (*supports_op)(struct vl2_backend_ctx *ctx, int op, int dtype);
 };
 
 /* Size of the function table without the optional operations: the least

@@ -1,5 +1,5 @@
 /* fake-plugin.c - broken backends for the loader tests, one per FAKE_KIND:
- *   1 badabi   entry returns a table that says ABI version 2
+ *   1 badabi   entry returns a table that says the next ABI version
  *   2 refuse   entry returns NULL with a reason
  *   3 small    table smaller than struct vl2_backend_ops
  *   4 noentry  no vl2_backend_entry symbol at all
@@ -53,7 +53,7 @@ vl2_backend_entry(uint32_t abi_version, struct vl2_err *err)
     for (i = 0; i < n; i++)
         slot[i] = (void (*)(void))fake_open;
     fake_ops.name = "fake";
-    fake_ops.abi_version = FAKE_KIND == 1 ? 2u : VL2_BACKEND_ABI_VERSION;
+    fake_ops.abi_version = FAKE_KIND == 1 ? VL2_BACKEND_ABI_VERSION + 1 : VL2_BACKEND_ABI_VERSION;
     fake_ops.struct_size = FAKE_KIND == 3 ? 64u : (uint32_t)sizeof(fake_ops);
     if (FAKE_KIND == 6) {
         fake_ops.close = fake_close;

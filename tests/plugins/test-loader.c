@@ -54,13 +54,18 @@ int main(int argc, char **argv)
     /* wrong ABI version in the table */
     snprintf(path, sizeof(path), "%s/vl2-backend-badabi.so", fake_dir);
     {
-        const char *n[] = { path, "ABI version 2, expected 1", NULL };
+        char want[64];
+        snprintf(want, sizeof(want), "ABI version %u, expected %u", VL2_BACKEND_ABI_VERSION + 1,
+                 VL2_BACKEND_ABI_VERSION);
+        const char *n[] = { path, want, NULL };
         expect_fail("badabi", fake_dir, VL2_EABI, n);
     }
     /* the entry refuses our version: its reason is passed on */
     snprintf(path, sizeof(path), "%s/vl2-backend-refuse.so", fake_dir);
     {
-        const char *n[] = { path, "ABI version 1", "fake: built for ABI version 7", NULL };
+        char want[64];
+        snprintf(want, sizeof(want), "ABI version %u", VL2_BACKEND_ABI_VERSION);
+        const char *n[] = { path, want, "fake: built for ABI version 7", NULL };
         expect_fail("refuse", fake_dir, VL2_EABI, n);
     }
     /* table too small */
