@@ -90,6 +90,7 @@ struct vl2_req_list {
 struct vl2_engine {
     struct vl2_engine_params p;
     char *name, *dir, *backend, *plugin_dir;   /* owned copies */
+    char *backend_options;                    /* owned copy, or NULL */
     uint64_t load_key;
     bool load_progress;
     vl2_event_post_fn post;

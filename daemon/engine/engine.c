@@ -333,6 +333,7 @@ static int open_model(struct vl2_engine *e, struct vl2_err *err)
 
     mp.backend = e->backend;
     mp.plugin_dir = e->plugin_dir;
+    mp.backend_options = e->backend_options;
     mp.n_threads = e->p.n_threads;
     mp.device = e->p.device;
     mp.image_token_id = e->image_token_id;
@@ -1283,6 +1284,7 @@ static void engine_free(void *engine)
     free(e->dir);
     free(e->backend);
     free(e->plugin_dir);
+    free(e->backend_options);
     free(e);
 }
 
@@ -1348,14 +1350,18 @@ int vl2_engine_new(const struct vl2_engine_params *p, const struct vl2_engine_sp
     e->dir = strdup(spec->dir);
     e->backend = strdup(spec->backend && spec->backend[0] ? spec->backend : p->backend);
     e->plugin_dir = dup_or_null(p->plugin_dir);
+    e->backend_options = dup_or_null(p->backend_options);
     e->prep = calloc(p->prep_threads, sizeof(*e->prep));
     e->p.backend = NULL;
     e->p.plugin_dir = NULL;
-    if (!e->name || !e->dir || !e->backend || (p->plugin_dir && !e->plugin_dir) || !e->prep) {
+    e->p.backend_options = NULL;
+    if (!e->name || !e->dir || !e->backend || (p->plugin_dir && !e->plugin_dir) ||
+        (p->backend_options && !e->backend_options) || !e->prep) {
         free(e->name);
         free(e->dir);
         free(e->backend);
         free(e->plugin_dir);
+        free(e->backend_options);
         free(e->prep);
         free(e);
         return vl2_err_set(err, VL2_ENOMEM, "engine: out of memory");

@@ -51,6 +51,9 @@ struct vl2_engine;
 struct vl2_engine_params {
     const char *backend;            /* "cpu" (default) or "cuda" */
     const char *plugin_dir;         /* NULL: the loader's search order */
+    const char *backend_options;    /* backend options, "key=value,..." in the grammar of
+                                       plugins/vl2-options.h (vl2d.conf backend_options,
+                                       then --backend-option flags), or NULL */
     int         device;             /* backend device index */
     int         n_threads;          /* backend threads (0: all cores) */
     uint32_t    max_sequences;      /* requests holding a slot at once (default 8) */

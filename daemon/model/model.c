@@ -568,7 +568,7 @@ int vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_mod
                    struct vl2_err *err)
 {
     struct vl2_model_params defaults = vl2_model_default_params();
-    struct vl2_backend_params bp = { 0 };
+    struct vl2_backend_params bp = { .struct_size = sizeof(bp) };
     struct vl2_backend *b;
     int r;
 
@@ -576,6 +576,7 @@ int vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_mod
         p = &defaults;
     bp.n_threads = p->n_threads;
     bp.device = p->device;
+    bp.options = p->backend_options;
     r = vl2_backend_load(&b, p->backend ? p->backend : "cpu", p->plugin_dir, &bp, err);
     if (r < 0)
         return r;

@@ -71,6 +71,7 @@ struct vl2_seq;
 struct vl2_model_params {
     const char *backend;        /* backend name for vl2_model_load ("cpu", "cuda") */
     const char *plugin_dir;     /* where backend plugins are (NULL: built-in default) */
+    const char *backend_options; /* vl2_backend_params.options ("key=value,...") or NULL */
     int         n_threads;      /* backend threads (0: all cores) */
     int         device;         /* backend device index */
     int32_t     image_token_id; /* placeholder id replaced by image rows (-1: text only) */
