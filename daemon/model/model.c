@@ -2,6 +2,7 @@
 #include "model-impl.h"
 
 #include "backend.h"
+#include "vl2-float.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -28,32 +29,6 @@ struct vl2_model_params vl2_model_default_params(void)
 
 /* ---- host conversions ------------------------------------------------------- */
 
-static float bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-    float f;
-
-    if (e == 0) {
-        f = ldexpf((float)man, -24);
-        return sign ? -f : f;
-    }
-    if (e == 31)
-        u = sign | 0x7f800000u | (man << 13);
-    else
-        u = sign | ((e + 112) << 23) | (man << 13);
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
 /* Convert @n elements of checkpoint bytes @src in @dtype to float. */
 static void to_f32(float *dst, const void *src, size_t n, int dtype)
 {
@@ -68,11 +43,11 @@ static void to_f32(float *dst, const void *src, size_t n, int dtype)
             break;
         case VL2_DTYPE_BF16:
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = bf16_to_f32(h);
+            dst[i] = vl2_bf16_to_f32(h);
             break;
         case VL2_DTYPE_F16:
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = f16_to_f32(h);
+            dst[i] = vl2_f16_to_f32(h);
             break;
         default:
             dst[i] = 0.0f;
