@@ -90,7 +90,7 @@ int vl2__model_alloc_dt(struct vl2_model *m, struct vl2_tensor *t, int dtype, in
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
-        return vl2_err_prefix(err, "model: allocating activations");
+        return vl2_err_prefix(err, r, "model: allocating activations");
     }
     return 0;
 }
@@ -176,7 +176,7 @@ static int wget(struct vl2_model *m, struct vl2_tensor *t, const char *name, int
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
-        return vl2_err_prefix(err, name);
+        return vl2_err_prefix(err, r, name);
     }
     return 0;
 }
@@ -718,7 +718,7 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
                     p->sampler.repetition_penalty == 1.0f;
     r = m->ops->kv_new(m->ctx, &shape, &s->kv, err);
     if (r < 0) {
-        vl2_err_prefix(err, "model: KV cache");
+        vl2_err_prefix(err, r, "model: KV cache");
         goto out_free;
     }
     s->kv_bytes = bytes;

@@ -402,7 +402,7 @@ static int end_model(struct vl2_conf *c, const char *file, long line, char **nam
             char where[4200];
 
             snprintf(where, sizeof(where), "%s:%ld", file, line);
-            vl2_err_prefix(err, where);
+            vl2_err_prefix(err, r, where);
         } else if (*backend) {
             c->models[c->n_models - 1].backend = *backend;
             *backend = NULL;
