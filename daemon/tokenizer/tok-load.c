@@ -634,7 +634,10 @@ static int add_pretok(struct loader *ld, const cJSON *p, int depth)
             return fail(ld, VL2_EFORMAT, "Digits: individual_digits is not a boolean");
         st->kind = TOK_STEP_SPLIT;
         st->behavior = b ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS;
-        return compile_regex(ld, "[0-9]", false, &st->re);
+        /* Hugging Face splits on Rust's char::is_numeric, the Unicode
+         * categories Nd, Nl and No (Arabic-Indic and fullwidth digits, (1),
+         * 1/2, superscripts, Roman numerals), not on ASCII digits alone */
+        return compile_regex(ld, "\\p{N}", false, &st->re);
     }
 
     if (!strcmp(type, "ByteLevel")) {
