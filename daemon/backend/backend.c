@@ -79,7 +79,7 @@ static const char *missing_op(const struct vl2_backend_ops *o)
 static int load_file(struct vl2_backend *b, const char *path, const struct vl2_backend_params *p,
                      struct vl2_err *err)
 {
-    struct vl2_backend_params defaults = { 0 };
+    struct vl2_backend_params defaults = { .struct_size = sizeof(defaults) };
     struct vl2_err perr = { 0 };
     vl2_backend_entry_fn entry;
     const struct vl2_backend_ops *ops;

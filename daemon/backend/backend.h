@@ -1,7 +1,7 @@
 /* backend.h - loading a backend plugin (vl2-backend-<name>.so).
  *
  *     struct vl2_backend *b;
- *     struct vl2_backend_params p = { .n_threads = 0 };
+ *     struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 0 };
  *     if (vl2_backend_load(&b, "cpu", NULL, &p, &err) < 0) ... err.msg says why
  *     b->ops->alloc(b->ctx, &t, ...);
  *     vl2_backend_unload(b);

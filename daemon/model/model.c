@@ -379,6 +379,7 @@ static int load_layer(struct vl2_model *m, int i, struct vl2_err *err)
                         AS_IS)) < 0)
                 return r;
         }
+        l->moe.struct_size = sizeof(l->moe);
         l->moe.router = &l->router;
         l->moe.bias = l->router_bias.data ? &l->router_bias : NULL;
         l->moe.gate = l->ex_ptr;
@@ -532,6 +533,7 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
         r = vl2_err_set(err, VL2_EFORMAT, "model: max_position_embeddings %d", m->n_ctx);
         goto out_free;
     }
+    m->kv_shape.struct_size = sizeof(m->kv_shape);
     m->kv_shape.kind = m->cfg.lm.use_mla ? VL2_ATTN_MLA : VL2_ATTN_MHA;
     m->kv_shape.n_layer = m->cfg.lm.n_layer;
     m->kv_shape.n_kv_head = m->cfg.lm.use_mla ? 0 : m->cfg.lm.n_kv_head;
