@@ -4,9 +4,14 @@
  * argv[1]: folder with the fake plugins (vl2-backend-{badabi,refuse,small,
  * noentry,failopen,oldtable}.so); argv[2]: folder with vl2-backend-cpu.so;
  * argv[3]: folder with its copy built with the measurement knobs. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "../common/check.h"
@@ -124,6 +129,69 @@ static void test_cpu_params_size(const char *cpu_dir)
     CHECK(b == NULL);
 }
 
+/* As an installed program (this test copied out of the build tree): the
+ * build tree is never searched, only $VL2_PLUGIN_DIR and VL2_PLUGIN_DIR.
+ * Returns the exit status of the copy's checks. */
+static int installed_checks(void)
+{
+    struct vl2_backend *b = NULL;
+    struct vl2_err err = { 0 };
+    int r;
+
+    unsetenv("VL2_PLUGIN_DIR");
+    r = vl2_backend_load(&b, "cpu", NULL, NULL, &err);
+    printf("  installed copy: cpu -> %d %s\n", r, r == 0 ? b->path : err.msg);
+    if (r == 0) {
+        /* a vl2d installed on this machine: found there, not in the build */
+        CHECK(strncmp(b->path, VL2_PLUGIN_DIR "/", strlen(VL2_PLUGIN_DIR) + 1) == 0);
+        vl2_backend_unload(b);
+    } else {
+        CHECK(r == VL2_ENOTFOUND);
+        CHECK(strstr(err.msg, VL2_PLUGIN_DIR) != NULL);
+        CHECK_MSG(strstr(err.msg, VL2_BUILD_ROOT) == NULL, "%s", err.msg);
+        CHECK_MSG(strstr(err.msg, "/..") == NULL, "%s", err.msg);
+    }
+    return check_failures ? 1 : 0;
+}
+
+/* Copy this program to a folder outside the build tree and run its
+ * installed_checks() there. */
+static void test_installed_copy(void)
+{
+    char dir[] = "/tmp/vl2-loader-XXXXXX", path[64], buf[65536];
+    int in, out, status = -1;
+    ssize_t n;
+    pid_t pid;
+
+    if (!mkdtemp(dir)) {
+        CHECK_MSG(0, "mkdtemp: %s", strerror(errno));
+        return;
+    }
+    snprintf(path, sizeof(path), "%s/test-loader", dir);
+    in = open("/proc/self/exe", O_RDONLY);
+    out = open(path, O_WRONLY | O_CREAT | O_EXCL, 0755);
+    CHECK(in >= 0 && out >= 0);
+    while (in >= 0 && out >= 0 && (n = read(in, buf, sizeof(buf))) > 0)
+        CHECK(write(out, buf, (size_t)n) == n);
+    if (in >= 0)
+        close(in);
+    if (out >= 0)
+        close(out);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        execl(path, path, "--installed", (char *)NULL);
+        _exit(77);
+    }
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        printf("  installed copy: cannot run programs from /tmp here, not checked\n");
+    else
+        CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     const char *fake_dir, *cpu_dir, *knobs_dir;
@@ -132,6 +200,8 @@ int main(int argc, char **argv)
     struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 1 };
     char path[4200];
 
+    if (argc == 2 && !strcmp(argv[1], "--installed"))
+        return installed_checks();
     if (argc < 4) {
         fprintf(stderr, "usage: %s FAKE_DIR CPU_DIR CPU_KNOBS_DIR\n", argv[0]);
         return 2;
@@ -147,8 +217,17 @@ int main(int argc, char **argv)
         expect_fail("nosuch", fake_dir, VL2_ENOTFOUND, n);
     }
     {
-        const char *n[] = { "vl2-backend-nosuch.so", "not found", VL2_PLUGIN_DIR, NULL };
+        const char *n[] = { "vl2-backend-nosuch.so", "not found", VL2_PLUGIN_DIR,
+                            VL2_BUILD_ROOT "/plugins/nosuch/vl2-backend-nosuch.so", NULL };
         expect_fail("nosuch", NULL, VL2_ENOTFOUND, n);
+    }
+    /* the installed folder is named for the ABI version */
+    {
+        char want[32];
+        size_t lw, ld = strlen(VL2_PLUGIN_DIR);
+        snprintf(want, sizeof(want), "/vl2d/backends-%u", VL2_BACKEND_ABI_VERSION);
+        lw = strlen(want);
+        CHECK_MSG(ld > lw && !strcmp(VL2_PLUGIN_DIR + ld - lw, want), "%s", VL2_PLUGIN_DIR);
     }
     /* wrong ABI version in the table */
     snprintf(path, sizeof(path), "%s/vl2-backend-badabi.so", fake_dir);
@@ -224,10 +303,11 @@ int main(int argc, char **argv)
     b = NULL;
     unsetenv("VL2_PLUGIN_DIR");
     CHECK(vl2_backend_load(&b, "cpu", NULL, &p, &err) == 0);
-    printf("  cpu (exe)  -> %s\n", b->path);
-    CHECK(strstr(b->path, "/plugins/cpu/vl2-backend-cpu.so") != NULL);
+    printf("  cpu (build tree) -> %s\n", b->path);
+    CHECK(!strcmp(b->path, VL2_BUILD_ROOT "/plugins/cpu/vl2-backend-cpu.so"));
     vl2_backend_unload(b);
     b = NULL;
+    test_installed_copy();
     /* the loader's default parameters (NULL) are the ABI's */
     CHECK_MSG(vl2_backend_load(&b, "cpu", cpu_dir, NULL, &err) == 0, "%s", err.msg);
     vl2_backend_unload(b);
