@@ -354,6 +354,7 @@ static int load_layer(struct vl2_model *m, int i, struct vl2_err *err)
                         AS_IS)) < 0)
                 return r;
         }
+        l->moe.struct_size = sizeof(l->moe);
         l->moe.router = &l->router;
         l->moe.bias = l->router_bias.data ? &l->router_bias : NULL;
         l->moe.gate = l->ex_ptr;
@@ -455,6 +456,37 @@ static int check_config(const struct vl2_model *m, struct vl2_err *err)
     return 0;
 }
 
+/* Ask the backend before building anything on it: the dtype of every weight
+ * matrix of the checkpoint (those go to the backend as stored; vectors are
+ * converted to F32) for the ops that read weights, and the cache dtype for
+ * the cache and the attention.  A dtype the backend lacks is refused here,
+ * naming it, instead of failing inside the forward pass. */
+static int check_backend(const struct vl2_model *m, int32_t kv_dtype, struct vl2_err *err)
+{
+    static const int weight_ops[] = { VL2_OP_WEIGHT, VL2_OP_EMBED, VL2_OP_LINEAR, VL2_OP_MOE };
+    const int attn = m->cfg.lm.use_mla ? VL2_OP_ATTN_MLA : VL2_OP_ATTN_MHA;
+    uint32_t seen = 0;
+    size_t i, k;
+    int r, dt;
+
+    for (i = 0; i < vl2_weights_count(m->w); i++) {
+        const struct vl2_st_tensor *t = vl2_weights_at(m->w, i);
+        if (t->ndim >= 2 && t->dtype >= 0 && t->dtype < 32)
+            seen |= 1u << t->dtype;
+    }
+    for (dt = 0; dt < 32; dt++)
+        for (k = 0; (seen >> dt & 1u) && k < sizeof(weight_ops) / sizeof(weight_ops[0]); k++) {
+            if (weight_ops[k] == VL2_OP_MOE && m->cfg.lm.n_expert <= 0)
+                continue;
+            if ((r = vl2_backend_require(m->ops, m->ctx, weight_ops[k], dt, err)) < 0)
+                return r;
+        }
+    if ((r = vl2_backend_require(m->ops, m->ctx, VL2_OP_KV, kv_dtype, err)) < 0 ||
+        (r = vl2_backend_require(m->ops, m->ctx, attn, kv_dtype, err)) < 0)
+        return r;
+    return 0;
+}
+
 int vl2_model_open(struct vl2_model **ret, const char *dir,
                    const struct vl2_backend_ops *ops, struct vl2_backend_ctx *ctx,
                    const struct vl2_model_params *p, struct vl2_err *err)
@@ -495,6 +527,9 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
         if (r < 0)
             goto out_free;
     }
+    r = check_backend(m, p->kv_dtype, err);
+    if (r < 0)
+        goto out_free;
     r = load_vision(m, err);
     if (r < 0)
         goto out_free;
@@ -507,6 +542,7 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
         r = vl2_err_set(err, VL2_EFORMAT, "model: max_position_embeddings %d", m->n_ctx);
         goto out_free;
     }
+    m->kv_shape.struct_size = sizeof(m->kv_shape);
     m->kv_shape.kind = m->cfg.lm.use_mla ? VL2_ATTN_MLA : VL2_ATTN_MHA;
     m->kv_shape.n_layer = m->cfg.lm.n_layer;
     m->kv_shape.n_kv_head = m->cfg.lm.use_mla ? 0 : m->cfg.lm.n_kv_head;
@@ -552,6 +588,8 @@ int vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_mod
     bp.n_threads = p->n_threads;
     bp.device = p->device;
     bp.options = p->backend_options;
+    /* bp.mem_budget stays 0: the engine's KV budget is the one accountant
+     * (vl2-backend.h) */
     r = vl2_backend_load(&b, p->backend ? p->backend : "cpu", p->plugin_dir, &bp, err);
     if (r < 0)
         return r;

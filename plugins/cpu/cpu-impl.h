@@ -178,6 +178,9 @@ int cpu_check_no_alias(const struct vl2_tensor *out, const struct vl2_tensor *in
                        const char *what, struct vl2_err *err);
 int cpu_check_vec(const struct vl2_tensor *t, int64_t n, const char *op, const char *what,
                   struct vl2_err *err);
+/* VL2_EABI unless @got (a struct_size) is @want (our sizeof). */
+int cpu_check_size(uint32_t got, size_t want, const char *op, const char *what,
+                   struct vl2_err *err);
 
 /* ---- ops (one file each group) ------------------------------------------------ */
 

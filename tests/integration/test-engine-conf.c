@@ -1,4 +1,4 @@
-/* test-engine-conf.c - vl2d.conf (daemon/server/conf.h): every [daemon] key
+/* test-engine-conf.c - vl2d.conf (daemon/cli/conf.h): every [daemon] key
  * and its value forms, [model NAME] sections, relative dirs, quotes,
  * comments, CRLF, and every kind of bad line with its FILE:LINE message;
  * --model [NAME=]DIR; the default paths. */

@@ -1,4 +1,5 @@
-/* conf.h - vl2d's configuration file.
+/* conf.h - vl2d's configuration file (daemon/cli: it fills both the
+ * server's options and the engines' parameters, so it sits above both).
  *
  * Where: --config FILE; otherwise, for the system service (--system, or root
  * without XDG_RUNTIME_DIR), VL2_SYSCONF_DIR/vl2d.conf (/etc/vl2d/vl2d.conf);
@@ -40,8 +41,8 @@
  *   vision_tiles_per_step (1: tiles of one image encoded between two decode steps
  *                            while other requests run; 0: a whole image at once)
  */
-#ifndef VL2_SERVER_CONF_H
-#define VL2_SERVER_CONF_H
+#ifndef VL2_CLI_CONF_H
+#define VL2_CLI_CONF_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -108,4 +109,4 @@ int vl2_conf_add_model(struct vl2_conf *c, const char *name, const char *dir,
  * means there is no name). */
 int vl2_conf_add_model_arg(struct vl2_conf *c, const char *arg, struct vl2_err *err);
 
-#endif /* VL2_SERVER_CONF_H */
+#endif /* VL2_CLI_CONF_H */

@@ -1,5 +1,7 @@
 /* conf.c - vl2d.conf: an INI-like file of [daemon] settings and [model NAME]
- * sections (conf.h describes the format). */
+ * sections (conf.h describes the format).  It lives with the vl2d command
+ * (daemon/cli), which joins the server and the runtime: the file sets the
+ * server's options and the engines' parameters. */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -12,7 +14,6 @@
 
 #include "conf.h"
 #include "ipc.h"
-#include "server-impl.h"
 #include "vl2-config.h"
 
 /* Largest configuration file read. */
@@ -270,6 +271,20 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
 
 /* ---- models ------------------------------------------------------------ */
 
+/* The last component of @dir, trailing slashes ignored: the name of a model
+ * given without one (the rule the server applies to LoadModel). */
+static void base_name(const char *dir, char *buf, size_t size)
+{
+    size_t n = strlen(dir);
+    const char *p;
+
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    for (p = dir + n; p > dir && p[-1] != '/'; p--)
+        ;
+    snprintf(buf, size, "%.*s", (int) (dir + n - p), p);
+}
+
 static bool valid_name(const char *s)
 {
     size_t n = strlen(s);
@@ -314,7 +329,7 @@ int vl2_conf_add_model(struct vl2_conf *c, const char *name, const char *dir,
     if (!dir || !dir[0])
         return vl2_err_set(err, VL2_EINVAL, "model '%s': no directory", name ? name : "");
     if (!name || !name[0]) {
-        vl2__base_name(dir, base, sizeof(base));
+        base_name(dir, base, sizeof(base));
         name = base;
     }
     if (!valid_name(name))
