@@ -58,6 +58,7 @@ int vl2__llm_scratch_init(struct vl2_model *m, struct vl2_err *err)
     s->src = malloc((size_t)R * sizeof(*s->src));
     s->bseq = malloc((size_t)R * sizeof(*s->bseq));
     s->items = malloc((size_t)R * sizeof(*s->items));
+    s->cap_items = (size_t)R;
     s->pc = malloc((size_t)R * sizeof(*s->pc));
     if (!s->ids || !s->dst || !s->src || !s->bseq || !s->items || !s->pc)
         return vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
@@ -67,6 +68,11 @@ int vl2__llm_scratch_init(struct vl2_model *m, struct vl2_err *err)
 /* ---- one pass ----------------------------------------------------------- */
 
 #define VIEW(t, n) vl2_tensor_rows(&(t), 0, (n))
+
+/* Epsilon of the MLA low-rank norms (q_a_layernorm, kv_a_layernorm): the
+ * official DeepseekV2Attention builds them as DeepseekV2RMSNorm(rank), whose
+ * default eps is 1e-6, not the config's rms_norm_eps. */
+#define LORA_NORM_EPS 1e-6f
 
 static int attention(struct vl2_model *m, int il, int32_t n, struct vl2_err *err)
 {
@@ -99,7 +105,7 @@ static int attention(struct vl2_model *m, int il, int32_t n, struct vl2_err *err
         if (c->q_lora_rank > 0) {
             struct vl2_tensor qa = VIEW(s->qa, n);
             if ((r = ops->linear(ctx, &qa, &h, &l->wq_a, NULL, err)) < 0 ||
-                (r = ops->rmsnorm(ctx, &qa, &qa, &l->q_a_norm, 1e-6f, err)) < 0 ||
+                (r = ops->rmsnorm(ctx, &qa, &qa, &l->q_a_norm, LORA_NORM_EPS, err)) < 0 ||
                 (r = ops->linear(ctx, &q, &qa, &l->wq_b, NULL, err)) < 0)
                 return r;
         } else if ((r = ops->linear(ctx, &q, &h, &l->wq, NULL, err)) < 0) {
@@ -108,7 +114,7 @@ static int attention(struct vl2_model *m, int il, int32_t n, struct vl2_err *err
         if ((r = ops->rope(ctx, &q, c->n_head, qh, c->d_nope, c->d_rope, theta,
                            VL2_ROPE_INTERLEAVED, err)) < 0 ||
             (r = ops->linear(ctx, &ckv, &h, &l->wkv_a, NULL, err)) < 0 ||
-            (r = ops->rmsnorm(ctx, &cn, &clat, &l->kv_a_norm, 1e-6f, err)) < 0 ||
+            (r = ops->rmsnorm(ctx, &cn, &clat, &l->kv_a_norm, LORA_NORM_EPS, err)) < 0 ||
             (r = ops->rope(ctx, &ckv, 1, c->kv_lora_rank + c->d_rope, c->kv_lora_rank,
                            c->d_rope, theta, VL2_ROPE_INTERLEAVED, err)) < 0 ||
             (r = ops->attn_mla(ctx, il, &o, &q, &cn, &kpe, &l->wkv_b, c->n_head, c->d_nope,
@@ -396,6 +402,15 @@ int vl2_model_step(struct vl2_model *m, const struct vl2_step_item *items, size_
             n_logits = 0;
         }
     }
+    /* the sequences' repetition sets: with penalize_prompt every id fed */
+    for (i = 0; i < n_items; i++) {
+        struct vl2_sampler *sm = &items[i].seq->sampler;
+        int32_t k;
+
+        if (sm->p.penalize_prompt)
+            for (k = 0; k < items[i].n_ids; k++)
+                vl2_sampler_accept(sm, items[i].ids[k]);
+    }
     return 0;
 }
 
@@ -409,7 +424,6 @@ int vl2_model_prefill(struct vl2_model *m, struct vl2_seq *s, const int32_t *ids
     };
     int64_t n_ph = 0, avail = 0;
     size_t i;
-    int r;
 
     if (n_ids == 0)
         return vl2_err_set(err, VL2_EINVAL, "model: empty prompt");
@@ -428,41 +442,28 @@ int vl2_model_prefill(struct vl2_model *m, struct vl2_seq *s, const int32_t *ids
         return vl2_err_set(err, VL2_EINVAL, "model: the prompt has %lld image placeholder "
                            "tokens but %zu images give %lld rows", (long long)n_ph, n_images,
                            (long long)avail);
-    r = vl2_model_step(m, &it, 1, err);
-    if (r < 0)
-        return r;
-    if (s->sampler.p.penalize_prompt)
-        for (i = 0; i < n_ids; i++)
-            vl2_sampler_accept(&s->sampler, ids[i]);
-    return 0;
+    return vl2_model_step(m, &it, 1, err);
 }
 
 int vl2_model_decode(struct vl2_model *m, struct vl2_seq *const *seqs, const int32_t *ids,
                      size_t n_seqs, struct vl2_err *err)
 {
-    const size_t G = (size_t)m->params.max_rows;
-    struct vl2_step_item *items = m->ls.items;
-    size_t i, j, done = 0;
-    int r;
+    struct vl2_llm_scratch *ls = &m->ls;
+    size_t i;
 
-    for (i = 0; i < n_seqs; i++)
-        for (j = 0; j < i; j++)
-            if (seqs[i] == seqs[j])
-                return vl2_err_set(err, VL2_EINVAL, "model: decode: sequences %zu and %zu are "
-                                   "the same", j, i);
-    while (done < n_seqs) {
-        size_t k = n_seqs - done < G ? n_seqs - done : G;
-        for (i = 0; i < k; i++) {
-            items[i] = (struct vl2_step_item){
-                .seq = seqs[done + i], .ids = &ids[done + i], .n_ids = 1, .want_logits = 1,
-            };
-        }
-        r = vl2_model_step(m, items, k, err);
-        if (r < 0)
-            return r;
-        for (i = 0; i < k; i++)
-            vl2_sampler_accept(&seqs[done + i]->sampler, ids[done + i]);
-        done += k;
+    if (n_seqs > ls->cap_items) {
+        struct vl2_step_item *p = realloc(ls->items, n_seqs * sizeof(*p));
+
+        if (!p)
+            return vl2_err_set(err, VL2_ENOMEM, "model: out of memory for %zu sequences",
+                               n_seqs);
+        ls->items = p;
+        ls->cap_items = n_seqs;
     }
-    return 0;
+    for (i = 0; i < n_seqs; i++)
+        ls->items[i] = (struct vl2_step_item){
+            .seq = seqs[i], .ids = &ids[i], .n_ids = 1, .want_logits = 1,
+        };
+    /* one step checks every item (duplicates included) before any work */
+    return vl2_model_step(m, ls->items, n_seqs, err);
 }

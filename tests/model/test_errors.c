@@ -138,23 +138,14 @@ static void test_requests(void)
     TU_CHECK(r == 0, "load: %s", err.msg);
     if (r < 0)
         return;
-    mp.kv_budget = vl2_model_kv_token_bytes(m) * 900;
-    vl2_model_free(m);
-    r = vl2_model_load(&m, o_model, &mp, &err);
-    TU_CHECK(r == 0, "load: %s", err.msg);
-    if (r < 0)
-        return;
 
-    /* sequences larger than the context, and the KV budget */
+    /* sequences larger than the context (the KV budget is the engine's) */
     sp.capacity = 601;
     TU_CHECK(vl2_seq_new(m, &sp, &s, &err) == VL2_ELIMIT, "capacity over n_ctx refused");
     printf("  capacity 601: %s\n", err.msg);
     sp.capacity = 0;
     r = vl2_seq_new(m, &sp, &s, &err);
     TU_CHECK(r == 0, "seq: %s", err.msg);
-    TU_CHECK(vl2_seq_new(m, &sp, &s2, &err) == VL2_ELIMIT && strstr(err.msg, "budget"),
-             "second full sequence over the budget: %s", err.msg);
-    printf("  over the KV budget: %s\n", err.msg);
     sp.capacity = 300;
     r = vl2_seq_new(m, &sp, &s2, &err);
     TU_CHECK(r == 0, "a smaller sequence fits: %s", err.msg);
