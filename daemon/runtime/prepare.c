@@ -157,12 +157,30 @@ int vl2_read_image_fd(int fd, size_t max, double timeout_s, uint8_t **ret, size_
 
 /* ---- the model's side --------------------------------------------------- */
 
+int vl2_prep_model_set_candidates(struct vl2_prep_model *pm, const int (*cands)[2], int n,
+                                  struct vl2_err *err)
+{
+    int i;
+
+    if (n < 0 || n > VL2_MAX_CANDIDATES)
+        return vl2_err_set(err, VL2_EFORMAT, "%d candidate resolutions, at most %d", n,
+                           VL2_MAX_CANDIDATES);
+    for (i = 0; i < n; i++)
+        if (cands[i][0] <= 0 || cands[i][1] <= 0)
+            return vl2_err_set(err, VL2_EFORMAT, "candidate resolution %d is not positive", i);
+    if (n > 0 && cands[0][0] != pm->image_size)
+        return vl2_err_set(err, VL2_EUNSUPPORTED, "first candidate resolution %d differs from "
+                           "the vision image size %d", cands[0][0], pm->image_size);
+    memcpy(pm->cands, cands, (size_t)n * sizeof(pm->cands[0]));
+    pm->n_cands = n;
+    return 0;
+}
+
 int vl2_prep_model_init(struct vl2_prep_model *pm, const struct vl2_model *m,
                         const struct vl2_tokenizer *tok, struct vl2_err *err)
 {
     const struct vl2_model_config *cfg = vl2_model_config(m);
     const struct vl2_processor_config *pc = vl2_model_processor_config(m);
-    int i;
 
     memset(pm, 0, sizeof(*pm));
     pm->tok = tok;
@@ -171,20 +189,11 @@ int vl2_prep_model_init(struct vl2_prep_model *pm, const struct vl2_model *m,
     pm->image_size = cfg->vision.image_size;
     pm->patch_size = cfg->vision.patch_size;
     pm->downsample = cfg->proj.downsample;
-    if (pc->n_candidates > 0) {
-        pm->n_cands = pc->n_candidates;
-        memcpy(pm->cands, pc->candidates, sizeof(pm->cands));
-    } else {
-        pm->n_cands = cfg->n_candidates;
-        memcpy(pm->cands, cfg->candidates, sizeof(pm->cands));
-    }
-    for (i = 0; i < pm->n_cands; i++)
-        if (pm->cands[i][0] <= 0 || pm->cands[i][1] <= 0)
-            return vl2_err_set(err, VL2_EFORMAT, "candidate resolution %d is not positive", i);
-    if (pm->n_cands > 0 && pm->cands[0][0] != pm->image_size)
-        return vl2_err_set(err, VL2_EUNSUPPORTED, "first candidate resolution %d differs from "
-                           "the vision image size %d", pm->cands[0][0], pm->image_size);
-    return 0;
+    if (pc->n_candidates > 0)
+        return vl2_prep_model_set_candidates(pm, (const int (*)[2]) pc->candidates,
+                                             pc->n_candidates, err);
+    return vl2_prep_model_set_candidates(pm, (const int (*)[2]) cfg->candidates,
+                                         cfg->n_candidates, err);
 }
 
 /* ---- images ----------------------------------------------------------- */

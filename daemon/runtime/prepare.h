@@ -66,6 +66,12 @@ struct vl2_prep_model {
 int vl2_prep_model_init(struct vl2_prep_model *pm, const struct vl2_model *m,
                         const struct vl2_tokenizer *tok, struct vl2_err *err);
 
+/* Check and set the candidate resolutions of @pm (its image_size set):
+ * each positive, the first as wide as image_size.  The errors of
+ * vl2_prep_model_init; @pm's candidates are unchanged on error. */
+int vl2_prep_model_set_candidates(struct vl2_prep_model *pm, const int (*cands)[2], int n,
+                                  struct vl2_err *err);
+
 /* An image as given: encoded bytes, or a descriptor (read whole: a regular
  * file from offset 0, anything else until end of file within
  * rq->fd_timeout_s).  Exactly one of @data / @fd >= 0 is set. */
