@@ -20,6 +20,14 @@
 #define VL2_ENGINE_PREFILL_CHUNK 256
 /* Seconds of the tokens/s window of Status. */
 #define VL2_ENGINE_RATE_WINDOW   60
+/* Tokenize jobs one engine holds (waiting or encoding); more get BUSY. */
+#define VL2_ENGINE_MAX_TOKENIZE  16
+
+/* A Tokenize job waiting for a prep thread. */
+struct vl2_tok_req {
+    struct vl2_tok_req *next;
+    struct vl2_tokenize_job *job;   /* owned */
+};
 
 /* The vision tower's work on one image of a request (engine thread). */
 struct vl2_req_vision {
@@ -104,6 +112,9 @@ struct vl2_engine {
     struct vl2_req_list prepping;   /* VL2_REQ_PREPPING */
     struct vl2_req_list ready;      /* VL2_REQ_READY */
     struct vl2_req_list running;    /* VL2_REQ_RUNNING (the engine thread's) */
+    struct vl2_tok_req *tok_head, *tok_tail;  /* Tokenize jobs waiting, oldest first */
+    size_t n_tok_waiting;
+    size_t n_tok_encoding;          /* taken by prep threads */
     uint64_t next_seq_no;
     uint64_t memory_bytes;          /* for Status, refreshed by the engine thread */
     uint32_t rate_tokens[VL2_ENGINE_RATE_WINDOW];  /* tokens per second, ring */

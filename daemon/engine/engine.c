@@ -175,6 +175,18 @@ void vl2__req_post_progress(struct vl2_engine *e, struct vl2_req *r, enum vl2_ev
     post(e, ev);
 }
 
+/* An ERROR event for Tokenize job @key. */
+static void tok_fail(struct vl2_engine *e, uint64_t key, int code, const char *why)
+{
+    struct vl2_event *ev = vl2_event_new(VL2_EVENT_ERROR, key);
+
+    if (!ev)
+        return;
+    ev->code = code;
+    msgf(ev->message, sizeof(ev->message), "engine: model '%s': %s", e->name, why);
+    post(e, ev);
+}
+
 /* An error for request @r: "engine: model 'x': <why>". */
 static void req_fail(struct vl2_engine *e, struct vl2_req *r, int code, const char *why)
 {
@@ -237,6 +249,13 @@ static uint32_t queue_position(const struct vl2_engine *e, const struct vl2_req 
 static size_t slots_held(const struct vl2_engine *e)
 {
     return e->prep_todo.n + e->prepping.n + e->ready.n + e->running.n;
+}
+
+/* Tokenize jobs the engine holds: waiting and encoding.  Their one limit
+ * (VL2_ENGINE_MAX_TOKENIZE) is checked in engine_tokenize. */
+static size_t tokenize_held(const struct vl2_engine *e)
+{
+    return e->n_tok_waiting + e->n_tok_encoding;
 }
 
 /* Give free slots to queued requests. */
@@ -972,6 +991,9 @@ out_wait:
     pthread_mutex_lock(&e->mu);
     while (!e->quit && !e->stopping)
         pthread_cond_wait(&e->cv, &e->mu);
+    /* the Tokenize jobs taken are answered before UNLOADED */
+    while (!e->quit && tokenize_held(e) > 0)
+        pthread_cond_wait(&e->state_cv, &e->mu);
     quit = e->quit;
     pthread_mutex_unlock(&e->mu);
     if (!quit)
@@ -981,10 +1003,88 @@ out_wait:
 
 /* ---- prep threads ----------------------------------------------------- */
 
+/* Encode one Tokenize job and post its answer (a prep thread, without the
+ * lock: the tokenizer is immutable once loaded). */
+static void run_tokenize(struct vl2_engine *e, struct vl2_tokenize_job *job)
+{
+    struct vl2_event *ev = vl2_event_new(VL2_EVENT_TOKENIZED, job->key);
+    struct vl2_err err = { 0 };
+    int32_t *ids = NULL, bos = job->add_bos ? vl2_tokenizer_bos(e->tok) : -1;
+    size_t n = 0, i, bytes = 0, off = 0;
+    int rc;
+
+    rc = vl2_tokenizer_encode(e->tok, job->text, job->len, &ids, &n, &err);
+    if (rc == 0 && ev) {
+        size_t k = bos >= 0;
+
+        ev->ids = malloc((n + k + 1) * sizeof(*ev->ids));
+        if (!ev->ids)
+            rc = vl2_err_set(&err, VL2_ENOMEM, "out of memory for %zu ids", n);
+        for (i = 0; rc == 0 && i < n + k; i++)
+            ev->ids[i] = i < k ? bos : ids[i - k];
+        ev->n_ids = rc == 0 ? n + k : 0;
+    }
+    if (rc == 0 && ev && job->pieces) {
+        ev->piece_len = malloc((ev->n_ids + 1) * sizeof(*ev->piece_len));
+        for (i = 0; ev->piece_len && i < ev->n_ids; i++) {
+            size_t plen = 0;
+
+            if (!vl2_tokenizer_token_bytes(e->tok, ev->ids[i], &plen))
+                plen = 0;
+            ev->piece_len[i] = (uint32_t) plen;
+            bytes += plen;
+        }
+        ev->text = malloc(bytes + 1);
+        ev->text_size = bytes;
+        if (!ev->piece_len || !ev->text)
+            rc = vl2_err_set(&err, VL2_ENOMEM, "out of memory for the pieces");
+        for (i = 0; rc == 0 && i < ev->n_ids; i++) {
+            size_t plen = 0;
+            const char *p = vl2_tokenizer_token_bytes(e->tok, ev->ids[i], &plen);
+
+            if (p && plen)
+                memcpy(ev->text + off, p, plen);
+            off += ev->piece_len[i];
+        }
+    }
+    free(ids);
+    if (!ev || rc < 0) {
+        char msg[VL2_ERR_MSG_SIZE];
+
+        vl2_event_free(ev);
+        ev = vl2_event_new(VL2_EVENT_ERROR, job->key);
+        if (ev) {
+            ev->code = rc < 0 ? rc : VL2_ENOMEM;
+            msgf(msg, sizeof(msg), "engine: model '%s': tokenize: %s", e->name,
+                 rc < 0 ? err.msg : "out of memory");
+            msgf(ev->message, sizeof(ev->message), "%s", msg);
+        }
+    }
+    post(e, ev);
+}
+
+static struct vl2_tokenize_job *tok_pop(struct vl2_engine *e)
+{
+    struct vl2_tok_req *t = e->tok_head;
+    struct vl2_tokenize_job *job;
+
+    if (!t)
+        return NULL;
+    e->tok_head = t->next;
+    if (!e->tok_head)
+        e->tok_tail = NULL;
+    e->n_tok_waiting--;
+    job = t->job;
+    free(t);
+    return job;
+}
+
 static void *prep_main(void *arg)
 {
     struct vl2_engine *e = arg;
+    struct vl2_tokenize_job *tj;
     struct vl2_req *r;
+    bool last_tok = false;
 
     pthread_mutex_lock(&e->mu);
     for (;;) {
@@ -994,11 +1094,29 @@ static void *prep_main(void *arg)
 
         if (e->quit)
             break;
-        r = vl2__req_list_pop(&e->prep_todo);
+        /* Tokenize jobs and requests take turns on each thread */
+        tj = NULL;
+        r = NULL;
+        if (e->tok_head && (!last_tok || !e->prep_todo.head))
+            tj = tok_pop(e);
+        else
+            r = vl2__req_list_pop(&e->prep_todo);
+        if (tj) {
+            last_tok = true;
+            e->n_tok_encoding++;
+            pthread_mutex_unlock(&e->mu);
+            run_tokenize(e, tj);
+            vl2_tokenize_job_free(tj);
+            pthread_mutex_lock(&e->mu);
+            e->n_tok_encoding--;
+            pthread_cond_broadcast(&e->state_cv);
+            continue;
+        }
         if (!r) {
             pthread_cond_wait(&e->prep_cv, &e->mu);
             continue;
         }
+        last_tok = false;
         vl2__req_list_push(&e->prepping, r, VL2_REQ_PREPPING);
         pthread_mutex_unlock(&e->mu);
         rc = vl2__prep_request(e, r, &err);
@@ -1095,6 +1213,27 @@ static void engine_cancel(void *engine, uint64_t key)
     pthread_mutex_lock(&e->mu);
     r = find_key(e, key);
     if (!r) {
+        struct vl2_tok_req **pp, *t = NULL;
+
+        /* a Tokenize job that waits ends here; one encoding ends by itself */
+        for (pp = &e->tok_head; *pp; pp = &(*pp)->next)
+            if ((*pp)->job->key == key) {
+                t = *pp;
+                *pp = t->next;
+                break;
+            }
+        if (t) {
+            struct vl2_tok_req *q;
+
+            e->tok_tail = NULL;
+            for (q = e->tok_head; q; q = q->next)
+                e->tok_tail = q;
+            e->n_tok_waiting--;
+            pthread_cond_broadcast(&e->state_cv);
+            tok_fail(e, t->job->key, VL2_ECANCELED, "cancelled");
+            vl2_tokenize_job_free(t->job);
+            free(t);
+        }
         pthread_mutex_unlock(&e->mu);
         return;
     }
@@ -1156,6 +1295,7 @@ static void engine_free(void *engine)
     atomic_store(&e->halting, true);
     pthread_cond_broadcast(&e->cv);
     pthread_cond_broadcast(&e->prep_cv);
+    pthread_cond_broadcast(&e->state_cv);
     pthread_mutex_unlock(&e->mu);
     if (e->thread_started)
         pthread_join(e->thread, NULL);
@@ -1168,6 +1308,12 @@ static void engine_free(void *engine)
         vl2__req_free(e, r);
     while ((r = vl2__req_list_pop(&e->ready)))
         vl2__req_free(e, r);
+    {
+        struct vl2_tokenize_job *tj;
+
+        while ((tj = tok_pop(e)))
+            vl2_tokenize_job_free(tj);
+    }
     vl2_model_free(e->m);
     vl2_tokenizer_free(e->tok);
     free(e->batch_seqs);
@@ -1186,12 +1332,14 @@ static void engine_free(void *engine)
     free(e);
 }
 
-static int engine_tokenizer(void *engine, const struct vl2_tokenizer **ret,
-                            struct vl2_err *err)
+static int engine_tokenize(void *engine, struct vl2_tokenize_job *job, struct vl2_err *err)
 {
     struct vl2_engine *e = engine;
+    struct vl2_tok_req *t = calloc(1, sizeof(*t));
     int rc = 0;
 
+    if (!t)
+        return vl2_err_set(err, VL2_ENOMEM, "engine: out of memory");
     pthread_mutex_lock(&e->mu);
     if (e->state == VL2_MODEL_STATE_FAILED)
         rc = vl2_err_set(err, e->error_code, "%s", e->error);
@@ -1200,10 +1348,27 @@ static int engine_tokenizer(void *engine, const struct vl2_tokenizer **ret,
     else if (!e->tok_ready)
         rc = vl2_err_set(err, VL2_EBUSY, "engine: model '%s' is still loading its tokenizer, "
                          "try again", e->name);
+    else if (tokenize_held(e) >= VL2_ENGINE_MAX_TOKENIZE)
+        rc = vl2_err_set(err, VL2_EBUSY, "engine: model '%s': %zu texts are being encoded, "
+                         "try again", e->name, tokenize_held(e));
+    else if (job->add_bos && vl2_tokenizer_bos(e->tok) < 0)
+        rc = vl2_err_set(err, VL2_EUNSUPPORTED, "engine: model '%s': tokenize: the tokenizer "
+                         "has no bos_token", e->name);
+    if (rc < 0) {
+        pthread_mutex_unlock(&e->mu);
+        free(t);
+        return rc;
+    }
+    t->job = job;
+    if (e->tok_tail)
+        e->tok_tail->next = t;
     else
-        *ret = e->tok;
+        e->tok_head = t;
+    e->tok_tail = t;
+    e->n_tok_waiting++;
+    pthread_cond_signal(&e->prep_cv);
     pthread_mutex_unlock(&e->mu);
-    return rc;
+    return 0;
 }
 
 static const struct vl2_engine_ops engine_ops = {
@@ -1212,7 +1377,7 @@ static const struct vl2_engine_ops engine_ops = {
     .stats = engine_stats,
     .free = engine_free,
     .stop = engine_stop,
-    .tokenizer = engine_tokenizer,
+    .tokenize = engine_tokenize,
 };
 
 const struct vl2_engine_ops *vl2_engine_ops(void)
