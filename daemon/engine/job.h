@@ -30,6 +30,10 @@ struct vl2_server;
 
 /* ---- jobs (server -> engine) ----------------------------------------- */
 
+/* Images one Generate may carry: the server refuses more, and an engine's
+ * max_images (vl2d.conf, default 16) is at most this. */
+#define VL2_JOB_MAX_IMAGES 64
+
 enum vl2_job_role {
     VL2_JOB_ROLE_SYSTEM = 1,
     VL2_JOB_ROLE_USER = 2,

@@ -18,8 +18,7 @@
  *   - a message with images but no "<image>" tag gets one "<image>\n" per
  *     image in front of its text; otherwise tags and images must match;
  *   - at most VL2_PREP_MAX_STOPS stop strings of VL2_PREP_MAX_STOP_LEN bytes,
- *     at most rq->max_images images (the configured limit, itself at most
- *     VL2_PREP_MAX_IMAGES);
+ *     at most rq->max_images images (the configured limit);
  *   - the prompt must leave room in the context; max_new is cut to that room.
  *
  * Threads: vl2_prepare reads @pm and @rq only (both immutable meanwhile), so
@@ -44,10 +43,10 @@ struct vl2_tokenizer;
 /* Stop strings of one request, and the bytes each may hold. */
 #define VL2_PREP_MAX_STOPS      16
 #define VL2_PREP_MAX_STOP_LEN   1024
-/* Images in one request: the default limit, and the most any configuration
- * may allow. */
+/* Images in one request by default (the engine's max_images, vl2d run's
+ * limit); the most a configuration may allow is the protocol's
+ * (VL2_JOB_MAX_IMAGES, daemon/engine/job.h). */
 #define VL2_PREP_DEFAULT_IMAGES 16
-#define VL2_PREP_MAX_IMAGES     64
 
 /* What preparing needs of a loaded model; fixed once filled. */
 struct vl2_prep_model {

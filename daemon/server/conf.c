@@ -256,7 +256,7 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
     UINT_KEY("kv_budget", true, 0, SIZE_MAX / 4, ep->kv_budget, size_t)
     UINT_KEY("context", false, 0, INT32_MAX, ep->n_ctx, int32_t)
     UINT_KEY("max_new_tokens", false, 0, 1u << 24, ep->max_new_tokens, uint32_t)
-    UINT_KEY("max_images", false, 1, 1024, ep->max_images, uint32_t)
+    UINT_KEY("max_images", false, 1, VL2_JOB_MAX_IMAGES, ep->max_images, uint32_t)
     UINT_KEY("max_image_pixels", false, 1, 1ull << 40, ep->max_image_pixels, uint64_t)
     UINT_KEY("max_image_bytes", true, 1, VL2_IPC_MAX_FRAME_LIMIT, ep->max_image_bytes,
              size_t)

@@ -14,8 +14,6 @@
 
 #include "server-impl.h"
 
-/* Images one Generate may carry. */
-#define MAX_IMAGES_PER_REQUEST 64
 /* Bytes of text one Tokenize may carry. */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
 
@@ -209,9 +207,9 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame,
         return vl2_err_set(err, VL2_EINVAL, "server: generate: no messages");
     for (i = 0; i < g->n_messages; i++)
         n_images += g->messages[i]->n_images;
-    if (n_images > MAX_IMAGES_PER_REQUEST)
+    if (n_images > VL2_JOB_MAX_IMAGES)
         return vl2_err_set(err, VL2_ELIMIT, "server: generate: %zu images, at most %d",
-                           n_images, MAX_IMAGES_PER_REQUEST);
+                           n_images, VL2_JOB_MAX_IMAGES);
     job = calloc(1, sizeof(*job));
     if (!job)
         return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");

@@ -105,6 +105,20 @@ static void expect_bad(const char *text, int code, const char *msg)
     vl2_conf_done(&c);
 }
 
+/* The engine's own check agrees with the file's limit. */
+static void test_engine_limits(void)
+{
+    struct vl2_engine_params p = vl2_engine_default_params();
+    struct vl2_err err = { 0 };
+
+    CHECK_EQ_INT(p.max_images, 16);
+    p.max_images = VL2_JOB_MAX_IMAGES;
+    CHECK_EQ_INT(vl2_engine_check_params(&p, &err), 0);
+    p.max_images = VL2_JOB_MAX_IMAGES + 1;
+    CHECK_EQ_INT(vl2_engine_check_params(&p, &err), VL2_EINVAL);
+    CHECK_MSG(strstr(err.msg, "max_images 65: expected 1 to 64"), "%s", err.msg);
+}
+
 static void test_bad(void)
 {
     expect_bad("backend = cpu\n", VL2_EFORMAT, "test.conf:1: 'backend' outside a section");
@@ -112,6 +126,9 @@ static void test_bad(void)
     expect_bad("[daemon]\nmax_sequences = 0\n", VL2_EINVAL,
                "test.conf:2: max_sequences '0': expected an integer from 1 to 4096");
     expect_bad("[daemon]\nkv_budget = 4X\n", VL2_EINVAL, "test.conf:2: kv_budget '4X'");
+    /* one image limit: the server's (64 per Generate) */
+    expect_bad("[daemon]\nmax_images = 65\n", VL2_EINVAL,
+               "test.conf:2: max_images '65': expected an integer from 1 to 64");
     expect_bad("[daemon]\nthreads = -1\n", VL2_EINVAL, "test.conf:2: threads '-1'");
     expect_bad("[daemon]\napply_exif = maybe\n", VL2_EINVAL, "apply_exif 'maybe'");
     expect_bad("[daemon]\nidle_unload = soon\n", VL2_EINVAL, "idle_unload 'soon'");
@@ -202,6 +219,7 @@ int main(void)
 {
     RUN(test_good);
     RUN(test_bad);
+    RUN(test_engine_limits);
     RUN(test_model_args);
     RUN(test_paths);
     return check_failures ? 1 : 0;
