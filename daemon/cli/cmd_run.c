@@ -448,7 +448,7 @@ static int prepare(struct run *R, struct vl2_err *err)
     }
     if (r < 0)
         return R->o.input_ids_json && r == VL2_EINVAL && strstr(err->msg, "placeholder")
-                   ? vl2_err_prefix(err, R->o.input_ids_json) : r;
+                   ? vl2_err_prefix(err, r, R->o.input_ids_json) : r;
     R->n_tiles = R->pr.n_tiles;
     R->n_image_tokens = R->pr.n_image_tokens;
     return 0;
@@ -466,7 +466,7 @@ static int encode_images(struct run *R, struct vl2_err *err)
                                    im->tiling.tiles_h, &R->embed[i],
                                    R->o.dump ? &R->trace[i] : NULL, err);
         if (r < 0)
-            return vl2_err_prefix(err, R->o.images[i]);
+            return vl2_err_prefix(err, r, R->o.images[i]);
         if (R->embed[i]->n_tokens != im->tiling.n_tokens)
             return vl2_err_set(err, VL2_EINTERNAL, "image tokens %d (model) vs %d "
                                "(plan)", R->embed[i]->n_tokens, im->tiling.n_tokens);

@@ -56,9 +56,9 @@ int vl2_engine_check_params(const struct vl2_engine_params *p, struct vl2_err *e
         return vl2_err_set(err, VL2_EINVAL, "engine: max_queue must be at least 1");
     if (p->n_ctx < 0 || p->n_threads < 0 || p->device < 0)
         return vl2_err_set(err, VL2_EINVAL, "engine: negative n_ctx, threads or device");
-    if (p->max_images == 0 || p->max_images > VL2_JOB_MAX_IMAGES)
+    if (p->max_images == 0 || p->max_images > VL2_ENGINE_MAX_IMAGES)
         return vl2_err_set(err, VL2_EINVAL, "engine: max_images %u: expected 1 to %d",
-                           p->max_images, VL2_JOB_MAX_IMAGES);
+                           p->max_images, VL2_ENGINE_MAX_IMAGES);
     if (p->max_image_pixels == 0 || p->max_image_bytes == 0)
         return vl2_err_set(err, VL2_EINVAL, "engine: image limits must be positive");
     if (p->prep_threads == 0 || p->prep_threads > 64)

@@ -220,7 +220,7 @@ static int prep_image(const struct vl2_prep_model *pm, const struct vl2_prep_req
         r = vl2_read_image_fd(im->fd, rq->max_image_bytes, rq->fd_timeout_s, &owned, &size,
                               err);
         if (r < 0)
-            return vl2_err_prefix(err, "descriptor");
+            return vl2_err_prefix(err, r, "descriptor");
         data = owned;
     } else {
         return vl2_err_set(err, VL2_EINVAL, "neither bytes nor a descriptor");
@@ -429,9 +429,9 @@ static int prepare(const struct vl2_prep_model *pm, const struct vl2_prep_reques
             rc = prep_image(pm, rq, im, cropping, &out->images[k], err);
             if (rc < 0) {
                 if (im->name)
-                    return vl2_err_prefix(err, im->name);
+                    return vl2_err_prefix(err, rc, im->name);
                 snprintf(what, sizeof(what), "image %zu (message %zu)", k, i);
-                return vl2_err_prefix(err, what);
+                return vl2_err_prefix(err, rc, what);
             }
             out->n_image_tokens += out->images[k].tiling.n_tokens;
             out->n_tiles += out->images[k].tiling.n_tiles;

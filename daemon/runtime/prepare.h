@@ -45,7 +45,7 @@ struct vl2_tokenizer;
 #define VL2_PREP_MAX_STOP_LEN   1024
 /* Images in one request by default (the engine's max_images, vl2d run's
  * limit); the most a configuration may allow is the protocol's
- * (VL2_JOB_MAX_IMAGES, daemon/engine/job.h). */
+ * (VL2_ENGINE_MAX_IMAGES, daemon/engine/engine.h). */
 #define VL2_PREP_DEFAULT_IMAGES 16
 
 /* What preparing needs of a loaded model; fixed once filled. */

@@ -12,8 +12,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "server-impl.h"
 
+/* Images one Generate may carry. */
+#define MAX_IMAGES_PER_REQUEST VL2_ENGINE_MAX_IMAGES   /* engine.h */
 /* Bytes of text one Tokenize may carry. */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
 
@@ -207,9 +210,9 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame,
         return vl2_err_set(err, VL2_EINVAL, "server: generate: no messages");
     for (i = 0; i < g->n_messages; i++)
         n_images += g->messages[i]->n_images;
-    if (n_images > VL2_JOB_MAX_IMAGES)
+    if (n_images > VL2_ENGINE_MAX_IMAGES)
         return vl2_err_set(err, VL2_ELIMIT, "server: generate: %zu images, at most %d",
-                           n_images, VL2_JOB_MAX_IMAGES);
+                           n_images, VL2_ENGINE_MAX_IMAGES);
     job = calloc(1, sizeof(*job));
     if (!job)
         return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
