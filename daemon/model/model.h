@@ -57,7 +57,7 @@
  *
  * Errors.  Every input is checked before any work: a failing call leaves
  * every sequence as it was (VL2_EINVAL: bad ids, image/placeholder mismatch,
- * duplicate sequence; VL2_ELIMIT: context or budget).  A backend failure in
+ * duplicate sequence; VL2_ELIMIT: context or capacity).  A backend failure in
  * the middle of a pass (VL2_EBACKEND, VL2_ENOMEM) leaves the sequences of
  * that call in an undefined state: free them.
  */
