@@ -305,7 +305,7 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
     UINT_KEY("kv_budget", true, 0, SIZE_MAX / 4, ep->kv_budget, size_t)
     UINT_KEY("context", false, 0, INT32_MAX, ep->n_ctx, int32_t)
     UINT_KEY("max_new_tokens", false, 0, 1u << 24, ep->max_new_tokens, uint32_t)
-    UINT_KEY("max_images", false, 1, 1024, ep->max_images, uint32_t)
+    UINT_KEY("max_images", false, 1, VL2_ENGINE_MAX_IMAGES, ep->max_images, uint32_t)
     UINT_KEY("max_image_pixels", false, 1, 1ull << 40, ep->max_image_pixels, uint64_t)
     UINT_KEY("max_image_bytes", true, 1, VL2_IPC_MAX_FRAME_LIMIT, ep->max_image_bytes,
              size_t)
@@ -502,7 +502,7 @@ static int end_model(struct vl2_conf *c, const char *file, struct pending_model 
             char where[4200];
 
             snprintf(where, sizeof(where), "%s:%ld", file, pm->line);
-            vl2_err_prefix(err, where);
+            vl2_err_prefix(err, r, where);
         } else {
             struct vl2_conf_model *m = &c->models[c->n_models - 1];
 

@@ -37,7 +37,7 @@
  *   threads (0: all cores)   socket (the mode's default)        socket_mode (0660)
  *   max_frame (64M)          max_connections (256)             log_level (info)
  *   max_sequences (8)        max_queue (1024)                   kv_budget (0: auto)
- *   context (0: the model's) max_new_tokens (512)               max_images (16)
+ *   context (0: the model's) max_new_tokens (512)               max_images (16, at most 64)
  *   max_image_pixels (50000000)  max_image_bytes (64M)          apply_exif (true)
  *   image_timeout (10s)      prep_threads (2)                   idle_unload (0: never)
  *   vision_tiles_per_step (1: tiles of one image encoded between two decode steps

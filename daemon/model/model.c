@@ -2,6 +2,7 @@
 #include "model-impl.h"
 
 #include "backend.h"
+#include "vl2-float.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -28,32 +29,6 @@ struct vl2_model_params vl2_model_default_params(void)
 
 /* ---- host conversions ------------------------------------------------------- */
 
-static float bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-    float f;
-
-    if (e == 0) {
-        f = ldexpf((float)man, -24);
-        return sign ? -f : f;
-    }
-    if (e == 31)
-        u = sign | 0x7f800000u | (man << 13);
-    else
-        u = sign | ((e + 112) << 23) | (man << 13);
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
 /* Convert @n elements of checkpoint bytes @src in @dtype to float. */
 static void to_f32(float *dst, const void *src, size_t n, int dtype)
 {
@@ -68,11 +43,11 @@ static void to_f32(float *dst, const void *src, size_t n, int dtype)
             break;
         case VL2_DTYPE_BF16:
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = bf16_to_f32(h);
+            dst[i] = vl2_bf16_to_f32(h);
             break;
         case VL2_DTYPE_F16:
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = f16_to_f32(h);
+            dst[i] = vl2_f16_to_f32(h);
             break;
         default:
             dst[i] = 0.0f;
@@ -115,7 +90,7 @@ int vl2__model_alloc_dt(struct vl2_model *m, struct vl2_tensor *t, int dtype, in
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
-        return vl2_err_prefix(err, "model: allocating activations");
+        return vl2_err_prefix(err, r, "model: allocating activations");
     }
     return 0;
 }
@@ -201,7 +176,7 @@ static int wget(struct vl2_model *m, struct vl2_tensor *t, const char *name, int
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
-        return vl2_err_prefix(err, name);
+        return vl2_err_prefix(err, r, name);
     }
     return 0;
 }
@@ -781,7 +756,7 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
                     p->sampler.repetition_penalty == 1.0f;
     r = m->ops->kv_new(m->ctx, &shape, &s->kv, err);
     if (r < 0) {
-        vl2_err_prefix(err, "model: KV cache");
+        vl2_err_prefix(err, r, "model: KV cache");
         goto out_free;
     }
     s->kv_bytes = bytes;
