@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "cmd.h"
+#include "conf.h"
 #include "image.h"
 #include "model.h"
 #include "npy.h"
@@ -35,6 +36,7 @@ struct run_opts {
     const char *dump;
     const char *backend;
     const char *plugin_dir;
+    char        backend_options[VL2_CONF_OPTIONS_MAX]; /* --backend-option, joined */
     const char *stops[RUN_MAX_STOPS];
     int         n_stops;
     long        max_new;
@@ -74,6 +76,8 @@ static void usage(FILE *f)
 "  --dump OUT                write every stage to the folder OUT (golden formats)\n"
 "  --backend NAME            cpu (default) or cuda\n"
 "  --plugin-dir DIR          where the backend plugins are\n"
+"  --backend-option K=V      an option of the backend (cpu: isa=scalar|avx2|avx512);\n"
+"                            repeatable; a key given twice takes the last value\n"
 "  --threads N               backend threads (default: all cores)\n"
 "  --device N                backend device index, e.g. the GPU (default 0)\n",
             RUN_MAX_IMAGES);
@@ -168,6 +172,13 @@ static int parse_args(struct run_opts *o, int argc, char **argv)
             o->backend = v;
         } else if (!strcmp(a, "--plugin-dir")) {
             o->plugin_dir = v;
+        } else if (!strcmp(a, "--backend-option")) {
+            struct vl2_err err = { 0 };
+            if (vl2_conf_options_append(o->backend_options, sizeof(o->backend_options), v,
+                                        "--backend-option", &err) < 0) {
+                fprintf(stderr, "vl2d run: %s\n", err.msg);
+                return -1;
+            }
         } else if (!strcmp(a, "--stop")) {
             if (o->n_stops == RUN_MAX_STOPS) {
                 fprintf(stderr, "vl2d run: more than %d stop strings\n", RUN_MAX_STOPS);
@@ -815,6 +826,7 @@ int vl2d_cmd_run(int argc, char **argv)
 
     mp.backend = R.o.backend;
     mp.plugin_dir = R.o.plugin_dir;
+    mp.backend_options = R.o.backend_options[0] ? R.o.backend_options : NULL;
     mp.n_threads = R.o.threads;
     mp.device = R.o.device;
     mp.image_token_id = R.image_token_id;
