@@ -24,7 +24,10 @@ nice ninja -C "$B" plugins/cuda/vl2-backend-cuda.so tests/gpu/test_cuda_ops \
     tests/gpu/gpu_golden tests/gpu/gpu_bw tests/gpu/bench_gpu daemon/cli/vl2d \
     weights/vl2-mkweights data/tokenizer.json
 
-grep -qx '/.gpu/' "$ROOT/.git/info/exclude" 2>/dev/null || echo '/.gpu/' >> "$ROOT/.git/info/exclude"
+# (a worktree's .git is a file: ask git where its exclude file is)
+EXCL=$(git -C "$ROOT" rev-parse --git-path info/exclude 2>/dev/null || echo "$ROOT/.git/info/exclude")
+case $EXCL in /*) ;; *) EXCL=$ROOT/$EXCL ;; esac
+grep -qx '/.gpu/' "$EXCL" 2>/dev/null || echo '/.gpu/' >> "$EXCL"
 rm -rf "$G"
 mkdir -p "$G/bin" "$G/lib" "$G/plugins"
 cp "$B/plugins/cuda/vl2-backend-cuda.so" "$G/plugins/"
