@@ -9,6 +9,8 @@
  *                            or OpenBLAS sgemm
  *   mla=auto|absorbed|expanded  attn_mla form per sequence (auto: fewer operations;
  *                            absorbed wins for decode, expanded for long prefill)
+ *   precision=f32|bf16       blocked products in F32 (default) or with operands
+ *                            rounded to bf16 (kern.h)
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -17,6 +19,8 @@
 #include <unistd.h>
 
 #include "cpu-impl.h"
+#include "kern.h"
+#include "vl2-options.h"
 
 /* Provided by OpenBLAS (cblas.h declares it in most versions; keep our own
  * declaration so the build does not depend on which cblas.h is found). */
@@ -227,6 +231,15 @@ static int parse_options(struct vl2_backend_ctx *ctx, const char *opts, int *isa
                     return vl2_err_set(err, VL2_EINVAL,
                                        "cpu: option mla '%s': expected auto, absorbed or expanded",
                                        eq + 1);
+            } else if (strcmp(tok, "precision") == 0) {
+                static const char *const prec[] = { "f32", "bf16" };
+                struct vl2_opt o;
+                int v = 0, r;
+                snprintf(o.key, sizeof(o.key), "%s", tok);
+                snprintf(o.val, sizeof(o.val), "%s", eq + 1);
+                if ((r = vl2_opt_choice(&o, prec, 2, &v, "cpu", err)) < 0)
+                    return r;
+                ctx->precision = v == 1 ? CPU_PREC_BF16 : CPU_PREC_F32;
             } else if (strcmp(tok, "gemm") == 0) {
                 if (strcmp(eq + 1, "own") == 0)
                     ctx->own_gemm = 1;
@@ -298,6 +311,7 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     if (ctx->own_gemm < 0 || isa != CPU_ISA_AVX512)
         ctx->own_gemm = isa == CPU_ISA_AVX512;
     ctx->k = cpu_kernels_get(isa);
+    ctx->bf16_dp = ctx->precision == CPU_PREC_BF16 && isa == CPU_ISA_AVX512 && cpu_has_avx512bf16();
     n = p ? p->n_threads : 0;
     if (n < 0 || n > 1024) {
         r = vl2_err_set(err, VL2_EINVAL, "cpu: n_threads %d out of range (0..1024)", n);
@@ -321,10 +335,12 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     }
     /* Our workers call sgemm on their own blocks: OpenBLAS must not start threads. */
     openblas_set_num_threads(1);
-    snprintf(ctx->desc, sizeof(ctx->desc), "cpu: %d thread%s, %s%s%s, gemm %s", n,
+    snprintf(ctx->desc, sizeof(ctx->desc), "cpu: %d thread%s, %s%s%s, gemm %s, precision %s", n,
              n == 1 ? "" : "s", isa_name(isa), isa == CPU_ISA_AVX512 ? "f" : "",
              cpu_has_avx512bf16() ? " (avx512bf16 present)" : "",
-             ctx->own_gemm ? "own avx512" : "openblas");
+             ctx->own_gemm ? "own avx512" : "openblas",
+             ctx->precision == CPU_PREC_F32 ? "f32"
+             : ctx->bf16_dp ? "bf16 (vdpbf16ps)" : "bf16 (rounded operands, f32 fma)");
     *ret_ctx = ctx;
     return 0;
 
