@@ -140,6 +140,7 @@ struct vl2_backend_ctx {
     int32_t                    mla_mode;   /* 0 auto, 1 absorbed only, 2 expanded only */
     int32_t                    precision;  /* enum cpu_precision (kern.h) */
     int32_t                    bf16_dp;    /* bf16 precision through vdpbf16ps kernels */
+    int32_t                    attn_mode;  /* enum cpu_attn_mode (kern.h) */
     uint8_t                   *mla_exp;    /* per sequence of the batch: expanded form */
     int32_t                    mla_exp_cap;
     struct cpu_scratch         vec[4];     /* parameter vectors converted to F32 */

@@ -11,6 +11,8 @@
  *                            absorbed wins for decode, expanded for long prefill)
  *   precision=f32|bf16       blocked products in F32 (default) or with operands
  *                            rounded to bf16 (kern.h)
+ *   attn_full=auto|fused|matrix  vision attention: fused online-softmax kernel
+ *                            (AVX-512) or score matrices (auto: fused for bf16)
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -240,6 +242,15 @@ static int parse_options(struct vl2_backend_ctx *ctx, const char *opts, int *isa
                 if ((r = vl2_opt_choice(&o, prec, 2, &v, "cpu", err)) < 0)
                     return r;
                 ctx->precision = v == 1 ? CPU_PREC_BF16 : CPU_PREC_F32;
+            } else if (strcmp(tok, "attn_full") == 0) {
+                static const char *const am[] = { "auto", "fused", "matrix" };
+                struct vl2_opt o;
+                int v = 0, r;
+                snprintf(o.key, sizeof(o.key), "%s", tok);
+                snprintf(o.val, sizeof(o.val), "%s", eq + 1);
+                if ((r = vl2_opt_choice(&o, am, 3, &v, "cpu", err)) < 0)
+                    return r;
+                ctx->attn_mode = v;
             } else if (strcmp(tok, "gemm") == 0) {
                 if (strcmp(eq + 1, "own") == 0)
                     ctx->own_gemm = 1;

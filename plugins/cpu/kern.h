@@ -32,6 +32,20 @@ size_t cpu_gemmbf_scratch(void);
 void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw, int wdtype,
                 int64_t n, int64_t k, float *c, int64_t ldc, void *scratch);
 
+/* ---- attn-fused.c (AVX-512; bf16 != 0 needs AVX512-BF16) --------------------------- */
+
+/* attn_full option (ctx->attn_mode): auto = fused where AVX-512 is used and
+ * the precision is bf16, the score-matrix form (attn.c) otherwise, so that
+ * precision=f32 keeps its former results bit for bit. */
+enum cpu_attn_mode { CPU_ATTN_AUTO = 0, CPU_ATTN_FUSED = 1, CPU_ATTN_MATRIX = 2 };
+
+/* Bytes of 64-byte aligned scratch for one head of @L tokens of @D. */
+size_t cpu_attn_fused_scratch(int64_t L, int64_t D, int bf16);
+/* Head @h of one sequence: @qkv its L rows (q | k | v, H heads of D each,
+ * rows @ldq apart), out its L rows (@ldo apart), columns h*D .. h*D+D. */
+void cpu_attn_fused(const float *qkv, int64_t ldq, int64_t L, int64_t H, int64_t D, int64_t h,
+                    float scale, float *out, int64_t ldo, void *scratch, int bf16);
+
 /* ---- bf16 rounding ------------------------------------------------------------- */
 
 /* f rounded to the nearest bf16 (ties to even), as float; NaN stays NaN. */

@@ -1398,6 +1398,102 @@ static void test_precision_option(const char *dir)
     }
 }
 
+/* attn_full of n_seq sequences of L tokens, H heads of D, against a double
+ * reference; @rounded: q, k, v rounded to bf16 in the reference and the
+ * bound widened by the bf16 rounding of the probabilities (2^-9 of
+ * sum_u p_u |v_u| / sum_u p_u). */
+static void attn_full_case(struct be *be, int L, int H, int D, int n_seq, int rounded)
+{
+    const float scale = 1.0f / sqrtf((float)D);
+    struct ha qkv, out;
+    struct vl2_err err = { 0 };
+    double *ref = malloc((size_t)n_seq * L * H * D * sizeof(double));
+    double *bnd = malloc((size_t)n_seq * L * H * D * sizeof(double));
+    double *p = malloc((size_t)L * sizeof(double));
+    char what[160];
+#define QKV(r, c) (rounded ? round_bf(A(&qkv, (r), (c))) : (double)A(&qkv, (r), (c)))
+
+    ha_init(be, &qkv, (int64_t)n_seq * L, 3 * H * D, 3 * H * D + 7, 1.0);
+    ha_init(be, &out, (int64_t)n_seq * L, H * D, H * D + 3, 1.0);
+    for (int s = 0; s < n_seq; s++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < L; t++) {
+                double mx = -1e300, sum = 0;
+                int row = s * L + t;
+                for (int u = 0; u < L; u++) {
+                    double d = 0;
+                    for (int c = 0; c < D; c++)
+                        d += QKV(row, h * D + c) * QKV(s * L + u, H * D + h * D + c);
+                    p[u] = d * scale;
+                    if (p[u] > mx)
+                        mx = p[u];
+                }
+                for (int u = 0; u < L; u++)
+                    sum += (p[u] = exp(p[u] - mx));
+                for (int c = 0; c < D; c++) {
+                    double o = 0, a = 0, pa = 0;
+                    for (int u = 0; u < L; u++) {
+                        double v = QKV(s * L + u, 2 * H * D + h * D + c);
+                        o += p[u] / sum * v;
+                        a += fabs(v);
+                        pa += p[u] / sum * fabs(v);
+                    }
+                    ref[(size_t)row * H * D + h * D + c] = o;
+                    bnd[(size_t)row * H * D + h * D + c] =
+                        2e-5 * a / L * 4 + 1e-6 + (rounded ? 1.1 * pa / 512 : 0);
+                }
+            }
+#undef QKV
+    CHECK_MSG(be->o->attn_full(be->c, &out.t, &qkv.t, L, H, D, scale, &err) == 0, "%s", err.msg);
+    ha_read(be, &out);
+    snprintf(what, sizeof(what), "%s attn_full L %d H %d D %d x%d%s", be->name, L, H, D, n_seq,
+             rounded ? " bf16" : "");
+    compare(what, out.h, out.ld, ref, bnd, (int64_t)n_seq * L, H * D, 0, 0);
+    ha_done(be, &qkv);
+    ha_done(be, &out);
+    free(ref);
+    free(bnd);
+    free(p);
+}
+
+/* The fused attn_full kernel (attn_full=fused, and precision=bf16 where it
+ * is the default) on one and several key blocks, odd sizes, D over 80. */
+static void test_attn_fused(const char *dir)
+{
+    static const char *opts[] = { "isa=avx512,attn_full=fused", "isa=avx512,precision=bf16",
+                                  "isa=avx2,precision=bf16", "isa=avx512,attn_full=matrix" };
+    static const int cases[][4] = {
+        { 45, 3, 10, 2 }, { 1, 2, 16, 3 }, { 2, 1, 7, 1 }, { 130, 2, 72, 1 },
+        { 129, 1, 100, 2 }, { 257, 2, 17, 1 }, { 729, 1, 72, 1 },
+    };
+
+    for (int oi = 0; oi < 4; oi++)
+        for (int nt = 1; nt <= 3; nt += 2) {
+            struct vl2_backend_params p = { .n_threads = nt, .options = opts[oi] };
+            struct vl2_err err = { 0 };
+            struct be be;
+            int before = check_failures, r, rounded;
+
+            r = vl2_backend_load(&be.b, "cpu", dir, &p, &err);
+            if (r == VL2_EUNSUPPORTED) {
+                printf("skip %s: %s\n", opts[oi], err.msg);
+                break;
+            }
+            CHECK_MSG(r == 0, "%s", err.msg);
+            if (r < 0)
+                continue;
+            be.o = be.b->ops;
+            be.c = be.b->ctx;
+            snprintf(be.name, sizeof(be.name), "[%s x%d]", opts[oi], nt);
+            rounded = oi == 1 && strstr(be.o->describe(be.c), "vdpbf16ps") != NULL;
+            for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++)
+                attn_full_case(&be, cases[ci][0], cases[ci][1], cases[ci][2], cases[ci][3],
+                               rounded);
+            printf("%s attn_full: %s\n", be.name, check_failures == before ? "ok" : "FAILED");
+            vl2_backend_unload(be.b);
+        }
+}
+
 static void test_bf16_all(const char *dir)
 {
     static const char *isas[] = { "scalar", "avx2", "avx512" };
@@ -1507,6 +1603,7 @@ int main(int argc, char **argv)
         vl2_backend_unload(be.b);
     }
     test_bf16_all(argv[1]);
+    test_attn_fused(argv[1]);
     printf("%d failures\n", check_failures);
     return check_failures ? 1 : 0;
 }
