@@ -356,6 +356,15 @@ struct vl2_backend_ops {
      * the forward pass.  Absent: the backend supports every op with F32,
      * F16 and BF16 weights and F32 caches (ABI 1 behaviour). */
     int  (*supports_op)(struct vl2_backend_ctx *ctx, int op, int dtype);
+    /* Copy tokens [0, @n_tokens) of every layer of @src into @dst (the
+     * runtime's prefix cache: a new sequence starts from another's prompt).
+     * Both from kv_new() of one shape but for the capacity; n_tokens at
+     * most both capacities; dst != src.  Bits are copied unchanged, so the
+     * copy attends exactly as the original.  Ordered with the queued ops (a
+     * later op reads the copied rows).  Absent: no copies (the runtime
+     * reuses a cache only by taking it over whole). */
+    int  (*kv_copy)(struct vl2_backend_ctx *ctx, struct vl2_kv *dst, const struct vl2_kv *src,
+                    int32_t n_tokens, struct vl2_err *err);
 };
 
 /* Size of the function table without the optional operations: the least

@@ -46,6 +46,8 @@ enum {
     OPT_KV_BUDGET,
     OPT_CONTEXT,
     OPT_IDLE_UNLOAD,
+    OPT_IMAGE_CACHE,
+    OPT_PREFIX_CACHE,
     OPT_VERBOSE = 'v',
     OPT_HELP = 'h',
 };
@@ -75,6 +77,10 @@ static const struct serve_option serve_options[] = {
     { "kv-budget", "SIZE", OPT_KV_BUDGET, "memory for the KV caches of a model (K/M/G; "
       "default: max-sequences full contexts, at most a quarter of the RAM)" },
     { "context", "N", OPT_CONTEXT, "context length in tokens (default: the model's)" },
+    { "image-cache", "SIZE", OPT_IMAGE_CACHE, "image embeddings kept for later requests "
+      "(K/M/G; default 512M; 0: off)" },
+    { "prefix-cache", "BOOL", OPT_PREFIX_CACHE, "keep finished requests' KV caches for "
+      "prompts that begin alike (default true)" },
     { "idle-unload", "TIME", OPT_IDLE_UNLOAD, "release a model's memory after TIME unused "
       "(30s, 10m, 1h; default 0: never); the next request loads it again" },
     { "socket", "PATH", OPT_SOCKET,
@@ -264,6 +270,10 @@ static int apply_option(struct vl2_conf *c, int id, const char *arg)
         return conf_option(c, "kv-budget", "kv_budget", arg);
     case OPT_CONTEXT:
         return conf_option(c, "context", "context", arg);
+    case OPT_IMAGE_CACHE:
+        return conf_option(c, "image-cache", "image_cache", arg);
+    case OPT_PREFIX_CACHE:
+        return conf_option(c, "prefix-cache", "prefix_cache", arg);
     case OPT_IDLE_UNLOAD:
         return conf_option(c, "idle-unload", "idle_unload", arg);
     case OPT_SOCKET:

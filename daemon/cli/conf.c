@@ -272,6 +272,13 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
         so->socket_mode = (unsigned) m;
         return 0;
     }
+    if (!strcmp(key, "prefix_cache")) {
+        if (parse_bool(value, &b) < 0)
+            return vl2_err_set(err, VL2_EINVAL, "prefix_cache '%s': expected true or false",
+                               value);
+        ep->prefix_cache = b;
+        return 0;
+    }
     if (!strcmp(key, "apply_exif")) {
         if (parse_bool(value, &b) < 0)
             return vl2_err_set(err, VL2_EINVAL, "apply_exif '%s': expected true or false",
@@ -311,6 +318,7 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
              size_t)
     UINT_KEY("prep_threads", false, 1, 64, ep->prep_threads, uint32_t)
     UINT_KEY("vision_tiles_per_step", false, 0, 1024, ep->vision_tiles_per_step, uint32_t)
+    UINT_KEY("image_cache", true, 0, SIZE_MAX / 4, ep->image_cache, size_t)
     UINT_KEY("max_frame", true, 1, VL2_IPC_MAX_FRAME_LIMIT, so->max_frame, uint32_t)
     UINT_KEY("max_connections", false, 1, 65536, so->max_connections, unsigned)
 #undef UINT_KEY

@@ -42,6 +42,11 @@
  *   image_timeout (10s)      prep_threads (2)                   idle_unload (0: never)
  *   vision_tiles_per_step (1: tiles of one image encoded between two decode steps
  *                            while other requests run; 0: a whole image at once)
+ *   image_cache (512M)       bytes of image embeddings (projector outputs) kept for
+ *                            later requests, keyed by a SHA-256 of the decoded pixels
+ *                            and the tiling; 0: off
+ *   prefix_cache (true)      keep finished requests' KV caches, inside kv_budget, for
+ *                            prompts that begin with the same tokens and images
  *   backend_options (none)   options of the backend plugin: key=value items
  *                            separated by commas, no blanks (the grammar of
  *                            plugins/vl2-options.h; the keys are the backend's:

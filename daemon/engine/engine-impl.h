@@ -29,10 +29,52 @@ struct vl2_tok_req {
     struct vl2_tokenize_job *job;   /* owned */
 };
 
+/* ---- caches (engine thread only; cache.c) ---- */
+
+/* One image's embedding kept for later requests (the image cache). */
+struct vl2_icache_entry {
+    struct vl2_icache_entry *prev, *next;  /* LRU list, most recent at the head */
+    uint8_t hash[32];               /* vl2_prepared_image.hash */
+    struct vl2_image_embed *embed;  /* owned */
+    size_t bytes;                   /* its rows on the backend */
+    uint32_t refs;                  /* requests that borrow it (not evicted while > 0) */
+};
+
+/* The embeddings of recent images, at most @cap bytes (0: off). */
+struct vl2_icache {
+    struct vl2_icache_entry *head, *tail;
+    size_t n, bytes, cap;
+    uint64_t lookups, hits;
+};
+
+/* A finished request's KV cache kept for later prompts (the prefix cache):
+ * its first @n_ids tokens, all computed in whole aligned prefill chunks
+ * (engine.c: canonical passes), so that a prompt beginning with them gets,
+ * from a copy, the bits a fresh prefill would compute. */
+struct vl2_pcache_entry {
+    struct vl2_pcache_entry *prev, *next;  /* LRU list, most recent at the head */
+    struct vl2_seq *seq;            /* owned; its length is n_ids */
+    size_t kv_bytes;                /* reserved from the engine's KV budget */
+    int32_t *ids;                   /* [n_ids], owned */
+    size_t n_ids;
+    uint8_t (*hashes)[32];          /* [n_images] the images whose rows it holds */
+    int32_t *image_tokens;          /* [n_images] rows of each */
+    size_t n_images;
+};
+
+/* Kept sequences; their memory is part of the KV budget and gives way
+ * (least recently used first) to any request that needs room. */
+struct vl2_pcache {
+    struct vl2_pcache_entry *head, *tail;
+    size_t n, bytes;
+    uint64_t lookups, hits, tokens;
+};
+
 /* The vision tower's work on one image of a request (engine thread). */
 struct vl2_req_vision {
     struct vl2_image_job *job;      /* tiles through the tower so far */
-    struct vl2_image_embed *embed;  /* freed after the prefill */
+    struct vl2_image_embed *embed;  /* freed after the prefill (when not in the cache) */
+    struct vl2_icache_entry *cached; /* borrowed from the image cache, or NULL */
 };
 
 /* Where a request is; each list below holds the requests of one place. */
@@ -68,6 +110,12 @@ struct vl2_req {
     size_t n_encoded;               /* images through the vision tower */
     size_t n_fed;                   /* prompt ids prefilled */
     int64_t image_rows;             /* image rows consumed by the fed ids */
+    size_t canon;                   /* leading ids computed in whole aligned chunks */
+    size_t cached_tokens;           /* leading ids whose KV came from the prefix cache */
+    size_t first_image;             /* images wholly in that prefix (need no embedding) */
+    int64_t skip_rows;              /* their image rows */
+    uint32_t images_from_cache;     /* images not encoded: in the prefix or the image cache */
+    bool vision_ran;                /* a tile went through the vision tower */
     bool decoding;                  /* prefill done: joins the decode steps */
     bool has_next;
     int32_t next_id;                /* sampled, fed at the next step */
@@ -138,6 +186,11 @@ struct vl2_engine {
     struct vl2_seq **batch_seqs;    /* [max_sequences] */
     int32_t *batch_ids;
     struct vl2_req **batch_reqs;
+    struct vl2_icache icache;
+    struct vl2_pcache pcache;
+
+    /* ---- cache figures for Status (under mu, copied by the engine thread) ---- */
+    struct vl2_engine_cache_stats cstats;
 };
 
 /* ---- lists (caller holds mu) ---- */
@@ -154,6 +207,38 @@ void vl2__req_free(struct vl2_engine *e, struct vl2_req *r);
 void vl2__req_post_error(struct vl2_engine *e, struct vl2_req *r, int code, const char *msg);
 void vl2__req_post_progress(struct vl2_engine *e, struct vl2_req *r, enum vl2_event_stage stage,
                             float fraction);
+
+/* ---- cache.c (engine thread) ---- */
+/* The entry of @hash, made most recent and borrowed (refs + 1), or NULL. */
+struct vl2_icache_entry *vl2__icache_get(struct vl2_engine *e, const uint8_t hash[32]);
+/* Keep @embed under @hash, evicting unborrowed entries as needed; returns the
+ * borrowed entry (it owns @embed now), or NULL when it cannot fit (the
+ * caller keeps @embed). */
+struct vl2_icache_entry *vl2__icache_put(struct vl2_engine *e, const uint8_t hash[32],
+                                         struct vl2_image_embed *embed);
+void vl2__icache_unref(struct vl2_engine *e, struct vl2_icache_entry *ent);
+/* Free every entry (before the model goes); borrowed ones must be none. */
+void vl2__icache_clear(struct vl2_engine *e);
+
+/* The longest reusable prefix of @r's prompt: a multiple of @unit, less
+ * than the prompt (its last id is always fed, for the logits), matching
+ * ids and, at image rows, the images' hashes.  Searches the kept entries
+ * and the canonical part of the running requests other than @r.  Returns
+ * the length (0: none) with the entry or the request that holds it. */
+size_t vl2__pcache_find(struct vl2_engine *e, const struct vl2_req *r, size_t unit,
+                        struct vl2_pcache_entry **ret_ent, struct vl2_req **ret_req);
+/* Keep @r's sequence (its first r->canon ids) as an entry; takes r->seq
+ * and r->kv_bytes.  Entries it makes redundant (prefixes of it) go. */
+void vl2__pcache_put(struct vl2_engine *e, struct vl2_req *r);
+/* Take @ent off the cache; returns its sequence (the caller owns it and
+ * its kv_bytes, still counted in kv_used). */
+struct vl2_seq *vl2__pcache_take(struct vl2_engine *e, struct vl2_pcache_entry *ent);
+/* Free the least recently used entry other than @keep; false when none. */
+bool vl2__pcache_evict(struct vl2_engine *e, const struct vl2_pcache_entry *keep);
+void vl2__pcache_touch(struct vl2_engine *e, struct vl2_pcache_entry *ent);
+void vl2__pcache_clear(struct vl2_engine *e);
+/* Copy the cache figures into e->cstats (takes mu). */
+void vl2__cache_publish(struct vl2_engine *e);
 
 /* prep.c: everything before the model (vl2_prepare into r->pr).  Returns 0
  * or < 0 with @err (the request's error). */

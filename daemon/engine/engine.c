@@ -40,6 +40,8 @@ struct vl2_engine_params vl2_engine_default_params(void)
         .prep_threads = 2,
         .fd_timeout_s = 10.0,
         .idle_unload_s = 0.0,
+        .image_cache = (size_t) 512 << 20,
+        .prefix_cache = true,
         .vision_tiles_per_step = 1,
     };
     return p;
@@ -430,6 +432,7 @@ static int load(struct vl2_engine *e, struct vl2_err *err)
         if (e->kv_budget < full)
             e->kv_budget = full;
     }
+    e->icache.cap = e->p.image_cache;
     e->batch_seqs = calloc(e->p.max_sequences, sizeof(*e->batch_seqs));
     e->batch_ids = calloc(e->p.max_sequences, sizeof(*e->batch_ids));
     e->batch_reqs = calloc(e->p.max_sequences, sizeof(*e->batch_reqs));
@@ -485,6 +488,8 @@ static void release_seq(struct vl2_engine *e, struct vl2_req *r)
         if (r->vis[i].embed && e->m)
             vl2_image_embed_free(e->m, r->vis[i].embed);
         r->vis[i].embed = NULL;
+        vl2__icache_unref(e, r->vis[i].cached);
+        r->vis[i].cached = NULL;
         r->embeds[i] = NULL;
     }
     if (r->seq) {
@@ -495,15 +500,27 @@ static void release_seq(struct vl2_engine *e, struct vl2_req *r)
     r->kv_bytes = 0;
 }
 
-/* Take @r off the running list and free it (its terminal event is sent). */
-static void retire(struct vl2_engine *e, struct vl2_req *r)
+/* Take @r off the running list and free it (its terminal event is sent);
+ * with @keep its sequence goes to the prefix cache. */
+static void retire_keep(struct vl2_engine *e, struct vl2_req *r, bool keep,
+                        struct vl2_event *done)
 {
+    if (keep)
+        vl2__pcache_put(e, r);
     release_seq(e, r);
     pthread_mutex_lock(&e->mu);
     vl2__req_list_remove(&e->running, r);
     admit(e);
     pthread_mutex_unlock(&e->mu);
+    /* DONE once the slot is free: a client that sends its next request on
+     * DONE finds the slot */
+    post(e, done);
     vl2__req_free(e, r);
+}
+
+static void retire(struct vl2_engine *e, struct vl2_req *r)
+{
+    retire_keep(e, r, false, NULL);
 }
 
 static void finish_error(struct vl2_engine *e, struct vl2_req *r, int code, const char *why)
@@ -555,11 +572,13 @@ static void finish_done(struct vl2_engine *e, struct vl2_req *r, enum vl2_finish
         ev->decode_tokens_per_s = n_gen > 1 && r->t_last > r->t_first
                                       ? (double) (n_gen - 1) / (r->t_last - r->t_first)
                                       : 0.0;
+        ev->cached_tokens = (uint32_t) r->cached_tokens;
+        ev->images_from_cache = r->images_from_cache;
+        ev->vision_ran = r->vision_ran;
         if (r->job->grounding && r->pr.n_images > 0)
             add_boxes(r, ev);
-        post(e, ev);
     }
-    retire(e, r);
+    retire_keep(e, r, r->decoding, ev);
 }
 
 /* The next id of @r from its logits (text, stop strings, one TOKEN event);
@@ -587,8 +606,36 @@ static void sample(struct vl2_engine *e, struct vl2_req *r)
     r->has_next = true;
 }
 
-/* Reserve the KV cache of @r.  Returns 1 when done, 0 when it must wait for
- * room, < 0 with @err when it can never fit. */
+/* @r's sequence holds its first @n ids: they are fed; the images wholly
+ * among them need no embedding. */
+static void reused(struct vl2_engine *e, struct vl2_req *r, size_t n)
+{
+    size_t i;
+
+    r->n_fed = n;
+    r->canon = n;
+    r->cached_tokens = n;
+    r->image_rows = 0;
+    for (i = 0; i < n; i++)
+        r->image_rows += r->pr.ids[i] == e->image_token_id;
+    r->skip_rows = 0;
+    for (i = 0; i < r->pr.n_images &&
+                r->skip_rows + r->pr.images[i].tiling.n_tokens <= r->image_rows; i++) {
+        r->skip_rows += r->pr.images[i].tiling.n_tokens;
+        free(r->pr.images[i].tiles);
+        r->pr.images[i].tiles = NULL;
+    }
+    r->first_image = i;
+    r->n_encoded = i;
+    r->images_from_cache += (uint32_t) i;
+    e->pcache.hits++;
+    e->pcache.tokens += n;
+}
+
+/* Reserve the KV cache of @r, from a kept or running sequence's copy where
+ * its prompt begins alike (only at VL2_ENGINE_PREFILL_CHUNK boundaries: see
+ * prefill_some).  Returns 1 when done, 0 when it must wait for room, < 0
+ * with @err when it can never fit. */
 static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err)
 {
     struct vl2_seq_params sp = vl2_seq_default_params();
@@ -596,7 +643,10 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
         .tok = e->tok, .eos_id = e->eos_id, .ignore_eos = r->job->sampling.ignore_eos,
         .max_new = r->pr.max_new, .stops = r->pr.stops, .n_stops = r->pr.n_stops,
     };
-    size_t cap = r->pr.n_ids + r->pr.max_new, need;
+    size_t cap = r->pr.n_ids + r->pr.max_new, need, n_keep;
+    struct vl2_pcache_entry *ent;
+    struct vl2_req *donor;
+    bool can_copy;
     int rc;
 
     if (cap > (size_t) e->n_ctx)
@@ -605,13 +655,47 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
     if (need > e->kv_budget)
         return vl2_err_set(err, VL2_ELIMIT, "%zu tokens of KV cache need %zu bytes, the "
                            "budget is %zu", cap, need, e->kv_budget);
-    if (need > e->kv_budget - e->kv_used)
-        return 0;
     sp.capacity = (int32_t) cap;
     sp.sampler = r->pr.sp;
     /* greedy requests without log-probabilities need only the ids: the
      * backend picks them and the logits stay on the device */
     sp.device_greedy = !r->job->logprobs;
+    n_keep = vl2__pcache_find(e, r, VL2_ENGINE_PREFILL_CHUNK, &ent, &donor);
+    can_copy = vl2_model_can_copy_kv(e->m);
+    if (n_keep && ent && (!can_copy || ent->n_ids == n_keep) &&
+        (size_t) vl2_seq_capacity(ent->seq) >= cap) {
+        /* take the kept sequence over: nothing of it is lost */
+        struct vl2_seq *s = ent->seq;
+        size_t bytes = ent->kv_bytes;
+
+        rc = vl2_textstream_init(&r->ts, &tp, err);
+        if (rc < 0)
+            return rc;
+        r->ts_live = true;
+        rc = vl2_seq_reuse(s, &sp, r->pr.ids, (int32_t) n_keep, err);
+        if (rc < 0)
+            return rc;
+        r->seq = vl2__pcache_take(e, ent);
+        r->kv_bytes = bytes;
+        reused(e, r, n_keep);
+        return 1;
+    }
+    if (!can_copy)
+        n_keep = 0;
+    /* kept sequences give way, least recently used first */
+    while (need > e->kv_budget - e->kv_used && vl2__pcache_evict(e, ent))
+        ;
+    if (need > e->kv_budget - e->kv_used) {
+        if (!ent)
+            return 0;
+        /* the donor too, when nothing else makes room */
+        n_keep = 0;
+        ent = NULL;
+        while (need > e->kv_budget - e->kv_used && vl2__pcache_evict(e, NULL))
+            ;
+        if (need > e->kv_budget - e->kv_used)
+            return 0;
+    }
     rc = vl2_textstream_init(&r->ts, &tp, err);
     if (rc < 0)
         return rc;
@@ -621,6 +705,17 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
         return rc;
     r->kv_bytes = need;
     e->kv_used += need;
+    if (n_keep) {
+        struct vl2_err cerr = { 0 };
+
+        /* a failed copy only costs the prefill it would have saved */
+        if (vl2_seq_copy_prefix(r->seq, ent ? ent->seq : donor->seq, r->pr.ids,
+                                (int32_t) n_keep, &cerr) == 0) {
+            if (ent)
+                vl2__pcache_touch(e, ent);
+            reused(e, r, n_keep);
+        }
+    }
     return 1;
 }
 
@@ -632,6 +727,8 @@ static void prefill_done(struct vl2_engine *e, struct vl2_req *r)
     for (i = 0; i < r->pr.n_images; i++) {
         vl2_image_embed_free(e->m, r->vis[i].embed);
         r->vis[i].embed = NULL;
+        vl2__icache_unref(e, r->vis[i].cached);
+        r->vis[i].cached = NULL;
         r->embeds[i] = NULL;
     }
     r->decoding = true;
@@ -648,6 +745,7 @@ static void encode_some(struct vl2_engine *e, struct vl2_req *r, int32_t max_til
     int32_t done_tiles, total;
     int rc = 0, done = 0;
 
+    r->vision_ran = true;
     if (!vis->job)
         rc = vl2_model_image_begin(e->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
                                    im->tiling.tiles_h, &vis->job, &err);
@@ -676,57 +774,97 @@ static void encode_some(struct vl2_engine *e, struct vl2_req *r, int32_t max_til
     }
     free(im->tiles);
     im->tiles = NULL;
-    r->embeds[r->n_encoded] = vis->embed;
+    vis->cached = vl2__icache_put(e, im->hash, vis->embed);
+    if (vis->cached) {
+        vis->embed = NULL;      /* the cache's now, borrowed */
+        r->embeds[r->n_encoded] = vis->cached->embed;
+    } else {
+        r->embeds[r->n_encoded] = vis->embed;
+    }
     r->n_encoded++;
     vl2__req_post_progress(e, r, VL2_STAGE_VISION,
                            (float) r->n_encoded / (float) r->pr.n_images);
 }
 
-/* One prefill pass over chunks of several starting requests' prompts, at
- * most VL2_ENGINE_PREFILL_CHUNK rows in all; a request whose prompt is then
- * complete takes its first token. */
+/* Prefill passes for the starting requests, oldest first, about
+ * VL2_ENGINE_PREFILL_CHUNK rows in all; a request whose prompt is then
+ * complete takes its first token.
+ *
+ * Every pass is canonical: ONE request's ids [k*C, min((k+1)*C, n)) at
+ * n_past = k*C (C = VL2_ENGINE_PREFILL_CHUNK), whatever else runs.  The
+ * CPU kernels choose their code path by the rows of a pass (blas_min_rows;
+ * the rows each MoE expert gets), so a row's bits depend on the rows it
+ * shares a pass with; with canonical passes the KV rows of a whole chunk
+ * are the same bits in every request whose prompt begins with the same
+ * chunks, which is what lets the prefix cache reuse them exactly (only
+ * whole chunks are reused: r->canon).  It also makes a prompt's prefill
+ * independent of the other requests. */
 static void prefill_some(struct vl2_engine *e, struct vl2_req **reqs, size_t n)
 {
-    struct vl2_step_item *items = calloc(n, sizeof(*items));
+    const size_t chunk = VL2_ENGINE_PREFILL_CHUNK;
     struct vl2_err err = { 0 };
-    size_t rows = 0, k = 0, i, j;
+    size_t rows = 0, i, j;
     int rc;
 
-    if (!items) {
-        for (i = 0; i < n; i++)
-            finish_error(e, reqs[i], VL2_ENOMEM, "out of memory");
-        return;
-    }
-    for (i = 0; i < n && rows < VL2_ENGINE_PREFILL_CHUNK; i++) {
+    for (i = 0; i < n && rows < chunk; i++) {
         struct vl2_req *r = reqs[i];
-        size_t take = r->pr.n_ids - r->n_fed;
+        size_t end = (r->n_fed / chunk + 1) * chunk, take;
+        struct vl2_step_item item;
 
-        if (take > VL2_ENGINE_PREFILL_CHUNK - rows)
-            take = VL2_ENGINE_PREFILL_CHUNK - rows;
-        items[k++] = (struct vl2_step_item){
+        if (end > r->pr.n_ids)
+            end = r->pr.n_ids;
+        take = end - r->n_fed;
+        if (rows > 0 && rows + take > chunk)
+            break;
+        item = (struct vl2_step_item){
             .seq = r->seq, .ids = r->pr.ids + r->n_fed, .n_ids = (int32_t) take,
-            .images = r->embeds, .n_images = (int32_t) r->pr.n_images,
-            .image_row0 = r->image_rows, .want_logits = r->n_fed + take == r->pr.n_ids,
+            .images = r->embeds + r->first_image,
+            .n_images = (int32_t) (r->pr.n_images - r->first_image),
+            .image_row0 = r->image_rows - r->skip_rows,
+            .want_logits = end == r->pr.n_ids,
         };
-        rows += take;
-    }
-    rc = vl2_model_step(e->m, items, k, &err);
-    for (i = 0; i < k; i++) {
-        struct vl2_req *r = reqs[i];
-
+        rc = vl2_model_step(e->m, &item, 1, &err);
         if (rc < 0) {
             finish_error(e, r, rc, err.msg);
             continue;
         }
-        for (j = 0; j < (size_t) items[i].n_ids; j++)
-            r->image_rows += items[i].ids[j] == e->image_token_id;
-        r->n_fed += (size_t) items[i].n_ids;
+        rows += take;
+        for (j = 0; j < take; j++)
+            r->image_rows += item.ids[j] == e->image_token_id;
+        if (take == chunk && r->canon == r->n_fed)
+            r->canon = end;
+        r->n_fed = end;
         vl2__req_post_progress(e, r, VL2_STAGE_PREFILL,
                                (float) r->n_fed / (float) r->pr.n_ids);
         if (r->n_fed == r->pr.n_ids)
             prefill_done(e, r);
     }
-    free(items);
+}
+
+/* The images of @r that the image cache holds, from its next one on:
+ * borrowed instead of encoded. */
+static void take_cached_images(struct vl2_engine *e, struct vl2_req *r)
+{
+    while (r->n_encoded < r->pr.n_images && !r->vis[r->n_encoded].job) {
+        struct vl2_prepared_image *im = &r->pr.images[r->n_encoded];
+        struct vl2_icache_entry *x = vl2__icache_get(e, im->hash);
+
+        if (!x)
+            return;
+        if (x->embed->n_tokens != im->tiling.n_tokens) {
+            vl2__icache_unref(e, x);    /* cannot be: the hash covers the tiling */
+            return;
+        }
+        r->vis[r->n_encoded].cached = x;
+        r->embeds[r->n_encoded] = x->embed;
+        free(im->tiles);
+        im->tiles = NULL;
+        r->n_encoded++;
+        r->images_from_cache++;
+        /* the stage is done at once, as clients following it expect */
+        vl2__req_post_progress(e, r, VL2_STAGE_VISION,
+                               (float) r->n_encoded / (float) r->pr.n_images);
+    }
 }
 
 /* Work for the requests that have not started decoding, oldest first:
@@ -758,6 +896,7 @@ static void start_requests(struct vl2_engine *e)
                 continue;
             }
         }
+        take_cached_images(e, r);
         if (r->n_encoded < r->pr.n_images) {
             if (!vision)
                 vision = r;
@@ -901,6 +1040,14 @@ static void reap_cancelled(struct vl2_engine *e)
     }
 }
 
+/* Empty both caches (their embeddings and sequences are the model's). */
+static void drop_caches(struct vl2_engine *e)
+{
+    vl2__pcache_clear(e);
+    vl2__icache_clear(e);
+    vl2__cache_publish(e);
+}
+
 /* Release the model after idle_unload_s without work. */
 static void idle_unload(struct vl2_engine *e)
 {
@@ -908,6 +1055,7 @@ static void idle_unload(struct vl2_engine *e)
         return;
     if (vl2_now() < e->t_idle + e->p.idle_unload_s)
         return;
+    drop_caches(e);
     vl2_model_free(e->m);
     e->m = NULL;
     refresh_memory(e);
@@ -948,6 +1096,7 @@ static void serve(struct vl2_engine *e)
         start_requests(e);
         decode_step(e);
         refresh_memory(e);
+        vl2__cache_publish(e);
         if (!e->running.head)
             e->t_idle = vl2_now();
     }
@@ -986,6 +1135,7 @@ static void *engine_main(void *arg)
     quit = e->quit;
     pthread_mutex_unlock(&e->mu);
     fail_all(e, VL2_ECANCELED, quit ? NULL : "the model is being unloaded");
+    drop_caches(e);
     vl2_model_free(e->m);
     e->m = NULL;
     refresh_memory(e);
@@ -1270,6 +1420,7 @@ static void engine_stats(void *engine, struct vl2_engine_stats *ret)
     ret->backend = e->backend;
     ret->state = e->stopping ? VL2_MODEL_STATE_UNLOADING : e->state;
     ret->error = e->state == VL2_MODEL_STATE_FAILED ? e->error : NULL;
+    ret->cache = e->cstats;
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -82,6 +82,10 @@ struct vl2_engine_params {
     double      fd_timeout_s;       /* longest wait reading an image descriptor (10) */
     double      idle_unload_s;      /* release the model after this long unused, 0: never;
                                        the next request loads it again */
+    size_t      image_cache;        /* bytes of image embeddings kept for later requests
+                                       (vl2d.conf image_cache; default 512 MiB; 0: off) */
+    bool        prefix_cache;       /* keep finished requests' KV caches within the KV
+                                       budget for prompts that begin alike (default true) */
     uint32_t    vision_tiles_per_step; /* image tiles through the vision tower between
                                        two decode steps while other requests run
                                        (default 1; 0: a whole image); alone, a

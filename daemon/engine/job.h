@@ -161,6 +161,9 @@ struct vl2_event {
     uint32_t generated_tokens;
     double time_to_first_token_s;
     double decode_tokens_per_s;
+    uint32_t cached_tokens;         /* prompt ids whose KV came from the prefix cache */
+    uint32_t images_from_cache;     /* images whose embeddings were not computed */
+    bool vision_ran;                /* the vision tower ran for this request */
     struct vl2_event_box *boxes;    /* [n_boxes], owned */
     size_t n_boxes;
     /* ERROR */
@@ -193,6 +196,18 @@ enum vl2_model_state {
     VL2_MODEL_STATE_UNLOADING = 4,
 };
 
+/* An engine's caches (engine.h: image_cache, prefix_cache). */
+struct vl2_engine_cache_stats {
+    uint64_t image_bytes, image_capacity;   /* embeddings kept, and the limit */
+    uint32_t image_entries;
+    uint64_t image_lookups, image_hits;     /* images looked up, found */
+    uint64_t prefix_bytes;                  /* KV kept (part of the KV budget) */
+    uint32_t prefix_entries;
+    uint64_t prefix_lookups, prefix_hits;   /* prompts looked up, that reused a prefix */
+    uint64_t prefix_tokens;                 /* prompt ids reused in all */
+    uint64_t kv_budget;
+};
+
 /* Figures an engine reports for Status; filled on the loop thread.  The
  * server zeroes the struct first: an engine that leaves @state 0 is READY. */
 struct vl2_engine_stats {
@@ -203,6 +218,7 @@ struct vl2_engine_stats {
     const char *backend;            /* static string or owned by the engine */
     enum vl2_model_state state;     /* 0: READY */
     const char *error;              /* why, when FAILED; owned by the engine */
+    struct vl2_engine_cache_stats cache;
 };
 
 /* What a model's engine offers the server.  Every call comes from the loop

@@ -755,6 +755,71 @@ void vl2_seq_free(struct vl2_seq *s)
     free(s);
 }
 
+/* With penalize_prompt, ids [0, n) count as seen, as vl2_model_step would
+ * have counted them feeding them (same ids, same order). */
+static void seq_see_prefix(struct vl2_seq *s, const int32_t *ids, int32_t n)
+{
+    int32_t i;
+
+    if (!s->sampler.p.penalize_prompt)
+        return;
+    for (i = 0; i < n; i++)
+        vl2_sampler_accept(&s->sampler, ids[i]);
+}
+
+int vl2_seq_copy_prefix(struct vl2_seq *dst, const struct vl2_seq *src, const int32_t *ids,
+                        int32_t n, struct vl2_err *err)
+{
+    int r;
+
+    if (dst == src || dst->m != src->m || dst->n_past != 0 || n < 0 || n > src->n_past ||
+        n > dst->capacity)
+        return vl2_err_set(err, VL2_EINVAL, "model: copy of %d tokens from a sequence of %d "
+                           "into one of %d (capacity %d)", (int)n, (int)src->n_past,
+                           (int)dst->n_past, (int)dst->capacity);
+    if (!dst->m->ops->kv_copy)
+        return vl2_err_set(err, VL2_EUNSUPPORTED, "model: the backend cannot copy KV caches");
+    r = dst->m->ops->kv_copy(dst->m->ctx, dst->kv, src->kv, n, err);
+    if (r < 0)
+        return vl2_err_prefix(err, r, "model: KV copy");
+    dst->n_past = n;
+    seq_see_prefix(dst, ids, n);
+    return 0;
+}
+
+int vl2_seq_reuse(struct vl2_seq *s, const struct vl2_seq_params *p, const int32_t *ids,
+                  int32_t n, struct vl2_err *err)
+{
+    struct vl2_sampler fresh;
+    int r;
+
+    if (n < 0 || n > s->n_past || (p->capacity && p->capacity > s->capacity))
+        return vl2_err_set(err, VL2_EINVAL, "model: reuse of %d tokens of a sequence of %d "
+                           "(capacity %d, %d asked)", (int)n, (int)s->n_past,
+                           (int)s->capacity, (int)p->capacity);
+    r = vl2_sampler_init(&fresh, &p->sampler, s->m->cfg.lm.n_vocab, err);
+    if (r < 0)
+        return r;
+    vl2_sampler_done(&s->sampler);
+    s->sampler = fresh;
+    s->dev_greedy = p->device_greedy && s->m->ops->argmax && p->sampler.temperature == 0.0f &&
+                    p->sampler.repetition_penalty == 1.0f;
+    s->dev_id = 0;
+    s->n_past = n;
+    seq_see_prefix(s, ids, n);
+    return 0;
+}
+
+int32_t vl2_seq_capacity(const struct vl2_seq *s)
+{
+    return s->capacity;
+}
+
+int vl2_model_can_copy_kv(const struct vl2_model *m)
+{
+    return m->ops->kv_copy != NULL;
+}
+
 int32_t vl2_seq_len(const struct vl2_seq *s)
 {
     return s->n_past;

@@ -209,6 +209,27 @@ int  vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2
 /* Free a sequence and its cache.  NULL ok. */
 void vl2_seq_free(struct vl2_seq *s);
 
+/* Prefix reuse (the engine's prefix cache).  Both leave the sequence as if
+ * its first @n tokens, @ids[0..n), had just been fed by vl2_model_step:
+ * length @n, and with penalize_prompt those ids counted as seen by its
+ * sampler.  The KV rows are the bits the other passes wrote, so a later pass
+ * attends to them exactly as it would after feeding them the same way.
+ *   copy_prefix: @dst is new (length 0, its own params), @src keeps its
+ *                cache; tokens [0, n) of @src (n <= its length and @dst's
+ *                capacity) are copied.  VL2_EUNSUPPORTED when the backend has
+ *                no kv_copy (vl2_model_can_copy_kv).
+ *   reuse:       @s is taken over by a new request of params @p (a new
+ *                sampler from p->sampler and its seed, device_greedy), its
+ *                length cut to @n (<= its length); p->capacity, when set,
+ *                must not exceed vl2_seq_capacity(s).
+ * On error the sequences are unchanged. */
+int  vl2_seq_copy_prefix(struct vl2_seq *dst, const struct vl2_seq *src, const int32_t *ids,
+                         int32_t n, struct vl2_err *err);
+int  vl2_seq_reuse(struct vl2_seq *s, const struct vl2_seq_params *p, const int32_t *ids,
+                   int32_t n, struct vl2_err *err);
+int32_t vl2_seq_capacity(const struct vl2_seq *s);  /* tokens its cache holds */
+int  vl2_model_can_copy_kv(const struct vl2_model *m);
+
 int32_t vl2_seq_len(const struct vl2_seq *s);       /* tokens in its cache */
 const struct vl2_model *vl2_seq_model(const struct vl2_seq *s);
 /* Logits [n_vocab] at the last token of the last pass that asked for them;

@@ -13,6 +13,7 @@
 
 #include "model.h"
 #include "prepare.h"
+#include "sha256.h"
 #include "prompt.h"
 #include "tokenizer.h"
 
@@ -198,6 +199,41 @@ int vl2_prep_model_init(struct vl2_prep_model *pm, const struct vl2_model *m,
 
 /* ---- images ----------------------------------------------------------- */
 
+static void put_le32(struct vl2_sha256 *h, int64_t v)
+{
+    uint8_t b[4] = { (uint8_t) v, (uint8_t) (v >> 8), (uint8_t) (v >> 16), (uint8_t) (v >> 24) };
+
+    vl2__sha256_update(h, b, 4);
+}
+
+/* The image cache's key of a decoded image: SHA-256 over the geometry the
+ * tiles depend on (tile size, whether cropping was allowed, the chosen
+ * candidate and grid) and the decoded RGB pixels (after EXIF orientation,
+ * with their width and height).  The tiles, and so the embedding, are a
+ * function of exactly these; the encoded bytes, names and descriptors take no
+ * part. */
+static void image_key(const struct vl2_prep_model *pm, const struct vl2_image *img,
+                      const struct vl2_tiling *t, bool cropping, uint8_t out[32])
+{
+    static const char tag[] = "vl2 image key 1";
+    struct vl2_sha256 h;
+
+    vl2__sha256_init(&h);
+    vl2__sha256_update(&h, tag, sizeof(tag));
+    put_le32(&h, pm->image_size);
+    put_le32(&h, pm->patch_size);
+    put_le32(&h, pm->downsample);
+    put_le32(&h, cropping);
+    put_le32(&h, t->best_w);
+    put_le32(&h, t->best_h);
+    put_le32(&h, t->tiles_w);
+    put_le32(&h, t->tiles_h);
+    put_le32(&h, img->width);
+    put_le32(&h, img->height);
+    vl2__sha256_update(&h, img->rgb, (size_t) img->width * (size_t) img->height * 3);
+    vl2__sha256_final(&h, out);
+}
+
 /* Decode and tile one image into @out. */
 static int prep_image(const struct vl2_prep_model *pm, const struct vl2_prep_request *rq,
                       const struct vl2_prep_image *im, bool cropping,
@@ -241,6 +277,8 @@ static int prep_image(const struct vl2_prep_model *pm, const struct vl2_prep_req
         return vl2_err_set(err, VL2_ENOMEM, "out of memory for %d tiles", out->tiling.n_tiles);
     }
     r = vl2_image_tile(&img, &out->tiling, pm->image_size, out->tiles, err);
+    if (r == 0)
+        image_key(pm, &img, &out->tiling, cropping, out->hash);
     vl2_image_done(&img);
     if (r < 0) {
         free(out->tiles);

@@ -121,6 +121,11 @@ struct vl2_prepared_image {
     struct vl2_tiling tiling;
     uint8_t          *tiles;           /* [n_tiles, 3, S, S] uint8, owned (the caller may
                                           free it early and set it NULL) */
+    uint8_t           hash[32];        /* SHA-256 of the decoded pixels (after EXIF
+                                          orientation) and the tiling decision: the
+                                          image cache's key, and the image's identity
+                                          in the prefix cache (the model is the
+                                          engine's own) */
 };
 
 struct vl2_prepared {

@@ -637,6 +637,40 @@ static void cpu_kv_free(struct vl2_backend_ctx *ctx, struct vl2_kv *kv)
     free(kv);
 }
 
+/* The first @n tokens of every layer of @src into @dst (optional ABI slot
+ * kv_copy).  MHA rows are per head ([n_kv_head, capacity, head_dim]), so each
+ * head's run moves on its own; MLA rows are whole tokens.  Ops run
+ * synchronously on this backend, so the copy is ordered with them. */
+static int cpu_kv_copy(struct vl2_backend_ctx *ctx, struct vl2_kv *dst, const struct vl2_kv *src,
+                       int32_t n, struct vl2_err *err)
+{
+    const struct vl2_kv_shape *a = &dst->shape, *b = &src->shape;
+    int64_t heads, run;
+    int l;
+
+    (void)ctx;
+    if (dst == src || a->kind != b->kind || a->n_layer != b->n_layer ||
+        dst->width_a != src->width_a || dst->width_b != src->width_b || a->dtype != b->dtype)
+        return vl2_err_set(err, VL2_EINVAL, "cpu: kv_copy: caches of different shapes");
+    if (n < 0 || n > a->capacity || n > b->capacity)
+        return vl2_err_set(err, VL2_EINVAL, "cpu: kv_copy: %d tokens, capacities %d and %d",
+                           (int)n, (int)a->capacity, (int)b->capacity);
+    heads = a->kind == VL2_ATTN_MHA ? a->n_kv_head : 1;
+    run = a->kind == VL2_ATTN_MHA ? a->head_dim : dst->width_a;
+    for (l = 0; l < a->n_layer; l++) {
+        for (int64_t h = 0; h < heads; h++) {
+            size_t off_d = (size_t)(h * a->capacity * run), off_s = (size_t)(h * b->capacity * run);
+
+            memcpy(dst->layers[l].a + off_d, src->layers[l].a + off_s,
+                   (size_t)n * (size_t)run * sizeof(float));
+            if (dst->width_b)
+                memcpy(dst->layers[l].b + off_d, src->layers[l].b + off_s,
+                       (size_t)n * (size_t)run * sizeof(float));
+        }
+    }
+    return 0;
+}
+
 /* ---- batch --------------------------------------------------------------------- */
 
 static int cpu_begin_batch(struct vl2_backend_ctx *ctx, const struct vl2_batch *b,
@@ -769,6 +803,7 @@ static const struct vl2_backend_ops cpu_ops = {
     .moe = cpu_moe,
     .argmax = cpu_argmax,
     .supports_op = cpu_supports_op,
+    .kv_copy = cpu_kv_copy,
 };
 
 __attribute__((visibility("default"))) const struct vl2_backend_ops *

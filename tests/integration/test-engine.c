@@ -1450,7 +1450,10 @@ static void test_config(void)
 int main(int argc, char **argv)
 {
     const char *args[] = { "--no-config", "--socket", sock, "--model", NULL,
-                           "--max-sequences", "8", "--threads", "1", NULL };
+                           "--max-sequences", "8", "--threads", "1",
+                           /* the tests of vision stages send the same images again
+                            * (test-engine-cache tests the caches) */
+                           "--image-cache", "0", NULL };
     char model_arg[600];
     char *text;
 
