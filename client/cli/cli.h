@@ -124,6 +124,8 @@ struct vl2_cli_result {
     Vl2__FinishReason finish_reason;
     uint32_t prompt_tokens, image_tokens, generated_tokens;
     double ttft_s, decode_tps;
+    uint32_t cached_tokens, images_from_cache;  /* Done (issue 16) */
+    bool vision_ran;
     struct vl2_box *boxes;       /* from Done (vl2_boxes_free) */
     uint32_t *box_image;         /* image_index per box */
     size_t n_boxes;

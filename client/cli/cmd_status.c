@@ -1,5 +1,6 @@
 /* cmd_status.c - `vl2 status` and `vl2 models`: what the daemon serves. */
 #include <cjson/cJSON.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,6 +14,39 @@ static const char *state_name(Vl2__ModelState s)
     case VL2__MODEL_STATE__MODEL_STATE_FAILED:    return "failed";
     case VL2__MODEL_STATE__MODEL_STATE_UNLOADING: return "unloading";
     default:                                      return "unknown";
+    }
+}
+
+/* Hits per lookup, 0 without lookups. */
+static double hit_rate(uint64_t hits, uint64_t lookups)
+{
+    return lookups ? (double) hits / (double) lookups : 0.0;
+}
+
+/* The model's caches: "image_cache" and "prefix_cache" objects of @o. */
+static void cache_json(cJSON *o, const Vl2__ModelInfo *m)
+{
+    cJSON *ic = cJSON_AddObjectToObject(o, "image_cache");
+    cJSON *pc = cJSON_AddObjectToObject(o, "prefix_cache");
+
+    if (ic) {
+        cJSON_AddNumberToObject(ic, "bytes", (double) m->image_cache_bytes);
+        cJSON_AddNumberToObject(ic, "capacity_bytes", (double) m->image_cache_capacity);
+        cJSON_AddNumberToObject(ic, "entries", m->image_cache_entries);
+        cJSON_AddNumberToObject(ic, "lookups", (double) m->image_cache_lookups);
+        cJSON_AddNumberToObject(ic, "hits", (double) m->image_cache_hits);
+        cJSON_AddNumberToObject(ic, "hit_rate", hit_rate(m->image_cache_hits,
+                                                         m->image_cache_lookups));
+    }
+    if (pc) {
+        cJSON_AddNumberToObject(pc, "bytes", (double) m->prefix_cache_bytes);
+        cJSON_AddNumberToObject(pc, "kv_budget_bytes", (double) m->kv_budget_bytes);
+        cJSON_AddNumberToObject(pc, "entries", m->prefix_cache_entries);
+        cJSON_AddNumberToObject(pc, "lookups", (double) m->prefix_cache_lookups);
+        cJSON_AddNumberToObject(pc, "hits", (double) m->prefix_cache_hits);
+        cJSON_AddNumberToObject(pc, "hit_rate", hit_rate(m->prefix_cache_hits,
+                                                         m->prefix_cache_lookups));
+        cJSON_AddNumberToObject(pc, "cached_tokens", (double) m->prefix_cache_tokens);
     }
 }
 
@@ -36,6 +70,7 @@ static cJSON *models_json(Vl2__ModelInfo **models, size_t n)
         cJSON_AddNumberToObject(o, "queue_length", m->queue_length);
         if (m->error && m->error[0])
             cJSON_AddStringToObject(o, "error", m->error);
+        cache_json(o, m);
         cJSON_AddItemToArray(arr, o);
     }
     return arr;
@@ -117,6 +152,24 @@ static int on_status(const Vl2__Response *resp, void *ud)
            s->active_sequences, s->tokens_per_s);
     printf("models:%s", s->n_models ? "\n" : "      ");
     print_models(s->models, s->n_models, s->n_models ? "  " : "");
+    for (size_t i = 0; i < s->n_models; i++) {
+        const Vl2__ModelInfo *m = s->models[i];
+        char b1[32], b2[32];
+
+        printf("caches of %s:\n", m->name ? m->name : "");
+        printf("  image:     %s of %s, %u entries, %" PRIu64 " of %" PRIu64 " hits (%.0f%%)\n",
+               vl2_cli_bytes(m->image_cache_bytes, b1, sizeof(b1)),
+               vl2_cli_bytes(m->image_cache_capacity, b2, sizeof(b2)), m->image_cache_entries,
+               m->image_cache_hits, m->image_cache_lookups,
+               100.0 * hit_rate(m->image_cache_hits, m->image_cache_lookups));
+        printf("  prefix:    %s of the %s KV budget, %u entries, %" PRIu64 " of %" PRIu64
+               " hits (%.0f%%), %" PRIu64 " tokens reused\n",
+               vl2_cli_bytes(m->prefix_cache_bytes, b1, sizeof(b1)),
+               vl2_cli_bytes(m->kv_budget_bytes, b2, sizeof(b2)), m->prefix_cache_entries,
+               m->prefix_cache_hits, m->prefix_cache_lookups,
+               100.0 * hit_rate(m->prefix_cache_hits, m->prefix_cache_lookups),
+               m->prefix_cache_tokens);
+    }
     return 0;
 }
 

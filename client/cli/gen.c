@@ -106,6 +106,9 @@ cJSON *vl2_cli_done_json(const struct vl2_cli_result *res, const struct vl2_box 
     cJSON_AddNumberToObject(o, "generated_tokens", res->generated_tokens);
     cJSON_AddNumberToObject(o, "time_to_first_token_s", res->ttft_s);
     cJSON_AddNumberToObject(o, "decode_tokens_per_s", res->decode_tps);
+    cJSON_AddNumberToObject(o, "cached_tokens", res->cached_tokens);
+    cJSON_AddNumberToObject(o, "images_from_cache", res->images_from_cache);
+    cJSON_AddBoolToObject(o, "vision_ran", res->vision_ran);
     cJSON_AddStringToObject(o, "text", res->text ? res->text : "");
     arr = cJSON_AddArrayToObject(o, "boxes");
     for (size_t i = 0; arr && i < n_boxes; i++) {
@@ -170,6 +173,9 @@ static int take_done(struct gen_ctx *g, const Vl2__Done *d)
     res->generated_tokens = d->generated_tokens;
     res->ttft_s = d->time_to_first_token_s;
     res->decode_tps = d->decode_tokens_per_s;
+    res->cached_tokens = d->cached_tokens;
+    res->images_from_cache = d->images_from_cache;
+    res->vision_ran = d->vision_ran;
     if (d->has_text && d->text.len && res->len == 0) {
         if (append_text(res, d->text.data, d->text.len) < 0)
             return VL2_ENOMEM;

@@ -702,6 +702,10 @@ static void report(struct run *R)
         cJSON_AddNumberToObject(s, "prefill_tokens_per_s", pre_tps);
         cJSON_AddNumberToObject(s, "ttft_s", ttft);
         cJSON_AddNumberToObject(s, "decode_tokens_per_s", dec_tps);
+        /* one request per process: nothing cached (the daemon's Done fields) */
+        cJSON_AddNumberToObject(s, "cached_tokens", 0);
+        cJSON_AddNumberToObject(s, "images_from_cache", 0);
+        cJSON_AddBoolToObject(s, "vision_ran", R->n_tiles > 0);
         cJSON_AddNumberToObject(s, "peak_rss_mib", (double)peak_rss_kib() / 1024.0);
         out = cJSON_Print(j);
         if (out)

@@ -103,6 +103,22 @@ static void model_info(struct vl2_srv_model *m, Vl2__ModelInfo *mi,
     mi->active_sequences = stats->active_sequences;
     mi->has_queue_length = 1;
     mi->queue_length = stats->queue_length;
+    mi->has_image_cache_bytes = mi->has_image_cache_capacity = mi->has_image_cache_entries = 1;
+    mi->has_image_cache_lookups = mi->has_image_cache_hits = 1;
+    mi->image_cache_bytes = stats->cache.image_bytes;
+    mi->image_cache_capacity = stats->cache.image_capacity;
+    mi->image_cache_entries = stats->cache.image_entries;
+    mi->image_cache_lookups = stats->cache.image_lookups;
+    mi->image_cache_hits = stats->cache.image_hits;
+    mi->has_prefix_cache_bytes = mi->has_prefix_cache_entries = 1;
+    mi->has_prefix_cache_lookups = mi->has_prefix_cache_hits = 1;
+    mi->has_prefix_cache_tokens = mi->has_kv_budget_bytes = 1;
+    mi->prefix_cache_bytes = stats->cache.prefix_bytes;
+    mi->prefix_cache_entries = stats->cache.prefix_entries;
+    mi->prefix_cache_lookups = stats->cache.prefix_lookups;
+    mi->prefix_cache_hits = stats->cache.prefix_hits;
+    mi->prefix_cache_tokens = stats->cache.prefix_tokens;
+    mi->kv_budget_bytes = stats->cache.kv_budget;
 }
 
 /* Fill @infos (and @ptrs pointing at them) for every model. */
@@ -781,6 +797,10 @@ static void send_done(struct vl2_conn *c, struct vl2_inflight *inf, const struct
     d.has_time_to_first_token_s = d.has_decode_tokens_per_s = 1;
     d.time_to_first_token_s = ev->time_to_first_token_s;
     d.decode_tokens_per_s = ev->decode_tokens_per_s;
+    d.has_cached_tokens = d.has_images_from_cache = d.has_vision_ran = 1;
+    d.cached_tokens = ev->cached_tokens;
+    d.images_from_cache = ev->images_from_cache;
+    d.vision_ran = ev->vision_ran;
     d.n_boxes = ev->n_boxes;
     d.boxes = ptrs;
     if (ev->text) {

@@ -201,6 +201,17 @@ int main(int argc, char **argv)
                           how);
                     CHECK_MSG(cJSON_IsString(f) && !strcmp(f->valuestring, "length"),
                           "%s: finish_reason", how);
+                    /* the same request came before (without --json): the image
+                     * and the first 256-token chunk come from the daemon's
+                     * caches, and the answer above is still the golden one */
+                    g = cJSON_GetObjectItemCaseSensitive(o, "cached_tokens");
+                    CHECK_MSG(cJSON_IsNumber(g) && g->valuedouble == 256, "%s: cached_tokens",
+                              how);
+                    g = cJSON_GetObjectItemCaseSensitive(o, "images_from_cache");
+                    CHECK_MSG(cJSON_IsNumber(g) && g->valuedouble == 1, "%s: images_from_cache",
+                              how);
+                    CHECK_MSG(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "vision_ran")),
+                              "%s: vision_ran", how);
                 }
                 cJSON_Delete(o);
             }
@@ -210,6 +221,42 @@ int main(int argc, char **argv)
         free(err);
     }
     free(want);
+
+    /* vl2 status --json: the caches that served the asks above */
+    {
+        const char *sargs[] = { vl2, "--json", "--socket", sock, "status", NULL };
+        char *sout = NULL, *serr = NULL;
+        int rc = run(sargs, &sout, &serr);
+        cJSON *o = sout ? cJSON_Parse(sout) : NULL;
+        const cJSON *m = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "models"), 0);
+        const cJSON *ic = cJSON_GetObjectItemCaseSensitive(m, "image_cache");
+        const cJSON *pc = cJSON_GetObjectItemCaseSensitive(m, "prefix_cache");
+        const cJSON *x;
+
+        CHECK_MSG(rc == 0 && ic && pc, "status --json: exit %d: '%s'", rc, sout ? sout : "");
+        x = cJSON_GetObjectItemCaseSensitive(ic, "entries");
+        CHECK_MSG(cJSON_IsNumber(x) && x->valuedouble == 1, "status: image cache entries");
+        x = cJSON_GetObjectItemCaseSensitive(ic, "hits");
+        CHECK_MSG(cJSON_IsNumber(x) && x->valuedouble == 3, "status: image cache hits");
+        x = cJSON_GetObjectItemCaseSensitive(ic, "bytes");
+        CHECK_MSG(cJSON_IsNumber(x) && x->valuedouble > 0, "status: image cache bytes");
+        x = cJSON_GetObjectItemCaseSensitive(pc, "hits");
+        CHECK_MSG(cJSON_IsNumber(x) && x->valuedouble == 3, "status: prefix cache hits");
+        x = cJSON_GetObjectItemCaseSensitive(pc, "hit_rate");
+        CHECK_MSG(cJSON_IsNumber(x) && x->valuedouble == 0.75, "status: prefix hit rate");
+        cJSON_Delete(o);
+        free(sout);
+        free(serr);
+        sargs[1] = "--socket";
+        sargs[2] = sock;
+        sargs[3] = "status";
+        sargs[4] = NULL;
+        rc = run(sargs, &sout, &serr);
+        CHECK_MSG(rc == 0 && sout && strstr(sout, "prefix:") && strstr(sout, "3 of 4 hits"),
+                  "status: '%s'", sout ? sout : "");
+        free(sout);
+        free(serr);
+    }
 
     kill(daemon, SIGTERM);
     for (i = 0; i < 1000 && waitpid(daemon, &st, WNOHANG) != daemon; i++)
