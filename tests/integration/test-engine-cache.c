@@ -453,7 +453,7 @@ static void test_system_prompt(void)
     struct msg m2[] = { { VL2_JOB_ROLE_SYSTEM, sys, NULL, 0 },
                         { VL2_JOB_ROLE_USER, "Count to three.", NULL, 0 } };
     struct req greedy = { m1, 2, 10, 0, 0, 0 };
-    struct req sampled = { m2, 2, 10, 0.9f, 7, 1.3f };
+    struct req sampled = { m2, 2, 16, 5.0f, 7, 2.0f };
     struct answer a_on, a_off, b_on, b_off;
 
     ask(&on, &greedy, &a_on);
