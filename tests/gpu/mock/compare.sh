@@ -8,6 +8,8 @@
 # checks of ABI 2 refusals, which a revision without them fails differently)
 # and `vl2d run` on the micro checkpoints then run on both; the logs of
 # every launch, cuBLAS call, allocation and upload must be identical.
+# Then two contexts with different launch options (two-ctx.c) must launch
+# with their own settings (new revision only).
 # Results of the kernels are not computed (the op tests fail their value
 # checks on both sides alike): this proves "same launches", the GPU proves
 # "right results".
@@ -65,6 +67,19 @@ for o in "" "$@"; do
     MOCK_LOG=$W/log-new setarch -R "$W/t" "$W/new/vl2-backend-cuda.so" --options "$o" > /dev/null 2>&1 || true
     same "op tests, options '$o'"
 done
+# two contexts, different launch settings: each kernel gets its context's
+# (the st= bytes of a launch: stream, pdl, gemv_r1); new revision only
+gcc -std=gnu11 -O1 -w -I"$NEW/plugins" "$HERE/two-ctx.c" -o "$W/two-ctx" -ldl
+if MOCK_LOG=$W/log-new "$W/two-ctx" "$W/new/vl2-backend-cuda.so" > /dev/null; then
+    st=$(grep '^vl2__cu_gemv' "$W/log-new" | grep -o 'st=[0-9a-f]*' | cut -c20- | tr '\n' ' ')
+    if [ "$st" = "0100000001000000 0000000004000000 " ]; then
+        echo "per context: launch settings of two contexts kept apart"
+    else
+        echo "DIFFERENT: per-context launch settings: $st"; fails=$((fails + 1))
+    fi
+else
+    echo "DIFFERENT: two-ctx failed"; fails=$((fails + 1))
+fi
 G=$NEW/tests/data/golden
 for p in micro-mha micro-mla micro-base; do
     for c in a384 wide tall textonly; do
