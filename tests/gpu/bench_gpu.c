@@ -252,7 +252,6 @@ int main(int argc, char **argv)
     mp.max_rows = 512;
     mp.max_logit_rows = MAX_BATCH;
     mp.n_ctx = 1024;
-    mp.kv_budget = (size_t)8 << 30;
     t0 = now();
     if (vl2_model_load(&m, o.model, &mp, &err) < 0)
         die("load", &err);
