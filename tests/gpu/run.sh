@@ -285,8 +285,8 @@ for s in $STEPS; do
         kernels:*:*) k=${s#kernels:}; step_kernels "${k%%:*}" "${k#*:}" ;;
         kernels:*) step_kernels "${s#*:}" ;;
         tiny|small|base|micro-mha|micro-mla) step_bench "$s" ;;
-        tiny:*|small:*|base:*) step_bench "${s%%:*}" "${s#*:}" ;;
-        *) log "unknown step $s" ;;
+        tiny:*|small:*|base:*|micro-mha:*|micro-mla:*) step_bench "${s%%:*}" "${s#*:}" ;;
+        *) note_fail "unknown step $s" ;;
     esac
 done
 echo | tee -a "$TABLE" > /dev/null
