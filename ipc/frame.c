@@ -708,6 +708,7 @@ static int pc_scan(const uint8_t *p, size_t n, enum pc_type type, int depth,
         if (f && (f->kind == PC_SCALAR) != (wire != 2))
             f = NULL;   /* a known number with another wire type: unknown to us */
         if (!f) {
+            counted = true;   /* against their own limit */
             if (++st->n_unknown > VL2_IPC_MAX_UNKNOWN_FIELDS)
                 return vl2_err_set(err, VL2_ELIMIT, "ipc: request carries more than %u unknown "
                                    "fields", VL2_IPC_MAX_UNKNOWN_FIELDS);

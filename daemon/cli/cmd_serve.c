@@ -49,6 +49,9 @@ enum {
     OPT_ADMIN_GROUP,
     OPT_MODEL_ROOT,
     OPT_STOP_TIMEOUT,
+    OPT_HANDSHAKE_TIMEOUT,
+    OPT_FRAME_TIMEOUT,
+    OPT_MAX_CONN_PER_UID,
     OPT_VERBOSE = 'v',
     OPT_HELP = 'h',
 };
@@ -95,6 +98,12 @@ static const struct serve_option serve_options[] = {
       "DIR (links resolved); repeatable; without any, an admin may name any directory" },
     { "stop-timeout", "SECONDS", OPT_STOP_TIMEOUT, "after SIGTERM, exit within SECONDS "
       "whatever still runs (default 10; 0: wait for everything)" },
+    { "handshake-timeout", "SECONDS", OPT_HANDSHAKE_TIMEOUT, "close a connection that "
+      "has not sent Hello after SECONDS (default 10)" },
+    { "frame-timeout", "SECONDS", OPT_FRAME_TIMEOUT, "close a connection whose frame is "
+      "not complete SECONDS after its first byte (default 30)" },
+    { "max-connections-per-uid", "N", OPT_MAX_CONN_PER_UID, "connections one user may "
+      "hold (default 64)" },
     { "max-frame", "SIZE", OPT_MAX_FRAME, "largest request accepted, bytes with optional "
       "K/M/G suffix (default 64M, at most 1G)" },
     { "max-connections", "N", OPT_MAX_CONNECTIONS, "clients at once (default 256)" },
@@ -335,19 +344,37 @@ static int apply_option(struct vl2_conf *c, int id, const char *arg)
         }
         o->model_roots[o->n_model_roots++] = arg;
         return 0;
-    case OPT_STOP_TIMEOUT: {
+    case OPT_STOP_TIMEOUT:
+    case OPT_HANDSHAKE_TIMEOUT:
+    case OPT_FRAME_TIMEOUT: {
+        const char *name = id == OPT_STOP_TIMEOUT ? "stop-timeout"
+                           : id == OPT_FRAME_TIMEOUT ? "frame-timeout" : "handshake-timeout";
         double t;
 
         errno = 0;
         t = strtod(arg, &end);
-        if (errno || end == arg || *end || !(t >= 0 && t <= 3600)) {
-            fprintf(stderr, "vl2d: --stop-timeout '%s': expected seconds from 0 to 3600\n",
+        if (errno || end == arg || *end || !(t >= 0 && t <= 3600) ||
+            (t == 0 && id != OPT_STOP_TIMEOUT)) {
+            fprintf(stderr, "vl2d: --%s '%s': expected seconds from %s to 3600\n", name, arg,
+                    id == OPT_STOP_TIMEOUT ? "0" : "more than 0");
+            return -1;
+        }
+        if (id == OPT_STOP_TIMEOUT)
+            o->stop_timeout_s = t;
+        else if (id == OPT_FRAME_TIMEOUT)
+            o->frame_timeout_s = t;
+        else
+            o->handshake_timeout_s = t;
+        return 0;
+    }
+    case OPT_MAX_CONN_PER_UID:
+        if (parse_id(arg, &v) < 0 || v == 0 || v > 65536) {
+            fprintf(stderr, "vl2d: --max-connections-per-uid '%s': expected 1 to 65536\n",
                     arg);
             return -1;
         }
-        o->stop_timeout_s = t;
+        o->max_connections_per_uid = (unsigned) v;
         return 0;
-    }
     case OPT_MAX_FRAME: {
         unsigned long long size;
 
