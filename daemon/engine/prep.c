@@ -275,8 +275,9 @@ static int build_prompt(struct vl2_engine *e, struct vl2_req *r, struct vl2_err 
         goto out_free;
     for (i = 0; i < r->n_images; i++)
         counts[i] = r->images[i].tiling.n_tokens;
-    rc = vl2_prompt_build(e->tok, msgs, job->n_messages, counts, r->n_images, &r->ids,
-                          &r->n_ids, err);
+    rc = vl2_prompt_build_ex(e->tok, msgs, job->n_messages, counts, r->n_images,
+                             e->p.special_tokens_in_text ? VL2_PROMPT_SPECIAL_TOKENS_IN_TEXT : 0,
+                             &r->ids, &r->n_ids, err);
 out_free:
     for (i = 0; owned && i < job->n_messages; i++)
         free(owned[i]);

@@ -223,6 +223,13 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
         so->socket_mode = (unsigned) m;
         return 0;
     }
+    if (!strcmp(key, "special_tokens_in_text")) {
+        if (parse_bool(value, &b) < 0)
+            return vl2_err_set(err, VL2_EINVAL, "special_tokens_in_text '%s': expected true or "
+                               "false", value);
+        ep->special_tokens_in_text = b;
+        return 0;
+    }
     if (!strcmp(key, "apply_exif")) {
         if (parse_bool(value, &b) < 0)
             return vl2_err_set(err, VL2_EINVAL, "apply_exif '%s': expected true or false",

@@ -36,6 +36,7 @@
  *   max_sequences (8)        max_queue (1024)                   kv_budget (0: auto)
  *   context (0: the model's) max_new_tokens (512)               max_images (16)
  *   max_image_pixels (50000000)  max_image_bytes (64M)          apply_exif (true)
+ *   special_tokens_in_text (false: messages are plain text, prompt.h)
  *   image_timeout (10s)      prep_threads (2)                   idle_unload (0: never)
  *   vision_tiles_per_step (1: tiles of one image encoded between two decode steps
  *                            while other requests run; 0: a whole image at once)
