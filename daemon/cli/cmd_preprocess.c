@@ -263,16 +263,13 @@ int vl2d_cmd_preprocess(int argc, char **argv)
         if (r < 0)
             goto out_report;
         if (want_float) {
-            const float zero[3] = { 0, 0, 0 }, one[3] = { 1, 1, 1 };
-
             fx = malloc(n_tiles * tile * sizeof(*fx));
             if (!fx) {
                 r = vl2_err_set(&err, VL2_ENOMEM, "out of memory for the float tiles");
                 goto out_report;
             }
-            vl2_image_normalize(fx, px, n_tiles * tile, (size_t)S * S,
-                                pc.normalize ? pc.image_mean : zero,
-                                pc.normalize ? pc.image_std : one);
+            vl2_image_normalize(fx, px, n_tiles * tile, (size_t)S * S, pc.image_mean,
+                                pc.image_std, pc.normalize);
             snprintf(path, sizeof(path), "%s/pixel_values.npy", out);
             r = vl2_npy_write(path, VL2_NPY_F32, 4, shape, fx, &err);
             if (r < 0)

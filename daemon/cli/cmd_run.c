@@ -456,7 +456,7 @@ static int load_images(struct run *R, struct vl2_err *err)
         r = vl2_image_decode(&im->img, data, size, &lim, err);
         free(data);
         if (r < 0)
-            return vl2_err_prefix(err, R->o.images[i]);
+            return vl2_err_prefix(err, r, R->o.images[i]);
         vl2_image_plan(&im->tiling, im->img.width, im->img.height, cands, n_cands, cropping, S,
                        cfg->vision.patch_size, cfg->proj.downsample);
         R->n_tiles += im->tiling.n_tiles;
@@ -478,12 +478,12 @@ static int encode_images(struct run *R, struct vl2_err *err)
             return vl2_err_set(err, VL2_ENOMEM, "out of memory for tiles");
         r = vl2_image_tile(&im->img, &im->tiling, S, im->tiles, err);
         if (r < 0)
-            return vl2_err_prefix(err, R->o.images[i]);
+            return vl2_err_prefix(err, r, R->o.images[i]);
         r = vl2_model_encode_image(R->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
                                    im->tiling.tiles_h, &im->embed,
                                    R->o.dump ? &im->trace : NULL, err);
         if (r < 0)
-            return vl2_err_prefix(err, R->o.images[i]);
+            return vl2_err_prefix(err, r, R->o.images[i]);
         if (im->embed->n_tokens != im->tiling.n_tokens)
             return vl2_err_set(err, VL2_EINTERNAL, "image tokens %d (model) vs %d "
                                "(plan)", im->embed->n_tokens, im->tiling.n_tokens);

@@ -48,6 +48,13 @@
 
 struct vl2_engine;
 
+/* The most images one request may carry, stated once: the ceiling of
+ * max_images (vl2d.conf accepts 1 to this, daemon/server/conf.c) and the
+ * server's check of a Generate before any engine sees it
+ * (daemon/server/dispatch.c).  Every image costs at least 421 prompt tokens
+ * (spec 6.1), so 64 already far exceeds any context. */
+#define VL2_ENGINE_MAX_IMAGES 64
+
 struct vl2_engine_params {
     const char *backend;            /* "cpu" (default) or "cuda" */
     const char *plugin_dir;         /* NULL: the loader's search order */
@@ -61,7 +68,8 @@ struct vl2_engine_params {
     size_t      kv_budget;          /* bytes for all KV caches (0: max_sequences full
                                        contexts, at most a quarter of the RAM) */
     int32_t     n_ctx;              /* context length (0: the model's) */
-    uint32_t    max_images;         /* images in one request (default 16) */
+    uint32_t    max_images;         /* images in one request (default 16, at most
+                                       VL2_ENGINE_MAX_IMAGES) */
     uint64_t    max_image_pixels;   /* per image (default 50 000 000) */
     size_t      max_image_bytes;    /* encoded size of one image (default 64 MiB) */
     bool        apply_exif;         /* for images whose request leaves it unset (true) */

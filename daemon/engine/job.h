@@ -6,19 +6,20 @@
  * The server translates a Generate request into a struct vl2_job (in
  * dispatch.c, the only place that reads protobuf) and hands it to the model's
  * engine through struct vl2_engine_ops.  The engine reports back with events
- * posted from any thread by vl2_server_post(); the loop thread turns them into
- * responses for the right connection and request.  No protobuf and no libuv on
- * the engine side.
+ * posted from any thread through the post function of its struct
+ * vl2_engine_spec (the server's vl2_server_post(), server.h); the loop thread
+ * turns them into responses for the right connection and request.  No
+ * protobuf and no libuv on the engine side.
  *
  *     loop thread                          engine thread(s)
  *     ops->submit(engine, job)  ------->   queue, schedule, decode ...
  *     ops->cancel(engine, key)  ------->   stop at the next step
- *     responses to the client   <-------   vl2_server_post(srv, event)
+ *     responses to the client   <-------   spec->post(spec->post_ud, event)
  *                                          (ACCEPTED, PROGRESS, TOKEN...,
  *                                           then exactly one DONE or ERROR)
  */
-#ifndef VL2_SERVER_JOB_H
-#define VL2_SERVER_JOB_H
+#ifndef VL2_ENGINE_JOB_H
+#define VL2_ENGINE_JOB_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,7 +27,6 @@
 
 #include "vl2-status.h"
 
-struct vl2_server;
 struct vl2_tokenizer;
 
 /* ---- jobs (server -> engine) ----------------------------------------- */
@@ -162,11 +162,6 @@ int vl2_event_set_text(struct vl2_event *ev, const void *text, size_t size);
 
 void vl2_event_free(struct vl2_event *ev);
 
-/* Queue @ev for the loop thread and wake it.  Takes ownership of @ev.
- * Safe from any thread while the server exists.  Events for a job that has
- * already ended (cancelled, client gone, server stopping) are dropped. */
-void vl2_server_post(struct vl2_server *srv, struct vl2_event *ev);
-
 /* ---- engines --------------------------------------------------------- */
 
 /* States of a model (the numbers of vl2.proto's ModelState). */
@@ -248,11 +243,4 @@ struct vl2_engine_factory {
     void *ud;
 };
 
-/* Serve model @name (from @dir, for display) with @engine.  The server calls
- * ops->free(engine) when it is freed.  Returns 0, VL2_EINVAL for an empty or
- * duplicate name, VL2_ENOMEM; on failure the caller keeps @engine. */
-int vl2_server_attach_model(struct vl2_server *srv, const char *name, const char *dir,
-                            const struct vl2_engine_ops *ops, void *engine,
-                            struct vl2_err *err);
-
-#endif /* VL2_SERVER_JOB_H */
+#endif /* VL2_ENGINE_JOB_H */

@@ -177,7 +177,7 @@ static int prep_image(struct vl2_engine *e, const struct vl2_job_image *im, bool
         r = vl2__read_image_fd(im->fd, e->p.max_image_bytes, e->p.fd_timeout_s, &owned, &size,
                                err);
         if (r < 0)
-            return vl2_err_prefix(err, "descriptor");
+            return vl2_err_prefix(err, r, "descriptor");
         data = owned;
     } else {
         return vl2_err_set(err, VL2_EINVAL, "neither bytes nor a descriptor");
@@ -369,7 +369,7 @@ int vl2__prep_request(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *e
             rc = prep_image(e, im, cropping, &r->images[k], err);
             if (rc < 0) {
                 snprintf(what, sizeof(what), "image %zu (message %zu)", k, i);
-                return vl2_err_prefix(err, what);
+                return vl2_err_prefix(err, rc, what);
             }
             /* the tiles are what counts now: give the encoded file back */
             free(im->data);

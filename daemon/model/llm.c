@@ -227,6 +227,7 @@ static int run_pass(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t
             return r;
     }
 
+    batch.struct_size = sizeof(batch);
     batch.n_rows = n;
     batch.n_seqs = n_pc;
     batch.seqs = s->bseq;

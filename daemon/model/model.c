@@ -2,6 +2,7 @@
 #include "model-impl.h"
 
 #include "backend.h"
+#include "vl2-float.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -28,32 +29,6 @@ struct vl2_model_params vl2_model_default_params(void)
 
 /* ---- host conversions ------------------------------------------------------- */
 
-static float bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-    float f;
-
-    if (e == 0) {
-        f = ldexpf((float)man, -24);
-        return sign ? -f : f;
-    }
-    if (e == 31)
-        u = sign | 0x7f800000u | (man << 13);
-    else
-        u = sign | ((e + 112) << 23) | (man << 13);
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
 /* Convert @n elements of checkpoint bytes @src in @dtype to float. */
 static void to_f32(float *dst, const void *src, size_t n, int dtype)
 {
@@ -68,11 +43,11 @@ static void to_f32(float *dst, const void *src, size_t n, int dtype)
             break;
         case VL2_DTYPE_BF16:
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = bf16_to_f32(h);
+            dst[i] = vl2_bf16_to_f32(h);
             break;
         case VL2_DTYPE_F16:
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = f16_to_f32(h);
+            dst[i] = vl2_f16_to_f32(h);
             break;
         default:
             dst[i] = 0.0f;
@@ -115,7 +90,7 @@ int vl2__model_alloc_dt(struct vl2_model *m, struct vl2_tensor *t, int dtype, in
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
-        return vl2_err_prefix(err, "model: allocating activations");
+        return vl2_err_prefix(err, r, "model: allocating activations");
     }
     return 0;
 }
@@ -201,7 +176,7 @@ static int wget(struct vl2_model *m, struct vl2_tensor *t, const char *name, int
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
-        return vl2_err_prefix(err, name);
+        return vl2_err_prefix(err, r, name);
     }
     return 0;
 }
@@ -379,6 +354,7 @@ static int load_layer(struct vl2_model *m, int i, struct vl2_err *err)
                         AS_IS)) < 0)
                 return r;
         }
+        l->moe.struct_size = sizeof(l->moe);
         l->moe.router = &l->router;
         l->moe.bias = l->router_bias.data ? &l->router_bias : NULL;
         l->moe.gate = l->ex_ptr;
@@ -480,6 +456,37 @@ static int check_config(const struct vl2_model *m, struct vl2_err *err)
     return 0;
 }
 
+/* Ask the backend before building anything on it: the dtype of every weight
+ * matrix of the checkpoint (those go to the backend as stored; vectors are
+ * converted to F32) for the ops that read weights, and the cache dtype for
+ * the cache and the attention.  A dtype the backend lacks is refused here,
+ * naming it, instead of failing inside the forward pass. */
+static int check_backend(const struct vl2_model *m, int32_t kv_dtype, struct vl2_err *err)
+{
+    static const int weight_ops[] = { VL2_OP_WEIGHT, VL2_OP_EMBED, VL2_OP_LINEAR, VL2_OP_MOE };
+    const int attn = m->cfg.lm.use_mla ? VL2_OP_ATTN_MLA : VL2_OP_ATTN_MHA;
+    uint32_t seen = 0;
+    size_t i, k;
+    int r, dt;
+
+    for (i = 0; i < vl2_weights_count(m->w); i++) {
+        const struct vl2_st_tensor *t = vl2_weights_at(m->w, i);
+        if (t->ndim >= 2 && t->dtype >= 0 && t->dtype < 32)
+            seen |= 1u << t->dtype;
+    }
+    for (dt = 0; dt < 32; dt++)
+        for (k = 0; (seen >> dt & 1u) && k < sizeof(weight_ops) / sizeof(weight_ops[0]); k++) {
+            if (weight_ops[k] == VL2_OP_MOE && m->cfg.lm.n_expert <= 0)
+                continue;
+            if ((r = vl2_backend_require(m->ops, m->ctx, weight_ops[k], dt, err)) < 0)
+                return r;
+        }
+    if ((r = vl2_backend_require(m->ops, m->ctx, VL2_OP_KV, kv_dtype, err)) < 0 ||
+        (r = vl2_backend_require(m->ops, m->ctx, attn, kv_dtype, err)) < 0)
+        return r;
+    return 0;
+}
+
 int vl2_model_open(struct vl2_model **ret, const char *dir,
                    const struct vl2_backend_ops *ops, struct vl2_backend_ctx *ctx,
                    const struct vl2_model_params *p, struct vl2_err *err)
@@ -520,6 +527,9 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
         if (r < 0)
             goto out_free;
     }
+    r = check_backend(m, p->kv_dtype, err);
+    if (r < 0)
+        goto out_free;
     r = load_vision(m, err);
     if (r < 0)
         goto out_free;
@@ -532,6 +542,7 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
         r = vl2_err_set(err, VL2_EFORMAT, "model: max_position_embeddings %d", m->n_ctx);
         goto out_free;
     }
+    m->kv_shape.struct_size = sizeof(m->kv_shape);
     m->kv_shape.kind = m->cfg.lm.use_mla ? VL2_ATTN_MLA : VL2_ATTN_MHA;
     m->kv_shape.n_layer = m->cfg.lm.n_layer;
     m->kv_shape.n_kv_head = m->cfg.lm.use_mla ? 0 : m->cfg.lm.n_kv_head;
@@ -577,6 +588,8 @@ int vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_mod
     bp.n_threads = p->n_threads;
     bp.device = p->device;
     bp.options = p->backend_options;
+    /* bp.mem_budget stays 0: the engine's KV budget is the one accountant
+     * (vl2-backend.h) */
     r = vl2_backend_load(&b, p->backend ? p->backend : "cpu", p->plugin_dir, &bp, err);
     if (r < 0)
         return r;
@@ -743,7 +756,7 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
                     p->sampler.repetition_penalty == 1.0f;
     r = m->ops->kv_new(m->ctx, &shape, &s->kv, err);
     if (r < 0) {
-        vl2_err_prefix(err, "model: KV cache");
+        vl2_err_prefix(err, r, "model: KV cache");
         goto out_free;
     }
     s->kv_bytes = bytes;

@@ -12,11 +12,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "server-impl.h"
 #include "tokenizer.h"
 
 /* Images one Generate may carry. */
-#define MAX_IMAGES_PER_REQUEST 64
+#define MAX_IMAGES_PER_REQUEST VL2_ENGINE_MAX_IMAGES   /* engine.h */
 /* Bytes of text one Tokenize may carry, and Tokenize requests encoding at
  * once (on libuv's thread pool; more get BUSY). */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)

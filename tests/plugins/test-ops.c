@@ -4,7 +4,9 @@
  * machine supports (isa=scalar|avx2|avx512).  Also: results identical for 1
  * and 3 threads, and clear errors for bad arguments.
  *
- * argv[1]: folder with vl2-backend-cpu.so.
+ * argv[1]: folder with vl2-backend-cpu.so; argv[2]: folder with its copy
+ * built with the measurement knobs (tests/plugins/knobs), for attn_mla in
+ * each form.
  *
  * Error bounds (|got - ref| per element):
  *   linear, moe experts, attention products: <= 2e-5 * sum_k |a_k b_k| + 1e-6
@@ -556,15 +558,16 @@ static void rope_ref(double *v, int d, int pos, double theta, int layout)
 
 static void test_rope(struct be *be)
 {
-    struct vl2_kv_shape ks = { .kind = VL2_ATTN_MHA, .n_layer = 1, .n_kv_head = 1, .head_dim = 4,
-                               .dtype = VL2_DTYPE_F32, .capacity = 400 };
+    struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MHA, .n_layer = 1,
+                               .n_kv_head = 1, .head_dim = 4, .dtype = VL2_DTYPE_F32, .capacity = 400 };
     struct vl2_kv *kv[3];
     struct vl2_batch_seq seqs[3] = {
         { .row0 = 0, .n_rows = 5, .n_past = 0 },
         { .row0 = 5, .n_rows = 1, .n_past = 317 },
         { .row0 = 6, .n_rows = 3, .n_past = 40 },
     };
-    struct vl2_batch batch = { .n_rows = 9, .n_seqs = 3, .seqs = seqs };
+    struct vl2_batch batch = { .struct_size = sizeof(batch), .n_rows = 9, .n_seqs = 3,
+                               .seqs = seqs };
     struct vl2_err err = { 0 };
     char what[128];
 
@@ -572,6 +575,11 @@ static void test_rope(struct be *be)
         CHECK(be->o->kv_new(be->c, &ks, &kv[i], &err) == 0);
         seqs[i].kv = kv[i];
     }
+    /* a batch from a caller built with another header: refused */
+    batch.struct_size = sizeof(batch) + 4;
+    CHECK(be->o->begin_batch(be->c, &batch, &err) == VL2_EABI);
+    CHECK_MSG(strstr(err.msg, "vl2_batch"), "%s", err.msg);
+    batch.struct_size = sizeof(batch);
     CHECK_MSG(be->o->begin_batch(be->c, &batch, &err) == 0, "%s", err.msg);
     for (int layout = 0; layout < 2; layout++) {
         /* 3 heads of stride 14, rotating dims [4, 4 + 8) of each */
@@ -645,8 +653,8 @@ static void test_attn_mha(struct be *be)
 {
     const int H = 4, KVH = 2, D = 12, NL = 2, cap = 64;
     const float scale = 1.0f / sqrtf((float)D);
-    struct vl2_kv_shape ks = { .kind = VL2_ATTN_MHA, .n_layer = NL, .n_kv_head = KVH,
-                               .head_dim = D, .dtype = VL2_DTYPE_F32, .capacity = cap };
+    struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MHA, .n_layer = NL,
+                               .n_kv_head = KVH, .head_dim = D, .dtype = VL2_DTYPE_F32, .capacity = cap };
     struct vl2_kv *kv[3];
     struct hist hs[3][2];
     int n_past[3] = { 0, 0, 0 };
@@ -663,7 +671,7 @@ static void test_attn_mha(struct be *be)
     }
     for (int step = 0; step < 2; step++) {
         struct vl2_batch_seq seqs[3];
-        struct vl2_batch batch = { .n_seqs = 3, .seqs = seqs };
+        struct vl2_batch batch = { .struct_size = sizeof(batch), .n_seqs = 3, .seqs = seqs };
         int rows = 0;
         for (int s = 0; s < 3; s++) {
             seqs[s] = (struct vl2_batch_seq){ .row0 = rows, .n_rows = att_steps[step][s],
@@ -744,8 +752,8 @@ static void test_attn_mla(struct be *be)
 {
     const int H = 3, NOPE = 8, ROPE = 6, VD = 5, LORA = 20, NL = 1, cap = 64;
     const float scale = 1.0f / sqrtf((float)(NOPE + ROPE));
-    struct vl2_kv_shape ks = { .kind = VL2_ATTN_MLA, .n_layer = NL, .kv_lora_rank = LORA,
-                               .rope_dim = ROPE, .dtype = VL2_DTYPE_F32, .capacity = cap };
+    struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MLA, .n_layer = NL,
+                               .kv_lora_rank = LORA, .rope_dim = ROPE, .dtype = VL2_DTYPE_F32, .capacity = cap };
     struct vl2_kv *kv[3];
     struct hist hs[3];
     int n_past[3] = { 0, 0, 0 };
@@ -762,7 +770,7 @@ static void test_attn_mla(struct be *be)
     }
     for (int step = 0; step < 2; step++) {
         struct vl2_batch_seq seqs[3];
-        struct vl2_batch batch = { .n_seqs = 3, .seqs = seqs };
+        struct vl2_batch batch = { .struct_size = sizeof(batch), .n_seqs = 3, .seqs = seqs };
         int rows = 0;
         struct ha q, ckv, out;
         double *ref, *bnd;
@@ -921,7 +929,7 @@ static void test_moe_case(struct be *be, const struct moe_case *mc)
     const struct vl2_tensor **pg = calloc((size_t)E, sizeof(*pg)), **pu = calloc((size_t)E, sizeof(*pu)),
                             **pd = calloc((size_t)E, sizeof(*pd));
     struct ha x, out;
-    struct vl2_moe_layer L = { 0 };
+    struct vl2_moe_layer L = { .struct_size = sizeof(L) };
     struct vl2_err err = { 0 };
     double *ref = calloc((size_t)n * d, sizeof(double)), *bnd = calloc((size_t)n * d, sizeof(double));
     double *y = malloc((size_t)d * sizeof(double)), *ya = malloc((size_t)d * sizeof(double));
@@ -1071,6 +1079,10 @@ static void test_moe_case(struct be *be, const struct moe_case *mc)
         bad = L;
         bad.top_k = E + 1;
         CHECK(be->o->moe(be->c, &out.t, &x.t, &bad, &err) == VL2_EINVAL);
+        bad = L;
+        bad.struct_size = sizeof(bad) - 4;
+        CHECK(be->o->moe(be->c, &out.t, &x.t, &bad, &err) == VL2_EABI);
+        CHECK_MSG(strstr(err.msg, "vl2_moe_layer"), "%s", err.msg);
     }
 
     ha_done(be, &x);
@@ -1192,11 +1204,24 @@ static void test_memory(struct be *be)
     CHECK(be->o->alloc(be->c, &t, VL2_DTYPE_Q4, 2, ne, &err) == VL2_EUNSUPPORTED);
     CHECK(be->o->alloc(be->c, &t, VL2_DTYPE_F32, 5, ne, &err) == VL2_EINVAL);
     {
-        struct vl2_kv_shape ks = { .kind = VL2_ATTN_MLA, .n_layer = 2, .kv_lora_rank = 8,
-                                   .rope_dim = 4, .dtype = VL2_DTYPE_BF16, .capacity = 4 };
+        struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MLA, .n_layer = 2,
+                                   .kv_lora_rank = 8, .rope_dim = 4, .dtype = VL2_DTYPE_BF16,
+                                   .capacity = 4 };
         struct vl2_kv *kv;
         CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EUNSUPPORTED);
         ks.dtype = VL2_DTYPE_F32;
+        CHECK(be->o->kv_token_bytes(&ks) == 2 * (8 + 4) * sizeof(float));
+        /* a shape from a caller built with another header: refused, not read */
+        ks.struct_size = sizeof(ks) - 4;
+        CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EABI);
+        CHECK_MSG(strstr(err.msg, "vl2_kv_shape") && strstr(err.msg, "struct_size"), "%s",
+                  err.msg);
+        CHECK(be->o->kv_token_bytes(&ks) == 0);
+        ks.struct_size = 0;
+        CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EABI);
+        ks.struct_size = sizeof(ks) + 8;
+        CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EABI);
+        ks.struct_size = sizeof(ks);
         ks.kind = 7;
         CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EINVAL);
         CHECK(be->o->kv_token_bytes(&ks) == 0);
@@ -1216,6 +1241,65 @@ static void test_memory(struct be *be)
         ha_done(be, &o);
         hw_done(be, &w);
     }
+}
+
+/* ---- supports_op ---------------------------------------------------------------------------- */
+
+/* What supports_op says is what the ops do: weight() and kv_new() succeed
+ * for exactly the dtypes it accepts (F32, F16, BF16 weights; F32 caches) and
+ * refuse the others (Q8, Q4; 16-bit caches) with VL2_EUNSUPPORTED. */
+static void test_supports(struct be *be)
+{
+    static const int dtypes[] = { VL2_DTYPE_F32, VL2_DTYPE_F16, VL2_DTYPE_BF16, VL2_DTYPE_I32,
+                                  VL2_DTYPE_Q8, VL2_DTYPE_Q4 };
+    static const int weight_ops[] = { VL2_OP_WEIGHT, VL2_OP_EMBED, VL2_OP_LINEAR, VL2_OP_MOE };
+    static const int cache_ops[] = { VL2_OP_KV, VL2_OP_ATTN_MHA, VL2_OP_ATTN_MLA };
+    static const uint16_t host[64];
+    const int64_t ne[2] = { 4, 8 };
+    struct vl2_err err = { 0 };
+
+    CHECK(be->o->supports_op != NULL);
+    if (!be->o->supports_op)
+        return;
+    for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++) {
+        const int dt = dtypes[i];
+        const int wok = dt == VL2_DTYPE_F32 || dt == VL2_DTYPE_F16 || dt == VL2_DTYPE_BF16;
+        struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MHA, .n_layer = 1,
+                                   .n_kv_head = 1, .head_dim = 4, .dtype = dt, .capacity = 4 };
+        struct vl2_tensor t;
+        struct vl2_kv *kv = NULL;
+        int r;
+
+        for (size_t k = 0; k < sizeof(weight_ops) / sizeof(weight_ops[0]); k++)
+            CHECK_MSG(be->o->supports_op(be->c, weight_ops[k], dt) == wok, "op %d dtype %d",
+                      weight_ops[k], dt);
+        for (size_t k = 0; k < sizeof(cache_ops) / sizeof(cache_ops[0]); k++)
+            CHECK_MSG(be->o->supports_op(be->c, cache_ops[k], dt) == (dt == VL2_DTYPE_F32),
+                      "op %d dtype %d", cache_ops[k], dt);
+        if (dt == VL2_DTYPE_I32)
+            continue;  /* weight() takes I32 tensors (ids), which no model op reads */
+        r = be->o->weight(be->c, &t, dt, 2, ne, host, &err);
+        CHECK_MSG(wok ? r == 0 : r == VL2_EUNSUPPORTED, "weight dtype %d: %d %s", dt, r,
+                  err.msg);
+        if (r == 0)
+            be->o->free_tensor(be->c, &t);
+        r = be->o->kv_new(be->c, &ks, &kv, &err);
+        CHECK_MSG(dt == VL2_DTYPE_F32 ? r == 0 : r == VL2_EUNSUPPORTED, "kv dtype %d: %d %s",
+                  dt, r, err.msg);
+        if (r == 0)
+            be->o->kv_free(be->c, kv);
+    }
+    /* ops without weights take F32 activations (dtype -1: no weight) */
+    for (int op = VL2_OP_RMSNORM; op <= VL2_OP_ATTN_FULL; op++) {
+        CHECK_MSG(be->o->supports_op(be->c, op, -1) == 1, "op %d", op);
+        CHECK_MSG(be->o->supports_op(be->c, op, VL2_DTYPE_Q8) == 0, "op %d", op);
+    }
+    CHECK(be->o->supports_op(be->c, VL2_OP_ROPE, -1) == 1);
+    CHECK(be->o->supports_op(be->c, VL2_OP_ARGMAX, -1) == 1);
+    /* operations the table does not know */
+    CHECK(be->o->supports_op(be->c, 0, VL2_DTYPE_F32) == 0);
+    CHECK(be->o->supports_op(be->c, VL2_OP_COUNT, VL2_DTYPE_F32) == 0);
+    CHECK(be->o->supports_op(be->c, -5, -1) == 0);
 }
 
 /* ---- thread-count independence ------------------------------------------------------------ */
@@ -1247,7 +1331,7 @@ static void run_fixed(struct be *be, float *res, size_t *n_res)
 static void test_threads(const char *dir, const char *isa)
 {
     struct be a, b;
-    struct vl2_backend_params p = { .n_threads = 1 };
+    struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 1 };
     struct vl2_err err = { 0 };
     char opt[64];
     float *ra = malloc(40000 * 4), *rb = malloc(40000 * 4);
@@ -1276,14 +1360,13 @@ int main(int argc, char **argv)
     static const char *isas[] = { "scalar", "avx2", "avx512" };
     static const int threads[] = { 1, 3 };
 
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s CPU_PLUGIN_DIR\n", argv[0]);
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s CPU_PLUGIN_DIR CPU_KNOBS_PLUGIN_DIR\n", argv[0]);
         return 2;
     }
-    unsetenv("VL2_CPU_ISA");
     for (int ii = 0; ii < 3; ii++)
         for (int ti = 0; ti < 2; ti++) {
-            struct vl2_backend_params p = { .n_threads = threads[ti] };
+            struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = threads[ti] };
             struct vl2_err err = { 0 };
             struct be be;
             char opt[64];
@@ -1304,6 +1387,7 @@ int main(int argc, char **argv)
             be.c = be.b->ctx;
             snprintf(be.name, sizeof(be.name), "[%s x%d]", isas[ii], threads[ti]);
             test_memory(&be);
+            test_supports(&be);
             test_linear(&be);
             test_rowops(&be);
             test_movement(&be);
@@ -1322,11 +1406,11 @@ int main(int argc, char **argv)
     /* attn_mla in each form (auto above mixes them: expanded for the 40-row
      * prefill, absorbed for single rows) */
     for (int mode = 0; mode < 2; mode++) {
-        struct vl2_backend_params p = { .n_threads = 2,
+        struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 2,
                                         .options = mode ? "mla=expanded" : "mla=absorbed" };
         struct vl2_err err = { 0 };
         struct be be;
-        if (vl2_backend_load(&be.b, "cpu", argv[1], &p, &err) < 0) {
+        if (vl2_backend_load(&be.b, "cpu", argv[2], &p, &err) < 0) {
             CHECK_MSG(0, "%s", err.msg);
             continue;
         }

@@ -256,12 +256,12 @@ static void mha_run(void *v)
 /* MHA decode attention at context n_ctx (tiny: 10 heads x 128): seconds per call */
 static double bench_mha_decode(struct bk *k, int n_ctx)
 {
-    struct vl2_kv_shape ks = { .kind = VL2_ATTN_MHA, .n_layer = 1, .n_kv_head = 10,
-                               .head_dim = 128, .dtype = VL2_DTYPE_F32, .capacity = n_ctx + 1 };
+    struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MHA, .n_layer = 1,
+                               .n_kv_head = 10, .head_dim = 128, .dtype = VL2_DTYPE_F32, .capacity = n_ctx + 1 };
     struct vl2_kv *kv;
     struct mha_job j = { .k = k };
     struct vl2_batch_seq seq = { .row0 = 0, .n_rows = 1, .n_past = n_ctx };
-    struct vl2_batch b = { .n_rows = 1, .n_seqs = 1, .seqs = &seq };
+    struct vl2_batch b = { .struct_size = sizeof(b), .n_rows = 1, .n_seqs = 1, .seqs = &seq };
     struct vl2_err err = { 0 };
     double t;
 
@@ -270,7 +270,8 @@ static double bench_mha_decode(struct bk *k, int n_ctx)
     {   /* fill the cache as prefill would, so its pages are real */
         struct mha_job pj = { .k = k };
         struct vl2_batch_seq ps = { .row0 = 0, .n_rows = n_ctx, .n_past = 0, .kv = kv };
-        struct vl2_batch pb = { .n_rows = n_ctx, .n_seqs = 1, .seqs = &ps };
+        struct vl2_batch pb = { .struct_size = sizeof(pb), .n_rows = n_ctx, .n_seqs = 1,
+                                .seqs = &ps };
         act(k, &pj.q, n_ctx, 1280);
         act(k, &pj.kk, n_ctx, 1280);
         act(k, &pj.v, n_ctx, 1280);
@@ -346,7 +347,8 @@ static double bench_moe(struct bk *k, int m, double *bytes_per_call)
     k->o->weight(k->c, &t[3 * E + 2], VL2_DTYPE_BF16, 2, ne_sd, raw + off, &err);
     off += (size_t)2 * I * D;
     k->o->weight(k->c, &t[3 * E + 3], VL2_DTYPE_BF16, 2, ne_r, raw + off, &err);
-    j.L = (struct vl2_moe_layer){ .router = &t[3 * E + 3], .gate = pg, .up = pu, .down = pd,
+    j.L = (struct vl2_moe_layer){ .struct_size = sizeof(struct vl2_moe_layer),
+                                  .router = &t[3 * E + 3], .gate = pg, .up = pu, .down = pd,
                                   .sh_gate = &t[3 * E], .sh_up = &t[3 * E + 1],
                                   .sh_down = &t[3 * E + 2], .n_expert = E, .top_k = 6,
                                   .scoring = VL2_MOE_SOFTMAX, .method = VL2_MOE_GREEDY,
@@ -394,7 +396,8 @@ int main(int argc, char **argv)
     memset(bw_buf, 1, bw_size);
 
     for (int ti = 0; ti < n_thr; ti++) {
-        struct vl2_backend_params p = { .n_threads = threads[ti], .options = options };
+        struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = threads[ti],
+                                        .options = options };
         struct vl2_err err = { 0 };
         struct bk k;
         struct bw_job bj = { bw_buf, bw_size, threads[ti] };

@@ -1,4 +1,5 @@
-/* conf.h - vl2d's configuration file.
+/* conf.h - vl2d's configuration file (daemon/cli: it fills both the
+ * server's options and the engines' parameters, so it sits above both).
  *
  * Where: --config FILE; otherwise, for the system service (--system, or root
  * without XDG_RUNTIME_DIR), VL2_SYSCONF_DIR/vl2d.conf (/etc/vl2d/vl2d.conf);
@@ -34,15 +35,15 @@
  *   threads (0: all cores)   socket (the mode's default)        socket_mode (0660)
  *   max_frame (64M)          max_connections (256)             log_level (info)
  *   max_sequences (8)        max_queue (1024)                   kv_budget (0: auto)
- *   context (0: the model's) max_new_tokens (512)               max_images (16)
+ *   context (0: the model's) max_new_tokens (512)               max_images (16, at most 64)
  *   max_image_pixels (50000000)  max_image_bytes (64M)          apply_exif (true)
  *   special_tokens_in_text (false: messages are plain text, prompt.h)
  *   image_timeout (10s)      prep_threads (2)                   idle_unload (0: never)
  *   vision_tiles_per_step (1: tiles of one image encoded between two decode steps
  *                            while other requests run; 0: a whole image at once)
  */
-#ifndef VL2_SERVER_CONF_H
-#define VL2_SERVER_CONF_H
+#ifndef VL2_CLI_CONF_H
+#define VL2_CLI_CONF_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -109,4 +110,4 @@ int vl2_conf_add_model(struct vl2_conf *c, const char *name, const char *dir,
  * means there is no name). */
 int vl2_conf_add_model_arg(struct vl2_conf *c, const char *arg, struct vl2_err *err);
 
-#endif /* VL2_SERVER_CONF_H */
+#endif /* VL2_CLI_CONF_H */

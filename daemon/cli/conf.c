@@ -1,5 +1,7 @@
 /* conf.c - vl2d.conf: an INI-like file of [daemon] settings and [model NAME]
- * sections (conf.h describes the format). */
+ * sections (conf.h describes the format).  It lives with the vl2d command
+ * (daemon/cli), which joins the server and the runtime: the file sets the
+ * server's options and the engines' parameters. */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -12,7 +14,6 @@
 
 #include "conf.h"
 #include "ipc.h"
-#include "server-impl.h"
 #include "vl2-config.h"
 
 /* Largest configuration file read. */
@@ -263,7 +264,7 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
     UINT_KEY("kv_budget", true, 0, SIZE_MAX / 4, ep->kv_budget, size_t)
     UINT_KEY("context", false, 0, INT32_MAX, ep->n_ctx, int32_t)
     UINT_KEY("max_new_tokens", false, 0, 1u << 24, ep->max_new_tokens, uint32_t)
-    UINT_KEY("max_images", false, 1, 1024, ep->max_images, uint32_t)
+    UINT_KEY("max_images", false, 1, VL2_ENGINE_MAX_IMAGES, ep->max_images, uint32_t)
     UINT_KEY("max_image_pixels", false, 1, 1ull << 40, ep->max_image_pixels, uint64_t)
     UINT_KEY("max_image_bytes", true, 1, VL2_IPC_MAX_FRAME_LIMIT, ep->max_image_bytes,
              size_t)
@@ -276,6 +277,20 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
 }
 
 /* ---- models ------------------------------------------------------------ */
+
+/* The last component of @dir, trailing slashes ignored: the name of a model
+ * given without one (the rule the server applies to LoadModel). */
+static void base_name(const char *dir, char *buf, size_t size)
+{
+    size_t n = strlen(dir);
+    const char *p;
+
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    for (p = dir + n; p > dir && p[-1] != '/'; p--)
+        ;
+    snprintf(buf, size, "%.*s", (int) (dir + n - p), p);
+}
 
 static bool valid_name(const char *s)
 {
@@ -321,7 +336,7 @@ int vl2_conf_add_model(struct vl2_conf *c, const char *name, const char *dir,
     if (!dir || !dir[0])
         return vl2_err_set(err, VL2_EINVAL, "model '%s': no directory", name ? name : "");
     if (!name || !name[0]) {
-        vl2__base_name(dir, base, sizeof(base));
+        base_name(dir, base, sizeof(base));
         name = base;
     }
     if (!valid_name(name))
@@ -409,7 +424,7 @@ static int end_model(struct vl2_conf *c, const char *file, long line, char **nam
             char where[4200];
 
             snprintf(where, sizeof(where), "%s:%ld", file, line);
-            vl2_err_prefix(err, where);
+            vl2_err_prefix(err, r, where);
         } else if (*backend) {
             c->models[c->n_models - 1].backend = *backend;
             *backend = NULL;
