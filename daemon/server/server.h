@@ -25,6 +25,8 @@
 #define VL2_SERVER_MAX_ALLOW 32
 #define VL2_SERVER_MAX_ROOTS 16
 
+struct vl2_server;
+
 struct vl2_server_opts {
     /* Socket file to bind; NULL: the default of the mode (system:
      * /run/vl2d/vl2d.sock, user: $XDG_RUNTIME_DIR/vl2d.sock). */
