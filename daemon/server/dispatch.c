@@ -22,6 +22,8 @@
  * once (on libuv's thread pool; more get BUSY). */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
 #define MAX_TOKENIZE_PENDING 16
+/* ... of which one connection may hold (fairness, issue 18). */
+#define MAX_TOKENIZE_PER_CONN 4
 
 static void reply(struct vl2_conn *c, Vl2__Response *resp, uint64_t id)
 {
@@ -787,7 +789,7 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
     size_t len = strlen(text);
     struct tok_work *w;
     int32_t bos = -1;
-    unsigned n_pending = 0;
+    unsigned n_pending = 0, n_mine = 0;
     int r;
 
     model = find_model(srv, t->model, "tokenize", &err);
@@ -802,8 +804,15 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
                     len, MAX_TOKENIZE_TEXT);
         goto out_error;
     }
-    for (w = srv->tokenizing; w; w = w->next)
+    for (w = srv->tokenizing; w; w = w->next) {
         n_pending++;
+        n_mine += w->conn_id == c->id;
+    }
+    if (n_mine >= MAX_TOKENIZE_PER_CONN) {
+        vl2_err_set(&err, VL2_EBUSY, "server: tokenize: %u texts of this connection are being "
+                    "encoded, at most %d at once; try again", n_mine, MAX_TOKENIZE_PER_CONN);
+        goto out_error;
+    }
     if (n_pending >= MAX_TOKENIZE_PENDING) {
         vl2_err_set(&err, VL2_EBUSY, "server: tokenize: %u texts are being encoded, try "
                     "again", n_pending);

@@ -696,6 +696,107 @@ static int generate_with_stuck_image(int fd, uint64_t id)
     return p[1];
 }
 
+/* The Accepted of request @id: its queue position, or -1. */
+static int accepted_position(int fd, uint64_t id)
+{
+    long long end = now_ms() + 5000;
+
+    while (now_ms() < end) {
+        Vl2__Response *r = NULL;
+        int pos = -2;
+
+        if (harness_recv(fd, 5000, &r) != 1)
+            return -1;
+        if (r->id == id && r->body_case == VL2__RESPONSE__BODY_ACCEPTED)
+            pos = (int) r->accepted->queue_position;
+        else if (r->id == id && r->body_case == VL2__RESPONSE__BODY_ERROR)
+            pos = -1;
+        vl2__response__free_unpacked(r, NULL);
+        if (pos != -2)
+            return pos;
+    }
+    return -1;
+}
+
+/* A Generate that runs long: @max_new tokens, EOS ignored. */
+static void send_long(int fd, uint64_t id, uint32_t max_new)
+{
+    Vl2__Request req = VL2__REQUEST__INIT;
+    Vl2__Generate g = VL2__GENERATE__INIT;
+    Vl2__Sampling s = VL2__SAMPLING__INIT;
+    Vl2__Message m = VL2__MESSAGE__INIT, *mp = &m;
+
+    m.has_role = 1;
+    m.role = VL2__ROLE__ROLE_USER;
+    m.text = (char *) "Tell a long story.";
+    s.has_max_new_tokens = 1;
+    s.max_new_tokens = max_new;
+    s.ignore_eos = 1;
+    g.n_messages = 1;
+    g.messages = &mp;
+    g.sampling = &s;
+    req.has_id = 1;
+    req.id = id;
+    req.body_case = VL2__REQUEST__BODY_GENERATE;
+    req.generate = &g;
+    harness_send(fd, &req);
+}
+
+/* One connection's long generations (the daemon has 2 sequence slots)
+ * leave a slot for another client: it starts at once (position 0). */
+static void test_fair_slots(void)
+{
+    int hog = client(sock_a), other = client(sock_a);
+    Vl2__Response *r;
+    long long t0;
+
+    if (hog < 0 || other < 0)
+        return;
+    send_long(hog, 90, 100000);
+    CHECK_EQ_INT(accepted_position(hog, 90), 0);
+    send_long(hog, 91, 100000);
+    (void) accepted_position(hog, 91);
+    t0 = now_ms();
+    send_generate(other, 92, 1, "Hi.", 2);
+    CHECK_EQ_INT(accepted_position(other, 92), 0);
+    r = recv_final(other, 92, 10000);
+    CHECK_MSG(r && r->body_case == VL2__RESPONSE__BODY_DONE, "the other client's answer");
+    if (r)
+        vl2__response__free_unpacked(r, NULL);
+    printf("fair slots: the other client answered in %lld ms\n", now_ms() - t0);
+    close(hog);   /* its generations end with the connection */
+    close(other);
+}
+
+/* Two Generates of one connection whose image descriptors never end do not
+ * hold both prep threads: another client's text request is answered. */
+static void test_fair_prep(void)
+{
+    int hog = client(sock_b), other = client(sock_b), w1, w2;
+    Vl2__Response *r;
+    long long t0;
+
+    if (hog < 0 || other < 0)
+        return;
+    w1 = generate_with_stuck_image(hog, 95);
+    w2 = generate_with_stuck_image(hog, 96);
+    sleep_ms(300);
+    t0 = now_ms();
+    send_generate(other, 97, 1, "Hi.", 2);
+    r = recv_final(other, 97, 15000);
+    CHECK_MSG(r && r->body_case == VL2__RESPONSE__BODY_DONE, "the other client's answer");
+    if (r)
+        vl2__response__free_unpacked(r, NULL);
+    CHECK_MSG(now_ms() - t0 < 3000, "the other client waited %lld ms for a prep thread",
+              now_ms() - t0);
+    if (w1 >= 0)
+        close(w1);
+    if (w2 >= 0)
+        close(w2);
+    close(hog);
+    close(other);
+}
+
 /* SIGTERM while a prep thread waits on a descriptor: no second daemon may
  * start on the socket meanwhile; the daemon ends. */
 static void test_shutdown_keeps_lock(void)
@@ -885,7 +986,7 @@ int main(int argc, char **argv)
     {
         const char *args[] = { "--config", conf_a, "--socket", sock_a, "--socket-mode", "0666",
                                "--allow-uid", "0", "--allow-uid", uid_arg, "--no-notify",
-                               "--no-socket-activation", NULL };
+                               "--no-socket-activation", "--max-sequences", "2", NULL };
         char me[32];
 
         if (geteuid() != 0) {   /* the daemon's own uid must stay allowed */
@@ -907,6 +1008,7 @@ int main(int argc, char **argv)
         RUN(test_duplicate_id);
         RUN(test_log_escape);
         RUN(test_signals_reload);
+        RUN(test_fair_slots);
         RUN(test_shutdown_keeps_lock);
     }
     if (pid_a > 0)
@@ -940,6 +1042,7 @@ int main(int argc, char **argv)
         RUN(test_model_roots);
         RUN(test_timeouts);
         RUN(test_per_uid_cap);
+        RUN(test_fair_prep);
         RUN(test_stop_timeout);
     }
     if (pid_b > 0)
