@@ -561,7 +561,7 @@ int vl2_ipc_default_socket(bool system, char *buf, size_t size, struct vl2_err *
  * string fields (a NUL inside is refused), its sub-messages, and which
  * repeated field is counted against which limit. */
 enum pc_type {
-    PC_REQUEST, PC_HELLO, PC_GENERATE, PC_MESSAGE, PC_IMAGE, PC_SAMPLING, PC_LOAD,
+    PC_REQUEST, PC_HELLO, PC_GENERATE, PC_MESSAGE, PC_IMAGE, PC_SAMPLING, PC_CANCEL, PC_LOAD,
     PC_UNLOAD, PC_TOKENIZE, PC_OTHER, PC_N_TYPES
 };
 
@@ -583,7 +583,7 @@ struct pc_schema {
 #define PCF(n, k, s, name) { n, k, s, name }
 static const struct pc_field pc_request[] = {
     PCF(1, PC_SCALAR, 0, "id"), PCF(2, PC_SUB, PC_HELLO, "hello"),
-    PCF(3, PC_SUB, PC_GENERATE, "generate"), PCF(4, PC_SUB, PC_OTHER, "cancel"),
+    PCF(3, PC_SUB, PC_GENERATE, "generate"), PCF(4, PC_SUB, PC_CANCEL, "cancel"),
     PCF(5, PC_SUB, PC_OTHER, "status"), PCF(6, PC_SUB, PC_OTHER, "list_models"),
     PCF(7, PC_SUB, PC_LOAD, "load_model"), PCF(8, PC_SUB, PC_UNLOAD, "unload_model"),
     PCF(9, PC_SUB, PC_TOKENIZE, "tokenize"),
@@ -610,6 +610,7 @@ static const struct pc_field pc_sampling[] = {
     PCF(5, PC_SCALAR, 0, "seed"), PCF(6, PC_SCALAR, 0, "max_new_tokens"),
     PCF(7, PC_STRING, 0, "stop"), PCF(8, PC_SCALAR, 0, "ignore_eos"),
 };
+static const struct pc_field pc_cancel[] = { PCF(1, PC_SCALAR, 0, "target_id") };
 static const struct pc_field pc_load[] = {
     PCF(1, PC_STRING, 0, "name"), PCF(2, PC_STRING, 0, "dir"),
     PCF(3, PC_SCALAR, 0, "progress"), PCF(4, PC_STRING, 0, "backend"),
@@ -624,6 +625,7 @@ static const struct pc_schema pc_schemas[PC_N_TYPES] = {
     [PC_REQUEST] = PCS("Request", pc_request), [PC_HELLO] = PCS("Hello", pc_hello),
     [PC_GENERATE] = PCS("Generate", pc_generate), [PC_MESSAGE] = PCS("Message", pc_message),
     [PC_IMAGE] = PCS("Image", pc_image), [PC_SAMPLING] = PCS("Sampling", pc_sampling),
+    [PC_CANCEL] = PCS("Cancel", pc_cancel),
     [PC_LOAD] = PCS("LoadModel", pc_load), [PC_UNLOAD] = PCS("UnloadModel", pc_unload),
     [PC_TOKENIZE] = PCS("Tokenize", pc_tokenize), [PC_OTHER] = { "message", NULL, 0 },
 };

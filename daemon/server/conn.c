@@ -241,12 +241,13 @@ static void on_readable(struct vl2_conn *c)
             break;
         r = vl2_ipc_reader_read(&c->reader, c->fd, &err);
         vl2__conn_account(c);
-        if (r >= 0 && r != VL2_IPC_EOF && c->acct_partial_bytes > 0 &&
+        /* a frame still coming in, while all of them hold too much */
+        if (r == VL2_IPC_AGAIN && c->acct_partial_bytes > 0 &&
             c->srv->partial_bytes > c->srv->opts.max_partial_bytes)
             r = vl2_err_set(&err, VL2_EBUSY, "server: unfinished frames of all clients "
                             "hold more than %zu bytes; try again later",
                             c->srv->opts.max_partial_bytes);
-        else if (r >= 0 && r != VL2_IPC_EOF && c->acct_partial_fds > 0 &&
+        else if (r == VL2_IPC_AGAIN && c->acct_partial_fds > 0 &&
                  c->srv->partial_fds > c->srv->opts.max_partial_fds)
             r = vl2_err_set(&err, VL2_EBUSY, "server: unfinished frames of all clients "
                             "hold more than %u descriptors; try again later",

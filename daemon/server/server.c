@@ -549,6 +549,7 @@ static void *watchdog_main(void *arg)
     double s = *(const double *) arg;
     struct timespec ts;
 
+    free(arg);   /* our copy: the server may be gone before we wake */
     ts.tv_sec = (time_t) s;
     ts.tv_nsec = (long) ((s - (double) ts.tv_sec) * 1e9);
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
@@ -562,13 +563,22 @@ static void start_watchdog(struct vl2_server *srv)
 {
     pthread_attr_t a;
     pthread_t t;
+    double *s;
 
     if (srv->opts.stop_timeout_s <= 0)
         return;
+    s = malloc(sizeof(*s));
+    if (!s) {
+        vl2_log(VL2_LOG_WARN, "cannot start the shutdown watchdog: out of memory");
+        return;
+    }
+    *s = srv->opts.stop_timeout_s;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &a, watchdog_main, &srv->opts.stop_timeout_s) != 0)
+    if (pthread_create(&t, &a, watchdog_main, s) != 0) {
+        free(s);
         vl2_log(VL2_LOG_WARN, "cannot start the shutdown watchdog");
+    }
     pthread_attr_destroy(&a);
 }
 
