@@ -53,6 +53,7 @@ enum {
     OPT_HANDSHAKE_TIMEOUT,
     OPT_FRAME_TIMEOUT,
     OPT_MAX_CONN_PER_UID,
+    OPT_MAX_PARTIAL,
     OPT_VERBOSE = 'v',
     OPT_HELP = 'h',
 };
@@ -108,6 +109,9 @@ static const struct serve_option serve_options[] = {
       "not complete SECONDS after its first byte (default 30)" },
     { "max-connections-per-uid", "N", OPT_MAX_CONN_PER_UID, "connections one user may "
       "hold (default 64)" },
+    { "max-partial-bytes", "SIZE", OPT_MAX_PARTIAL, "bytes that frames still being "
+      "received may hold, all clients together (K/M/G; default 4 x max-frame, at least "
+      "256M); a client whose frame passes it is refused" },
     { "max-frame", "SIZE", OPT_MAX_FRAME, "largest request accepted, bytes with optional "
       "K/M/G suffix (default 64M, at most 1G)" },
     { "max-connections", "N", OPT_MAX_CONNECTIONS, "clients at once (default 256)" },
@@ -385,6 +389,17 @@ static int apply_option(struct vl2_conf *c, int id, const char *arg)
         }
         o->max_connections_per_uid = (unsigned) v;
         return 0;
+    case OPT_MAX_PARTIAL: {
+        unsigned long long size;
+
+        if (parse_size(arg, &size) < 0 || size == 0 || size > (1ull << 40)) {
+            fprintf(stderr, "vl2d: --max-partial-bytes '%s': expected a size such as 256M\n",
+                    arg);
+            return -1;
+        }
+        o->max_partial_bytes = (size_t) size;
+        return 0;
+    }
     case OPT_MAX_FRAME: {
         unsigned long long size;
 

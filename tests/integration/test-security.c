@@ -921,6 +921,41 @@ static void test_per_uid_cap(void)
         close(i);
 }
 
+/* Unfinished frames of all clients hold at most --max-partial-bytes (4M
+ * here): the client whose frame passes it is refused, the first is not. */
+static void test_partial_budget(void)
+{
+    static uint8_t chunk[2u << 20];
+    uint8_t hdr[4] = { 0, 0, 0x30, 0 };   /* 3 MiB announced */
+    int a = client(sock_b), b = client(sock_b);
+    Vl2__Response *r = NULL;
+
+    if (a < 0 || b < 0)
+        return;
+    harness_write(a, hdr, 4);
+    harness_write(a, chunk, sizeof(chunk));
+    sleep_ms(200);
+    harness_write(b, hdr, 4);
+    harness_write(b, chunk, sizeof(chunk));
+    CHECK(harness_recv(b, 3000, &r) == 1);
+    CHECK_MSG(r && r->body_case == VL2__RESPONSE__BODY_ERROR && r->id == 0 &&
+              r->error->code == VL2_EBUSY && strstr(r->error->message, "unfinished frames"),
+              "%s", r && r->error ? r->error->message : "?");
+    if (r)
+        vl2__response__free_unpacked(r, NULL);
+    CHECK(harness_expect_eof(b, 3000));
+    /* the first was not refused for it (only its frame timeout may end it) */
+    r = NULL;
+    if (harness_recv(a, 200, &r) == 1)
+        CHECK_MSG(r->body_case == VL2__RESPONSE__BODY_ERROR && r->error->code == VL2_ETIMEDOUT,
+                  "the first client got '%s'", r->body_case == VL2__RESPONSE__BODY_ERROR
+                                              ? r->error->message : "a response");
+    if (r)
+        vl2__response__free_unpacked(r, NULL);
+    close(a);
+    close(b);
+}
+
 static void test_nofile_raised(void)
 {
     char path[64], *text, *p;
@@ -1025,7 +1060,8 @@ int main(int argc, char **argv)
         const char *args[] = { "--no-config", "--socket", sock_b, "--model", model_arg,
                                "--model-root", roots, "--handshake-timeout", "1",
                                "--frame-timeout", "1", "--max-connections-per-uid", "6",
-                               "--stop-timeout", "1", "--no-notify",
+                               "--stop-timeout", "1", "--max-partial-bytes", "4M",
+                               "--no-notify",
                                "--no-socket-activation", NULL };
 
         snprintf(model_arg, sizeof(model_arg), "mha=%s", mha_dir);
@@ -1041,6 +1077,7 @@ int main(int argc, char **argv)
         RUN(test_nofile_raised);
         RUN(test_model_roots);
         RUN(test_timeouts);
+        RUN(test_partial_budget);
         RUN(test_per_uid_cap);
         RUN(test_fair_prep);
         RUN(test_stop_timeout);
