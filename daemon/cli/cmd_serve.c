@@ -552,6 +552,14 @@ static void on_reload(void *ud, struct vl2_server *srv)
             vl2_log(VL2_LOG_ERR, "reload: --model '%s': %s", rc->opts[i].arg, err.msg);
             goto out_done;
         }
+    for (i = 0; i < rc->n_opts; i++)   /* the flags add to the file's */
+        if ((rc->opts[i].id == OPT_ADMIN_GROUP || rc->opts[i].id == OPT_MODEL_ROOT) &&
+            apply_option(&next, rc->opts[i].id, rc->opts[i].arg) < 0)
+            goto out_done;
+    if (vl2_server_set_policy(srv, next.server.admin_gids, next.server.n_admin_gids,
+                              next.server.model_roots, next.server.n_model_roots, &err) < 0) {
+        vl2_log(VL2_LOG_ERR, "reload: %s; keeping the admin groups and model roots", err.msg);
+    }
     if (next.has_log_level)
         vl2_log_set_level(next.log_level);
     for (i = 0; i < rc->conf->n_models; i++) {

@@ -627,6 +627,40 @@ static void test_signals_reload(void)
     kill(pid_a, SIGHUP);
     CHECK_EQ_INT(wait_model(fd, "two", true, 15000), -1);
     CHECK_EQ_INT(wait_model(fd, "mha", false, 5000), 1);
+    /* model roots from the file, at run time */
+    snprintf(conf, sizeof(conf), "[daemon]\nmodel_roots = %s\n\n[model mha]\ndir = %s\n",
+             roots, mha_dir);
+    write_file(conf_a, conf, 0644);
+    kill(pid_a, SIGHUP);
+    {
+        long long end = now_ms() + 10000;
+        bool refused = false;
+
+        while (!refused && now_ms() < end) {
+            Vl2__Response *r;
+
+            send_load(fd, 99, "three", mha_dir);
+            r = recv_final(fd, 99, 5000);
+            refused = r && r->body_case == VL2__RESPONSE__BODY_ERROR &&
+                      r->error->code == VL2_EPERM &&
+                      strstr(r->error->message, "not beneath a model root");
+            if (r)
+                vl2__response__free_unpacked(r, NULL);
+            if (!refused) {
+                (void) wait_model(fd, "three", false, 5000);
+                send_unload(fd, 98, "three");
+                r = recv_final(fd, 98, 5000);
+                if (r)
+                    vl2__response__free_unpacked(r, NULL);
+                (void) wait_model(fd, "three", true, 5000);
+                sleep_ms(100);
+            }
+        }
+        CHECK_MSG(refused, "model_roots of the reloaded file not applied");
+    }
+    snprintf(conf, sizeof(conf), "[model mha]\ndir = %s\n", mha_dir);
+    write_file(conf_a, conf, 0644);
+    kill(pid_a, SIGHUP);
     close(fd);
     CHECK_EQ_INT(waitpid(pid_a, NULL, WNOHANG), 0);
     {
