@@ -49,9 +49,16 @@ check "user units" env XDG_RUNTIME_DIR="$tmp/run" \
 
 # the settings the issue asks for are really there
 for key in Type=notify User=vl2d RuntimeDirectory=vl2d ProtectSystem=strict \
-           ProtectHome=read-only PrivateTmp=yes NoNewPrivileges=yes PrivateNetwork=yes; do
-    if ! grep -qx "$key" "$tmp/system/vl2d.service"; then
+           ProtectHome=read-only PrivateTmp=yes NoNewPrivileges=yes PrivateNetwork=yes \
+           LimitNOFILE=65536 'ExecReload=/bin/kill -HUP $MAINPID'; do
+    if ! grep -qxF "$key" "$tmp/system/vl2d.service"; then
         echo "vl2d.service lacks $key"
+        status=1
+    fi
+done
+for key in LimitNOFILE=65536 'ExecReload=/bin/kill -HUP $MAINPID'; do
+    if ! grep -qxF "$key" "$tmp/user/vl2d.service"; then
+        echo "user vl2d.service lacks $key"
         status=1
     fi
 done
