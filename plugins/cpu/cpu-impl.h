@@ -115,6 +115,9 @@ struct vl2_backend_ctx {
     int32_t                    blas_min_rows; /* linear: rows from which sgemm is used */
     int32_t                    own_gemm;   /* many rows: cpu_gemm512 instead of OpenBLAS */
     int32_t                    mla_mode;   /* 0 auto, 1 absorbed only, 2 expanded only */
+    int32_t                    precision;  /* enum cpu_precision (kern.h) */
+    int32_t                    bf16_dp;    /* bf16 precision through vdpbf16ps kernels */
+    int32_t                    attn_mode;  /* enum cpu_attn_mode (kern.h) */
     uint8_t                   *mla_exp;    /* per sequence of the batch: expanded form */
     int32_t                    mla_exp_cap;
     struct cpu_scratch         vec[4];     /* parameter vectors converted to F32 */

@@ -5,6 +5,8 @@
  * bad values are refused with VL2_EINVAL):
  *   isa=scalar|avx2|avx512   force an instruction set (default: the best this
  *                            CPU has; a set it lacks is refused, VL2_EUNSUPPORTED)
+ *   precision=f32|bf16       blocked products (and the vision attention) in F32, the
+ *                            default, or with operands rounded to bf16 (kern.h)
  * Test builds only (meson -Dtest_knobs=true, which defines VL2_TEST_KNOBS;
  * the test suite builds its own copy with them): knobs that exist to measure
  * and to test one code path, refused by a production plugin:
@@ -14,6 +16,8 @@
  *                            or OpenBLAS sgemm
  *   mla=auto|absorbed|expanded  attn_mla form per sequence (auto, the default: fewer
  *                            operations; absorbed wins for decode, expanded for long prefill)
+ *   attn_full=auto|fused|matrix  vision attention: fused online-softmax kernel (AVX-512)
+ *                            or score matrices (auto, the default: fused for precision=bf16)
  * Every option lives in the context: two contexts with different options do
  * not interfere.  No environment variable is read.
  */
@@ -24,6 +28,7 @@
 #include <unistd.h>
 
 #include "cpu-impl.h"
+#include "kern.h"
 #include "vl2-options.h"
 
 /* Provided by OpenBLAS (cblas.h declares it in most versions; keep our own
@@ -211,11 +216,13 @@ static int parse_options(struct vl2_backend_ctx *ctx, const char *opts, int *isa
                          struct vl2_err *err)
 {
     static const char *const isas[] = { "scalar", "avx2", "avx512" }; /* enum cpu_isa */
+    static const char *const precs[] = { "f32", "bf16" };            /* enum cpu_precision */
 #ifdef VL2_TEST_KNOBS
+    static const char *const attns[] = { "auto", "fused", "matrix" }; /* enum cpu_attn_mode */
     static const char *const gemms[] = { "blas", "own" };            /* own_gemm 0, 1 */
     static const char *const mlas[] = { "auto", "absorbed", "expanded" }; /* mla_mode */
 #else
-    static const char *const knobs[] = { "blas_min_rows", "gemm", "mla" };
+    static const char *const knobs[] = { "blas_min_rows", "gemm", "mla", "attn_full" };
 #endif
     const char *pos = opts;
     struct vl2_opt o;
@@ -224,7 +231,17 @@ static int parse_options(struct vl2_backend_ctx *ctx, const char *opts, int *isa
     while ((r = vl2_opt_next(&pos, &o, "cpu", err)) > 0) {
         if (!strcmp(o.key, "isa")) {
             r = vl2_opt_choice(&o, isas, 3, &want, "cpu", err);
+        } else if (!strcmp(o.key, "precision")) {
+            int v = 0;
+            r = vl2_opt_choice(&o, precs, 2, &v, "cpu", err);
+            if (r == 0)
+                ctx->precision = v;
 #ifdef VL2_TEST_KNOBS
+        } else if (!strcmp(o.key, "attn_full")) {
+            int v = 0;
+            r = vl2_opt_choice(&o, attns, 3, &v, "cpu", err);
+            if (r == 0)
+                ctx->attn_mode = v;
         } else if (!strcmp(o.key, "blas_min_rows")) {
             long v = 0;
             r = vl2_opt_long(&o, 1, 1 << 20, &v, "cpu", err);
@@ -307,6 +324,7 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     if (ctx->own_gemm < 0 || isa != CPU_ISA_AVX512)
         ctx->own_gemm = isa == CPU_ISA_AVX512;
     ctx->k = cpu_kernels_get(isa);
+    ctx->bf16_dp = ctx->precision == CPU_PREC_BF16 && isa == CPU_ISA_AVX512 && cpu_has_avx512bf16();
     n = p ? p->n_threads : 0;
     if (n < 0 || n > 1024) {
         r = vl2_err_set(err, VL2_EINVAL, "cpu: n_threads %d out of range (0..1024)", n);
@@ -330,10 +348,12 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     }
     /* Our workers call sgemm on their own blocks: OpenBLAS must not start threads. */
     openblas_set_num_threads(1);
-    snprintf(ctx->desc, sizeof(ctx->desc), "cpu: %d thread%s, %s%s%s, gemm %s", n,
+    snprintf(ctx->desc, sizeof(ctx->desc), "cpu: %d thread%s, %s%s%s, gemm %s, precision %s", n,
              n == 1 ? "" : "s", isa_name(isa), isa == CPU_ISA_AVX512 ? "f" : "",
              cpu_has_avx512bf16() ? " (avx512bf16 present)" : "",
-             ctx->own_gemm ? "own avx512" : "openblas");
+             ctx->own_gemm ? "own avx512" : "openblas",
+             ctx->precision == CPU_PREC_F32 ? "f32"
+             : ctx->bf16_dp ? "bf16 (vdpbf16ps)" : "bf16 (rounded operands, f32 fma)");
     *ret_ctx = ctx;
     return 0;
 

@@ -3,8 +3,7 @@
  * options in the grammar of vl2-options.h).
  * argv[1]: folder with the fake plugins (vl2-backend-{badabi,refuse,small,
  * noentry,failopen,oldtable}.so); argv[2]: folder with vl2-backend-cpu.so;
- * argv[3]: folder with its copy built with the measurement knobs; argv[4]:
- * "knobs" when the plugin of argv[2] has them too (-Dtest_knobs=true). */
+ * argv[3]: folder with its copy built with the measurement knobs. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -59,7 +58,7 @@ static int cpu_open_with(const char *dir, const char *options, char *desc, size_
 /* The CPU plugin's options: every item read, unknown keys and bad values
  * refused with both named, the last value of a key wins, the measurement
  * knobs only in the test build. */
-static void test_cpu_options(const char *cpu_dir, const char *knobs_dir, bool has_knobs)
+static void test_cpu_options(const char *cpu_dir, const char *knobs_dir)
 {
     struct vl2_err err;
     char desc[256];
@@ -91,13 +90,13 @@ static void test_cpu_options(const char *cpu_dir, const char *knobs_dir, bool ha
     CHECK(cpu_open_with(cpu_dir, "isa", desc, sizeof(desc), &err) == VL2_EINVAL);
     CHECK(strstr(err.msg, "expected key=value") != NULL);
     CHECK(cpu_open_with(cpu_dir, "isa = scalar", desc, sizeof(desc), &err) == VL2_EINVAL);
-    /* measurement knobs: refused by a production plugin, with the reason */
-    if (!has_knobs) {
-        CHECK(cpu_open_with(cpu_dir, "mla=expanded", desc, sizeof(desc), &err) == VL2_EINVAL);
-        CHECK_MSG(strstr(err.msg, "'mla'") && strstr(err.msg, "test builds"), "%s", err.msg);
-        CHECK(cpu_open_with(cpu_dir, "blas_min_rows=4", desc, sizeof(desc), &err) ==
-              VL2_EINVAL);
-    }
+    /* measurement knobs: refused by the production plugin, with the reason
+     * (a -Dtest_knobs=true build's plugin takes them) */
+#ifndef VL2_TEST_KNOBS
+    CHECK(cpu_open_with(cpu_dir, "mla=expanded", desc, sizeof(desc), &err) == VL2_EINVAL);
+    CHECK_MSG(strstr(err.msg, "'mla'") && strstr(err.msg, "test builds"), "%s", err.msg);
+    CHECK(cpu_open_with(cpu_dir, "blas_min_rows=4", desc, sizeof(desc), &err) == VL2_EINVAL);
+#endif
     /* ... taken by the test build, with their values checked */
     CHECK(cpu_open_with(knobs_dir, "mla=expanded,blas_min_rows=4,gemm=blas", desc,
                         sizeof(desc), &err) == 0);
@@ -206,9 +205,8 @@ int main(int argc, char **argv)
 
     if (argc == 2 && !strcmp(argv[1], "--installed"))
         return installed_checks();
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s FAKE_DIR CPU_DIR CPU_KNOBS_DIR knobs|production\n",
-                argv[0]);
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s FAKE_DIR CPU_DIR CPU_KNOBS_DIR\n", argv[0]);
         return 2;
     }
     fake_dir = argv[1];
@@ -318,7 +316,7 @@ int main(int argc, char **argv)
     vl2_backend_unload(b);
     b = NULL;
     test_cpu_params_size(cpu_dir);
-    test_cpu_options(cpu_dir, knobs_dir, !strcmp(argv[4], "knobs"));
+    test_cpu_options(cpu_dir, knobs_dir);
     vl2_backend_unload(NULL);
     printf("loader: %d failures\n", check_failures);
     return check_failures ? 1 : 0;

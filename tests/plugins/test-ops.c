@@ -1355,6 +1355,283 @@ static void test_threads(const char *dir, const char *isa)
     free(rb);
 }
 
+/* ---- bf16 precision (kern.h) --------------------------------------------------------- */
+
+static double round_bf(double v)
+{
+    return bf2d(f2bf((float)v));
+}
+
+/* linear with precision=bf16: both operands rounded to bf16 (ties to even)
+ * for products of at least @min_rows rows, F32 accumulation: the reference
+ * rounds x and w the same way and keeps the F32 bound of test_linear (the
+ * products of bf16 values are exact in F32).  Without the rounding the
+ * error would be ~2^-9 of each product, far over the bound. */
+static void test_linear_bf16(struct be *be, int64_t min_rows)
+{
+    static const int64_t shapes[][3] = {
+        { 1, 67, 45 }, { 2, 33, 5 }, { 3, 130, 33 }, { 17, 300, 129 }, { 16, 513, 70 },
+        { 40, 31, 300 }, { 300, 64, 40 }, { 729, 100, 70 },
+    };
+    static const int dts[] = { VL2_DTYPE_BF16, VL2_DTYPE_F32, VL2_DTYPE_F16 };
+    char what[160];
+
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
+        for (size_t di = 0; di < 3; di++)
+            for (int variant = 0; variant < 2; variant++) {
+                int64_t m = shapes[si][0], k = shapes[si][1], n = shapes[si][2];
+                int rounded = m >= min_rows;
+                struct hw w, bias;
+                struct ha x, out;
+                struct vl2_err err = { 0 };
+                double *ref, *bnd;
+                int r;
+
+                if (m == 729 && di > 0)
+                    continue;   /* one dtype is enough for the big one */
+                ref = malloc((size_t)(m * n) * sizeof(double));
+                bnd = malloc((size_t)(m * n) * sizeof(double));
+                hw_init(be, &w, dts[di], n, k, variant ? k + 3 : k, 1.0);
+                hw_init(be, &bias, VL2_DTYPE_F32, 1, n, n, 1.0);
+                ha_init(be, &x, m, k, variant ? k + 5 : k, 1.0);
+                ha_init(be, &out, m, n, variant ? n + 2 : n, 1.0);
+                r = be->o->linear(be->c, &out.t, &x.t, &w.t, variant ? &bias.t : NULL, &err);
+                CHECK_MSG(r == 0, "linear: %s", err.msg);
+                ha_read(be, &out);
+                for (int64_t i = 0; i < m; i++)
+                    for (int64_t j = 0; j < n; j++) {
+                        double s = 0, a = 0;
+                        for (int64_t c = 0; c < k; c++) {
+                            double xv = A(&x, i, c), wv = w.val[j * k + c];
+                            if (rounded) {
+                                xv = round_bf(xv);
+                                wv = round_bf(wv);
+                            }
+                            s += xv * wv;
+                            a += fabs(xv * wv);
+                        }
+                        if (variant) {
+                            s += bias.val[j];
+                            a += fabs(bias.val[j]);
+                        }
+                        ref[i * n + j] = s;
+                        bnd[i * n + j] = 2e-5 * a + 1e-6;
+                    }
+                snprintf(what, sizeof(what), "%s bf16 linear %lldx%lldx%lld dtype %d%s%s", be->name,
+                         (long long)m, (long long)k, (long long)n, dts[di],
+                         variant ? " strided+bias" : "", rounded ? "" : " (gemv, f32)");
+                compare(what, out.h, out.ld, ref, bnd, m, n, 0, 0);
+                ha_done(be, &x);
+                ha_done(be, &out);
+                hw_done(be, &w);
+                hw_done(be, &bias);
+                free(ref);
+                free(bnd);
+            }
+}
+
+/* The same results for 1 and 3 threads in bf16 precision (@opt: isa=...). */
+static void test_threads_bf16(const char *dir, const char *isa)
+{
+    struct be a, b;
+    struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 1 };
+    struct vl2_err err = { 0 };
+    char opt[96];
+    float *ra = malloc(40000 * 4), *rb = malloc(40000 * 4);
+    size_t na = 0, nb = 0;
+
+    snprintf(opt, sizeof(opt), "isa=%s,precision=bf16,blas_min_rows=1", isa);
+    p.options = opt;
+    CHECK_MSG(vl2_backend_load(&a.b, "cpu", dir, &p, &err) == 0, "%s", err.msg);
+    if (check_failures)
+        goto out_free;
+    p.n_threads = 3;
+    CHECK_MSG(vl2_backend_load(&b.b, "cpu", dir, &p, &err) == 0, "%s", err.msg);
+    if (check_failures) {
+        vl2_backend_unload(a.b);
+        goto out_free;
+    }
+    a.o = a.b->ops;
+    a.c = a.b->ctx;
+    b.o = b.b->ops;
+    b.c = b.b->ctx;
+    run_fixed(&a, ra, &na);
+    run_fixed(&b, rb, &nb);
+    CHECK_MSG(na == nb && memcmp(ra, rb, na * 4) == 0, "bf16 %s: 1 and 3 threads differ", isa);
+    vl2_backend_unload(a.b);
+    vl2_backend_unload(b.b);
+out_free:
+    free(ra);
+    free(rb);
+}
+
+/* precision= (a production option): f32 and bf16 accepted, anything else
+ * refused with a message naming it. */
+static void test_precision_option(const char *dir)
+{
+    static const char *bad[] = { "precision=f16", "precision=BF16", "precision=" };
+    struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 1,
+                                    .options = "precision=f32" };
+    struct vl2_err err = { 0 };
+    struct vl2_backend *b = NULL;
+
+    CHECK_MSG(vl2_backend_load(&b, "cpu", dir, &p, &err) == 0, "%s", err.msg);
+    if (b) {
+        CHECK(strstr(b->ops->describe(b->ctx), "precision f32") != NULL);
+        vl2_backend_unload(b);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        b = NULL;
+        p.options = bad[i];
+        memset(&err, 0, sizeof(err));
+        CHECK_MSG(vl2_backend_load(&b, "cpu", dir, &p, &err) == VL2_EINVAL, "%s accepted", bad[i]);
+        CHECK_MSG(strstr(err.msg, "precision") != NULL, "%s: message '%s'", bad[i], err.msg);
+        if (b)
+            vl2_backend_unload(b);
+    }
+}
+
+/* attn_full of n_seq sequences of L tokens, H heads of D, against a double
+ * reference; @rounded: q, k, v rounded to bf16 in the reference and the
+ * bound widened by the bf16 rounding of the probabilities (2^-9 of
+ * sum_u p_u |v_u| / sum_u p_u). */
+static void attn_full_case(struct be *be, int L, int H, int D, int n_seq, int rounded)
+{
+    const float scale = 1.0f / sqrtf((float)D);
+    struct ha qkv, out;
+    struct vl2_err err = { 0 };
+    double *ref = malloc((size_t)n_seq * L * H * D * sizeof(double));
+    double *bnd = malloc((size_t)n_seq * L * H * D * sizeof(double));
+    double *p = malloc((size_t)L * sizeof(double));
+    char what[160];
+#define QKV(r, c) (rounded ? round_bf(A(&qkv, (r), (c))) : (double)A(&qkv, (r), (c)))
+
+    ha_init(be, &qkv, (int64_t)n_seq * L, 3 * H * D, 3 * H * D + 7, 1.0);
+    ha_init(be, &out, (int64_t)n_seq * L, H * D, H * D + 3, 1.0);
+    for (int s = 0; s < n_seq; s++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < L; t++) {
+                double mx = -1e300, sum = 0;
+                int row = s * L + t;
+                for (int u = 0; u < L; u++) {
+                    double d = 0;
+                    for (int c = 0; c < D; c++)
+                        d += QKV(row, h * D + c) * QKV(s * L + u, H * D + h * D + c);
+                    p[u] = d * scale;
+                    if (p[u] > mx)
+                        mx = p[u];
+                }
+                for (int u = 0; u < L; u++)
+                    sum += (p[u] = exp(p[u] - mx));
+                for (int c = 0; c < D; c++) {
+                    double o = 0, a = 0, pa = 0;
+                    for (int u = 0; u < L; u++) {
+                        double v = QKV(s * L + u, 2 * H * D + h * D + c);
+                        o += p[u] / sum * v;
+                        a += fabs(v);
+                        pa += p[u] / sum * fabs(v);
+                    }
+                    ref[(size_t)row * H * D + h * D + c] = o;
+                    bnd[(size_t)row * H * D + h * D + c] =
+                        2e-5 * a / L * 4 + 1e-6 + (rounded ? 1.1 * pa / 512 : 0);
+                }
+            }
+#undef QKV
+    CHECK_MSG(be->o->attn_full(be->c, &out.t, &qkv.t, L, H, D, scale, &err) == 0, "%s", err.msg);
+    ha_read(be, &out);
+    snprintf(what, sizeof(what), "%s attn_full L %d H %d D %d x%d%s", be->name, L, H, D, n_seq,
+             rounded ? " bf16" : "");
+    compare(what, out.h, out.ld, ref, bnd, (int64_t)n_seq * L, H * D, 0, 0);
+    ha_done(be, &qkv);
+    ha_done(be, &out);
+    free(ref);
+    free(bnd);
+    free(p);
+}
+
+/* The fused attn_full kernel (attn_full=fused, and precision=bf16 where it
+ * is the default) on one and several key blocks, odd sizes, D over 80. */
+static void test_attn_fused(const char *dir)
+{
+    static const char *opts[] = { "isa=avx512,attn_full=fused", "isa=avx512,precision=bf16",
+                                  "isa=avx2,precision=bf16", "isa=avx512,attn_full=matrix" };
+    static const int cases[][4] = {
+        { 45, 3, 10, 2 }, { 1, 2, 16, 3 }, { 2, 1, 7, 1 }, { 130, 2, 72, 1 },
+        { 129, 1, 100, 2 }, { 257, 2, 17, 1 }, { 729, 1, 72, 1 },
+    };
+
+    for (int oi = 0; oi < 4; oi++)
+        for (int nt = 1; nt <= 3; nt += 2) {
+            struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = nt,
+                                            .options = opts[oi] };
+            struct vl2_err err = { 0 };
+            struct be be;
+            int before = check_failures, r, rounded;
+
+            r = vl2_backend_load(&be.b, "cpu", dir, &p, &err);
+            if (r == VL2_EUNSUPPORTED) {
+                printf("skip %s: %s\n", opts[oi], err.msg);
+                break;
+            }
+            CHECK_MSG(r == 0, "%s", err.msg);
+            if (r < 0)
+                continue;
+            be.o = be.b->ops;
+            be.c = be.b->ctx;
+            snprintf(be.name, sizeof(be.name), "[%s x%d]", opts[oi], nt);
+            rounded = oi == 1 && strstr(be.o->describe(be.c), "vdpbf16ps") != NULL;
+            for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++)
+                attn_full_case(&be, cases[ci][0], cases[ci][1], cases[ci][2], cases[ci][3],
+                               rounded);
+            printf("%s attn_full: %s\n", be.name, check_failures == before ? "ok" : "FAILED");
+            vl2_backend_unload(be.b);
+        }
+}
+
+/* bf16 linear on every instruction set (@dir: the plugin with the knobs,
+ * for blas_min_rows=1: the blocked kernel on 1..15 rows too). */
+static void test_bf16_all(const char *dir)
+{
+    static const char *isas[] = { "scalar", "avx2", "avx512" };
+    static const char *extra[] = { "", ",blas_min_rows=1" };
+    static const int threads[] = { 1, 3 };
+
+    for (int ii = 0; ii < 3; ii++) {
+        int skipped = 0;
+        for (int ti = 0; ti < 2 && !skipped; ti++)
+            for (int ei = 0; ei < 2; ei++) {
+                struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = threads[ti] };
+                struct vl2_err err = { 0 };
+                struct be be;
+                char opt[96];
+                int before = check_failures;
+                int r;
+
+                snprintf(opt, sizeof(opt), "isa=%s,precision=bf16%s", isas[ii], extra[ei]);
+                p.options = opt;
+                r = vl2_backend_load(&be.b, "cpu", dir, &p, &err);
+                if (r == VL2_EUNSUPPORTED) {
+                    printf("skip %s: %s\n", opt, err.msg);
+                    skipped = 1;
+                    break;
+                }
+                CHECK_MSG(r == 0, "%s", err.msg);
+                if (r < 0)
+                    continue;
+                be.o = be.b->ops;
+                be.c = be.b->ctx;
+                snprintf(be.name, sizeof(be.name), "[bf16 %s%s x%d]", isas[ii],
+                         ei ? " min_rows 1" : "", threads[ti]);
+                test_linear_bf16(&be, ei ? 1 : 16);
+                printf("%s %s: %s\n", be.name, be.o->describe(be.c),
+                       check_failures == before ? "ok" : "FAILED");
+                vl2_backend_unload(be.b);
+            }
+        if (!skipped)
+            test_threads_bf16(dir, isas[ii]);
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const char *isas[] = { "scalar", "avx2", "avx512" };
@@ -1420,6 +1697,9 @@ int main(int argc, char **argv)
         test_attn_mla(&be);
         vl2_backend_unload(be.b);
     }
+    test_precision_option(argv[1]);
+    test_bf16_all(argv[2]);
+    test_attn_fused(argv[2]);
     printf("%d failures\n", check_failures);
     return check_failures ? 1 : 0;
 }
