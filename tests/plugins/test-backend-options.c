@@ -279,6 +279,5 @@ int main(int argc, char **argv)
     RUN(test_daemon);
     RUN(test_conf_syntax);
     harness_rmdir(tmp);
-    printf("backend options: %d failures\n", check_failures);
-    return check_failures ? 1 : 0;
+    return check_report("backend options");
 }
