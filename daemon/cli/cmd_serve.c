@@ -73,8 +73,8 @@ static const struct serve_option serve_options[] = {
       "the base name of DIR); repeatable, added to the file's models" },
     { "backend", "NAME", OPT_BACKEND, "cpu (default) or cuda" },
     { "backend-option", "K=V", OPT_BACKEND_OPTION, "an option of the backend plugin "
-      "(cpu: isa=scalar|avx2|avx512); repeatable, appended to the file's "
-      "backend_options (a key given twice: the last value)" },
+      "(cpu: isa=scalar|avx2|avx512, precision=f32|bf16); repeatable, appended to the "
+      "file's backend_options (a key given twice: the last value)" },
     { "plugin-dir", "DIR", OPT_PLUGIN_DIR, "where the backend plugins are" },
     { "device", "N", OPT_DEVICE, "backend device index (default 0)" },
     { "threads", "N", OPT_THREADS, "backend threads (default 0: all cores)" },

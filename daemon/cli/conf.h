@@ -50,10 +50,10 @@
  *   backend_options (none)   options of the backend plugin: key=value items
  *                            separated by commas, no blanks (the grammar of
  *                            plugins/vl2-options.h; the keys are the backend's:
- *                            plugins/cpu/cpu.c, plugins/cuda).  The syntax is
- *                            checked here, the keys and values by the backend
- *                            when a model loads (an unknown key fails the load
- *                            with the backend's message).  vl2d's
+ *                            plugins/cpu/cpu.c, plugins/cuda/cuda-options.h).
+ *                            The syntax is checked here, the keys and values
+ *                            by the backend when a model loads (an unknown key
+ *                            fails the load with the backend's message).  vl2d's
  *                            --backend-option K=V flags are appended after the
  *                            file's value, and for a key given twice the last
  *                            value wins: a flag overrides the file.
