@@ -174,6 +174,7 @@ struct vl2h_req {
     char *body;                 /* the request body, NUL-terminated */
     size_t body_len;
     bool too_large;             /* the body passed conf->max_body */
+    uint64_t dropped;           /* body bytes dropped after that */
     bool counted;               /* metrics in_flight taken */
     bool answered;              /* a response was queued */
     unsigned status;            /* its status, for the metrics */
