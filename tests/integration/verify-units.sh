@@ -56,4 +56,28 @@ for key in ListenStream=/run/vl2d/vl2d.sock SocketMode=0660 SocketGroup=vl2; do
         status=1
     fi
 done
+# vl2-http's units (arguments 6-8, when it is built): verify, and the
+# hardening and the loopback socket are there
+if [ $# -ge 8 ]; then
+    http=$(readlink -f "$6")
+    mkdir -p "$tmp/http"
+    sed "s|^ExecStart=[^ ]*/vl2-http|ExecStart=$http|" "$7" > "$tmp/http/vl2-http.service"
+    cp "$8" "$tmp/http/vl2-http.socket"
+    cd "$tmp/http"
+    check "vl2-http units" systemd-analyze verify --man=no vl2-http.socket vl2-http.service
+    for key in Type=notify DynamicUser=yes SupplementaryGroups=vl2 ProtectSystem=strict \
+               ProtectHome=yes PrivateTmp=yes PrivateNetwork=yes NoNewPrivileges=yes \
+               CapabilityBoundingSet= Requires=vl2-http.socket; do
+        if ! grep -qx "$key" "$tmp/http/vl2-http.service"; then
+            echo "vl2-http.service lacks $key"
+            status=1
+        fi
+    done
+    for key in ListenStream=127.0.0.1:11535 IPAddressDeny=any; do
+        if ! grep -qx "$key" "$tmp/http/vl2-http.socket"; then
+            echo "vl2-http.socket lacks $key"
+            status=1
+        fi
+    done
+fi
 exit $status
