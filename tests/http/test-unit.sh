@@ -44,4 +44,23 @@ check "the file's max_body applies" \
 check "no daemon: 503 with the socket named" \
     bash -c '[ "$(curl -s -o "$1" -w "%{http_code}" -H "Authorization: Bearer k3y" "$2/v1/models")" = 503 ] && grep -q none.sock "$1"' _ "$DIR/out" "$URL"
 check "GET / answers" test "$(curl -s "$URL/")" = "vl2-http is running"
+kill "$HPID"; wait "$HPID"; HPID=
+
+# socket activation: the passed socket wins over --listen
+if command -v systemd-socket-activate > /dev/null && \
+   "$BIN" --version > /dev/null && ldd "$BIN" | grep -q libsystemd; then
+    port=$((20000 + RANDOM % 20000))
+    systemd-socket-activate -l "127.0.0.1:$port" "$BIN" --no-config --listen 127.0.0.1:1 \
+        --daemon-socket "$DIR/none.sock" > "$DIR/http.log" 2>&1 &
+    HPID=$!
+    for i in $(seq 100); do
+        [ "$(curl -s "http://127.0.0.1:$port/" 2>/dev/null)" = "vl2-http is running" ] && break
+        sleep 0.05
+    done
+    check "socket activation: serves on the passed socket" \
+        test "$(curl -s "http://127.0.0.1:$port/")" = "vl2-http is running"
+    check "socket activation: says so" grep -q "listening on http://127.0.0.1:$port " "$DIR/http.log"
+else
+    echo "systemd-socket-activate or libsystemd missing: socket activation not tested"
+fi
 summary
