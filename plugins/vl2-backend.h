@@ -98,7 +98,13 @@ struct vl2_backend_params {
     uint32_t    struct_size;  /* sizeof(struct vl2_backend_params) */
     int         n_threads;    /* CPU: worker threads (0: all cores) */
     int         device;       /* CUDA: device index */
-    size_t      mem_budget;   /* bytes the backend may allocate (0: no limit) */
+    size_t      mem_budget;   /* bytes the backend may allocate (0: no limit); vl2d
+                                 passes 0: its one memory accountant is the engine's
+                                 KV budget, which admits a request only when its cache
+                                 fits (else the request waits), while the other memory
+                                 (weights, activations) is fixed when the model loads.
+                                 A limit inside the backend could only fail a forward
+                                 pass half-way.  Other hosts and tests may set it. */
     const char *options;      /* backend options in the grammar of vl2-options.h, or NULL */
 };
 
@@ -231,7 +237,8 @@ struct vl2_backend_ops {
     int  (*kv_new)(struct vl2_backend_ctx *ctx, const struct vl2_kv_shape *shape,
                    struct vl2_kv **ret_kv, struct vl2_err *err);
     void (*kv_free)(struct vl2_backend_ctx *ctx, struct vl2_kv *kv);
-    /* Bytes that one token takes in a cache of this shape (all layers). */
+    /* Bytes that one token takes in a cache of this shape (all layers); 0
+     * for a shape kv_new() would refuse (struct_size, dtype, sizes). */
     size_t (*kv_token_bytes)(const struct vl2_kv_shape *shape);
 
     /* -- batch --------------------------------------------------------- */

@@ -101,16 +101,18 @@ static inline int vl2_opt_next(const char **pos, struct vl2_opt *o, const char *
     return 1;
 }
 
-/* The value of @o as an integer in [min, max]. */
+/* The value of @o as a decimal integer in [min, max] (an optional sign, then
+ * digits only: no blanks, no hex). */
 static inline int vl2_opt_long(const struct vl2_opt *o, long min, long max, long *out,
                                const char *who, struct vl2_err *err)
 {
+    const char *d = o->val + (o->val[0] == '-' || o->val[0] == '+');
     char *end;
     long v;
 
     errno = 0;
     v = strtol(o->val, &end, 10);
-    if (errno || *end || end == o->val || v < min || v > max)
+    if (*d < '0' || *d > '9' || errno || *end || v < min || v > max)
         return vl2_err_set(err, VL2_EINVAL, "%s: option %s '%s': expected an integer %ld..%ld",
                            who, o->key, o->val, min, max);
     *out = v;

@@ -84,22 +84,40 @@ static inline int vl2_err_set(struct vl2_err *err, int code, const char *fmt, ..
     return code;
 }
 
-/* Prepend context to an existing message: "ctx: old message". */
-static inline int vl2_err_prefix(struct vl2_err *err, const char *ctx)
+/* Prepend "@ctx: " to the message of the error @code a callee recorded in
+ * @err, and return @code, so callers can write
+ *     if ((r = callee(..., err)) < 0)
+ *         return vl2_err_prefix(err, r, "image 2");
+ * A NULL err is allowed: @code comes back unchanged (the code is the
+ * caller's, never rebuilt from @err).  @err ends up holding @code; one the
+ * callee left empty gets @ctx alone.  The context takes at most half the
+ * message, the old message is cut to fit.  @code >= 0 changes nothing. */
+static inline int vl2_err_prefix(struct vl2_err *err, int code, const char *ctx)
 {
-    if (err && err->code != 0) {
-        size_t n = strlen(ctx), m = strlen(err->msg);
-        if (n + 2 >= sizeof(err->msg))
-            n = sizeof(err->msg) - 3;
-        if (n + 2 + m >= sizeof(err->msg))
-            m = sizeof(err->msg) - 1 - n - 2;
-        memmove(err->msg + n + 2, err->msg, m);
-        memcpy(err->msg, ctx, n);
-        err->msg[n] = ':';
-        err->msg[n + 1] = ' ';
-        err->msg[n + 2 + m] = '\0';
+    char tmp[VL2_ERR_MSG_SIZE];
+    size_t n, m;
+
+    if (!err || code >= 0)
+        return code;
+    if (!err->code || !err->msg[0]) {
+        err->code = code;
+        snprintf(err->msg, sizeof(err->msg), "%s", ctx);
+        return code;
     }
-    return err ? err->code : VL2_EINTERNAL;
+    n = strlen(ctx);
+    if (n > VL2_ERR_MSG_SIZE / 2)
+        n = VL2_ERR_MSG_SIZE / 2;
+    memcpy(tmp, ctx, n);
+    tmp[n++] = ':';
+    tmp[n++] = ' ';
+    m = strnlen(err->msg, sizeof(err->msg) - 1);
+    if (m > sizeof(tmp) - 1 - n)
+        m = sizeof(tmp) - 1 - n;
+    memcpy(tmp + n, err->msg, m);
+    tmp[n + m] = '\0';
+    memcpy(err->msg, tmp, n + m + 1);
+    err->code = code;
+    return code;
 }
 
 static inline void vl2_err_clear(struct vl2_err *err)

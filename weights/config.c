@@ -676,7 +676,7 @@ static int vl2_config_load_impl(struct vl2_model_config *c, const char *dir, str
     r = vl2_config_parse(c, buf, len, err);
     free(buf);
     if (r < 0)
-        vl2__err_prefix(err, path);
+        vl2_err_prefix(err, r, path);
     return r;
 }
 
@@ -794,7 +794,7 @@ static int vl2_processor_config_load_impl(struct vl2_processor_config *c, const 
     r = vl2__processor_config_parse(c, buf, len, err);
     free(buf);
     if (r < 0)
-        vl2__err_prefix(err, path);
+        vl2_err_prefix(err, r, path);
     return r;
 }
 
@@ -864,7 +864,7 @@ static int vl2_tokenizer_config_load_impl(struct vl2_tokenizer_config *c, const 
     r = vl2__tokenizer_config_parse(c, buf, len, err);
     free(buf);
     if (r < 0)
-        vl2__err_prefix(err, path);
+        vl2_err_prefix(err, r, path);
     return r;
 }
 

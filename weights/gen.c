@@ -617,7 +617,7 @@ int vl2_gen_write(const struct vl2_gen_opts *o, char *ret_sha256, struct vl2_err
     }
     r = vl2_config_parse(&cfg, cfg_text, strlen(cfg_text), err);
     if (r < 0) {
-        vl2__err_prefix(err, "mkweights: preset config");
+        vl2_err_prefix(err, r, "mkweights: preset config");
         goto out_free;
     }
     r = vl2_model_tensor_specs(&cfg, &v, &n, err);

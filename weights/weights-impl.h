@@ -27,26 +27,6 @@ int  vl2__tokenizer_config_parse(struct vl2_tokenizer_config *c, const char *jso
  * Used by the fuzz target. */
 int  vl2__st_index_check(const char *json, size_t len, struct vl2_err *err);
 
-/* Prepend "@ctx: " to err->msg (like vl2_err_prefix, without format-truncation
- * warnings for long paths). */
-static inline void vl2__err_prefix(struct vl2_err *err, const char *ctx)
-{
-    char tmp[VL2_ERR_MSG_SIZE];
-    size_t n;
-
-    if (!err || !err->code)
-        return;
-    n = strlen(ctx);
-    if (n > VL2_ERR_MSG_SIZE / 2)
-        n = VL2_ERR_MSG_SIZE / 2;
-    memcpy(tmp, ctx, n);
-    tmp[n++] = ':';
-    tmp[n++] = ' ';
-    memcpy(tmp + n, err->msg, VL2_ERR_MSG_SIZE - n - 1);
-    tmp[VL2_ERR_MSG_SIZE - 1] = '\0';
-    memcpy(err->msg, tmp, sizeof(tmp));
-}
-
 /* Messages are one line: control bytes from user strings become spaces.
  * Returns err->code (or @r when err is NULL). */
 static inline int vl2__err_oneline(struct vl2_err *err, int r)

@@ -53,7 +53,7 @@ static int decode_local(const struct vl2_cli_image *im, size_t max_bytes, struct
     r = vl2_image_decode(out, data, size, &lim, err);
     free(data);
     if (r < 0)
-        vl2_err_prefix(err, "vl2 ground: cannot draw on the image");
+        vl2_err_prefix(err, r, "vl2 ground: cannot draw on the image");
     return r;
 }
 

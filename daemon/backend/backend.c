@@ -9,6 +9,10 @@
 #include "backend.h"
 #include "vl2-config.h"
 
+/* meson reads the version from vl2-backend.h to name the install folder */
+_Static_assert(VL2_PLUGIN_ABI == VL2_BACKEND_ABI_VERSION,
+               "VL2_PLUGIN_DIR (backends-<N>) is not named for this ABI version");
+
 static bool name_ok(const char *name)
 {
     size_t n = 0;
@@ -24,22 +28,20 @@ static bool name_ok(const char *name)
     return n <= 64;
 }
 
-/* Directory of the running executable, or "" when unknown. */
-static void exe_dir(char *buf, size_t size)
+/* Whether the running program is a file of this build tree (an uninstalled
+ * build: tests, ./build/daemon/cli/vl2d), the only case in which the build
+ * tree's plugins are searched.  An installed program never is. */
+static bool running_uninstalled(void)
 {
-    ssize_t n = readlink("/proc/self/exe", buf, size - 1);
-    char *slash;
+    char exe[PATH_MAX], root[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    size_t len;
 
-    if (n <= 0) {
-        buf[0] = '\0';
-        return;
-    }
-    buf[n] = '\0';
-    slash = strrchr(buf, '/');
-    if (slash)
-        *slash = '\0';
-    else
-        buf[0] = '\0';
+    if (n <= 0 || !realpath(VL2_BUILD_ROOT, root))
+        return false;
+    exe[n] = '\0';
+    len = strlen(root);
+    return strncmp(exe, root, len) == 0 && exe[len] == '/';
 }
 
 /* Append "what" to the list of places tried (for the not-found message). */
@@ -62,7 +64,7 @@ static void tried_add(char *tried, size_t size, const char *what)
     tried[len] = '\0';
 }
 
-/* Check that every function slot of ABI v1 is filled. */
+/* Check that every required function slot is filled. */
 static const char *missing_op(const struct vl2_backend_ops *o)
 {
 #define REQ(f) if (!o->f) return #f
@@ -79,7 +81,7 @@ static const char *missing_op(const struct vl2_backend_ops *o)
 static int load_file(struct vl2_backend *b, const char *path, const struct vl2_backend_params *p,
                      struct vl2_err *err)
 {
-    struct vl2_backend_params defaults = { 0 };
+    struct vl2_backend_params defaults = { .struct_size = sizeof(defaults) };
     struct vl2_err perr = { 0 };
     vl2_backend_entry_fn entry;
     const struct vl2_backend_ops *ops;
@@ -154,8 +156,7 @@ out_close:
 int vl2_backend_load(struct vl2_backend **ret, const char *name, const char *plugin_dir,
                      const struct vl2_backend_params *p, struct vl2_err *err)
 {
-    static const char *const rel[] = { "..", "../..", "../../.." };
-    char file[128], path[4096 + 256], dir[PATH_MAX], tried[VL2_ERR_MSG_SIZE];
+    char file[128], path[4096 + 256], tried[VL2_ERR_MSG_SIZE];
     const char *env = getenv("VL2_PLUGIN_DIR");
     struct vl2_backend *b;
     int r;
@@ -185,10 +186,8 @@ int vl2_backend_load(struct vl2_backend **ret, const char *name, const char *plu
     } else {
         if (env && *env)
             TRY("%s/%s", env, file);
-        exe_dir(dir, sizeof(dir));
-        if (dir[0])
-            for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++)
-                TRY("%s/%s/plugins/%s/%s", dir, rel[i], name, file);
+        if (running_uninstalled())
+            TRY("%s/plugins/%s/%s", VL2_BUILD_ROOT, name, file);
         TRY("%s/%s", VL2_PLUGIN_DIR, file);
     }
 #undef TRY
@@ -212,4 +211,85 @@ void vl2_backend_unload(struct vl2_backend *b)
     if (b->dl)
         dlclose(b->dl);
     free(b);
+}
+
+/* ---- what a backend supports ---------------------------------------------- */
+
+/* The answer of a backend without supports_op (ABI 1): every op with F32,
+ * F16 and BF16 weights, F32 caches, F32 activations. */
+static bool abi1_supports(int op, int dtype)
+{
+    switch (op) {
+    case VL2_OP_WEIGHT:
+    case VL2_OP_EMBED:
+    case VL2_OP_LINEAR:
+    case VL2_OP_MOE:
+        return dtype == VL2_DTYPE_F32 || dtype == VL2_DTYPE_F16 || dtype == VL2_DTYPE_BF16;
+    case VL2_OP_KV:
+    case VL2_OP_ATTN_MHA:
+    case VL2_OP_ATTN_MLA:
+        return dtype == VL2_DTYPE_F32;
+    }
+    return op > 0 && op < VL2_OP_COUNT && (dtype == -1 || dtype == VL2_DTYPE_F32);
+}
+
+bool vl2_backend_supports(const struct vl2_backend_ops *ops, struct vl2_backend_ctx *ctx,
+                          int op, int dtype)
+{
+    if (!ops->supports_op)
+        return abi1_supports(op, dtype);
+    return ops->supports_op(ctx, op, dtype) > 0;
+}
+
+const char *vl2_backend_op_name(int op)
+{
+    static const char *const names[VL2_OP_COUNT] = {
+        [VL2_OP_WEIGHT] = "weight",       [VL2_OP_KV] = "kv_new",
+        [VL2_OP_EMBED] = "embed",         [VL2_OP_LINEAR] = "linear",
+        [VL2_OP_RMSNORM] = "rmsnorm",     [VL2_OP_LAYERNORM] = "layernorm",
+        [VL2_OP_ADD] = "add",             [VL2_OP_GELU_TANH] = "gelu_tanh",
+        [VL2_OP_GELU_ERF] = "gelu_erf",   [VL2_OP_SWIGLU] = "swiglu",
+        [VL2_OP_COPY_ROWS] = "copy_rows", [VL2_OP_PATCHIFY] = "patchify",
+        [VL2_OP_UNFOLD2X2] = "unfold2x2", [VL2_OP_ATTN_FULL] = "attn_full",
+        [VL2_OP_ROPE] = "rope",           [VL2_OP_ATTN_MHA] = "attn_mha",
+        [VL2_OP_ATTN_MLA] = "attn_mla",   [VL2_OP_MOE] = "moe",
+        [VL2_OP_ARGMAX] = "argmax",
+    };
+
+    return op > 0 && op < VL2_OP_COUNT && names[op] ? names[op] : "unknown op";
+}
+
+static const char *dtype_name(int dtype)
+{
+    switch (dtype) {
+    case VL2_DTYPE_F32: return "F32";
+    case VL2_DTYPE_F16: return "F16";
+    case VL2_DTYPE_BF16: return "BF16";
+    case VL2_DTYPE_I32: return "I32";
+    case VL2_DTYPE_Q8: return "Q8";
+    case VL2_DTYPE_Q4: return "Q4";
+    }
+    return "an unknown dtype";
+}
+
+int vl2_backend_require(const struct vl2_backend_ops *ops, struct vl2_backend_ctx *ctx, int op,
+                        int dtype, struct vl2_err *err)
+{
+    const char *fmt;
+
+    if (vl2_backend_supports(ops, ctx, op, dtype))
+        return 0;
+    switch (op) {
+    case VL2_OP_KV: case VL2_OP_ATTN_MHA: case VL2_OP_ATTN_MLA:
+        fmt = "backend '%s': %s with a %s cache: not supported";
+        break;
+    case VL2_OP_WEIGHT: case VL2_OP_EMBED: case VL2_OP_LINEAR: case VL2_OP_MOE:
+        fmt = "backend '%s': %s with %s weights: not supported";
+        break;
+    default:
+        fmt = dtype == -1 ? "backend '%s': %s: not supported%s" :
+                            "backend '%s': %s on %s: not supported";
+    }
+    return vl2_err_set(err, VL2_EUNSUPPORTED, fmt, ops->name, vl2_backend_op_name(op),
+                       dtype == -1 ? "" : dtype_name(dtype));
 }

@@ -1,7 +1,8 @@
-/* model.c - loading a model onto a backend, KV budget, sequences. */
+/* model.c - loading a model onto a backend, sequences. */
 #include "model-impl.h"
 
 #include "backend.h"
+#include "vl2-float.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -20,39 +21,12 @@ struct vl2_model_params vl2_model_default_params(void)
         .vision_batch = 2,
         .n_ctx = 0,
         .kv_dtype = VL2_DTYPE_F32,
-        .kv_budget = 0,
         .skip_validate = 0,
     };
     return p;
 }
 
 /* ---- host conversions ------------------------------------------------------- */
-
-static float bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-    float f;
-
-    if (e == 0) {
-        f = ldexpf((float)man, -24);
-        return sign ? -f : f;
-    }
-    if (e == 31)
-        u = sign | 0x7f800000u | (man << 13);
-    else
-        u = sign | ((e + 112) << 23) | (man << 13);
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
 
 /* Convert @n elements of checkpoint bytes @src in @dtype to float. */
 static void to_f32(float *dst, const void *src, size_t n, int dtype)
@@ -68,11 +42,11 @@ static void to_f32(float *dst, const void *src, size_t n, int dtype)
             break;
         case VL2_DTYPE_BF16:
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = bf16_to_f32(h);
+            dst[i] = vl2_bf16_to_f32(h);
             break;
         case VL2_DTYPE_F16:
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = f16_to_f32(h);
+            dst[i] = vl2_f16_to_f32(h);
             break;
         default:
             dst[i] = 0.0f;
@@ -115,7 +89,7 @@ int vl2__model_alloc_dt(struct vl2_model *m, struct vl2_tensor *t, int dtype, in
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
-        return vl2_err_prefix(err, "model: allocating activations");
+        return vl2_err_prefix(err, r, "model: allocating activations");
     }
     return 0;
 }
@@ -201,7 +175,7 @@ static int wget(struct vl2_model *m, struct vl2_tensor *t, const char *name, int
     if (r < 0) {
         m->n_owned--;
         memset(t, 0, sizeof(*t));
-        return vl2_err_prefix(err, name);
+        return vl2_err_prefix(err, r, name);
     }
     return 0;
 }
@@ -379,6 +353,7 @@ static int load_layer(struct vl2_model *m, int i, struct vl2_err *err)
                         AS_IS)) < 0)
                 return r;
         }
+        l->moe.struct_size = sizeof(l->moe);
         l->moe.router = &l->router;
         l->moe.bias = l->router_bias.data ? &l->router_bias : NULL;
         l->moe.gate = l->ex_ptr;
@@ -433,9 +408,7 @@ static int check_config(const struct vl2_model *m, struct vl2_err *err)
     const struct vl2_model_config *c = &m->cfg;
     const struct vl2_lm_config *lm = &c->lm;
 
-    if (lm->has_rope_scaling)
-        return vl2_err_set(err, VL2_EUNSUPPORTED, "model: language_config.rope_scaling is "
-                           "set; YaRN rotary scaling is not implemented");
+    /* rope_scaling (YaRN) is refused by vl2_config_load already */
     if (strcmp(c->proj.type, "downsample_mlp_gelu") || c->proj.downsample != 2 ||
         c->proj.depth != 2 || c->proj.mlp_ratio != 1)
         return vl2_err_set(err, VL2_EUNSUPPORTED, "model: projector '%s' depth %d ratio %d "
@@ -480,16 +453,46 @@ static int check_config(const struct vl2_model *m, struct vl2_err *err)
     return 0;
 }
 
-int vl2_model_open(struct vl2_model **ret, const char *dir,
-                   const struct vl2_backend_ops *ops, struct vl2_backend_ctx *ctx,
+/* Ask the backend before building anything on it: the dtype of every weight
+ * matrix of the checkpoint (those go to the backend as stored; vectors are
+ * converted to F32) for the ops that read weights, and the cache dtype for
+ * the cache and the attention.  A dtype the backend lacks is refused here,
+ * naming it, instead of failing inside the forward pass. */
+static int check_backend(const struct vl2_model *m, int32_t kv_dtype, struct vl2_err *err)
+{
+    static const int weight_ops[] = { VL2_OP_WEIGHT, VL2_OP_EMBED, VL2_OP_LINEAR, VL2_OP_MOE };
+    const int attn = m->cfg.lm.use_mla ? VL2_OP_ATTN_MLA : VL2_OP_ATTN_MHA;
+    uint32_t seen = 0;
+    size_t i, k;
+    int r, dt;
+
+    for (i = 0; i < vl2_weights_count(m->w); i++) {
+        const struct vl2_st_tensor *t = vl2_weights_at(m->w, i);
+        if (t->ndim >= 2 && t->dtype >= 0 && t->dtype < 32)
+            seen |= 1u << t->dtype;
+    }
+    for (dt = 0; dt < 32; dt++)
+        for (k = 0; (seen >> dt & 1u) && k < sizeof(weight_ops) / sizeof(weight_ops[0]); k++) {
+            if (weight_ops[k] == VL2_OP_MOE && m->cfg.lm.n_expert <= 0)
+                continue;
+            if ((r = vl2_backend_require(m->ops, m->ctx, weight_ops[k], dt, err)) < 0)
+                return r;
+        }
+    if ((r = vl2_backend_require(m->ops, m->ctx, VL2_OP_KV, kv_dtype, err)) < 0 ||
+        (r = vl2_backend_require(m->ops, m->ctx, attn, kv_dtype, err)) < 0)
+        return r;
+    return 0;
+}
+
+/* The model in @dir on the loaded backend @b (owned by the model once this
+ * returns 0). */
+static int open_on(struct vl2_model **ret, const char *dir, struct vl2_backend *b,
                    const struct vl2_model_params *p, struct vl2_err *err)
 {
-    struct vl2_model_params defaults = vl2_model_default_params();
+    const struct vl2_backend_ops *ops = b->ops;
     struct vl2_model *m;
     int r;
 
-    if (!p)
-        p = &defaults;
     if (p->max_rows <= 0 || p->max_logit_rows <= 0 || p->vision_batch <= 0 || p->n_ctx < 0)
         return vl2_err_set(err, VL2_EINVAL, "model: max_rows %d, max_logit_rows %d, "
                            "vision_batch %d, n_ctx %d: must be positive", p->max_rows,
@@ -500,8 +503,9 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
     m->params = *p;
     m->params.backend = NULL;
     m->params.plugin_dir = NULL;
+    m->params.backend_options = NULL;
     m->ops = ops;
-    m->ctx = ctx;
+    m->ctx = b->ctx;
 
     r = vl2_config_load(&m->cfg, dir, err);
     if (r < 0)
@@ -520,6 +524,9 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
         if (r < 0)
             goto out_free;
     }
+    r = check_backend(m, p->kv_dtype, err);
+    if (r < 0)
+        goto out_free;
     r = load_vision(m, err);
     if (r < 0)
         goto out_free;
@@ -532,6 +539,7 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
         r = vl2_err_set(err, VL2_EFORMAT, "model: max_position_embeddings %d", m->n_ctx);
         goto out_free;
     }
+    m->kv_shape.struct_size = sizeof(m->kv_shape);
     m->kv_shape.kind = m->cfg.lm.use_mla ? VL2_ATTN_MLA : VL2_ATTN_MHA;
     m->kv_shape.n_layer = m->cfg.lm.n_layer;
     m->kv_shape.n_kv_head = m->cfg.lm.use_mla ? 0 : m->cfg.lm.n_kv_head;
@@ -546,22 +554,17 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
                         "%d for this model", ops->name, p->kv_dtype);
         goto out_free;
     }
-    m->kv_budget = p->kv_budget ? p->kv_budget : m->kv_token_bytes * (size_t)m->n_ctx;
 
     r = vl2__llm_scratch_init(m, err);
     if (r < 0)
         goto out_free;
+    m->backend = b;
     *ret = m;
     return 0;
 
 out_free:
-    vl2_model_free(m);
+    vl2_model_free(m);   /* not the backend: the caller unloads it */
     return r;
-}
-
-static void unload_backend(struct vl2_backend *b)
-{
-    vl2_backend_unload(b);
 }
 
 int vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_model_params *p,
@@ -577,17 +580,15 @@ int vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_mod
     bp.n_threads = p->n_threads;
     bp.device = p->device;
     bp.options = p->backend_options;
+    /* bp.mem_budget stays 0: the engine's KV budget is the one accountant
+     * (vl2-backend.h) */
     r = vl2_backend_load(&b, p->backend ? p->backend : "cpu", p->plugin_dir, &bp, err);
     if (r < 0)
         return r;
-    r = vl2_model_open(ret, dir, b->ops, b->ctx, p, err);
-    if (r < 0) {
+    r = open_on(ret, dir, b, p, err);
+    if (r < 0)
         vl2_backend_unload(b);
-        return r;
-    }
-    (*ret)->backend = b;
-    (*ret)->unload_backend = unload_backend;
-    return 0;
+    return r;
 }
 
 void vl2_model_free(struct vl2_model *m)
@@ -617,8 +618,8 @@ void vl2_model_free(struct vl2_model *m)
     free(m->ls.pc);
     free(m->vs.host);
     vl2_weights_close(m->w);
-    if (m->backend && m->unload_backend)
-        m->unload_backend(m->backend);
+    if (m->backend)
+        vl2_backend_unload(m->backend);
     free(m);
 }
 
@@ -657,7 +658,7 @@ static size_t tbytes(const struct vl2_tensor *t)
     return t->data ? (size_t)(t->rows * t->cols) * vl2_dtype_size(t->dtype) : 0;
 }
 
-static size_t decode_bytes_of(const struct vl2_model *m)
+size_t vl2_model_decode_bytes(const struct vl2_model *m)
 {
     const struct vl2_lm_config *c = &m->cfg.lm;
     size_t n = 0;
@@ -680,11 +681,6 @@ static size_t decode_bytes_of(const struct vl2_model *m)
     n += tbytes(&m->norm) + tbytes(&m->lm_head);
     n += (size_t)c->d_model * vl2_dtype_size(m->embed.dtype);
     return n;
-}
-
-size_t vl2_model_decode_bytes(const struct vl2_model *m)
-{
-    return decode_bytes_of(m);
 }
 
 int32_t vl2_model_image_tokens(const struct vl2_model *m, int32_t tiles_w, int32_t tiles_h)
@@ -711,7 +707,6 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
     struct vl2_seq_params defaults = vl2_seq_default_params();
     struct vl2_kv_shape shape = m->kv_shape;
     struct vl2_seq *s;
-    size_t bytes;
     int r;
 
     if (!p)
@@ -720,11 +715,6 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
         return vl2_err_set(err, VL2_ELIMIT, "model: sequence capacity %d: the context "
                            "length is %d", p->capacity, m->n_ctx);
     shape.capacity = p->capacity ? p->capacity : m->n_ctx;
-    bytes = m->kv_token_bytes * (size_t)shape.capacity;
-    if (bytes > m->kv_budget - m->kv_used)
-        return vl2_err_set(err, VL2_ELIMIT, "model: KV cache budget exhausted: a sequence of "
-                           "%d tokens needs %zu bytes, %zu of %zu are left", shape.capacity,
-                           bytes, m->kv_budget - m->kv_used, m->kv_budget);
     s = calloc(1, sizeof(*s));
     if (!s)
         return vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
@@ -743,11 +733,9 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
                     p->sampler.repetition_penalty == 1.0f;
     r = m->ops->kv_new(m->ctx, &shape, &s->kv, err);
     if (r < 0) {
-        vl2_err_prefix(err, "model: KV cache");
+        vl2_err_prefix(err, r, "model: KV cache");
         goto out_free;
     }
-    s->kv_bytes = bytes;
-    m->kv_used += bytes;
     *ret = s;
     return 0;
 
@@ -762,16 +750,9 @@ void vl2_seq_free(struct vl2_seq *s)
         return;
     if (s->kv)
         s->m->ops->kv_free(s->m->ctx, s->kv);
-    s->m->kv_used -= s->kv_bytes;
     vl2_sampler_done(&s->sampler);
     free(s->logits);
     free(s);
-}
-
-void vl2_seq_reset(struct vl2_seq *s)
-{
-    s->n_past = 0;
-    vl2_sampler_reset(&s->sampler);
 }
 
 int32_t vl2_seq_len(const struct vl2_seq *s)
@@ -779,9 +760,9 @@ int32_t vl2_seq_len(const struct vl2_seq *s)
     return s->n_past;
 }
 
-int32_t vl2_seq_capacity(const struct vl2_seq *s)
+const struct vl2_model *vl2_seq_model(const struct vl2_seq *s)
 {
-    return s->capacity;
+    return s->m;
 }
 
 const float *vl2_seq_logits(const struct vl2_seq *s)
@@ -796,9 +777,10 @@ int vl2_seq_device_greedy(const struct vl2_seq *s)
 
 int32_t vl2_seq_sample(struct vl2_seq *s)
 {
-    if (s->dev_greedy)
-        return s->dev_id;
-    return vl2_sampler_sample(&s->sampler, s->logits);
+    int32_t id = s->dev_greedy ? s->dev_id : vl2_sampler_sample(&s->sampler, s->logits);
+
+    vl2_sampler_accept(&s->sampler, id);
+    return id;
 }
 
 struct vl2_sampler *vl2_seq_sampler(struct vl2_seq *s)

@@ -3,6 +3,8 @@
  * view_seperator (spec 6.1). */
 #include "model-impl.h"
 
+#include "image.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -268,7 +270,6 @@ int vl2_model_image_step(struct vl2_model *m, struct vl2_image_job *j, int32_t m
     const int32_t Q = proj_side(m) * proj_side(m), P = v->grid * v->grid;
     const int64_t plane = (int64_t)v->image_size * v->image_size;
     const size_t tile_bytes = 3 * (size_t)plane, Dv = (size_t)v->d_model;
-    const float *mean = m->pcfg.image_mean, *std = m->pcfg.image_std;
     const int32_t *uniq;
     int32_t end;
     int r;
@@ -280,17 +281,13 @@ int vl2_model_image_step(struct vl2_model *m, struct vl2_image_job *j, int32_t m
                                                                 : j->n_done + max_tiles;
     while (j->n_done < end) {
         const int32_t u0 = j->n_done;
-        int32_t nt = end - u0 < m->vs_rows ? end - u0 : m->vs_rows, k, c;
+        int32_t nt = end - u0 < m->vs_rows ? end - u0 : m->vs_rows, k;
         struct vl2_tensor dst = vl2_tensor_rows(&j->proj, (int64_t)u0 * Q, (int64_t)nt * Q);
         for (k = 0; k < nt; k++)
-            for (c = 0; c < 3; c++) {
-                const uint8_t *in = j->tiles + (size_t)uniq[u0 + k] * tile_bytes +
-                                    (size_t)c * (size_t)plane;
-                float *o = m->vs.host + ((size_t)k * 3 + (size_t)c) * (size_t)plane;
-                int64_t i;
-                for (i = 0; i < plane; i++)
-                    o[i] = ((float)in[i] / 255.0f - mean[c]) / std[c];
-            }
+            vl2_image_normalize(m->vs.host + (size_t)k * tile_bytes,
+                                j->tiles + (size_t)uniq[u0 + k] * tile_bytes, tile_bytes,
+                                (size_t)plane, m->pcfg.image_mean, m->pcfg.image_std,
+                                m->pcfg.normalize);
         r = ops->write(m->ctx, &m->vs.img, 0, m->vs.host, (size_t)nt * tile_bytes * sizeof(float),
                        err);
         if (r < 0)

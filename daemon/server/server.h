@@ -94,6 +94,20 @@ int vl2_server_load_model(struct vl2_server *srv, const char *name, const char *
 /* Free the server; removes a socket file it created.  Accepts NULL. */
 void vl2_server_free(struct vl2_server *srv);
 
+/* Serve model @name (from @dir, for display) with @engine, made without the
+ * factory (tests).  The server calls ops->free(engine) when it is freed.
+ * Returns 0, VL2_EINVAL for an empty or duplicate name, VL2_ENOMEM; on
+ * failure the caller keeps @engine. */
+int vl2_server_attach_model(struct vl2_server *srv, const char *name, const char *dir,
+                            const struct vl2_engine_ops *ops, void *engine,
+                            struct vl2_err *err);
+
+/* Queue @ev (job.h) for the loop thread and wake it: the post function the
+ * server gives its engines (struct vl2_engine_spec).  Takes ownership of
+ * @ev.  Safe from any thread while the server exists.  Events for a job that
+ * has already ended (cancelled, client gone, server stopping) are dropped. */
+void vl2_server_post(struct vl2_server *srv, struct vl2_event *ev);
+
 /* The path clients connect to (for a systemd socket: as the kernel reports
  * it, "" when unnamed). */
 const char *vl2_server_socket_path(const struct vl2_server *srv);

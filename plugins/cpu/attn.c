@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cpu-impl.h"
+#include "kern.h"
 
 #define ATT_RB 32       /* query rows per task (MHA, MLA expanded) */
 #define FULL_RB 96      /* query rows per task (vision; a multiple of the GEMM tile) */
@@ -194,12 +195,22 @@ static void full_task(void *arg, int64_t task, int tid)
     mm_nn(j->ctx->k, sc, L, m, v, j->ldq, L, D, j->out + (s * L + r0) * j->ldo + h * D, j->ldo);
 }
 
+/* Fused kernel (attn-fused.c): one task per (sequence, head). */
+static void fused_task(void *arg, int64_t task, int tid)
+{
+    struct full_job *j = arg;
+    int64_t h = task % j->n_head, s = task / j->n_head, L = j->seq_len;
+
+    cpu_attn_fused(j->qkv + s * L * j->ldq, j->ldq, L, j->n_head, j->head_dim, h, j->scale,
+                   j->out + s * L * j->ldo, j->ldo, cpu_scratch(j->ctx, tid), j->ctx->bf16_dp);
+}
+
 int cpu_attn_full(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct vl2_tensor *qkv,
                   int32_t seq_len, int32_t n_head, int32_t head_dim, float scale,
                   struct vl2_err *err)
 {
     struct full_job j;
-    int r;
+    int r, fused;
 
     if ((r = cpu_check_f32(out, "attn_full", "out", err)) < 0 ||
         (r = cpu_check_f32(qkv, "attn_full", "qkv", err)) < 0)
@@ -216,6 +227,26 @@ int cpu_attn_full(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const str
                            (long long)n_head * head_dim);
     if ((r = cpu_check_no_alias(out, qkv, "attn_full", "qkv", err)) < 0)
         return r;
+    fused = ctx->k->isa == CPU_ISA_AVX512 &&
+            (ctx->attn_mode == CPU_ATTN_FUSED ||
+             (ctx->attn_mode == CPU_ATTN_AUTO && ctx->precision == CPU_PREC_BF16));
+    if (fused) {
+        if ((r = cpu_scratch_reserve(ctx, cpu_attn_fused_scratch(seq_len, head_dim, ctx->bf16_dp),
+                                     err)) < 0)
+            return r;
+        j.ctx = ctx;
+        j.qkv = qkv->data;
+        j.ldq = qkv->ld;
+        j.out = out->data;
+        j.ldo = out->ld;
+        j.seq_len = seq_len;
+        j.n_head = n_head;
+        j.head_dim = head_dim;
+        j.scale = scale;
+        j.n_rb = 0;
+        cpu_pool_run(ctx->pool, qkv->rows / seq_len * n_head, fused_task, &j);
+        return 0;
+    }
     if ((r = cpu_scratch_reserve(ctx, (size_t)FULL_RB * (size_t)((seq_len + 15) / 16 * 16) *
                                              sizeof(float) + cpu_gemm512_scratch(seq_len),
                                  err)) < 0)

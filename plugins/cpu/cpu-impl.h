@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "vl2-backend.h"
+#include "vl2-float.h"
 
 /* ---- instruction sets ---------------------------------------------------- */
 
@@ -55,31 +56,7 @@ bool cpu_has_avx512bf16(void);
 
 /* ---- scalar conversions -------------------------------------------------- */
 
-static inline float bf16_to_f32(uint16_t h)
-{
-    union { uint32_t u; float f; } v = { .u = (uint32_t)h << 16 };
-    return v.f;
-}
-
-static inline float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t ex = (h >> 10) & 0x1fu;
-    uint32_t man = h & 0x3ffu;
-    union { uint32_t u; float f; } v;
-
-    if (ex == 0) {
-        /* zero or subnormal: man * 2^-24 */
-        v.f = (float)man * 5.9604644775390625e-8f;
-        v.u |= sign;
-        return v.f;
-    }
-    if (ex == 31)
-        v.u = sign | 0x7f800000u | (man << 13);
-    else
-        v.u = sign | ((ex + 112) << 23) | (man << 13);
-    return v.f;
-}
+/* bf16 and f16 to float32: vl2_bf16_to_f32, vl2_f16_to_f32 (vl2-float.h) */
 
 /* F32 data that may be read through a float pointer: weights from the
  * checkpoint can have any alignment, and those are read with memcpy or
@@ -95,8 +72,8 @@ static inline float tensor_get_f32(const struct vl2_tensor *t, int64_t r, int64_
     int64_t i = r * t->ld + c;
     switch (t->dtype) {
     case VL2_DTYPE_F32: { float f; memcpy(&f, (const char *)t->data + i * 4, 4); return f; }
-    case VL2_DTYPE_BF16: { uint16_t h; memcpy(&h, (const char *)t->data + i * 2, 2); return bf16_to_f32(h); }
-    case VL2_DTYPE_F16: { uint16_t h; memcpy(&h, (const char *)t->data + i * 2, 2); return f16_to_f32(h); }
+    case VL2_DTYPE_BF16: { uint16_t h; memcpy(&h, (const char *)t->data + i * 2, 2); return vl2_bf16_to_f32(h); }
+    case VL2_DTYPE_F16: { uint16_t h; memcpy(&h, (const char *)t->data + i * 2, 2); return vl2_f16_to_f32(h); }
     }
     return 0.0f;
 }
@@ -138,6 +115,9 @@ struct vl2_backend_ctx {
     int32_t                    blas_min_rows; /* linear: rows from which sgemm is used */
     int32_t                    own_gemm;   /* many rows: cpu_gemm512 instead of OpenBLAS */
     int32_t                    mla_mode;   /* 0 auto, 1 absorbed only, 2 expanded only */
+    int32_t                    precision;  /* enum cpu_precision (kern.h) */
+    int32_t                    bf16_dp;    /* bf16 precision through vdpbf16ps kernels */
+    int32_t                    attn_mode;  /* enum cpu_attn_mode (kern.h) */
     uint8_t                   *mla_exp;    /* per sequence of the batch: expanded form */
     int32_t                    mla_exp_cap;
     struct cpu_scratch         vec[4];     /* parameter vectors converted to F32 */
@@ -201,6 +181,9 @@ int cpu_check_no_alias(const struct vl2_tensor *out, const struct vl2_tensor *in
                        const char *what, struct vl2_err *err);
 int cpu_check_vec(const struct vl2_tensor *t, int64_t n, const char *op, const char *what,
                   struct vl2_err *err);
+/* VL2_EABI unless @got (a struct_size) is @want (our sizeof). */
+int cpu_check_size(uint32_t got, size_t want, const char *op, const char *what,
+                   struct vl2_err *err);
 
 /* ---- ops (one file each group) ------------------------------------------------ */
 

@@ -1,14 +1,25 @@
-/* cpu.c - vl2-backend-cpu.so: entry point, context, memory, KV caches, batch.
+/* cpu.c - vl2-backend-cpu.so: entry point, context, options, memory, KV
+ * caches, batch, supports_op.
  *
- * Options (params->options, "key=value,..."; VL2_CPU_ISA in the environment
- * also sets isa, the option wins):
- *   isa=scalar|avx2|avx512   force an instruction set (refused when the CPU lacks it)
+ * Options (params->options, the grammar of vl2-options.h; unknown keys and
+ * bad values are refused with VL2_EINVAL):
+ *   isa=scalar|avx2|avx512   force an instruction set (default: the best this
+ *                            CPU has; a set it lacks is refused, VL2_EUNSUPPORTED)
+ *   precision=f32|bf16       blocked products (and the vision attention) in F32, the
+ *                            default, or with operands rounded to bf16 (kern.h)
+ * Test builds only (meson -Dtest_knobs=true, which defines VL2_TEST_KNOBS;
+ * the test suite builds its own copy with them): knobs that exist to measure
+ * and to test one code path, refused by a production plugin:
  *   blas_min_rows=N          linear(), moe: rows from which the blocked product is used
- *                            instead of the GEMV kernels (default 16)
+ *                            instead of the GEMV kernels (1..1048576, default 16)
  *   gemm=own|blas            many rows: own AVX-512 kernel (default where AVX-512 is used)
  *                            or OpenBLAS sgemm
- *   mla=auto|absorbed|expanded  attn_mla form per sequence (auto: fewer operations;
- *                            absorbed wins for decode, expanded for long prefill)
+ *   mla=auto|absorbed|expanded  attn_mla form per sequence (auto, the default: fewer
+ *                            operations; absorbed wins for decode, expanded for long prefill)
+ *   attn_full=auto|fused|matrix  vision attention: fused online-softmax kernel (AVX-512)
+ *                            or score matrices (auto, the default: fused for precision=bf16)
+ * Every option lives in the context: two contexts with different options do
+ * not interfere.  No environment variable is read.
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -17,6 +28,8 @@
 #include <unistd.h>
 
 #include "cpu-impl.h"
+#include "kern.h"
+#include "vl2-options.h"
 
 /* Provided by OpenBLAS (cblas.h declares it in most versions; keep our own
  * declaration so the build does not depend on which cblas.h is found). */
@@ -182,79 +195,89 @@ int cpu_check_vec(const struct vl2_tensor *t, int64_t n, const char *op, const c
     return 0;
 }
 
+/* A struct of the ABI whose struct_size is not the one this plugin was
+ * built with: its caller was compiled against another vl2-backend.h. */
+int cpu_check_size(uint32_t got, size_t want, const char *op, const char *what,
+                   struct vl2_err *err)
+{
+    if (got != want)
+        return vl2_err_set(err, VL2_EABI,
+                           "cpu: %s: struct %s of %u bytes (struct_size), this backend has "
+                           "%zu (ABI version %u): the caller was built from another "
+                           "vl2-backend.h", op, what, (unsigned)got, want,
+                           VL2_BACKEND_ABI_VERSION);
+    return 0;
+}
+
 /* ---- lifetime --------------------------------------------------------------- */
 
+/* The options of the context (see the top of this file). */
 static int parse_options(struct vl2_backend_ctx *ctx, const char *opts, int *isa,
                          struct vl2_err *err)
 {
-    const char *env = getenv("VL2_CPU_ISA");
-    char buf[512];
-    char *save = NULL, *tok;
-    const char *isa_s = env && *env ? env : NULL;
-    char isa_buf[32];
+    static const char *const isas[] = { "scalar", "avx2", "avx512" }; /* enum cpu_isa */
+    static const char *const precs[] = { "f32", "bf16" };            /* enum cpu_precision */
+#ifdef VL2_TEST_KNOBS
+    static const char *const attns[] = { "auto", "fused", "matrix" }; /* enum cpu_attn_mode */
+    static const char *const gemms[] = { "blas", "own" };            /* own_gemm 0, 1 */
+    static const char *const mlas[] = { "auto", "absorbed", "expanded" }; /* mla_mode */
+#else
+    static const char *const knobs[] = { "blas_min_rows", "gemm", "mla", "attn_full" };
+#endif
+    const char *pos = opts;
+    struct vl2_opt o;
+    int want = -1, r;
 
-    if (opts) {
-        if (strlen(opts) >= sizeof(buf))
-            return vl2_err_set(err, VL2_EINVAL, "cpu: options string too long");
-        strcpy(buf, opts);
-        for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-            char *eq = strchr(tok, '=');
-            while (*tok == ' ')
-                tok++;
-            if (!*tok)
-                continue;
-            if (!eq)
-                return vl2_err_set(err, VL2_EINVAL, "cpu: option '%s': expected key=value", tok);
-            *eq = '\0';
-            if (strcmp(tok, "isa") == 0) {
-                snprintf(isa_buf, sizeof(isa_buf), "%s", eq + 1);
-                isa_s = isa_buf;
-            } else if (strcmp(tok, "blas_min_rows") == 0) {
-                char *end;
-                long v = strtol(eq + 1, &end, 10);
-                if (*end || v < 1 || v > 1 << 20)
-                    return vl2_err_set(err, VL2_EINVAL, "cpu: option blas_min_rows '%s': bad value",
-                                       eq + 1);
+    while ((r = vl2_opt_next(&pos, &o, "cpu", err)) > 0) {
+        if (!strcmp(o.key, "isa")) {
+            r = vl2_opt_choice(&o, isas, 3, &want, "cpu", err);
+        } else if (!strcmp(o.key, "precision")) {
+            int v = 0;
+            r = vl2_opt_choice(&o, precs, 2, &v, "cpu", err);
+            if (r == 0)
+                ctx->precision = v;
+#ifdef VL2_TEST_KNOBS
+        } else if (!strcmp(o.key, "attn_full")) {
+            int v = 0;
+            r = vl2_opt_choice(&o, attns, 3, &v, "cpu", err);
+            if (r == 0)
+                ctx->attn_mode = v;
+        } else if (!strcmp(o.key, "blas_min_rows")) {
+            long v = 0;
+            r = vl2_opt_long(&o, 1, 1 << 20, &v, "cpu", err);
+            if (r == 0)
                 ctx->blas_min_rows = (int32_t)v;
-            } else if (strcmp(tok, "mla") == 0) {
-                if (strcmp(eq + 1, "auto") == 0)
-                    ctx->mla_mode = 0;
-                else if (strcmp(eq + 1, "absorbed") == 0)
-                    ctx->mla_mode = 1;
-                else if (strcmp(eq + 1, "expanded") == 0)
-                    ctx->mla_mode = 2;
-                else
+        } else if (!strcmp(o.key, "gemm")) {
+            int v = 0;
+            r = vl2_opt_choice(&o, gemms, 2, &v, "cpu", err);
+            if (r == 0)
+                ctx->own_gemm = v;
+        } else if (!strcmp(o.key, "mla")) {
+            int v = 0;
+            r = vl2_opt_choice(&o, mlas, 3, &v, "cpu", err);
+            if (r == 0)
+                ctx->mla_mode = v;
+#endif
+        } else {
+#ifndef VL2_TEST_KNOBS
+            for (size_t i = 0; i < sizeof(knobs) / sizeof(knobs[0]); i++)
+                if (!strcmp(o.key, knobs[i]))
                     return vl2_err_set(err, VL2_EINVAL,
-                                       "cpu: option mla '%s': expected auto, absorbed or expanded",
-                                       eq + 1);
-            } else if (strcmp(tok, "gemm") == 0) {
-                if (strcmp(eq + 1, "own") == 0)
-                    ctx->own_gemm = 1;
-                else if (strcmp(eq + 1, "blas") == 0)
-                    ctx->own_gemm = 0;
-                else
-                    return vl2_err_set(err, VL2_EINVAL, "cpu: option gemm '%s': expected own or blas",
-                                       eq + 1);
-            } else {
-                return vl2_err_set(err, VL2_EINVAL, "cpu: unknown option '%s'", tok);
-            }
+                                       "cpu: option '%s': a measurement knob, only in test "
+                                       "builds (meson -Dtest_knobs=true)", o.key);
+#endif
+            r = vl2_opt_unknown(&o, "cpu", err);
         }
+        if (r < 0)
+            return r;
     }
+    if (r < 0)
+        return r;
     *isa = cpu_isa_detect();
-    if (isa_s) {
-        int want;
-        if (strcmp(isa_s, "scalar") == 0)
-            want = CPU_ISA_SCALAR;
-        else if (strcmp(isa_s, "avx2") == 0)
-            want = CPU_ISA_AVX2;
-        else if (strcmp(isa_s, "avx512") == 0)
-            want = CPU_ISA_AVX512;
-        else
-            return vl2_err_set(err, VL2_EINVAL, "cpu: isa '%s': expected scalar, avx2 or avx512",
-                               isa_s);
+    if (want >= 0) {
         if (!(cpu_isa_supported() & (1u << want)))
-            return vl2_err_set(err, VL2_EUNSUPPORTED, "cpu: isa '%s': not supported by this CPU",
-                               isa_s);
+            return vl2_err_set(err, VL2_EUNSUPPORTED,
+                               "cpu: option isa '%s': not supported by this CPU", isas[want]);
         *isa = want;
     }
     return 0;
@@ -287,6 +310,9 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     struct vl2_backend_ctx *ctx;
     int isa, r, n;
 
+    if (p && (r = cpu_check_size(p->struct_size, sizeof(*p), "open", "vl2_backend_params",
+                                 err)) < 0)
+        return r;
     ctx = calloc(1, sizeof(*ctx));
     if (!ctx)
         return vl2_err_set(err, VL2_ENOMEM, "cpu: out of memory");
@@ -298,6 +324,7 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     if (ctx->own_gemm < 0 || isa != CPU_ISA_AVX512)
         ctx->own_gemm = isa == CPU_ISA_AVX512;
     ctx->k = cpu_kernels_get(isa);
+    ctx->bf16_dp = ctx->precision == CPU_PREC_BF16 && isa == CPU_ISA_AVX512 && cpu_has_avx512bf16();
     n = p ? p->n_threads : 0;
     if (n < 0 || n > 1024) {
         r = vl2_err_set(err, VL2_EINVAL, "cpu: n_threads %d out of range (0..1024)", n);
@@ -321,10 +348,12 @@ static int cpu_open(const struct vl2_backend_params *p, struct vl2_backend_ctx *
     }
     /* Our workers call sgemm on their own blocks: OpenBLAS must not start threads. */
     openblas_set_num_threads(1);
-    snprintf(ctx->desc, sizeof(ctx->desc), "cpu: %d thread%s, %s%s%s, gemm %s", n,
+    snprintf(ctx->desc, sizeof(ctx->desc), "cpu: %d thread%s, %s%s%s, gemm %s, precision %s", n,
              n == 1 ? "" : "s", isa_name(isa), isa == CPU_ISA_AVX512 ? "f" : "",
              cpu_has_avx512bf16() ? " (avx512bf16 present)" : "",
-             ctx->own_gemm ? "own avx512" : "openblas");
+             ctx->own_gemm ? "own avx512" : "openblas",
+             ctx->precision == CPU_PREC_F32 ? "f32"
+             : ctx->bf16_dp ? "bf16 (vdpbf16ps)" : "bf16 (rounded operands, f32 fma)");
     *ret_ctx = ctx;
     return 0;
 
@@ -513,8 +542,12 @@ static int cpu_sync(struct vl2_backend_ctx *ctx, struct vl2_err *err)
 
 static int kv_widths(const struct vl2_kv_shape *s, int64_t *wa, int64_t *wb, struct vl2_err *err)
 {
+    int r;
+
     if (!s)
         return vl2_err_set(err, VL2_EINVAL, "cpu: kv: shape is NULL");
+    if ((r = cpu_check_size(s->struct_size, sizeof(*s), "kv", "vl2_kv_shape", err)) < 0)
+        return r;
     if (s->n_layer <= 0 || s->n_layer > 4096 || s->capacity <= 0)
         return vl2_err_set(err, VL2_EINVAL, "cpu: kv: bad shape (n_layer %d, capacity %d)",
                            (int)s->n_layer, (int)s->capacity);
@@ -610,7 +643,11 @@ static int cpu_begin_batch(struct vl2_backend_ctx *ctx, const struct vl2_batch *
                            struct vl2_err *err)
 {
     int32_t i, j, row = 0;
+    int r;
 
+    if (b && (r = cpu_check_size(b->struct_size, sizeof(*b), "begin_batch", "vl2_batch",
+                                 err)) < 0)
+        return r;
     if (!b || b->n_seqs <= 0 || !b->seqs || b->n_rows <= 0)
         return vl2_err_set(err, VL2_EINVAL, "cpu: begin_batch: empty batch");
     for (i = 0; i < b->n_seqs; i++) {
@@ -658,6 +695,42 @@ static int cpu_begin_batch(struct vl2_backend_ctx *ctx, const struct vl2_batch *
     return 0;
 }
 
+/* ---- supports_op ------------------------------------------------------------- */
+
+/* What the ops above accept: weights (and embedding tables, expert weights)
+ * in F32, F16 or BF16, read and converted in the kernels; caches in F32
+ * only (kv_widths); F32 activations for everything else.  Q8 and Q4 are not
+ * implemented. */
+static int cpu_supports_op(struct vl2_backend_ctx *ctx, int op, int dtype)
+{
+    (void)ctx;
+    switch (op) {
+    case VL2_OP_WEIGHT:
+    case VL2_OP_EMBED:
+    case VL2_OP_LINEAR:
+    case VL2_OP_MOE:
+        return dtype == VL2_DTYPE_F32 || dtype == VL2_DTYPE_F16 || dtype == VL2_DTYPE_BF16;
+    case VL2_OP_KV:
+    case VL2_OP_ATTN_MHA:
+    case VL2_OP_ATTN_MLA:
+        return dtype == VL2_DTYPE_F32;
+    case VL2_OP_RMSNORM:
+    case VL2_OP_LAYERNORM:
+    case VL2_OP_ADD:
+    case VL2_OP_GELU_TANH:
+    case VL2_OP_GELU_ERF:
+    case VL2_OP_SWIGLU:
+    case VL2_OP_COPY_ROWS:
+    case VL2_OP_PATCHIFY:
+    case VL2_OP_UNFOLD2X2:
+    case VL2_OP_ATTN_FULL:
+    case VL2_OP_ROPE:
+    case VL2_OP_ARGMAX:
+        return dtype == -1 || dtype == VL2_DTYPE_F32;
+    }
+    return 0;
+}
+
 /* ---- entry ----------------------------------------------------------------------- */
 
 static const struct vl2_backend_ops cpu_ops = {
@@ -695,6 +768,7 @@ static const struct vl2_backend_ops cpu_ops = {
     .attn_mla = cpu_attn_mla,
     .moe = cpu_moe,
     .argmax = cpu_argmax,
+    .supports_op = cpu_supports_op,
 };
 
 __attribute__((visibility("default"))) const struct vl2_backend_ops *

@@ -34,14 +34,14 @@ static void to_f32_scalar(float *dst, const void *src, int dtype, int64_t n)
         for (i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = bf16_to_f32(h);
+            dst[i] = vl2_bf16_to_f32(h);
         }
         break;
     case VL2_DTYPE_F16:
         for (i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, s + 2 * i, 2);
-            dst[i] = f16_to_f32(h);
+            dst[i] = vl2_f16_to_f32(h);
         }
         break;
     }
@@ -81,14 +81,14 @@ static float dot_w_scalar(const float *x, const void *w, int wdtype, int64_t k)
         for (i = 0; i < k; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            s += x[i] * bf16_to_f32(h);
+            s += x[i] * vl2_bf16_to_f32(h);
         }
         break;
     case VL2_DTYPE_F16:
         for (i = 0; i < k; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            s += x[i] * f16_to_f32(h);
+            s += x[i] * vl2_f16_to_f32(h);
         }
         break;
     }
@@ -103,8 +103,8 @@ static void axpy_w_scalar(float *y, float a, const void *w, int dtype, int64_t n
         uint16_t h;
         switch (dtype) {
         case VL2_DTYPE_F32: memcpy(&v, p + 4 * i, 4); break;
-        case VL2_DTYPE_BF16: memcpy(&h, p + 2 * i, 2); v = bf16_to_f32(h); break;
-        case VL2_DTYPE_F16: memcpy(&h, p + 2 * i, 2); v = f16_to_f32(h); break;
+        case VL2_DTYPE_BF16: memcpy(&h, p + 2 * i, 2); v = vl2_bf16_to_f32(h); break;
+        case VL2_DTYPE_F16: memcpy(&h, p + 2 * i, 2); v = vl2_f16_to_f32(h); break;
         }
         y[i] += a * v;
     }

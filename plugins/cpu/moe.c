@@ -196,6 +196,8 @@ static int check_layer(const struct vl2_moe_layer *L, int64_t d, int64_t *ret_in
 
     if (!L)
         return vl2_err_set(err, VL2_EINVAL, "cpu: moe: layer is NULL");
+    if ((r = cpu_check_size(L->struct_size, sizeof(*L), op, "vl2_moe_layer", err)) < 0)
+        return r;
     if (L->n_expert <= 0 || L->n_expert > 4096 || L->top_k <= 0 || L->top_k > L->n_expert ||
         L->top_k > 64)
         return vl2_err_set(err, VL2_EINVAL, "cpu: moe: bad n_expert %d / top_k %d",

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cpu-impl.h"
+#include "kern.h"
 
 /* out may alias in only as the very same view (element-wise ops). */
 static int check_alias_same(const struct vl2_tensor *out, const struct vl2_tensor *in,
@@ -46,7 +47,41 @@ static int64_t n_blocks(int64_t n, int64_t grain)
 size_t cpu_mm_scratch(int64_t k)
 {
     size_t a = (size_t)MM_NB * (size_t)k * sizeof(float), b = cpu_gemm512_scratch(OWN_NB);
-    return a > b ? a : b;
+    size_t c = cpu_gemmbf_scratch();
+    a = a > b ? a : b;
+    return a > c ? a : c;
+}
+
+#define BFE_B 32    /* rows of W and of x per block of the bf16 emulation */
+
+/* bf16 precision without vdpbf16ps: blocks of BFE_B weight rows and BFE_B
+ * activation rows rounded to bf16 (as F32 values) into @tmp (2 * BFE_B * k
+ * floats <= cpu_mm_scratch(k)), multiplied by the F32 gemm_small kernel
+ * (fixed order per element: the result does not depend on the blocking). */
+static void mm_bf16_emul(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
+                         const struct vl2_tensor *w, int64_t j0, int64_t j1, float *y,
+                         int64_t ldy, float *tmp)
+{
+    int64_t k = w->cols;
+    size_t es = vl2_dtype_size(w->dtype);
+    float *wt = tmp, *at = tmp + BFE_B * k;
+
+    for (int64_t jb = j0; jb < j1; jb += BFE_B) {
+        int64_t nb = j1 - jb < BFE_B ? j1 - jb : BFE_B;
+        for (int64_t j = 0; j < nb; j++) {
+            float *row = wt + j * k;
+            ctx->k->to_f32(row, (const char *)w->data + (size_t)((jb + j) * w->ld) * es, w->dtype, k);
+            for (int64_t c = 0; c < k; c++)
+                row[c] = cpu_round_bf16(row[c]);
+        }
+        for (int64_t ib = 0; ib < m; ib += BFE_B) {
+            int64_t mb = m - ib < BFE_B ? m - ib : BFE_B;
+            for (int64_t i = 0; i < mb; i++)
+                for (int64_t c = 0; c < k; c++)
+                    at[i * k + c] = cpu_round_bf16(x[(ib + i) * ldx + c]);
+            ctx->k->gemm_small(at, k, mb, wt, k, VL2_DTYPE_F32, nb, k, y + ib * ldy + jb, ldy);
+        }
+    }
 }
 
 void cpu_mm(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
@@ -60,6 +95,18 @@ void cpu_mm(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
     if (m < ctx->blas_min_rows) {
         ctx->k->gemm_small(x, ldx, m, (const char *)w->data + (size_t)(j0 * w->ld) * es, w->ld,
                            w->dtype, j1 - j0, k, y + j0, ldy);
+        return;
+    }
+    if (ctx->precision == CPU_PREC_BF16) {
+        if (!ctx->bf16_dp) {
+            mm_bf16_emul(ctx, x, ldx, m, w, j0, j1, y, ldy, tmp);
+            return;
+        }
+        for (int64_t jb = j0; jb < j1; jb += CPU_GEMMBF_NB) {
+            int64_t nb = j1 - jb < CPU_GEMMBF_NB ? j1 - jb : CPU_GEMMBF_NB;
+            cpu_gemmbf(x, ldx, m, (const char *)w->data + (size_t)(jb * w->ld) * es, w->ld,
+                       w->dtype, nb, k, y + jb, ldy, tmp);
+        }
         return;
     }
     if (ctx->own_gemm) {
@@ -104,6 +151,8 @@ struct linear_job {
     int64_t nb;      /* weight rows per task */
     int64_t mb;      /* activation rows per task */
     int64_t n_jb;    /* column blocks */
+    int64_t panels;  /* > 0: column block jb is panels [jb*panels/n_jb, (jb+1)*panels/n_jb)
+                      * of 32 columns (bf16 precision: balanced over the threads) */
 };
 
 static void linear_task(void *arg, int64_t task, int tid)
@@ -114,6 +163,11 @@ static void linear_task(void *arg, int64_t task, int tid)
     int64_t c0 = jb * j->nb, c1 = c0 + j->nb < j->n_out ? c0 + j->nb : j->n_out;
     float *y = j->out + i0 * j->ldo;
 
+    if (j->panels) {
+        c0 = jb * j->panels / j->n_jb * 32;
+        c1 = (jb + 1) * j->panels / j->n_jb * 32;
+        c1 = c1 < j->n_out ? c1 : j->n_out;
+    }
     cpu_mm(j->ctx, j->x + i0 * j->ldx, j->ldx, i1 - i0, j->w, c0, c1, y, j->ldo,
            cpu_scratch(j->ctx, tid));
     if (j->bias)
@@ -169,6 +223,17 @@ int cpu_linear(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct
     if (x->rows < ctx->blas_min_rows) {
         j.mb = x->rows;
         j.nb = GEMV_NB;
+    } else if (ctx->precision == CPU_PREC_BF16) {
+        /* all rows per task (cpu_gemmbf blocks them), column tasks of at most
+         * 8 panels, a multiple of the thread count */
+        int64_t per = (int64_t)ctx->n_threads * 8;
+        j.mb = x->rows;
+        j.panels = (j.n_out + 31) / 32;
+        j.n_jb = (j.panels + per - 1) / per * ctx->n_threads;
+        if (j.n_jb > j.panels)
+            j.n_jb = j.panels;
+        cpu_pool_run(ctx->pool, j.n_jb, linear_task, &j);
+        return 0;
     } else {
         j.mb = ctx->own_gemm ? 4 * MM_MB : MM_MB;
         j.nb = MM_NB * 2;

@@ -147,7 +147,7 @@ static void check_case(const char *data_dir, const char *images_dir, int ci)
         }
     CHECK(n_diff == 0, "%s: %zu of %zu uint8 values differ", cases[ci].name, n_diff, n);
 
-    vl2_image_normalize(f, tiles, n, 384 * 384, mean, std);
+    vl2_image_normalize(f, tiles, n, 384 * 384, mean, std, 1);
     for (size_t i = 0; i < n; i++) {
         float ref = ((float)((uint8_t *)gold.data)[i] / 255.0f - 0.5f) / 0.5f;
         double d = fabs((double)f[i] - ref);

@@ -214,7 +214,7 @@ static void test_normalize(void)
 
     for (size_t i = 0; i < n; i++)
         in[i] = (uint8_t)(i * 37 + 11);
-    vl2_image_normalize(out, in, n, plane, mean, std);
+    vl2_image_normalize(out, in, n, plane, mean, std, 1);
     for (size_t i = 0; i < n; i++) {
         size_t c = (i / plane) % 3;
         float v = (float)in[i] / 255.0f;
@@ -228,13 +228,23 @@ static void test_normalize(void)
         uint8_t v127 = 127, v0 = 0, v255 = 255;
         float o;
 
-        vl2_image_normalize(&o, &v127, 1, 1, h, h);
+        vl2_image_normalize(&o, &v127, 1, 1, h, h, 1);
         CHECK(fabsf(o - (-0.0039215686f)) < 1e-9f, "127 -> %g", o);
-        vl2_image_normalize(&o, &v0, 1, 1, h, h);
+        vl2_image_normalize(&o, &v0, 1, 1, h, h, 1);
         CHECK(o == -1.0f, "0 -> %g", o);
-        vl2_image_normalize(&o, &v255, 1, 1, h, h);
+        vl2_image_normalize(&o, &v255, 1, 1, h, h, 1);
         CHECK(o == 1.0f, "255 -> %g", o);
     }
+    /* processor_config.normalize false: ToTensor only (v / 255), whatever
+     * mean and std say */
+    vl2_image_normalize(out, in, n, plane, mean, std, 0);
+    bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad += out[i] != (float)in[i] / 255.0f;
+    CHECK(bad == 0, "normalize false: %d values are not v / 255", bad);
+    vl2_image_normalize(out, in, n, plane, NULL, NULL, 0);
+    CHECK(out[0] == (float)in[0] / 255.0f && out[n - 1] == (float)in[n - 1] / 255.0f,
+          "normalize false without mean and std: %g %g", out[0], out[n - 1]);
 }
 
 int main(int argc, char **argv)

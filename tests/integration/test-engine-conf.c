@@ -1,4 +1,4 @@
-/* test-engine-conf.c - vl2d.conf (daemon/server/conf.h): every [daemon] key
+/* test-engine-conf.c - vl2d.conf (daemon/cli/conf.h): every [daemon] key
  * and its value forms, [model NAME] sections, relative dirs, quotes,
  * comments, CRLF, and every kind of bad line with its FILE:LINE message;
  * --model [NAME=]DIR; the default paths. */
@@ -8,6 +8,7 @@
 
 #include "../common/check.h"
 #include "conf.h"
+#include "engine.h"
 #include "vl2-config.h"
 
 static int parse(struct vl2_conf *c, const char *text, struct vl2_err *err)
@@ -105,6 +106,20 @@ static void expect_bad(const char *text, int code, const char *msg)
     vl2_conf_done(&c);
 }
 
+/* The engine's own check agrees with the file's limit. */
+static void test_engine_limits(void)
+{
+    struct vl2_engine_params p = vl2_engine_default_params();
+    struct vl2_err err = { 0 };
+
+    CHECK_EQ_INT(p.max_images, 16);
+    p.max_images = VL2_ENGINE_MAX_IMAGES;
+    CHECK_EQ_INT(vl2_engine_check_params(&p, &err), 0);
+    p.max_images = VL2_ENGINE_MAX_IMAGES + 1;
+    CHECK_EQ_INT(vl2_engine_check_params(&p, &err), VL2_EINVAL);
+    CHECK_MSG(strstr(err.msg, "max_images 65: expected 1 to 64"), "%s", err.msg);
+}
+
 static void test_bad(void)
 {
     expect_bad("backend = cpu\n", VL2_EFORMAT, "test.conf:1: 'backend' outside a section");
@@ -112,6 +127,22 @@ static void test_bad(void)
     expect_bad("[daemon]\nmax_sequences = 0\n", VL2_EINVAL,
                "test.conf:2: max_sequences '0': expected an integer from 1 to 4096");
     expect_bad("[daemon]\nkv_budget = 4X\n", VL2_EINVAL, "test.conf:2: kv_budget '4X'");
+    {
+        /* max_images goes up to what the server accepts in one request
+         * (test-server-engine: VL2_ENGINE_MAX_IMAGES pass, one more not) */
+        char text[64], msg[96];
+        struct vl2_conf c;
+        struct vl2_err err;
+
+        snprintf(text, sizeof(text), "[daemon]\nmax_images = %d\n", VL2_ENGINE_MAX_IMAGES);
+        CHECK_MSG(parse(&c, text, &err) == 0 && c.engine.max_images == VL2_ENGINE_MAX_IMAGES,
+                  "%s", err.msg);
+        vl2_conf_done(&c);
+        snprintf(text, sizeof(text), "[daemon]\nmax_images = %d\n", VL2_ENGINE_MAX_IMAGES + 1);
+        snprintf(msg, sizeof(msg), "max_images '%d': expected an integer from 1 to %d",
+                 VL2_ENGINE_MAX_IMAGES + 1, VL2_ENGINE_MAX_IMAGES);
+        expect_bad(text, VL2_EINVAL, msg);
+    }
     expect_bad("[daemon]\nthreads = -1\n", VL2_EINVAL, "test.conf:2: threads '-1'");
     expect_bad("[daemon]\napply_exif = maybe\n", VL2_EINVAL, "apply_exif 'maybe'");
     expect_bad("[daemon]\nidle_unload = soon\n", VL2_EINVAL, "idle_unload 'soon'");
@@ -202,6 +233,7 @@ int main(void)
 {
     RUN(test_good);
     RUN(test_bad);
+    RUN(test_engine_limits);
     RUN(test_model_args);
     RUN(test_paths);
     return check_failures ? 1 : 0;

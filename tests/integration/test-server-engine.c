@@ -20,6 +20,7 @@
 
 #include "../common/check.h"
 #include "../common/util.h"
+#include "engine.h"
 #include "harness.h"
 #include "server.h"
 #include "vl2.h"
@@ -594,6 +595,45 @@ static void test_generate_refused(void)
     vl2_client_close(c);
 }
 
+/* VL2_ENGINE_MAX_IMAGES images reach the engine, one more is refused before
+ * it: the same limit vl2d.conf's max_images may go up to (engine-conf). */
+static void test_generate_max_images(void)
+{
+    static Vl2__Image imgs[VL2_ENGINE_MAX_IMAGES + 1];
+    static Vl2__Image *ptrs[VL2_ENGINE_MAX_IMAGES + 1];
+    struct vl2_client *c = client();
+    struct vl2_err err = { 0 };
+    struct gen_req g;
+    struct seen s = { 0 };
+    int r, i, before;
+
+    if (!c)
+        return;
+    for (i = 0; i <= VL2_ENGINE_MAX_IMAGES; i++) {
+        vl2__image__init(&imgs[i]);
+        imgs[i].source_case = VL2__IMAGE__SOURCE_DATA;
+        imgs[i].data.data = (uint8_t *) "\xff\xd8\xff\x01\x02";
+        imgs[i].data.len = 5;
+        ptrs[i] = &imgs[i];
+    }
+    make_generate(&g, "fake", false, 0);
+    g.msgs[1].images = ptrs;
+    g.msgs[1].n_images = VL2_ENGINE_MAX_IMAGES;
+    before = engine_count(&fake, &fake.n_submitted);
+    r = vl2_client_call(c, &g.req, NULL, 0, collect, &s, &err);
+    CHECK_MSG(r == 0, "%d images: %s", VL2_ENGINE_MAX_IMAGES, err.msg);
+    CHECK_EQ_INT(engine_count(&fake, &fake.n_submitted), before + 1);
+    pthread_mutex_lock(&fake.mu);
+    CHECK_EQ_INT(fake.last.n_images, VL2_ENGINE_MAX_IMAGES);
+    pthread_mutex_unlock(&fake.mu);
+    memset(&s, 0, sizeof(s));
+    g.msgs[1].n_images = VL2_ENGINE_MAX_IMAGES + 1;
+    r = vl2_client_call(c, &g.req, NULL, 0, collect, &s, &err);
+    CHECK_EQ_INT(r, VL2_ELIMIT);
+    CHECK_EQ_INT(engine_count(&fake, &fake.n_submitted), before + 1);
+    vl2_client_close(c);
+}
+
 /* Tokenize with an engine that offers no tokenizer: an Error, never a
  * silent drop, and the connection goes on. */
 static void test_tokenize_unimplemented(void)
@@ -817,6 +857,7 @@ int main(void)
     RUN(test_generate_stream);
     RUN(test_generate_no_stream);
     RUN(test_generate_refused);
+    RUN(test_generate_max_images);
     RUN(test_tokenize_unimplemented);
     RUN(test_two_in_flight);
     RUN(test_cancel);

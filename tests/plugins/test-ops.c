@@ -4,7 +4,9 @@
  * machine supports (isa=scalar|avx2|avx512).  Also: results identical for 1
  * and 3 threads, and clear errors for bad arguments.
  *
- * argv[1]: folder with vl2-backend-cpu.so.
+ * argv[1]: folder with vl2-backend-cpu.so; argv[2]: folder with its copy
+ * built with the measurement knobs (tests/plugins/knobs), for attn_mla in
+ * each form.
  *
  * Error bounds (|got - ref| per element):
  *   linear, moe experts, attention products: <= 2e-5 * sum_k |a_k b_k| + 1e-6
@@ -556,15 +558,16 @@ static void rope_ref(double *v, int d, int pos, double theta, int layout)
 
 static void test_rope(struct be *be)
 {
-    struct vl2_kv_shape ks = { .kind = VL2_ATTN_MHA, .n_layer = 1, .n_kv_head = 1, .head_dim = 4,
-                               .dtype = VL2_DTYPE_F32, .capacity = 400 };
+    struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MHA, .n_layer = 1,
+                               .n_kv_head = 1, .head_dim = 4, .dtype = VL2_DTYPE_F32, .capacity = 400 };
     struct vl2_kv *kv[3];
     struct vl2_batch_seq seqs[3] = {
         { .row0 = 0, .n_rows = 5, .n_past = 0 },
         { .row0 = 5, .n_rows = 1, .n_past = 317 },
         { .row0 = 6, .n_rows = 3, .n_past = 40 },
     };
-    struct vl2_batch batch = { .n_rows = 9, .n_seqs = 3, .seqs = seqs };
+    struct vl2_batch batch = { .struct_size = sizeof(batch), .n_rows = 9, .n_seqs = 3,
+                               .seqs = seqs };
     struct vl2_err err = { 0 };
     char what[128];
 
@@ -572,6 +575,11 @@ static void test_rope(struct be *be)
         CHECK(be->o->kv_new(be->c, &ks, &kv[i], &err) == 0);
         seqs[i].kv = kv[i];
     }
+    /* a batch from a caller built with another header: refused */
+    batch.struct_size = sizeof(batch) + 4;
+    CHECK(be->o->begin_batch(be->c, &batch, &err) == VL2_EABI);
+    CHECK_MSG(strstr(err.msg, "vl2_batch"), "%s", err.msg);
+    batch.struct_size = sizeof(batch);
     CHECK_MSG(be->o->begin_batch(be->c, &batch, &err) == 0, "%s", err.msg);
     for (int layout = 0; layout < 2; layout++) {
         /* 3 heads of stride 14, rotating dims [4, 4 + 8) of each */
@@ -645,8 +653,8 @@ static void test_attn_mha(struct be *be)
 {
     const int H = 4, KVH = 2, D = 12, NL = 2, cap = 64;
     const float scale = 1.0f / sqrtf((float)D);
-    struct vl2_kv_shape ks = { .kind = VL2_ATTN_MHA, .n_layer = NL, .n_kv_head = KVH,
-                               .head_dim = D, .dtype = VL2_DTYPE_F32, .capacity = cap };
+    struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MHA, .n_layer = NL,
+                               .n_kv_head = KVH, .head_dim = D, .dtype = VL2_DTYPE_F32, .capacity = cap };
     struct vl2_kv *kv[3];
     struct hist hs[3][2];
     int n_past[3] = { 0, 0, 0 };
@@ -663,7 +671,7 @@ static void test_attn_mha(struct be *be)
     }
     for (int step = 0; step < 2; step++) {
         struct vl2_batch_seq seqs[3];
-        struct vl2_batch batch = { .n_seqs = 3, .seqs = seqs };
+        struct vl2_batch batch = { .struct_size = sizeof(batch), .n_seqs = 3, .seqs = seqs };
         int rows = 0;
         for (int s = 0; s < 3; s++) {
             seqs[s] = (struct vl2_batch_seq){ .row0 = rows, .n_rows = att_steps[step][s],
@@ -744,8 +752,8 @@ static void test_attn_mla(struct be *be)
 {
     const int H = 3, NOPE = 8, ROPE = 6, VD = 5, LORA = 20, NL = 1, cap = 64;
     const float scale = 1.0f / sqrtf((float)(NOPE + ROPE));
-    struct vl2_kv_shape ks = { .kind = VL2_ATTN_MLA, .n_layer = NL, .kv_lora_rank = LORA,
-                               .rope_dim = ROPE, .dtype = VL2_DTYPE_F32, .capacity = cap };
+    struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MLA, .n_layer = NL,
+                               .kv_lora_rank = LORA, .rope_dim = ROPE, .dtype = VL2_DTYPE_F32, .capacity = cap };
     struct vl2_kv *kv[3];
     struct hist hs[3];
     int n_past[3] = { 0, 0, 0 };
@@ -762,7 +770,7 @@ static void test_attn_mla(struct be *be)
     }
     for (int step = 0; step < 2; step++) {
         struct vl2_batch_seq seqs[3];
-        struct vl2_batch batch = { .n_seqs = 3, .seqs = seqs };
+        struct vl2_batch batch = { .struct_size = sizeof(batch), .n_seqs = 3, .seqs = seqs };
         int rows = 0;
         struct ha q, ckv, out;
         double *ref, *bnd;
@@ -921,7 +929,7 @@ static void test_moe_case(struct be *be, const struct moe_case *mc)
     const struct vl2_tensor **pg = calloc((size_t)E, sizeof(*pg)), **pu = calloc((size_t)E, sizeof(*pu)),
                             **pd = calloc((size_t)E, sizeof(*pd));
     struct ha x, out;
-    struct vl2_moe_layer L = { 0 };
+    struct vl2_moe_layer L = { .struct_size = sizeof(L) };
     struct vl2_err err = { 0 };
     double *ref = calloc((size_t)n * d, sizeof(double)), *bnd = calloc((size_t)n * d, sizeof(double));
     double *y = malloc((size_t)d * sizeof(double)), *ya = malloc((size_t)d * sizeof(double));
@@ -1071,6 +1079,10 @@ static void test_moe_case(struct be *be, const struct moe_case *mc)
         bad = L;
         bad.top_k = E + 1;
         CHECK(be->o->moe(be->c, &out.t, &x.t, &bad, &err) == VL2_EINVAL);
+        bad = L;
+        bad.struct_size = sizeof(bad) - 4;
+        CHECK(be->o->moe(be->c, &out.t, &x.t, &bad, &err) == VL2_EABI);
+        CHECK_MSG(strstr(err.msg, "vl2_moe_layer"), "%s", err.msg);
     }
 
     ha_done(be, &x);
@@ -1192,11 +1204,24 @@ static void test_memory(struct be *be)
     CHECK(be->o->alloc(be->c, &t, VL2_DTYPE_Q4, 2, ne, &err) == VL2_EUNSUPPORTED);
     CHECK(be->o->alloc(be->c, &t, VL2_DTYPE_F32, 5, ne, &err) == VL2_EINVAL);
     {
-        struct vl2_kv_shape ks = { .kind = VL2_ATTN_MLA, .n_layer = 2, .kv_lora_rank = 8,
-                                   .rope_dim = 4, .dtype = VL2_DTYPE_BF16, .capacity = 4 };
+        struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MLA, .n_layer = 2,
+                                   .kv_lora_rank = 8, .rope_dim = 4, .dtype = VL2_DTYPE_BF16,
+                                   .capacity = 4 };
         struct vl2_kv *kv;
         CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EUNSUPPORTED);
         ks.dtype = VL2_DTYPE_F32;
+        CHECK(be->o->kv_token_bytes(&ks) == 2 * (8 + 4) * sizeof(float));
+        /* a shape from a caller built with another header: refused, not read */
+        ks.struct_size = sizeof(ks) - 4;
+        CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EABI);
+        CHECK_MSG(strstr(err.msg, "vl2_kv_shape") && strstr(err.msg, "struct_size"), "%s",
+                  err.msg);
+        CHECK(be->o->kv_token_bytes(&ks) == 0);
+        ks.struct_size = 0;
+        CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EABI);
+        ks.struct_size = sizeof(ks) + 8;
+        CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EABI);
+        ks.struct_size = sizeof(ks);
         ks.kind = 7;
         CHECK(be->o->kv_new(be->c, &ks, &kv, &err) == VL2_EINVAL);
         CHECK(be->o->kv_token_bytes(&ks) == 0);
@@ -1216,6 +1241,65 @@ static void test_memory(struct be *be)
         ha_done(be, &o);
         hw_done(be, &w);
     }
+}
+
+/* ---- supports_op ---------------------------------------------------------------------------- */
+
+/* What supports_op says is what the ops do: weight() and kv_new() succeed
+ * for exactly the dtypes it accepts (F32, F16, BF16 weights; F32 caches) and
+ * refuse the others (Q8, Q4; 16-bit caches) with VL2_EUNSUPPORTED. */
+static void test_supports(struct be *be)
+{
+    static const int dtypes[] = { VL2_DTYPE_F32, VL2_DTYPE_F16, VL2_DTYPE_BF16, VL2_DTYPE_I32,
+                                  VL2_DTYPE_Q8, VL2_DTYPE_Q4 };
+    static const int weight_ops[] = { VL2_OP_WEIGHT, VL2_OP_EMBED, VL2_OP_LINEAR, VL2_OP_MOE };
+    static const int cache_ops[] = { VL2_OP_KV, VL2_OP_ATTN_MHA, VL2_OP_ATTN_MLA };
+    static const uint16_t host[64];
+    const int64_t ne[2] = { 4, 8 };
+    struct vl2_err err = { 0 };
+
+    CHECK(be->o->supports_op != NULL);
+    if (!be->o->supports_op)
+        return;
+    for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++) {
+        const int dt = dtypes[i];
+        const int wok = dt == VL2_DTYPE_F32 || dt == VL2_DTYPE_F16 || dt == VL2_DTYPE_BF16;
+        struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MHA, .n_layer = 1,
+                                   .n_kv_head = 1, .head_dim = 4, .dtype = dt, .capacity = 4 };
+        struct vl2_tensor t;
+        struct vl2_kv *kv = NULL;
+        int r;
+
+        for (size_t k = 0; k < sizeof(weight_ops) / sizeof(weight_ops[0]); k++)
+            CHECK_MSG(be->o->supports_op(be->c, weight_ops[k], dt) == wok, "op %d dtype %d",
+                      weight_ops[k], dt);
+        for (size_t k = 0; k < sizeof(cache_ops) / sizeof(cache_ops[0]); k++)
+            CHECK_MSG(be->o->supports_op(be->c, cache_ops[k], dt) == (dt == VL2_DTYPE_F32),
+                      "op %d dtype %d", cache_ops[k], dt);
+        if (dt == VL2_DTYPE_I32)
+            continue;  /* weight() takes I32 tensors (ids), which no model op reads */
+        r = be->o->weight(be->c, &t, dt, 2, ne, host, &err);
+        CHECK_MSG(wok ? r == 0 : r == VL2_EUNSUPPORTED, "weight dtype %d: %d %s", dt, r,
+                  err.msg);
+        if (r == 0)
+            be->o->free_tensor(be->c, &t);
+        r = be->o->kv_new(be->c, &ks, &kv, &err);
+        CHECK_MSG(dt == VL2_DTYPE_F32 ? r == 0 : r == VL2_EUNSUPPORTED, "kv dtype %d: %d %s",
+                  dt, r, err.msg);
+        if (r == 0)
+            be->o->kv_free(be->c, kv);
+    }
+    /* ops without weights take F32 activations (dtype -1: no weight) */
+    for (int op = VL2_OP_RMSNORM; op <= VL2_OP_ATTN_FULL; op++) {
+        CHECK_MSG(be->o->supports_op(be->c, op, -1) == 1, "op %d", op);
+        CHECK_MSG(be->o->supports_op(be->c, op, VL2_DTYPE_Q8) == 0, "op %d", op);
+    }
+    CHECK(be->o->supports_op(be->c, VL2_OP_ROPE, -1) == 1);
+    CHECK(be->o->supports_op(be->c, VL2_OP_ARGMAX, -1) == 1);
+    /* operations the table does not know */
+    CHECK(be->o->supports_op(be->c, 0, VL2_DTYPE_F32) == 0);
+    CHECK(be->o->supports_op(be->c, VL2_OP_COUNT, VL2_DTYPE_F32) == 0);
+    CHECK(be->o->supports_op(be->c, -5, -1) == 0);
 }
 
 /* ---- thread-count independence ------------------------------------------------------------ */
@@ -1247,7 +1331,7 @@ static void run_fixed(struct be *be, float *res, size_t *n_res)
 static void test_threads(const char *dir, const char *isa)
 {
     struct be a, b;
-    struct vl2_backend_params p = { .n_threads = 1 };
+    struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 1 };
     struct vl2_err err = { 0 };
     char opt[64];
     float *ra = malloc(40000 * 4), *rb = malloc(40000 * 4);
@@ -1271,19 +1355,295 @@ static void test_threads(const char *dir, const char *isa)
     free(rb);
 }
 
+/* ---- bf16 precision (kern.h) --------------------------------------------------------- */
+
+static double round_bf(double v)
+{
+    return bf2d(f2bf((float)v));
+}
+
+/* linear with precision=bf16: both operands rounded to bf16 (ties to even)
+ * for products of at least @min_rows rows, F32 accumulation: the reference
+ * rounds x and w the same way and keeps the F32 bound of test_linear (the
+ * products of bf16 values are exact in F32).  Without the rounding the
+ * error would be ~2^-9 of each product, far over the bound. */
+static void test_linear_bf16(struct be *be, int64_t min_rows)
+{
+    static const int64_t shapes[][3] = {
+        { 1, 67, 45 }, { 2, 33, 5 }, { 3, 130, 33 }, { 17, 300, 129 }, { 16, 513, 70 },
+        { 40, 31, 300 }, { 300, 64, 40 }, { 729, 100, 70 },
+    };
+    static const int dts[] = { VL2_DTYPE_BF16, VL2_DTYPE_F32, VL2_DTYPE_F16 };
+    char what[160];
+
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
+        for (size_t di = 0; di < 3; di++)
+            for (int variant = 0; variant < 2; variant++) {
+                int64_t m = shapes[si][0], k = shapes[si][1], n = shapes[si][2];
+                int rounded = m >= min_rows;
+                struct hw w, bias;
+                struct ha x, out;
+                struct vl2_err err = { 0 };
+                double *ref, *bnd;
+                int r;
+
+                if (m == 729 && di > 0)
+                    continue;   /* one dtype is enough for the big one */
+                ref = malloc((size_t)(m * n) * sizeof(double));
+                bnd = malloc((size_t)(m * n) * sizeof(double));
+                hw_init(be, &w, dts[di], n, k, variant ? k + 3 : k, 1.0);
+                hw_init(be, &bias, VL2_DTYPE_F32, 1, n, n, 1.0);
+                ha_init(be, &x, m, k, variant ? k + 5 : k, 1.0);
+                ha_init(be, &out, m, n, variant ? n + 2 : n, 1.0);
+                r = be->o->linear(be->c, &out.t, &x.t, &w.t, variant ? &bias.t : NULL, &err);
+                CHECK_MSG(r == 0, "linear: %s", err.msg);
+                ha_read(be, &out);
+                for (int64_t i = 0; i < m; i++)
+                    for (int64_t j = 0; j < n; j++) {
+                        double s = 0, a = 0;
+                        for (int64_t c = 0; c < k; c++) {
+                            double xv = A(&x, i, c), wv = w.val[j * k + c];
+                            if (rounded) {
+                                xv = round_bf(xv);
+                                wv = round_bf(wv);
+                            }
+                            s += xv * wv;
+                            a += fabs(xv * wv);
+                        }
+                        if (variant) {
+                            s += bias.val[j];
+                            a += fabs(bias.val[j]);
+                        }
+                        ref[i * n + j] = s;
+                        bnd[i * n + j] = 2e-5 * a + 1e-6;
+                    }
+                snprintf(what, sizeof(what), "%s bf16 linear %lldx%lldx%lld dtype %d%s%s", be->name,
+                         (long long)m, (long long)k, (long long)n, dts[di],
+                         variant ? " strided+bias" : "", rounded ? "" : " (gemv, f32)");
+                compare(what, out.h, out.ld, ref, bnd, m, n, 0, 0);
+                ha_done(be, &x);
+                ha_done(be, &out);
+                hw_done(be, &w);
+                hw_done(be, &bias);
+                free(ref);
+                free(bnd);
+            }
+}
+
+/* The same results for 1 and 3 threads in bf16 precision (@opt: isa=...). */
+static void test_threads_bf16(const char *dir, const char *isa)
+{
+    struct be a, b;
+    struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 1 };
+    struct vl2_err err = { 0 };
+    char opt[96];
+    float *ra = malloc(40000 * 4), *rb = malloc(40000 * 4);
+    size_t na = 0, nb = 0;
+
+    snprintf(opt, sizeof(opt), "isa=%s,precision=bf16,blas_min_rows=1", isa);
+    p.options = opt;
+    CHECK_MSG(vl2_backend_load(&a.b, "cpu", dir, &p, &err) == 0, "%s", err.msg);
+    if (check_failures)
+        goto out_free;
+    p.n_threads = 3;
+    CHECK_MSG(vl2_backend_load(&b.b, "cpu", dir, &p, &err) == 0, "%s", err.msg);
+    if (check_failures) {
+        vl2_backend_unload(a.b);
+        goto out_free;
+    }
+    a.o = a.b->ops;
+    a.c = a.b->ctx;
+    b.o = b.b->ops;
+    b.c = b.b->ctx;
+    run_fixed(&a, ra, &na);
+    run_fixed(&b, rb, &nb);
+    CHECK_MSG(na == nb && memcmp(ra, rb, na * 4) == 0, "bf16 %s: 1 and 3 threads differ", isa);
+    vl2_backend_unload(a.b);
+    vl2_backend_unload(b.b);
+out_free:
+    free(ra);
+    free(rb);
+}
+
+/* precision= (a production option): f32 and bf16 accepted, anything else
+ * refused with a message naming it. */
+static void test_precision_option(const char *dir)
+{
+    static const char *bad[] = { "precision=f16", "precision=BF16", "precision=" };
+    struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 1,
+                                    .options = "precision=f32" };
+    struct vl2_err err = { 0 };
+    struct vl2_backend *b = NULL;
+
+    CHECK_MSG(vl2_backend_load(&b, "cpu", dir, &p, &err) == 0, "%s", err.msg);
+    if (b) {
+        CHECK(strstr(b->ops->describe(b->ctx), "precision f32") != NULL);
+        vl2_backend_unload(b);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        b = NULL;
+        p.options = bad[i];
+        memset(&err, 0, sizeof(err));
+        CHECK_MSG(vl2_backend_load(&b, "cpu", dir, &p, &err) == VL2_EINVAL, "%s accepted", bad[i]);
+        CHECK_MSG(strstr(err.msg, "precision") != NULL, "%s: message '%s'", bad[i], err.msg);
+        if (b)
+            vl2_backend_unload(b);
+    }
+}
+
+/* attn_full of n_seq sequences of L tokens, H heads of D, against a double
+ * reference; @rounded: q, k, v rounded to bf16 in the reference and the
+ * bound widened by the bf16 rounding of the probabilities (2^-9 of
+ * sum_u p_u |v_u| / sum_u p_u). */
+static void attn_full_case(struct be *be, int L, int H, int D, int n_seq, int rounded)
+{
+    const float scale = 1.0f / sqrtf((float)D);
+    struct ha qkv, out;
+    struct vl2_err err = { 0 };
+    double *ref = malloc((size_t)n_seq * L * H * D * sizeof(double));
+    double *bnd = malloc((size_t)n_seq * L * H * D * sizeof(double));
+    double *p = malloc((size_t)L * sizeof(double));
+    char what[160];
+#define QKV(r, c) (rounded ? round_bf(A(&qkv, (r), (c))) : (double)A(&qkv, (r), (c)))
+
+    ha_init(be, &qkv, (int64_t)n_seq * L, 3 * H * D, 3 * H * D + 7, 1.0);
+    ha_init(be, &out, (int64_t)n_seq * L, H * D, H * D + 3, 1.0);
+    for (int s = 0; s < n_seq; s++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < L; t++) {
+                double mx = -1e300, sum = 0;
+                int row = s * L + t;
+                for (int u = 0; u < L; u++) {
+                    double d = 0;
+                    for (int c = 0; c < D; c++)
+                        d += QKV(row, h * D + c) * QKV(s * L + u, H * D + h * D + c);
+                    p[u] = d * scale;
+                    if (p[u] > mx)
+                        mx = p[u];
+                }
+                for (int u = 0; u < L; u++)
+                    sum += (p[u] = exp(p[u] - mx));
+                for (int c = 0; c < D; c++) {
+                    double o = 0, a = 0, pa = 0;
+                    for (int u = 0; u < L; u++) {
+                        double v = QKV(s * L + u, 2 * H * D + h * D + c);
+                        o += p[u] / sum * v;
+                        a += fabs(v);
+                        pa += p[u] / sum * fabs(v);
+                    }
+                    ref[(size_t)row * H * D + h * D + c] = o;
+                    bnd[(size_t)row * H * D + h * D + c] =
+                        2e-5 * a / L * 4 + 1e-6 + (rounded ? 1.1 * pa / 512 : 0);
+                }
+            }
+#undef QKV
+    CHECK_MSG(be->o->attn_full(be->c, &out.t, &qkv.t, L, H, D, scale, &err) == 0, "%s", err.msg);
+    ha_read(be, &out);
+    snprintf(what, sizeof(what), "%s attn_full L %d H %d D %d x%d%s", be->name, L, H, D, n_seq,
+             rounded ? " bf16" : "");
+    compare(what, out.h, out.ld, ref, bnd, (int64_t)n_seq * L, H * D, 0, 0);
+    ha_done(be, &qkv);
+    ha_done(be, &out);
+    free(ref);
+    free(bnd);
+    free(p);
+}
+
+/* The fused attn_full kernel (attn_full=fused, and precision=bf16 where it
+ * is the default) on one and several key blocks, odd sizes, D over 80. */
+static void test_attn_fused(const char *dir)
+{
+    static const char *opts[] = { "isa=avx512,attn_full=fused", "isa=avx512,precision=bf16",
+                                  "isa=avx2,precision=bf16", "isa=avx512,attn_full=matrix" };
+    static const int cases[][4] = {
+        { 45, 3, 10, 2 }, { 1, 2, 16, 3 }, { 2, 1, 7, 1 }, { 130, 2, 72, 1 },
+        { 129, 1, 100, 2 }, { 257, 2, 17, 1 }, { 729, 1, 72, 1 },
+    };
+
+    for (int oi = 0; oi < 4; oi++)
+        for (int nt = 1; nt <= 3; nt += 2) {
+            struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = nt,
+                                            .options = opts[oi] };
+            struct vl2_err err = { 0 };
+            struct be be;
+            int before = check_failures, r, rounded;
+
+            r = vl2_backend_load(&be.b, "cpu", dir, &p, &err);
+            if (r == VL2_EUNSUPPORTED) {
+                printf("skip %s: %s\n", opts[oi], err.msg);
+                break;
+            }
+            CHECK_MSG(r == 0, "%s", err.msg);
+            if (r < 0)
+                continue;
+            be.o = be.b->ops;
+            be.c = be.b->ctx;
+            snprintf(be.name, sizeof(be.name), "[%s x%d]", opts[oi], nt);
+            rounded = oi == 1 && strstr(be.o->describe(be.c), "vdpbf16ps") != NULL;
+            for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++)
+                attn_full_case(&be, cases[ci][0], cases[ci][1], cases[ci][2], cases[ci][3],
+                               rounded);
+            printf("%s attn_full: %s\n", be.name, check_failures == before ? "ok" : "FAILED");
+            vl2_backend_unload(be.b);
+        }
+}
+
+/* bf16 linear on every instruction set (@dir: the plugin with the knobs,
+ * for blas_min_rows=1: the blocked kernel on 1..15 rows too). */
+static void test_bf16_all(const char *dir)
+{
+    static const char *isas[] = { "scalar", "avx2", "avx512" };
+    static const char *extra[] = { "", ",blas_min_rows=1" };
+    static const int threads[] = { 1, 3 };
+
+    for (int ii = 0; ii < 3; ii++) {
+        int skipped = 0;
+        for (int ti = 0; ti < 2 && !skipped; ti++)
+            for (int ei = 0; ei < 2; ei++) {
+                struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = threads[ti] };
+                struct vl2_err err = { 0 };
+                struct be be;
+                char opt[96];
+                int before = check_failures;
+                int r;
+
+                snprintf(opt, sizeof(opt), "isa=%s,precision=bf16%s", isas[ii], extra[ei]);
+                p.options = opt;
+                r = vl2_backend_load(&be.b, "cpu", dir, &p, &err);
+                if (r == VL2_EUNSUPPORTED) {
+                    printf("skip %s: %s\n", opt, err.msg);
+                    skipped = 1;
+                    break;
+                }
+                CHECK_MSG(r == 0, "%s", err.msg);
+                if (r < 0)
+                    continue;
+                be.o = be.b->ops;
+                be.c = be.b->ctx;
+                snprintf(be.name, sizeof(be.name), "[bf16 %s%s x%d]", isas[ii],
+                         ei ? " min_rows 1" : "", threads[ti]);
+                test_linear_bf16(&be, ei ? 1 : 16);
+                printf("%s %s: %s\n", be.name, be.o->describe(be.c),
+                       check_failures == before ? "ok" : "FAILED");
+                vl2_backend_unload(be.b);
+            }
+        if (!skipped)
+            test_threads_bf16(dir, isas[ii]);
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const char *isas[] = { "scalar", "avx2", "avx512" };
     static const int threads[] = { 1, 3 };
 
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s CPU_PLUGIN_DIR\n", argv[0]);
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s CPU_PLUGIN_DIR CPU_KNOBS_PLUGIN_DIR\n", argv[0]);
         return 2;
     }
-    unsetenv("VL2_CPU_ISA");
     for (int ii = 0; ii < 3; ii++)
         for (int ti = 0; ti < 2; ti++) {
-            struct vl2_backend_params p = { .n_threads = threads[ti] };
+            struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = threads[ti] };
             struct vl2_err err = { 0 };
             struct be be;
             char opt[64];
@@ -1304,6 +1664,7 @@ int main(int argc, char **argv)
             be.c = be.b->ctx;
             snprintf(be.name, sizeof(be.name), "[%s x%d]", isas[ii], threads[ti]);
             test_memory(&be);
+            test_supports(&be);
             test_linear(&be);
             test_rowops(&be);
             test_movement(&be);
@@ -1322,11 +1683,11 @@ int main(int argc, char **argv)
     /* attn_mla in each form (auto above mixes them: expanded for the 40-row
      * prefill, absorbed for single rows) */
     for (int mode = 0; mode < 2; mode++) {
-        struct vl2_backend_params p = { .n_threads = 2,
+        struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = 2,
                                         .options = mode ? "mla=expanded" : "mla=absorbed" };
         struct vl2_err err = { 0 };
         struct be be;
-        if (vl2_backend_load(&be.b, "cpu", argv[1], &p, &err) < 0) {
+        if (vl2_backend_load(&be.b, "cpu", argv[2], &p, &err) < 0) {
             CHECK_MSG(0, "%s", err.msg);
             continue;
         }
@@ -1336,6 +1697,9 @@ int main(int argc, char **argv)
         test_attn_mla(&be);
         vl2_backend_unload(be.b);
     }
+    test_precision_option(argv[1]);
+    test_bf16_all(argv[2]);
+    test_attn_fused(argv[2]);
     printf("%d failures\n", check_failures);
     return check_failures ? 1 : 0;
 }

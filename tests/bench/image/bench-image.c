@@ -139,7 +139,8 @@ static void bench(const char *name, const void *data, size_t size, int runs)
             exit(1);
         }
         t2 = now_ms();
-        vl2_image_normalize(f, tiles, (size_t)t.n_tiles * 3 * 384 * 384, 384 * 384, mean, std);
+        vl2_image_normalize(f, tiles, (size_t)t.n_tiles * 3 * 384 * 384, 384 * 384, mean, std,
+                            1);
         t3 = now_ms();
         w = img.width;
         h = img.height;

@@ -10,7 +10,10 @@
  *     enough copies that the weights come from memory: GB/s of weights read
  *     and the ratio to the bandwidth measured in the same run;
  *   - linear() with many rows (prefill, vision): GFLOP/s;
- *   - vision attention, gelu_tanh, MHA decode attention, one MoE layer.
+ *   - vision attention, gelu_tanh, MHA decode attention, one MoE layer;
+ *   - the compute peak measured in the same run (tests/bench/peak): the
+ *     blocked products print their share of the f32 FMA zmm and bf16 dot
+ *     peaks for that many threads.
  * Every figure is the best of several repetitions (the machine may be shared:
  * the best repetition is the one least disturbed).  "per core" divides by the
  * process CPU time instead of the wall time: the speed of the code when it
@@ -25,6 +28,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "peak.h"
 
 static double wall(void)
 {
@@ -256,12 +260,12 @@ static void mha_run(void *v)
 /* MHA decode attention at context n_ctx (tiny: 10 heads x 128): seconds per call */
 static double bench_mha_decode(struct bk *k, int n_ctx)
 {
-    struct vl2_kv_shape ks = { .kind = VL2_ATTN_MHA, .n_layer = 1, .n_kv_head = 10,
-                               .head_dim = 128, .dtype = VL2_DTYPE_F32, .capacity = n_ctx + 1 };
+    struct vl2_kv_shape ks = { .struct_size = sizeof(ks), .kind = VL2_ATTN_MHA, .n_layer = 1,
+                               .n_kv_head = 10, .head_dim = 128, .dtype = VL2_DTYPE_F32, .capacity = n_ctx + 1 };
     struct vl2_kv *kv;
     struct mha_job j = { .k = k };
     struct vl2_batch_seq seq = { .row0 = 0, .n_rows = 1, .n_past = n_ctx };
-    struct vl2_batch b = { .n_rows = 1, .n_seqs = 1, .seqs = &seq };
+    struct vl2_batch b = { .struct_size = sizeof(b), .n_rows = 1, .n_seqs = 1, .seqs = &seq };
     struct vl2_err err = { 0 };
     double t;
 
@@ -270,7 +274,8 @@ static double bench_mha_decode(struct bk *k, int n_ctx)
     {   /* fill the cache as prefill would, so its pages are real */
         struct mha_job pj = { .k = k };
         struct vl2_batch_seq ps = { .row0 = 0, .n_rows = n_ctx, .n_past = 0, .kv = kv };
-        struct vl2_batch pb = { .n_rows = n_ctx, .n_seqs = 1, .seqs = &ps };
+        struct vl2_batch pb = { .struct_size = sizeof(pb), .n_rows = n_ctx, .n_seqs = 1,
+                                .seqs = &ps };
         act(k, &pj.q, n_ctx, 1280);
         act(k, &pj.kk, n_ctx, 1280);
         act(k, &pj.v, n_ctx, 1280);
@@ -346,7 +351,8 @@ static double bench_moe(struct bk *k, int m, double *bytes_per_call)
     k->o->weight(k->c, &t[3 * E + 2], VL2_DTYPE_BF16, 2, ne_sd, raw + off, &err);
     off += (size_t)2 * I * D;
     k->o->weight(k->c, &t[3 * E + 3], VL2_DTYPE_BF16, 2, ne_r, raw + off, &err);
-    j.L = (struct vl2_moe_layer){ .router = &t[3 * E + 3], .gate = pg, .up = pu, .down = pd,
+    j.L = (struct vl2_moe_layer){ .struct_size = sizeof(struct vl2_moe_layer),
+                                  .router = &t[3 * E + 3], .gate = pg, .up = pu, .down = pd,
                                   .sh_gate = &t[3 * E], .sh_up = &t[3 * E + 1],
                                   .sh_down = &t[3 * E + 2], .n_expert = E, .top_k = 6,
                                   .scoring = VL2_MOE_SOFTMAX, .method = VL2_MOE_GREEDY,
@@ -394,7 +400,8 @@ int main(int argc, char **argv)
     memset(bw_buf, 1, bw_size);
 
     for (int ti = 0; ti < n_thr; ti++) {
-        struct vl2_backend_params p = { .n_threads = threads[ti], .options = options };
+        struct vl2_backend_params p = { .struct_size = sizeof(p), .n_threads = threads[ti],
+                                        .options = options };
         struct vl2_err err = { 0 };
         struct bk k;
         struct bw_job bj = { bw_buf, bw_size, threads[ti] };
@@ -413,7 +420,8 @@ int main(int argc, char **argv)
             { "expert        40x1280 -> 896,  bf16", 40, 896, 1280, VL2_DTYPE_BF16 },
             { "few rows       8x1280 -> 6848, bf16", 8, 6848, 1280, VL2_DTYPE_BF16 },
         };
-        double bw;
+        struct vl2_peak pk;
+        double bw, pf, pb;
 
         if (vl2_backend_load(&k.b, "cpu", dir, &p, &err) < 0)
             die("load", &err);
@@ -437,11 +445,17 @@ int main(int argc, char **argv)
                        s * 1e3, bytes / s / 1e9, 100 * bytes / s / 1e9 / bw);
             }
         }
-        printf("many rows (blocked product), GFLOP/s wall / per core (CPU time):\n");
+        vl2_peak_measure(&pk, threads[ti], 0.1);
+        vl2_peak_print(&pk);
+        pf = vl2_peak_for(&pk, VL2_PEAK_F32_ZMM, threads[ti]);
+        pb = vl2_peak_for(&pk, VL2_PEAK_BF16, threads[ti]);
+        printf("many rows (blocked product), GFLOP/s wall / per core (CPU time), share of the f32 zmm / bf16 peak:\n");
         for (size_t i = 0; i < sizeof(gm) / sizeof(gm[0]); i++) {
             double cpu, s = bench_linear(&k, gm[i].m, gm[i].n, gm[i].kd, gm[i].dt, 1, &cpu);
             double fl = 2.0 * gm[i].m * gm[i].n * gm[i].kd;
-            printf("  %s : %6.1f / %5.1f\n", gm[i].name, fl / s / 1e9, fl / cpu / 1e9);
+            printf("  %s : %6.1f / %5.1f  %3.0f%% / %3.0f%%\n", gm[i].name, fl / s / 1e9,
+                   fl / cpu / 1e9, pf > 0 ? 100 * fl / s / 1e9 / pf : 0,
+                   pb > 0 ? 100 * fl / s / 1e9 / pb : 0);
         }
         if (!gemm_only) {
             struct full_job fj = { .k = &k };
@@ -449,9 +463,11 @@ int main(int argc, char **argv)
             act(&k, &fj.qkv, 729L * 2, 3 * 1152);
             act(&k, &fj.out, 729L * 2, 1152);
             s = measure(full_run, &fj, &cpu);
-            printf("vision attention 729 x 16 heads x 72: %.1f ms per tile (%.1f GFLOP/s, %.1f per core)\n",
+            printf("vision attention 729 x 16 heads x 72: %.1f ms per tile (%.1f GFLOP/s, %.1f per core; %.0f%% of the f32 zmm peak, %.0f%% of bf16)\n",
                    s / 2 * 1e3, 2 * 4.0 * 729 * 729 * 72 * 16 / s / 1e9,
-                   2 * 4.0 * 729 * 729 * 72 * 16 / cpu / 1e9);
+                   2 * 4.0 * 729 * 729 * 72 * 16 / cpu / 1e9,
+                   pf > 0 ? 100 * 2 * 4.0 * 729 * 729 * 72 * 16 / s / 1e9 / pf : 0,
+                   pb > 0 ? 100 * 2 * 4.0 * 729 * 729 * 72 * 16 / s / 1e9 / pb : 0);
             k.o->free_tensor(k.c, &fj.out);
             act(&k, &fj.out, 729, 4304);
             s = measure(gelu_run, &fj, NULL);

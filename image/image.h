@@ -12,7 +12,8 @@
  *                    384, 14, 2);
  *     u8 = malloc(t.n_tiles * 3 * 384 * 384);
  *     r = vl2_image_tile(&img, &t, 384, u8, err);
- *     vl2_image_normalize(f32, u8, t.n_tiles * 3 * 384 * 384, 384 * 384, mean, std);
+ *     vl2_image_normalize(f32, u8, t.n_tiles * 3 * 384 * 384, 384 * 384, mean, std,
+ *                         normalize);
  *     vl2_image_done(&img);
  *
  * Conversion rules follow Pillow's Image.open(...).convert("RGB"), which the
@@ -111,10 +112,15 @@ void vl2_image_plan(struct vl2_tiling *t, int32_t w, int32_t h, const int (*cand
 int  vl2_image_tile(const struct vl2_image *img, const struct vl2_tiling *t, int image_size,
                     uint8_t *out, struct vl2_err *err);
 
-/* out[i] = (in[i] / 255 - mean[c]) / std[c] in float32, c = (i / plane) % 3,
- * plane = image_size^2 (spec 3.6). */
+/* The official processor's pixel transform (spec 3.6: ToTensor, then
+ * Normalize only when processor_config.normalize is true), in float32:
+ *     @normalize != 0: out[i] = (in[i] / 255 - mean[c]) / std[c]
+ *     @normalize == 0: out[i] = in[i] / 255  (mean and std unused, may be NULL)
+ * with c = (i / plane) % 3, plane = image_size^2 (0: one plane of n).  The one
+ * place pixels become floats: the vision tower (daemon/model/vision.c) and
+ * `vl2d preprocess` both call it. */
 void vl2_image_normalize(float *out, const uint8_t *in, size_t n, size_t plane,
-                         const float mean[3], const float std[3]);
+                         const float mean[3], const float std[3], int normalize);
 
 /* ---- building blocks, exposed for tests and benchmarks ------------------ */
 

@@ -179,14 +179,14 @@ out_canvas:
 }
 
 void vl2_image_normalize(float *out, const uint8_t *in, size_t n, size_t plane,
-                         const float mean[3], const float std[3])
+                         const float mean[3], const float std[3], int normalize)
 {
     float lut[3][256];
 
-    /* torchvision ToTensor + Normalize, in float32 */
+    /* torchvision ToTensor (v / 255), then Normalize, in float32 */
     for (int c = 0; c < 3; c++)
         for (int v = 0; v < 256; v++)
-            lut[c][v] = ((float)v / 255.0f - mean[c]) / std[c];
+            lut[c][v] = normalize ? ((float)v / 255.0f - mean[c]) / std[c] : (float)v / 255.0f;
     if (plane == 0)
         plane = n;
     for (size_t i = 0; i < n;) {
