@@ -32,7 +32,7 @@ async function metric(name) {
     const m = text.match(new RegExp(`^${name} (\\S+)$`, 'm'));
     return m ? Number(m[1]) : NaN;
 }
-async function waitFor(pred, ms = 3000) {
+async function waitFor(pred, ms = 5000) {
     const end = Date.now() + ms;
     while (Date.now() < end) {
         if (await pred()) return true;
@@ -40,7 +40,6 @@ async function waitFor(pred, ms = 3000) {
     }
     return false;
 }
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const imagePart = (f, mime = 'image/jpeg') =>
     ({ type: 'image_url', image_url: { url: `data:${mime};base64,${b64(f)}` } });

@@ -280,18 +280,18 @@ cpid=$!
 for i in $(seq 200); do grep -q '"content":"[^"]' "$DIR/long.out" 2>/dev/null && break; sleep 0.02; done
 check "disconnect: tokens were streaming" test "$(active)" = 1
 kill "$cpid"; wait "$cpid" 2>/dev/null
-for i in $(seq 100); do [ "$(active)" = 0 ] && break; sleep 0.02; done
-check "disconnect (SSE): vl2d stops decoding within 2 s" test "$(active)" = 0
+for i in $(seq 250); do [ "$(active)" = 0 ] && break; sleep 0.02; done
+check "disconnect (SSE): vl2d stops decoding within 5 s" test "$(active)" = 0
 check "disconnect (SSE): counted" test "$(disc)" = 1
 check "disconnect (SSE): far fewer than 4000 tokens were sent" \
     test "$(grep -c '"content"' "$DIR/long.out")" -lt 2000
 jq -c '.stream = false' "$DIR/long.json" > "$DIR/long1.json"
-curl -s -m 0.5 "$URL/v1/chat/completions" --data-binary @"$DIR/long1.json" > /dev/null
-for i in $(seq 100); do [ "$(active)" = 0 ] && [ "$(disc)" = 2 ] && break; sleep 0.02; done
+curl -s -m 1 "$URL/v1/chat/completions" --data-binary @"$DIR/long1.json" > /dev/null
+for i in $(seq 250); do [ "$(active)" = 0 ] && [ "$(disc)" = 2 ] && break; sleep 0.02; done
 check "disconnect (non-streamed, Ollama too): cancelled" test "$(active)" = 0 -a "$(disc)" = 2
 jq -nc '{model:"micro",options:{num_predict:4000},messages:[{role:"user",content:"hi"}]}' > "$DIR/olong.json"
-curl -s -m 0.5 "$URL/api/chat" --data-binary @"$DIR/olong.json" > /dev/null
-for i in $(seq 100); do [ "$(active)" = 0 ] && [ "$(disc)" = 3 ] && break; sleep 0.02; done
+curl -s -m 1 "$URL/api/chat" --data-binary @"$DIR/olong.json" > /dev/null
+for i in $(seq 250); do [ "$(active)" = 0 ] && [ "$(disc)" = 3 ] && break; sleep 0.02; done
 check "disconnect (Ollama NDJSON): cancelled" test "$(active)" = 0 -a "$(disc)" = 3
 
 # ---- /metrics -------------------------------------------------------------------
