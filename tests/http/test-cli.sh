@@ -1,10 +1,10 @@
 #!/bin/bash
-# test-unit.sh - vl2-http's command line and configuration file: usage
+# test-cli.sh - vl2-http's command line and configuration file: usage
 # errors exit 2, bad settings exit 1 with one line naming the file and line,
 # non-loopback listen addresses are refused without allow_remote, the file's
 # settings apply (a bound port, a body limit).
 #
-# usage: test-unit.sh VL2HTTP
+# usage: test-cli.sh VL2HTTP
 set -uo pipefail
 BIN=$1
 command -v curl >/dev/null || { echo "curl not found: skipping"; exit 77; }
