@@ -349,13 +349,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    memset(&srv, 0, sizeof(srv));
-    if (vl2h_server_start(&srv, &conf, fd, &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        close(fd);
-        vl2h_conf_done(&conf);
-        return 1;
-    }
+    /* said before serving, so that no answer comes before this line */
     describe(fd, where, sizeof(where));
     {
         char sock[256];
@@ -364,6 +358,13 @@ int main(int argc, char **argv)
             snprintf(sock, sizeof(sock), "?");
         fprintf(stderr, "vl2-http: listening on %s (vl2d at '%s'%s)\n", where, sock,
                 conf.api_key ? ", api key required" : "");
+    }
+    memset(&srv, 0, sizeof(srv));
+    if (vl2h_server_start(&srv, &conf, fd, &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        close(fd);
+        vl2h_conf_done(&conf);
+        return 1;
     }
 #if VL2_HAVE_SYSTEMD
     (void) sd_notify(0, "READY=1");

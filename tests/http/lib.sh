@@ -20,11 +20,18 @@ stop_all() {
 finish() {
     local rc=$?
     stop_all
+    # a sanitizer build reports into the logs; any report fails the test
+    if grep -l -E 'runtime error|AddressSanitizer|LeakSanitizer' "$DIR"/*.log 2>/dev/null; then
+        echo "FAIL: sanitizer report in the logs above"
+        FAILS=$((FAILS + 1))
+        rc=1
+    fi
     if [ "$FAILS" -ne 0 ] || [ "$rc" -ne 0 ]; then
         echo "---- vl2d log"; cat "$DIR/vl2d.log" 2>/dev/null | tail -40
         echo "---- vl2-http log"; cat "$DIR/http.log" 2>/dev/null | tail -40
     fi
     rm -rf "$DIR"
+    exit "$rc"
 }
 trap finish EXIT
 
@@ -44,6 +51,7 @@ summary() {
 start_daemon() {
     local vl2d=$1 ckpt=$2 plugins=$3 i
     shift 3
+    [ -f "$DIR/vl2d.log" ] && cat "$DIR/vl2d.log" >> "$DIR/old-vl2d.log"
     env -u LISTEN_FDS -u LISTEN_PID -u NOTIFY_SOCKET -u VL2_SOCKET \
         "$vl2d" serve --no-config --model "micro=$ckpt" --plugin-dir "$plugins" \
         --socket "$SOCK" --threads 2 --no-notify --no-socket-activation "$@" \
@@ -61,6 +69,7 @@ start_daemon() {
 start_gateway() {
     local bin=$1 i
     shift
+    [ -f "$DIR/http.log" ] && cat "$DIR/http.log" >> "$DIR/old-http.log"
     : > "$DIR/http.log"
     env -u LISTEN_FDS -u LISTEN_PID -u NOTIFY_SOCKET \
         "$bin" --no-config --daemon-socket "$SOCK" --listen 127.0.0.1:0 "$@" \

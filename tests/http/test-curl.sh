@@ -326,6 +326,7 @@ check "body limit: ollama error format" \
 # ---- the daemon's queue is full: 429; the daemon is gone: 503 -----------------------
 stop_all
 printf '[daemon]\nmax_sequences = 1\nmax_queue = 1\n' > "$DIR/vl2d.conf"
+cat "$DIR/vl2d.log" >> "$DIR/old-vl2d.log"
 # --no-config above is replaced by this file's settings plus the flags
 env -u LISTEN_FDS -u LISTEN_PID -u NOTIFY_SOCKET "$VL2D" serve --config "$DIR/vl2d.conf" \
     --model "micro=$CKPT" --plugin-dir "$PLUGINS" --socket "$SOCK" --threads 2 --no-notify \
