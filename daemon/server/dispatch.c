@@ -15,8 +15,6 @@
 #include "engine.h"
 #include "server-impl.h"
 
-/* Images one Generate may carry. */
-#define MAX_IMAGES_PER_REQUEST VL2_ENGINE_MAX_IMAGES   /* engine.h */
 /* Bytes of text one Tokenize may carry. */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
 

@@ -1119,6 +1119,7 @@ static void mla_multi(const char *label, int H, int nope, int rp, int vd, int R,
         O->kv_free(C, kv[s]);
         free(hc[s].data);
     }
+    free(kvb);
 }
 
 static void test_attention(int quick)
