@@ -76,7 +76,8 @@ static void usage(FILE *f)
 "  --dump OUT                write every stage to the folder OUT (golden formats)\n"
 "  --backend NAME            cpu (default) or cuda\n"
 "  --plugin-dir DIR          where the backend plugins are\n"
-"  --backend-option K=V      an option of the backend (cpu: isa=scalar|avx2|avx512);\n"
+"  --backend-option K=V      an option of the backend (cpu: isa=scalar|avx2|avx512,\n"
+"                            precision=f32|bf16; the CUDA backend has its own);\n"
 "                            repeatable; a key given twice takes the last value\n"
 "  --threads N               backend threads (default: all cores)\n"
 "  --device N                backend device index, e.g. the GPU (default 0)\n",
