@@ -43,14 +43,15 @@
 
 /* ---- image cache -------------------------------------------------------- */
 
-struct vl2_icache_entry *vl2__icache_get(struct vl2_engine *e, const uint8_t hash[32])
+struct vl2_icache_entry *vl2__icache_get(struct vl2_engine *e, const uint8_t hash[32],
+                                         bool count)
 {
     struct vl2_icache *c = &e->icache;
     struct vl2_icache_entry *x;
 
     if (c->cap == 0)
         return NULL;
-    c->lookups++;
+    c->lookups += count;
     for (x = c->head; x; x = x->next)
         if (!memcmp(x->hash, hash, 32))
             break;
@@ -85,6 +86,10 @@ struct vl2_icache_entry *vl2__icache_put(struct vl2_engine *e, const uint8_t has
 
     if (bytes > c->cap)
         return NULL;
+    /* another request encoded the same image meanwhile: keep the first */
+    for (x = c->head; x; x = x->next)
+        if (!memcmp(x->hash, hash, 32))
+            return NULL;
     /* the least recently used unborrowed entries make room */
     for (x = c->tail; x && c->bytes + bytes > c->cap; x = prev) {
         prev = x->prev;
@@ -217,7 +222,7 @@ size_t vl2__pcache_find(struct vl2_engine *e, const struct vl2_req *r, size_t un
     *ret_req = NULL;
     if (!e->p.prefix_cache || r->pr.n_ids < 2 || unit == 0)
         return 0;
-    e->pcache.lookups++;
+    e->pcache.lookups += !r->pc_looked;
     if (!req_key(e, r, &rk, &hs, &nt))
         return 0;
     max = (r->pr.n_ids - 1) / unit * unit;

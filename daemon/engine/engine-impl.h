@@ -75,6 +75,7 @@ struct vl2_req_vision {
     struct vl2_image_job *job;      /* tiles through the tower so far */
     struct vl2_image_embed *embed;  /* freed after the prefill (when not in the cache) */
     struct vl2_icache_entry *cached; /* borrowed from the image cache, or NULL */
+    bool looked_up;                 /* searched the image cache once (figures) */
 };
 
 /* Where a request is; each list below holds the requests of one place. */
@@ -116,6 +117,7 @@ struct vl2_req {
     int64_t skip_rows;              /* their image rows */
     uint32_t images_from_cache;     /* images not encoded: in the prefix or the image cache */
     bool vision_ran;                /* a tile went through the vision tower */
+    bool pc_looked;                 /* the prefix cache was searched (figures) */
     bool decoding;                  /* prefill done: joins the decode steps */
     bool has_next;
     int32_t next_id;                /* sampled, fed at the next step */
@@ -209,8 +211,10 @@ void vl2__req_post_progress(struct vl2_engine *e, struct vl2_req *r, enum vl2_ev
                             float fraction);
 
 /* ---- cache.c (engine thread) ---- */
-/* The entry of @hash, made most recent and borrowed (refs + 1), or NULL. */
-struct vl2_icache_entry *vl2__icache_get(struct vl2_engine *e, const uint8_t hash[32]);
+/* The entry of @hash, made most recent and borrowed (refs + 1), or NULL;
+ * @count: the image's first lookup (the figures count each image once). */
+struct vl2_icache_entry *vl2__icache_get(struct vl2_engine *e, const uint8_t hash[32],
+                                         bool count);
 /* Keep @embed under @hash, evicting unborrowed entries as needed; returns the
  * borrowed entry (it owns @embed now), or NULL when it cannot fit (the
  * caller keeps @embed). */

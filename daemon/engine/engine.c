@@ -695,6 +695,7 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
      * backend picks them and the logits stay on the device */
     sp.device_greedy = !r->job->logprobs;
     n_keep = vl2__pcache_find(e, r, VL2_ENGINE_PREFILL_CHUNK, &ent, &donor);
+    r->pc_looked = true;
     can_copy = vl2_model_can_copy_kv(e->m);
     if (n_keep && ent && (!can_copy || ent->n_ids == n_keep) &&
         (size_t) vl2_seq_capacity(ent->seq) >= cap) {
@@ -881,8 +882,10 @@ static void take_cached_images(struct vl2_engine *e, struct vl2_req *r)
 {
     while (r->n_encoded < r->pr.n_images && !r->vis[r->n_encoded].job) {
         struct vl2_prepared_image *im = &r->pr.images[r->n_encoded];
-        struct vl2_icache_entry *x = vl2__icache_get(e, im->hash);
+        struct vl2_icache_entry *x = vl2__icache_get(e, im->hash,
+                                                     !r->vis[r->n_encoded].looked_up);
 
+        r->vis[r->n_encoded].looked_up = true;
         if (!x)
             return;
         if (x->embed->n_tokens != im->tiling.n_tokens) {

@@ -1,5 +1,6 @@
 /* test-engine-cache.c - the engine's image cache and prefix KV cache
- * (issue 16) on the golden micro-mha checkpoint, CPU f32: every answer with
+ * (issue 16) on the golden micro checkpoints (micro-mha: MHA caches,
+ * micro-mla: latent caches), CPU f32: every answer with
  * the caches on is the answer of the same build with them off, bitwise (ids,
  * text and every token's log-probability, which is a function of the
  * logits), and the golden ids where a golden case applies:
@@ -16,7 +17,7 @@
  *   - Done's cached_tokens, images_from_cache and vision_ran, and the cache
  *     figures of the engine's stats.
  *
- * usage: test-engine-cache MICRO_MHA_DIR GOLDEN_DIR IMAGES_DIR PLUGIN_DIR */
+ * usage: test-engine-cache CKPT_DIR GOLDEN_DIR PRESET IMAGES_DIR PLUGIN_DIR */
 #include <cjson/cJSON.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@
 #include "engine.h"
 #include "model.h"
 
-static const char *model_dir, *golden_dir, *images_dir, *plugin_dir;
+static const char *model_dir, *golden_dir, *preset, *images_dir, *plugin_dir;
 
 #define MAX_TOK 64
 #define MAX_REQ 4
@@ -307,11 +308,11 @@ static void load_data(void)
     const char *pt;
     size_t len;
 
-    snprintf(path, sizeof(path), "%s/micro-mha/a384/input_ids.json", golden_dir);
+    snprintf(path, sizeof(path), "%s/%s/a384/input_ids.json", golden_dir, preset);
     t = test_slurp(path, NULL);
     in = t ? cJSON_Parse(t) : NULL;
     free(t);
-    snprintf(path, sizeof(path), "%s/micro-mha/a384/generated.json", golden_dir);
+    snprintf(path, sizeof(path), "%s/%s/a384/generated.json", golden_dir, preset);
     t = test_slurp(path, NULL);
     out = t ? cJSON_Parse(t) : NULL;
     free(t);
@@ -337,7 +338,7 @@ static void load_data(void)
                                                   0)->valuedouble;
     cJSON_Delete(in);
     cJSON_Delete(out);
-    snprintf(path, sizeof(path), "%s/micro-mha/wide/input_ids.json", golden_dir);
+    snprintf(path, sizeof(path), "%s/%s/wide/input_ids.json", golden_dir, preset);
     t = test_slurp(path, NULL);
     in = t ? cJSON_Parse(t) : NULL;
     free(t);
@@ -553,14 +554,15 @@ int main(int argc, char **argv)
     struct vl2_model_params mp = vl2_model_default_params();
     struct vl2_model *m;
     struct vl2_err err = { 0 };
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s MICRO_MHA_DIR GOLDEN_DIR IMAGES_DIR PLUGIN_DIR\n", argv[0]);
+    if (argc != 6) {
+        fprintf(stderr, "usage: %s CKPT_DIR GOLDEN_DIR PRESET IMAGES_DIR PLUGIN_DIR\n", argv[0]);
         return 2;
     }
     model_dir = argv[1];
     golden_dir = argv[2];
-    images_dir = argv[3];
-    plugin_dir = argv[4];
+    preset = argv[3];
+    images_dir = argv[4];
+    plugin_dir = argv[5];
     load_data();
     /* the sizes the eviction test needs, from the model itself */
     mp.plugin_dir = plugin_dir;
