@@ -166,6 +166,7 @@ static const struct vl2_backend_ops cuda_ops = {
     .moe = vl2__cu_op_moe,
     .argmax = vl2__cu_op_argmax,
     .supports_op = cu_supports_op,
+    .kv_copy = vl2__cu_kv_copy,
 };
 
 __attribute__((visibility("default"))) const struct vl2_backend_ops *

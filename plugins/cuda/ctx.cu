@@ -489,6 +489,43 @@ void vl2__cu_kv_free(struct vl2_backend_ctx *ctx, struct vl2_kv *kv)
     free(kv);
 }
 
+/* Tokens [0, n) of every layer of @src into @dst (the optional kv_copy slot:
+ * the runtime's prefix cache).  The layout is layer-major blocks of
+ * [capacity, row] (MHA: K then V, row n_kv_head * head_dim; MLA: one block,
+ * row kv_lora_rank + rope_dim), so the copy is one strided 2-D copy on the
+ * stream: n_layer * blocks rows of n * row elements, pitches the two
+ * capacities.  Bits are copied as they are (any cache dtype). */
+int vl2__cu_kv_copy(struct vl2_backend_ctx *ctx, struct vl2_kv *dst, const struct vl2_kv *src,
+                    int32_t n, struct vl2_err *err)
+{
+    const struct vl2_kv_shape *a, *b;
+    size_t row, es, blocks;
+    cudaError_t e;
+    int r;
+
+    if (!ctx || !dst || !src || dst == src)
+        return vl2_err_set(err, VL2_EINVAL, "cuda: kv_copy: needs two distinct caches");
+    a = &dst->shape;
+    b = &src->shape;
+    if (!same_kv_layout(a, b))
+        return vl2_err_set(err, VL2_EINVAL, "cuda: kv_copy: caches of different shapes");
+    if (n < 0 || n > a->capacity || n > b->capacity)
+        return vl2_err_set(err, VL2_EINVAL, "cuda: kv_copy: %d tokens, capacities %d and %d",
+                           (int)n, (int)a->capacity, (int)b->capacity);
+    if (n == 0)
+        return 0;
+    (void)cudaSetDevice(ctx->device);
+    if ((r = vl2__cu_end_step(ctx, err)) < 0)
+        return r;
+    es = vl2_dtype_size(a->dtype);
+    blocks = a->kind == VL2_ATTN_MHA ? 2 : 1;
+    row = kv_row_elems(a) / blocks * es;
+    e = cudaMemcpy2DAsync(dst->dev, (size_t)a->capacity * row, src->dev,
+                          (size_t)b->capacity * row, (size_t)n * row,
+                          (size_t)a->n_layer * blocks, cudaMemcpyDeviceToDevice, ctx->st);
+    return e == cudaSuccess ? 0 : cu_fail(err, e, "kv_copy");
+}
+
 /* ---- batch --------------------------------------------------------------------- */
 
 int vl2__cu_begin_batch(struct vl2_backend_ctx *ctx, const struct vl2_batch *b,

@@ -601,6 +601,8 @@ int vl2__cu_sync(struct vl2_backend_ctx *ctx, struct vl2_err *err);
 int vl2__cu_kv_new(struct vl2_backend_ctx *ctx, const struct vl2_kv_shape *shape,
                    struct vl2_kv **ret_kv, struct vl2_err *err);
 void vl2__cu_kv_free(struct vl2_backend_ctx *ctx, struct vl2_kv *kv);
+int vl2__cu_kv_copy(struct vl2_backend_ctx *ctx, struct vl2_kv *dst, const struct vl2_kv *src,
+                    int32_t n, struct vl2_err *err);
 size_t vl2__cu_kv_token_bytes(const struct vl2_kv_shape *s);
 int vl2__cu_begin_batch(struct vl2_backend_ctx *ctx, const struct vl2_batch *b,
                         struct vl2_err *err);

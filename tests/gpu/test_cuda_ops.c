@@ -17,6 +17,7 @@
  * exits 77 (skipped).  Exit 0: all checks passed; 1: a check failed. */
 #include <dlfcn.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1791,6 +1792,101 @@ static void test_memory(void)
     }
 }
 
+/* ---- kv_copy (optional slot: the runtime's prefix cache) ------------------------- */
+
+/* One attention pass of @n rows at n_past @past over @kv (MHA at @layer, or
+ * MLA) with fixed inputs from @seed; returns the output (host). */
+static float *kvc_pass(struct vl2_kv *kv, int mla, int layer, int n, int past, uint64_t seed,
+                       struct vl2_tensor *kvb)
+{
+    const int H = 4, nkv = 2, hd = 16, R = 32, rp = 8, nope = 16, vd = 16, qh = nope + rp;
+    int rows[1] = { n }, p1[1] = { past };
+    struct vl2_tensor *tq, *tk, *tv, *to;
+    uint64_t save = rng;
+
+    rng = seed;
+    OK(set_batch(1, rows, p1, &kv));
+    if (!mla) {
+        tq = mk_act(n, H * hd, H * hd, 1.0f, NULL);
+        tk = mk_act(n, nkv * hd, nkv * hd, 1.0f, NULL);
+        tv = mk_act(n, nkv * hd, nkv * hd, 1.0f, NULL);
+        to = mk_out(n, H * hd);
+        OK(O->attn_mha(C, layer, to, tq, tk, tv, H, nkv, hd, 0.25f, &Er));
+    } else {
+        tq = mk_act(n, H * qh, H * qh, 1.0f, NULL);
+        tk = mk_act(n, R, R, 1.0f, NULL);
+        tv = mk_act(n, rp, R + rp, 1.0f, NULL);
+        to = mk_out(n, H * vd);
+        OK(O->attn_mla(C, layer, to, tq, tk, tv, kvb, H, nope, rp, vd, 0.2f, &Er));
+    }
+    rng = save;
+    return fetch(to);
+}
+
+/* Tokens [0, n) of a cache copied into one of another capacity attend
+ * exactly as the original: the next pass over both gives the same bits (MHA
+ * per layer, f32 and bf16 caches; MLA).  Bad copies are refused. */
+static void test_kv_copy(void)
+{
+    const int H = 4, nope = 16, vd = 16, R = 32;
+    float *kvbh = malloc((size_t)H * (nope + vd) * R * sizeof(float));
+    struct vl2_tensor *kvb = mk_weight(VL2_DTYPE_BF16, (int64_t)H * (nope + vd), R, 0.2f, kvbh);
+    int mla, dti;
+
+    /* a shorter table ends before the slot: absent */
+    if (O->struct_size < offsetof(struct vl2_backend_ops, kv_copy) + sizeof(O->kv_copy) ||
+        !O->kv_copy) {
+        printf("kv_copy: not offered\n");
+        free(kvbh);
+        return;
+    }
+    for (mla = 0; mla < 2; mla++)
+        for (dti = 0; dti < 2; dti++) {
+            int dt = dti ? VL2_DTYPE_BF16 : VL2_DTYPE_F32;
+
+            if (dti && O->supports_op && !O->supports_op(C, VL2_OP_KV, VL2_DTYPE_BF16))
+                continue;
+            struct vl2_kv *a = mk_kv(mla ? VL2_ATTN_MLA : VL2_ATTN_MHA, 2, 2, 16, 32, 8, dt, 40);
+            struct vl2_kv *b = mk_kv(mla ? VL2_ATTN_MLA : VL2_ATTN_MHA, 2, 2, 16, 32, 8, dt, 24);
+            struct vl2_kv *c = mk_kv(mla ? VL2_ATTN_MLA : VL2_ATTN_MHA, 2, 2, 16, 32, 8, dt, 16);
+            struct vl2_kv *other = mk_kv(mla ? VL2_ATTN_MHA : VL2_ATTN_MLA, 2, 2, 16, 32, 8, dt,
+                                         40);
+            const char *what = mla ? (dti ? "MLA bf16" : "MLA f32")
+                                   : (dti ? "MHA bf16" : "MHA f32");
+            int layer;
+
+            for (layer = 0; layer < 2; layer++)
+                free(kvc_pass(a, mla, layer, 13, 0, 1000 + (uint64_t)layer, kvb));
+            OK(O->kv_copy(C, b, a, 13, &Er));
+            OK(O->kv_copy(C, c, a, 9, &Er));
+            for (layer = 0; layer < 2; layer++) {
+                float *ga = kvc_pass(a, mla, layer, 2, 13, 77 + (uint64_t)layer, kvb);
+                float *gb = kvc_pass(b, mla, layer, 2, 13, 77 + (uint64_t)layer, kvb);
+                float *gc = kvc_pass(c, mla, layer, 3, 9, 99 + (uint64_t)layer, kvb);
+                float *gd = kvc_pass(a, mla, layer, 3, 9, 99 + (uint64_t)layer, kvb);
+                size_t n2 = (size_t)2 * H * 16 * sizeof(float), n3 = n2 / 2 * 3;
+
+                CHECK_MSG(!memcmp(ga, gb, n2), "kv_copy %s layer %d: 13 copied tokens attend "
+                          "differently", what, layer);
+                CHECK_MSG(!memcmp(gc, gd, n3), "kv_copy %s layer %d: 9 of 13 copied tokens "
+                          "attend differently", what, layer);
+                free(ga);
+                free(gb);
+                free(gc);
+                free(gd);
+            }
+            expect_err(O->kv_copy(C, c, a, 17, &Er), VL2_EINVAL, "kv_copy past the capacity");
+            expect_err(O->kv_copy(C, other, a, 4, &Er), VL2_EINVAL,
+                       "kv_copy between caches of different shapes");
+            expect_err(O->kv_copy(C, a, a, 4, &Er), VL2_EINVAL, "kv_copy onto itself");
+            O->kv_free(C, a);
+            O->kv_free(C, b);
+            O->kv_free(C, c);
+            O->kv_free(C, other);
+        }
+    free(kvbh);
+}
+
 int main(int argc, char **argv)
 {
     struct vl2_backend_params p;
@@ -1871,6 +1967,7 @@ int main(int argc, char **argv)
     test_attention(quick);
     test_moe(quick);
     test_graph_steps();
+    test_kv_copy();
     if (!any_backend) {
         test_memory();
         test_struct_sizes();
