@@ -5,9 +5,9 @@
  *                 (vl2_prepared_image.hash), at most image_cache bytes, least
  *                 recently used first out; an entry borrowed by a running
  *                 request stays until it is given back.
- *   prefix cache  finished requests' sequences, cut to their canonical
- *                 prefix (the ids computed in whole aligned prefill chunks),
- *                 inside the KV budget: start_seq (engine.c) evicts the least
+ *   prefix cache  finished requests' sequences, cut to their prompt (the
+ *                 ids computed by prefill passes; the generated ids, fed by
+ *                 decode steps, are left out), inside the KV budget: start_seq (engine.c) evicts the least
  *                 recently used when a request needs room.  A new request
  *                 copies the longest matching prefix (kv_copy) into its own
  *                 sequence, so entries are never shared and no request's
@@ -208,7 +208,37 @@ static struct pkey ent_key(const struct vl2_engine *e, const struct vl2_pcache_e
     };
 }
 
-size_t vl2__pcache_find(struct vl2_engine *e, const struct vl2_req *r, size_t unit,
+size_t vl2__pass_end(const struct vl2_engine *e, const int32_t *ids, size_t n, size_t start)
+{
+    size_t limit = start + VL2_ENGINE_PREFILL_CHUNK, p;
+
+    if (limit > n)
+        limit = n;
+    for (p = start + VL2_ENGINE_PASS_MIN; p < limit; p++)
+        if (ids[p] == e->marker_ids[0] || ids[p] == e->marker_ids[1])
+            return p;
+    return limit;
+}
+
+/* The longest prefix of @a (a new prompt of @na ids) that @b (a donor's
+ * prompt of @nb ids whose passes ran up to @common, the length of their
+ * common prefix) computed in the very passes @a's prefill would run: the
+ * last pass end the two schedules share within @common. */
+static size_t shared_passes(const struct vl2_engine *e, const int32_t *a, size_t na,
+                            const int32_t *b, size_t nb, size_t common)
+{
+    size_t s = 0, ea, eb;
+
+    for (;;) {
+        ea = vl2__pass_end(e, a, na, s);
+        eb = vl2__pass_end(e, b, nb, s);
+        if (ea != eb || ea > common || ea == s)
+            return s;
+        s = ea;
+    }
+}
+
+size_t vl2__pcache_find(struct vl2_engine *e, const struct vl2_req *r,
                         struct vl2_pcache_entry **ret_ent, struct vl2_req **ret_req)
 {
     struct vl2_pcache_entry *x;
@@ -220,15 +250,17 @@ size_t vl2__pcache_find(struct vl2_engine *e, const struct vl2_req *r, size_t un
 
     *ret_ent = NULL;
     *ret_req = NULL;
-    if (!e->p.prefix_cache || r->pr.n_ids < 2 || unit == 0)
+    if (!e->p.prefix_cache || r->pr.n_ids < 2)
         return 0;
     e->pcache.lookups += !r->pc_looked;
     if (!req_key(e, r, &rk, &hs, &nt))
         return 0;
-    max = (r->pr.n_ids - 1) / unit * unit;
+    /* the last id is always fed, for the logits */
+    max = r->pr.n_ids - 1;
     for (x = e->pcache.head; x && best < max; x = x->next) {
         struct pkey xk = ent_key(e, x);
-        size_t n = pkey_common(&rk, &xk, max) / unit * unit;
+        size_t n = shared_passes(e, r->pr.ids, r->pr.n_ids, x->ids, x->n_ids,
+                                 pkey_common(&rk, &xk, max));
 
         if (n > best) {
             best = n;
@@ -244,12 +276,13 @@ size_t vl2__pcache_find(struct vl2_engine *e, const struct vl2_req *r, size_t un
         int32_t *qn;
         size_t n;
 
-        if (q == r || !q->seq || q->canon < unit)
+        if (q == r || !q->seq || q->n_fed == 0)
             continue;
         if (!req_key(e, q, &qk, &qh, &qn))
             continue;
-        qk.n_ids = q->canon;
-        n = pkey_common(&rk, &qk, max) / unit * unit;
+        qk.n_ids = q->n_fed;    /* the ids its passes ran so far */
+        n = shared_passes(e, r->pr.ids, r->pr.n_ids, q->pr.ids, q->pr.n_ids,
+                          pkey_common(&rk, &qk, max));
         free(qh);
         free(qn);
         if (n > best) {
@@ -328,7 +361,7 @@ void vl2__pcache_put(struct vl2_engine *e, struct vl2_req *r)
     struct pkey rk, xk;
     uint8_t (*hs)[32];
     int32_t *nt;
-    size_t n = r->canon, i, rows = 0;
+    size_t n = r->n_fed, i, rows = 0;
 
     if (!e->p.prefix_cache || !r->seq || n == 0)
         return;

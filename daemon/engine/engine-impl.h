@@ -16,8 +16,11 @@
 #include "tokenizer.h"
 #include "weights.h"
 
-/* Prompt ids fed per prefill unit between two decode steps. */
+/* Prompt ids fed per prefill unit between two decode steps: the longest
+ * prefill pass (see vl2__pass_end). */
 #define VL2_ENGINE_PREFILL_CHUNK 256
+/* The fewest ids of a pass that a message boundary may end. */
+#define VL2_ENGINE_PASS_MIN 16
 /* Seconds of the tokens/s window of Status. */
 #define VL2_ENGINE_RATE_WINDOW   60
 /* Tokenize jobs one engine holds (waiting or encoding); more get BUSY. */
@@ -48,9 +51,9 @@ struct vl2_icache {
 };
 
 /* A finished request's KV cache kept for later prompts (the prefix cache):
- * its first @n_ids tokens, all computed in whole aligned prefill chunks
- * (engine.c: canonical passes), so that a prompt beginning with them gets,
- * from a copy, the bits a fresh prefill would compute. */
+ * its prompt's @n_ids tokens, computed in the passes vl2__pass_end lays out,
+ * so that a prompt beginning alike gets, from a copy, the bits its own
+ * prefill would compute. */
 struct vl2_pcache_entry {
     struct vl2_pcache_entry *prev, *next;  /* LRU list, most recent at the head */
     struct vl2_seq *seq;            /* owned; its length is n_ids */
@@ -111,7 +114,6 @@ struct vl2_req {
     size_t n_encoded;               /* images through the vision tower */
     size_t n_fed;                   /* prompt ids prefilled */
     int64_t image_rows;             /* image rows consumed by the fed ids */
-    size_t canon;                   /* leading ids computed in whole aligned chunks */
     size_t cached_tokens;           /* leading ids whose KV came from the prefix cache */
     size_t first_image;             /* images wholly in that prefix (need no embedding) */
     int64_t skip_rows;              /* their image rows */
@@ -175,6 +177,8 @@ struct vl2_engine {
     struct vl2_tokenizer *tok;
     int32_t eos_id;
     int32_t image_token_id;
+    int32_t marker_ids[2];          /* "<|User|>", "<|Assistant|>" (-1: none): prefill
+                                       passes end before them (vl2__pass_end) */
     int32_t n_ctx;
     struct vl2_prep_model pm;       /* what vl2_prepare needs of the model */
     size_t mapped_bytes;            /* safetensors files of the model directory */
@@ -224,14 +228,24 @@ void vl2__icache_unref(struct vl2_engine *e, struct vl2_icache_entry *ent);
 /* Free every entry (before the model goes); borrowed ones must be none. */
 void vl2__icache_clear(struct vl2_engine *e);
 
-/* The longest reusable prefix of @r's prompt: a multiple of @unit, less
- * than the prompt (its last id is always fed, for the logits), matching
- * ids and, at image rows, the images' hashes.  Searches the kept entries
- * and the canonical part of the running requests other than @r.  Returns
- * the length (0: none) with the entry or the request that holds it. */
-size_t vl2__pcache_find(struct vl2_engine *e, const struct vl2_req *r, size_t unit,
+/* Where the prefill pass of @ids[0, n) that starts at @start ends: before
+ * the first "<|User|>" or "<|Assistant|>" at least VL2_ENGINE_PASS_MIN ids
+ * on, else after VL2_ENGINE_PREFILL_CHUNK ids, else at @n.  A function of
+ * the ids alone, so prompts that begin alike are prefilled in the same
+ * passes as far as they agree, up to the turn of the conversation where
+ * they part (engine.c, prefill_some). */
+size_t vl2__pass_end(const struct vl2_engine *e, const int32_t *ids, size_t n, size_t start);
+
+/* The longest reusable prefix of @r's prompt: shorter than the prompt (its
+ * last id is always fed, for the logits), matching ids and, at image rows,
+ * the images' hashes, and ending where a pass of both prompts' schedules
+ * ends (so the KV rows are the bits @r's own passes would write).  Searches
+ * the kept entries and the prefilled part of the running requests other
+ * than @r.  Returns the length (0: none) with the entry or the request that
+ * holds it. */
+size_t vl2__pcache_find(struct vl2_engine *e, const struct vl2_req *r,
                         struct vl2_pcache_entry **ret_ent, struct vl2_req **ret_req);
-/* Keep @r's sequence (its first r->canon ids) as an entry; takes r->seq
+/* Keep @r's sequence (its prompt, r->n_fed ids) as an entry; takes r->seq
  * and r->kv_bytes.  Entries it makes redundant (prefixes of it) go. */
 void vl2__pcache_put(struct vl2_engine *e, struct vl2_req *r);
 /* Take @ent off the cache; returns its sequence (the caller owns it and

@@ -437,6 +437,8 @@ static int load(struct vl2_engine *e, struct vl2_err *err)
     e->tok_ready = true;
     pthread_mutex_unlock(&e->mu);
     e->image_token_id = vl2_tokenizer_id(e->tok, VL2_PROMPT_IMAGE_TAG);
+    e->marker_ids[0] = vl2_tokenizer_id(e->tok, "<|User|>");
+    e->marker_ids[1] = vl2_tokenizer_id(e->tok, "<|Assistant|>");
     if (e->image_token_id < 0)
         return vl2_err_set(err, VL2_EFORMAT, "the tokenizer has no '%s' token",
                            VL2_PROMPT_IMAGE_TAG);
@@ -647,7 +649,6 @@ static void reused(struct vl2_engine *e, struct vl2_req *r, size_t n)
     size_t i;
 
     r->n_fed = n;
-    r->canon = n;
     r->cached_tokens = n;
     r->image_rows = 0;
     for (i = 0; i < n; i++)
@@ -662,6 +663,8 @@ static void reused(struct vl2_engine *e, struct vl2_req *r, size_t n)
     r->first_image = i;
     r->n_encoded = i;
     r->images_from_cache += (uint32_t) i;
+    if (i > 0)      /* the stage is done at once, as clients following it expect */
+        vl2__req_post_progress(e, r, VL2_STAGE_VISION, (float) i / (float) r->pr.n_images);
     e->pcache.hits++;
     e->pcache.tokens += n;
 }
@@ -694,7 +697,7 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
     /* greedy requests without log-probabilities need only the ids: the
      * backend picks them and the logits stay on the device */
     sp.device_greedy = !r->job->logprobs;
-    n_keep = vl2__pcache_find(e, r, VL2_ENGINE_PREFILL_CHUNK, &ent, &donor);
+    n_keep = vl2__pcache_find(e, r, &ent, &donor);
     r->pc_looked = true;
     can_copy = vl2_model_can_copy_kv(e->m);
     if (n_keep && ent && (!can_copy || ent->n_ids == n_keep) &&
@@ -825,15 +828,18 @@ static void encode_some(struct vl2_engine *e, struct vl2_req *r, int32_t max_til
  * VL2_ENGINE_PREFILL_CHUNK rows in all; a request whose prompt is then
  * complete takes its first token.
  *
- * Every pass is canonical: ONE request's ids [k*C, min((k+1)*C, n)) at
- * n_past = k*C (C = VL2_ENGINE_PREFILL_CHUNK), whatever else runs.  The
+ * Every pass is canonical: ONE request's ids [s, vl2__pass_end(s)) at
+ * n_past = s, whatever else runs, in a schedule that is a function of the
+ * prompt's ids alone (passes of at most VL2_ENGINE_PREFILL_CHUNK ids that
+ * also end before each "<|User|>" and "<|Assistant|>" turn marker).  The
  * CPU kernels choose their code path by the rows of a pass (blas_min_rows;
  * the rows each MoE expert gets), so a row's bits depend on the rows it
- * shares a pass with; with canonical passes the KV rows of a whole chunk
- * are the same bits in every request whose prompt begins with the same
- * chunks, which is what lets the prefix cache reuse them exactly (only
- * whole chunks are reused: r->canon).  It also makes a prompt's prefill
- * independent of the other requests. */
+ * shares a pass with; with canonical passes the KV rows of a prefix are the
+ * same bits in every request whose prompt begins alike, up to the last pass
+ * end their schedules share, which is what lets the prefix cache reuse them
+ * exactly: a resent conversation up to its last turn, a system prompt up to
+ * the first user turn.  It also makes a prompt's prefill independent of the
+ * other requests. */
 static void prefill_some(struct vl2_engine *e, struct vl2_req **reqs, size_t n)
 {
     const size_t chunk = VL2_ENGINE_PREFILL_CHUNK;
@@ -843,11 +849,9 @@ static void prefill_some(struct vl2_engine *e, struct vl2_req **reqs, size_t n)
 
     for (i = 0; i < n && rows < chunk; i++) {
         struct vl2_req *r = reqs[i];
-        size_t end = (r->n_fed / chunk + 1) * chunk, take;
+        size_t end = vl2__pass_end(e, r->pr.ids, r->pr.n_ids, r->n_fed), take;
         struct vl2_step_item item;
 
-        if (end > r->pr.n_ids)
-            end = r->pr.n_ids;
         take = end - r->n_fed;
         if (rows > 0 && rows + take > chunk)
             break;
@@ -866,8 +870,6 @@ static void prefill_some(struct vl2_engine *e, struct vl2_req **reqs, size_t n)
         rows += take;
         for (j = 0; j < take; j++)
             r->image_rows += item.ids[j] == e->image_token_id;
-        if (take == chunk && r->canon == r->n_fed)
-            r->canon = end;
         r->n_fed = end;
         vl2__req_post_progress(e, r, VL2_STAGE_PREFILL,
                                (float) r->n_fed / (float) r->pr.n_ids);

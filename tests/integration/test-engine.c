@@ -1453,8 +1453,8 @@ int main(int argc, char **argv)
     const char *args[] = { "--no-config", "--socket", sock, "--model", NULL,
                            "--max-sequences", "8", "--threads", "1",
                            /* the tests of vision stages send the same images again
-                            * (test-engine-cache tests the caches) */
-                           "--image-cache", "0", NULL };
+                            * (test-engine-cache and client-e2e test the caches) */
+                           "--image-cache", "0", "--prefix-cache", "false", NULL };
     char model_arg[600];
     char *text;
 
