@@ -223,17 +223,51 @@ static void queue_remove(struct vl2_engine *e, struct vl2_req *r)
     vl2__req_list_remove(&e->queue, r);
 }
 
-/* The next request to admit: round robin between owners, oldest first
- * within a round. */
+/* Requests of @uid's connections holding a slot (prep or decode), and in
+ * @ret_conns how many of its connections hold them, counted up to 2. */
+static size_t uid_slots(const struct vl2_engine *e, uint64_t uid, size_t *ret_conns)
+{
+    const struct vl2_req_list *lists[] = { &e->prep_todo, &e->prepping, &e->ready,
+                                           &e->running };
+    const struct vl2_req *q, *first = NULL;
+    size_t i, n = 0, conns = 0;
+
+    for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+        for (q = lists[i]->head; q; q = q->next) {
+            if (q->job->owner_uid != uid)
+                continue;
+            n++;
+            if (!first) {
+                first = q;
+                conns = 1;
+            } else if (q->owner != first->owner) {
+                conns = 2;
+            }
+        }
+    if (ret_conns)
+        *ret_conns = conns;
+    return n;
+}
+
+static size_t owner_slots(const struct vl2_engine *e, uint64_t owner);
+
+/* The next request to admit: round robin between uids, then between the
+ * connections of a uid (issue 18): the one whose uid holds the fewest
+ * slots; among those, whose connection holds the fewest counting its
+ * requests queued before it; then the oldest. */
 static struct vl2_req *queue_next(const struct vl2_engine *e)
 {
     struct vl2_req *q, *best = NULL;
+    size_t best_u = 0, best_c = 0;
 
     for (q = e->queue.head; q; q = q->next) {
-        if (!best || q->rank < best->rank)
+        size_t u = uid_slots(e, q->job->owner_uid, NULL), c = q->rank + owner_slots(e, q->owner);
+
+        if (!best || u < best_u || (u == best_u && c < best_c)) {
             best = q;
-        if (best->rank == 0)
-            break;
+            best_u = u;
+            best_c = c;
+        }
     }
     return best;
 }
@@ -268,19 +302,31 @@ static size_t owner_slots(const struct vl2_engine *e, uint64_t owner)
     return n;
 }
 
-/* Fairness of the slots (issue 18): the last free slot is kept for an owner
- * that holds none, so that a newcomer starts at once however long the
- * generations of another client are.  The queued request to admit, or NULL
- * when only owners that hold slots wait for the last one. */
+/* Fairness of the slots (issue 18): the last free slot is kept for a uid
+ * that holds none, or else for a connection that holds none whose uid holds
+ * its slots through one connection at most: a newcomer starts at once
+ * however long the generations of another client are, and many connections
+ * of one uid do not take every slot.  The queued request to admit, or NULL
+ * when only others wait for the last one. */
+static bool may_take_last(const struct vl2_engine *e, const struct vl2_req *r)
+{
+    size_t conns, u = uid_slots(e, r->job->owner_uid, &conns);
+
+    return u == 0 || (owner_slots(e, r->owner) == 0 && conns < 2);
+}
+
 static struct vl2_req *admit_next(struct vl2_engine *e)
 {
     struct vl2_req *r = queue_next(e), *q;
 
     if (e->p.max_sequences < 2 || slots_held(e) + 1 < e->p.max_sequences ||
-        owner_slots(e, r->owner) == 0)
+        may_take_last(e, r))
         return r;
     for (q = e->queue.head; q; q = q->next)
-        if (owner_slots(e, q->owner) == 0)
+        if (uid_slots(e, q->job->owner_uid, NULL) == 0)
+            return q;
+    for (q = e->queue.head; q; q = q->next)
+        if (may_take_last(e, q))
             return q;
     return NULL;
 }

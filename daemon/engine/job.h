@@ -77,6 +77,8 @@ struct vl2_job_sampling {
 struct vl2_job {
     uint64_t key;                   /* names the job in events; unique per server */
     uint64_t owner;                 /* who asked (the connection), for fair queueing */
+    uint64_t owner_uid;             /* the connection's uid: slots go round robin between
+                                       uids first (engine.c admit_next) */
     char *model;                    /* model name, owned */
     struct vl2_job_message *messages;  /* [n_messages], owned */
     size_t n_messages;

@@ -445,6 +445,7 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
     inf->bytes = frame->size;
     inf->key = job->key = srv->next_key++;
     job->owner = c->id;
+    job->owner_uid = c->peer.uid;
     inf->model = model;
     inf->stream = job->stream;
     r = model->ops->submit(model->engine, job, &err);

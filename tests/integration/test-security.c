@@ -12,7 +12,9 @@
  *   - handshake and frame timeouts, per-uid connection cap, the file limit;
  *   - SIGHUP reloads the models of the file, SIGUSR1/2 kill nobody; SIGTERM
  *     ends within --stop-timeout and keeps a second daemon out meanwhile;
- *   - client-supplied names reach the log escaped.
+ *   - client-supplied names reach the log escaped;
+ *   - fairness: a connection's long generations, or those of many
+ *     connections of one uid, leave a sequence slot for others.
  *
  * usage: test-security VL2D MICRO_MHA_DIR */
 #include <errno.h>
@@ -776,7 +778,7 @@ static void send_long(int fd, uint64_t id, uint32_t max_new)
     harness_send(fd, &req);
 }
 
-/* One connection's long generations (the daemon has 2 sequence slots)
+/* One connection's long generations (the daemon has 3 sequence slots)
  * leave a slot for another client: it starts at once (position 0). */
 static void test_fair_slots(void)
 {
@@ -800,6 +802,52 @@ static void test_fair_slots(void)
     printf("fair slots: the other client answered in %lld ms\n", now_ms() - t0);
     close(hog);   /* its generations end with the connection */
     close(other);
+}
+
+/* The other user's short request: answered within a few seconds. */
+static void other_gets_a_slot(void *arg)
+{
+    int fd = client(arg);
+    Vl2__Response *r;
+    long long t0 = now_ms();
+
+    if (fd < 0)
+        return;
+    send_generate(fd, 99, 1, "Hi.", 2);
+    CHECK_EQ_INT(accepted_position(fd, 99), 0);
+    r = recv_final(fd, 99, 10000);
+    CHECK_MSG(r && r->body_case == VL2__RESPONSE__BODY_DONE, "the other user's answer");
+    if (r)
+        vl2__response__free_unpacked(r, NULL);
+    CHECK_MSG(now_ms() - t0 < 5000, "the other user waited %lld ms", now_ms() - t0);
+    close(fd);
+}
+
+/* Fairness between uids (3 sequence slots): three connections of one uid
+ * with long generations take two slots, the third waits; the last slot
+ * stays for another user, whose request starts at once. */
+static void test_fair_uids(void)
+{
+    int hog[3], i;
+
+    sleep_ms(500);   /* the slots of test_fair_slots's closed connections free */
+    for (i = 0; i < 3; i++)
+        hog[i] = client(sock_a);
+    if (hog[0] < 0 || hog[1] < 0 || hog[2] < 0)
+        goto out_close;
+    send_long(hog[0], 120, 100000);
+    CHECK_EQ_INT(accepted_position(hog[0], 120), 0);
+    send_long(hog[1], 121, 100000);
+    CHECK_EQ_INT(accepted_position(hog[1], 121), 0);
+    send_long(hog[2], 122, 100000);
+    CHECK_MSG(accepted_position(hog[2], 122) > 0,
+              "a third connection of one uid took the last slot");
+    CHECK(as_other_user(other_gets_a_slot, sock_a, "fair uids"));
+out_close:
+    for (i = 0; i < 3; i++)
+        if (hog[i] >= 0)
+            close(hog[i]);   /* their generations end with the connections */
+    sleep_ms(300);
 }
 
 /* Two Generates of one connection whose image descriptors never end do not
@@ -1055,7 +1103,7 @@ int main(int argc, char **argv)
     {
         const char *args[] = { "--config", conf_a, "--socket", sock_a, "--socket-mode", "0666",
                                "--allow-uid", "0", "--allow-uid", uid_arg, "--no-notify",
-                               "--no-socket-activation", "--max-sequences", "2", NULL };
+                               "--no-socket-activation", "--max-sequences", "3", NULL };
         char me[32];
 
         if (geteuid() != 0) {   /* the daemon's own uid must stay allowed */
@@ -1078,6 +1126,7 @@ int main(int argc, char **argv)
         RUN(test_log_escape);
         RUN(test_signals_reload);
         RUN(test_fair_slots);
+        RUN(test_fair_uids);
         RUN(test_shutdown_keeps_lock);
     }
     if (pid_a > 0)
