@@ -392,6 +392,23 @@ static double rate_get(const struct vl2_engine *e, double now)
     return sum / span;
 }
 
+/* Text bytes past which a prompt cannot fit @n_ctx tokens: no token covers
+ * more bytes than the longest one (issue 18; replaced invalid UTF-8 only
+ * grows the text), so the server refuses longer texts before copying or
+ * tokenizing them. */
+static size_t prompt_bytes_bound(const struct vl2_tokenizer *tok, int32_t n_ctx)
+{
+    size_t i, n = vl2_tokenizer_vocab_size(tok), longest = 1;
+
+    for (i = 0; i < n; i++) {
+        size_t len = 0;
+
+        if (vl2_tokenizer_token_bytes(tok, (int32_t) i, &len) && len > longest)
+            longest = len;
+    }
+    return (size_t) (n_ctx > 0 ? n_ctx : 1) * longest;
+}
+
 /* ---- loading ---------------------------------------------------------- */
 
 static size_t dir_mapped_bytes(const char *dir)
@@ -494,6 +511,7 @@ static int load(struct vl2_engine *e, struct vl2_err *err)
     if (e->eos_id < 0)
         e->eos_id = cfg->lm.eos_id;
     e->n_ctx = vl2_model_n_ctx(e->m);
+    e->max_prompt_bytes = prompt_bytes_bound(e->tok, e->n_ctx);
     r = vl2_prep_model_init(&e->pm, e->m, e->tok, err);
     if (r < 0)
         return r;
@@ -1373,6 +1391,7 @@ static void engine_stats(void *engine, struct vl2_engine_stats *ret)
     ret->backend = e->backend;
     ret->state = e->stopping ? VL2_MODEL_STATE_UNLOADING : e->state;
     ret->error = e->state == VL2_MODEL_STATE_FAILED ? e->error : NULL;
+    ret->max_prompt_bytes = e->state == VL2_MODEL_STATE_READY ? e->max_prompt_bytes : 0;
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -205,6 +205,9 @@ struct vl2_engine_stats {
     const char *backend;            /* static string or owned by the engine */
     enum vl2_model_state state;     /* 0: READY */
     const char *error;              /* why, when FAILED; owned by the engine */
+    uint64_t max_prompt_bytes;      /* READY: text bytes past which a prompt cannot fit
+                                       the context (n_ctx x the longest token's bytes);
+                                       0: not known yet */
 };
 
 /* What a model's engine offers the server.  Every call comes from the loop

@@ -225,7 +225,8 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame, size_t 
         j += g->messages[i]->text ? strlen(g->messages[i]->text) : 0;
     if (j > max_prompt)
         return vl2_err_set(err, VL2_ELIMIT, "server: generate: the messages hold %zu bytes of "
-                           "text, at most %zu", j, max_prompt);
+                           "text, at most %zu (what the model's context can hold)", j,
+                           max_prompt);
     job = calloc(1, sizeof(*job));
     if (!job)
         return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
@@ -402,6 +403,20 @@ static bool refuse_inflight(struct vl2_conn *c, uint64_t id)
     return true;
 }
 
+/* Text bytes a Generate for @m may hold (issue 18): what can fit the
+ * model's context (n_ctx x its longest token's bytes, once loaded), and at
+ * most the server's max_prompt_bytes. */
+static size_t prompt_cap(const struct vl2_server *srv, const struct vl2_srv_model *m)
+{
+    struct vl2_engine_stats st = { 0 };
+
+    if (m->ops->stats)
+        m->ops->stats(m->engine, &st);
+    if (st.max_prompt_bytes > 0 && st.max_prompt_bytes < srv->opts.max_prompt_bytes)
+        return (size_t) st.max_prompt_bytes;
+    return srv->opts.max_prompt_bytes;
+}
+
 static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
                         struct vl2_ipc_frame *frame)
 {
@@ -430,7 +445,7 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
         vl2__conn_send_error(c, id, err.code, err.msg, false);
         return;
     }
-    r = make_job(g, frame, srv->opts.max_prompt_bytes, &job, &err);
+    r = make_job(g, frame, prompt_cap(srv, model), &job, &err);
     if (r < 0) {
         vl2__conn_send_error(c, id, r, err.msg, false);
         return;

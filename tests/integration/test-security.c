@@ -32,6 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "../common/check.h"
 #include "harness.h"
 
@@ -339,7 +341,12 @@ static bool as_other_user(void (*fn)(void *), void *arg, const char *what)
         _exit(check_failures ? 1 : 0);
     }
     status = harness_wait(pid, 30000);
-    return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return true;
+    fprintf(stderr, "%s: the other user's process ended with status %d (%s %d)\n", what,
+            status, status >= 0 && WIFSIGNALED(status) ? "signal" : "exit",
+            status >= 0 && WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    return false;
 }
 
 static void other_may_not_load(void *arg)
@@ -477,6 +484,50 @@ static void test_cancel_load(void)
     close(fd);
 }
 
+/* The prompt bytes the model's context can hold, computed from the
+ * checkpoint's files on their own: max_position_embeddings of config.json
+ * times the longest vocabulary entry of tokenizer.json in bytes (a
+ * byte-level vocabulary spells each byte with one character), or that of
+ * an added token's content if longer.  0 when the files do not say. */
+static size_t context_prompt_bytes(void)
+{
+    char path[600], *t;
+    cJSON *j, *o, *v;
+    size_t longest = 0, n_ctx = 0;
+
+    snprintf(path, sizeof(path), "%s/config.json", mha_dir);
+    t = harness_slurp(path);
+    j = t ? cJSON_Parse(t) : NULL;
+    free(t);
+    o = cJSON_GetObjectItem(j, "language_config");
+    v = cJSON_GetObjectItem(o ? o : j, "max_position_embeddings");
+    if (cJSON_IsNumber(v))
+        n_ctx = (size_t) v->valuedouble;
+    cJSON_Delete(j);
+    snprintf(path, sizeof(path), "%s/tokenizer.json", mha_dir);
+    t = harness_slurp(path);
+    j = t ? cJSON_Parse(t) : NULL;
+    free(t);
+    o = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "model"), "vocab");
+    cJSON_ArrayForEach(v, o) {
+        size_t chars = 0;
+        const unsigned char *p;
+
+        for (p = (const unsigned char *) v->string; *p; p++)
+            chars += (*p & 0xc0) != 0x80;
+        if (chars > longest)
+            longest = chars;
+    }
+    cJSON_ArrayForEach(v, cJSON_GetObjectItem(j, "added_tokens")) {
+        cJSON *c = cJSON_GetObjectItem(v, "content");
+
+        if (cJSON_IsString(c) && strlen(c->valuestring) > longest)
+            longest = strlen(c->valuestring);
+    }
+    cJSON_Delete(j);
+    return n_ctx * longest;
+}
+
 /* Requests over the limits, refused before decoding; the connection stays. */
 static void test_limits(void)
 {
@@ -521,14 +572,30 @@ static void test_limits(void)
         harness_write(fd, tok, sizeof(tok));
     }
     expect_error(recv_final(fd, 32, 5000), 32, VL2_EINVAL, "NUL", NULL, "NUL in a string");
-    /* 1.5 MiB of prompt text */
+    /* 1.5 MiB of prompt text: over the server's ceiling */
     big = malloc((3u << 19) + 1);
     memset(big, 'a', 3u << 19);
     big[3u << 19] = '\0';
     send_generate(fd, 33, 1, big, 1);
-    free(big);
-    expect_error(recv_final(fd, 33, 10000), 33, VL2_ELIMIT, "at most 1048576", NULL,
+    expect_error(recv_final(fd, 33, 10000), 33, VL2_ELIMIT, "bytes of text, at most", NULL,
                  "1.5 MiB prompt");
+    /* one byte more than the model's context can hold (micro-mha: 4096 x
+     * 128 bytes = 512 KiB, under the 1 MiB ceiling): refused before it is
+     * tokenized, the bound named */
+    {
+        size_t cap = context_prompt_bytes();
+        char want[64];
+
+        CHECK_MSG(cap > 0 && cap < (3u << 19), "context bound %zu", cap);
+        if (cap > 0 && cap < (3u << 19)) {
+            big[cap + 1] = '\0';
+            snprintf(want, sizeof(want), "at most %zu (what the model's context", cap);
+            send_generate(fd, 35, 1, big, 1);
+            expect_error(recv_final(fd, 35, 10000), 35, VL2_ELIMIT, want, NULL,
+                         "a prompt over the context's bytes");
+        }
+    }
+    free(big);
     /* the connection still serves */
     send_simple(fd, 34, VL2__REQUEST__BODY_STATUS);
     {
