@@ -13,10 +13,13 @@
  *   - SIGHUP reloads the models of the file, SIGUSR1/2 kill nobody; SIGTERM
  *     ends within --stop-timeout and keeps a second daemon out meanwhile;
  *   - client-supplied names reach the log escaped;
+ *   - descriptors: the partial-frame budget, EMFILE reported as such (daemon
+ *     C, file limit 128);
  *   - fairness: a connection's long generations, or those of many
  *     connections of one uid, leave a sequence slot for others.
  *
  * usage: test-security VL2D MICRO_MHA_DIR */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -45,7 +48,9 @@ static char *dir;                 /* our temporary directory */
 static char sock_a[300], log_a[300], conf_a[300];
 static char sock_b[300], log_b[300];
 static char roots[300];           /* daemon B's model root */
-static pid_t pid_a = -1, pid_b = -1;
+static char sock_c[300], log_c[300];
+static pid_t pid_a = -1, pid_b = -1, pid_c = -1;
+#define C_NOFILE 128              /* daemon C's file limit, soft and hard */
 
 static long long now_ms(void)
 {
@@ -1141,10 +1146,155 @@ static void test_stop_timeout(void)
     close(fd);
 }
 
+/* Half a frame (100 bytes announced, 2 sent) carrying @n descriptors (the
+ * read ends of pipes, closed here once sent). */
+static void send_half_with_fds(int fd, unsigned n)
+{
+    static const uint8_t half[] = { 100, 0, 0, 0, 0x08, 1 };
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * 16)];
+    } ctl;
+    int fds[16], w[16];
+    struct msghdr mh;
+    struct iovec iov;
+    struct cmsghdr *cm;
+    unsigned i;
+
+    for (i = 0; i < n && i < 16; i++) {
+        int p[2];
+
+        if (pipe2(p, O_CLOEXEC) < 0) {
+            p[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            p[1] = -1;
+        }
+        fds[i] = p[0];
+        w[i] = p[1];
+    }
+    memset(&mh, 0, sizeof(mh));
+    iov.iov_base = (void *) half;
+    iov.iov_len = sizeof(half);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * i);
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * i);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * i);
+    CHECK_MSG(sendmsg(fd, &mh, 0) == (ssize_t) sizeof(half), "sendmsg: %s", strerror(errno));
+    while (i-- > 0) {
+        close(fds[i]);
+        if (w[i] >= 0)
+            close(w[i]);
+    }
+}
+
+/* Descriptors daemon C holds now. */
+static int fds_of_c(void)
+{
+    char path[64];
+    DIR *d;
+    struct dirent *de;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "/proc/%ld/fd", (long) pid_c);
+    d = opendir(path);
+    if (!d)
+        return -1;
+    while ((de = readdir(d)))
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* An Error about the connection (id 0) with @code and @needle, or the
+ * reason why not printed. */
+static void expect_conn_error(int fd, int code, const char *needle, const char *what)
+{
+    Vl2__Response *r = NULL;
+
+    CHECK_MSG(harness_recv(fd, 5000, &r) == 1, "%s: no answer", what);
+    CHECK_MSG(r && r->body_case == VL2__RESPONSE__BODY_ERROR && r->id == 0 &&
+              r->error->code == code && strstr(r->error->message, needle),
+              "%s: %s", what, r && r->error ? r->error->message : "not an Error");
+    if (r)
+        vl2__response__free_unpacked(r, NULL);
+}
+
+/* Unfinished frames of all clients hold at most a quarter of the file
+ * limit in descriptors (at least 64; daemon C: 128 / 4 -> 64): four
+ * connections parking 16 each are kept, the fifth is refused with BUSY. */
+static void test_partial_fds_budget(void)
+{
+    int fds[5], i;
+    Vl2__Response *r = NULL;
+
+    for (i = 0; i < 5; i++)
+        fds[i] = client(sock_c);
+    for (i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            send_half_with_fds(fds[i], 16);
+    sleep_ms(300);
+    if (fds[4] >= 0) {
+        send_half_with_fds(fds[4], 16);
+        expect_conn_error(fds[4], VL2_EBUSY, "hold more than 64 descriptors",
+                          "the fifth half frame of 16 descriptors");
+    }
+    for (i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            CHECK_MSG(harness_recv(fds[i], 100, &r) == -1, "a frame within the budget was "
+                      "refused: %s", r && r->error ? r->error->message : "closed");
+    for (i = 0; i < 5; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    sleep_ms(300);
+}
+
+/* Descriptors the kernel could not give the daemon because its table is
+ * full are reported as that (BUSY, "out of file descriptors"), not as a
+ * client sending too many. */
+static void test_emfile_reported(void)
+{
+    int conns[C_NOFILE], n = 0, last, have;
+
+    while (n < C_NOFILE - 8) {
+        have = fds_of_c();
+        if (have < 0 || have >= C_NOFILE - 6)
+            break;
+        conns[n] = client(sock_c);
+        if (conns[n] < 0)
+            break;
+        n++;
+    }
+    have = fds_of_c();
+    printf("emfile: %d connections, daemon C holds %d descriptors\n", n, have);
+    CHECK_MSG(have >= C_NOFILE - 6 && have < C_NOFILE, "daemon C holds %d descriptors of %d",
+              have, C_NOFILE);
+    if (n > 0) {
+        last = conns[n - 1];
+        send_half_with_fds(last, 16);
+        expect_conn_error(last, VL2_EBUSY, "out of file descriptors",
+                          "16 descriptors into a nearly full table");
+    }
+    while (n-- > 0)
+        close(conns[n]);
+    sleep_ms(300);
+}
+
 int main(int argc, char **argv)
 {
-    char conf[1000], uid_arg[32];
+    char conf[1000], uid_arg[32], self[4096] = "";
     struct rlimit rl, low;
+
+    if (argc > 2 && !strcmp(argv[1], "--nofile-exec")) {   /* the wrapper of daemon C */
+        rl.rlim_cur = rl.rlim_max = C_NOFILE;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            return 126;
+        execv(argv[2], argv + 2);
+        return 127;
+    }
 
     if (argc != 3) {
         fprintf(stderr, "usage: test-security VL2D MICRO_MHA_DIR\n");
@@ -1164,6 +1314,8 @@ int main(int argc, char **argv)
     snprintf(sock_b, sizeof(sock_b), "%s/b.sock", dir);
     snprintf(log_b, sizeof(log_b), "%s/b.log", dir);
     snprintf(roots, sizeof(roots), "%s/roots", dir);
+    snprintf(sock_c, sizeof(sock_c), "%s/c.sock", dir);
+    snprintf(log_c, sizeof(log_c), "%s/c.log", dir);
     mkdir(roots, 0755);
     snprintf(conf, sizeof(conf), "[model mha]\ndir = %s\n", mha_dir);
     write_file(conf_a, conf, 0644);
@@ -1234,6 +1386,24 @@ int main(int argc, char **argv)
     }
     if (pid_b > 0)
         harness_stop(pid_b, SIGKILL, 5000);
+
+    /* daemon C, no model, with a file limit it cannot raise (set by this
+     * program run as its wrapper: a hard limit lowered here would stay) */
+    if (geteuid() == 0 && readlink("/proc/self/exe", self, sizeof(self) - 1) > 0) {
+        const char *args[] = { "--nofile-exec", vl2d_path, "--no-config", "--socket", sock_c,
+                               "--max-connections-per-uid", "256", "--no-notify",
+                               "--no-socket-activation", NULL };
+
+        pid_c = harness_start(self, sock_c, args, log_c, NULL);
+        CHECK_MSG(pid_c > 0, "daemon C did not start (log %s)", log_c);
+        if (pid_c > 0) {
+            RUN(test_partial_fds_budget);
+            RUN(test_emfile_reported);
+            harness_stop(pid_c, SIGKILL, 5000);
+        }
+    } else {
+        printf("skip daemon C: not root, no lower hard file limit\n");
+    }
     if (check_failures) {
         char *t = harness_slurp(log_a);
 
@@ -1241,6 +1411,9 @@ int main(int argc, char **argv)
         free(t);
         t = harness_slurp(log_b);
         fprintf(stderr, "---- daemon B log ----\n%s", t ? t : "");
+        free(t);
+        t = harness_slurp(log_c);
+        fprintf(stderr, "---- daemon C log ----\n%s", t ? t : "");
         free(t);
     }
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
