@@ -17,6 +17,8 @@
 
 /* Bytes of text one Tokenize may carry. */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
+/* server.c's default max_prompt_bytes; a smaller cap came from the model */
+#define MAX_PROMPT_CEILING ((size_t) 1 << 20)
 /* Tokenize requests one connection may have in flight (fairness, issue 18:
  * the engine encodes at most VL2_ENGINE_MAX_TOKENIZE of all at once). */
 #define MAX_TOKENIZE_PER_CONN 4
@@ -225,8 +227,9 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame, size_t 
         j += g->messages[i]->text ? strlen(g->messages[i]->text) : 0;
     if (j > max_prompt)
         return vl2_err_set(err, VL2_ELIMIT, "server: generate: the messages hold %zu bytes of "
-                           "text, at most %zu (what the model's context can hold)", j,
-                           max_prompt);
+                           "text, at most %zu (%s)", j, max_prompt,
+                           max_prompt < MAX_PROMPT_CEILING ? "what the model's context can hold"
+                                                           : "the daemon's ceiling");
     job = calloc(1, sizeof(*job));
     if (!job)
         return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
