@@ -481,7 +481,8 @@ static int chat_stream(void *ud, struct vl2h_buf *out)
         cJSON_AddStringToObject(delta, "content", ev.text);
         if (ch->co.logprobs) {
             lp = cJSON_CreateObject();
-            cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "content"), vl2h_logprob_json(&ev, true));
+            cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "content"),
+                                 vl2h_logprob_json(&ev, true));
             cJSON_AddNullToObject(lp, "refusal");
         }
         r = vl2h_buf_json(out, "data: ", chunk(ch, delta, NULL, lp), "\n\n") < 0 ? -1 : 1;

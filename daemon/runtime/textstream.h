@@ -93,8 +93,9 @@ int  vl2_textstream_init(struct vl2_textstream *ts, const struct vl2_textstream_
 void vl2_textstream_done(struct vl2_textstream *ts);
 
 /* Take generated @id; @logits [n_vocab] (may be NULL) give its
- * log-probability and p.top_logprobs alternatives.  Fills @ret; ts->finish says whether the answer ended.
- * Returns 0, VL2_EINVAL once finished, VL2_ENOMEM. */
+ * log-probability and p.top_logprobs alternatives.  Fills @ret; ts->finish
+ * says whether the answer ended.  Returns 0, VL2_EINVAL once finished,
+ * VL2_ENOMEM. */
 int  vl2_textstream_push(struct vl2_textstream *ts, int32_t id, const float *logits,
                          int32_t n_vocab, struct vl2_ts_token *ret, struct vl2_err *err);
 
