@@ -554,7 +554,31 @@ static void refresh_memory(struct vl2_engine *e)
 
 /* ---- generation (engine thread) --------------------------------------- */
 
-/* A TOKEN event for @t (its new text, its id, its log-probability). */
+/* The alternatives of @t into @ev (copied: the event outlives the model). */
+static int set_top(struct vl2_event *ev, const struct vl2_ts_token *t)
+{
+    size_t i, size = 0, at = 0;
+
+    for (i = 0; i < t->n_top; i++)
+        size += t->top[i].len;
+    ev->top = calloc(t->n_top, sizeof(*ev->top));
+    ev->top_text = malloc(size ? size : 1);
+    if (!ev->top || !ev->top_text)
+        return VL2_ENOMEM;
+    for (i = 0; i < t->n_top; i++) {
+        ev->top[i].id = (uint32_t) t->top[i].id;
+        ev->top[i].logprob = t->top[i].logprob;
+        ev->top[i].text_size = t->top[i].len;
+        if (t->top[i].len)
+            memcpy(ev->top_text + at, t->top[i].text, t->top[i].len);
+        at += t->top[i].len;
+    }
+    ev->n_top = t->n_top;
+    return 0;
+}
+
+/* A TOKEN event for @t (its new text, its id, its log-probability, its
+ * alternatives). */
 static void send_token(struct vl2_engine *e, struct vl2_req *r, const struct vl2_ts_token *t)
 {
     struct vl2_event *ev = vl2_event_new(VL2_EVENT_TOKEN, r->key);
@@ -568,6 +592,10 @@ static void send_token(struct vl2_engine *e, struct vl2_req *r, const struct vl2
     ev->token_id = t->id < 0 ? 0 : (uint32_t) t->id;
     ev->has_logprob = t->has_logprob;
     ev->logprob = t->logprob;
+    if (t->n_top && set_top(ev, t) < 0) {
+        vl2_event_free(ev);
+        return;
+    }
     post(e, ev);
 }
 
@@ -671,7 +699,8 @@ static void sample(struct vl2_engine *e, struct vl2_req *r)
     if (r->ts.n_gen == 0)
         r->t_first = r->t_last;
     r->has_next = false;
-    if (vl2_textstream_next(&r->ts, r->seq, r->job->logprobs, &t, &err) < 0) {
+    if (vl2_textstream_next(&r->ts, r->seq, r->job->logprobs || r->job->top_logprobs,
+                            &t, &err) < 0) {
         finish_error(e, r, err.code, err.msg);
         return;
     }
@@ -693,6 +722,7 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
     struct vl2_textstream_params tp = {
         .tok = e->tok, .eos_id = e->eos_id, .ignore_eos = r->job->sampling.ignore_eos,
         .max_new = r->pr.max_new, .stops = r->pr.stops, .n_stops = r->pr.n_stops,
+        .top_logprobs = r->job->top_logprobs,
     };
     size_t cap = r->pr.n_ids + r->pr.max_new, need;
     int rc;
@@ -708,8 +738,9 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
     sp.capacity = (int32_t) cap;
     sp.sampler = r->pr.sp;
     /* greedy requests without log-probabilities need only the ids: the
-     * backend picks them and the logits stay on the device */
-    sp.device_greedy = !r->job->logprobs;
+     * backend picks them and the logits stay on the device (top_logprobs
+     * comes with logprobs) */
+    sp.device_greedy = !r->job->logprobs && !r->job->top_logprobs;
     rc = vl2_textstream_init(&r->ts, &tp, err);
     if (rc < 0)
         return rc;

@@ -335,7 +335,13 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame, size_t 
     }
     job->grounding = g->grounding;
     job->stream = g->stream;
-    job->logprobs = g->logprobs;
+    if (g->top_logprobs > VL2_JOB_MAX_TOP_LOGPROBS) {
+        r = vl2_err_set(err, VL2_EINVAL, "server: generate: 'top_logprobs' %u: at most %d",
+                        g->top_logprobs, VL2_JOB_MAX_TOP_LOGPROBS);
+        goto out_free;
+    }
+    job->top_logprobs = g->top_logprobs;
+    job->logprobs = g->logprobs || g->top_logprobs > 0;
     *ret_job = job;
     return 0;
 
@@ -957,6 +963,29 @@ static void model_event(struct vl2_server *srv, struct vl2_srv_model *m,
     }
 }
 
+/* Token.top_logprobs of @ev into @t, in @alts and @ptrs
+ * [VL2_JOB_MAX_TOP_LOGPROBS] (borrowing @ev's bytes). */
+static void token_alts(Vl2__Token *t, const struct vl2_event *ev, Vl2__TokenAlternative *alts,
+                       Vl2__TokenAlternative **ptrs)
+{
+    size_t i, at = 0;
+
+    for (i = 0; i < ev->n_top && i < VL2_JOB_MAX_TOP_LOGPROBS; i++) {
+        vl2__token_alternative__init(&alts[i]);
+        alts[i].has_id = 1;
+        alts[i].id = ev->top[i].id;
+        alts[i].has_text = 1;
+        alts[i].text.data = ev->top_text + at;
+        alts[i].text.len = ev->top[i].text_size;
+        alts[i].has_logprob = 1;
+        alts[i].logprob = ev->top[i].logprob;
+        at += ev->top[i].text_size;
+        ptrs[i] = &alts[i];
+    }
+    t->n_top_logprobs = i;
+    t->top_logprobs = i ? ptrs : NULL;
+}
+
 void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
 {
     Vl2__Response resp = VL2__RESPONSE__INIT;
@@ -1004,6 +1033,8 @@ void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
     }
     case VL2_EVENT_TOKEN: {
         Vl2__Token t = VL2__TOKEN__INIT;
+        Vl2__TokenAlternative alts[VL2_JOB_MAX_TOP_LOGPROBS];
+        Vl2__TokenAlternative *alt_ptrs[VL2_JOB_MAX_TOP_LOGPROBS];
 
         if (!inf->stream) {
             if (gather_text(inf, ev->text, ev->text_size) < 0) {
@@ -1022,6 +1053,7 @@ void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
         t.id = ev->token_id;
         t.has_logprob = ev->has_logprob;
         t.logprob = ev->logprob;
+        token_alts(&t, ev, alts, alt_ptrs);
         resp.body_case = VL2__RESPONSE__BODY_TOKEN;
         resp.token = &t;
         reply(c, &resp, inf->request_id);
