@@ -228,7 +228,7 @@ static int on_response(const Vl2__Response *resp, void *ud)
             r->progress_after_token = true;
         break;
     case VL2__RESPONSE__BODY_TOKEN:
-        if (r->text_len + resp->token->text.len < sizeof(r->text)) {
+        if (resp->token->text.len && r->text_len + resp->token->text.len < sizeof(r->text)) {
             memcpy(r->text + r->text_len, resp->token->text.data, resp->token->text.len);
             r->text_len += resp->token->text.len;
             r->text[r->text_len] = '\0';
@@ -247,7 +247,8 @@ static int on_response(const Vl2__Response *resp, void *ud)
         r->done = *resp->done;
         r->done.boxes = NULL;
         r->done.n_boxes = 0;
-        if (resp->done->has_text && resp->done->text.len < sizeof(r->done_text)) {
+        if (resp->done->has_text && resp->done->text.len &&
+            resp->done->text.len < sizeof(r->done_text)) {
             memcpy(r->done_text, resp->done->text.data, resp->done->text.len);
             r->done_text[resp->done->text.len] = '\0';
         }
