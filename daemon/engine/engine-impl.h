@@ -180,6 +180,7 @@ struct vl2_engine {
     int32_t marker_ids[2];          /* "<|User|>", "<|Assistant|>" (-1: none): prefill
                                        passes end before them (vl2__pass_end) */
     int32_t n_ctx;
+    size_t max_prompt_bytes;        /* n_ctx times the longest token's bytes */
     struct vl2_prep_model pm;       /* what vl2_prepare needs of the model */
     size_t mapped_bytes;            /* safetensors files of the model directory */
 
