@@ -46,6 +46,8 @@ static void test_good(void)
         "image_timeout = 2m\n"
         "prep_threads = 3\n"
         "vision_tiles_per_step = 2\n"
+        "image_cache = 64M\n"
+        "prefix_cache = false\n"
         "idle_unload = 1.5h\n"
         "\n"
         "[model tiny]\n"
@@ -78,6 +80,8 @@ static void test_good(void)
     CHECK(c.engine.fd_timeout_s == 120.0);
     CHECK_EQ_INT(c.engine.prep_threads, 3);
     CHECK_EQ_INT(c.engine.vision_tiles_per_step, 2);
+    CHECK(c.engine.image_cache == (size_t) 64 << 20);
+    CHECK(!c.engine.prefix_cache);
     CHECK(c.engine.idle_unload_s == 5400.0);
     CHECK_EQ_INT(c.n_models, 2);
     CHECK(!strcmp(c.models[0].name, "tiny") &&
@@ -92,6 +96,8 @@ static void test_good(void)
     CHECK(parse(&c, "", &err) == 0);
     CHECK(!strcmp(c.engine.backend, "cpu") && c.engine.max_sequences == 8 &&
           c.n_models == 0 && !c.has_log_level);
+    /* issue 16: both caches on, 512 MiB of image embeddings */
+    CHECK(c.engine.image_cache == (size_t) 512 << 20 && c.engine.prefix_cache);
     vl2_conf_done(&c);
 }
 
@@ -145,6 +151,9 @@ static void test_bad(void)
     }
     expect_bad("[daemon]\nthreads = -1\n", VL2_EINVAL, "test.conf:2: threads '-1'");
     expect_bad("[daemon]\napply_exif = maybe\n", VL2_EINVAL, "apply_exif 'maybe'");
+    expect_bad("[daemon]\nimage_cache = lots\n", VL2_EINVAL, "test.conf:2: image_cache 'lots'");
+    expect_bad("[daemon]\nprefix_cache = sometimes\n", VL2_EINVAL,
+               "prefix_cache 'sometimes'");
     expect_bad("[daemon]\nidle_unload = soon\n", VL2_EINVAL, "idle_unload 'soon'");
     expect_bad("[daemon]\nimage_timeout = 0\n", VL2_EINVAL, "image_timeout '0'");
     expect_bad("[daemon]\nsocket_mode = 999\n", VL2_EINVAL, "socket_mode '999'");
