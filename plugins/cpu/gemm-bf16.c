@@ -34,7 +34,8 @@
 #define KC 256                 /* k values per block */
 #define KP (KC / 2)            /* pairs per block */
 #define NB CPU_GEMMBF_NB       /* weight rows per call (at most) */
-#define MB 240                 /* activation rows packed at once (a multiple of MR) */
+#define MB 768                 /* activation rows packed at once (a multiple of MR): the
+                                * vision tower's 729 rows in one block, W packed once */
 
 size_t cpu_gemmbf_scratch(void)
 {
@@ -168,19 +169,26 @@ T_BF static void pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t mr, 
                 c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr));          \
                 c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16));     \
             }                                                                              \
+            if (bias) {                                                                    \
+                c##i##0 = _mm512_add_ps(c##i##0, bv0);                                     \
+                c##i##1 = _mm512_add_ps(c##i##1, bv1);                                     \
+            }                                                                              \
             _mm512_mask_storeu_ps(cr, m0, c##i##0);                                        \
             _mm512_mask_storeu_ps(cr + 16, m1, c##i##1);                                   \
         }                                                                                  \
     } while (0)
 
 /* C[0..mr, 0..32) (+)= Agroup[kp][12] . Wpanel[kp][32] for the first MRV rows
- * (mr <= MRV); columns masked by m0, m1; acc: add to C. */
+ * (mr <= MRV); columns masked by m0, m1; acc: add to C; bias (32 floats, NULL
+ * for none): added last (the last block of k). */
 #define BF_KERNEL(MRV)                                                                     \
     T_BF static void kernel_##MRV(int64_t kp, const uint32_t *ap, const uint32_t *bp,      \
                                   float *c, int64_t ldc, int64_t mr, __mmask16 m0,         \
-                                  __mmask16 m1, int acc)                                   \
+                                  __mmask16 m1, int acc, const float *bias)                \
     {                                                                                      \
         enum { mrv_c = MRV };                                                              \
+        __m512 bv0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();         \
+        __m512 bv1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();    \
         __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00;      \
         __m512 c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00;           \
         __m512 c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00;           \
@@ -203,7 +211,8 @@ BF_KERNEL(8)
 BF_KERNEL(4)
 
 T_BF void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw,
-                     int wdtype, int64_t n, int64_t k, float *c, int64_t ldc, void *scratch)
+                     int wdtype, int64_t n, int64_t k, const float *bias, float *c, int64_t ldc,
+                     void *scratch)
 {
     uint32_t *bpk = scratch, *apk = (uint32_t *)scratch + (size_t)NB * KP;
     int64_t np = (n + NR - 1) / NR;
@@ -218,16 +227,17 @@ T_BF void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int6
                 int64_t nc = n - p * NR;
                 __mmask16 m0 = mask16(nc), m1 = mask16(nc - 16);
                 const uint32_t *bq = bpk + p * kp * NR;
+                const float *bb = bias && k0 + kc >= k ? bias + p * NR : NULL;
                 for (int64_t g = 0; g < ng; g++) {
                     int64_t mr = mb - g * MR < MR ? mb - g * MR : MR;
                     float *cp = c + (i0 + g * MR) * ldc + p * NR;
                     const uint32_t *aq = apk + g * kp * MR;
                     if (mr > 8)
-                        kernel_12(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0);
+                        kernel_12(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0, bb);
                     else if (mr > 4)
-                        kernel_8(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0);
+                        kernel_8(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0, bb);
                     else
-                        kernel_4(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0);
+                        kernel_4(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0, bb);
                 }
             }
         }
@@ -242,9 +252,10 @@ size_t cpu_gemmbf_scratch(void)
 }
 
 void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw, int wdtype,
-                int64_t n, int64_t k, float *c, int64_t ldc, void *scratch)
+                int64_t n, int64_t k, const float *bias, float *c, int64_t ldc, void *scratch)
 {
     (void)a; (void)lda; (void)m; (void)w; (void)ldw; (void)wdtype; (void)n; (void)k; (void)c;
+    (void)bias;
     (void)ldc; (void)scratch;
 }
 

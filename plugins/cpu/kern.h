@@ -27,10 +27,11 @@ enum cpu_precision { CPU_PREC_F32 = 0, CPU_PREC_BF16 = 1 };
 
 /* Bytes of 64-byte aligned scratch cpu_gemmbf needs (any m, n <= CPU_GEMMBF_NB, any k). */
 size_t cpu_gemmbf_scratch(void);
-/* C[m, n] = bf16(A)[m, k] * bf16(W)[n, k]^T, F32 accumulation; W rows @ldw
- * elements apart in @wdtype (BF16, F32, F16), any alignment; n <= CPU_GEMMBF_NB. */
+/* C[m, n] = bf16(A)[m, k] * bf16(W)[n, k]^T (+ bias[n]), F32 accumulation; W
+ * rows @ldw elements apart in @wdtype (BF16, F32, F16), any alignment;
+ * n <= CPU_GEMMBF_NB; @bias F32 or NULL, added after the last block of k. */
 void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw, int wdtype,
-                int64_t n, int64_t k, float *c, int64_t ldc, void *scratch);
+                int64_t n, int64_t k, const float *bias, float *c, int64_t ldc, void *scratch);
 
 /* ---- attn-fused.c (AVX-512; bf16 != 0 needs AVX512-BF16) --------------------------- */
 

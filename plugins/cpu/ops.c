@@ -105,7 +105,7 @@ void cpu_mm(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
         for (int64_t jb = j0; jb < j1; jb += CPU_GEMMBF_NB) {
             int64_t nb = j1 - jb < CPU_GEMMBF_NB ? j1 - jb : CPU_GEMMBF_NB;
             cpu_gemmbf(x, ldx, m, (const char *)w->data + (size_t)(jb * w->ld) * es, w->ld,
-                       w->dtype, nb, k, y + jb, ldy, tmp);
+                       w->dtype, nb, k, NULL, y + jb, ldy, tmp);
         }
         return;
     }
@@ -168,14 +168,24 @@ static void linear_task(void *arg, int64_t task, int tid)
         c1 = (jb + 1) * j->panels / j->n_jb * 32;
         c1 = c1 < j->n_out ? c1 : j->n_out;
     }
+    if (j->panels && j->ctx->bf16_dp) {
+        /* bf16 kernel with the bias in its epilogue */
+        const struct vl2_tensor *w = j->w;
+        size_t es = vl2_dtype_size(w->dtype);
+        for (int64_t cb = c0; cb < c1; cb += CPU_GEMMBF_NB) {
+            int64_t nb = c1 - cb < CPU_GEMMBF_NB ? c1 - cb : CPU_GEMMBF_NB;
+            cpu_gemmbf(j->x + i0 * j->ldx, j->ldx, i1 - i0,
+                       (const char *)w->data + (size_t)(cb * w->ld) * es, w->ld, w->dtype, nb,
+                       w->cols, j->bias ? j->bias + cb : NULL, y + cb, j->ldo,
+                       cpu_scratch(j->ctx, tid));
+        }
+        return;
+    }
     cpu_mm(j->ctx, j->x + i0 * j->ldx, j->ldx, i1 - i0, j->w, c0, c1, y, j->ldo,
            cpu_scratch(j->ctx, tid));
     if (j->bias)
-        for (int64_t i = i0; i < i1; i++) {
-            float *row = j->out + i * j->ldo;
-            for (int64_t c = c0; c < c1; c++)
-                row[c] += j->bias[c];
-        }
+        for (int64_t i = i0; i < i1; i++)   /* y + 1 * b: the same rounding as y + b */
+            j->ctx->k->axpy(j->out + i * j->ldo + c0, 1.0f, j->bias + c0, c1 - c0);
 }
 
 int cpu_linear(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct vl2_tensor *x,
