@@ -125,29 +125,28 @@ T_BF static void pack_w(uint32_t *dst, const uint8_t *w, int64_t ldw, int dt, in
 
 /* Pack activation rows [0, mr) (mr <= MB), columns [k0, k0 + kc), rounded
  * to bf16, into groups of MR rows ([kp][12] words each, group stride
- * kp * MR words; rows past mr are zero). */
+ * kp * MR words; rows past mr are zero): 16 x 16 word transposes, 12 lanes
+ * stored. */
 T_BF static void pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t mr, int64_t k0,
                         int64_t kc)
 {
     int64_t kp = (kc + 1) / 2, ng = (mr + MR - 1) / MR;
-    uint32_t tmp[16];
 
     for (int64_t g = 0; g < ng; g++) {
         uint32_t *gd = dst + g * kp * MR;
-        for (int64_t i = 0; i < MR; i++) {
-            int64_t row = g * MR + i;
-            if (row >= mr) {
-                for (int64_t p = 0; p < kp; p++)
-                    gd[p * MR + i] = 0;
-                continue;
+        for (int64_t kk = 0; kk < kc; kk += 32) {
+            int64_t np2 = (kc - kk + 1) / 2 < 16 ? (kc - kk + 1) / 2 : 16;
+            __m512i v[16];
+            for (int t = 0; t < 16; t++) {
+                int64_t row = g * MR + t;
+                v[t] = t < MR && row < mr
+                           ? load32_bf((const uint8_t *)(a + row * lda + k0 + kk), VL2_DTYPE_F32,
+                                       kc - kk)
+                           : _mm512_setzero_si512();
             }
-            for (int64_t kk = 0; kk < kc; kk += 32) {
-                int64_t np2 = (kc - kk + 1) / 2 < 16 ? (kc - kk + 1) / 2 : 16;
-                _mm512_storeu_si512(tmp, load32_bf((const uint8_t *)(a + row * lda + k0 + kk),
-                                                   VL2_DTYPE_F32, kc - kk));
-                for (int64_t t = 0; t < np2; t++)
-                    gd[(kk / 2 + t) * MR + i] = tmp[t];
-            }
+            transpose16(v);
+            for (int64_t t = 0; t < np2; t++)
+                _mm512_mask_storeu_epi32(gd + (kk / 2 + t) * MR, (__mmask16)0x0fff, v[t]);
         }
     }
 }
