@@ -43,43 +43,6 @@ static void usage(FILE *f)
 "  --no-float          do not write pixel_values.npy\n");
 }
 
-static int read_file(const char *path, size_t max, unsigned char **ret, size_t *ret_size,
-                     struct vl2_err *err)
-{
-    unsigned char *buf;
-    struct stat st;
-    size_t n;
-    FILE *f;
-
-    f = fopen(path, "rb");
-    if (!f)
-        return vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO, "'%s': %s", path,
-                           strerror(errno));
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return vl2_err_set(err, VL2_EIO, "'%s': not a regular file", path);
-    }
-    if ((uint64_t)st.st_size > max) {
-        fclose(f);
-        return vl2_err_set(err, VL2_ELIMIT, "'%s': %lld bytes is over the limit of %zu", path,
-                           (long long)st.st_size, max);
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        fclose(f);
-        return vl2_err_set(err, VL2_ENOMEM, "'%s': out of memory", path);
-    }
-    n = fread(buf, 1, (size_t)st.st_size, f);
-    fclose(f);
-    if (n != (size_t)st.st_size) {
-        free(buf);
-        return vl2_err_set(err, VL2_EIO, "'%s': short read", path);
-    }
-    *ret = buf;
-    *ret_size = n;
-    return 0;
-}
-
 static cJSON *pair(int a, int b)
 {
     const int v[2] = { a, b };
@@ -208,14 +171,14 @@ int vl2d_cmd_preprocess(int argc, char **argv)
 
     for (int i = 0; i < n_images; i++) {
         struct vl2_image img;
-        unsigned char *data = NULL;
+        char *data = NULL;
         size_t size = 0;
         uint8_t *p;
 
-        r = read_file(images[i], lim.max_bytes, &data, &size, &err);
+        r = vl2_file_read(images[i], lim.max_bytes, "image", &data, &size, &err);
         if (r < 0)
             goto out_report;
-        r = vl2_image_decode(&img, data, size, &lim, &err);
+        r = vl2_image_decode(&img, (const uint8_t *)data, size, &lim, &err);
         free(data);
         if (r < 0) {
             ctx = images[i];

@@ -13,14 +13,18 @@
 #include <time.h>
 
 #include "cmd.h"
+#include "conf.h"
 #include "image.h"
 #include "model.h"
 #include "npy.h"
+#include "prepare.h"
 #include "prompt.h"
+#include "textstream.h"
 #include "tokenizer.h"
 
-#define RUN_MAX_IMAGES 16
-#define RUN_MAX_STOPS 8
+/* the limits of a request are the daemon's (prepare.h) */
+#define RUN_MAX_IMAGES VL2_PREP_DEFAULT_IMAGES
+#define RUN_MAX_STOPS VL2_PREP_MAX_STOPS
 #define RUN_TOPK 20
 
 struct run_opts {
@@ -32,6 +36,7 @@ struct run_opts {
     const char *dump;
     const char *backend;
     const char *plugin_dir;
+    char        backend_options[VL2_CONF_OPTIONS_MAX]; /* --backend-option, joined */
     const char *stops[RUN_MAX_STOPS];
     int         n_stops;
     long        max_new;
@@ -71,6 +76,8 @@ static void usage(FILE *f)
 "  --dump OUT                write every stage to the folder OUT (golden formats)\n"
 "  --backend NAME            cpu (default) or cuda\n"
 "  --plugin-dir DIR          where the backend plugins are\n"
+"  --backend-option K=V      an option of the backend (cpu: isa=scalar|avx2|avx512);\n"
+"                            repeatable; a key given twice takes the last value\n"
 "  --threads N               backend threads (default: all cores)\n"
 "  --device N                backend device index, e.g. the GPU (default 0)\n",
             RUN_MAX_IMAGES);
@@ -165,6 +172,13 @@ static int parse_args(struct run_opts *o, int argc, char **argv)
             o->backend = v;
         } else if (!strcmp(a, "--plugin-dir")) {
             o->plugin_dir = v;
+        } else if (!strcmp(a, "--backend-option")) {
+            struct vl2_err err = { 0 };
+            if (vl2_conf_options_append(o->backend_options, sizeof(o->backend_options), v,
+                                        "--backend-option", &err) < 0) {
+                fprintf(stderr, "vl2d run: %s\n", err.msg);
+                return -1;
+            }
         } else if (!strcmp(a, "--stop")) {
             if (o->n_stops == RUN_MAX_STOPS) {
                 fprintf(stderr, "vl2d run: more than %d stop strings\n", RUN_MAX_STOPS);
@@ -367,27 +381,22 @@ static cJSON *int_array(const int32_t *v, size_t n)
 
 /* ---- the run -------------------------------------------------------------------- */
 
-struct run_image {
-    struct vl2_image        img;
-    struct vl2_tiling       tiling;
-    uint8_t                *tiles;
-    struct vl2_image_embed *embed;
-    struct vl2_image_trace  trace;
-};
-
 struct run {
     struct run_opts         o;
     struct vl2_tokenizer   *tok;
     struct vl2_model       *m;
     struct vl2_seq         *seq;
-    struct run_image        im[RUN_MAX_IMAGES];
-    int32_t                *ids;       /* prompt */
-    size_t                  n_ids;
+    struct vl2_prep_model   pm;
+    struct vl2_prepared     pr;        /* tiles, prompt ids, settings */
+    char                   *files[RUN_MAX_IMAGES];  /* the encoded images */
+    size_t                  file_sizes[RUN_MAX_IMAGES];
+    int32_t                *given;     /* --input-ids-json */
+    size_t                  n_given;
+    struct vl2_image_embed *embed[RUN_MAX_IMAGES];
+    struct vl2_image_trace  trace[RUN_MAX_IMAGES];
+    struct vl2_textstream   ts;
     int32_t                *gen;       /* generated */
     size_t                  n_gen;
-    char                   *text;      /* generated text (streamed part and held back) */
-    size_t                  text_len, text_cap;
-    size_t                  printed;   /* bytes of text written to stdout */
     float                  *embeds;    /* dump: [n_ids, D] */
     float                  *logits2;   /* dump: [2, V] */
     float                  *topv;      /* dump: [max_new, 20] */
@@ -398,148 +407,82 @@ struct run {
     int32_t                 n_tiles, n_image_tokens, image_token_id, eos;
 };
 
-static int append_text(struct run *R, const char *s, size_t n)
+/* Images, prompt and settings through vl2_prepare (as the daemon's engine
+ * does): read the files, one user message. */
+static int prepare(struct run *R, struct vl2_err *err)
 {
-    if (R->text_len + n + 1 > R->text_cap) {
-        size_t cap = R->text_cap ? R->text_cap : 256;
-        char *p;
-        while (cap < R->text_len + n + 1)
-            cap *= 2;
-        p = realloc(R->text, cap);
-        if (!p)
-            return VL2_ENOMEM;
-        R->text = p;
-        R->text_cap = cap;
-    }
-    memcpy(R->text + R->text_len, s, n);
-    R->text_len += n;
-    R->text[R->text_len] = 0;
-    return 0;
-}
+    struct vl2_image_limits lim = vl2_image_default_limits();
+    struct vl2_prep_image imgs[RUN_MAX_IMAGES];
+    struct vl2_prep_message msg = { .role = VL2_ROLE_USER };
+    struct vl2_prep_request rq = { 0 };
+    int i, r;
 
-/* Write what can be shown: all text up to a stop string, minus what may
- * still become one. */
-static void stream(struct run *R, int final)
-{
-    size_t upto = R->text_len;
-
-    if (!final)
-        upto -= vl2_stop_holdback(R->text, R->text_len, R->o.stops, (size_t)R->o.n_stops);
-    if (R->o.json || upto <= R->printed)
-        return;
-    fwrite(R->text + R->printed, 1, upto - R->printed, stdout);
-    fflush(stdout);
-    R->printed = upto;
-}
-
-static int load_images(struct run *R, struct vl2_err *err)
-{
-    const struct vl2_model_config *cfg = vl2_model_config(R->m);
-    const struct vl2_processor_config *pc = vl2_model_processor_config(R->m);
-    const int (*cands)[2] = pc->n_candidates ? pc->candidates : cfg->candidates;
-    int n_cands = pc->n_candidates ? pc->n_candidates : cfg->n_candidates;
-    int cropping = R->o.n_images <= 2, i, r;
-    const int S = cfg->vision.image_size;
-
-    if (n_cands > 0 && cands[0][0] != S)
-        return vl2_err_set(err, VL2_EUNSUPPORTED, "first candidate resolution %d differs "
-                           "from the vision image size %d", cands[0][0], S);
+    r = vl2_prep_model_init(&R->pm, R->m, R->tok, err);
+    if (r < 0)
+        return r;
     for (i = 0; i < R->o.n_images; i++) {
-        struct run_image *im = &R->im[i];
-        struct vl2_image_limits lim = vl2_image_default_limits();
-        char *data;
-        size_t size;
-        lim.apply_exif = R->o.apply_exif;
-        r = read_file(R->o.images[i], &data, &size, lim.max_bytes, err);
+        r = read_file(R->o.images[i], &R->files[i], &R->file_sizes[i], lim.max_bytes, err);
         if (r < 0)
             return r;
-        r = vl2_image_decode(&im->img, data, size, &lim, err);
-        free(data);
-        if (r < 0)
-            return vl2_err_prefix(err, r, R->o.images[i]);
-        vl2_image_plan(&im->tiling, im->img.width, im->img.height, cands, n_cands, cropping, S,
-                       cfg->vision.patch_size, cfg->proj.downsample);
-        R->n_tiles += im->tiling.n_tiles;
-        R->n_image_tokens += im->tiling.n_tokens;
+        imgs[i] = (struct vl2_prep_image){
+            .data = (const uint8_t *)R->files[i], .size = R->file_sizes[i], .fd = -1,
+            .apply_exif = R->o.apply_exif, .name = R->o.images[i],
+        };
     }
+    if (R->o.input_ids_json) {
+        r = read_ids_json(R->o.input_ids_json, &R->given, &R->n_given, err);
+        if (r < 0)
+            return r;
+        rq.ids = R->given;
+        rq.n_ids = R->n_given;
+    } else if (R->o.n_images == 0 &&
+               strspn(R->o.prompt, " \t\r\n\v\f") == strlen(R->o.prompt)) {
+        return vl2_err_set(err, VL2_EINVAL, "empty prompt: give a question or an image");
+    }
+    msg.text = R->o.prompt;
+    msg.images = imgs;
+    msg.n_images = (size_t)R->o.n_images;
+    rq.messages = &msg;
+    rq.n_messages = 1;
+    rq.sp = R->o.sp;
+    rq.stops = R->o.stops;
+    rq.n_stops = (size_t)R->o.n_stops;
+    rq.max_new = (size_t)R->o.max_new;
+    rq.max_images = RUN_MAX_IMAGES;
+    rq.max_image_pixels = lim.max_pixels;
+    rq.max_image_bytes = lim.max_bytes;
+    rq.fd_timeout_s = 10.0;
+    r = vl2_prepare(&R->pm, &rq, NULL, &R->pr, err);
+    for (i = 0; i < R->o.n_images; i++) {
+        free(R->files[i]);
+        R->files[i] = NULL;
+    }
+    if (r < 0)
+        return R->o.input_ids_json && r == VL2_EINVAL && strstr(err->msg, "placeholder")
+                   ? vl2_err_prefix(err, r, R->o.input_ids_json) : r;
+    R->n_tiles = R->pr.n_tiles;
+    R->n_image_tokens = R->pr.n_image_tokens;
     return 0;
 }
 
 static int encode_images(struct run *R, struct vl2_err *err)
 {
-    const int S = vl2_model_config(R->m)->vision.image_size;
-    int i, r;
-
-    for (i = 0; i < R->o.n_images; i++) {
-        struct run_image *im = &R->im[i];
-        size_t bytes = (size_t)im->tiling.n_tiles * 3 * (size_t)S * (size_t)S;
-        im->tiles = malloc(bytes);
-        if (!im->tiles)
-            return vl2_err_set(err, VL2_ENOMEM, "out of memory for tiles");
-        r = vl2_image_tile(&im->img, &im->tiling, S, im->tiles, err);
-        if (r < 0)
-            return vl2_err_prefix(err, r, R->o.images[i]);
-        r = vl2_model_encode_image(R->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
-                                   im->tiling.tiles_h, &im->embed,
-                                   R->o.dump ? &im->trace : NULL, err);
-        if (r < 0)
-            return vl2_err_prefix(err, r, R->o.images[i]);
-        if (im->embed->n_tokens != im->tiling.n_tokens)
-            return vl2_err_set(err, VL2_EINTERNAL, "image tokens %d (model) vs %d "
-                               "(plan)", im->embed->n_tokens, im->tiling.n_tokens);
-    }
-    return 0;
-}
-
-static int build_prompt(struct run *R, struct vl2_err *err)
-{
-    struct vl2_message msg = { .role = VL2_ROLE_USER };
-    int32_t counts[RUN_MAX_IMAGES];
-    char *text = NULL;
-    size_t tags, i;
+    size_t i;
     int r;
 
-    if (R->o.input_ids_json) {
-        size_t n_ph = 0;
-        r = read_ids_json(R->o.input_ids_json, &R->ids, &R->n_ids, err);
+    for (i = 0; i < R->pr.n_images; i++) {
+        const struct vl2_prepared_image *im = &R->pr.images[i];
+
+        r = vl2_model_encode_image(R->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
+                                   im->tiling.tiles_h, &R->embed[i],
+                                   R->o.dump ? &R->trace[i] : NULL, err);
         if (r < 0)
-            return r;
-        for (i = 0; i < R->n_ids; i++)
-            n_ph += R->ids[i] == R->image_token_id;
-        if (n_ph != (size_t)R->n_image_tokens)
-            return vl2_err_set(err, VL2_EINVAL, "'%s' has %zu image placeholder ids, the "
-                               "images need %d", R->o.input_ids_json, n_ph,
-                               (int)R->n_image_tokens);
-        return 0;
+            return vl2_err_prefix(err, r, R->o.images[i]);
+        if (R->embed[i]->n_tokens != im->tiling.n_tokens)
+            return vl2_err_set(err, VL2_EINTERNAL, "image tokens %d (model) vs %d "
+                               "(plan)", R->embed[i]->n_tokens, im->tiling.n_tokens);
     }
-    msg.text = R->o.prompt;
-    msg.len = strlen(R->o.prompt);
-    if (R->o.n_images == 0 && strspn(msg.text, " \t\r\n\v\f") == msg.len)
-        return vl2_err_set(err, VL2_EINVAL, "empty prompt: give a question or an image");
-    tags = vl2_prompt_count_images(&msg, 1);
-    if (tags == 0 && R->o.n_images > 0) {
-        size_t tl = strlen(VL2_PROMPT_IMAGE_TAG) + 1, n = (size_t)R->o.n_images * tl + msg.len;
-        text = malloc(n + 1);
-        if (!text)
-            return vl2_err_set(err, VL2_ENOMEM, "out of memory");
-        for (i = 0; i < (size_t)R->o.n_images; i++) {
-            memcpy(text + i * tl, VL2_PROMPT_IMAGE_TAG, tl - 1);
-            text[i * tl + tl - 1] = '\n';
-        }
-        memcpy(text + (size_t)R->o.n_images * tl, msg.text, msg.len);
-        text[n] = 0;
-        msg.text = text;
-        msg.len = n;
-    } else if (tags != (size_t)R->o.n_images) {
-        return vl2_err_set(err, VL2_EINVAL, "the prompt has %zu <image> tags but %d "
-                           "images were given", tags, R->o.n_images);
-    }
-    for (i = 0; i < (size_t)R->o.n_images; i++)
-        counts[i] = R->im[i].tiling.n_tokens;
-    r = vl2_prompt_build(R->tok, &msg, 1, counts, (size_t)R->o.n_images, &R->ids, &R->n_ids,
-                         err);
-    free(text);
-    return r;
+    return 0;
 }
 
 static void record_step(struct run *R, size_t step, const float *z, size_t V)
@@ -569,30 +512,34 @@ static void record_step(struct run *R, size_t step, const float *z, size_t V)
     R->margin[step] = z[top[0]] - z[top[1]];
 }
 
+static const char *finish_name(enum vl2_ts_finish f)
+{
+    switch (f) {
+    case VL2_TS_EOS: return "eos";
+    case VL2_TS_STOP: return "stop";
+    default: return "length";
+    }
+}
+
+/* Prefill, then sample, stream (vl2_textstream, as the daemon's engine)
+ * and decode one id at a time. */
 static int generate(struct run *R, struct vl2_err *err)
 {
     const size_t V = (size_t)vl2_model_config(R->m)->lm.n_vocab;
     const size_t D = (size_t)vl2_model_config(R->m)->lm.d_model;
-    const struct vl2_image_embed *imgs[RUN_MAX_IMAGES];
+    const int32_t n_ctx = vl2_model_n_ctx(R->m);
+    const size_t max_new = R->pr.max_new;
     struct vl2_seq_params sp = vl2_seq_default_params();
-    struct vl2_detok dt;
-    size_t max_new = (size_t)R->o.max_new, room;
-    int32_t n_ctx = vl2_model_n_ctx(R->m);
-    int i, r;
+    struct vl2_textstream_params tp = {
+        .tok = R->tok, .eos_id = R->eos, .ignore_eos = R->o.ignore_eos != 0,
+        .max_new = max_new, .stops = R->pr.stops, .n_stops = R->pr.n_stops,
+    };
+    int r;
 
-    if (R->n_ids == 0)
-        return vl2_err_set(err, VL2_EINVAL, "empty prompt");
-    if (R->n_ids >= (size_t)n_ctx)
-        return vl2_err_set(err, VL2_ELIMIT, "the prompt takes %zu tokens (%d of them "
-                           "for images), the context holds %d", R->n_ids,
-                           (int)R->n_image_tokens, (int)n_ctx);
-    room = (size_t)n_ctx - R->n_ids;
-    if (max_new > room)
-        max_new = room;
-    sp.capacity = (int32_t)(R->n_ids + (max_new ? max_new : 1));
+    sp.capacity = (int32_t)(R->pr.n_ids + (max_new ? max_new : 1));
     if (sp.capacity > n_ctx)
         sp.capacity = n_ctx;
-    sp.sampler = R->o.sp;
+    sp.sampler = R->pr.sp;
     r = vl2_seq_new(R->m, &sp, &R->seq, err);
     if (r < 0)
         return r;
@@ -601,7 +548,7 @@ static int generate(struct run *R, struct vl2_err *err)
         return vl2_err_set(err, VL2_ENOMEM, "out of memory");
     if (R->o.dump) {
         size_t steps = max_new ? max_new : 1;
-        R->embeds = malloc(R->n_ids * D * sizeof(*R->embeds));
+        R->embeds = malloc(R->pr.n_ids * D * sizeof(*R->embeds));
         R->logits2 = calloc(2 * V, sizeof(*R->logits2));
         R->topv = malloc(steps * RUN_TOPK * sizeof(*R->topv));
         R->topi = malloc(steps * RUN_TOPK * sizeof(*R->topi));
@@ -609,76 +556,49 @@ static int generate(struct run *R, struct vl2_err *err)
         if (!R->embeds || !R->logits2 || !R->topv || !R->topi || !R->margin)
             return vl2_err_set(err, VL2_ENOMEM, "out of memory for the dump");
     }
-    for (i = 0; i < R->o.n_images; i++)
-        imgs[i] = R->im[i].embed;
     {
         struct vl2_step_item it = {
-            .seq = R->seq, .ids = R->ids, .n_ids = (int32_t)R->n_ids, .images = imgs,
-            .n_images = R->o.n_images, .want_logits = 1, .ret_embeds = R->embeds,
+            .seq = R->seq, .ids = R->pr.ids, .n_ids = (int32_t)R->pr.n_ids,
+            .images = (const struct vl2_image_embed *const *)R->embed,
+            .n_images = (int32_t)R->pr.n_images, .want_logits = 1, .ret_embeds = R->embeds,
         };
         r = vl2_model_step(R->m, &it, 1, err);
         if (r < 0)
             return r;
-        if (R->o.sp.penalize_prompt)
-            for (i = 0; i < (int)R->n_ids; i++)
-                vl2_sampler_accept(vl2_seq_sampler(R->seq), R->ids[i]);
     }
     R->t_prefill = now();
     if (R->logits2)
         memcpy(R->logits2, vl2_seq_logits(R->seq), V * sizeof(float));
 
-    vl2_detok_init(&dt, R->tok);
-    R->finish = "length";
+    r = vl2_textstream_init(&R->ts, &tp, err);
+    if (r < 0)
+        return r;
     while (R->n_gen < max_new) {
-        const char *piece = "";
-        size_t plen = 0;
-        long stop;
-        int32_t id;
+        struct vl2_ts_token t;
 
         record_step(R, R->n_gen, vl2_seq_logits(R->seq), V);
-        id = vl2_seq_sample(R->seq);
+        r = vl2_textstream_next(&R->ts, R->seq, false, &t, err);
+        if (r < 0)
+            return r;
         if (R->n_gen == 0)
             R->t_first = now();
-        R->gen[R->n_gen++] = id;
-        if (id == R->eos && !R->o.ignore_eos) {
-            R->finish = "eos";
-            break;
+        R->gen[R->n_gen++] = t.id;
+        if (!R->o.json && t.len > 0) {
+            fwrite(t.text, 1, t.len, stdout);
+            fflush(stdout);
         }
-        if (R->tok && vl2_detok_push(&dt, id, &piece, &plen) < 0) {
-            vl2_detok_done(&dt);
-            return vl2_err_set(err, VL2_ENOMEM, "out of memory");
-        }
-        if (append_text(R, piece, plen) < 0) {
-            vl2_detok_done(&dt);
-            return vl2_err_set(err, VL2_ENOMEM, "out of memory");
-        }
-        stop = vl2_stop_find(R->text, R->text_len, R->o.stops, (size_t)R->o.n_stops);
-        if (stop >= 0) {
-            R->text_len = (size_t)stop;
-            R->text[stop] = 0;
-            R->finish = "stop";
-            break;
-        }
-        stream(R, 0);
         /* the dump wants the logits after the first generated token */
-        if (R->n_gen < max_new || (R->logits2 && R->n_gen == 1)) {
-            r = vl2_model_decode(R->m, &R->seq, &id, 1, err);
-            if (r < 0) {
-                vl2_detok_done(&dt);
+        if (!R->ts.finish || (R->logits2 && R->n_gen == 1 && R->ts.finish == VL2_TS_LENGTH)) {
+            r = vl2_model_decode(R->m, &R->seq, &t.id, 1, err);
+            if (r < 0)
                 return r;
-            }
             if (R->logits2 && R->n_gen == 1)
                 memcpy(R->logits2 + V, vl2_seq_logits(R->seq), V * sizeof(float));
         }
+        if (R->ts.finish)
+            break;
     }
-    if (strcmp(R->finish, "stop")) {
-        const char *piece = "";
-        size_t plen = 0;
-        if (R->tok && vl2_detok_flush(&dt, &piece, &plen) == 0)
-            (void)append_text(R, piece, plen);
-    }
-    vl2_detok_done(&dt);
-    stream(R, 1);
+    R->finish = finish_name(R->ts.finish);
     R->t_end = now();
     return 0;
 }
@@ -696,14 +616,14 @@ static int write_dump(struct run *R, struct vl2_err *err)
         return vl2_err_set(err, VL2_EIO, "--dump '%s': %s", dir, strerror(errno));
 
     j = cJSON_CreateObject();
-    cJSON_AddItemToObject(j, "input_ids", int_array(R->ids, R->n_ids));
+    cJSON_AddItemToObject(j, "input_ids", int_array(R->pr.ids, R->pr.n_ids));
     cJSON_AddStringToObject(j, "prompt_text", R->o.prompt ? R->o.prompt : "");
     a = cJSON_AddArrayToObject(j, "num_image_tokens");
     for (i = 0; i < R->o.n_images; i++)
-        cJSON_AddItemToArray(a, cJSON_CreateNumber(R->im[i].tiling.n_tokens));
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(R->pr.images[i].tiling.n_tokens));
     a = cJSON_AddArrayToObject(j, "images_spatial_crop");
     for (i = 0; i < R->o.n_images; i++) {
-        int32_t c[2] = { R->im[i].tiling.tiles_w, R->im[i].tiling.tiles_h };
+        int32_t c[2] = { R->pr.images[i].tiling.tiles_w, R->pr.images[i].tiling.tiles_h };
         cJSON_AddItemToArray(a, int_array(c, 2));
     }
     cJSON_AddNumberToObject(j, "image_token_id", R->image_token_id);
@@ -712,7 +632,7 @@ static int write_dump(struct run *R, struct vl2_err *err)
         cJSON_AddItemToArray(a, cJSON_CreateString(R->o.images[i]));
     a = cJSON_AddArrayToObject(j, "image_sizes");
     for (i = 0; i < R->o.n_images; i++) {
-        int32_t c[2] = { R->im[i].img.width, R->im[i].img.height };
+        int32_t c[2] = { R->pr.images[i].width, R->pr.images[i].height };
         cJSON_AddItemToArray(a, int_array(c, 2));
     }
     r = dump_json(dir, "input_ids.json", j, err);
@@ -721,7 +641,7 @@ static int write_dump(struct run *R, struct vl2_err *err)
         return r;
 
     if (R->n_tiles > 0) {
-        const struct vl2_image_trace *t0 = &R->im[0].trace;
+        const struct vl2_image_trace *t0 = &R->trace[0];
         const int64_t Dv = cfg->vision.d_model, P = t0->n_patches, Q = t0->n_proj;
         uint8_t *px = malloc((size_t)R->n_tiles * 3 * (size_t)(S * S));
         float *vf = malloc((size_t)(R->n_tiles * P * Dv) * sizeof(float));
@@ -734,10 +654,10 @@ static int write_dump(struct run *R, struct vl2_err *err)
             return vl2_err_set(err, VL2_ENOMEM, "out of memory for the dump");
         }
         for (i = 0; i < R->o.n_images; i++) {
-            size_t nt = (size_t)R->im[i].tiling.n_tiles;
-            memcpy(px + o_px, R->im[i].tiles, nt * 3 * (size_t)(S * S));
-            memcpy(vf + o_vf, R->im[i].trace.vision_features, nt * (size_t)(P * Dv) * 4);
-            memcpy(po + o_po, R->im[i].trace.projector_out, nt * (size_t)(Q * D) * 4);
+            size_t nt = (size_t)R->pr.images[i].tiling.n_tiles;
+            memcpy(px + o_px, R->pr.images[i].tiles, nt * 3 * (size_t)(S * S));
+            memcpy(vf + o_vf, R->trace[i].vision_features, nt * (size_t)(P * Dv) * 4);
+            memcpy(po + o_po, R->trace[i].projector_out, nt * (size_t)(Q * D) * 4);
             o_px += nt * 3 * (size_t)(S * S);
             o_vf += nt * (size_t)(P * Dv);
             o_po += nt * (size_t)(Q * D);
@@ -759,7 +679,7 @@ static int write_dump(struct run *R, struct vl2_err *err)
             return r;
     }
     {
-        int64_t se[2] = { (int64_t)R->n_ids, D }, sl[2] = { 2, V };
+        int64_t se[2] = { (int64_t)R->pr.n_ids, D }, sl[2] = { 2, V };
         int64_t sk[2] = { (int64_t)R->n_gen, RUN_TOPK };
         if ((r = dump_npy(dir, "inputs_embeds.npy", VL2_NPY_F32, 2, se, R->embeds, err)) < 0 ||
             (r = dump_npy(dir, "logits.npy", VL2_NPY_F32, 2, sl, R->logits2, err)) < 0)
@@ -790,7 +710,7 @@ static int write_dump(struct run *R, struct vl2_err *err)
         }
         cJSON_AddNumberToObject(j, "min_top1_margin", R->n_gen ? mn : 0);
     }
-    cJSON_AddNumberToObject(j, "prompt_len", (double)R->n_ids);
+    cJSON_AddNumberToObject(j, "prompt_len", (double)R->pr.n_ids);
     r = dump_json(dir, "generated.json", j, err);
     cJSON_Delete(j);
     return r;
@@ -811,19 +731,19 @@ static void report(struct run *R)
     double dec_t = R->n_gen > 1 ? R->t_end - R->t_first : 0.0;
     double dec_tps = dec_t > 0 ? (double)(R->n_gen - 1) / dec_t : 0.0;
     double pre_t = R->t_prefill - R->t_vision;
-    double pre_tps = pre_t > 0 ? (double)R->n_ids / pre_t : 0.0;
+    double pre_tps = pre_t > 0 ? (double)R->pr.n_ids / pre_t : 0.0;
 
     if (R->o.json) {
         cJSON *j = cJSON_CreateObject(), *s;
         char *out;
-        cJSON_AddItemToObject(j, "prompt_ids", int_array(R->ids, R->n_ids));
+        cJSON_AddItemToObject(j, "prompt_ids", int_array(R->pr.ids, R->pr.n_ids));
         cJSON_AddItemToObject(j, "generated_ids", int_array(R->gen, R->n_gen));
-        cJSON_AddStringToObject(j, "text", R->text ? R->text : "");
+        cJSON_AddStringToObject(j, "text", R->ts.text ? R->ts.text : "");
         cJSON_AddStringToObject(j, "finish_reason", R->finish);
         s = cJSON_AddObjectToObject(j, "stats");
         cJSON_AddNumberToObject(s, "tiles", R->n_tiles);
         cJSON_AddNumberToObject(s, "image_tokens", R->n_image_tokens);
-        cJSON_AddNumberToObject(s, "prompt_tokens", (double)R->n_ids);
+        cJSON_AddNumberToObject(s, "prompt_tokens", (double)R->pr.n_ids);
         cJSON_AddNumberToObject(s, "generated_tokens", (double)R->n_gen);
         cJSON_AddNumberToObject(s, "load_s", R->t_loaded - R->t_start);
         cJSON_AddNumberToObject(s, "vision_s", R->t_vision - R->t_loaded);
@@ -840,7 +760,7 @@ static void report(struct run *R)
     }
     printf("\n");
     fprintf(stderr, "[vl2d run] %s: tiles %d, image tokens %d, prompt tokens %zu, generated %zu "
-            "(%s)\n", R->o.model, (int)R->n_tiles, (int)R->n_image_tokens, R->n_ids, R->n_gen,
+            "(%s)\n", R->o.model, (int)R->n_tiles, (int)R->n_image_tokens, R->pr.n_ids, R->n_gen,
             R->finish);
     fprintf(stderr, "[vl2d run] load %.2f s, vision %.2f s, prefill %.1f tokens/s, time to "
             "first token %.2f s, decode %.2f tokens/s, peak RSS %.0f MiB\n",
@@ -855,16 +775,16 @@ static void run_done(struct run *R)
     vl2_seq_free(R->seq);
     for (i = 0; i < RUN_MAX_IMAGES; i++) {
         if (R->m)
-            vl2_image_embed_free(R->m, R->im[i].embed);
-        vl2_image_trace_done(&R->im[i].trace);
-        vl2_image_done(&R->im[i].img);
-        free(R->im[i].tiles);
+            vl2_image_embed_free(R->m, R->embed[i]);
+        vl2_image_trace_done(&R->trace[i]);
+        free(R->files[i]);
     }
+    vl2_prepared_done(&R->pr);
+    vl2_textstream_done(&R->ts);
     vl2_model_free(R->m);
     vl2_tokenizer_free(R->tok);
-    free(R->ids);
+    free(R->given);
     free(R->gen);
-    free(R->text);
     free(R->embeds);
     free(R->logits2);
     free(R->topv);
@@ -906,6 +826,7 @@ int vl2d_cmd_run(int argc, char **argv)
 
     mp.backend = R.o.backend;
     mp.plugin_dir = R.o.plugin_dir;
+    mp.backend_options = R.o.backend_options[0] ? R.o.backend_options : NULL;
     mp.n_threads = R.o.threads;
     mp.device = R.o.device;
     mp.image_token_id = R.image_token_id;
@@ -917,18 +838,9 @@ int vl2d_cmd_run(int argc, char **argv)
         R.eos = vl2_model_config(R.m)->lm.eos_id;
     R.t_loaded = now();
 
-    r = load_images(&R, &err);
+    r = prepare(&R, &err);
     if (r < 0)
         goto out_err;
-    r = build_prompt(&R, &err);
-    if (r < 0)
-        goto out_err;
-    if (R.n_ids >= (size_t)vl2_model_n_ctx(R.m)) {
-        r = vl2_err_set(&err, VL2_ELIMIT, "the prompt takes %zu tokens (%d of them for "
-                        "%d images), the context holds %d", R.n_ids, (int)R.n_image_tokens,
-                        R.o.n_images, (int)vl2_model_n_ctx(R.m));
-        goto out_err;
-    }
     r = encode_images(&R, &err);
     if (r < 0)
         goto out_err;

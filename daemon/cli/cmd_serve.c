@@ -38,6 +38,7 @@ enum {
     OPT_NO_CONFIG,
     OPT_MODEL,
     OPT_BACKEND,
+    OPT_BACKEND_OPTION,
     OPT_PLUGIN_DIR,
     OPT_DEVICE,
     OPT_THREADS,
@@ -63,6 +64,9 @@ static const struct serve_option serve_options[] = {
     { "model", "[NAME=]DIR", OPT_MODEL, "serve the model in DIR, named NAME (default: "
       "the base name of DIR); repeatable, added to the file's models" },
     { "backend", "NAME", OPT_BACKEND, "cpu (default) or cuda" },
+    { "backend-option", "K=V", OPT_BACKEND_OPTION, "an option of the backend plugin "
+      "(cpu: isa=scalar|avx2|avx512); repeatable, appended to the file's "
+      "backend_options (a key given twice: the last value)" },
     { "plugin-dir", "DIR", OPT_PLUGIN_DIR, "where the backend plugins are" },
     { "device", "N", OPT_DEVICE, "backend device index (default 0)" },
     { "threads", "N", OPT_THREADS, "backend threads (default 0: all cores)" },
@@ -242,6 +246,12 @@ static int apply_option(struct vl2_conf *c, int id, const char *arg)
         return 0;
     case OPT_BACKEND:
         return conf_option(c, "backend", "backend", arg);
+    case OPT_BACKEND_OPTION:
+        if (vl2_conf_add_backend_option(c, arg, &err) < 0) {
+            fprintf(stderr, "vl2d: %s\n", err.msg);
+            return -1;
+        }
+        return 0;
     case OPT_PLUGIN_DIR:
         return conf_option(c, "plugin-dir", "plugin_dir", arg);
     case OPT_DEVICE:
@@ -343,16 +353,19 @@ static int apply_option(struct vl2_conf *c, int id, const char *arg)
 /* ---- engines --------------------------------------------------------- */
 
 /* The factory the server makes engines with: the daemon's engine
- * parameters, the backend of the model or of the request. */
+ * parameters, the backend of the model or of the request, and the backend
+ * options for that model and backend (conf.h). */
 static int create_engine(void *ud, const struct vl2_engine_spec *spec,
                          const struct vl2_engine_ops **ret_ops, void **ret_engine,
                          struct vl2_err *err)
 {
     const struct vl2_conf *c = ud;
+    struct vl2_engine_params p = vl2_conf_engine_params(c, spec->name, spec->dir,
+                                                        spec->backend);
     struct vl2_engine *e;
     int r;
 
-    r = vl2_engine_new(&c->engine, spec, &e, err);
+    r = vl2_engine_new(&p, spec, &e, err);
     if (r < 0)
         return r;
     *ret_ops = vl2_engine_ops();

@@ -15,6 +15,7 @@
 #include "conf.h"
 #include "ipc.h"
 #include "vl2-config.h"
+#include "vl2-options.h"
 
 /* Largest configuration file read. */
 #define CONF_MAX_SIZE (1u << 20)
@@ -31,6 +32,7 @@ static void free_model(struct vl2_conf_model *m)
     free(m->name);
     free(m->dir);
     free(m->backend);
+    free(m->backend_options);
     memset(m, 0, sizeof(*m));
 }
 
@@ -175,6 +177,41 @@ static int set_uint(const char *key, const char *value, bool size, unsigned long
     return 0;
 }
 
+/* ---- backend options ----------------------------------------------------- */
+
+int vl2_conf_options_append(char *buf, size_t size, const char *items, const char *who,
+                            struct vl2_err *err)
+{
+    const char *pos = items;
+    struct vl2_opt o;
+    size_t len = strlen(buf), n = strlen(items);
+    int r;
+
+    /* the syntax only: what the keys mean is the backend's to say */
+    while ((r = vl2_opt_next(&pos, &o, who, err)) > 0)
+        ;
+    if (r < 0)
+        return r;
+    if (n == 0)
+        return 0;
+    if (len + (len > 0) + n >= size)
+        return vl2_err_set(err, VL2_ELIMIT, "%s: the backend options are longer than %zu "
+                           "bytes", who, size - 1);
+    if (len)
+        buf[len++] = ',';
+    memcpy(buf + len, items, n + 1);
+    return 0;
+}
+
+int vl2_conf_add_backend_option(struct vl2_conf *c, const char *items, struct vl2_err *err)
+{
+    int r = vl2_conf_options_append(c->backend_options, sizeof(c->backend_options), items,
+                                    "--backend-option", err);
+
+    c->engine.backend_options = c->backend_options[0] ? c->backend_options : NULL;
+    return r;
+}
+
 int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct vl2_err *err)
 {
     struct vl2_engine_params *ep = &c->engine;
@@ -192,6 +229,17 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
         r = set_str(&c->backend, value, err);
         ep->backend = c->backend;
         return r;
+    }
+    if (!strcmp(key, "backend_options")) {
+        char opts[VL2_CONF_OPTIONS_MAX] = "";
+
+        /* the file's value replaces an earlier one; flags append to it */
+        r = vl2_conf_options_append(opts, sizeof(opts), value, "backend_options", err);
+        if (r < 0)
+            return r;
+        memcpy(c->backend_options, opts, sizeof(opts));
+        ep->backend_options = c->backend_options[0] ? c->backend_options : NULL;
+        return 0;
     }
     if (!strcmp(key, "plugin_dir")) {
         r = set_str(&c->plugin_dir, value, err);
@@ -270,6 +318,27 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
 }
 
 /* ---- models ------------------------------------------------------------ */
+
+struct vl2_engine_params vl2_conf_engine_params(const struct vl2_conf *c, const char *name,
+                                                const char *dir, const char *backend)
+{
+    struct vl2_engine_params p = c->engine;
+    size_t i;
+
+    for (i = 0; i < c->n_models; i++) {
+        const struct vl2_conf_model *m = &c->models[i];
+
+        if (m->backend_options && name && dir && !strcmp(m->name, name) &&
+            !strcmp(m->dir, dir)) {
+            p.backend_options = m->backend_options[0] ? m->backend_options : NULL;
+            return p;
+        }
+    }
+    /* the daemon's options are for the daemon's backend */
+    if (backend && backend[0] && strcmp(backend, p.backend ? p.backend : "cpu"))
+        p.backend_options = NULL;
+    return p;
+}
 
 /* The last component of @dir, trailing slashes ignored: the name of a model
  * given without one (the rule the server applies to LoadModel). */
@@ -401,32 +470,48 @@ static int unquote(char *v)
 
 enum section { SEC_NONE, SEC_DAEMON, SEC_MODEL };
 
+/* A [model NAME] section being read (owned strings, NULL when unset). */
+struct pending_model {
+    char *name, *dir, *backend, *backend_options;
+    long line;
+};
+
+static void pending_done(struct pending_model *pm)
+{
+    free(pm->name);
+    free(pm->dir);
+    free(pm->backend);
+    free(pm->backend_options);
+    memset(pm, 0, sizeof(*pm));
+}
+
 /* Called at the end of a [model] section and of the file. */
-static int end_model(struct vl2_conf *c, const char *file, long line, char **name, char **dir,
-                     char **backend, const char *base_dir, struct vl2_err *err)
+static int end_model(struct vl2_conf *c, const char *file, struct pending_model *pm,
+                     const char *base_dir, struct vl2_err *err)
 {
     int r = 0;
 
-    if (!*name)
+    if (!pm->name)
         return 0;
-    if (!*dir) {
-        r = vl2_err_set(err, VL2_EINVAL, "%s:%ld: model '%s' has no 'dir'", file, line, *name);
+    if (!pm->dir) {
+        r = vl2_err_set(err, VL2_EINVAL, "%s:%ld: model '%s' has no 'dir'", file, pm->line,
+                        pm->name);
     } else {
-        r = vl2_conf_add_model(c, *name, *dir, base_dir, err);
+        r = vl2_conf_add_model(c, pm->name, pm->dir, base_dir, err);
         if (r < 0) {
             char where[4200];
 
-            snprintf(where, sizeof(where), "%s:%ld", file, line);
+            snprintf(where, sizeof(where), "%s:%ld", file, pm->line);
             vl2_err_prefix(err, r, where);
-        } else if (*backend) {
-            c->models[c->n_models - 1].backend = *backend;
-            *backend = NULL;
+        } else {
+            struct vl2_conf_model *m = &c->models[c->n_models - 1];
+
+            m->backend = pm->backend;
+            m->backend_options = pm->backend_options;
+            pm->backend = pm->backend_options = NULL;
         }
     }
-    free(*name);
-    free(*dir);
-    free(*backend);
-    *name = *dir = *backend = NULL;
+    pending_done(pm);
     return r;
 }
 
@@ -434,9 +519,9 @@ int vl2_conf_parse(struct vl2_conf *c, const char *text, size_t len, const char 
                    struct vl2_err *err)
 {
     char *copy, *p, *nl, *base_dir = NULL, *slash;
-    char *mname = NULL, *mdir = NULL, *mbackend = NULL;
+    struct pending_model pm = { 0 };
     enum section sec = SEC_NONE;
-    long line = 0, mline = 0;
+    long line = 0;
     int r = 0;
 
     if (memchr(text, '\0', len))
@@ -478,8 +563,7 @@ int vl2_conf_parse(struct vl2_conf *c, const char *text, size_t len, const char 
             }
             *close = '\0';
             inner = trim(s + 1);
-            r = end_model(c, name, mline, &mname, &mdir, &mbackend,
-                          base_dir[0] ? base_dir : NULL, err);
+            r = end_model(c, name, &pm, base_dir[0] ? base_dir : NULL, err);
             if (r < 0)
                 break;
             if (!strcmp(inner, "daemon")) {
@@ -493,12 +577,12 @@ int vl2_conf_parse(struct vl2_conf *c, const char *text, size_t len, const char 
                                     VL2_CONF_MAX_NAME);
                     break;
                 }
-                mname = strdup(mn);
-                if (!mname) {
+                pm.name = strdup(mn);
+                if (!pm.name) {
                     r = vl2_err_set(err, VL2_ENOMEM, "out of memory");
                     break;
                 }
-                mline = line;
+                pm.line = line;
                 sec = SEC_MODEL;
             } else {
                 r = vl2_err_set(err, VL2_EFORMAT, "%s:%ld: unknown section '[%s]' (expected "
@@ -533,8 +617,24 @@ int vl2_conf_parse(struct vl2_conf *c, const char *text, size_t len, const char 
             }
             continue;
         }
+        if (!strcmp(key, "backend_options")) {
+            char opts[VL2_CONF_OPTIONS_MAX] = "";
+
+            r = vl2_conf_options_append(opts, sizeof(opts), value, "backend_options", &e2);
+            if (r < 0) {
+                r = vl2_err_set(err, r, "%s:%ld: %s", name, line, e2.msg);
+                break;
+            }
+            free(pm.backend_options);
+            pm.backend_options = strdup(opts);
+            if (!pm.backend_options) {
+                r = vl2_err_set(err, VL2_ENOMEM, "out of memory");
+                break;
+            }
+            continue;
+        }
         if (!strcmp(key, "dir") || !strcmp(key, "backend")) {
-            char **f = key[0] == 'd' ? &mdir : &mbackend;
+            char **f = key[0] == 'd' ? &pm.dir : &pm.backend;
 
             if (!value[0]) {
                 r = vl2_err_set(err, VL2_EINVAL, "%s:%ld: empty '%s'", name, line, key);
@@ -549,15 +649,12 @@ int vl2_conf_parse(struct vl2_conf *c, const char *text, size_t len, const char 
             continue;
         }
         r = vl2_err_set(err, VL2_EINVAL, "%s:%ld: unknown key '%s' in [model %s] (expected "
-                        "dir or backend)", name, line, key, mname);
+                        "dir, backend or backend_options)", name, line, key, pm.name);
         break;
     }
     if (r == 0)
-        r = end_model(c, name, mline, &mname, &mdir, &mbackend, base_dir[0] ? base_dir : NULL,
-                      err);
-    free(mname);
-    free(mdir);
-    free(mbackend);
+        r = end_model(c, name, &pm, base_dir[0] ? base_dir : NULL, err);
+    pending_done(&pm);
     free(base_dir);
     free(copy);
     return r;

@@ -12,12 +12,14 @@
  *     # a comment (a line whose first non-blank character is '#' or ';')
  *     [daemon]
  *     backend = cpu              # NOT a comment: comments take whole lines
+ *     backend_options = isa=avx2
  *     max_sequences = 16
  *     kv_budget = 4G
  *
  *     [model tiny]
  *     dir = /var/lib/vl2d/models/deepseek-vl2-tiny
  *     backend = cuda             (optional: this model's backend)
+ *     backend_options = graphs=0 (optional: options of this model's backend)
  *
  * - "[daemon]" holds the daemon's settings, "[model NAME]" one model (NAME:
  *   letters, digits and . _ - + : @, at most 64 bytes; each name once).
@@ -40,6 +42,22 @@
  *   image_timeout (10s)      prep_threads (2)                   idle_unload (0: never)
  *   vision_tiles_per_step (1: tiles of one image encoded between two decode steps
  *                            while other requests run; 0: a whole image at once)
+ *   backend_options (none)   options of the backend plugin: key=value items
+ *                            separated by commas, no blanks (the grammar of
+ *                            plugins/vl2-options.h; the keys are the backend's:
+ *                            plugins/cpu/cpu.c, plugins/cuda).  The syntax is
+ *                            checked here, the keys and values by the backend
+ *                            when a model loads (an unknown key fails the load
+ *                            with the backend's message).  vl2d's
+ *                            --backend-option K=V flags are appended after the
+ *                            file's value, and for a key given twice the last
+ *                            value wins: a flag overrides the file.
+ *
+ * [model NAME] keys: dir (required), backend (the daemon's), backend_options.
+ * The [daemon] backend_options go to the models that run on the daemon's
+ * backend; a model whose section sets backend_options gets those instead, and
+ * a model on another backend without its own gets none (options of one
+ * backend mean nothing to another).
  */
 #ifndef VL2_CLI_CONF_H
 #define VL2_CLI_CONF_H
@@ -59,16 +77,23 @@ struct vl2_conf_model {
     char *name;
     char *dir;
     char *backend;          /* NULL: the daemon's */
+    char *backend_options;  /* NULL: see [model NAME] above */
 };
+
+/* Longest joined backend options string (file value and flags), bytes. */
+#define VL2_CONF_OPTIONS_MAX 4096
 
 /* Everything the file (and then the command line) sets; caller-owned,
  * vl2_conf_init() / vl2_conf_done(). */
 struct vl2_conf {
     struct vl2_server_opts server;    /* socket_path points at @socket_path */
-    struct vl2_engine_params engine;  /* backend, plugin_dir point at the fields below */
+    struct vl2_engine_params engine;  /* backend, plugin_dir, backend_options point at
+                                         the fields below (backend_options NULL when
+                                         empty) */
     char *socket_path;
     char *backend;
     char *plugin_dir;
+    char backend_options[VL2_CONF_OPTIONS_MAX]; /* "" or "k=v,..." */
     bool has_log_level;
     enum vl2_log_level log_level;
     struct vl2_conf_model models[VL2_CONF_MAX_MODELS];
@@ -98,6 +123,23 @@ int vl2_conf_parse(struct vl2_conf *c, const char *text, size_t len, const char 
 /* Set one [daemon] key from text, as the file would (command-line options
  * use it too).  Errors: VL2_EINVAL ("unknown key", "bad value"). */
 int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct vl2_err *err);
+
+/* Append @items ("k=v" or "k=v,k2=v2", the grammar of vl2-options.h; ""
+ * adds nothing) to the NUL-terminated options string @buf of @size bytes,
+ * after a comma.  Only the syntax is checked.  Errors: VL2_EINVAL (the
+ * grammar's message, prefixed with @who), VL2_ELIMIT (longer than @size - 1);
+ * @buf is unchanged then. */
+int vl2_conf_options_append(char *buf, size_t size, const char *items, const char *who,
+                            struct vl2_err *err);
+
+/* --backend-option @items: appended to the [daemon] backend_options. */
+int vl2_conf_add_backend_option(struct vl2_conf *c, const char *items, struct vl2_err *err);
+
+/* The engine parameters for model @name in @dir on @backend (NULL or "": the
+ * daemon's): c->engine, with the backend options chosen as the [model NAME]
+ * rule above says.  The result points into @c. */
+struct vl2_engine_params vl2_conf_engine_params(const struct vl2_conf *c, const char *name,
+                                                const char *dir, const char *backend);
 
 /* Add model @name (NULL or "": the base name of @dir) in @dir; a relative
  * @dir is taken relative to @base_dir (NULL: the working directory).

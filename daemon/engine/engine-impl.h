@@ -3,6 +3,7 @@
 #define VL2_ENGINE_IMPL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -10,24 +11,28 @@
 #include "engine.h"
 #include "image.h"
 #include "model.h"
+#include "prepare.h"
+#include "textstream.h"
 #include "tokenizer.h"
 #include "weights.h"
 
-/* Stop strings of one request, and the bytes each may hold. */
-#define VL2_ENGINE_MAX_STOPS     16
-#define VL2_ENGINE_MAX_STOP_LEN  1024
 /* Prompt ids fed per prefill unit between two decode steps. */
 #define VL2_ENGINE_PREFILL_CHUNK 256
 /* Seconds of the tokens/s window of Status. */
 #define VL2_ENGINE_RATE_WINDOW   60
+/* Tokenize jobs one engine holds (waiting or encoding); more get BUSY. */
+#define VL2_ENGINE_MAX_TOKENIZE  16
 
-/* One image of a request. */
-struct vl2_req_image {
-    int32_t width, height;          /* decoded, after EXIF orientation */
-    struct vl2_tiling tiling;
-    uint8_t *tiles;                 /* [n_tiles, 3, S, S] uint8; freed once encoded */
-    struct vl2_image_job *job;      /* engine thread: tiles through the tower so far */
-    struct vl2_image_embed *embed;  /* engine thread; freed after the prefill */
+/* A Tokenize job waiting for a prep thread. */
+struct vl2_tok_req {
+    struct vl2_tok_req *next;
+    struct vl2_tokenize_job *job;   /* owned */
+};
+
+/* The vision tower's work on one image of a request (engine thread). */
+struct vl2_req_vision {
+    struct vl2_image_job *job;      /* tiles through the tower so far */
+    struct vl2_image_embed *embed;  /* freed after the prefill */
 };
 
 /* Where a request is; each list below holds the requests of one place. */
@@ -47,38 +52,27 @@ struct vl2_req {
     uint64_t owner;
     uint64_t seq_no;                /* arrival order */
     size_t rank;                    /* queued: requests of its owner queued before it */
-    bool cancelled;                 /* under the engine's lock */
-    const char *cancel_why;         /* static message for the ERROR */
+    atomic_bool cancelled;          /* set under the engine's lock; the prep hook reads
+                                       it without */
+    const char *cancel_why;         /* static message for the ERROR; under the lock */
     double t_submit;
 
     /* ---- set by the prep thread ---- */
-    struct vl2_req_image *images;   /* [n_images] over the whole conversation */
-    size_t n_images;
-    const struct vl2_image_embed **embeds;  /* [n_images], the images' embed */
-    int32_t *ids;                   /* prompt */
-    size_t n_ids;
-    int32_t n_image_tokens;
-    size_t max_new;
-    struct vl2_sampler_params sp;
-    const char *stops[VL2_ENGINE_MAX_STOPS];  /* point into job */
-    size_t n_stops;
-    size_t max_stop_len;
+    struct vl2_prepared pr;         /* tiles (freed once encoded), prompt, settings */
+    struct vl2_req_vision *vis;     /* [pr.n_images] */
+    const struct vl2_image_embed **embeds;  /* [pr.n_images], the images' embed */
 
     /* ---- engine thread ---- */
     struct vl2_seq *seq;
-    size_t kv_bytes;                /* reserved by seq */
+    size_t kv_bytes;                /* reserved by seq from the engine's budget */
     size_t n_encoded;               /* images through the vision tower */
     size_t n_fed;                   /* prompt ids prefilled */
     int64_t image_rows;             /* image rows consumed by the fed ids */
     bool decoding;                  /* prefill done: joins the decode steps */
     bool has_next;
     int32_t next_id;                /* sampled, fed at the next step */
-    int32_t last_id;
-    size_t n_gen;                   /* sampled ids (EOS included) */
-    struct vl2_detok dt;
-    char *text;                     /* the answer so far (stop strings cut) */
-    size_t text_len, text_cap;
-    size_t sent;                    /* bytes of text sent in TOKEN events */
+    bool ts_live;                   /* ts initialised */
+    struct vl2_textstream ts;       /* the answer: text, stop strings, finish reason */
     double t_first, t_last;
 };
 
@@ -108,6 +102,7 @@ struct vl2_engine {
     /* ---- under mu ---- */
     bool quit;                      /* free(): stop everything */
     bool stopping;                  /* stop(): unload, then UNLOADED */
+    atomic_bool halting;            /* quit || stopping, readable without the lock */
     enum vl2_model_state state;
     bool tok_ready;                 /* tok is loaded (Tokenize may use it) */
     int error_code;
@@ -117,6 +112,9 @@ struct vl2_engine {
     struct vl2_req_list prepping;   /* VL2_REQ_PREPPING */
     struct vl2_req_list ready;      /* VL2_REQ_READY */
     struct vl2_req_list running;    /* VL2_REQ_RUNNING (the engine thread's) */
+    struct vl2_tok_req *tok_head, *tok_tail;  /* Tokenize jobs waiting, oldest first */
+    size_t n_tok_waiting;
+    size_t n_tok_encoding;          /* taken by prep threads */
     uint64_t next_seq_no;
     uint64_t memory_bytes;          /* for Status, refreshed by the engine thread */
     uint32_t rate_tokens[VL2_ENGINE_RATE_WINDOW];  /* tokens per second, ring */
@@ -128,9 +126,7 @@ struct vl2_engine {
     int32_t eos_id;
     int32_t image_token_id;
     int32_t n_ctx;
-    int image_size, patch_size, downsample;
-    int n_cands;
-    int cands[VL2_MAX_CANDIDATES][2];
+    struct vl2_prep_model pm;       /* what vl2_prepare needs of the model */
     size_t mapped_bytes;            /* safetensors files of the model directory */
 
     /* ---- engine thread only ---- */
@@ -149,8 +145,9 @@ void vl2__req_list_push(struct vl2_req_list *l, struct vl2_req *r, enum vl2_req_
 void vl2__req_list_remove(struct vl2_req_list *l, struct vl2_req *r);
 struct vl2_req *vl2__req_list_pop(struct vl2_req_list *l);
 
-/* Free a request: its job, images, prompt, text (and its sequence and
- * image embeddings when the engine thread still has the model). */
+/* Free a request: its job, tiles, prompt and text.  Its sequence and
+ * image embeddings must have been released before (release_seq, on the
+ * engine thread). */
 void vl2__req_free(struct vl2_engine *e, struct vl2_req *r);
 
 /* Post an event for @r (ERROR with @code and @err's message). */
@@ -158,16 +155,8 @@ void vl2__req_post_error(struct vl2_engine *e, struct vl2_req *r, int code, cons
 void vl2__req_post_progress(struct vl2_engine *e, struct vl2_req *r, enum vl2_event_stage stage,
                             float fraction);
 
-/* prep.c: everything before the model: images and prompt ids.  Returns 0
+/* prep.c: everything before the model (vl2_prepare into r->pr).  Returns 0
  * or < 0 with @err (the request's error). */
 int vl2__prep_request(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err);
-
-/* Read an image passed as a descriptor: a regular file whole (from offset
- * 0), anything else until end of file, each within @max bytes and @timeout_s
- * seconds.  *@ret is malloc'd.  For tests and the prep threads. */
-int vl2__read_image_fd(int fd, size_t max, double timeout_s, uint8_t **ret, size_t *ret_size,
-                       struct vl2_err *err);
-
-double vl2__engine_now(void);
 
 #endif /* VL2_ENGINE_IMPL_H */

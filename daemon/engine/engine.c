@@ -16,6 +16,11 @@
 #include "grounding.h"
 #include "prompt.h"
 
+/* the text stream's finish reasons are the events' (vl2.proto's numbers) */
+_Static_assert((int) VL2_TS_EOS == (int) VL2_FINISH_EOS &&
+               (int) VL2_TS_LENGTH == (int) VL2_FINISH_LENGTH &&
+               (int) VL2_TS_STOP == (int) VL2_FINISH_STOP, "finish reasons");
+
 struct vl2_engine_params vl2_engine_default_params(void)
 {
     struct vl2_engine_params p = {
@@ -27,7 +32,7 @@ struct vl2_engine_params vl2_engine_default_params(void)
         .max_queue = 1024,
         .kv_budget = 0,
         .n_ctx = 0,
-        .max_images = 16,
+        .max_images = VL2_PREP_DEFAULT_IMAGES,
         .max_image_pixels = 50000000,
         .max_image_bytes = (size_t) 64 << 20,
         .apply_exif = true,
@@ -51,6 +56,9 @@ int vl2_engine_check_params(const struct vl2_engine_params *p, struct vl2_err *e
         return vl2_err_set(err, VL2_EINVAL, "engine: max_queue must be at least 1");
     if (p->n_ctx < 0 || p->n_threads < 0 || p->device < 0)
         return vl2_err_set(err, VL2_EINVAL, "engine: negative n_ctx, threads or device");
+    if (p->max_images == 0 || p->max_images > VL2_ENGINE_MAX_IMAGES)
+        return vl2_err_set(err, VL2_EINVAL, "engine: max_images %u: expected 1 to %d",
+                           p->max_images, VL2_ENGINE_MAX_IMAGES);
     if (p->max_image_pixels == 0 || p->max_image_bytes == 0)
         return vl2_err_set(err, VL2_EINVAL, "engine: image limits must be positive");
     if (p->prep_threads == 0 || p->prep_threads > 64)
@@ -128,19 +136,15 @@ static void msgf(char *buf, size_t size, const char *fmt, ...)
 
 void vl2__req_free(struct vl2_engine *e, struct vl2_req *r)
 {
-    size_t i;
-
     (void) e;
     if (!r)
         return;
     /* the engine thread released its sequence and embeddings before */
-    for (i = 0; i < r->n_images; i++)
-        free(r->images[i].tiles);
-    free(r->images);
+    vl2_prepared_done(&r->pr);
+    free(r->vis);
     free(r->embeds);
-    free(r->ids);
-    free(r->text);
-    vl2_detok_done(&r->dt);
+    if (r->ts_live)
+        vl2_textstream_done(&r->ts);
     vl2_job_free(r->job);
     free(r);
 }
@@ -171,6 +175,18 @@ void vl2__req_post_progress(struct vl2_engine *e, struct vl2_req *r, enum vl2_ev
         return;
     ev->stage = stage;
     ev->fraction = fraction;
+    post(e, ev);
+}
+
+/* An ERROR event for Tokenize job @key. */
+static void tok_fail(struct vl2_engine *e, uint64_t key, int code, const char *why)
+{
+    struct vl2_event *ev = vl2_event_new(VL2_EVENT_ERROR, key);
+
+    if (!ev)
+        return;
+    ev->code = code;
+    msgf(ev->message, sizeof(ev->message), "engine: model '%s': %s", e->name, why);
     post(e, ev);
 }
 
@@ -236,6 +252,13 @@ static uint32_t queue_position(const struct vl2_engine *e, const struct vl2_req 
 static size_t slots_held(const struct vl2_engine *e)
 {
     return e->prep_todo.n + e->prepping.n + e->ready.n + e->running.n;
+}
+
+/* Tokenize jobs the engine holds: waiting and encoding.  Their one limit
+ * (VL2_ENGINE_MAX_TOKENIZE) is checked in engine_tokenize. */
+static size_t tokenize_held(const struct vl2_engine *e)
+{
+    return e->n_tok_waiting + e->n_tok_encoding;
 }
 
 /* Give free slots to queued requests. */
@@ -340,8 +363,8 @@ static int open_model(struct vl2_engine *e, struct vl2_err *err)
     mp.n_ctx = e->p.n_ctx;
     if ((int32_t) e->p.max_sequences > mp.max_logit_rows)
         mp.max_logit_rows = (int32_t) e->p.max_sequences;
-    /* the engine keeps its own budget (it waits for room instead of failing) */
-    mp.kv_budget = e->p.kv_budget ? e->p.kv_budget : SIZE_MAX / 4;
+    /* the KV budget is the engine's (start_seq): it waits for room instead of
+     * failing */
     r = vl2_model_load(&e->m, e->dir, &mp, err);
     if (r < 0)
         return r;
@@ -361,9 +384,8 @@ static size_t physical_memory(void)
 static int load(struct vl2_engine *e, struct vl2_err *err)
 {
     const struct vl2_model_config *cfg;
-    const struct vl2_processor_config *pc;
     struct stat st;
-    int r, i;
+    int r;
 
     post_load_progress(e, 0.0f);
     if (stat(e->dir, &st) < 0)
@@ -388,27 +410,13 @@ static int load(struct vl2_engine *e, struct vl2_err *err)
         return r;
     post_load_progress(e, 0.9f);
     cfg = vl2_model_config(e->m);
-    pc = vl2_model_processor_config(e->m);
     e->eos_id = vl2_tokenizer_eos(e->tok);
     if (e->eos_id < 0)
         e->eos_id = cfg->lm.eos_id;
     e->n_ctx = vl2_model_n_ctx(e->m);
-    e->image_size = cfg->vision.image_size;
-    e->patch_size = cfg->vision.patch_size;
-    e->downsample = cfg->proj.downsample;
-    if (pc->n_candidates > 0) {
-        e->n_cands = pc->n_candidates;
-        memcpy(e->cands, pc->candidates, sizeof(e->cands));
-    } else {
-        e->n_cands = cfg->n_candidates;
-        memcpy(e->cands, cfg->candidates, sizeof(e->cands));
-    }
-    for (i = 0; i < e->n_cands; i++)
-        if (e->cands[i][0] <= 0 || e->cands[i][1] <= 0)
-            return vl2_err_set(err, VL2_EFORMAT, "candidate resolution %d is not positive", i);
-    if (e->n_cands > 0 && e->cands[0][0] != e->image_size)
-        return vl2_err_set(err, VL2_EUNSUPPORTED, "first candidate resolution %d differs from "
-                           "the vision image size %d", e->cands[0][0], e->image_size);
+    r = vl2_prep_model_init(&e->pm, e->m, e->tok, err);
+    if (r < 0)
+        return r;
     e->mapped_bytes = dir_mapped_bytes(e->dir);
     if (e->p.kv_budget) {
         e->kv_budget = e->p.kv_budget;
@@ -448,74 +456,21 @@ static void refresh_memory(struct vl2_engine *e)
 
 /* ---- generation (engine thread) --------------------------------------- */
 
-static int append_text(struct vl2_req *r, const char *s, size_t n)
-{
-    if (r->text_len + n + 1 > r->text_cap) {
-        size_t cap = r->text_cap ? r->text_cap : 256;
-        char *p;
-
-        while (cap < r->text_len + n + 1)
-            cap *= 2;
-        p = realloc(r->text, cap);
-        if (!p)
-            return VL2_ENOMEM;
-        r->text = p;
-        r->text_cap = cap;
-    }
-    memcpy(r->text + r->text_len, s, n);
-    r->text_len += n;
-    r->text[r->text_len] = '\0';
-    return 0;
-}
-
-/* Look for a stop string in the text added since @from. */
-static bool cut_at_stop(struct vl2_req *r, size_t from)
-{
-    size_t start = from > r->max_stop_len ? from - r->max_stop_len : 0;
-    long at;
-
-    if (r->n_stops == 0)
-        return false;
-    at = vl2_stop_find(r->text + start, r->text_len - start, r->stops, r->n_stops);
-    if (at < 0)
-        return false;
-    r->text_len = start + (size_t) at;
-    r->text[r->text_len] = '\0';
-    return true;
-}
-
-/* Send the text up to @upto (not yet sent) in a TOKEN event for @id. */
-static void send_token(struct vl2_engine *e, struct vl2_req *r, size_t upto, int32_t id,
-                       bool has_logprob, float logprob)
+/* A TOKEN event for @t (its new text, its id, its log-probability). */
+static void send_token(struct vl2_engine *e, struct vl2_req *r, const struct vl2_ts_token *t)
 {
     struct vl2_event *ev = vl2_event_new(VL2_EVENT_TOKEN, r->key);
 
-    if (upto < r->sent)
-        upto = r->sent;
     if (!ev)
         return;
-    if (vl2_event_set_text(ev, r->text ? r->text + r->sent : "", upto - r->sent) < 0) {
+    if (vl2_event_set_text(ev, t->text, t->len) < 0) {
         vl2_event_free(ev);
         return;
     }
-    r->sent = upto;
-    ev->token_id = id < 0 ? 0 : (uint32_t) id;
-    ev->has_logprob = has_logprob;
-    ev->logprob = logprob;
+    ev->token_id = t->id < 0 ? 0 : (uint32_t) t->id;
+    ev->has_logprob = t->has_logprob;
+    ev->logprob = t->logprob;
     post(e, ev);
-}
-
-static float token_logprob(const float *z, size_t n, int32_t id)
-{
-    double mx = -INFINITY, sum = 0;
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        if (z[i] > mx)
-            mx = z[i];
-    for (i = 0; i < n; i++)
-        sum += exp((double) z[i] - mx);
-    return (float) ((double) z[id] - mx - log(sum));
 }
 
 /* Release what the request holds on the model (engine thread). */
@@ -523,13 +478,13 @@ static void release_seq(struct vl2_engine *e, struct vl2_req *r)
 {
     size_t i;
 
-    for (i = 0; i < r->n_images; i++) {
-        if (r->images[i].job && e->m)
-            vl2_model_image_abort(e->m, r->images[i].job);
-        r->images[i].job = NULL;
-        if (r->images[i].embed && e->m)
-            vl2_image_embed_free(e->m, r->images[i].embed);
-        r->images[i].embed = NULL;
+    for (i = 0; r->vis && i < r->pr.n_images; i++) {
+        if (r->vis[i].job && e->m)
+            vl2_model_image_abort(e->m, r->vis[i].job);
+        r->vis[i].job = NULL;
+        if (r->vis[i].embed && e->m)
+            vl2_image_embed_free(e->m, r->vis[i].embed);
+        r->vis[i].embed = NULL;
         r->embeds[i] = NULL;
     }
     if (r->seq) {
@@ -561,12 +516,12 @@ static void finish_error(struct vl2_engine *e, struct vl2_req *r, int code, cons
  * 9), into @ev. */
 static void add_boxes(struct vl2_req *r, struct vl2_event *ev)
 {
-    const struct vl2_req_image *last = &r->images[r->n_images - 1];
+    const struct vl2_prepared_image *last = &r->pr.images[r->pr.n_images - 1];
     struct vl2_box *boxes = NULL;
     size_t n = 0, i;
 
-    if (vl2_grounding_parse(r->text ? r->text : "", r->text_len, last->width, last->height,
-                            &boxes, &n, NULL) < 0 || n == 0)
+    if (vl2_grounding_parse(r->ts.text ? r->ts.text : "", r->ts.len, last->width,
+                            last->height, &boxes, &n, NULL) < 0 || n == 0)
         return;
     ev->boxes = calloc(n, sizeof(*ev->boxes));
     if (ev->boxes) {
@@ -577,7 +532,7 @@ static void add_boxes(struct vl2_req *r, struct vl2_event *ev)
             ev->boxes[i].y1 = boxes[i].y1;
             ev->boxes[i].x2 = boxes[i].x2;
             ev->boxes[i].y2 = boxes[i].y2;
-            ev->boxes[i].image_index = (uint32_t) (r->n_images - 1);
+            ev->boxes[i].image_index = (uint32_t) (r->pr.n_images - 1);
         }
         ev->n_boxes = n;
     }
@@ -590,84 +545,46 @@ static void finish_done(struct vl2_engine *e, struct vl2_req *r, enum vl2_finish
     struct vl2_event *ev = vl2_event_new(VL2_EVENT_DONE, r->key);
 
     if (ev) {
+        size_t n_gen = r->ts.n_gen;
+
         ev->finish_reason = why;
-        ev->prompt_tokens = (uint32_t) r->n_ids;
-        ev->image_tokens = (uint32_t) r->n_image_tokens;
-        ev->generated_tokens = (uint32_t) r->n_gen;
-        ev->time_to_first_token_s = r->n_gen ? r->t_first - r->t_submit : 0.0;
-        ev->decode_tokens_per_s = r->n_gen > 1 && r->t_last > r->t_first
-                                      ? (double) (r->n_gen - 1) / (r->t_last - r->t_first)
+        ev->prompt_tokens = (uint32_t) r->pr.n_ids;
+        ev->image_tokens = (uint32_t) r->pr.n_image_tokens;
+        ev->generated_tokens = (uint32_t) n_gen;
+        ev->time_to_first_token_s = n_gen ? r->t_first - r->t_submit : 0.0;
+        ev->decode_tokens_per_s = n_gen > 1 && r->t_last > r->t_first
+                                      ? (double) (n_gen - 1) / (r->t_last - r->t_first)
                                       : 0.0;
-        if (r->job->grounding && r->n_images > 0)
+        if (r->job->grounding && r->pr.n_images > 0)
             add_boxes(r, ev);
         post(e, ev);
     }
     retire(e, r);
 }
 
-/* End of the stream: the bytes of an unfinished character.  Returns true
- * when that completed a stop string (the text is then cut). */
-static bool flush_text(struct vl2_req *r)
-{
-    const char *piece = "";
-    size_t plen = 0, from = r->text_len;
-
-    if (vl2_detok_flush(&r->dt, &piece, &plen) < 0 || plen == 0)
-        return false;
-    if (append_text(r, piece, plen) < 0)
-        return false;
-    return cut_at_stop(r, from);
-}
-
-/* Account for the sampled @id of @r: text, stop strings, one TOKEN event;
+/* The next id of @r from its logits (text, stop strings, one TOKEN event);
  * then set up the next decode step or finish the request (freeing it). */
-static void take_token(struct vl2_engine *e, struct vl2_req *r, int32_t id, bool has_lp,
-                       float lp)
-{
-    const char *piece = "";
-    size_t plen = 0, from = r->text_len, upto;
-    enum vl2_finish_reason why = 0;
-
-    r->t_last = vl2__engine_now();
-    if (r->n_gen == 0)
-        r->t_first = r->t_last;
-    r->n_gen++;
-    r->has_next = false;
-    if (id == e->eos_id && !r->job->sampling.ignore_eos) {
-        if (flush_text(r) || r->text_len > r->sent)
-            send_token(e, r, r->text_len, id, has_lp, lp);
-        finish_done(e, r, VL2_FINISH_EOS);
-        return;
-    }
-    if (vl2_detok_push(&r->dt, id, &piece, &plen) < 0 || append_text(r, piece, plen) < 0) {
-        finish_error(e, r, VL2_ENOMEM, "out of memory for the answer");
-        return;
-    }
-    if (cut_at_stop(r, from)) {
-        why = VL2_FINISH_STOP;
-    } else if (r->n_gen >= r->max_new) {
-        why = flush_text(r) ? VL2_FINISH_STOP : VL2_FINISH_LENGTH;
-    }
-    upto = why ? r->text_len
-               : r->text_len - vl2_stop_holdback(r->text, r->text_len, r->stops, r->n_stops);
-    send_token(e, r, upto, id, has_lp, lp);
-    if (why) {
-        finish_done(e, r, why);
-        return;
-    }
-    r->next_id = id;
-    r->has_next = true;
-}
-
 static void sample(struct vl2_engine *e, struct vl2_req *r)
 {
-    const float *z = vl2_seq_logits(r->seq);
-    int32_t id = vl2_seq_sample(r->seq);
-    float lp = 0.0f;
+    struct vl2_err err = { 0 };
+    struct vl2_ts_token t;
 
-    if (r->job->logprobs)
-        lp = token_logprob(z, (size_t) vl2_model_config(e->m)->lm.n_vocab, id);
-    take_token(e, r, id, r->job->logprobs, lp);
+    r->t_last = vl2_now();
+    if (r->ts.n_gen == 0)
+        r->t_first = r->t_last;
+    r->has_next = false;
+    if (vl2_textstream_next(&r->ts, r->seq, r->job->logprobs, &t, &err) < 0) {
+        finish_error(e, r, err.code, err.msg);
+        return;
+    }
+    if (t.send)
+        send_token(e, r, &t);
+    if (r->ts.finish) {
+        finish_done(e, r, (enum vl2_finish_reason) r->ts.finish);
+        return;
+    }
+    r->next_id = t.id;
+    r->has_next = true;
 }
 
 /* Reserve the KV cache of @r.  Returns 1 when done, 0 when it must wait for
@@ -675,7 +592,11 @@ static void sample(struct vl2_engine *e, struct vl2_req *r)
 static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *err)
 {
     struct vl2_seq_params sp = vl2_seq_default_params();
-    size_t cap = r->n_ids + r->max_new, need;
+    struct vl2_textstream_params tp = {
+        .tok = e->tok, .eos_id = e->eos_id, .ignore_eos = r->job->sampling.ignore_eos,
+        .max_new = r->pr.max_new, .stops = r->pr.stops, .n_stops = r->pr.n_stops,
+    };
+    size_t cap = r->pr.n_ids + r->pr.max_new, need;
     int rc;
 
     if (cap > (size_t) e->n_ctx)
@@ -687,16 +608,19 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
     if (need > e->kv_budget - e->kv_used)
         return 0;
     sp.capacity = (int32_t) cap;
-    sp.sampler = r->sp;
+    sp.sampler = r->pr.sp;
     /* greedy requests without log-probabilities need only the ids: the
      * backend picks them and the logits stay on the device */
     sp.device_greedy = !r->job->logprobs;
+    rc = vl2_textstream_init(&r->ts, &tp, err);
+    if (rc < 0)
+        return rc;
+    r->ts_live = true;
     rc = vl2_seq_new(e->m, &sp, &r->seq, err);
     if (rc < 0)
         return rc;
     r->kv_bytes = need;
     e->kv_used += need;
-    vl2_detok_init(&r->dt, e->tok);
     return 1;
 }
 
@@ -705,9 +629,9 @@ static void prefill_done(struct vl2_engine *e, struct vl2_req *r)
 {
     size_t i;
 
-    for (i = 0; i < r->n_images; i++) {
-        vl2_image_embed_free(e->m, r->images[i].embed);
-        r->images[i].embed = NULL;
+    for (i = 0; i < r->pr.n_images; i++) {
+        vl2_image_embed_free(e->m, r->vis[i].embed);
+        r->vis[i].embed = NULL;
         r->embeds[i] = NULL;
     }
     r->decoding = true;
@@ -718,30 +642,31 @@ static void prefill_done(struct vl2_engine *e, struct vl2_req *r)
  * vision tower; the image's embedding once they all went through. */
 static void encode_some(struct vl2_engine *e, struct vl2_req *r, int32_t max_tiles)
 {
-    struct vl2_req_image *im = &r->images[r->n_encoded];
+    struct vl2_prepared_image *im = &r->pr.images[r->n_encoded];
+    struct vl2_req_vision *vis = &r->vis[r->n_encoded];
     struct vl2_err err = { 0 };
     int32_t done_tiles, total;
     int rc = 0, done = 0;
 
-    if (!im->job)
+    if (!vis->job)
         rc = vl2_model_image_begin(e->m, im->tiles, im->tiling.n_tiles, im->tiling.tiles_w,
-                                   im->tiling.tiles_h, &im->job, &err);
+                                   im->tiling.tiles_h, &vis->job, &err);
     if (rc == 0)
-        rc = vl2_model_image_step(e->m, im->job, max_tiles, &done, &err);
+        rc = vl2_model_image_step(e->m, vis->job, max_tiles, &done, &err);
     if (rc == 0 && !done) {
-        vl2_model_image_progress(im->job, &done_tiles, &total);
+        vl2_model_image_progress(vis->job, &done_tiles, &total);
         vl2__req_post_progress(e, r, VL2_STAGE_VISION,
                                ((float) r->n_encoded + (float) done_tiles / (float) total) /
-                               (float) r->n_images);
+                               (float) r->pr.n_images);
         return;
     }
     if (rc == 0) {
-        rc = vl2_model_image_finish(e->m, im->job, &im->embed, &err);
-        im->job = NULL;  /* freed by finish, also on error */
+        rc = vl2_model_image_finish(e->m, vis->job, &vis->embed, &err);
+        vis->job = NULL;  /* freed by finish, also on error */
     }
-    if (rc == 0 && im->embed->n_tokens != im->tiling.n_tokens)
+    if (rc == 0 && vis->embed->n_tokens != im->tiling.n_tokens)
         rc = vl2_err_set(&err, VL2_EINTERNAL, "%d image tokens from the model, %d planned",
-                         im->embed->n_tokens, im->tiling.n_tokens);
+                         vis->embed->n_tokens, im->tiling.n_tokens);
     if (rc < 0) {
         char why[VL2_ERR_MSG_SIZE + 32];
 
@@ -751,9 +676,10 @@ static void encode_some(struct vl2_engine *e, struct vl2_req *r, int32_t max_til
     }
     free(im->tiles);
     im->tiles = NULL;
-    r->embeds[r->n_encoded] = im->embed;
+    r->embeds[r->n_encoded] = vis->embed;
     r->n_encoded++;
-    vl2__req_post_progress(e, r, VL2_STAGE_VISION, (float) r->n_encoded / (float) r->n_images);
+    vl2__req_post_progress(e, r, VL2_STAGE_VISION,
+                           (float) r->n_encoded / (float) r->pr.n_images);
 }
 
 /* One prefill pass over chunks of several starting requests' prompts, at
@@ -773,14 +699,14 @@ static void prefill_some(struct vl2_engine *e, struct vl2_req **reqs, size_t n)
     }
     for (i = 0; i < n && rows < VL2_ENGINE_PREFILL_CHUNK; i++) {
         struct vl2_req *r = reqs[i];
-        size_t take = r->n_ids - r->n_fed;
+        size_t take = r->pr.n_ids - r->n_fed;
 
         if (take > VL2_ENGINE_PREFILL_CHUNK - rows)
             take = VL2_ENGINE_PREFILL_CHUNK - rows;
         items[k++] = (struct vl2_step_item){
-            .seq = r->seq, .ids = r->ids + r->n_fed, .n_ids = (int32_t) take,
-            .images = r->embeds, .n_images = (int32_t) r->n_images,
-            .image_row0 = r->image_rows, .want_logits = r->n_fed + take == r->n_ids,
+            .seq = r->seq, .ids = r->pr.ids + r->n_fed, .n_ids = (int32_t) take,
+            .images = r->embeds, .n_images = (int32_t) r->pr.n_images,
+            .image_row0 = r->image_rows, .want_logits = r->n_fed + take == r->pr.n_ids,
         };
         rows += take;
     }
@@ -792,16 +718,12 @@ static void prefill_some(struct vl2_engine *e, struct vl2_req **reqs, size_t n)
             finish_error(e, r, rc, err.msg);
             continue;
         }
-        for (j = 0; j < (size_t) items[i].n_ids; j++) {
-            int32_t id = items[i].ids[j];
-
-            r->image_rows += id == e->image_token_id;
-            if (r->sp.penalize_prompt)
-                vl2_sampler_accept(vl2_seq_sampler(r->seq), id);
-        }
+        for (j = 0; j < (size_t) items[i].n_ids; j++)
+            r->image_rows += items[i].ids[j] == e->image_token_id;
         r->n_fed += (size_t) items[i].n_ids;
-        vl2__req_post_progress(e, r, VL2_STAGE_PREFILL, (float) r->n_fed / (float) r->n_ids);
-        if (r->n_fed == r->n_ids)
+        vl2__req_post_progress(e, r, VL2_STAGE_PREFILL,
+                               (float) r->n_fed / (float) r->pr.n_ids);
+        if (r->n_fed == r->pr.n_ids)
             prefill_done(e, r);
     }
     free(items);
@@ -823,24 +745,20 @@ static void start_requests(struct vl2_engine *e)
         next = r->next;
         if (r->decoding)
             continue;
-        if (r->max_new == 0) {
+        if (r->pr.max_new == 0) {
             finish_done(e, r, VL2_FINISH_LENGTH);
             continue;
         }
         if (!r->seq) {
             rc = start_seq(e, r, &err);
-            if (rc == 0 && e->kv_used > 0)
-                break;  /* room comes back when the others finish */
             if (rc == 0)
-                rc = vl2_err_set(&err, VL2_ELIMIT, "the KV cache budget (%zu bytes) is "
-                                 "held by requests that have not started decoding",
-                                 e->kv_budget);
+                break;  /* only while others hold KV: room comes back when they finish */
             if (rc < 0) {
                 finish_error(e, r, rc, err.msg);
                 continue;
             }
         }
-        if (r->n_encoded < r->n_images) {
+        if (r->n_encoded < r->pr.n_images) {
             if (!vision)
                 vision = r;
             continue;
@@ -877,7 +795,7 @@ static void decode_step(struct vl2_engine *e)
         return;
     }
     pthread_mutex_lock(&e->mu);
-    rate_add(e, vl2__engine_now(), (uint32_t) n);
+    rate_add(e, vl2_now(), (uint32_t) n);
     pthread_mutex_unlock(&e->mu);
     for (i = 0; i < n; i++)
         sample(e, e->batch_reqs[i]);
@@ -945,7 +863,7 @@ static bool gather(struct vl2_engine *e)
     pthread_mutex_lock(&e->mu);
     while (!e->quit && !e->stopping && e->ready.n == 0 && e->running.n == 0) {
         if (e->p.idle_unload_s > 0 && e->m) {
-            double due = e->t_idle + e->p.idle_unload_s, now = vl2__engine_now();
+            double due = e->t_idle + e->p.idle_unload_s, now = vl2_now();
             struct timespec ts;
 
             if (now >= due)
@@ -988,7 +906,7 @@ static void idle_unload(struct vl2_engine *e)
 {
     if (!e->m || e->p.idle_unload_s <= 0 || e->running.head)
         return;
-    if (vl2__engine_now() < e->t_idle + e->p.idle_unload_s)
+    if (vl2_now() < e->t_idle + e->p.idle_unload_s)
         return;
     vl2_model_free(e->m);
     e->m = NULL;
@@ -1031,7 +949,7 @@ static void serve(struct vl2_engine *e)
         decode_step(e);
         refresh_memory(e);
         if (!e->running.head)
-            e->t_idle = vl2__engine_now();
+            e->t_idle = vl2_now();
     }
 }
 
@@ -1039,7 +957,7 @@ static void *engine_main(void *arg)
 {
     struct vl2_engine *e = arg;
     struct vl2_err err = { 0 };
-    double t0 = vl2__engine_now();
+    double t0 = vl2_now();
     struct vl2_event *ev;
     bool quit;
 
@@ -1057,10 +975,10 @@ static void *engine_main(void *arg)
     refresh_memory(e);
     ev = vl2_event_new(VL2_EVENT_LOADED, e->load_key);
     if (ev) {
-        ev->load_s = vl2__engine_now() - t0;
+        ev->load_s = vl2_now() - t0;
         post(e, ev);
     }
-    e->t_idle = vl2__engine_now();
+    e->t_idle = vl2_now();
     serve(e);
 
     /* stop() or free(): end every request, give the model back */
@@ -1076,6 +994,9 @@ out_wait:
     pthread_mutex_lock(&e->mu);
     while (!e->quit && !e->stopping)
         pthread_cond_wait(&e->cv, &e->mu);
+    /* the Tokenize jobs taken are answered before UNLOADED */
+    while (!e->quit && tokenize_held(e) > 0)
+        pthread_cond_wait(&e->state_cv, &e->mu);
     quit = e->quit;
     pthread_mutex_unlock(&e->mu);
     if (!quit)
@@ -1085,10 +1006,88 @@ out_wait:
 
 /* ---- prep threads ----------------------------------------------------- */
 
+/* Encode one Tokenize job and post its answer (a prep thread, without the
+ * lock: the tokenizer is immutable once loaded). */
+static void run_tokenize(struct vl2_engine *e, struct vl2_tokenize_job *job)
+{
+    struct vl2_event *ev = vl2_event_new(VL2_EVENT_TOKENIZED, job->key);
+    struct vl2_err err = { 0 };
+    int32_t *ids = NULL, bos = job->add_bos ? vl2_tokenizer_bos(e->tok) : -1;
+    size_t n = 0, i, bytes = 0, off = 0;
+    int rc;
+
+    rc = vl2_tokenizer_encode(e->tok, job->text, job->len, &ids, &n, &err);
+    if (rc == 0 && ev) {
+        size_t k = bos >= 0;
+
+        ev->ids = malloc((n + k + 1) * sizeof(*ev->ids));
+        if (!ev->ids)
+            rc = vl2_err_set(&err, VL2_ENOMEM, "out of memory for %zu ids", n);
+        for (i = 0; rc == 0 && i < n + k; i++)
+            ev->ids[i] = i < k ? bos : ids[i - k];
+        ev->n_ids = rc == 0 ? n + k : 0;
+    }
+    if (rc == 0 && ev && job->pieces) {
+        ev->piece_len = malloc((ev->n_ids + 1) * sizeof(*ev->piece_len));
+        for (i = 0; ev->piece_len && i < ev->n_ids; i++) {
+            size_t plen = 0;
+
+            if (!vl2_tokenizer_token_bytes(e->tok, ev->ids[i], &plen))
+                plen = 0;
+            ev->piece_len[i] = (uint32_t) plen;
+            bytes += plen;
+        }
+        ev->text = malloc(bytes + 1);
+        ev->text_size = bytes;
+        if (!ev->piece_len || !ev->text)
+            rc = vl2_err_set(&err, VL2_ENOMEM, "out of memory for the pieces");
+        for (i = 0; rc == 0 && i < ev->n_ids; i++) {
+            size_t plen = 0;
+            const char *p = vl2_tokenizer_token_bytes(e->tok, ev->ids[i], &plen);
+
+            if (p && plen)
+                memcpy(ev->text + off, p, plen);
+            off += ev->piece_len[i];
+        }
+    }
+    free(ids);
+    if (!ev || rc < 0) {
+        char msg[VL2_ERR_MSG_SIZE];
+
+        vl2_event_free(ev);
+        ev = vl2_event_new(VL2_EVENT_ERROR, job->key);
+        if (ev) {
+            ev->code = rc < 0 ? rc : VL2_ENOMEM;
+            msgf(msg, sizeof(msg), "engine: model '%s': tokenize: %s", e->name,
+                 rc < 0 ? err.msg : "out of memory");
+            msgf(ev->message, sizeof(ev->message), "%s", msg);
+        }
+    }
+    post(e, ev);
+}
+
+static struct vl2_tokenize_job *tok_pop(struct vl2_engine *e)
+{
+    struct vl2_tok_req *t = e->tok_head;
+    struct vl2_tokenize_job *job;
+
+    if (!t)
+        return NULL;
+    e->tok_head = t->next;
+    if (!e->tok_head)
+        e->tok_tail = NULL;
+    e->n_tok_waiting--;
+    job = t->job;
+    free(t);
+    return job;
+}
+
 static void *prep_main(void *arg)
 {
     struct vl2_engine *e = arg;
+    struct vl2_tokenize_job *tj;
     struct vl2_req *r;
+    bool last_tok = false;
 
     pthread_mutex_lock(&e->mu);
     for (;;) {
@@ -1098,11 +1097,29 @@ static void *prep_main(void *arg)
 
         if (e->quit)
             break;
-        r = vl2__req_list_pop(&e->prep_todo);
+        /* Tokenize jobs and requests take turns on each thread */
+        tj = NULL;
+        r = NULL;
+        if (e->tok_head && (!last_tok || !e->prep_todo.head))
+            tj = tok_pop(e);
+        else
+            r = vl2__req_list_pop(&e->prep_todo);
+        if (tj) {
+            last_tok = true;
+            e->n_tok_encoding++;
+            pthread_mutex_unlock(&e->mu);
+            run_tokenize(e, tj);
+            vl2_tokenize_job_free(tj);
+            pthread_mutex_lock(&e->mu);
+            e->n_tok_encoding--;
+            pthread_cond_broadcast(&e->state_cv);
+            continue;
+        }
         if (!r) {
             pthread_cond_wait(&e->prep_cv, &e->mu);
             continue;
         }
+        last_tok = false;
         vl2__req_list_push(&e->prepping, r, VL2_REQ_PREPPING);
         pthread_mutex_unlock(&e->mu);
         rc = vl2__prep_request(e, r, &err);
@@ -1164,7 +1181,7 @@ static int engine_submit(void *engine, struct vl2_job *job, struct vl2_err *err)
     r->key = job->key;
     r->owner = job->owner;
     r->seq_no = e->next_seq_no++;
-    r->t_submit = vl2__engine_now();
+    r->t_submit = vl2_now();
     queue_push(e, r);
     admit(e);
     ev->queue_position = r->place == VL2_REQ_QUEUED ? queue_position(e, r) : 0;
@@ -1199,6 +1216,27 @@ static void engine_cancel(void *engine, uint64_t key)
     pthread_mutex_lock(&e->mu);
     r = find_key(e, key);
     if (!r) {
+        struct vl2_tok_req **pp, *t = NULL;
+
+        /* a Tokenize job that waits ends here; one encoding ends by itself */
+        for (pp = &e->tok_head; *pp; pp = &(*pp)->next)
+            if ((*pp)->job->key == key) {
+                t = *pp;
+                *pp = t->next;
+                break;
+            }
+        if (t) {
+            struct vl2_tok_req *q;
+
+            e->tok_tail = NULL;
+            for (q = e->tok_head; q; q = q->next)
+                e->tok_tail = q;
+            e->n_tok_waiting--;
+            pthread_cond_broadcast(&e->state_cv);
+            tok_fail(e, t->job->key, VL2_ECANCELED, "cancelled");
+            vl2_tokenize_job_free(t->job);
+            free(t);
+        }
         pthread_mutex_unlock(&e->mu);
         return;
     }
@@ -1214,8 +1252,8 @@ static void engine_cancel(void *engine, uint64_t key)
         vl2__req_free(e, r);
         return;
     }
-    r->cancelled = true;
     r->cancel_why = "cancelled";
+    atomic_store(&r->cancelled, true);
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
 }
@@ -1228,7 +1266,7 @@ static void engine_stats(void *engine, struct vl2_engine_stats *ret)
     ret->memory_bytes = e->memory_bytes;
     ret->queue_length = (uint32_t) e->queue.n;
     ret->active_sequences = (uint32_t) slots_held(e);
-    ret->tokens_per_s = rate_get(e, vl2__engine_now());
+    ret->tokens_per_s = rate_get(e, vl2_now());
     ret->backend = e->backend;
     ret->state = e->stopping ? VL2_MODEL_STATE_UNLOADING : e->state;
     ret->error = e->state == VL2_MODEL_STATE_FAILED ? e->error : NULL;
@@ -1241,6 +1279,7 @@ static void engine_stop(void *engine)
 
     pthread_mutex_lock(&e->mu);
     e->stopping = true;
+    atomic_store(&e->halting, true);
     pthread_cond_broadcast(&e->cv);
     pthread_cond_broadcast(&e->prep_cv);
     pthread_mutex_unlock(&e->mu);
@@ -1256,8 +1295,10 @@ static void engine_free(void *engine)
         return;
     pthread_mutex_lock(&e->mu);
     e->quit = true;
+    atomic_store(&e->halting, true);
     pthread_cond_broadcast(&e->cv);
     pthread_cond_broadcast(&e->prep_cv);
+    pthread_cond_broadcast(&e->state_cv);
     pthread_mutex_unlock(&e->mu);
     if (e->thread_started)
         pthread_join(e->thread, NULL);
@@ -1270,6 +1311,12 @@ static void engine_free(void *engine)
         vl2__req_free(e, r);
     while ((r = vl2__req_list_pop(&e->ready)))
         vl2__req_free(e, r);
+    {
+        struct vl2_tokenize_job *tj;
+
+        while ((tj = tok_pop(e)))
+            vl2_tokenize_job_free(tj);
+    }
     vl2_model_free(e->m);
     vl2_tokenizer_free(e->tok);
     free(e->batch_seqs);
@@ -1288,12 +1335,14 @@ static void engine_free(void *engine)
     free(e);
 }
 
-static int engine_tokenizer(void *engine, const struct vl2_tokenizer **ret,
-                            struct vl2_err *err)
+static int engine_tokenize(void *engine, struct vl2_tokenize_job *job, struct vl2_err *err)
 {
     struct vl2_engine *e = engine;
+    struct vl2_tok_req *t = calloc(1, sizeof(*t));
     int rc = 0;
 
+    if (!t)
+        return vl2_err_set(err, VL2_ENOMEM, "engine: out of memory");
     pthread_mutex_lock(&e->mu);
     if (e->state == VL2_MODEL_STATE_FAILED)
         rc = vl2_err_set(err, e->error_code, "%s", e->error);
@@ -1302,10 +1351,27 @@ static int engine_tokenizer(void *engine, const struct vl2_tokenizer **ret,
     else if (!e->tok_ready)
         rc = vl2_err_set(err, VL2_EBUSY, "engine: model '%s' is still loading its tokenizer, "
                          "try again", e->name);
+    else if (tokenize_held(e) >= VL2_ENGINE_MAX_TOKENIZE)
+        rc = vl2_err_set(err, VL2_EBUSY, "engine: model '%s': %zu texts are being encoded, "
+                         "try again", e->name, tokenize_held(e));
+    else if (job->add_bos && vl2_tokenizer_bos(e->tok) < 0)
+        rc = vl2_err_set(err, VL2_EUNSUPPORTED, "engine: model '%s': tokenize: the tokenizer "
+                         "has no bos_token", e->name);
+    if (rc < 0) {
+        pthread_mutex_unlock(&e->mu);
+        free(t);
+        return rc;
+    }
+    t->job = job;
+    if (e->tok_tail)
+        e->tok_tail->next = t;
     else
-        *ret = e->tok;
+        e->tok_head = t;
+    e->tok_tail = t;
+    e->n_tok_waiting++;
+    pthread_cond_signal(&e->prep_cv);
     pthread_mutex_unlock(&e->mu);
-    return rc;
+    return 0;
 }
 
 static const struct vl2_engine_ops engine_ops = {
@@ -1314,7 +1380,7 @@ static const struct vl2_engine_ops engine_ops = {
     .stats = engine_stats,
     .free = engine_free,
     .stop = engine_stop,
-    .tokenizer = engine_tokenizer,
+    .tokenize = engine_tokenize,
 };
 
 const struct vl2_engine_ops *vl2_engine_ops(void)

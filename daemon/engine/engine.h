@@ -13,7 +13,10 @@
  *                     step for the whole batch).
  *     prep threads    read the image descriptors (with limits and a
  *                     deadline), decode and tile the images, build the
- *                     prompt ids: everything that does not touch the model.
+ *                     prompt ids (vl2_prepare, daemon/runtime): everything
+ *                     that does not touch the model; and encode the texts
+ *                     of Tokenize jobs (at most VL2_ENGINE_MAX_TOKENIZE held,
+ *                     answered also while the model unloads).
  *
  * Requests wait in a fair queue (round robin between owners, i.e.
  * connections) until one of max_sequences slots frees; a slot is held from
@@ -68,7 +71,8 @@ struct vl2_engine_params {
     size_t      kv_budget;          /* bytes for all KV caches (0: max_sequences full
                                        contexts, at most a quarter of the RAM) */
     int32_t     n_ctx;              /* context length (0: the model's) */
-    uint32_t    max_images;         /* images in one request (default 16, at most
+    uint32_t    max_images;         /* images in one request (default
+                                       VL2_PREP_DEFAULT_IMAGES, 16; at most
                                        VL2_ENGINE_MAX_IMAGES) */
     uint64_t    max_image_pixels;   /* per image (default 50 000 000) */
     size_t      max_image_bytes;    /* encoded size of one image (default 64 MiB) */

@@ -30,6 +30,14 @@ void vl2_job_free(struct vl2_job *job)
     free(job);
 }
 
+void vl2_tokenize_job_free(struct vl2_tokenize_job *job)
+{
+    if (!job)
+        return;
+    free(job->text);
+    free(job);
+}
+
 struct vl2_event *vl2_event_new(enum vl2_event_kind kind, uint64_t key)
 {
     struct vl2_event *ev = calloc(1, sizeof(*ev));
@@ -65,5 +73,7 @@ void vl2_event_free(struct vl2_event *ev)
     for (i = 0; ev->boxes && i < ev->n_boxes; i++)
         free(ev->boxes[i].label);
     free(ev->boxes);
+    free(ev->ids);
+    free(ev->piece_len);
     free(ev);
 }

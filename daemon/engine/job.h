@@ -27,9 +27,9 @@
 
 #include "vl2-status.h"
 
-struct vl2_tokenizer;
 
 /* ---- jobs (server -> engine) ----------------------------------------- */
+
 
 enum vl2_job_role {
     VL2_JOB_ROLE_SYSTEM = 1,
@@ -89,6 +89,21 @@ struct vl2_job {
 /* Free a job and close its descriptors.  Accepts NULL. */
 void vl2_job_free(struct vl2_job *job);
 
+/* One Tokenize request: @text encoded by the model's tokenizer on one of
+ * the engine's prep threads.  Owned by the engine after a successful
+ * tokenize(). */
+struct vl2_tokenize_job {
+    uint64_t key;                   /* names the job in events; unique per server */
+    uint64_t owner;                 /* who asked (the connection) */
+    char *text;                     /* UTF-8, owned */
+    size_t len;
+    bool add_bos;                   /* the BOS id first */
+    bool pieces;                    /* fill vl2_event.piece_len and the pieces' bytes */
+};
+
+/* Free a Tokenize job.  Accepts NULL. */
+void vl2_tokenize_job_free(struct vl2_tokenize_job *job);
+
 /* ---- events (engine -> server) --------------------------------------- */
 
 enum vl2_event_kind {
@@ -97,6 +112,7 @@ enum vl2_event_kind {
     VL2_EVENT_TOKEN,
     VL2_EVENT_DONE,                 /* terminal */
     VL2_EVENT_ERROR,                /* terminal */
+    VL2_EVENT_TOKENIZED,            /* terminal: a Tokenize job's ids */
     /* about a model rather than a job (key = vl2_engine_spec.load_key): */
     VL2_EVENT_LOADED,               /* the model is ready (terminal for loading) */
     VL2_EVENT_UNLOADED,             /* after ops->stop(): the engine is idle, free() it */
@@ -152,6 +168,11 @@ struct vl2_event {
     char message[VL2_ERR_MSG_SIZE];
     /* LOADED */
     double load_s;                  /* seconds the load took */
+    /* TOKENIZED: the ids (BOS first when asked), and with pieces each id's
+     * bytes: piece_len[i] bytes each, one after another in @text */
+    int32_t *ids;                   /* [n_ids], owned */
+    size_t n_ids;
+    uint32_t *piece_len;            /* [n_ids], owned; NULL without pieces */
 };
 
 /* A zeroed event of @kind for job @key, or NULL when out of memory. */
@@ -206,13 +227,16 @@ struct vl2_engine_ops {
      * VL2_EVENT_UNLOADED with the load key; free() follows it.  Without
      * stop(), the server calls free() at once. */
     void (*stop)(void *engine);
-    /* Optional (may be NULL: Tokenize is refused as UNIMPLEMENTED): the
-     * model's tokenizer, for Tokenize requests.  Returns 0 and *@ret, valid
-     * until free() (the loop thread may encode with it, a tokenizer being
-     * immutable); or < 0 without waiting: VL2_EBUSY while the tokenizer is
-     * still loading, the load error when loading failed, VL2_ENOTFOUND while
-     * unloading. */
-    int  (*tokenizer)(void *engine, const struct vl2_tokenizer **ret, struct vl2_err *err);
+    /* Optional (may be NULL: Tokenize is refused as UNIMPLEMENTED): take
+     * @job, encoded on a prep thread.  On success (0) the engine owns it
+     * and posts exactly one terminal event for job->key: TOKENIZED, or
+     * ERROR (cancel() before it started: VL2_ECANCELED).  Accepted jobs are
+     * answered also while the model unloads: UNLOADED comes after them.  On
+     * failure (< 0, without waiting; the caller keeps the job): VL2_EBUSY
+     * while the tokenizer is still loading or while the engine holds its
+     * most Tokenize jobs, the load error when loading failed, VL2_ENOTFOUND
+     * while unloading, VL2_EUNSUPPORTED for add_bos without a BOS token. */
+    int  (*tokenize)(void *engine, struct vl2_tokenize_job *job, struct vl2_err *err);
 };
 
 /* How an engine hands events to the server (vl2_server_post for vl2d);

@@ -1,7 +1,9 @@
 /* llm.c - the DeepseekV2 decoder (spec 7) for a batch of rows from several
- * sequences: embedding and image-row scatter, MHA or MLA attention over
- * each sequence's KV cache, dense MLP or MoE, final norm and lm_head at the
- * rows whose logits are wanted. */
+ * sequences.  forward() is the whole model: embed (token embeddings, image
+ * rows scattered over the placeholders) -> layers (MHA or MLA attention over
+ * each sequence's KV cache, dense MLP or MoE) -> head (final norm and
+ * lm_head at the rows whose logits are wanted), then gather_logits() brings
+ * them back.  vl2_model_step() cuts the items into such passes. */
 #include "model-impl.h"
 
 #include <math.h>
@@ -58,6 +60,7 @@ int vl2__llm_scratch_init(struct vl2_model *m, struct vl2_err *err)
     s->src = malloc((size_t)R * sizeof(*s->src));
     s->bseq = malloc((size_t)R * sizeof(*s->bseq));
     s->items = malloc((size_t)R * sizeof(*s->items));
+    s->cap_items = (size_t)R;
     s->pc = malloc((size_t)R * sizeof(*s->pc));
     if (!s->ids || !s->dst || !s->src || !s->bseq || !s->items || !s->pc)
         return vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
@@ -67,6 +70,11 @@ int vl2__llm_scratch_init(struct vl2_model *m, struct vl2_err *err)
 /* ---- one pass ----------------------------------------------------------- */
 
 #define VIEW(t, n) vl2_tensor_rows(&(t), 0, (n))
+
+/* Epsilon of the MLA low-rank norms (q_a_layernorm, kv_a_layernorm): the
+ * official DeepseekV2Attention builds them as DeepseekV2RMSNorm(rank), whose
+ * default eps is 1e-6, not the config's rms_norm_eps. */
+#define LORA_NORM_EPS 1e-6f
 
 static int attention(struct vl2_model *m, int il, int32_t n, struct vl2_err *err)
 {
@@ -99,7 +107,7 @@ static int attention(struct vl2_model *m, int il, int32_t n, struct vl2_err *err
         if (c->q_lora_rank > 0) {
             struct vl2_tensor qa = VIEW(s->qa, n);
             if ((r = ops->linear(ctx, &qa, &h, &l->wq_a, NULL, err)) < 0 ||
-                (r = ops->rmsnorm(ctx, &qa, &qa, &l->q_a_norm, 1e-6f, err)) < 0 ||
+                (r = ops->rmsnorm(ctx, &qa, &qa, &l->q_a_norm, LORA_NORM_EPS, err)) < 0 ||
                 (r = ops->linear(ctx, &q, &qa, &l->wq_b, NULL, err)) < 0)
                 return r;
         } else if ((r = ops->linear(ctx, &q, &h, &l->wq, NULL, err)) < 0) {
@@ -108,7 +116,7 @@ static int attention(struct vl2_model *m, int il, int32_t n, struct vl2_err *err
         if ((r = ops->rope(ctx, &q, c->n_head, qh, c->d_nope, c->d_rope, theta,
                            VL2_ROPE_INTERLEAVED, err)) < 0 ||
             (r = ops->linear(ctx, &ckv, &h, &l->wkv_a, NULL, err)) < 0 ||
-            (r = ops->rmsnorm(ctx, &cn, &clat, &l->kv_a_norm, 1e-6f, err)) < 0 ||
+            (r = ops->rmsnorm(ctx, &cn, &clat, &l->kv_a_norm, LORA_NORM_EPS, err)) < 0 ||
             (r = ops->rope(ctx, &ckv, 1, c->kv_lora_rank + c->d_rope, c->kv_lora_rank,
                            c->d_rope, theta, VL2_ROPE_INTERLEAVED, err)) < 0 ||
             (r = ops->attn_mla(ctx, il, &o, &q, &cn, &kpe, &l->wkv_b, c->n_head, c->d_nope,
@@ -186,18 +194,12 @@ static int scatter_images(struct vl2_model *m, const struct vl2_llm_piece *p, in
     return 0;
 }
 
-static int run_pass(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t n_pc,
-                    struct vl2_err *err)
+/* The batch of the pieces: their ids one after another, and each
+ * sequence's rows, past length and cache.  Returns the number of rows. */
+static int32_t batch_rows(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t n_pc)
 {
-    const struct vl2_backend_ops *ops = m->ops;
-    struct vl2_backend_ctx *ctx = m->ctx;
-    const struct vl2_lm_config *c = &m->cfg.lm;
     struct vl2_llm_scratch *s = &m->ls;
-    const int64_t D = c->d_model, V = c->n_vocab;
-    struct vl2_batch batch;
-    struct vl2_tensor x, h;
-    int32_t n = 0, i, il, n_logits = 0;
-    int r;
+    int32_t n = 0, i;
 
     for (i = 0; i < n_pc; i++) {
         memcpy(s->ids + n, pc[i].item->ids + pc[i].off, (size_t)pc[i].n * sizeof(*s->ids));
@@ -207,46 +209,63 @@ static int run_pass(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t
         s->bseq[i].kv = pc[i].item->seq->kv;
         n += pc[i].n;
     }
-    x = VIEW(s->x, n);
-    h = VIEW(s->h, n);
-    r = ops->embed(ctx, &x, &m->embed, s->ids, err);
-    if (r < 0)
-        return r;
-    for (i = 0; i < n_pc; i++) {
-        r = scatter_images(m, &pc[i], s->bseq[i].row0, err);
-        if (r < 0)
-            return r;
-    }
-    for (i = 0; i < n_pc; i++) {
-        if (!pc[i].item->ret_embeds)
-            continue;
-        r = ops->read(ctx, &s->x, (size_t)s->bseq[i].row0 * (size_t)D * sizeof(float),
-                      pc[i].item->ret_embeds + (size_t)pc[i].off * (size_t)D,
-                      (size_t)pc[i].n * (size_t)D * sizeof(float), err);
-        if (r < 0)
-            return r;
-    }
+    return n;
+}
 
-    batch.struct_size = sizeof(batch);
-    batch.n_rows = n;
-    batch.n_seqs = n_pc;
-    batch.seqs = s->bseq;
-    r = ops->begin_batch(ctx, &batch, err);
-    if (r < 0)
+/* x = the token embeddings of the @n rows, image rows scattered over the
+ * placeholders; items with ret_embeds get a host copy. */
+static int embed(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t n_pc, int32_t n,
+                 struct vl2_err *err)
+{
+    const struct vl2_backend_ops *ops = m->ops;
+    struct vl2_llm_scratch *s = &m->ls;
+    const size_t d_model = (size_t)m->cfg.lm.d_model;
+    struct vl2_tensor x = VIEW(s->x, n);
+    int32_t i;
+    int r;
+
+    r = ops->embed(m->ctx, &x, &m->embed, s->ids, err);
+    for (i = 0; r >= 0 && i < n_pc; i++)
+        r = scatter_images(m, &pc[i], s->bseq[i].row0, err);
+    for (i = 0; r >= 0 && i < n_pc; i++)
+        if (pc[i].item->ret_embeds)
+            r = ops->read(m->ctx, &s->x, (size_t)s->bseq[i].row0 * d_model * sizeof(float),
+                          pc[i].item->ret_embeds + (size_t)pc[i].off * d_model,
+                          (size_t)pc[i].n * d_model * sizeof(float), err);
+    return r < 0 ? r : 0;
+}
+
+/* One decoder layer over the @n rows of x (pre-norm residual blocks). */
+static int layer(struct vl2_model *m, int il, int32_t n, struct vl2_err *err)
+{
+    const struct vl2_backend_ops *ops = m->ops;
+    struct vl2_backend_ctx *ctx = m->ctx;
+    const struct vl2_llm_layer *l = &m->layers[il];
+    struct vl2_llm_scratch *s = &m->ls;
+    struct vl2_tensor x = VIEW(s->x, n), h = VIEW(s->h, n), a = VIEW(s->a, n);
+    const float eps = (float)m->cfg.lm.rms_eps;
+    int r;
+
+    if ((r = ops->rmsnorm(ctx, &h, &x, &l->ln_attn, eps, err)) < 0 ||
+        (r = attention(m, il, n, err)) < 0 ||
+        (r = ops->add(ctx, &x, &x, &a, err)) < 0 ||
+        (r = ops->rmsnorm(ctx, &h, &x, &l->ln_mlp, eps, err)) < 0 ||
+        (r = mlp(m, il, n, err)) < 0 ||
+        (r = ops->add(ctx, &x, &x, &a, err)) < 0)
         return r;
-    for (il = 0; il < c->n_layer; il++) {
-        const struct vl2_llm_layer *l = &m->layers[il];
-        struct vl2_tensor a = VIEW(s->a, n);
-        if ((r = ops->rmsnorm(ctx, &h, &x, &l->ln_attn, (float)c->rms_eps, err)) < 0 ||
-            (r = attention(m, il, n, err)) < 0 ||
-            (r = ops->add(ctx, &x, &x, &a, err)) < 0 ||
-            (r = ops->rmsnorm(ctx, &h, &x, &l->ln_mlp, (float)c->rms_eps, err)) < 0 ||
-            (r = mlp(m, il, n, err)) < 0 ||
-            (r = ops->add(ctx, &x, &x, &a, err)) < 0)
-            return r;
-    }
-    for (i = 0; i < n_pc; i++)
-        pc[i].item->seq->n_past += pc[i].n;
+    return 0;
+}
+
+/* The final norm and lm_head at the last row of every piece that wants
+ * logits (gathered into s->last); *@ret_n: how many. */
+static int head(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t n_pc,
+                int32_t *ret_n, struct vl2_err *err)
+{
+    const struct vl2_backend_ops *ops = m->ops;
+    struct vl2_backend_ctx *ctx = m->ctx;
+    struct vl2_llm_scratch *s = &m->ls;
+    int32_t n_logits = 0, i;
+    int r;
 
     for (i = 0; i < n_pc; i++) {
         if (!pc[i].logits)
@@ -255,40 +274,84 @@ static int run_pass(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t
         s->src[n_logits] = s->bseq[i].row0 + pc[i].n - 1;
         n_logits++;
     }
-    if (n_logits > 0) {
+    *ret_n = n_logits;
+    if (n_logits == 0)
+        return 0;
+    {
         struct vl2_tensor last = VIEW(s->last, n_logits), lg = VIEW(s->logits, n_logits);
-        int32_t k = 0, n_dev = 0;
-        if ((r = ops->copy_rows(ctx, &last, s->dst, &x, s->src, n_logits, err)) < 0 ||
-            (r = ops->rmsnorm(ctx, &last, &last, &m->norm, (float)c->rms_eps, err)) < 0 ||
+
+        if ((r = ops->copy_rows(ctx, &last, s->dst, &s->x, s->src, n_logits, err)) < 0 ||
+            (r = ops->rmsnorm(ctx, &last, &last, &m->norm, (float)m->cfg.lm.rms_eps, err)) < 0 ||
             (r = ops->linear(ctx, &lg, &last, &m->lm_head, NULL, err)) < 0)
-            return r;
-        for (i = 0; i < n_pc; i++)
-            n_dev += pc[i].logits && pc[i].item->seq->dev_greedy;
-        if (n_dev > 0) {
-            /* greedy sequences: their ids, not their logits, come back */
-            struct vl2_tensor best = VIEW(s->best, n_logits);
-            if ((r = ops->argmax(ctx, &best, &lg, err)) < 0 ||
-                (r = ops->read(ctx, &best, 0, s->best_h, (size_t)n_logits * sizeof(int32_t),
-                               err)) < 0)
-                return r;
-        }
-        for (i = 0; i < n_pc; i++) {
-            struct vl2_seq *sq = pc[i].item->seq;
-            if (!pc[i].logits)
-                continue;
-            if (sq->dev_greedy)
-                sq->dev_id = s->best_h[k];
-            else if ((r = ops->read(ctx, &s->logits, (size_t)k * (size_t)V * sizeof(float),
-                                    sq->logits, (size_t)V * sizeof(float), err)) < 0)
-                return r;
-            k++;
-        }
-    } else {
-        r = ops->sync(ctx, err);
-        if (r < 0)
             return r;
     }
     return 0;
+}
+
+/* Bring the head's @n_logits rows back to their sequences: the logits, or
+ * for device-greedy sequences the argmax id only. */
+static int gather_logits(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t n_pc,
+                         int32_t n_logits, struct vl2_err *err)
+{
+    const struct vl2_backend_ops *ops = m->ops;
+    struct vl2_backend_ctx *ctx = m->ctx;
+    struct vl2_llm_scratch *s = &m->ls;
+    const size_t n_vocab = (size_t)m->cfg.lm.n_vocab;
+    int32_t k = 0, n_dev = 0, i;
+    int r;
+
+    if (n_logits == 0)
+        return ops->sync(ctx, err);
+    for (i = 0; i < n_pc; i++)
+        n_dev += pc[i].logits && pc[i].item->seq->dev_greedy;
+    if (n_dev > 0) {
+        /* greedy sequences: their ids, not their logits, come back */
+        struct vl2_tensor lg = VIEW(s->logits, n_logits), best = VIEW(s->best, n_logits);
+
+        if ((r = ops->argmax(ctx, &best, &lg, err)) < 0 ||
+            (r = ops->read(ctx, &best, 0, s->best_h, (size_t)n_logits * sizeof(int32_t),
+                           err)) < 0)
+            return r;
+    }
+    for (i = 0; i < n_pc; i++) {
+        struct vl2_seq *sq = pc[i].item->seq;
+
+        if (!pc[i].logits)
+            continue;
+        if (sq->dev_greedy)
+            sq->dev_id = s->best_h[k];
+        else if ((r = ops->read(ctx, &s->logits, (size_t)k * n_vocab * sizeof(float),
+                                sq->logits, n_vocab * sizeof(float), err)) < 0)
+            return r;
+        k++;
+    }
+    return 0;
+}
+
+/* One forward pass over the pieces: embed -> layers -> head, then the
+ * logits back to their sequences. */
+static int forward(struct vl2_model *m, const struct vl2_llm_piece *pc, int32_t n_pc,
+                   struct vl2_err *err)
+{
+    struct vl2_llm_scratch *s = &m->ls;
+    const int32_t n = batch_rows(m, pc, n_pc);
+    struct vl2_batch batch = {
+        .struct_size = sizeof(batch), .n_rows = n, .n_seqs = n_pc, .seqs = s->bseq,
+    };
+    int32_t il, i, n_logits;
+    int r;
+
+    if ((r = embed(m, pc, n_pc, n, err)) < 0 ||
+        (r = m->ops->begin_batch(m->ctx, &batch, err)) < 0)
+        return r;
+    for (il = 0; il < m->cfg.lm.n_layer; il++)
+        if ((r = layer(m, il, n, err)) < 0)
+            return r;
+    for (i = 0; i < n_pc; i++)
+        pc[i].item->seq->n_past += pc[i].n;
+    if ((r = head(m, pc, n_pc, &n_logits, err)) < 0)
+        return r;
+    return gather_logits(m, pc, n_pc, n_logits, err);
 }
 
 /* ---- public passes ---------------------------------------------------------- */
@@ -389,13 +452,22 @@ int vl2_model_step(struct vl2_model *m, const struct vl2_step_item *items, size_
             off += take;
         }
         if (rows == R || n_logits == L || (i == n_items && n_pc > 0)) {
-            r = run_pass(m, pc, n_pc, err);
+            r = forward(m, pc, n_pc, err);
             if (r < 0)
                 return r;
             rows = 0;
             n_pc = 0;
             n_logits = 0;
         }
+    }
+    /* the sequences' repetition sets: with penalize_prompt every id fed */
+    for (i = 0; i < n_items; i++) {
+        struct vl2_sampler *sm = &items[i].seq->sampler;
+        int32_t k;
+
+        if (sm->p.penalize_prompt)
+            for (k = 0; k < items[i].n_ids; k++)
+                vl2_sampler_accept(sm, items[i].ids[k]);
     }
     return 0;
 }
@@ -410,7 +482,6 @@ int vl2_model_prefill(struct vl2_model *m, struct vl2_seq *s, const int32_t *ids
     };
     int64_t n_ph = 0, avail = 0;
     size_t i;
-    int r;
 
     if (n_ids == 0)
         return vl2_err_set(err, VL2_EINVAL, "model: empty prompt");
@@ -429,41 +500,28 @@ int vl2_model_prefill(struct vl2_model *m, struct vl2_seq *s, const int32_t *ids
         return vl2_err_set(err, VL2_EINVAL, "model: the prompt has %lld image placeholder "
                            "tokens but %zu images give %lld rows", (long long)n_ph, n_images,
                            (long long)avail);
-    r = vl2_model_step(m, &it, 1, err);
-    if (r < 0)
-        return r;
-    if (s->sampler.p.penalize_prompt)
-        for (i = 0; i < n_ids; i++)
-            vl2_sampler_accept(&s->sampler, ids[i]);
-    return 0;
+    return vl2_model_step(m, &it, 1, err);
 }
 
 int vl2_model_decode(struct vl2_model *m, struct vl2_seq *const *seqs, const int32_t *ids,
                      size_t n_seqs, struct vl2_err *err)
 {
-    const size_t G = (size_t)m->params.max_rows;
-    struct vl2_step_item *items = m->ls.items;
-    size_t i, j, done = 0;
-    int r;
+    struct vl2_llm_scratch *ls = &m->ls;
+    size_t i;
 
-    for (i = 0; i < n_seqs; i++)
-        for (j = 0; j < i; j++)
-            if (seqs[i] == seqs[j])
-                return vl2_err_set(err, VL2_EINVAL, "model: decode: sequences %zu and %zu are "
-                                   "the same", j, i);
-    while (done < n_seqs) {
-        size_t k = n_seqs - done < G ? n_seqs - done : G;
-        for (i = 0; i < k; i++) {
-            items[i] = (struct vl2_step_item){
-                .seq = seqs[done + i], .ids = &ids[done + i], .n_ids = 1, .want_logits = 1,
-            };
-        }
-        r = vl2_model_step(m, items, k, err);
-        if (r < 0)
-            return r;
-        for (i = 0; i < k; i++)
-            vl2_sampler_accept(&seqs[done + i]->sampler, ids[done + i]);
-        done += k;
+    if (n_seqs > ls->cap_items) {
+        struct vl2_step_item *p = realloc(ls->items, n_seqs * sizeof(*p));
+
+        if (!p)
+            return vl2_err_set(err, VL2_ENOMEM, "model: out of memory for %zu sequences",
+                               n_seqs);
+        ls->items = p;
+        ls->cap_items = n_seqs;
     }
-    return 0;
+    for (i = 0; i < n_seqs; i++)
+        ls->items[i] = (struct vl2_step_item){
+            .seq = seqs[i], .ids = &ids[i], .n_ids = 1, .want_logits = 1,
+        };
+    /* one step checks every item (duplicates included) before any work */
+    return vl2_model_step(m, ls->items, n_seqs, err);
 }

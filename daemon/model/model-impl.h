@@ -79,7 +79,8 @@ struct vl2_llm_scratch {
     int32_t          *dst;    /* host [R] row indices */
     int32_t          *src;    /* host [R] */
     struct vl2_batch_seq *bseq; /* host [R] */
-    struct vl2_step_item *items; /* host [R] (decode) */
+    struct vl2_step_item *items; /* host [cap_items] (decode) */
+    size_t               cap_items;
     struct vl2_llm_piece *pc;   /* host [R] pieces of one pass */
 };
 
@@ -101,13 +102,10 @@ struct vl2_model {
     struct vl2_weights          *w;
     const struct vl2_backend_ops *ops;
     struct vl2_backend_ctx      *ctx;
-    struct vl2_backend          *backend;     /* owned when loaded by name */
-    void (*unload_backend)(struct vl2_backend *b);
+    struct vl2_backend          *backend;     /* owned */
     int32_t                      n_ctx;
     struct vl2_kv_shape          kv_shape;    /* capacity filled per sequence */
     size_t                       kv_token_bytes;
-    size_t                       kv_budget;
-    size_t                       kv_used;
 
     /* vision */
     struct vl2_tensor     patch_w;      /* [Dv, 3*p*p] */
@@ -141,7 +139,6 @@ struct vl2_seq {
     struct vl2_kv      *kv;
     int32_t             capacity;
     int32_t             n_past;
-    size_t              kv_bytes;   /* taken from the model's budget */
     float              *logits;     /* [V] host (not written when dev_greedy) */
     struct vl2_sampler  sampler;
     int                 dev_greedy; /* passes choose the id on the device (argmax) */

@@ -1,4 +1,4 @@
-/* model.c - loading a model onto a backend, KV budget, sequences. */
+/* model.c - loading a model onto a backend, sequences. */
 #include "model-impl.h"
 
 #include "backend.h"
@@ -21,7 +21,6 @@ struct vl2_model_params vl2_model_default_params(void)
         .vision_batch = 2,
         .n_ctx = 0,
         .kv_dtype = VL2_DTYPE_F32,
-        .kv_budget = 0,
         .skip_validate = 0,
     };
     return p;
@@ -409,9 +408,7 @@ static int check_config(const struct vl2_model *m, struct vl2_err *err)
     const struct vl2_model_config *c = &m->cfg;
     const struct vl2_lm_config *lm = &c->lm;
 
-    if (lm->has_rope_scaling)
-        return vl2_err_set(err, VL2_EUNSUPPORTED, "model: language_config.rope_scaling is "
-                           "set; YaRN rotary scaling is not implemented");
+    /* rope_scaling (YaRN) is refused by vl2_config_load already */
     if (strcmp(c->proj.type, "downsample_mlp_gelu") || c->proj.downsample != 2 ||
         c->proj.depth != 2 || c->proj.mlp_ratio != 1)
         return vl2_err_set(err, VL2_EUNSUPPORTED, "model: projector '%s' depth %d ratio %d "
@@ -487,16 +484,15 @@ static int check_backend(const struct vl2_model *m, int32_t kv_dtype, struct vl2
     return 0;
 }
 
-int vl2_model_open(struct vl2_model **ret, const char *dir,
-                   const struct vl2_backend_ops *ops, struct vl2_backend_ctx *ctx,
+/* The model in @dir on the loaded backend @b (owned by the model once this
+ * returns 0). */
+static int open_on(struct vl2_model **ret, const char *dir, struct vl2_backend *b,
                    const struct vl2_model_params *p, struct vl2_err *err)
 {
-    struct vl2_model_params defaults = vl2_model_default_params();
+    const struct vl2_backend_ops *ops = b->ops;
     struct vl2_model *m;
     int r;
 
-    if (!p)
-        p = &defaults;
     if (p->max_rows <= 0 || p->max_logit_rows <= 0 || p->vision_batch <= 0 || p->n_ctx < 0)
         return vl2_err_set(err, VL2_EINVAL, "model: max_rows %d, max_logit_rows %d, "
                            "vision_batch %d, n_ctx %d: must be positive", p->max_rows,
@@ -507,8 +503,9 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
     m->params = *p;
     m->params.backend = NULL;
     m->params.plugin_dir = NULL;
+    m->params.backend_options = NULL;
     m->ops = ops;
-    m->ctx = ctx;
+    m->ctx = b->ctx;
 
     r = vl2_config_load(&m->cfg, dir, err);
     if (r < 0)
@@ -557,22 +554,17 @@ int vl2_model_open(struct vl2_model **ret, const char *dir,
                         "%d for this model", ops->name, p->kv_dtype);
         goto out_free;
     }
-    m->kv_budget = p->kv_budget ? p->kv_budget : m->kv_token_bytes * (size_t)m->n_ctx;
 
     r = vl2__llm_scratch_init(m, err);
     if (r < 0)
         goto out_free;
+    m->backend = b;
     *ret = m;
     return 0;
 
 out_free:
-    vl2_model_free(m);
+    vl2_model_free(m);   /* not the backend: the caller unloads it */
     return r;
-}
-
-static void unload_backend(struct vl2_backend *b)
-{
-    vl2_backend_unload(b);
 }
 
 int vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_model_params *p,
@@ -593,14 +585,10 @@ int vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_mod
     r = vl2_backend_load(&b, p->backend ? p->backend : "cpu", p->plugin_dir, &bp, err);
     if (r < 0)
         return r;
-    r = vl2_model_open(ret, dir, b->ops, b->ctx, p, err);
-    if (r < 0) {
+    r = open_on(ret, dir, b, p, err);
+    if (r < 0)
         vl2_backend_unload(b);
-        return r;
-    }
-    (*ret)->backend = b;
-    (*ret)->unload_backend = unload_backend;
-    return 0;
+    return r;
 }
 
 void vl2_model_free(struct vl2_model *m)
@@ -630,8 +618,8 @@ void vl2_model_free(struct vl2_model *m)
     free(m->ls.pc);
     free(m->vs.host);
     vl2_weights_close(m->w);
-    if (m->backend && m->unload_backend)
-        m->unload_backend(m->backend);
+    if (m->backend)
+        vl2_backend_unload(m->backend);
     free(m);
 }
 
@@ -670,7 +658,7 @@ static size_t tbytes(const struct vl2_tensor *t)
     return t->data ? (size_t)(t->rows * t->cols) * vl2_dtype_size(t->dtype) : 0;
 }
 
-static size_t decode_bytes_of(const struct vl2_model *m)
+size_t vl2_model_decode_bytes(const struct vl2_model *m)
 {
     const struct vl2_lm_config *c = &m->cfg.lm;
     size_t n = 0;
@@ -693,11 +681,6 @@ static size_t decode_bytes_of(const struct vl2_model *m)
     n += tbytes(&m->norm) + tbytes(&m->lm_head);
     n += (size_t)c->d_model * vl2_dtype_size(m->embed.dtype);
     return n;
-}
-
-size_t vl2_model_decode_bytes(const struct vl2_model *m)
-{
-    return decode_bytes_of(m);
 }
 
 int32_t vl2_model_image_tokens(const struct vl2_model *m, int32_t tiles_w, int32_t tiles_h)
@@ -724,7 +707,6 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
     struct vl2_seq_params defaults = vl2_seq_default_params();
     struct vl2_kv_shape shape = m->kv_shape;
     struct vl2_seq *s;
-    size_t bytes;
     int r;
 
     if (!p)
@@ -733,11 +715,6 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
         return vl2_err_set(err, VL2_ELIMIT, "model: sequence capacity %d: the context "
                            "length is %d", p->capacity, m->n_ctx);
     shape.capacity = p->capacity ? p->capacity : m->n_ctx;
-    bytes = m->kv_token_bytes * (size_t)shape.capacity;
-    if (bytes > m->kv_budget - m->kv_used)
-        return vl2_err_set(err, VL2_ELIMIT, "model: KV cache budget exhausted: a sequence of "
-                           "%d tokens needs %zu bytes, %zu of %zu are left", shape.capacity,
-                           bytes, m->kv_budget - m->kv_used, m->kv_budget);
     s = calloc(1, sizeof(*s));
     if (!s)
         return vl2_err_set(err, VL2_ENOMEM, "model: out of memory");
@@ -759,8 +736,6 @@ int vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_
         vl2_err_prefix(err, r, "model: KV cache");
         goto out_free;
     }
-    s->kv_bytes = bytes;
-    m->kv_used += bytes;
     *ret = s;
     return 0;
 
@@ -775,16 +750,9 @@ void vl2_seq_free(struct vl2_seq *s)
         return;
     if (s->kv)
         s->m->ops->kv_free(s->m->ctx, s->kv);
-    s->m->kv_used -= s->kv_bytes;
     vl2_sampler_done(&s->sampler);
     free(s->logits);
     free(s);
-}
-
-void vl2_seq_reset(struct vl2_seq *s)
-{
-    s->n_past = 0;
-    vl2_sampler_reset(&s->sampler);
 }
 
 int32_t vl2_seq_len(const struct vl2_seq *s)
@@ -792,9 +760,9 @@ int32_t vl2_seq_len(const struct vl2_seq *s)
     return s->n_past;
 }
 
-int32_t vl2_seq_capacity(const struct vl2_seq *s)
+const struct vl2_model *vl2_seq_model(const struct vl2_seq *s)
 {
-    return s->capacity;
+    return s->m;
 }
 
 const float *vl2_seq_logits(const struct vl2_seq *s)
@@ -809,9 +777,10 @@ int vl2_seq_device_greedy(const struct vl2_seq *s)
 
 int32_t vl2_seq_sample(struct vl2_seq *s)
 {
-    if (s->dev_greedy)
-        return s->dev_id;
-    return vl2_sampler_sample(&s->sampler, s->logits);
+    int32_t id = s->dev_greedy ? s->dev_id : vl2_sampler_sample(&s->sampler, s->logits);
+
+    vl2_sampler_accept(&s->sampler, id);
+    return id;
 }
 
 struct vl2_sampler *vl2_seq_sampler(struct vl2_seq *s)

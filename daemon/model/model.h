@@ -30,10 +30,18 @@
  *     vl2_seq_new(m, &sp, &seq, &err);
  *     vl2_model_prefill(m, seq, ids, n_ids, &img, 1, &err);     // logits of the last id
  *     for (;;) {
- *         int32_t id = vl2_seq_sample(seq);                      // sampler + repetition set
+ *         int32_t id = vl2_seq_sample(seq);                      // counted as seen
  *         if (id == eos || ...) break;
  *         vl2_model_decode(m, &seq, &id, 1, &err);               // batch of 1
  *     }
+ *
+ * One forward entry point: vl2_model_step().  vl2_model_prefill and
+ * vl2_model_decode are thin helpers that build its items; none of the three
+ * does more than step does.  The repetition set of a sequence's sampler is
+ * kept by the sequence alone: vl2_seq_sample() counts the id it chose, and
+ * vl2_model_step() counts every id it feeds when the sampler's
+ * penalize_prompt is set (so with it, prompt and generated ids; without it,
+ * only the chosen ids).
  *
  * Continuous batching (the daemon's engine): one vl2_model_decode() call
  * advances any number of sequences by one token each, in one pass over the
@@ -42,15 +50,16 @@
  * image_row0) between decode steps of other sequences, or prefill rows and
  * decode rows can go in one vl2_model_step().  A sequence joins the next
  * step as soon as its prompt is in; a finished or cancelled one is freed at
- * once (vl2_seq_free gives its KV bytes back to the budget).  Image
+ * once (vl2_seq_free releases its KV cache; the caller, e.g. the engine,
+ * keeps the memory budget).  Image
  * embeddings are independent of sequences: one embedding may serve several
  * prompts (an image cache keyed by the decoded pixels).
  *
  * Errors.  Every input is checked before any work: a failing call leaves
  * every sequence as it was (VL2_EINVAL: bad ids, image/placeholder mismatch,
- * duplicate sequence; VL2_ELIMIT: context or budget).  A backend failure in
+ * duplicate sequence; VL2_ELIMIT: context or capacity).  A backend failure in
  * the middle of a pass (VL2_EBACKEND, VL2_ENOMEM) leaves the sequences of
- * that call in an undefined state: free or reset them.
+ * that call in an undefined state: free them.
  */
 #ifndef VL2_MODEL_H
 #define VL2_MODEL_H
@@ -80,13 +89,11 @@ struct vl2_model_params {
     int32_t     vision_batch;   /* tiles per vision-tower pass */
     int32_t     n_ctx;          /* context length of a sequence (0: config n_ctx) */
     int32_t     kv_dtype;       /* enum vl2_dtype of the KV cache (F32, or BF16/F16) */
-    size_t      kv_budget;      /* bytes all KV caches may take (0: one full context) */
     int         skip_validate;  /* 1: do not run vl2_model_validate (tests of errors) */
 };
 
 /* Defaults: backend "cpu", all cores, image token -1, max_rows 512,
- * max_logit_rows 64, vision_batch 2, n_ctx from config, F32 cache, budget
- * for one full-context sequence. */
+ * max_logit_rows 64, vision_batch 2, n_ctx from config, F32 cache. */
 struct vl2_model_params vl2_model_default_params(void);
 
 /* Load the model in directory @dir (config.json, processor_config.json,
@@ -96,13 +103,7 @@ struct vl2_model_params vl2_model_default_params(void);
 int  vl2_model_load(struct vl2_model **ret, const char *dir, const struct vl2_model_params *p,
                     struct vl2_err *err);
 
-/* As vl2_model_load, on a backend the caller opened (@ops, @ctx), which must
- * outlive the model (tests, several models on one backend). */
-int  vl2_model_open(struct vl2_model **ret, const char *dir,
-                    const struct vl2_backend_ops *ops, struct vl2_backend_ctx *ctx,
-                    const struct vl2_model_params *p, struct vl2_err *err);
-
-/* Free the model, its scratch and (for vl2_model_load) its backend.  NULL ok. */
+/* Free the model, its scratch and its backend.  NULL ok. */
 void vl2_model_free(struct vl2_model *m);
 
 const struct vl2_model_config     *vl2_model_config(const struct vl2_model *m);
@@ -201,24 +202,23 @@ struct vl2_seq_params {
 };
 struct vl2_seq_params vl2_seq_default_params(void);
 
-/* New empty sequence; its KV cache is taken from the model's budget
- * (VL2_ELIMIT when the budget cannot hold @p->capacity more tokens). */
+/* New empty sequence with a KV cache of @p->capacity tokens (VL2_ELIMIT
+ * above the context length; the backend's errors when it has no room). */
 int  vl2_seq_new(struct vl2_model *m, const struct vl2_seq_params *p, struct vl2_seq **ret,
                  struct vl2_err *err);
-/* Free a sequence and give its cache back to the budget.  NULL ok. */
+/* Free a sequence and its cache.  NULL ok. */
 void vl2_seq_free(struct vl2_seq *s);
-/* Forget the tokens (keep the cache memory and the sampler's seed state). */
-void vl2_seq_reset(struct vl2_seq *s);
 
 int32_t vl2_seq_len(const struct vl2_seq *s);       /* tokens in its cache */
-int32_t vl2_seq_capacity(const struct vl2_seq *s);
+const struct vl2_model *vl2_seq_model(const struct vl2_seq *s);
 /* Logits [n_vocab] at the last token of the last pass that asked for them;
  * owned by the sequence, valid until the next pass over it. */
 const float *vl2_seq_logits(const struct vl2_seq *s);
 /* 1 when the sequence's ids are chosen on the device (see device_greedy). */
 int vl2_seq_device_greedy(const struct vl2_seq *s);
 /* Next token from the current logits by the sequence's sampler (repetition
- * penalty over the ids it has seen).  Does not feed it back. */
+ * penalty over the ids it has seen); the id is counted as seen.  Does not
+ * feed it back. */
 int32_t vl2_seq_sample(struct vl2_seq *s);
 struct vl2_sampler *vl2_seq_sampler(struct vl2_seq *s);
 
@@ -241,24 +241,26 @@ struct vl2_step_item {
     float                               *ret_embeds;
 };
 
-/* Run one forward pass (split into passes of at most max_rows rows) for
- * @n_items distinct sequences; each sequence's length grows by its n_ids;
- * those with want_logits get vl2_seq_logits() of their last id.  All items
- * are checked (ids in the vocabulary, room in the cache, image rows) before
- * any work: on error nothing changed. */
+/* Run one forward pass (split into passes of at most max_rows rows and
+ * max_logit_rows logits) for @n_items distinct sequences; each sequence's
+ * length grows by its n_ids; those with want_logits get vl2_seq_logits() of
+ * their last id; with penalize_prompt the fed ids count as seen by the
+ * sequence's sampler.  All items are checked (ids in the vocabulary, room in
+ * the cache, image rows) before any work: on error nothing changed. */
 int  vl2_model_step(struct vl2_model *m, const struct vl2_step_item *items, size_t n_items,
                     struct vl2_err *err);
 
-/* Prompt (or a further turn) of one sequence, with logits of its last id.
- * The ids are recorded in the sampler's repetition set when the sampler
- * says so (penalize_prompt). */
+/* Prompt (or a further turn) of one sequence, with logits of its last id:
+ * vl2_model_step of one item, after checking that the images give exactly
+ * the rows the placeholders take. */
 int  vl2_model_prefill(struct vl2_model *m, struct vl2_seq *s, const int32_t *ids,
                        size_t n_ids, const struct vl2_image_embed *const *images,
                        size_t n_images, struct vl2_err *err);
 
 /* One decode step for @n_seqs distinct sequences: seqs[i] gets ids[i]
- * appended (and recorded in its repetition set); every sequence gets its
- * new logits.  One pass over the weights for the whole batch. */
+ * appended; every sequence gets its new logits.  vl2_model_step of one item
+ * per sequence (one pass over the weights per max_rows sequences): checked
+ * whole before any work, so on error nothing changed. */
 int  vl2_model_decode(struct vl2_model *m, struct vl2_seq *const *seqs, const int32_t *ids,
                       size_t n_seqs, struct vl2_err *err);
 

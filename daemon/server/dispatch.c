@@ -14,14 +14,11 @@
 
 #include "engine.h"
 #include "server-impl.h"
-#include "tokenizer.h"
 
 /* Images one Generate may carry. */
 #define MAX_IMAGES_PER_REQUEST VL2_ENGINE_MAX_IMAGES   /* engine.h */
-/* Bytes of text one Tokenize may carry, and Tokenize requests encoding at
- * once (on libuv's thread pool; more get BUSY). */
+/* Bytes of text one Tokenize may carry. */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
-#define MAX_TOKENIZE_PENDING 16
 
 static void reply(struct vl2_conn *c, Vl2__Response *resp, uint64_t id)
 {
@@ -213,9 +210,9 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame,
         return vl2_err_set(err, VL2_EINVAL, "server: generate: no messages");
     for (i = 0; i < g->n_messages; i++)
         n_images += g->messages[i]->n_images;
-    if (n_images > MAX_IMAGES_PER_REQUEST)
+    if (n_images > VL2_ENGINE_MAX_IMAGES)
         return vl2_err_set(err, VL2_ELIMIT, "server: generate: %zu images, at most %d",
-                           n_images, MAX_IMAGES_PER_REQUEST);
+                           n_images, VL2_ENGINE_MAX_IMAGES);
     job = calloc(1, sizeof(*job));
     if (!job)
         return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
@@ -554,77 +551,44 @@ static void on_cancel(struct vl2_conn *c, uint64_t id, const Vl2__Cancel *cn)
 
 /* ---- Tokenize --------------------------------------------------------- */
 
-/* A Tokenize request encoding on libuv's thread pool, so that a long text
- * (up to MAX_TOKENIZE_TEXT) never holds up the loop.  Its model stays
- * allocated until it ends (n_busy); its connection is looked up again by id
- * when it ends, and the answer dropped if the client has gone. */
-struct tok_work {
-    struct tok_work *next;        /* srv->tokenizing */
-    uv_work_t req;
-    struct vl2_server *srv;
-    struct vl2_srv_model *model;
-    const struct vl2_tokenizer *tok;
-    uint64_t conn_id;
-    uint64_t request_id;
-    char *text;
-    size_t len;
-    int32_t bos;                  /* prepended when >= 0 */
-    bool pieces;
-    bool answered;                /* an Error went already (shutdown) */
-    /* results, written by the pool thread */
-    int rc;
-    int32_t *ids;
-    size_t n;
-    struct vl2_err err;
-};
+/* A Tokenize request is an engine job (vl2_tokenize_job): the model's
+ * engine encodes it on a prep thread and posts TOKENIZED or ERROR, routed
+ * back by key as a Generate's events are; a client gone by then gets
+ * nothing.  How many encode at once is the engine's (BUSY beyond). */
 
-static void tokenize_work(uv_work_t *req)
-{
-    struct tok_work *w = req->data;
-
-    w->rc = vl2_tokenizer_encode(w->tok, w->text, w->len, &w->ids, &w->n, &w->err);
-}
-
-/* The reply of a finished encoding (on the loop thread). */
-static void tokenize_reply(struct vl2_conn *c, struct tok_work *w)
+/* The reply to a TOKENIZED event. */
+static void tokenize_reply(struct vl2_conn *c, const struct vl2_inflight *inf,
+                           const struct vl2_event *ev)
 {
     Vl2__Response resp = VL2__RESPONSE__INIT;
     Vl2__TokenizeReply tr = VL2__TOKENIZE_REPLY__INIT;
     struct vl2_err err = { 0 };
     uint32_t *out_ids = NULL;
     ProtobufCBinaryData *pieces = NULL;
-    size_t i, size;
+    size_t i, size, off = 0;
 
-    if (w->rc < 0) {
-        err = w->err;
-        goto out_error;
-    }
-    out_ids = malloc((w->n + 1) * sizeof(*out_ids));
-    if (w->pieces)
-        pieces = calloc(w->n + 1, sizeof(*pieces));
-    if (!out_ids || (w->pieces && !pieces)) {
+    out_ids = malloc((ev->n_ids + 1) * sizeof(*out_ids));
+    if (ev->piece_len)
+        pieces = calloc(ev->n_ids + 1, sizeof(*pieces));
+    if (!out_ids || (ev->piece_len && !pieces)) {
         vl2_err_set(&err, VL2_ENOMEM, "server: out of memory");
         goto out_error;
     }
-    tr.n_ids = 0;
-    if (w->bos >= 0)
-        out_ids[tr.n_ids++] = (uint32_t) w->bos;
-    for (i = 0; i < w->n; i++)
-        out_ids[tr.n_ids++] = (uint32_t) w->ids[i];
+    for (i = 0; i < ev->n_ids; i++)
+        out_ids[i] = (uint32_t) ev->ids[i];
+    tr.n_ids = ev->n_ids;
     tr.ids = out_ids;
     if (pieces) {
-        for (i = 0; i < tr.n_ids; i++) {
-            size_t plen = 0;
-            const char *p = vl2_tokenizer_token_bytes(w->tok, (int32_t) out_ids[i], &plen);
-
-            pieces[i].data = (uint8_t *) (p ? p : "");
-            pieces[i].len = p ? plen : 0;
+        for (i = 0; i < ev->n_ids; i++) {
+            pieces[i].data = ev->text ? ev->text + off : (uint8_t *) "";
+            pieces[i].len = ev->piece_len[i];
+            off += ev->piece_len[i];
         }
-        tr.n_pieces = tr.n_ids;
+        tr.n_pieces = ev->n_ids;
         tr.pieces = pieces;
     }
     resp.has_id = 1;
-    resp.id = w->request_id;
+    resp.id = inf->request_id;
     resp.body_case = VL2__RESPONSE__BODY_TOKENIZE;
     resp.tokenize = &tr;
     /* the reply must fit the client's frame limit too */
@@ -638,78 +602,27 @@ static void tokenize_reply(struct vl2_conn *c, struct tok_work *w)
     goto out_free;
 
 out_error:
-    vl2__conn_send_error(c, w->request_id, err.code, err.msg, false);
+    vl2__conn_send_error(c, inf->request_id, err.code, err.msg, false);
 out_free:
     free(out_ids);
     free(pieces);
 }
 
-/* The connection a Tokenize came from, while it can still take an answer. */
-static struct vl2_conn *tokenize_conn(struct vl2_server *srv, const struct tok_work *w)
-{
-    struct vl2_conn *c;
-
-    for (c = srv->conns; c; c = c->next)
-        if (c->id == w->conn_id)
-            return c->closing || c->close_after_flush ? NULL : c;
-    return NULL;
-}
-
-static void tokenize_done(uv_work_t *req, int status)
-{
-    struct tok_work *w = req->data;
-    struct vl2_server *srv = w->srv;
-    struct tok_work **pp;
-    struct vl2_conn *c;
-
-    (void) status;  /* never cancelled */
-    for (pp = &srv->tokenizing; *pp; pp = &(*pp)->next)
-        if (*pp == w) {
-            *pp = w->next;
-            break;
-        }
-    c = tokenize_conn(srv, w);
-    if (c && !w->answered)
-        tokenize_reply(c, w);
-    w->model->n_busy--;
-    vl2__server_model_idle(srv, w->model);
-    free(w->ids);
-    free(w->text);
-    free(w);
-}
-
-void vl2__dispatch_abort_tokenize(struct vl2_server *srv, int code, const char *msg)
-{
-    struct tok_work *w;
-    struct vl2_conn *c;
-
-    for (w = srv->tokenizing; w; w = w->next) {
-        if (w->answered)
-            continue;
-        w->answered = true;
-        c = tokenize_conn(srv, w);
-        if (c)
-            vl2__conn_send_error(c, w->request_id, code, msg, false);
-    }
-}
-
 static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
 {
     struct vl2_server *srv = c->srv;
-    const struct vl2_tokenizer *tok = NULL;
     struct vl2_err err = { 0 };
     struct vl2_srv_model *model;
     const char *text = t->text ? t->text : "";
     size_t len = strlen(text);
-    struct tok_work *w;
-    int32_t bos = -1;
-    unsigned n_pending = 0;
+    struct vl2_tokenize_job *job = NULL;
+    struct vl2_inflight *inf = NULL;
     int r;
 
     model = find_model(srv, t->model, "tokenize", &err);
     if (!model)
         goto out_error;
-    if (!model->ops->tokenizer) {
+    if (!model->ops->tokenize) {
         unimplemented(c, id, "tokenize for this model");
         return;
     }
@@ -718,55 +631,36 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
                     len, MAX_TOKENIZE_TEXT);
         goto out_error;
     }
-    for (w = srv->tokenizing; w; w = w->next)
-        n_pending++;
-    if (n_pending >= MAX_TOKENIZE_PENDING) {
-        vl2_err_set(&err, VL2_EBUSY, "server: tokenize: %u texts are being encoded, try "
-                    "again", n_pending);
-        goto out_error;
-    }
-    r = model->ops->tokenizer(model->engine, &tok, &err);
-    if (r < 0)
-        goto out_error;
-    if (t->add_bos) {
-        bos = vl2_tokenizer_bos(tok);
-        if (bos < 0) {
-            vl2_err_set(&err, VL2_EUNSUPPORTED, "server: tokenize: the tokenizer of model "
-                        "'%s' has no bos_token", model->name);
-            goto out_error;
-        }
-    }
-    w = calloc(1, sizeof(*w));
-    if (w)
-        w->text = malloc(len + 1);
-    if (!w || !w->text) {
-        free(w);
+    if (refuse_inflight(c, id))
+        return;
+    inf = calloc(1, sizeof(*inf));
+    job = calloc(1, sizeof(*job));
+    if (job)
+        job->text = malloc(len + 1);
+    if (!inf || !job || !job->text) {
         vl2_err_set(&err, VL2_ENOMEM, "server: out of memory");
         goto out_error;
     }
-    memcpy(w->text, text, len + 1);
-    w->len = len;
-    w->srv = srv;
-    w->model = model;
-    w->tok = tok;
-    w->conn_id = c->id;
-    w->request_id = id;
-    w->bos = bos;
-    w->pieces = t->pieces;
-    w->req.data = w;
-    r = uv_queue_work(&srv->loop, &w->req, tokenize_work, tokenize_done);
-    if (r < 0) {
-        free(w->text);
-        free(w);
-        vl2_err_set(&err, VL2_EIO, "server: tokenize: %s", uv_strerror(r));
+    memcpy(job->text, text, len + 1);
+    job->len = len;
+    job->add_bos = t->add_bos;
+    job->pieces = t->pieces;
+    job->owner = c->id;
+    inf->request_id = id;
+    inf->key = job->key = srv->next_key++;
+    inf->model = model;
+    inf->tokenize = true;
+    r = model->ops->tokenize(model->engine, job, &err);
+    if (r < 0)
         goto out_error;
-    }
-    w->next = srv->tokenizing;
-    srv->tokenizing = w;
-    model->n_busy++;
+    inf->next = c->inflight;
+    c->inflight = inf;
+    c->n_inflight++;
     return;
 
 out_error:
+    vl2_tokenize_job_free(job);
+    free(inf);
     vl2__conn_send_error(c, id, err.code, err.msg, false);
 }
 
@@ -1013,6 +907,11 @@ void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
     case VL2_EVENT_DONE:
         vl2__inflight_unlink(c, inf);
         send_done(c, inf, ev);
+        vl2__inflight_free(inf);
+        break;
+    case VL2_EVENT_TOKENIZED:
+        vl2__inflight_unlink(c, inf);
+        tokenize_reply(c, inf, ev);
         vl2__inflight_free(inf);
         break;
     case VL2_EVENT_ERROR:

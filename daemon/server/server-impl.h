@@ -13,7 +13,6 @@
 #include "log.h"
 #include "server.h"
 
-struct tok_work;
 
 /* A model the server serves, with the engine attached to it. */
 struct vl2_srv_model {
@@ -28,8 +27,6 @@ struct vl2_srv_model {
     bool unloading;               /* stop() called; freed on UNLOADED */
     bool initial;                 /* loaded at start: READY=1 waits for it */
     double load_s;
-    unsigned n_busy;              /* Tokenize requests encoding with its tokenizer */
-    bool drop_pending;            /* dropped while busy: freed when n_busy reaches 0 */
 };
 
 /* A request of a connection that an engine is serving. */
@@ -39,6 +36,8 @@ struct vl2_inflight {
     uint64_t key;                 /* vl2_job.key, or the model's load_key */
     struct vl2_srv_model *model;
     bool load;                    /* a LoadModel: answered by ModelLoaded */
+    bool tokenize;                /* a Tokenize: answered by TOKENIZED or ERROR, also
+                                     while its model unloads */
     bool stream;
     uint8_t *text;                /* answer gathered from TOKEN events when !stream */
     size_t text_size;
@@ -99,7 +98,6 @@ struct vl2_server {
     struct vl2_conn *conns;
     unsigned n_conns;
     struct vl2_srv_model *models;
-    struct tok_work *tokenizing;  /* Tokenize requests on libuv's thread pool (dispatch.c) */
     bool stopping;
     bool running;                 /* vl2_server_run() started serving */
     bool ready_sent;              /* READY=1 went to systemd */
@@ -130,16 +128,13 @@ void vl2__conn_close(struct vl2_conn *c);
 void vl2__conn_finish(struct vl2_conn *c);
 struct vl2_inflight *vl2__conn_find_key(struct vl2_server *srv, uint64_t key,
                                         struct vl2_conn **ret_conn);
-/* Take  out of @c's list (before anything that may close @c). */
+/* Take @inf out of @c's list (before anything that may close @c). */
 void vl2__inflight_unlink(struct vl2_conn *c, struct vl2_inflight *inf);
 void vl2__inflight_free(struct vl2_inflight *inf);
 
 /* dispatch.c: the one place that reads requests and builds responses */
 void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame);
 void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev);
-/* Answer every Tokenize still encoding with an Error @code (shutdown); their
- * results are dropped when they end. */
-void vl2__dispatch_abort_tokenize(struct vl2_server *srv, int code, const char *msg);
 /* Error every request in flight on @c with @code and cancel its job. */
 void vl2__dispatch_abort_inflight(struct vl2_conn *c, int code, const char *msg, bool notify);
 
@@ -155,17 +150,15 @@ void vl2__base_name(const char *dir, char *buf, size_t size);
 int vl2__server_load(struct vl2_server *srv, const char *name, const char *dir,
                      const char *backend, bool progress, struct vl2_srv_model **ret_model,
                      struct vl2_err *err);
-/* Unload @m: its requests in flight get an Error CANCELED @why; the model
- * goes once its engine has stopped, or at once (blocking) with @now. */
+/* Unload @m: its requests in flight get an Error CANCELED @why (its Tokenize
+ * requests are answered first, unless @now or the engine has no stop()); the
+ * model goes once its engine has stopped, or at once (blocking) with @now. */
 void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const char *why,
                         bool now);
 /* The model whose load_key is @key, or NULL. */
 struct vl2_srv_model *vl2__server_model_by_load_key(struct vl2_server *srv, uint64_t key);
-/* Take @m out of the list and free it with its engine (once no Tokenize
- * request uses its tokenizer any more: vl2__server_model_idle). */
+/* Take @m out of the list and free it with its engine. */
 void vl2__server_drop_model(struct vl2_server *srv, struct vl2_srv_model *m);
-/* A Tokenize request on @m ended: free @m if it was dropped meanwhile. */
-void vl2__server_model_idle(struct vl2_server *srv, struct vl2_srv_model *m);
 /* A model settled (loaded or failed): READY=1 when nothing else loads. */
 void vl2__server_model_settled(struct vl2_server *srv);
 

@@ -245,18 +245,7 @@ void vl2__server_drop_model(struct vl2_server *srv, struct vl2_srv_model *m)
             break;
         }
     m->next = NULL;
-    if (m->n_busy > 0) {
-        m->drop_pending = true;   /* a thread still encodes with its tokenizer */
-        return;
-    }
     free_model(m);
-}
-
-void vl2__server_model_idle(struct vl2_server *srv, struct vl2_srv_model *m)
-{
-    (void) srv;
-    if (m->n_busy == 0 && m->drop_pending)
-        free_model(m);
 }
 
 void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const char *why,
@@ -264,14 +253,16 @@ void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const c
 {
     struct vl2_conn *c;
     bool was_initial = m->initial && m->loading;
+    bool stops = m->ops->stop && !now;
 
-    /* every request on this model ends now, for its client */
+    /* every request on this model ends now, for its client; Tokenize
+     * requests get their answer when the engine stops (before UNLOADED) */
     for (c = srv->conns; c; c = c->next) {
         struct vl2_inflight *inf, *next;
 
         for (inf = c->inflight; inf; inf = next) {
             next = inf->next;
-            if (inf->model != m)
+            if (inf->model != m || (inf->tokenize && stops))
                 continue;
             vl2__inflight_unlink(c, inf);
             if (!inf->load)
@@ -285,7 +276,7 @@ void vl2__server_unload(struct vl2_server *srv, struct vl2_srv_model *m, const c
     m->unloading = true;
     m->initial = false;
     vl2_log(VL2_LOG_INFO, "model '%s': unloading", m->name);
-    if (m->ops->stop && !now)
+    if (stops)
         m->ops->stop(m->engine);
     else
         vl2__server_drop_model(srv, m);
@@ -432,7 +423,6 @@ static void begin_shutdown(struct vl2_server *srv, const char *why)
     uv_close((uv_handle_t *) &srv->sigint, on_closed_quietly);
     /* The socket file goes first, so that no new client finds it. */
     vl2__server_unlisten(srv);
-    vl2__dispatch_abort_tokenize(srv, VL2_ECANCELED, "server: vl2d is shutting down");
     for (c = srv->conns; c; c = next) {
         next = c->next;
         vl2__dispatch_abort_inflight(c, VL2_ECANCELED, "server: vl2d is shutting down", true);
@@ -579,9 +569,6 @@ void vl2_server_free(struct vl2_server *srv)
             cn = c->next;
             vl2__conn_close(c);
         }
-        /* Tokenize requests still encoding hold their model's tokenizer */
-        while (srv->tokenizing && uv_run(&srv->loop, UV_RUN_ONCE))
-            ;
     }
     free_models(srv);
     if (srv->loop_init) {

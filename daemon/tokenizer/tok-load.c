@@ -225,23 +225,6 @@ static void init_alphabet(struct loader *ld)
     }
 }
 
-static size_t put_utf8(char *out, uint32_t c)
-{
-    if (c < 0x80) {
-        out[0] = (char) c;
-        return 1;
-    }
-    if (c < 0x800) {
-        out[0] = (char) (0xC0 | c >> 6);
-        out[1] = (char) (0x80 | (c & 0x3F));
-        return 2;
-    }
-    out[0] = (char) (0xE0 | c >> 12);
-    out[1] = (char) (0x80 | ((c >> 6) & 0x3F));
-    out[2] = (char) (0x80 | (c & 0x3F));
-    return 3;
-}
-
 /* ---- model ------------------------------------------------------------- */
 
 static int load_vocab(struct loader *ld, const cJSON *vocab, int32_t *ret_max_id,
@@ -634,7 +617,10 @@ static int add_pretok(struct loader *ld, const cJSON *p, int depth)
             return fail(ld, VL2_EFORMAT, "Digits: individual_digits is not a boolean");
         st->kind = TOK_STEP_SPLIT;
         st->behavior = b ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS;
-        return compile_regex(ld, "[0-9]", false, &st->re);
+        /* Hugging Face splits on Rust's char::is_numeric, the Unicode
+         * categories Nd, Nl and No (Arabic-Indic and fullwidth digits, (1),
+         * 1/2, superscripts, Roman numerals), not on ASCII digits alone */
+        return compile_regex(ld, "\\p{N}", false, &st->re);
     }
 
     if (!strcmp(type, "ByteLevel")) {
@@ -896,8 +882,8 @@ static int build_id_tables(struct loader *ld, int32_t max_id)
     }
 
     for (i = 0; i < 256; i++) {
-        char c[3];
-        size_t n = put_utf8(c, (uint32_t) ld->byte_cp[i]);
+        char c[4];
+        size_t n = vl2__utf8_put(c, (uint32_t) ld->byte_cp[i]);
         tok->byte_id[i] = tok->byte_level ? vl2__tok_strmap_get(tok, &tok->vocab, c, n) : -1;
         tok->byte_cp[i] = (uint16_t) ld->byte_cp[i];
     }

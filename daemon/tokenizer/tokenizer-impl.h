@@ -159,4 +159,8 @@ bool vl2__unicode_is_white_space(uint32_t c);
  * its length in *ret_len. */
 uint32_t vl2__utf8_get(const unsigned char *s, size_t n, size_t *ret_len);
 
+/* Write the UTF-8 form of the code point @c (at most U+10FFFF, not a
+ * surrogate) to @out: 1 to 4 bytes, no NUL.  Returns its length. */
+size_t vl2__utf8_put(char out[4], uint32_t c);
+
 #endif

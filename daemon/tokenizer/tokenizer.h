@@ -14,7 +14,8 @@
  *     or suffixes.
  *   - normalizer: none (null or an empty "Sequence").
  *   - pre_tokenizer: "Split" (Regex or String pattern, every behavior, invert),
- *     "ByteLevel" (add_prefix_space, use_regex; last step only), "Digits",
+ *     "ByteLevel" (add_prefix_space, use_regex; last step only), "Digits" (on
+ *     every Unicode number, \p{N}, as the reference),
  *     and "Sequence" of these.  Regexes run through PCRE2 (UTF, Unicode
  *     properties, JIT) with Oniguruma's meaning of \s \S \w \W \h \H and
  *     line anchors, so that they match as the reference's Oniguruma does.

@@ -5,7 +5,8 @@
  *
  * Conventions.  Activations are F32 row-major with a leading dimension (ld,
  * in elements).  Weights are BF16, F16 or F32 (enum vl2_dtype).  Every launch
- * function queues work on @st and returns the cudaError_t of the launch
+ * function queues work on @st (the stream and the launch settings of one
+ * context, struct vl2__cu_stream) and returns the cudaError_t of the launch
  * (cudaSuccess or the launch error); errors of the running kernel surface at
  * the next synchronisation. */
 #ifndef VL2_CUDA_IMPL_H
@@ -17,6 +18,16 @@
 #include <cuda_runtime.h>
 
 #include "vl2-backend.h"
+
+/* Where and how a context's kernels are launched: passed by value to every
+ * launch function, so two contexts with different options never share a
+ * setting (no process globals).  Owned by the context (cuda-ctx.h). */
+struct vl2__cu_stream {
+    cudaStream_t s;        /* the context's stream */
+    int          pdl;      /* 1: programmatic dependent launches (option pdl) */
+    int          gemv_r1;  /* weight rows per warp of single-row products: 1, 2, 4
+                              (option gemv_r1) */
+};
 
 /* ---- batch metadata (device copy written by begin_batch) ------------- */
 
@@ -84,14 +95,11 @@ struct vl2__cu_gemv_args {
     } pre;
 };
 
-/* Process-wide: weight rows per warp of single-row products (1, 2 or 4). */
-extern int vl2__cu_gemv_r1;
-
 /* y = x W^T over groups with F32 x (any weight dtype).  @nt: rows handled
  * per pass (1, 2, 4 or 8), @dual: silu-gated pair, @max_out: largest n_out,
  * @grid_groups: blocks along the group axis. */
 cudaError_t vl2__cu_gemv(const struct vl2__cu_gemv_args *a, int wdtype, int nt, int dual,
-                         int vec, int max_out, int grid_groups, cudaStream_t st);
+                         int vec, int max_out, int grid_groups, struct vl2__cu_stream st);
 
 /* Tensor-core grouped product: bf16 A rows (gathered through the group) times
  * bf16 weights.  dual: out is bf16 h = silu(A Wa^T) * (A Wb^T) with leading
@@ -108,7 +116,7 @@ struct vl2__cu_mma_args {
     int32_t                     bias_dtype;
 };
 cudaError_t vl2__cu_mma_grouped(const struct vl2__cu_mma_args *a, int dual, int max_out,
-                                int grid_groups, int max_rows, cudaStream_t st);
+                                int grid_groups, int max_rows, struct vl2__cu_stream st);
 
 /* ---- MoE routing ---------------------------------------------------- */
 
@@ -129,7 +137,7 @@ struct vl2__cu_route_args {
     int32_t       *idx;         /* out [n * k] */
     float         *w;           /* out [n * k] */
 };
-cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, cudaStream_t st);
+cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, struct vl2__cu_stream st);
 
 /* Sort the n*k selections by expert and write the group descriptors of the
  * expert products: first n_parts shared-expert parts, then one group per
@@ -156,24 +164,24 @@ struct vl2__cu_bucket_args {
     struct vl2__cu_group *g_dn;      /* out [n_parts + E] */
     int32_t              *n_groups;  /* out */
 };
-cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st);
+cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, struct vl2__cu_stream st);
 
 /* Decode routing: one block per token, group descriptors per slot (no
  * sorting): n_parts*n shared groups then n*k routed groups, each one row. */
 size_t vl2__cu_moe_route_small_smem(int E, int G);
 cudaError_t vl2__cu_moe_route_small(const struct vl2__cu_route_args *a,
-                                    const struct vl2__cu_bucket_args *b, cudaStream_t st);
+                                    const struct vl2__cu_bucket_args *b, struct vl2__cu_stream st);
 /* The same with the router logits (written to @logits, [n, E]) in the same
  * launch; @ticket: a device counter at 0, left at 0. */
 size_t vl2__cu_moe_router_route_smem(int E, int G);
 cudaError_t vl2__cu_moe_router_route(const struct vl2__cu_route_args *a,
                                      const struct vl2__cu_bucket_args *b, float *logits,
-                                     unsigned int *ticket, cudaStream_t st);
+                                     unsigned int *ticket, struct vl2__cu_stream st);
 
 /* out[t] = sum_j w[t,j] y[pos[t,j]] + sum_q y[n*k + q*n + t]. */
 cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t ldy,
                                 const int32_t *pos, const float *w, int n, int k, int d,
-                                int n_parts, cudaStream_t st);
+                                int n_parts, struct vl2__cu_stream st);
 
 /* ---- attention ------------------------------------------------------ */
 
@@ -217,12 +225,12 @@ struct vl2__cu_attn_args {
 #define VL2_CU_ATTN_QT 16
 #define VL2_CU_ATTN_KT 32
 cudaError_t vl2__cu_attn(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
-                         cudaStream_t st);
+                         struct vl2__cu_stream st);
 /* Shared-memory bytes vl2__cu_attn needs; 0 when the shape is unsupported. */
 size_t vl2__cu_attn_smem(int dk, int dv, int v_in_k);
 int vl2__cu_attn_init(void);
 cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
-                                 cudaStream_t st);
+                                 struct vl2__cu_stream st);
 
 
 /* MLA decode (k-mla.cu): every sequence of the batch with its n_rows * n_head
@@ -235,67 +243,68 @@ int vl2__cu_mla_init(int max_smem);
 int vl2__cu_mla_decode_nqt(int nq, int dv);
 size_t vl2__cu_mla_decode_smem(int dk, int nq);
 cudaError_t vl2__cu_mla_decode(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
-                               int nq_max, int q_group, cudaStream_t st);
+                               int nq_max, int q_group, struct vl2__cu_stream st);
 /* Cache rows of one layer: dst[(t) * kv_row + d] = d < acols ? a[t][d] : b[t][d - acols]. */
 cudaError_t vl2__cu_mla_store(void *dst, int kv_dtype, int64_t kv_row, const float *a,
                               int64_t lda, int acols, const float *b, int64_t ldb, int bcols,
-                              int n, cudaStream_t st);
+                              int n, struct vl2__cu_stream st);
 /* Causal softmax in place: row r of @s (ld floats) is query t0 + r / H of a
  * sequence with n_past cached tokens; it keeps n_past + t0 + r / H + 1 columns
  * of softmax(scale * s) and zeros the rest of its ld. */
 cudaError_t vl2__cu_softmax_causal(float *s, int64_t rows, int64_t ld, int H, int t0,
-                                   int n_past, float scale, cudaStream_t st);
+                                   int n_past, float scale, struct vl2__cu_stream st);
 
 /* MLA: qcat[t, h, 0:R] = q_nope[t,h] . W_UK[h];  qcat[t, h, R:R+rp] = q_pe[t,h]
  * (both: vl2__cu_mla_qabs; the second alone: vl2__cu_mla_qpe). */
 cudaError_t vl2__cu_mla_qabs(float *qcat, const float *q, int64_t ldq, const void *kvb,
                              int64_t ldb, int wdtype, int n, int H, int nope, int rope,
-                             int vdim, int R, cudaStream_t st);
+                             int vdim, int R, struct vl2__cu_stream st);
 /* qcat[t, h, R + j] = q[t, h*(nope+rope) + nope + j]. */
 cudaError_t vl2__cu_mla_qpe(float *qcat, const float *q, int64_t ldq, int n, int H, int nope,
-                            int rope, int R, cudaStream_t st);
+                            int rope, int R, struct vl2__cu_stream st);
 
 /* ---- element-wise and small ops -------------------------------------- */
 
 cudaError_t vl2__cu_embed(float *out, int64_t ldo, const void *table, int64_t ldt, int tdtype,
-                          const int32_t *ids, int n, int cols, cudaStream_t st);
+                          const int32_t *ids, int n, int cols, struct vl2__cu_stream st);
 cudaError_t vl2__cu_rmsnorm(float *out, int64_t ldo, const float *x, int64_t ldx,
                             const void *w, int wdtype, int n, int cols, float eps,
-                            cudaStream_t st);
+                            struct vl2__cu_stream st);
 cudaError_t vl2__cu_layernorm(float *out, int64_t ldo, const float *x, int64_t ldx,
                               const void *w, int wdtype, const void *b, int bdtype, int n,
-                              int cols, float eps, cudaStream_t st);
+                              int cols, float eps, struct vl2__cu_stream st);
 /* out[i * ldo] = index of the first largest of row i of x (NaN never wins;
  * 0 for a row starting with NaN). */
 cudaError_t vl2__cu_argmax(int32_t *out, int64_t ldo, const float *x, int64_t ldx, int n,
-                           int cols, cudaStream_t st);
+                           int cols, struct vl2__cu_stream st);
 cudaError_t vl2__cu_add(float *out, int64_t ldo, const void *a, int64_t lda, int adtype,
                         const void *b, int64_t ldb, int bdtype, int64_t brows, int n,
-                        int cols, cudaStream_t st);
+                        int cols, struct vl2__cu_stream st);
 /* kind 0: gelu tanh, 1: gelu erf. */
-cudaError_t vl2__cu_gelu(float *x, int64_t ldx, int n, int cols, int kind, cudaStream_t st);
+cudaError_t vl2__cu_gelu(float *x, int64_t ldx, int n, int cols, int kind,
+                         struct vl2__cu_stream st);
 cudaError_t vl2__cu_swiglu(float *out, int64_t ldo, const float *g, int64_t ldg,
-                           const float *u, int64_t ldu, int n, int cols, cudaStream_t st);
+                           const float *u, int64_t ldu, int n, int cols, struct vl2__cu_stream st);
 cudaError_t vl2__cu_copy_rows(void *dst, int64_t ldd, int ddtype, const int32_t *drows,
                               const void *src, int64_t lds, int sdtype,
-                              const int32_t *srows, int n, int cols, cudaStream_t st);
+                              const int32_t *srows, int n, int cols, struct vl2__cu_stream st);
 cudaError_t vl2__cu_patchify(float *out, int64_t ldo, const float *img, int64_t ldi,
-                             int n_img, int S, int p, cudaStream_t st);
+                             int n_img, int S, int p, struct vl2__cu_stream st);
 cudaError_t vl2__cu_unfold2x2(float *out, int64_t ldo, const float *feat, int64_t ldf,
-                              int n_img, int g, int c, cudaStream_t st);
+                              int n_img, int g, int c, struct vl2__cu_stream st);
 cudaError_t vl2__cu_rope(float *x, int64_t ldx, const struct vl2__cu_row *rows, int n,
                          int n_head, int head_stride, int rot_off, int rot_dim, float theta,
-                         int layout, cudaStream_t st);
+                         int layout, struct vl2__cu_stream st);
 /* dst (dtype BF16/F16/F32) = src (F32), n rows x cols. */
 cudaError_t vl2__cu_convert(void *dst, int64_t ldd, int ddtype, const float *src, int64_t lds,
-                            int n, int cols, cudaStream_t st);
+                            int n, int cols, struct vl2__cu_stream st);
 /* out[r][j] += bias[j] */
 cudaError_t vl2__cu_add_bias(float *out, int64_t ldo, const void *bias, int bdtype, int n,
-                             int cols, cudaStream_t st);
+                             int cols, struct vl2__cu_stream st);
 /* Keep the device busy for @us microseconds (profiling). */
-cudaError_t vl2__cu_spin(int us, cudaStream_t st);
+cudaError_t vl2__cu_spin(int us, struct vl2__cu_stream st);
 
 /* Row softmax in place over @cols of each of @n rows (ld = cols). */
-cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, cudaStream_t st);
+cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, struct vl2__cu_stream st);
 
 #endif /* VL2_CUDA_IMPL_H */

@@ -1,18 +1,17 @@
-/* cuda-launch.cuh - kernel launches of the CUDA backend: with programmatic
- * stream serialization (kernels start with PDL_ENTRY, see cuda-dev.cuh) when
- * vl2__cu_pdl is set, plain launches otherwise. */
+/* cuda-launch.cuh - kernel launches of the CUDA backend: on the context's
+ * stream, with programmatic stream serialization (kernels start with
+ * PDL_ENTRY, see cuda-dev.cuh) when the context's st.pdl is set, plain
+ * launches otherwise. */
 #ifndef VL2_CUDA_LAUNCH_CUH
 #define VL2_CUDA_LAUNCH_CUH
 
 #include <cuda_runtime.h>
 
-/* Process-wide: 1 when dependent launches are used (set by open from the
- * device's capability and the `pdl` option). */
-extern int vl2__cu_pdl;
+#include "cuda-impl.h"
 
 template <typename... KArgs, typename... Args>
 static inline cudaError_t launch_k(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
-                                   cudaStream_t st, Args... args)
+                                   struct vl2__cu_stream st, Args... args)
 {
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[1];
@@ -20,11 +19,11 @@ static inline cudaError_t launch_k(void (*kernel)(KArgs...), dim3 grid, dim3 blo
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
+    cfg.stream = st.s;
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
-    cfg.numAttrs = vl2__cu_pdl ? 1 : 0;
+    cfg.numAttrs = st.pdl ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
 }
 

@@ -296,7 +296,7 @@ int vl2__cu_attn_init(void)
 
 template <typename CT, int DVL>
 static cudaError_t attn_launch_v(const struct vl2__cu_attn_args *a, int v_in_k, dim3 grid,
-                                 size_t smem, cudaStream_t st)
+                                 size_t smem, struct vl2__cu_stream st)
 {
     if (v_in_k)
         launch_k(attn_kernel<CT, DVL, true>, grid, ATT_THREADS, smem, st, *a);
@@ -307,7 +307,7 @@ static cudaError_t attn_launch_v(const struct vl2__cu_attn_args *a, int v_in_k, 
 
 template <typename CT>
 static cudaError_t attn_launch_t(const struct vl2__cu_attn_args *a, int v_in_k, dim3 grid,
-                                 size_t smem, cudaStream_t st)
+                                 size_t smem, struct vl2__cu_stream st)
 {
     const int dvl = (a->dv + 31) / 32;
     if (dvl <= 1)
@@ -322,7 +322,7 @@ static cudaError_t attn_launch_t(const struct vl2__cu_attn_args *a, int v_in_k, 
 }
 
 cudaError_t vl2__cu_attn(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
-                         cudaStream_t st)
+                         struct vl2__cu_stream st)
 {
     const int v_in_k = a->kv_nblk == 1;
     const size_t smem = vl2__cu_attn_smem(a->dk, a->dv, v_in_k);
@@ -385,7 +385,7 @@ static __global__ void __launch_bounds__(CB_THREADS) attn_combine_kernel(const s
 }
 
 cudaError_t vl2__cu_attn_combine(const struct vl2__cu_attn_args *a, int n_rows,
-                                 cudaStream_t st)
+                                 struct vl2__cu_stream st)
 {
     const int S = a->n_split;
     if (n_rows <= 0)
@@ -477,7 +477,7 @@ mla_qabs_kernel(float *qcat, const float *q, int64_t ldq, const WT *kvb, int64_t
 template <typename WT>
 static cudaError_t qabs_launch(float *qcat, const float *q, int64_t ldq, const void *kvb,
                                int64_t ldb, int n, int H, int nope, int rope, int vdim, int R,
-                               cudaStream_t st)
+                               struct vl2__cu_stream st)
 {
     dim3 grid(H, (R + QA_COLS - 1) / QA_COLS);
     const WT *w = (const WT *)kvb;
@@ -498,7 +498,7 @@ static cudaError_t qabs_launch(float *qcat, const float *q, int64_t ldq, const v
 
 cudaError_t vl2__cu_mla_qabs(float *qcat, const float *q, int64_t ldq, const void *kvb,
                              int64_t ldb, int wdtype, int n, int H, int nope, int rope,
-                             int vdim, int R, cudaStream_t st)
+                             int vdim, int R, struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;
@@ -525,7 +525,7 @@ static __global__ void mla_qpe_kernel(float *qcat, const float *q, int64_t ldq, 
 }
 
 cudaError_t vl2__cu_mla_qpe(float *qcat, const float *q, int64_t ldq, int n, int H, int nope,
-                            int rope, int R, cudaStream_t st)
+                            int rope, int R, struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;

@@ -32,7 +32,7 @@ static __global__ void embed_kernel(float *out, int64_t ldo, const void *table, 
 }
 
 cudaError_t vl2__cu_embed(float *out, int64_t ldo, const void *table, int64_t ldt, int tdtype,
-                          const int32_t *ids, int n, int cols, cudaStream_t st)
+                          const int32_t *ids, int n, int cols, struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;
@@ -89,7 +89,7 @@ static __global__ void rmsnorm_kernel(float *out, int64_t ldo, const float *x, i
 
 cudaError_t vl2__cu_rmsnorm(float *out, int64_t ldo, const float *x, int64_t ldx,
                             const void *w, int wdtype, int n, int cols, float eps,
-                            cudaStream_t st)
+                            struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;
@@ -132,7 +132,7 @@ static __global__ void layernorm_kernel(float *out, int64_t ldo, const float *x,
 
 cudaError_t vl2__cu_layernorm(float *out, int64_t ldo, const float *x, int64_t ldx,
                               const void *w, int wdtype, const void *b, int bdtype, int n,
-                              int cols, float eps, cudaStream_t st)
+                              int cols, float eps, struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;
@@ -184,7 +184,7 @@ argmax_kernel(int32_t *out, int64_t ldo, const float *x, int64_t ldx, int cols)
 }
 
 cudaError_t vl2__cu_argmax(int32_t *out, int64_t ldo, const float *x, int64_t ldx, int n,
-                           int cols, cudaStream_t st)
+                           int cols, struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;
@@ -209,7 +209,7 @@ static __global__ void add_kernel(float *out, int64_t ldo, const void *a, int64_
 
 cudaError_t vl2__cu_add(float *out, int64_t ldo, const void *a, int64_t lda, int adtype,
                         const void *b, int64_t ldb, int bdtype, int64_t brows, int n,
-                        int cols, cudaStream_t st)
+                        int cols, struct vl2__cu_stream st)
 {
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
@@ -237,7 +237,7 @@ static __global__ void gelu_kernel(float *x, int64_t ldx, int64_t n, int cols, i
     }
 }
 
-cudaError_t vl2__cu_gelu(float *x, int64_t ldx, int n, int cols, int kind, cudaStream_t st)
+cudaError_t vl2__cu_gelu(float *x, int64_t ldx, int n, int cols, int kind, struct vl2__cu_stream st)
 {
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
@@ -259,7 +259,7 @@ static __global__ void swiglu_kernel(float *out, int64_t ldo, const float *g, in
 }
 
 cudaError_t vl2__cu_swiglu(float *out, int64_t ldo, const float *g, int64_t ldg,
-                           const float *u, int64_t ldu, int n, int cols, cudaStream_t st)
+                           const float *u, int64_t ldu, int n, int cols, struct vl2__cu_stream st)
 {
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
@@ -284,7 +284,7 @@ static __global__ void copy_rows_kernel(void *dst, int64_t ldd, int ddtype,
 
 cudaError_t vl2__cu_copy_rows(void *dst, int64_t ldd, int ddtype, const int32_t *drows,
                               const void *src, int64_t lds, int sdtype,
-                              const int32_t *srows, int n, int cols, cudaStream_t st)
+                              const int32_t *srows, int n, int cols, struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;
@@ -309,7 +309,7 @@ static __global__ void patchify_kernel(float *out, int64_t ldo, const float *img
 }
 
 cudaError_t vl2__cu_patchify(float *out, int64_t ldo, const float *img, int64_t ldi,
-                             int n_img, int S, int p, cudaStream_t st)
+                             int n_img, int S, int p, struct vl2__cu_stream st)
 {
     const int g = S / p;
     if (n_img <= 0 || g <= 0)
@@ -337,7 +337,7 @@ static __global__ void unfold_kernel(float *out, int64_t ldo, const float *feat,
 }
 
 cudaError_t vl2__cu_unfold2x2(float *out, int64_t ldo, const float *feat, int64_t ldf,
-                              int n_img, int g, int c, cudaStream_t st)
+                              int n_img, int g, int c, struct vl2__cu_stream st)
 {
     const int g2 = (g + 1) / 2;
     if (n_img <= 0 || g <= 0)
@@ -399,7 +399,7 @@ static __global__ void rope_kernel(float *x, int64_t ldx, const struct vl2__cu_r
 
 cudaError_t vl2__cu_rope(float *x, int64_t ldx, const struct vl2__cu_row *rows, int n,
                          int n_head, int head_stride, int rot_off, int rot_dim, float theta,
-                         int layout, cudaStream_t st)
+                         int layout, struct vl2__cu_stream st)
 {
     const int warps = n_head < 8 ? n_head : 8;
     if (n <= 0 || n_head <= 0)
@@ -425,7 +425,7 @@ static __global__ void convert_kernel(void *dst, int64_t ldd, int ddtype, const 
 }
 
 cudaError_t vl2__cu_convert(void *dst, int64_t ldd, int ddtype, const float *src, int64_t lds,
-                            int n, int cols, cudaStream_t st)
+                            int n, int cols, struct vl2__cu_stream st)
 {
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
@@ -447,7 +447,7 @@ static __global__ void add_bias_kernel(float *out, int64_t ldo, const void *bias
 }
 
 cudaError_t vl2__cu_add_bias(float *out, int64_t ldo, const void *bias, int bdtype, int n,
-                             int cols, cudaStream_t st)
+                             int cols, struct vl2__cu_stream st)
 {
     const int64_t total = (int64_t)n * cols;
     if (total <= 0)
@@ -482,7 +482,7 @@ static __global__ void softmax_rows_kernel(float *s, int cols)
         r[c] *= inv;
 }
 
-cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, cudaStream_t st)
+cudaError_t vl2__cu_softmax_rows(float *s, int64_t n, int cols, struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;
@@ -505,7 +505,7 @@ static __global__ void spin_kernel(unsigned long long ns)
     } while (t - t0 < ns);
 }
 
-cudaError_t vl2__cu_spin(int us, cudaStream_t st)
+cudaError_t vl2__cu_spin(int us, struct vl2__cu_stream st)
 {
     launch_k(spin_kernel, 1, 1, 0, st, (unsigned long long)us * 1000ull);
     return cudaGetLastError();

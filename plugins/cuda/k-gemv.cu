@@ -176,12 +176,9 @@ gemv_kernel(const struct vl2__cu_gemv_args a)
     }
 }
 
-/* Weight rows per warp of single-row products (option gemv_r1: 1, 2 or 4). */
-int vl2__cu_gemv_r1 = 1;
-
 template <typename WT, int NT, int R, bool DUAL>
 static cudaError_t launch_r(const struct vl2__cu_gemv_args *a, int vec, dim3 grid,
-                            cudaStream_t st)
+                            struct vl2__cu_stream st)
 {
     if (vec)
         launch_k(gemv_kernel<WT, NT, R, DUAL, true>, grid, GV_WARPS * 32, 0, st, *a);
@@ -192,20 +189,20 @@ static cudaError_t launch_r(const struct vl2__cu_gemv_args *a, int vec, dim3 gri
 
 template <typename WT, int NT, bool DUAL>
 static cudaError_t launch_vec(const struct vl2__cu_gemv_args *a, int vec, dim3 grid,
-                              cudaStream_t st)
+                              struct vl2__cu_stream st)
 {
     if (NT > 1)
         return launch_r<WT, NT, 2, DUAL>(a, vec, grid, st);
-    if (vl2__cu_gemv_r1 >= 4)
+    if (st.gemv_r1 >= 4)
         return launch_r<WT, 1, 4, DUAL>(a, vec, grid, st);
-    if (vl2__cu_gemv_r1 == 2)
+    if (st.gemv_r1 == 2)
         return launch_r<WT, 1, 2, DUAL>(a, vec, grid, st);
     return launch_r<WT, 1, 1, DUAL>(a, vec, grid, st);
 }
 
 template <typename WT, int NT>
 static cudaError_t launch_dual(const struct vl2__cu_gemv_args *a, int dual, int vec, dim3 grid,
-                               cudaStream_t st)
+                               struct vl2__cu_stream st)
 {
     return dual ? launch_vec<WT, NT, true>(a, vec, grid, st)
                 : launch_vec<WT, NT, false>(a, vec, grid, st);
@@ -213,7 +210,7 @@ static cudaError_t launch_dual(const struct vl2__cu_gemv_args *a, int dual, int 
 
 template <typename WT>
 static cudaError_t launch_nt(const struct vl2__cu_gemv_args *a, int nt, int dual, int vec,
-                             dim3 grid, cudaStream_t st)
+                             dim3 grid, struct vl2__cu_stream st)
 {
     switch (nt) {
     case 1: return launch_dual<WT, 1>(a, dual, vec, grid, st);
@@ -224,10 +221,10 @@ static cudaError_t launch_nt(const struct vl2__cu_gemv_args *a, int nt, int dual
 }
 
 cudaError_t vl2__cu_gemv(const struct vl2__cu_gemv_args *a, int wdtype, int nt, int dual,
-                         int vec, int max_out, int grid_groups, cudaStream_t st)
+                         int vec, int max_out, int grid_groups, struct vl2__cu_stream st)
 {
     const int rows_per_block =
-        GV_WARPS * (nt > 1 ? 2 : vl2__cu_gemv_r1 >= 4 ? 4 : vl2__cu_gemv_r1 == 2 ? 2 : 1);
+        GV_WARPS * (nt > 1 ? 2 : st.gemv_r1 >= 4 ? 4 : st.gemv_r1 == 2 ? 2 : 1);
     if (max_out <= 0 || grid_groups <= 0)
         return cudaSuccess;
     dim3 grid((max_out + rows_per_block - 1) / rows_per_block, grid_groups);

@@ -376,14 +376,14 @@ int vl2__cu_mla_decode_nqt(int nq, int dv)
 
 template <typename CT>
 static cudaError_t md_launch(const struct vl2__cu_attn_args *a, int nqt, int qb, int nq_max,
-                             int n_qg, dim3 grid, size_t smem, cudaStream_t st)
+                             int n_qg, dim3 grid, size_t smem, struct vl2__cu_stream st)
 {
     MD_FOR_EACH(MD_CASE, CT)
     return cudaErrorInvalidValue;
 }
 
 cudaError_t vl2__cu_mla_decode(const struct vl2__cu_attn_args *a, int kv_dtype, int n_seqs,
-                               int nq_max, int q_group, cudaStream_t st)
+                               int nq_max, int q_group, struct vl2__cu_stream st)
 {
     const int qg = q_group > 0 && q_group < nq_max ? q_group : nq_max;
     const int n_qg = (nq_max + qg - 1) / qg;
@@ -424,7 +424,7 @@ static __global__ void mla_store_kernel(CT *dst, int64_t kv_row, const float *a,
 
 cudaError_t vl2__cu_mla_store(void *dst, int kv_dtype, int64_t kv_row, const float *a,
                               int64_t lda, int acols, const float *b, int64_t ldb, int bcols,
-                              int n, cudaStream_t st)
+                              int n, struct vl2__cu_stream st)
 {
     const int64_t total = (int64_t)n * (acols + bcols);
     unsigned int blocks;
@@ -476,7 +476,7 @@ static __global__ void softmax_causal_kernel(float *s, int64_t ld, int H, int t0
 }
 
 cudaError_t vl2__cu_softmax_causal(float *s, int64_t rows, int64_t ld, int H, int t0,
-                                   int n_past, float scale, cudaStream_t st)
+                                   int n_past, float scale, struct vl2__cu_stream st)
 {
     if (rows <= 0)
         return cudaSuccess;

@@ -13,6 +13,29 @@
 
 using namespace nvcuda;
 
+/* One product group (struct vl2__cu_group; column offsets 0): rows
+ * in_map ? in_map[start + i] : in_base + i of x times the n_out rows of wa
+ * (and wb, dual) over K columns, into rows out_base + i, for i < count. */
+static __device__ __forceinline__ struct vl2__cu_group
+make_group(const void *wa, const void *wb, int64_t ldw, const int32_t *in_map, int n_out,
+           int count, int start, int in_base, int out_base, int K)
+{
+    struct vl2__cu_group g;
+    g.wa = wa;
+    g.wb = wb;
+    g.ldw = ldw;
+    g.in_map = in_map;
+    g.x_off = 0;
+    g.y_off = 0;
+    g.n_out = n_out;
+    g.count = count;
+    g.start = start;
+    g.in_base = in_base;
+    g.out_base = out_base;
+    g.K = K;
+    return g;
+}
+
 /* ---- routing ------------------------------------------------------------ */
 
 #define ROUTE_MAX_K 16
@@ -158,7 +181,7 @@ static __global__ void __launch_bounds__(32) route_kernel(const struct vl2__cu_r
     select_token(a, a.logits + (int64_t)blockIdx.x * a.E, sm, blockIdx.x);
 }
 
-cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, cudaStream_t st)
+cudaError_t vl2__cu_moe_route(const struct vl2__cu_route_args *a, struct vl2__cu_stream st)
 {
     if (a->n <= 0)
         return cudaSuccess;
@@ -209,60 +232,23 @@ static __device__ void bucket_body(const struct vl2__cu_bucket_args &a, int *s_c
             continue;
         const int off = s_off[e];
         struct vl2__cu_group gu, gd;
-        gu.wa = a.tab_gate[e];
-        gu.wb = a.tab_up[e];
-        gu.ldw = a.ld_gu;
-        gu.in_map = a.slot_tok;
-        gu.x_off = 0;
-        gu.y_off = 0;
-        gu.n_out = a.I;
-        gu.count = s_cnt[e];
-        gu.start = off;
-        gu.in_base = 0;
-        gu.out_base = off;
-        gu.K = a.d;
-        gd.wa = a.tab_down[e];
-        gd.wb = NULL;
-        gd.ldw = a.ld_dn;
-        gd.in_map = NULL;
-        gd.x_off = 0;
-        gd.y_off = 0;
-        gd.n_out = a.d;
-        gd.count = s_cnt[e];
-        gd.start = 0;
-        gd.in_base = off;
-        gd.out_base = off;
-        gd.K = a.I;
+        gu = make_group(a.tab_gate[e], a.tab_up[e], a.ld_gu, a.slot_tok,
+                        a.I, s_cnt[e], off, 0, off, a.d);
+        gd = make_group(a.tab_down[e], NULL, a.ld_dn, NULL,
+                        a.d, s_cnt[e], 0, off, off, a.I);
         a.g_up[a.n_parts + s_act[e]] = gu;
         a.g_dn[a.n_parts + s_act[e]] = gd;
     }
     for (int q = tid; q < a.n_parts; q += bs) {
         struct vl2__cu_group gu, gd;
         const int rows = nk + q * a.n;
-        gu.wa = (const char *)a.sh_gate + (size_t)q * a.part * a.sh_ld_gu * a.esize;
-        gu.wb = (const char *)a.sh_up + (size_t)q * a.part * a.sh_ld_gu * a.esize;
-        gu.ldw = a.sh_ld_gu;
-        gu.in_map = NULL;
-        gu.x_off = 0;
-        gu.y_off = 0;
-        gu.n_out = a.part;
-        gu.count = a.n;
-        gu.start = 0;
-        gu.in_base = 0;
-        gu.out_base = rows;
-        gu.K = a.d;
-        gd.wa = (const char *)a.sh_down + (size_t)q * a.part * a.esize;
-        gd.wb = NULL;
-        gd.ldw = a.sh_ld_dn;
-        gd.in_map = NULL;
-        gd.x_off = 0;
-        gd.y_off = 0;
-        gd.n_out = a.d;
-        gd.count = a.n;
-        gd.start = 0;
-        gd.in_base = rows;
-        gd.out_base = rows;
-        gd.K = a.part;
+        gu = make_group((const char *)a.sh_gate + (size_t)q * a.part * a.sh_ld_gu * a.esize,
+                        (const char *)a.sh_up + (size_t)q * a.part * a.sh_ld_gu * a.esize,
+                        a.sh_ld_gu, NULL,
+                        a.part, a.n, 0, 0, rows, a.d);
+        gd = make_group((const char *)a.sh_down + (size_t)q * a.part * a.esize, NULL,
+                        a.sh_ld_dn, NULL,
+                        a.d, a.n, 0, rows, rows, a.part);
         a.g_up[q] = gu;
         a.g_dn[q] = gd;
     }
@@ -283,7 +269,7 @@ static __global__ void __launch_bounds__(1024) bucket_kernel(const struct vl2__c
     bucket_body(a, s_cnt, s_off, s_act, s_fill, &s_na);
 }
 
-cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, cudaStream_t st)
+cudaError_t vl2__cu_moe_bucket(const struct vl2__cu_bucket_args *a, struct vl2__cu_stream st)
 {
     launch_k(bucket_kernel, 1, 1024, 0, st, *a);
     return cudaGetLastError();
@@ -334,60 +320,23 @@ static __device__ void slot_groups(const struct vl2__cu_route_args &a,
         const int s = t * k + j, e = a.idx[s];
         struct vl2__cu_group gu, gd;
         b.pos[s] = s;
-        gu.wa = b.tab_gate[e];
-        gu.wb = b.tab_up[e];
-        gu.ldw = b.ld_gu;
-        gu.in_map = NULL;
-        gu.x_off = 0;
-        gu.y_off = 0;
-        gu.n_out = b.I;
-        gu.count = 1;
-        gu.start = 0;
-        gu.in_base = t;
-        gu.out_base = s;
-        gu.K = b.d;
-        gd.wa = b.tab_down[e];
-        gd.wb = NULL;
-        gd.ldw = b.ld_dn;
-        gd.in_map = NULL;
-        gd.x_off = 0;
-        gd.y_off = 0;
-        gd.n_out = b.d;
-        gd.count = 1;
-        gd.start = 0;
-        gd.in_base = s;
-        gd.out_base = s;
-        gd.K = b.I;
+        gu = make_group(b.tab_gate[e], b.tab_up[e], b.ld_gu, NULL,
+                        b.I, 1, 0, t, s, b.d);
+        gd = make_group(b.tab_down[e], NULL, b.ld_dn, NULL,
+                        b.d, 1, 0, s, s, b.I);
         b.g_up[b.n_parts * n + s] = gu;
         b.g_dn[b.n_parts * n + s] = gd;
     }
     for (int q = lane; q < b.n_parts; q += 32) {
         const int g = n * k + q * n + t;   /* its h and y row; group q * n + t */
         struct vl2__cu_group gu, gd;
-        gu.wa = (const char *)b.sh_gate + (size_t)q * b.part * b.sh_ld_gu * b.esize;
-        gu.wb = (const char *)b.sh_up + (size_t)q * b.part * b.sh_ld_gu * b.esize;
-        gu.ldw = b.sh_ld_gu;
-        gu.in_map = NULL;
-        gu.x_off = 0;
-        gu.y_off = 0;
-        gu.n_out = b.part;
-        gu.count = 1;
-        gu.start = 0;
-        gu.in_base = t;
-        gu.out_base = g;
-        gu.K = b.d;
-        gd.wa = (const char *)b.sh_down + (size_t)q * b.part * b.esize;
-        gd.wb = NULL;
-        gd.ldw = b.sh_ld_dn;
-        gd.in_map = NULL;
-        gd.x_off = 0;
-        gd.y_off = 0;
-        gd.n_out = b.d;
-        gd.count = 1;
-        gd.start = 0;
-        gd.in_base = g;
-        gd.out_base = g;
-        gd.K = b.part;
+        gu = make_group((const char *)b.sh_gate + (size_t)q * b.part * b.sh_ld_gu * b.esize,
+                        (const char *)b.sh_up + (size_t)q * b.part * b.sh_ld_gu * b.esize,
+                        b.sh_ld_gu, NULL,
+                        b.part, 1, 0, t, g, b.d);
+        gd = make_group((const char *)b.sh_down + (size_t)q * b.part * b.esize, NULL,
+                        b.sh_ld_dn, NULL,
+                        b.d, 1, 0, g, g, b.part);
         b.g_up[q * n + t] = gu;
         b.g_dn[q * n + t] = gd;
     }
@@ -444,7 +393,7 @@ size_t vl2__cu_moe_route_small_smem(int E, int G)
 }
 
 cudaError_t vl2__cu_moe_route_small(const struct vl2__cu_route_args *a,
-                                    const struct vl2__cu_bucket_args *b, cudaStream_t st)
+                                    const struct vl2__cu_bucket_args *b, struct vl2__cu_stream st)
 {
     launch_k(route_small_kernel, a->n, a->logits ? 32 : 256,
              vl2__cu_moe_route_small_smem(a->E, a->n_group), st, *a, *b);
@@ -509,7 +458,7 @@ size_t vl2__cu_moe_router_route_smem(int E, int G)
 
 cudaError_t vl2__cu_moe_router_route(const struct vl2__cu_route_args *a,
                                      const struct vl2__cu_bucket_args *b, float *logits,
-                                     unsigned int *ticket, cudaStream_t st)
+                                     unsigned int *ticket, struct vl2__cu_stream st)
 {
     const unsigned int blocks = (unsigned int)((a->E + RR_WARPS - 1) / RR_WARPS);
     const size_t smem = vl2__cu_moe_router_route_smem(a->E, a->n_group);
@@ -564,7 +513,7 @@ static __global__ void combine_kernel(float *out, int64_t ldo, const float *y, i
 
 cudaError_t vl2__cu_moe_combine(float *out, int64_t ldo, const float *y, int64_t ldy,
                                 const int32_t *pos, const float *w, int n, int k, int d,
-                                int n_parts, cudaStream_t st)
+                                int n_parts, struct vl2__cu_stream st)
 {
     if (n <= 0)
         return cudaSuccess;
@@ -729,7 +678,7 @@ static __global__ void __launch_bounds__(128) mma_kernel(const struct vl2__cu_mm
 }
 
 cudaError_t vl2__cu_mma_grouped(const struct vl2__cu_mma_args *a, int dual, int max_out,
-                                int grid_groups, int max_rows, cudaStream_t st)
+                                int grid_groups, int max_rows, struct vl2__cu_stream st)
 {
     if (max_out <= 0 || grid_groups <= 0 || max_rows <= 0)
         return cudaSuccess;

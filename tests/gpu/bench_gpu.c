@@ -13,13 +13,14 @@
  *
  * usage: bench_gpu --model DIR --image FILE [--plugin-dir DIR] [--copy-gbps X]
  *                  [--decode-steps N] [--batch N] [--label TEXT]
- *                  [--sampling device|host]
+ *                  [--sampling device|host] [--backend-options OPTIONS]
  * Greedy ids are chosen by the backend (argmax on the device, one id read
  * back per sequence: what vl2d does for requests without log-probabilities)
  * unless --sampling host, which reads the logits back and samples on the
  * host.
- * (backend options through VL2_CUDA_OPTIONS; VL2_BENCH_BACKEND=cpu runs it on
- * the CPU backend instead) */
+ * --backend-options: vl2_backend_params.options (plugins/cuda/cuda-options.h),
+ * e.g. profile=1 or graphs=0; VL2_BENCH_BACKEND=cpu runs it on the CPU backend
+ * instead. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,7 +57,7 @@ static int cmp_double(const void *a, const void *b)
 }
 
 struct opts {
-    const char *model, *image, *plugin_dir, *label, *prompt;
+    const char *model, *image, *plugin_dir, *label, *prompt, *backend_options;
     double      copy_gbps;
     int         steps, batch;
     int         host_sampling; /* --sampling host: logits read back, sampled here */
@@ -221,6 +222,8 @@ int main(int argc, char **argv)
             o.label = v;
         else if (!strcmp(a, "--sampling") && (!strcmp(v, "device") || !strcmp(v, "host")))
             o.host_sampling = !strcmp(v, "host");
+        else if (!strcmp(a, "--backend-options"))
+            o.backend_options = v[0] ? v : NULL;
         else {
             fprintf(stderr, "bench_gpu: unknown option %s\n", a);
             return 2;
@@ -229,7 +232,7 @@ int main(int argc, char **argv)
     if (!o.model || !o.image) {
         fprintf(stderr, "usage: bench_gpu --model DIR --image FILE [--plugin-dir DIR] "
                 "[--copy-gbps X] [--decode-steps N] [--batch N] [--label TEXT] "
-                "[--sampling device|host]\n");
+                "[--sampling device|host] [--backend-options OPTIONS]\n");
         return 2;
     }
     if (vl2_tokenizer_load(&tok, o.model, &err) < 0)
@@ -244,11 +247,11 @@ int main(int argc, char **argv)
     o.image_id = o.tok_image < o.n_vocab ? o.tok_image : o.n_vocab - 1;
     mp.backend = getenv("VL2_BENCH_BACKEND") ? getenv("VL2_BENCH_BACKEND") : "cuda";
     mp.plugin_dir = o.plugin_dir;
+    mp.backend_options = o.backend_options;
     mp.image_token_id = o.image_id;
     mp.max_rows = 512;
     mp.max_logit_rows = MAX_BATCH;
     mp.n_ctx = 1024;
-    mp.kv_budget = (size_t)8 << 30;
     t0 = now();
     if (vl2_model_load(&m, o.model, &mp, &err) < 0)
         die("load", &err);

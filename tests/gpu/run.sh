@@ -12,13 +12,22 @@
 #   kernels:PRESET  the device time of every kernel (Nsight Compute), to $OUT
 #   kernels:PRESET:REGEX  a full Nsight Compute report of a few decode launches
 #           of the kernels matching REGEX (e.g. kernels:small:mla_decode)
-#   PRESET:OPTIONS  a benchmark with backend options (VL2_CUDA_OPTIONS), e.g.
-#           tiny:profile=1 (device time per op kind) or tiny:graphs=0
+#   PRESET:OPTIONS  a benchmark with backend options (bench_gpu
+#           --backend-options; plugins/cuda/cuda-options.h lists them), e.g.
+#           tiny:profile=1 (device time per op kind) or tiny:graphs=0;
+#           sampling=host among them is bench_gpu's --sampling host.  The
+#           test knobs (mla_qgroup=, skip=, ...) need the test build that
+#           tests/gpu/prepare.sh makes.
+#   micro-mha, micro-mla  the benchmark on a micro checkpoint (dry runs)
 # Steps run in the order given (default: ops golden tiny).  Binaries come
 # from .gpu/ (tests/gpu/prepare.sh on the build machine; the device call
 # carries it).  Results: $OUT/run.log (everything) and $OUT/table.md.
 #
 #     tests/gpu/run.sh [ops] [golden] [tiny] [small]
+#
+# A dry run of the script without a GPU, on the CPU backend (op tests with
+# --any-backend, golden parity and benchmarks through the CPU plugin):
+#     VL2_GPU_BACKEND=cpu VL2_GPU_PLUGIN_DIR=build/plugins/cpu tests/gpu/run.sh ops golden micro-mla
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/gpu-out}
@@ -75,10 +84,18 @@ mkw() {  # preset
     fi
 }
 
-ops_again() {  # options, why: the op tests once more with VL2_CUDA_OPTIONS=options
-    log "== op tests with VL2_CUDA_OPTIONS=$1 ($2)"
-    VL2_CUDA_OPTIONS=$1 timeout 300 "$G/bin/test_cuda_ops" \
-        "$G/plugins/vl2-backend-cuda.so" 2>&1 | tee -a "$LOG" | grep -E 'FAIL|checks'
+OPS_PLUGIN=$PLUGDIR/vl2-backend-$BACKEND.so
+OPS_ARGS=()
+[ "$BACKEND" = cuda ] || OPS_ARGS=(--any-backend)
+
+ops_again() {  # options, why: the op tests once more with these backend options
+    log "== op tests with options $1 ($2)"
+    if [ "$BACKEND" != cuda ]; then
+        log "(skipped: the options are the CUDA backend's)"
+        return
+    fi
+    timeout 300 "$G/bin/test_cuda_ops" "$OPS_PLUGIN" --options "$1" 2>&1 | tee -a "$LOG" |
+        grep -E 'FAIL|checks'
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || note_fail "op tests, $1 (exit $rc)"
     { echo "with $1: $(grep -E '^[0-9]+ checks' "$LOG" | tail -1)"; echo; } >> "$TABLE"
@@ -86,7 +103,7 @@ ops_again() {  # options, why: the op tests once more with VL2_CUDA_OPTIONS=opti
 
 step_ops() {
     log "== op tests"
-    timeout 300 "$G/bin/test_cuda_ops" "$G/plugins/vl2-backend-cuda.so" 2>&1 | tee -a "$LOG"
+    timeout 300 "$G/bin/test_cuda_ops" "$OPS_PLUGIN" "${OPS_ARGS[@]}" 2>&1 | tee -a "$LOG"
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || note_fail "op tests (exit $rc)"
     { echo "### op tests"; echo; grep -E '^[0-9]+ checks' "$LOG" | tail -1; echo; } >> "$TABLE"
@@ -162,11 +179,13 @@ step_bench() {  # preset [options]
         --format=csv,noheader,nounits -lms 100 > "$W/clocks.txt" 2>/dev/null &
     local smi=$!
     local sampling=device   # option sampling=host: logits read back, sampled on the host
-    case $opt in *sampling=host*) sampling=host ;; esac
-    VL2_CUDA_OPTIONS=$opt timeout 480 "$G/bin/bench_gpu" --model "$W/$p" \
-        --image "$ROOT/data/images/g_a_384.jpg" --plugin-dir "$G/plugins" \
+    local bopt             # the rest: backend options
+    bopt=$(echo "$opt" | tr ',' '\n' | grep -v '^sampling=' | paste -sd, -)
+    case ,$opt, in *,sampling=host,*) sampling=host ;; esac
+    VL2_BENCH_BACKEND=$BACKEND timeout 480 "$G/bin/bench_gpu" --model "$W/$p" \
+        --image "$ROOT/data/images/g_a_384.jpg" --plugin-dir "$PLUGDIR" \
         --copy-gbps "${COPY_GBPS:-0}" --decode-steps $steps --batch 16 --label "$label" \
-        --sampling $sampling > "$W/bench.txt" 2>&1
+        --sampling $sampling --backend-options "$bopt" > "$W/bench.txt" 2>&1
     rc=$?
     kill $smi 2>/dev/null
     wait $smi 2>/dev/null
@@ -265,7 +284,7 @@ for s in $STEPS; do
         ncu) step_ncu ;;
         kernels:*:*) k=${s#kernels:}; step_kernels "${k%%:*}" "${k#*:}" ;;
         kernels:*) step_kernels "${s#*:}" ;;
-        tiny|small|base) step_bench "$s" ;;
+        tiny|small|base|micro-mha|micro-mla) step_bench "$s" ;;
         tiny:*|small:*|base:*) step_bench "${s%%:*}" "${s#*:}" ;;
         *) log "unknown step $s" ;;
     esac

@@ -2,7 +2,12 @@
  * reference computed here in double precision from the same (dtype-rounded)
  * inputs, plus error paths and CUDA-graph replay of decode steps.
  *
- *     test_cuda_ops PLUGIN.so [--quick] [--any-backend]
+ *     test_cuda_ops PLUGIN.so [--quick] [--any-backend] [--options OPTIONS]
+ *
+ * --options: vl2_backend_params.options of the context the ops run on
+ * (tests/gpu/run.sh runs the tests again with test knobs).  The refusals of
+ * open() (struct size, unknown option, bad numbers) and supports_op are
+ * checked before the device is probed, so they run without a GPU too.
  *
  * --any-backend runs the same checks on another plugin of the ABI (the CPU
  * backend), minus the CUDA-specific ones: a check of the references here.
@@ -685,6 +690,7 @@ static struct vl2_kv *mk_kv(int kind, int n_layer, int nkv, int hd, int R, int r
     struct vl2_kv_shape s;
     struct vl2_kv *kv = NULL;
     memset(&s, 0, sizeof(s));
+    s.struct_size = sizeof(s);
     s.kind = kind;
     s.n_layer = n_layer;
     s.n_kv_head = nkv;
@@ -709,6 +715,7 @@ static int set_batch(int n_seqs, const int *rows, const int *past, struct vl2_kv
         bs[i].kv = kv[i];
         n += rows[i];
     }
+    b.struct_size = sizeof(b);
     b.n_rows = n;
     b.n_seqs = n_seqs;
     b.seqs = bs;
@@ -1158,6 +1165,7 @@ struct moe_host {
 static void moe_build(struct moe_host *m, int dtype)
 {
     int e;
+    m->L.struct_size = sizeof(m->L);
     m->router = malloc((size_t)m->E * m->d * sizeof(float));
     m->L.router = mk_weight(VL2_DTYPE_BF16, m->E, m->d, 0.5f, m->router);
     m->bias = NULL;
@@ -1449,6 +1457,11 @@ static void test_moe(int quick)
         expect_err(O->moe(C, to, tx, &m.L, &Er), VL2_EINVAL, "moe top_k > n_expert");
         m.L.top_k = 2;
         expect_err(O->moe(C, tx, tx, &m.L, &Er), VL2_EINVAL, "moe out aliases x");
+        if (!any_backend) {
+            m.L.struct_size = sizeof(m.L) - 4;   /* a layer of another ABI revision */
+            expect_err(O->moe(C, to, tx, &m.L, &Er), VL2_EABI, "moe struct_size");
+            m.L.struct_size = sizeof(m.L);
+        }
     }
     moe_free(&m);
 }
@@ -1626,6 +1639,120 @@ static void test_graph_steps(void)
     moe_free(&m);
 }
 
+/* ---- ABI 2: struct sizes, options, supports_op --------------------------------------- */
+
+/* open() refusals that come before the device is probed, so they hold with
+ * or without a GPU: a parameter struct of another size, an unknown option,
+ * values that are not numbers or out of range, items outside the grammar. */
+static void test_open_refusals(void)
+{
+    static const struct { const char *opt, *names; } bad[] = {
+        { "frobnicate=1", "frobnicate" },      /* unknown key */
+        { "mla_split=abc", "abc" },            /* not a number */
+        { "mla_split=16x", "16x" },            /* trailing bytes */
+        { "mla_split=999", "999" },            /* out of 1..64 */
+        { "mla_split=0", "mla_split" },
+        { "graphs=2", "graphs" },              /* a boolean */
+        { "gemv_r1=3", "gemv_r1" },            /* 1, 2 or 4 */
+        { "graphs", "graphs" },                /* no value */
+        { "graphs=0,,pdl=0", "empty" },        /* empty item */
+        { "graphs=0,", "empty" },
+        { "Graphs=0", "Graphs" },              /* keys are lower case */
+    };
+    struct vl2_backend_params p;
+    struct vl2_backend_ctx *c = NULL;
+    size_t i;
+    int r;
+
+    printf("open refusals\n");
+    memset(&p, 0, sizeof(p));
+    p.struct_size = sizeof(p) - 8;   /* a caller of another ABI revision */
+    r = O->open(&p, &c, &Er);
+    CHECK(r == VL2_EABI && strstr(Er.msg, "vl2_backend_params"), "params struct_size: %d '%s'",
+          r, Er.msg);
+    vl2_err_clear(&Er);
+    p.struct_size = sizeof(p);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        p.options = bad[i].opt;
+        r = O->open(&p, &c, &Er);
+        CHECK(r == VL2_EINVAL && !strncmp(Er.msg, "cuda: ", 6) && strstr(Er.msg, bad[i].names) &&
+                  !strchr(Er.msg, '\n'),
+              "options '%s': %d '%s'", bad[i].opt, r, Er.msg);
+        if (r == 0)
+            O->close(c);
+        vl2_err_clear(&Er);
+    }
+    /* every production option with a valid value passes the parser */
+    p.options = "graphs=0,pdl=1,profile=0,gemv_r1=2,mla_split=16,graphs=1";
+    r = O->open(&p, &c, &Er);
+    CHECK(r == 0 || r == VL2_EBACKEND, "valid options: %d '%s'", r, Er.msg);
+    if (r == 0)
+        O->close(c);
+    vl2_err_clear(&Er);
+}
+
+/* supports_op answers from the table (the context is not needed). */
+static void test_supports_op(void)
+{
+    printf("supports_op\n");
+    if (!O->supports_op) {
+        CHECK(0, "no supports_op");
+        return;
+    }
+    CHECK(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_BF16) == 1, "linear BF16");
+    CHECK(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_F16) == 1, "linear F16");
+    CHECK(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_F32) == 1, "linear F32");
+    CHECK(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_Q8) == 0, "linear Q8");
+    CHECK(O->supports_op(C, VL2_OP_MOE, VL2_DTYPE_Q4) == 0, "moe Q4");
+    CHECK(O->supports_op(C, VL2_OP_WEIGHT, VL2_DTYPE_Q4) == 0, "weight Q4");
+    CHECK(O->supports_op(C, VL2_OP_KV, VL2_DTYPE_BF16) == 1, "kv BF16");
+    CHECK(O->supports_op(C, VL2_OP_KV, VL2_DTYPE_I32) == 0, "kv I32");
+    CHECK(O->supports_op(C, VL2_OP_ATTN_MLA, VL2_DTYPE_F16) == 1, "attn_mla F16 cache");
+    CHECK(O->supports_op(C, VL2_OP_RMSNORM, -1) == 1, "rmsnorm");
+    CHECK(O->supports_op(C, VL2_OP_ARGMAX, -1) == 1, "argmax");
+    CHECK(O->supports_op(C, 0, -1) == 0 && O->supports_op(C, VL2_OP_COUNT, -1) == 0,
+          "ops outside the enum");
+}
+
+/* Structs of another size are refused where they come in (VL2_EABI). */
+static void test_struct_sizes(void)
+{
+    struct vl2_kv_shape s;
+    struct vl2_kv *kv = NULL;
+    struct vl2_batch_seq bs;
+    struct vl2_batch b;
+
+    printf("struct sizes\n");
+    memset(&s, 0, sizeof(s));
+    s.struct_size = sizeof(s) + 4;
+    s.kind = VL2_ATTN_MHA;
+    s.n_layer = 1;
+    s.n_kv_head = 1;
+    s.head_dim = 16;
+    s.dtype = VL2_DTYPE_F32;
+    s.capacity = 8;
+    expect_err(O->kv_new(C, &s, &kv, &Er), VL2_EABI, "kv_new struct_size");
+    CHECK(O->kv_token_bytes(&s) == 0, "kv_token_bytes of a foreign shape: %zu",
+          O->kv_token_bytes(&s));
+    s.struct_size = sizeof(s);
+    CHECK(O->kv_token_bytes(&s) == 2u * 16u * 4u, "kv_token_bytes %zu", O->kv_token_bytes(&s));
+    OK(O->kv_new(C, &s, &kv, &Er));
+    if (!kv)
+        return;
+    bs.row0 = 0;
+    bs.n_rows = 1;
+    bs.n_past = 0;
+    bs.kv = kv;
+    b.struct_size = sizeof(b) - 4;
+    b.n_rows = 1;
+    b.n_seqs = 1;
+    b.seqs = &bs;
+    expect_err(O->begin_batch(C, &b, &Er), VL2_EABI, "begin_batch struct_size");
+    b.struct_size = sizeof(b);
+    OK(O->begin_batch(C, &b, &Er));
+    O->kv_free(C, kv);
+}
+
 /* ---- memory accounting ---------------------------------------------------------------- */
 
 static void test_memory(void)
@@ -1637,6 +1764,7 @@ static void test_memory(void)
 
     printf("memory\n");
     memset(&s, 0, sizeof(s));
+    s.struct_size = sizeof(s);
     s.kind = VL2_ATTN_MLA;
     s.n_layer = 27;
     s.kv_lora_rank = 512;
@@ -1676,6 +1804,7 @@ int main(int argc, char **argv)
 {
     struct vl2_backend_params p;
     vl2_backend_entry_fn entry;
+    const char *options = NULL;
     void *dl;
     int quick = 0;
     int i, r;
@@ -1689,6 +1818,8 @@ int main(int argc, char **argv)
             quick = 1;
         else if (!strcmp(argv[i], "--any-backend"))
             any_backend = 1;
+        else if (!strcmp(argv[i], "--options") && i + 1 < argc)
+            options = argv[++i];
     }
     dl = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     if (!dl) {
@@ -1710,7 +1841,13 @@ int main(int argc, char **argv)
         printf("FAIL entry table\n");
         return 1;
     }
+    if (!any_backend) {
+        test_open_refusals();
+        test_supports_op();
+    }
     memset(&p, 0, sizeof(p));
+    p.struct_size = sizeof(p);
+    p.options = options;
     p.device = any_backend ? 0 : 999;
     r = O->open(&p, &C, &Er);
     if (!any_backend) {
@@ -1743,8 +1880,10 @@ int main(int argc, char **argv)
     test_attention(quick);
     test_moe(quick);
     test_graph_steps();
-    if (!any_backend)
+    if (!any_backend) {
         test_memory();
+        test_struct_sizes();
+    }
 
     r = O->sync(C, &Er);
     CHECK(r == 0, "final sync: %s", Er.msg);

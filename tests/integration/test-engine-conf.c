@@ -106,6 +106,20 @@ static void expect_bad(const char *text, int code, const char *msg)
     vl2_conf_done(&c);
 }
 
+/* The engine's own check agrees with the file's limit. */
+static void test_engine_limits(void)
+{
+    struct vl2_engine_params p = vl2_engine_default_params();
+    struct vl2_err err = { 0 };
+
+    CHECK_EQ_INT(p.max_images, 16);
+    p.max_images = VL2_ENGINE_MAX_IMAGES;
+    CHECK_EQ_INT(vl2_engine_check_params(&p, &err), 0);
+    p.max_images = VL2_ENGINE_MAX_IMAGES + 1;
+    CHECK_EQ_INT(vl2_engine_check_params(&p, &err), VL2_EINVAL);
+    CHECK_MSG(strstr(err.msg, "max_images 65: expected 1 to 64"), "%s", err.msg);
+}
+
 static void test_bad(void)
 {
     expect_bad("backend = cpu\n", VL2_EFORMAT, "test.conf:1: 'backend' outside a section");
@@ -219,6 +233,7 @@ int main(void)
 {
     RUN(test_good);
     RUN(test_bad);
+    RUN(test_engine_limits);
     RUN(test_model_args);
     RUN(test_paths);
     return check_failures ? 1 : 0;

@@ -5,7 +5,9 @@
  * killed mid-stream frees its slot; Cancel; an image encoded a tile per
  * step lets a text request start before it is done; bad requests fail alone;
  * LoadModel (a bad directory fails, another model keeps serving) and
- * UnloadModel; the configuration file.
+ * UnloadModel; the configuration file; `vl2d run` gives what the daemon
+ * gives for the same request (text, ids, finish reason), stop strings
+ * included.
  *
  * Expected texts and ids come from tests/data/golden (an independent
  * reference implementation), never from vl2d itself.
@@ -547,6 +549,134 @@ static void test_stop_and_logprobs(void)
     CHECK(r->n_tokens > 0 && r->n_tokens < 12);
     CHECK(!r->bad_logprob);
     free(r);
+}
+
+/* ---- vl2d run and the daemon: one pipeline ------------------------------ */
+
+/* Three characters of @text from about its middle: a stop string that
+ * spans token boundaries (the golden answers have one to three bytes per
+ * character and several characters per id). */
+static void middle_stop(const char *text, char *out, size_t size)
+{
+    size_t len = strlen(text), at = len / 2, end, k;
+
+    while (at > 0 && ((unsigned char) text[at] & 0xC0) == 0x80)
+        at--;
+    for (end = at, k = 0; k < 3 && end < len; k++)
+        do
+            end++;
+        while (end < len && ((unsigned char) text[end] & 0xC0) == 0x80);
+    snprintf(out, size, "%.*s", (int) (end - at), text + at);
+}
+
+/* `vl2d run --json` of @g with stop string @stop (NULL: none).  Returns the
+ * parsed object, NULL on failure. */
+static cJSON *run_once(const struct golden *g, const char *stop)
+{
+    const char *argv[20];
+    char *out = NULL, *err = NULL;
+    int n = 0, rc;
+    cJSON *j;
+
+    argv[n++] = vl2d_path;
+    argv[n++] = "run";
+    argv[n++] = "--model";
+    argv[n++] = mha_dir;
+    argv[n++] = "--prompt";
+    argv[n++] = g->prompt;
+    if (g->image[0]) {
+        argv[n++] = "--image";
+        argv[n++] = g->image;
+    }
+    argv[n++] = "--max-new-tokens";
+    argv[n++] = "12";
+    argv[n++] = "--threads";
+    argv[n++] = "1";
+    argv[n++] = "--json";
+    if (stop) {
+        argv[n++] = "--stop";
+        argv[n++] = stop;
+    }
+    argv[n] = NULL;
+    rc = harness_run(argv, NULL, &out, &err);
+    CHECK_MSG(rc == 0, "vl2d run %s: exit %d: %s", g->name, rc, err ? err : "");
+    j = rc == 0 && out ? cJSON_Parse(out) : NULL;
+    CHECK_MSG(rc != 0 || j, "vl2d run %s: not JSON: %s", g->name, out ? out : "");
+    free(out);
+    free(err);
+    return j;
+}
+
+static const char *finish_name(int reason)
+{
+    switch (reason) {
+    case VL2__FINISH_REASON__FINISH_EOS: return "eos";
+    case VL2__FINISH_REASON__FINISH_LENGTH: return "length";
+    case VL2__FINISH_REASON__FINISH_STOP: return "stop";
+    }
+    return "?";
+}
+
+/* The same request through `vl2d run` and through the daemon, for every
+ * golden case, without a stop string, with one from the middle of the
+ * golden answer, and with one that never comes: the same text, ids and
+ * finish reason on both sides, and the golden text (cut at the stop). */
+static void test_run_matches_daemon(void)
+{
+    size_t i, k;
+
+    for (i = 0; i < 4; i++) {
+        const struct golden *g = &mha[i];
+        char stop[64];
+
+        middle_stop(g->text, stop, sizeof(stop));
+        for (k = 0; k < 3; k++) {
+            const char *st = k == 0 ? NULL : k == 1 ? stop : "\x01never";
+            struct gen_opts o = gen_defaults();
+            struct result *r = calloc(1, sizeof(*r));
+            const char *at = st ? strstr(g->text, st) : NULL;
+            size_t want_len = at ? (size_t) (at - g->text) : strlen(g->text);
+            cJSON *j, *e, *ids;
+            const char *text, *fin;
+            size_t n = 0;
+            bool same_ids = true;
+
+            o.stop = st;
+            CHECK(generate(NULL, g->prompt, g, &o, r) == 0);
+            CHECK_MSG(r->has_done, "%s stop '%s': daemon error %d '%s'", g->name,
+                      st ? st : "", r->error_code, r->error_msg);
+            CHECK_MSG(r->text_len == want_len && !memcmp(r->text, g->text, want_len),
+                      "%s stop '%s': daemon text '%s', golden cut '%.*s'", g->name,
+                      st ? st : "", r->text, (int) want_len, g->text);
+            j = run_once(g, st);
+            if (!j) {
+                free(r);
+                continue;
+            }
+            text = cJSON_GetStringValue(cJSON_GetObjectItem(j, "text"));
+            fin = cJSON_GetStringValue(cJSON_GetObjectItem(j, "finish_reason"));
+            ids = cJSON_GetObjectItem(j, "generated_ids");
+            cJSON_ArrayForEach(e, ids) {
+                if (n >= r->n_ids || (int32_t) e->valuedouble != r->ids[n])
+                    same_ids = false;
+                n++;
+            }
+            CHECK_MSG(text && strlen(text) == r->text_len && !memcmp(text, r->text, r->text_len),
+                      "%s stop '%s': run '%s', daemon '%s'", g->name, st ? st : "",
+                      text ? text : "(none)", r->text);
+            CHECK_MSG(fin && !strcmp(fin, finish_name(r->done.finish_reason)),
+                      "%s stop '%s': run finished '%s', daemon '%s'", g->name, st ? st : "",
+                      fin ? fin : "(none)", finish_name(r->done.finish_reason));
+            CHECK_MSG(!strcmp(finish_name(r->done.finish_reason), at ? "stop" : "length"),
+                      "%s stop '%s': finish %s", g->name, st ? st : "",
+                      finish_name(r->done.finish_reason));
+            CHECK_MSG(same_ids && n == r->n_ids && n == r->done.generated_tokens,
+                      "%s stop '%s': run %zu ids, daemon %zu (Done %u)", g->name, st ? st : "",
+                      n, r->n_ids, r->done.generated_tokens);
+            cJSON_Delete(j);
+            free(r);
+        }
+    }
 }
 
 static const char long_prompt[] = "Write a haiku about GPUs.";
@@ -1371,6 +1501,7 @@ int main(int argc, char **argv)
     RUN(test_golden_fd);
     RUN(test_golden_cases);
     RUN(test_stop_and_logprobs);
+    RUN(test_run_matches_daemon);
     RUN(test_concurrent_clients);
     RUN(test_one_connection);
     RUN(test_fair_queue);

@@ -36,7 +36,6 @@ static struct vl2_model *load2(int threads, int max_rows, int max_logit_rows)
     mp.max_rows = max_rows;
     mp.max_logit_rows = max_logit_rows;
     mp.image_token_id = 128815;
-    mp.kv_budget = (size_t)1 << 30;
     if (vl2_model_load(&m, o_model, &mp, &err) < 0) {
         fprintf(stderr, "FAIL load: %s\n", err.msg);
         exit(1);
