@@ -151,6 +151,18 @@ T_BF static void pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t mr, 
     }
 }
 
+void cpu_bf16_pack_panels(uint32_t *dst, const void *w, int64_t ldw, int dt, int64_t nr,
+                          int64_t k0, int64_t kc)
+{
+    pack_w(dst, w, ldw, dt, nr, k0, kc);
+}
+
+void cpu_bf16_pack_groups(uint32_t *dst, const float *a, int64_t lda, int64_t mr, int64_t k0,
+                          int64_t kc)
+{
+    pack_a(dst, a, lda, mr, k0, kc);
+}
+
 #define BF_ROW_DP(i)                                                                       \
     do {                                                                                   \
         if ((i) < mrv_c) {                                                                 \
@@ -248,6 +260,18 @@ T_BF void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int6
 size_t cpu_gemmbf_scratch(void)
 {
     return 0;
+}
+
+void cpu_bf16_pack_panels(uint32_t *dst, const void *w, int64_t ldw, int dt, int64_t nr,
+                          int64_t k0, int64_t kc)
+{
+    (void)dst; (void)w; (void)ldw; (void)dt; (void)nr; (void)k0; (void)kc;
+}
+
+void cpu_bf16_pack_groups(uint32_t *dst, const float *a, int64_t lda, int64_t mr, int64_t k0,
+                          int64_t kc)
+{
+    (void)dst; (void)a; (void)lda; (void)mr; (void)k0; (void)kc;
 }
 
 void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw, int wdtype,

@@ -33,6 +33,16 @@ size_t cpu_gemmbf_scratch(void);
 void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw, int wdtype,
                 int64_t n, int64_t k, const float *bias, float *c, int64_t ldc, void *scratch);
 
+/* The packings of cpu_gemmbf, for other kernels (AVX512-BF16 only):
+ * panels: rows [0, nr) of W (rows @ldw apart, @dt), columns [k0, k0 + kc), as
+ *   panels of 32 rows of [ceil(kc/2)][32] bf16-pair words (zero past nr);
+ * groups: F32 rows [0, mr) of A as groups of 12 rows of [ceil(kc/2)][12]
+ *   words (zero past mr). */
+void cpu_bf16_pack_panels(uint32_t *dst, const void *w, int64_t ldw, int dt, int64_t nr,
+                          int64_t k0, int64_t kc);
+void cpu_bf16_pack_groups(uint32_t *dst, const float *a, int64_t lda, int64_t mr, int64_t k0,
+                          int64_t kc);
+
 /* ---- attn-fused.c (AVX-512; bf16 != 0 needs AVX512-BF16) --------------------------- */
 
 /* attn_full option (ctx->attn_mode): auto = fused where AVX-512 is used and
