@@ -227,20 +227,23 @@ T_AF static void softmax_block(float *s, uint32_t *pb, int64_t bk, float scale, 
         alpha = expf(mx[i] - m_new);   /* 0 for the first block (mx = -inf) */
         mx[i] = m_new;
         mn = _mm512_set1_ps(m_new);
-        for (j = 0; j < bk; j += 16) {
-            __mmask16 k = m16(bk - j);
-            __m512 e = _mm512_maskz_mov_ps(k, af_exp(_mm512_sub_ps(_mm512_loadu_ps(row + j), mn)));
-            _mm512_storeu_ps(row + j, e);
-            vs = _mm512_add_ps(vs, e);
-        }
         if (pb) {
-            /* scores past bk are 0 after the masked exp: the pad pair is (p, 0) */
+            /* exp straight to bf16 pairs; lanes past bk are 0: the pad pair is (p, 0) */
             for (j = 0; j < bk; j += 32) {
-                __m512 lo = _mm512_loadu_ps(row + j);
-                __m512 hi = j + 16 < bk ? _mm512_maskz_loadu_ps(m16(bk - j - 16), row + j + 16)
-                                        : _mm512_setzero_ps();
+                __m512 lo = _mm512_maskz_mov_ps(
+                    m16(bk - j), af_exp(_mm512_sub_ps(_mm512_loadu_ps(row + j), mn)));
+                __m512 hi = _mm512_maskz_mov_ps(
+                    m16(bk - j - 16), af_exp(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), mn)));
+                vs = _mm512_add_ps(vs, _mm512_add_ps(lo, hi));
                 _mm512_storeu_si512(pb + i * (KB / 2) + j / 2,
                                     (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            }
+        } else {
+            for (j = 0; j < bk; j += 16) {
+                __mmask16 k = m16(bk - j);
+                __m512 e = _mm512_maskz_mov_ps(k, af_exp(_mm512_sub_ps(_mm512_loadu_ps(row + j), mn)));
+                _mm512_storeu_ps(row + j, e);
+                vs = _mm512_add_ps(vs, e);
             }
         }
         l[i] = l[i] * alpha + _mm512_reduce_add_ps(vs);
