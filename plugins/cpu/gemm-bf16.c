@@ -221,37 +221,82 @@ BF_KERNEL(12)
 BF_KERNEL(8)
 BF_KERNEL(4)
 
+/* The products of one block of k: packed W (panels of kp pairs), groups of
+ * packed A @gstride words apart, rows [0, mb) of C. */
+T_BF static void run_block(const uint32_t *bpk, int64_t n, int64_t kp, const uint32_t *apk,
+                           int64_t gstride, int64_t mb, float *c, int64_t ldc, int acc,
+                           const float *bias)
+{
+    int64_t np = (n + NR - 1) / NR, ng = (mb + MR - 1) / MR;
+
+    for (int64_t p = 0; p < np; p++) {
+        int64_t nc = n - p * NR;
+        __mmask16 m0 = mask16(nc), m1 = mask16(nc - 16);
+        const uint32_t *bq = bpk + p * kp * NR;
+        const float *bb = bias ? bias + p * NR : NULL;
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t mr = mb - g * MR < MR ? mb - g * MR : MR;
+            float *cp = c + g * MR * ldc + p * NR;
+            const uint32_t *aq = apk + g * gstride;
+            if (mr > 8)
+                kernel_12(kp, aq, bq, cp, ldc, mr, m0, m1, acc, bb);
+            else if (mr > 4)
+                kernel_8(kp, aq, bq, cp, ldc, mr, m0, m1, acc, bb);
+            else
+                kernel_4(kp, aq, bq, cp, ldc, mr, m0, m1, acc, bb);
+        }
+    }
+}
+
 T_BF void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw,
                      int wdtype, int64_t n, int64_t k, const float *bias, float *c, int64_t ldc,
                      void *scratch)
 {
     uint32_t *bpk = scratch, *apk = (uint32_t *)scratch + (size_t)NB * KP;
-    int64_t np = (n + NR - 1) / NR;
 
     for (int64_t i0 = 0; i0 < m; i0 += MB) {
-        int64_t mb = m - i0 < MB ? m - i0 : MB, ng = (mb + MR - 1) / MR;
+        int64_t mb = m - i0 < MB ? m - i0 : MB;
         for (int64_t k0 = 0; k0 < k; k0 += KC) {
             int64_t kc = k - k0 < KC ? k - k0 : KC, kp = (kc + 1) / 2;
             pack_w(bpk, w, ldw, wdtype, n, k0, kc);
             pack_a(apk, a + i0 * lda, lda, mb, k0, kc);
-            for (int64_t p = 0; p < np; p++) {
-                int64_t nc = n - p * NR;
-                __mmask16 m0 = mask16(nc), m1 = mask16(nc - 16);
-                const uint32_t *bq = bpk + p * kp * NR;
-                const float *bb = bias && k0 + kc >= k ? bias + p * NR : NULL;
-                for (int64_t g = 0; g < ng; g++) {
-                    int64_t mr = mb - g * MR < MR ? mb - g * MR : MR;
-                    float *cp = c + (i0 + g * MR) * ldc + p * NR;
-                    const uint32_t *aq = apk + g * kp * MR;
-                    if (mr > 8)
-                        kernel_12(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0, bb);
-                    else if (mr > 4)
-                        kernel_8(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0, bb);
-                    else
-                        kernel_4(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0, bb);
-                }
-            }
+            run_block(bpk, n, kp, apk, kp * MR, mb, c + i0 * ldc, ldc, k0 > 0,
+                      k0 + kc >= k ? bias : NULL);
         }
+    }
+}
+
+/* Prepacked activations: group g, block kb of k at (g * nkb + kb) * KP * MR words. */
+size_t cpu_gemmbf_pa_size(int64_t m, int64_t k)
+{
+    return (size_t)((m + MR - 1) / MR) * (size_t)((k + KC - 1) / KC) * KP * MR * sizeof(uint32_t);
+}
+
+T_BF void cpu_gemmbf_pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t m, int64_t k,
+                            int64_t g0, int64_t g1)
+{
+    int64_t nkb = (k + KC - 1) / KC;
+
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            int64_t k0 = kb * KC, kc = k - k0 < KC ? k - k0 : KC;
+            int64_t mr = m - g * MR < MR ? m - g * MR : MR;
+            pack_a(dst + (g * nkb + kb) * KP * MR, a + g * MR * lda, lda, mr, k0, kc);
+        }
+}
+
+T_BF void cpu_gemmbf_pa(const uint32_t *apk, int64_t m, const void *w, int64_t ldw, int wdtype,
+                        int64_t n, int64_t k, const float *bias, float *c, int64_t ldc,
+                        void *scratch)
+{
+    uint32_t *bpk = scratch;
+    int64_t nkb = (k + KC - 1) / KC;
+
+    for (int64_t kb = 0; kb < nkb; kb++) {
+        int64_t k0 = kb * KC, kc = k - k0 < KC ? k - k0 : KC, kp = (kc + 1) / 2;
+        pack_w(bpk, w, ldw, wdtype, n, k0, kc);
+        run_block(bpk, n, kp, apk + kb * KP * MR, nkb * KP * MR, m, c, ldc, k0 > 0,
+                  k0 + kc >= k ? bias : NULL);
     }
 }
 
@@ -279,6 +324,25 @@ void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t l
 {
     (void)a; (void)lda; (void)m; (void)w; (void)ldw; (void)wdtype; (void)n; (void)k; (void)c;
     (void)bias;
+    (void)ldc; (void)scratch;
+}
+
+size_t cpu_gemmbf_pa_size(int64_t m, int64_t k)
+{
+    (void)m; (void)k;
+    return 0;
+}
+
+void cpu_gemmbf_pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t m, int64_t k,
+                       int64_t g0, int64_t g1)
+{
+    (void)dst; (void)a; (void)lda; (void)m; (void)k; (void)g0; (void)g1;
+}
+
+void cpu_gemmbf_pa(const uint32_t *apk, int64_t m, const void *w, int64_t ldw, int wdtype,
+                   int64_t n, int64_t k, const float *bias, float *c, int64_t ldc, void *scratch)
+{
+    (void)apk; (void)m; (void)w; (void)ldw; (void)wdtype; (void)n; (void)k; (void)bias; (void)c;
     (void)ldc; (void)scratch;
 }
 

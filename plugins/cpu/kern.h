@@ -33,6 +33,18 @@ size_t cpu_gemmbf_scratch(void);
 void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw, int wdtype,
                 int64_t n, int64_t k, const float *bias, float *c, int64_t ldc, void *scratch);
 
+/* The same with the activations packed once for every call of an op
+ * (cpu_gemmbf_pack_a: groups [g0, g1) of 12 rows of the m x k activations,
+ * all of k, into a buffer of cpu_gemmbf_pa_size(m, k) bytes; threads may pack
+ * disjoint groups), then any number of cpu_gemmbf_pa calls over column
+ * ranges: the same results as cpu_gemmbf, bit for bit. */
+#define CPU_GEMMBF_GROUP 12
+size_t cpu_gemmbf_pa_size(int64_t m, int64_t k);
+void cpu_gemmbf_pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t m, int64_t k,
+                       int64_t g0, int64_t g1);
+void cpu_gemmbf_pa(const uint32_t *apk, int64_t m, const void *w, int64_t ldw, int wdtype,
+                   int64_t n, int64_t k, const float *bias, float *c, int64_t ldc, void *scratch);
+
 /* The packings of cpu_gemmbf, for other kernels (AVX512-BF16 only):
  * panels: rows [0, nr) of W (rows @ldw apart, @dt), columns [k0, k0 + kc), as
  *   panels of 32 rows of [ceil(kc/2)][32] bf16-pair words (zero past nr);

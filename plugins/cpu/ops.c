@@ -153,7 +153,20 @@ struct linear_job {
     int64_t n_jb;    /* column blocks */
     int64_t panels;  /* > 0: column block jb is panels [jb*panels/n_jb, (jb+1)*panels/n_jb)
                       * of 32 columns (bf16 precision: balanced over the threads) */
+    uint32_t *apk;   /* bf16 kernel: x packed once (cpu_gemmbf_pack_a), or NULL */
 };
+
+#define PACK_GROUPS 8   /* groups of 12 rows per packing task */
+
+static void pack_task(void *arg, int64_t task, int tid)
+{
+    struct linear_job *j = arg;
+    int64_t ng = (j->m + CPU_GEMMBF_GROUP - 1) / CPU_GEMMBF_GROUP;
+    int64_t g0 = task * PACK_GROUPS, g1 = g0 + PACK_GROUPS < ng ? g0 + PACK_GROUPS : ng;
+
+    (void)tid;
+    cpu_gemmbf_pack_a(j->apk, j->x, j->ldx, j->m, j->w->cols, g0, g1);
+}
 
 static void linear_task(void *arg, int64_t task, int tid)
 {
@@ -167,6 +180,15 @@ static void linear_task(void *arg, int64_t task, int tid)
         c0 = jb * j->panels / j->n_jb * 32;
         c1 = (jb + 1) * j->panels / j->n_jb * 32;
         c1 = c1 < j->n_out ? c1 : j->n_out;
+    }
+    if (j->apk) {
+        /* bf16 kernel on the packed x, the bias in its epilogue */
+        const struct vl2_tensor *w = j->w;
+        cpu_gemmbf_pa(j->apk, j->m,
+                      (const char *)w->data + (size_t)(c0 * w->ld) * vl2_dtype_size(w->dtype),
+                      w->ld, w->dtype, c1 - c0, w->cols, j->bias ? j->bias + c0 : NULL, y + c0,
+                      j->ldo, cpu_scratch(j->ctx, tid));
+        return;
     }
     if (j->panels && j->ctx->bf16_dp) {
         /* bf16 kernel with the bias in its epilogue */
@@ -242,6 +264,15 @@ int cpu_linear(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct
         j.n_jb = (j.panels + per - 1) / per * ctx->n_threads;
         if (j.n_jb > j.panels)
             j.n_jb = j.panels;
+        if (ctx->bf16_dp) {
+            /* x packed once for all the column tasks (ctx->big: whole-op scratch,
+             * also moe's; ops do not overlap) */
+            int64_t ng = (j.m + CPU_GEMMBF_GROUP - 1) / CPU_GEMMBF_GROUP;
+            if ((r = cpu_buf_reserve(ctx, &ctx->big, cpu_gemmbf_pa_size(j.m, x->cols), err)) < 0)
+                return r;
+            j.apk = ctx->big.p;
+            cpu_pool_run(ctx->pool, (ng + PACK_GROUPS - 1) / PACK_GROUPS, pack_task, &j);
+        }
         cpu_pool_run(ctx->pool, j.n_jb, linear_task, &j);
         return 0;
     } else {
