@@ -3,13 +3,16 @@
  *
  * Precision modes (option precision=f32|bf16, ctx->precision):
  *   f32   every product in F32 (the float32-exact path of the golden tests);
- *   bf16  the blocked products of linear() and moe (rows >= blas_min_rows)
- *         and attn_full round both operands to bf16 (round to nearest even)
- *         and accumulate in F32, as PyTorch's bf16 model does; with
- *         AVX512-BF16 through vdpbf16ps (ctx->bf16_dp), elsewhere the same
- *         rounding with F32 FMA kernels (same values up to summation order).
- *         Products of fewer rows (decode GEMVs, memory-bound) keep F32
- *         activations.
+ *   bf16  the blocked products of linear(), moe and the expanded MLA form
+ *         (rows >= blas_min_rows) round both operands to bf16 (round to
+ *         nearest even) and accumulate in F32, as PyTorch's bf16 model does:
+ *         with AVX512-BF16 through vdpbf16ps (ctx->bf16_dp), elsewhere the
+ *         same rounding with F32 FMA kernels (same values up to summation
+ *         order).  attn_full runs the fused kernel (attn-fused.c) where
+ *         AVX-512 is used: q, k, v and the probabilities rounded to bf16 with
+ *         vdpbf16ps, F32 without it; the score-matrix form of attn.c (F32)
+ *         on AVX2 and scalar.  Products of fewer rows (decode GEMVs,
+ *         memory-bound) keep F32 activations.
  */
 #ifndef VL2_CPU_KERN_H
 #define VL2_CPU_KERN_H
@@ -57,9 +60,10 @@ void cpu_bf16_pack_groups(uint32_t *dst, const float *a, int64_t lda, int64_t mr
 
 /* ---- attn-fused.c (AVX-512; bf16 != 0 needs AVX512-BF16) --------------------------- */
 
-/* attn_full option (ctx->attn_mode): auto = fused where AVX-512 is used and
- * the precision is bf16, the score-matrix form (attn.c) otherwise, so that
- * precision=f32 keeps its former results bit for bit. */
+/* attn_full test knob (ctx->attn_mode): auto = fused where AVX-512 is used
+ * and the precision is bf16, the score-matrix form (attn.c) otherwise, so
+ * that precision=f32 keeps its former results bit for bit; fused/matrix
+ * force one (fused needs AVX-512, else the matrix form runs). */
 enum cpu_attn_mode { CPU_ATTN_AUTO = 0, CPU_ATTN_FUSED = 1, CPU_ATTN_MATRIX = 2 };
 
 /* Bytes of 64-byte aligned scratch for one head of @L tokens of @D. */
