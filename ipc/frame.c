@@ -169,9 +169,24 @@ static int take_cmsg_fds(struct vl2_ipc_reader *r, struct msghdr *mh, struct vl2
                 rc = r2;
         }
     }
-    if (rc == 0 && (mh->msg_flags & MSG_CTRUNC))
-        rc = vl2_err_set(err, VL2_ELIMIT,
-                         "ipc: descriptors lost: more than %u with one frame", VL2_IPC_MAX_FDS);
+    if (rc == 0 && (mh->msg_flags & MSG_CTRUNC)) {
+        /* The kernel also truncates when it cannot install a descriptor in
+         * our table (EMFILE/ENFILE): tell that apart from a peer sending
+         * too many, by trying to take one more descriptor now. */
+        int probe = r->n_fds <= VL2_IPC_MAX_FDS ? open("/dev/null", O_RDONLY | O_CLOEXEC)
+                                                : -2;
+
+        if (probe == -1 && (errno == EMFILE || errno == ENFILE))
+            rc = vl2_err_set(err, VL2_EBUSY,
+                             "ipc: descriptors lost: the receiver is out of file descriptors "
+                             "(%s); try again later", strerror(errno));
+        else
+            rc = vl2_err_set(err, VL2_ELIMIT,
+                             "ipc: descriptors lost: more than %u with one frame",
+                             VL2_IPC_MAX_FDS);
+        if (probe >= 0)
+            (void) close(probe);
+    }
     return rc;
 }
 
@@ -538,4 +553,211 @@ int vl2_ipc_default_socket(bool system, char *buf, size_t size, struct vl2_err *
     if (n < 0 || (size_t) n >= size || (size_t) n >= sizeof(((struct sockaddr_un *) 0)->sun_path))
         return vl2_err_set(err, VL2_ELIMIT, "ipc: default socket path is too long");
     return 0;
+}
+
+/* ---- request precheck ------------------------------------------------ */
+
+/* What the precheck knows of vl2.proto's requests: for each message, its
+ * string fields (a NUL inside is refused), its sub-messages, and which
+ * repeated field is counted against which limit. */
+enum pc_type {
+    PC_REQUEST, PC_HELLO, PC_GENERATE, PC_MESSAGE, PC_IMAGE, PC_SAMPLING, PC_CANCEL, PC_LOAD,
+    PC_UNLOAD, PC_TOKENIZE, PC_OTHER, PC_N_TYPES
+};
+
+enum pc_kind { PC_SCALAR = 0, PC_STRING, PC_BYTES, PC_SUB };
+
+struct pc_field {
+    uint32_t number;
+    enum pc_kind kind;
+    enum pc_type sub;           /* PC_SUB */
+    const char *name;           /* for messages */
+};
+
+struct pc_schema {
+    const char *name;
+    const struct pc_field *fields;
+    size_t n_fields;
+};
+
+#define PCF(n, k, s, name) { n, k, s, name }
+static const struct pc_field pc_request[] = {
+    PCF(1, PC_SCALAR, 0, "id"), PCF(2, PC_SUB, PC_HELLO, "hello"),
+    PCF(3, PC_SUB, PC_GENERATE, "generate"), PCF(4, PC_SUB, PC_CANCEL, "cancel"),
+    PCF(5, PC_SUB, PC_OTHER, "status"), PCF(6, PC_SUB, PC_OTHER, "list_models"),
+    PCF(7, PC_SUB, PC_LOAD, "load_model"), PCF(8, PC_SUB, PC_UNLOAD, "unload_model"),
+    PCF(9, PC_SUB, PC_TOKENIZE, "tokenize"),
+};
+static const struct pc_field pc_hello[] = {
+    PCF(1, PC_SCALAR, 0, "protocol_version"), PCF(2, PC_STRING, 0, "client_name"),
+};
+static const struct pc_field pc_generate[] = {
+    PCF(1, PC_STRING, 0, "model"), PCF(2, PC_SUB, PC_MESSAGE, "messages"),
+    PCF(3, PC_SUB, PC_SAMPLING, "sampling"), PCF(4, PC_SCALAR, 0, "grounding"),
+    PCF(5, PC_SCALAR, 0, "stream"), PCF(6, PC_SCALAR, 0, "logprobs"),
+};
+static const struct pc_field pc_message[] = {
+    PCF(1, PC_SCALAR, 0, "role"), PCF(2, PC_STRING, 0, "text"),
+    PCF(3, PC_SUB, PC_IMAGE, "images"),
+};
+static const struct pc_field pc_image[] = {
+    PCF(1, PC_BYTES, 0, "data"), PCF(2, PC_SCALAR, 0, "fd_index"),
+    PCF(3, PC_SCALAR, 0, "apply_exif"),
+};
+static const struct pc_field pc_sampling[] = {
+    PCF(1, PC_SCALAR, 0, "temperature"), PCF(2, PC_SCALAR, 0, "top_p"),
+    PCF(3, PC_SCALAR, 0, "top_k"), PCF(4, PC_SCALAR, 0, "repetition_penalty"),
+    PCF(5, PC_SCALAR, 0, "seed"), PCF(6, PC_SCALAR, 0, "max_new_tokens"),
+    PCF(7, PC_STRING, 0, "stop"), PCF(8, PC_SCALAR, 0, "ignore_eos"),
+};
+static const struct pc_field pc_cancel[] = { PCF(1, PC_SCALAR, 0, "target_id") };
+static const struct pc_field pc_load[] = {
+    PCF(1, PC_STRING, 0, "name"), PCF(2, PC_STRING, 0, "dir"),
+    PCF(3, PC_SCALAR, 0, "progress"), PCF(4, PC_STRING, 0, "backend"),
+};
+static const struct pc_field pc_unload[] = { PCF(1, PC_STRING, 0, "name") };
+static const struct pc_field pc_tokenize[] = {
+    PCF(1, PC_STRING, 0, "model"), PCF(2, PC_STRING, 0, "text"),
+    PCF(3, PC_SCALAR, 0, "pieces"), PCF(4, PC_SCALAR, 0, "add_bos"),
+};
+#define PCS(name, a) { name, a, sizeof(a) / sizeof(a[0]) }
+static const struct pc_schema pc_schemas[PC_N_TYPES] = {
+    [PC_REQUEST] = PCS("Request", pc_request), [PC_HELLO] = PCS("Hello", pc_hello),
+    [PC_GENERATE] = PCS("Generate", pc_generate), [PC_MESSAGE] = PCS("Message", pc_message),
+    [PC_IMAGE] = PCS("Image", pc_image), [PC_SAMPLING] = PCS("Sampling", pc_sampling),
+    [PC_CANCEL] = PCS("Cancel", pc_cancel),
+    [PC_LOAD] = PCS("LoadModel", pc_load), [PC_UNLOAD] = PCS("UnloadModel", pc_unload),
+    [PC_TOKENIZE] = PCS("Tokenize", pc_tokenize), [PC_OTHER] = { "message", NULL, 0 },
+};
+
+struct pc_state {
+    size_t n_messages, n_images, n_stops, n_unknown;
+    uint64_t id;                  /* Request.id, as seen so far */
+};
+
+/* A varint at *@p (< @end); returns false when malformed. */
+static bool pc_varint(const uint8_t **p, const uint8_t *end, uint64_t *ret)
+{
+    uint64_t v = 0;
+    int shift;
+
+    for (shift = 0; shift < 64 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+
+        v |= (uint64_t) (b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *ret = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Fields one message may carry besides its counted repeated ones: the
+ * decoder keeps a record of every field it scans, so a frame of millions of
+ * tiny fields would cost gigabytes before any check could run. */
+#define PC_MAX_PLAIN_FIELDS 64u
+
+static int pc_scan(const uint8_t *p, size_t n, enum pc_type type, int depth,
+                   struct pc_state *st, struct vl2_err *err)
+{
+    const struct pc_schema *sc = &pc_schemas[type];
+    const uint8_t *end = p + n;
+    size_t n_plain = 0;
+
+    if (depth > 8)
+        return vl2_err_set(err, VL2_EFORMAT, "ipc: request nested too deeply");
+    while (p < end) {
+        const struct pc_field *f = NULL;
+        uint64_t key, len = 0;
+        uint32_t number, wire;
+        size_t i;
+        bool counted = false;
+
+        if (!pc_varint(&p, end, &key))
+            return vl2_err_set(err, VL2_EFORMAT, "ipc: not a valid request: bad field key");
+        number = (uint32_t) (key >> 3);
+        wire = (uint32_t) (key & 7);
+        switch (wire) {
+        case 0:
+            if (!pc_varint(&p, end, &len))
+                return vl2_err_set(err, VL2_EFORMAT, "ipc: not a valid request: bad varint");
+            break;
+        case 1:
+            if ((size_t) (end - p) < 8)
+                return vl2_err_set(err, VL2_EFORMAT, "ipc: not a valid request: truncated");
+            p += 8;
+            break;
+        case 5:
+            if ((size_t) (end - p) < 4)
+                return vl2_err_set(err, VL2_EFORMAT, "ipc: not a valid request: truncated");
+            p += 4;
+            break;
+        case 2:
+            if (!pc_varint(&p, end, &len) || len > (uint64_t) (end - p))
+                return vl2_err_set(err, VL2_EFORMAT, "ipc: not a valid request: bad "
+                                   "length");
+            break;
+        default:
+            return vl2_err_set(err, VL2_EFORMAT, "ipc: not a valid request: wire type %u",
+                               wire);
+        }
+        if (type == PC_REQUEST && number == 1 && wire == 0)
+            st->id = len;
+        for (i = 0; i < sc->n_fields; i++)
+            if (sc->fields[i].number == number)
+                f = &sc->fields[i];
+        if (f && (f->kind == PC_SCALAR) != (wire != 2))
+            f = NULL;   /* a known number with another wire type: unknown to us */
+        if (!f) {
+            counted = true;   /* against their own limit */
+            if (++st->n_unknown > VL2_IPC_MAX_UNKNOWN_FIELDS)
+                return vl2_err_set(err, VL2_ELIMIT, "ipc: request carries more than %u unknown "
+                                   "fields", VL2_IPC_MAX_UNKNOWN_FIELDS);
+        } else if (f->kind == PC_STRING) {
+            if (memchr(p, 0, (size_t) len))
+                return vl2_err_set(err, VL2_EINVAL, "ipc: %s.%s holds a NUL byte; strings "
+                                   "may not", sc->name, f->name);
+            if (type == PC_SAMPLING && number == 7) {
+                counted = true;
+                if (++st->n_stops > VL2_IPC_MAX_STOPS)
+                    return vl2_err_set(err, VL2_ELIMIT, "ipc: more than %u stop strings",
+                                       VL2_IPC_MAX_STOPS);
+            }
+        } else if (f->kind == PC_SUB) {
+            int r;
+
+            if (type == PC_GENERATE && number == 2) {
+                counted = true;
+                if (++st->n_messages > VL2_IPC_MAX_MESSAGES)
+                    return vl2_err_set(err, VL2_ELIMIT, "ipc: a request of more than %u "
+                                       "messages", VL2_IPC_MAX_MESSAGES);
+            } else if (type == PC_MESSAGE && number == 3) {
+                counted = true;
+                if (++st->n_images > VL2_IPC_MAX_IMAGES)
+                    return vl2_err_set(err, VL2_ELIMIT, "ipc: a request of more than %u "
+                                       "images", VL2_IPC_MAX_IMAGES);
+            }
+            r = pc_scan(p, (size_t) len, f->sub, depth + 1, st, err);
+            if (r < 0)
+                return r;
+        }
+        if (!counted && ++n_plain > PC_MAX_PLAIN_FIELDS)
+            return vl2_err_set(err, VL2_ELIMIT, "ipc: %s carries more than %u fields",
+                               sc->name, PC_MAX_PLAIN_FIELDS);
+        if (wire == 2)
+            p += len;
+    }
+    return 0;
+}
+
+int vl2_ipc_request_precheck(const uint8_t *payload, size_t size, uint64_t *ret_id,
+                             struct vl2_err *err)
+{
+    struct pc_state st = { 0 };
+    int r = pc_scan(payload, size, PC_REQUEST, 0, &st, err);
+
+    if (ret_id)
+        *ret_id = st.id;
+    return r;
 }

@@ -175,6 +175,26 @@ int vl2_ipc_writer_flush(struct vl2_ipc_writer *w, int fd, struct vl2_err *err);
 Vl2__Request *vl2_ipc_request_decode(const uint8_t *payload, size_t size, struct vl2_err *err);
 Vl2__Response *vl2_ipc_response_decode(const uint8_t *payload, size_t size, struct vl2_err *err);
 
+/* Limits a Request's encoding must respect before it is decoded at all
+ * (vl2_ipc_request_precheck): messages of one Generate, images in all its
+ * messages, stop strings, unknown fields (anywhere), and plain fields per
+ * message (64). */
+#define VL2_IPC_MAX_MESSAGES        4096u
+#define VL2_IPC_MAX_IMAGES          64u
+#define VL2_IPC_MAX_STOPS           16u
+#define VL2_IPC_MAX_UNKNOWN_FIELDS  64u
+
+/* Walk the wire bytes of a Request without allocating: refuses (VL2_ELIMIT)
+ * more entries than the limits above, or than 64 other fields in one
+ * message (the decoder records each field it scans: millions of tiny fields
+ * would cost gigabytes), (VL2_EINVAL) a NUL byte inside a string field
+ * (the decoder would silently cut the string there), and (VL2_EFORMAT)
+ * bytes that do not parse.  *@ret_id (may be NULL) gets the request's id as
+ * far as the walk saw it (0 if none), to answer an ELIMIT or EINVAL with it.
+ * Returns 0 when vl2_ipc_request_decode() may run. */
+int vl2_ipc_request_precheck(const uint8_t *payload, size_t size, uint64_t *ret_id,
+                             struct vl2_err *err);
+
 /* Name of a request's or response's body ("generate", "status", ...). */
 const char *vl2_ipc_request_name(int body_case);
 const char *vl2_ipc_response_name(int body_case);

@@ -623,14 +623,9 @@ int vl2_file_read(const char *path, size_t max, const char *who, char **ret_buf,
     size_t got = 0;
     int fd, r;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO, "%s: '%s': %s", who,
-                           path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        r = vl2_err_set(err, VL2_EIO, "%s: '%s': not a regular file", who, path);
-        goto out_close;
-    }
+    r = vl2_file_open(path, who, &fd, &st, err);
+    if (r < 0)
+        return r;
     if ((uint64_t) st.st_size > max) {
         r = vl2_err_set(err, VL2_ELIMIT, "%s: '%s': %lld bytes, more than the limit of %zu",
                         who, path, (long long) st.st_size, max);

@@ -508,14 +508,9 @@ static int add_file(struct vl2_weights *w, const char *path, struct vl2_err *err
         return vl2_err_set(err, VL2_ENOMEM, "weights: out of memory");
     w->n_files++;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO, "weights: '%s': %s",
-                           path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        r = vl2_err_set(err, VL2_EIO, "weights: '%s': not a regular file", path);
-        goto out_close;
-    }
+    r = vl2_file_open(path, "weights", &fd, &st, err);
+    if (r < 0)
+        return r;
     if (st.st_size < 8) {
         r = vl2_err_set(err, VL2_EFORMAT, "weights: '%s': file is %lld bytes, too short for a "
                         "safetensors header", path, (long long) st.st_size);

@@ -38,6 +38,7 @@
 #ifndef VL2_WEIGHTS_H
 #define VL2_WEIGHTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -265,5 +266,20 @@ int vl2_tokenizer_config_load(struct vl2_tokenizer_config *c, const char *dir,
  * larger than @max, VL2_EIO when not a regular file or unreadable. */
 int vl2_file_read(const char *path, size_t max, const char *who, char **ret_buf,
                   size_t *ret_len, struct vl2_err *err);
+
+/* Open the file @path of a model directory for reading (file.c): never
+ * blocks (O_NONBLOCK: a FIFO or a device is refused, not waited on), only a
+ * regular file (VL2_EIO "not a regular file" otherwise, before anything is
+ * read).  Under the beneath policy (vl2_file_set_beneath(true), what vl2d
+ * serve sets), a symbolic link leading out of the file's directory is
+ * refused (VL2_EPERM).  Returns 0 with *@ret_fd (O_CLOEXEC, owned by the
+ * caller) and *@ret_st (may be NULL), or < 0 with "@who: '<path>': ..." in
+ * @err (VL2_ENOTFOUND when it does not exist). */
+struct stat;
+int vl2_file_open(const char *path, const char *who, int *ret_fd, struct stat *ret_st,
+                  struct vl2_err *err);
+/* The process-wide policy of vl2_file_open (default off: links followed). */
+void vl2_file_set_beneath(bool on);
+bool vl2_file_beneath(void);
 
 #endif /* VL2_WEIGHTS_H */

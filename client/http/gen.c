@@ -184,11 +184,17 @@ void vl2h_random_id(const char *prefix, char *buf, size_t size)
 int vl2h_connect(struct vl2h_server *srv, struct vl2_client **ret, struct vl2_err *err)
 {
     struct vl2_client_opts o = vl2_client_default_opts();
+    int r;
 
     o.socket_path = srv->conf->daemon_socket;
     o.timeout_ms = srv->conf->daemon_timeout_ms;
     o.client_name = "vl2-http " VL2_VERSION;
-    return vl2_client_open(&o, ret, err);
+    r = vl2_client_open(&o, ret, err);
+    /* no daemon, or one that refuses us: the service is unavailable (503),
+     * which is no "not found" of the client's asking */
+    if ((r == VL2_ENOTFOUND || r == VL2_EPERM) && err)
+        err->code = VL2_EIO;
+    return r == VL2_ENOTFOUND || r == VL2_EPERM ? VL2_EIO : r;
 }
 
 /* A deep copy of @resp (protobuf-c has no copy: pack and unpack). */
@@ -333,6 +339,8 @@ int vl2h_check_model(struct vl2h_server *srv, struct vl2_client *c, struct vl2h_
     int r;
 
     r = vl2h_list_models(srv, c, &resp, err);
+    if (r == VL2_EUNIMPLEMENTED)
+        return 0;   /* a daemon without ListModels: it checks the name itself */
     if (r < 0)
         return r;
     mi = vl2h_find_model(resp->models, p->model);

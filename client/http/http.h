@@ -160,8 +160,8 @@ enum vl2h_dialect { VL2H_OPENAI, VL2H_OLLAMA };
 
 struct vl2h_gen;
 
-/* What a streamed response produces; called on the connection's thread
- * through the MHD content reader. */
+/* A streamed response in progress (server.c); its producer runs on the
+ * connection's thread through MHD's content reader. */
 struct vl2h_stream;
 
 /* Per-request state; created at the first call of the access handler,
@@ -174,6 +174,7 @@ struct vl2h_req {
     char *body;                 /* the request body, NUL-terminated */
     size_t body_len;
     bool too_large;             /* the body passed conf->max_body */
+    uint64_t dropped;           /* body bytes dropped after that */
     bool counted;               /* metrics in_flight taken */
     bool answered;              /* a response was queued */
     unsigned status;            /* its status, for the metrics */
@@ -200,9 +201,7 @@ int vl2h_req_client_fd(const struct vl2h_req *rq);
 
 /* ---- streamed responses (server.c) ------------------------------------- */
 
-/* Produce the next bytes of a streamed body into @out (a buffer the
- * callback appends to).  Returns 1 when more will follow, 0 at the end,
- * < 0 to abort the connection (the client is gone). */
+/* A growing byte buffer, NUL-terminated; @p malloc'd. */
 struct vl2h_buf {
     char *p;
     size_t len;
@@ -215,6 +214,9 @@ int vl2h_buf_json(struct vl2h_buf *b, const char *prefix, struct cJSON *json,
                   const char *suffix);
 void vl2h_buf_done(struct vl2h_buf *b);
 
+/* Produce the next bytes of a streamed body into @out (the callback
+ * appends).  Returns 1 when more will follow, 0 at the end, < 0 to abort the
+ * connection (the client is gone). */
 typedef int (*vl2h_stream_fn)(void *ud, struct vl2h_buf *out);
 typedef void (*vl2h_stream_free_fn)(void *ud);
 
@@ -300,11 +302,6 @@ struct vl2h_event {
 
 void vl2h_event_done(struct vl2h_event *ev);
 
-/* Models as the daemon lists them (ListModels), for resolving names. */
-struct vl2h_model_list {
-    Vl2__Response *resp;       /* owned; resp->models */
-};
-
 /* Open a libvl2 connection for one request.  Errors: as vl2_client_open. */
 int vl2h_connect(struct vl2h_server *srv, struct vl2_client **ret, struct vl2_err *err);
 
@@ -357,7 +354,7 @@ void vl2h_gen_free(struct vl2h_gen *g);
 double vl2h_now(void);
 /* Monotonic seconds. */
 double vl2h_mono(void);
-/* "chatcmpl-" and 24 random hex digits into @buf (>= 40 bytes). */
+/* @prefix and 24 random hex digits into @buf (>= 40 bytes). */
 void vl2h_random_id(const char *prefix, char *buf, size_t size);
 
 /* ---- the dialects (openai.c, ollama.c) ----------------------------------- */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "ipc.h"
 #include "vl2-config.h"
 
 #if VL2_HAVE_SYSTEMD
@@ -25,7 +26,7 @@ static const char usage[] =
     "usage: vl2-http [--daemon-socket PATH] [--listen HOST:PORT] [--api-key KEY]\n"
     "                [--api-key-file FILE] [--config FILE | --no-config]\n"
     "                [--max-body SIZE] [--max-connections N] [--daemon-timeout SECONDS]\n"
-    "                [--allow-remote]\n"
+    "                [--allow-remote] [--system]\n"
     "\n"
     "OpenAI- and Ollama-compatible HTTP for vl2d (a client of the daemon).\n"
     "  --daemon-socket PATH   vl2d's socket (default: $VL2_SOCKET, then the usual paths)\n"
@@ -40,6 +41,8 @@ static const char usage[] =
     "  --max-body SIZE        largest request body (default 64M); larger: 413\n"
     "  --max-connections N    HTTP connections at once (default 64)\n"
     "  --daemon-timeout S     longest silence of vl2d during a request (default 600)\n"
+    "  --system               the system service's defaults: " VL2_SYSCONF_DIR "/vl2-http.conf\n"
+    "                         (if present) and vl2d at " VL2_IPC_SYSTEM_SOCKET "\n"
     "\n"
     "Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics,\n"
     "POST /api/chat, POST /api/generate, GET /api/tags, GET /api/ps, GET /api/version,\n"
@@ -187,7 +190,7 @@ int main(int argc, char **argv)
     struct vl2_err err = { 0 };
     const char *config = NULL, *listen_flag = NULL, *socket_flag = NULL, *key_flag = NULL;
     const char *key_file = NULL, *body_flag = NULL, *conns_flag = NULL, *timeout_flag = NULL;
-    bool no_config = false, remote_flag = false;
+    bool no_config = false, remote_flag = false, system = false;
     char path[1024], where[128];
     sigset_t sigs;
     int i, fd, sig = 0, r;
@@ -206,6 +209,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-config")) {
             no_config = true;
+            continue;
+        }
+        if (!strcmp(a, "--system")) {
+            system = true;
             continue;
         }
         if (!strcmp(a, "--allow-remote")) {
@@ -241,7 +248,12 @@ int main(int argc, char **argv)
         return 1;
     }
     if (!no_config) {
-        const char *p = config ? config : default_config(path, sizeof(path));
+        const char *p = config;
+
+        if (!p && system)
+            p = VL2_SYSCONF_DIR "/vl2-http.conf";
+        if (!p)
+            p = default_config(path, sizeof(path));
 
         if (p && vl2h_conf_load(&conf, p, config != NULL, &err) < 0) {
             fprintf(stderr, "%s\n", err.msg);
@@ -252,6 +264,8 @@ int main(int argc, char **argv)
     r = 0;
     if (socket_flag)
         r |= set_opt(&conf.daemon_socket, socket_flag);
+    else if (system && !conf.daemon_socket)
+        r |= set_opt(&conf.daemon_socket, VL2_IPC_SYSTEM_SOCKET);
     if (listen_flag)
         r |= set_opt(&conf.listen, listen_flag);
     if (key_flag)
@@ -335,13 +349,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    memset(&srv, 0, sizeof(srv));
-    if (vl2h_server_start(&srv, &conf, fd, &err) < 0) {
-        fprintf(stderr, "%s\n", err.msg);
-        close(fd);
-        vl2h_conf_done(&conf);
-        return 1;
-    }
+    /* said before serving, so that no answer comes before this line */
     describe(fd, where, sizeof(where));
     {
         char sock[256];
@@ -350,6 +358,13 @@ int main(int argc, char **argv)
             snprintf(sock, sizeof(sock), "?");
         fprintf(stderr, "vl2-http: listening on %s (vl2d at '%s'%s)\n", where, sock,
                 conf.api_key ? ", api key required" : "");
+    }
+    memset(&srv, 0, sizeof(srv));
+    if (vl2h_server_start(&srv, &conf, fd, &err) < 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        close(fd);
+        vl2h_conf_done(&conf);
+        return 1;
     }
 #if VL2_HAVE_SYSTEMD
     (void) sd_notify(0, "READY=1");

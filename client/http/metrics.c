@@ -26,7 +26,7 @@ static const char *const route_names[VL2H_N_ROUTES] = {
     [VL2H_ROUTE_OLLAMA_SHOW] = "/api/show",
     [VL2H_ROUTE_OLLAMA_PS] = "/api/ps",
     [VL2H_ROUTE_ROOT] = "/",
-    [VL2H_ROUTE_MODEL_ONE] = "/v1/models/{id}",
+    [VL2H_ROUTE_MODEL_ONE] = "/v1/models/:id",
 };
 
 void vl2h_metrics_init(struct vl2h_metrics *m)

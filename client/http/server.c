@@ -485,14 +485,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         if (rq->answered)
             return MHD_YES;   /* the 413 is queued: the rest is dropped */
-        if (rq->body_len + n > srv->conf->max_body) {
-            rq->too_large = true;
-            free(rq->body);
-            rq->body = NULL;
-            r = vl2h_reply_error(rq, 413, "request_too_large",
-                                 "vl2-http: the request body is over %zu bytes (max_body)",
-                                 srv->conf->max_body);
-            return r < 0 ? MHD_NO : MHD_YES;
+        if (rq->too_large || rq->body_len + n > srv->conf->max_body) {
+            /* MHD cannot answer in the middle of an upload: drop the rest
+             * and answer 413 at its end, or close when it goes on and on */
+            if (!rq->too_large) {
+                rq->too_large = true;
+                free(rq->body);
+                rq->body = NULL;
+                rq->body_len = 0;
+            }
+            rq->dropped += n;
+            return rq->dropped > 4 * (uint64_t) srv->conf->max_body + (1u << 20) ? MHD_NO
+                                                                                 : MHD_YES;
         }
         {
             char *b = realloc(rq->body, rq->body_len + n + 1);
@@ -508,6 +512,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (rq->answered)
         return MHD_YES;
+    if (rq->too_large) {
+        r = vl2h_reply_error(rq, 413, "request_too_large",
+                             "vl2-http: the request body is over %zu bytes (max_body)",
+                             srv->conf->max_body);
+        return r < 0 ? MHD_NO : MHD_YES;
+    }
     (void) route_of(url, &rest);
     r = dispatch(rq, method, url, rest);
     /* a handler that could not queue anything: MHD answers 500 by closing */

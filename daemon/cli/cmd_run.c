@@ -77,8 +77,9 @@ static void usage(FILE *f)
 "  --backend NAME            cpu (default) or cuda\n"
 "  --plugin-dir DIR          where the backend plugins are\n"
 "  --precision f32|bf16      arithmetic of the products: f32 (the cpu default) or\n"
-"                            operands rounded to bf16 (backend option precision=)\n"
-"  --backend-option K=V      an option of the backend (cpu: isa=scalar|avx2|avx512);\n"
+"                            operands rounded to bf16 (the backend option precision=)\n"
+"  --backend-option K=V      an option of the backend (cpu: isa=scalar|avx2|avx512,\n"
+"                            precision=f32|bf16; the CUDA backend has its own);\n"
 "                            repeatable; a key given twice takes the last value\n"
 "  --threads N               backend threads (default: all cores)\n"
 "  --device N                backend device index, e.g. the GPU (default 0)\n",
@@ -259,55 +260,6 @@ static int parse_args(struct run_opts *o, int argc, char **argv)
     return 0;
 }
 
-static int read_file(const char *path, char **ret, size_t *ret_size, size_t max,
-                     struct vl2_err *err)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-
-    if (!f)
-        return vl2_err_set(err, VL2_EIO, "'%s': %s", path, strerror(errno));
-    for (;;) {
-        size_t got;
-        if (n == cap) {
-            char *p;
-            cap = cap ? 2 * cap : 1 << 16;
-            if (cap > max + 1)
-                cap = max + 1;
-            if (n == cap) {
-                free(buf);
-                fclose(f);
-                return vl2_err_set(err, VL2_ELIMIT, "'%s': larger than %zu bytes", path,
-                                   max);
-            }
-            p = realloc(buf, cap + 1);
-            if (!p) {
-                free(buf);
-                fclose(f);
-                return vl2_err_set(err, VL2_ENOMEM, "'%s': out of memory", path);
-            }
-            buf = p;
-        }
-        got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    if (ferror(f)) {
-        free(buf);
-        fclose(f);
-        return vl2_err_set(err, VL2_EIO, "'%s': read error", path);
-    }
-    fclose(f);
-    if (!buf && !(buf = malloc(1)))
-        return vl2_err_set(err, VL2_ENOMEM, "out of memory");
-    buf[n] = 0;
-    *ret = buf;
-    *ret_size = n;
-    return 0;
-}
-
 /* The precision the backend was given: the last precision= item of the
  * backend options (--precision, --backend-option), else the cpu backend's
  * default "f32" ("default" for another backend). */
@@ -333,7 +285,7 @@ static int read_ids_json(const char *path, int32_t **ret, size_t *ret_n, struct 
     int32_t *ids;
     int r;
 
-    r = read_file(path, &text, &size, (size_t)256 << 20, err);
+    r = vl2_file_read(path, (size_t)256 << 20, "ids", &text, &size, err);
     if (r < 0)
         return r;
     j = cJSON_ParseWithLength(text, size);
@@ -452,7 +404,8 @@ static int prepare(struct run *R, struct vl2_err *err)
     if (r < 0)
         return r;
     for (i = 0; i < R->o.n_images; i++) {
-        r = read_file(R->o.images[i], &R->files[i], &R->file_sizes[i], lim.max_bytes, err);
+        r = vl2_file_read(R->o.images[i], lim.max_bytes, "image", &R->files[i],
+                          &R->file_sizes[i], err);
         if (r < 0)
             return r;
         imgs[i] = (struct vl2_prep_image){

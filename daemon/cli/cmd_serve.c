@@ -22,6 +22,7 @@
 #include "log.h"
 #include "server.h"
 #include "vl2-config.h"
+#include "weights.h"
 
 enum {
     OPT_SOCKET = 1000,
@@ -46,6 +47,13 @@ enum {
     OPT_KV_BUDGET,
     OPT_CONTEXT,
     OPT_IDLE_UNLOAD,
+    OPT_ADMIN_GROUP,
+    OPT_MODEL_ROOT,
+    OPT_STOP_TIMEOUT,
+    OPT_HANDSHAKE_TIMEOUT,
+    OPT_FRAME_TIMEOUT,
+    OPT_MAX_CONN_PER_UID,
+    OPT_MAX_PARTIAL,
     OPT_VERBOSE = 'v',
     OPT_HELP = 'h',
 };
@@ -65,8 +73,8 @@ static const struct serve_option serve_options[] = {
       "the base name of DIR); repeatable, added to the file's models" },
     { "backend", "NAME", OPT_BACKEND, "cpu (default) or cuda" },
     { "backend-option", "K=V", OPT_BACKEND_OPTION, "an option of the backend plugin "
-      "(cpu: isa=scalar|avx2|avx512); repeatable, appended to the file's "
-      "backend_options (a key given twice: the last value)" },
+      "(cpu: isa=scalar|avx2|avx512, precision=f32|bf16); repeatable, appended to the "
+      "file's backend_options (a key given twice: the last value)" },
     { "plugin-dir", "DIR", OPT_PLUGIN_DIR, "where the backend plugins are" },
     { "device", "N", OPT_DEVICE, "backend device index (default 0)" },
     { "threads", "N", OPT_THREADS, "backend threads (default 0: all cores)" },
@@ -87,6 +95,23 @@ static const struct serve_option serve_options[] = {
       "default: the daemon's own user and root" },
     { "allow-group", "GROUP", OPT_ALLOW_GROUP, "let members of GROUP (name or gid) "
       "connect; repeatable" },
+    { "admin-group", "GROUP", OPT_ADMIN_GROUP, "let members of GROUP (name or gid) load "
+      "and unload models (LoadModel, UnloadModel; 'vl2 load'/'vl2 unload'); repeatable; "
+      "the daemon's own user and root always may, other clients only use the models "
+      "served" },
+    { "model-root", "DIR", OPT_MODEL_ROOT, "a LoadModel may only name a directory beneath "
+      "DIR (links resolved); repeatable; without any, an admin may name any directory" },
+    { "stop-timeout", "SECONDS", OPT_STOP_TIMEOUT, "after SIGTERM, exit within SECONDS "
+      "whatever still runs (default 10; 0: wait for everything)" },
+    { "handshake-timeout", "SECONDS", OPT_HANDSHAKE_TIMEOUT, "close a connection that "
+      "has not sent Hello after SECONDS (default 10)" },
+    { "frame-timeout", "SECONDS", OPT_FRAME_TIMEOUT, "close a connection whose frame is "
+      "not complete SECONDS after its first byte (default 30)" },
+    { "max-connections-per-uid", "N", OPT_MAX_CONN_PER_UID, "connections one user may "
+      "hold (default 64)" },
+    { "max-partial-bytes", "SIZE", OPT_MAX_PARTIAL, "bytes that frames still being "
+      "received may hold, all clients together (K/M/G; default 4 x max-frame, at least "
+      "256M); a client whose frame passes it is refused" },
     { "max-frame", "SIZE", OPT_MAX_FRAME, "largest request accepted, bytes with optional "
       "K/M/G suffix (default 64M, at most 1G)" },
     { "max-connections", "N", OPT_MAX_CONNECTIONS, "clients at once (default 256)" },
@@ -309,6 +334,72 @@ static int apply_option(struct vl2_conf *c, int id, const char *arg)
         }
         o->n_allow_gids++;
         return 0;
+    case OPT_ADMIN_GROUP:
+        if (o->n_admin_gids >= VL2_SERVER_MAX_ALLOW) {
+            fprintf(stderr, "vl2d: --admin-group given more than %d times\n",
+                    VL2_SERVER_MAX_ALLOW);
+            return -1;
+        }
+        if (resolve_group(arg, &o->admin_gids[o->n_admin_gids]) < 0) {
+            fprintf(stderr, "vl2d: --admin-group '%s': no such group\n", arg);
+            return -1;
+        }
+        o->n_admin_gids++;
+        return 0;
+    case OPT_MODEL_ROOT:
+        if (o->n_model_roots >= VL2_SERVER_MAX_ROOTS) {
+            fprintf(stderr, "vl2d: --model-root given more than %d times\n",
+                    VL2_SERVER_MAX_ROOTS);
+            return -1;
+        }
+        if (arg[0] != '/') {
+            fprintf(stderr, "vl2d: --model-root '%s': expected an absolute path\n", arg);
+            return -1;
+        }
+        o->model_roots[o->n_model_roots++] = arg;
+        return 0;
+    case OPT_STOP_TIMEOUT:
+    case OPT_HANDSHAKE_TIMEOUT:
+    case OPT_FRAME_TIMEOUT: {
+        const char *name = id == OPT_STOP_TIMEOUT ? "stop-timeout"
+                           : id == OPT_FRAME_TIMEOUT ? "frame-timeout" : "handshake-timeout";
+        double t;
+
+        errno = 0;
+        t = strtod(arg, &end);
+        if (errno || end == arg || *end || !(t >= 0 && t <= 3600) ||
+            (t == 0 && id != OPT_STOP_TIMEOUT)) {
+            fprintf(stderr, "vl2d: --%s '%s': expected seconds from %s to 3600\n", name, arg,
+                    id == OPT_STOP_TIMEOUT ? "0" : "more than 0");
+            return -1;
+        }
+        if (id == OPT_STOP_TIMEOUT)
+            o->stop_timeout_s = t;
+        else if (id == OPT_FRAME_TIMEOUT)
+            o->frame_timeout_s = t;
+        else
+            o->handshake_timeout_s = t;
+        return 0;
+    }
+    case OPT_MAX_CONN_PER_UID:
+        if (parse_id(arg, &v) < 0 || v == 0 || v > 65536) {
+            fprintf(stderr, "vl2d: --max-connections-per-uid '%s': expected 1 to 65536\n",
+                    arg);
+            return -1;
+        }
+        o->max_connections_per_uid = (unsigned) v;
+        return 0;
+    case OPT_MAX_PARTIAL: {
+        unsigned long long size;
+
+        if (parse_size(arg, &size) < 0 || size == 0 || size > (1ull << 40)) {
+            fprintf(stderr, "vl2d: --max-partial-bytes '%s': expected a size such as 256M\n",
+                    arg);
+            return -1;
+        }
+        o->max_partial_bytes = (size_t) size;
+        return 0;
+    }
     case OPT_MAX_FRAME: {
         unsigned long long size;
 
@@ -419,10 +510,98 @@ static int read_config(struct vl2_conf *c, const struct parsed_opt *opts, size_t
     return 0;
 }
 
+/* ---- SIGHUP ----------------------------------------------------------- */
+
+/* What a reload needs: the options as given, and the configuration in use
+ * (its engine parameters make the engines of models added later). */
+struct reload_ctx {
+    const struct parsed_opt *opts;
+    size_t n_opts;
+    struct vl2_conf *conf;
+};
+
+static bool conf_has_model(const struct vl2_conf *c, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < c->n_models; i++)
+        if (!strcmp(c->models[i].name, name))
+            return true;
+    return false;
+}
+
+/* Reread the file and the --model options; load the models that are new,
+ * unload those that are gone, take the log level.  Everything else needs a
+ * restart (README "Signals"). */
+static void on_reload(void *ud, struct vl2_server *srv)
+{
+    struct reload_ctx *rc = ud;
+    struct vl2_err err = { 0 };
+    struct vl2_conf next;
+    size_t i;
+
+    vl2_conf_init(&next);
+    if (read_config(&next, rc->opts, rc->n_opts) < 0) {
+        vl2_log(VL2_LOG_ERR, "reload: the configuration has errors (above); keeping the "
+                "current one");
+        goto out_done;
+    }
+    for (i = 0; i < rc->n_opts; i++)
+        if (rc->opts[i].id == OPT_MODEL &&
+            vl2_conf_add_model_arg(&next, rc->opts[i].arg, &err) < 0) {
+            vl2_log(VL2_LOG_ERR, "reload: --model '%s': %s", rc->opts[i].arg, err.msg);
+            goto out_done;
+        }
+    for (i = 0; i < rc->n_opts; i++)   /* the flags add to the file's */
+        if ((rc->opts[i].id == OPT_ADMIN_GROUP || rc->opts[i].id == OPT_MODEL_ROOT) &&
+            apply_option(&next, rc->opts[i].id, rc->opts[i].arg) < 0)
+            goto out_done;
+    if (vl2_server_set_policy(srv, next.server.admin_gids, next.server.n_admin_gids,
+                              next.server.model_roots, next.server.n_model_roots, &err) < 0) {
+        vl2_log(VL2_LOG_ERR, "reload: %s; keeping the admin groups and model roots", err.msg);
+    }
+    if (next.has_log_level)
+        vl2_log_set_level(next.log_level);
+    for (i = 0; i < rc->conf->n_models; i++) {
+        const char *name = rc->conf->models[i].name;
+
+        if (!conf_has_model(&next, name) && vl2_server_has_model(srv, name)) {
+            vl2_log(VL2_LOG_INFO, "reload: model '%s' is no longer configured", name);
+            (void) vl2_server_unload_model(srv, name, &err);
+        }
+    }
+    for (i = 0; i < next.n_models; i++) {
+        const struct vl2_conf_model *m = &next.models[i];
+
+        if (conf_has_model(rc->conf, m->name) && vl2_server_has_model(srv, m->name))
+            continue;
+        if (vl2_server_has_model(srv, m->name)) {
+            vl2_log(VL2_LOG_WARN, "reload: model '%s' is served already (loaded by a "
+                    "client); not replaced", m->name);
+            continue;
+        }
+        vl2_log(VL2_LOG_INFO, "reload: model '%s' is new", m->name);
+        if (vl2_server_load_model(srv, m->name, m->dir, m->backend, &err) < 0)
+            vl2_log(VL2_LOG_ERR, "model '%s': %s", m->name, err.msg);
+    }
+    /* the model list in use is the new one; the engine parameters stay */
+    for (i = 0; i < rc->conf->n_models; i++) {
+        free(rc->conf->models[i].name);
+        free(rc->conf->models[i].dir);
+        free(rc->conf->models[i].backend);
+    }
+    memcpy(rc->conf->models, next.models, sizeof(next.models));
+    rc->conf->n_models = next.n_models;
+    next.n_models = 0;
+out_done:
+    vl2_conf_done(&next);
+}
+
 int vl2d_cmd_serve(int argc, char **argv)
 {
     struct option longopts[N_OPTIONS + 1];
     struct vl2_engine_factory factory = { .create = create_engine };
+    struct reload_ctx reload = { 0 };
     struct vl2_server *srv = NULL;
     struct vl2_err err = { 0 };
     struct parsed_opt *opts;
@@ -496,6 +675,13 @@ int vl2d_cmd_serve(int argc, char **argv)
     rc = 1;
     factory.ud = &conf;
     conf.server.factory = &factory;
+    reload.opts = opts;
+    reload.n_opts = n_opts;
+    reload.conf = &conf;
+    conf.server.reload = on_reload;
+    conf.server.reload_ud = &reload;
+    /* model files are opened beneath their directory (weights.h) */
+    vl2_file_set_beneath(true);
     r = vl2_server_new(&conf.server, &srv, &err);
     if (r < 0) {
         vl2_log(VL2_LOG_ERR, "%s", err.msg);

@@ -4,6 +4,7 @@
  * server's options and the engines' parameters. */
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -43,6 +44,7 @@ void vl2_conf_done(struct vl2_conf *c)
     for (i = 0; i < c->n_models; i++)
         free_model(&c->models[i]);
     free(c->socket_path);
+    free(c->model_roots);
     free(c->backend);
     free(c->plugin_dir);
     memset(c, 0, sizeof(*c));
@@ -253,6 +255,54 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
         so->socket_path = c->socket_path;
         return r;
     }
+    if (!strcmp(key, "admin_groups")) {
+        char buf[1024], *tok, *save = NULL;
+        size_t n = 0;
+
+        if (snprintf(buf, sizeof(buf), "%s", value) >= (int) sizeof(buf))
+            return vl2_err_set(err, VL2_ELIMIT, "admin_groups: too long");
+        for (tok = strtok_r(buf, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+            struct group gr, *res = NULL;
+            char gbuf[8192], *end;
+            unsigned long g;
+
+            if (n >= VL2_SERVER_MAX_ALLOW)
+                return vl2_err_set(err, VL2_ELIMIT, "admin_groups: more than %d groups",
+                                   VL2_SERVER_MAX_ALLOW);
+            errno = 0;
+            g = strtoul(tok, &end, 10);
+            if (tok[0] >= '0' && tok[0] <= '9' && !*end && !errno) {
+                so->admin_gids[n++] = (gid_t) g;
+            } else if (getgrnam_r(tok, &gr, gbuf, sizeof(gbuf), &res) == 0 && res) {
+                so->admin_gids[n++] = res->gr_gid;
+            } else {
+                return vl2_err_set(err, VL2_EINVAL, "admin_groups: no such group '%s'", tok);
+            }
+        }
+        so->n_admin_gids = n;
+        return 0;
+    }
+    if (!strcmp(key, "model_roots")) {
+        char *copy = strdup(value), *tok, *save = NULL;
+        size_t n = 0;
+
+        if (!copy)
+            return vl2_err_set(err, VL2_ENOMEM, "out of memory");
+        for (tok = strtok_r(copy, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+            if (tok[0] != '/' || n >= VL2_SERVER_MAX_ROOTS) {
+                r = vl2_err_set(err, tok[0] != '/' ? VL2_EINVAL : VL2_ELIMIT,
+                                tok[0] != '/' ? "model_roots: '%s' is not an absolute path"
+                                              : "model_roots: more than 16 at '%s'", tok);
+                free(copy);
+                return r;
+            }
+            so->model_roots[n++] = tok;
+        }
+        free(c->model_roots);
+        c->model_roots = copy;
+        so->n_model_roots = n;
+        return 0;
+    }
     if (!strcmp(key, "log_level")) {
         if (vl2_log_parse_level(value, &c->log_level) < 0)
             return vl2_err_set(err, VL2_EINVAL, "log_level '%s': expected error, warning, "
@@ -270,6 +320,13 @@ int vl2_conf_set(struct vl2_conf *c, const char *key, const char *value, struct 
             return vl2_err_set(err, VL2_EINVAL, "socket_mode '%s': expected an octal mode "
                                "such as 0660", value);
         so->socket_mode = (unsigned) m;
+        return 0;
+    }
+    if (!strcmp(key, "special_tokens_in_text")) {
+        if (parse_bool(value, &b) < 0)
+            return vl2_err_set(err, VL2_EINVAL, "special_tokens_in_text '%s': expected true or "
+                               "false", value);
+        ep->special_tokens_in_text = b;
         return 0;
     }
     if (!strcmp(key, "apply_exif")) {

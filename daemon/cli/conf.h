@@ -39,16 +39,21 @@
  *   max_sequences (8)        max_queue (1024)                   kv_budget (0: auto)
  *   context (0: the model's) max_new_tokens (512)               max_images (16, at most 64)
  *   max_image_pixels (50000000)  max_image_bytes (64M)          apply_exif (true)
+ *   special_tokens_in_text (false: messages are plain text, prompt.h)
+ *   admin_groups (none: only the daemon's user and root load and unload)
+ *                            group names or gids, separated by spaces
+ *   model_roots (none: an admin may load any directory)
+ *                            absolute directories, separated by spaces
  *   image_timeout (10s)      prep_threads (2)                   idle_unload (0: never)
  *   vision_tiles_per_step (1: tiles of one image encoded between two decode steps
  *                            while other requests run; 0: a whole image at once)
  *   backend_options (none)   options of the backend plugin: key=value items
  *                            separated by commas, no blanks (the grammar of
  *                            plugins/vl2-options.h; the keys are the backend's:
- *                            plugins/cpu/cpu.c, plugins/cuda).  The syntax is
- *                            checked here, the keys and values by the backend
- *                            when a model loads (an unknown key fails the load
- *                            with the backend's message).  vl2d's
+ *                            plugins/cpu/cpu.c, plugins/cuda/cuda-options.h).
+ *                            The syntax is checked here, the keys and values
+ *                            by the backend when a model loads (an unknown key
+ *                            fails the load with the backend's message).  vl2d's
  *                            --backend-option K=V flags are appended after the
  *                            file's value, and for a key given twice the last
  *                            value wins: a flag overrides the file.
@@ -91,6 +96,8 @@ struct vl2_conf {
                                          the fields below (backend_options NULL when
                                          empty) */
     char *socket_path;
+    char *model_roots;      /* the model_roots value, NUL-split; server.model_roots
+                               point into it (flags append their own) */
     char *backend;
     char *plugin_dir;
     char backend_options[VL2_CONF_OPTIONS_MAX]; /* "" or "k=v,..." */

@@ -254,6 +254,37 @@ static size_t slots_held(const struct vl2_engine *e)
     return e->prep_todo.n + e->prepping.n + e->ready.n + e->running.n;
 }
 
+/* Requests of @owner holding a slot (prep or decode). */
+static size_t owner_slots(const struct vl2_engine *e, uint64_t owner)
+{
+    const struct vl2_req_list *lists[] = { &e->prep_todo, &e->prepping, &e->ready,
+                                           &e->running };
+    const struct vl2_req *q;
+    size_t i, n = 0;
+
+    for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+        for (q = lists[i]->head; q; q = q->next)
+            n += q->owner == owner;
+    return n;
+}
+
+/* Fairness of the slots (issue 18): the last free slot is kept for an owner
+ * that holds none, so that a newcomer starts at once however long the
+ * generations of another client are.  The queued request to admit, or NULL
+ * when only owners that hold slots wait for the last one. */
+static struct vl2_req *admit_next(struct vl2_engine *e)
+{
+    struct vl2_req *r = queue_next(e), *q;
+
+    if (e->p.max_sequences < 2 || slots_held(e) + 1 < e->p.max_sequences ||
+        owner_slots(e, r->owner) == 0)
+        return r;
+    for (q = e->queue.head; q; q = q->next)
+        if (owner_slots(e, q->owner) == 0)
+            return q;
+    return NULL;
+}
+
 /* Tokenize jobs the engine holds: waiting and encoding.  Their one limit
  * (VL2_ENGINE_MAX_TOKENIZE) is checked in engine_tokenize. */
 static size_t tokenize_held(const struct vl2_engine *e)
@@ -267,7 +298,10 @@ static void admit(struct vl2_engine *e)
     if (e->state != VL2_MODEL_STATE_READY || e->stopping || e->quit)
         return;
     while (e->queue.n > 0 && slots_held(e) < e->p.max_sequences) {
-        struct vl2_req *r = queue_next(e);
+        struct vl2_req *r = admit_next(e);
+
+        if (!r)
+            break;
 
         queue_remove(e, r);
         vl2__req_list_push(&e->prep_todo, r, VL2_REQ_PREP_TODO);
@@ -1006,6 +1040,28 @@ out_wait:
 
 /* ---- prep threads ----------------------------------------------------- */
 
+/* The next request to prepare: one owner never takes every prep thread (a
+ * descriptor that is slow to read would hold them all), so a request of an
+ * owner already preparing n_prep - 1 waits while others go first.  NULL when
+ * none may start now. */
+static struct vl2_req *prep_pick(struct vl2_engine *e)
+{
+    struct vl2_req *q;
+
+    for (q = e->prep_todo.head; q; q = q->next) {
+        const struct vl2_req *p;
+        size_t busy = 0;
+
+        for (p = e->prepping.head; p; p = p->next)
+            busy += p->owner == q->owner;
+        if (e->n_prep < 2 || busy < e->n_prep - 1) {
+            vl2__req_list_remove(&e->prep_todo, q);
+            return q;
+        }
+    }
+    return NULL;
+}
+
 /* Encode one Tokenize job and post its answer (a prep thread, without the
  * lock: the tokenizer is immutable once loaded). */
 static void run_tokenize(struct vl2_engine *e, struct vl2_tokenize_job *job)
@@ -1103,7 +1159,7 @@ static void *prep_main(void *arg)
         if (e->tok_head && (!last_tok || !e->prep_todo.head))
             tj = tok_pop(e);
         else
-            r = vl2__req_list_pop(&e->prep_todo);
+            r = prep_pick(e);
         if (tj) {
             last_tok = true;
             e->n_tok_encoding++;
@@ -1125,6 +1181,7 @@ static void *prep_main(void *arg)
         rc = vl2__prep_request(e, r, &err);
         pthread_mutex_lock(&e->mu);
         vl2__req_list_remove(&e->prepping, r);
+        pthread_cond_broadcast(&e->prep_cv);   /* its owner's next may start (prep_pick) */
         dead = r->cancelled || e->stopping || e->quit;
         if (rc >= 0 && !dead) {
             vl2__req_list_push(&e->ready, r, VL2_REQ_READY);

@@ -77,6 +77,7 @@ struct vl2_engine_params {
     uint64_t    max_image_pixels;   /* per image (default 50 000 000) */
     size_t      max_image_bytes;    /* encoded size of one image (default 64 MiB) */
     bool        apply_exif;         /* for images whose request leaves it unset (true) */
+    bool        special_tokens_in_text;  /* prompt.h: false (default), messages are plain text */
     uint32_t    max_new_tokens;     /* default when a request sets none (512) */
     uint32_t    prep_threads;       /* image/prompt workers (default 2) */
     double      fd_timeout_s;       /* longest wait reading an image descriptor (10) */

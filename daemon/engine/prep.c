@@ -124,6 +124,7 @@ int vl2__prep_request(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *e
     rq.max_image_pixels = e->p.max_image_pixels;
     rq.max_image_bytes = e->p.max_image_bytes;
     rq.fd_timeout_s = e->p.fd_timeout_s;
+    rq.special_tokens_in_text = e->p.special_tokens_in_text;
     rc = vl2_prepare(&e->pm, &rq, &hooks, &r->pr, err);
     if (rc < 0)
         goto out_free;

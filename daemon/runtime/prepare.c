@@ -316,8 +316,9 @@ static int build_prompt(const struct vl2_prep_model *pm, const struct vl2_prep_r
         goto out_free;
     for (i = 0; i < out->n_images; i++)
         counts[i] = out->images[i].tiling.n_tokens;
-    rc = vl2_prompt_build(pm->tok, msgs, rq->n_messages, counts, out->n_images, &out->ids,
-                          &out->n_ids, err);
+    rc = vl2_prompt_build_ex(pm->tok, msgs, rq->n_messages, counts, out->n_images,
+                             rq->special_tokens_in_text ? VL2_PROMPT_SPECIAL_TOKENS_IN_TEXT : 0,
+                             &out->ids, &out->n_ids, err);
 out_free:
     for (i = 0; owned && i < rq->n_messages; i++)
         free(owned[i]);

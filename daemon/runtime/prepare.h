@@ -114,6 +114,9 @@ struct vl2_prep_request {
     uint64_t                       max_image_pixels;
     size_t                         max_image_bytes;
     double                         fd_timeout_s;
+    /* prompt.h: false, the messages' text is plain text (special-token
+     * strings there are not ids); true: the official processor's way. */
+    bool                           special_tokens_in_text;
 };
 
 struct vl2_prepared_image {

@@ -85,3 +85,32 @@ int vl2__auth_check(const struct vl2_server_opts *o, const struct vl2_peer *peer
                            allowed[0] ? allowed : "nobody");
     }
 }
+
+static bool peer_in_group(const struct vl2_peer *peer, gid_t g)
+{
+    size_t j;
+
+    if (peer->gid == g)
+        return true;
+    for (j = 0; j < peer->n_groups; j++)
+        if (peer->groups[j] == g)
+            return true;
+    return false;
+}
+
+bool vl2__auth_privileged(const struct vl2_peer *peer)
+{
+    return peer->uid == 0 || peer->uid == geteuid();
+}
+
+bool vl2__auth_admin(const struct vl2_server_opts *o, const struct vl2_peer *peer)
+{
+    size_t i;
+
+    if (vl2__auth_privileged(peer))
+        return true;
+    for (i = 0; i < o->n_admin_gids; i++)
+        if (peer_in_group(peer, o->admin_gids[i]))
+            return true;
+    return false;
+}

@@ -15,10 +15,11 @@
 #include "engine.h"
 #include "server-impl.h"
 
-/* Images one Generate may carry. */
-#define MAX_IMAGES_PER_REQUEST VL2_ENGINE_MAX_IMAGES   /* engine.h */
 /* Bytes of text one Tokenize may carry. */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
+/* Tokenize requests one connection may have in flight (fairness, issue 18:
+ * the engine encodes at most VL2_ENGINE_MAX_TOKENIZE of all at once). */
+#define MAX_TOKENIZE_PER_CONN 4
 
 static void reply(struct vl2_conn *c, Vl2__Response *resp, uint64_t id)
 {
@@ -83,9 +84,15 @@ static Vl2__ModelState model_state(const struct vl2_srv_model *m,
     }
 }
 
-/* Fill @mi for @m; @stats receives the engine's figures (strings in @mi
- * point into @m and @stats). */
-static void model_info(struct vl2_srv_model *m, Vl2__ModelInfo *mi,
+/* What a client that is not the daemon's uid or root reads instead of a
+ * load error: the error may quote the files the daemon read, and tells
+ * whether paths exist that the client may not see. */
+static const char *const load_error_hidden =
+    "the model could not be loaded; the daemon's log has the details";
+
+/* Fill @mi for @m as @c may see it; @stats receives the engine's figures
+ * (strings in @mi point into @m and @stats). */
+static void model_info(struct vl2_conn *c, struct vl2_srv_model *m, Vl2__ModelInfo *mi,
                        struct vl2_engine_stats *stats)
 {
     vl2__model_info__init(mi);
@@ -97,7 +104,8 @@ static void model_info(struct vl2_srv_model *m, Vl2__ModelInfo *mi,
     mi->has_state = 1;
     mi->state = model_state(m, stats);
     if (stats->error)
-        mi->error = (char *) stats->error;
+        mi->error = (char *) (vl2__auth_privileged(&c->peer) ? stats->error
+                                                            : load_error_hidden);
     mi->has_memory_bytes = 1;
     mi->memory_bytes = stats->memory_bytes;
     mi->backend = (char *) (stats->backend ? stats->backend : "");
@@ -108,14 +116,14 @@ static void model_info(struct vl2_srv_model *m, Vl2__ModelInfo *mi,
 }
 
 /* Fill @infos (and @ptrs pointing at them) for every model. */
-static void model_infos(struct vl2_server *srv, Vl2__ModelInfo *infos, Vl2__ModelInfo **ptrs,
+static void model_infos(struct vl2_conn *c, Vl2__ModelInfo *infos, Vl2__ModelInfo **ptrs,
                         struct vl2_engine_stats *stats)
 {
     struct vl2_srv_model *m;
     size_t i = 0;
 
-    for (m = srv->models; m; m = m->next, i++) {
-        model_info(m, &infos[i], &stats[i]);
+    for (m = c->srv->models; m; m = m->next, i++) {
+        model_info(c, m, &infos[i], &stats[i]);
         ptrs[i] = &infos[i];
     }
 }
@@ -134,7 +142,7 @@ static void on_status(struct vl2_conn *c, uint64_t id)
         vl2__conn_send_error(c, id, VL2_ENOMEM, "server: out of memory", false);
         goto out_free;
     }
-    model_infos(srv, infos, ptrs, stats);
+    model_infos(c, infos, ptrs, stats);
     st.server_version = (char *) VL2_VERSION;
     st.has_protocol_version = 1;
     st.protocol_version = VL2_IPC_PROTOCOL_VERSION;
@@ -178,7 +186,7 @@ static void on_list_models(struct vl2_conn *c, uint64_t id)
         vl2__conn_send_error(c, id, VL2_ENOMEM, "server: out of memory", false);
         goto out_free;
     }
-    model_infos(srv, infos, ptrs, stats);
+    model_infos(c, infos, ptrs, stats);
     ml.n_models = n;
     ml.models = ptrs;
     resp.body_case = VL2__RESPONSE__BODY_MODELS;
@@ -199,7 +207,7 @@ static char *dup_str(const char *s)
 
 /* Translate @g into a job; images passed as descriptors get duplicates of
  * @frame's.  Returns 0 or < 0 with @err. */
-static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame,
+static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame, size_t max_prompt,
                     struct vl2_job **ret_job, struct vl2_err *err)
 {
     struct vl2_job *job;
@@ -213,6 +221,11 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame,
     if (n_images > VL2_ENGINE_MAX_IMAGES)
         return vl2_err_set(err, VL2_ELIMIT, "server: generate: %zu images, at most %d",
                            n_images, VL2_ENGINE_MAX_IMAGES);
+    for (i = 0, j = 0; i < g->n_messages; i++)
+        j += g->messages[i]->text ? strlen(g->messages[i]->text) : 0;
+    if (j > max_prompt)
+        return vl2_err_set(err, VL2_ELIMIT, "server: generate: the messages hold %zu bytes of "
+                           "text, at most %zu", j, max_prompt);
     job = calloc(1, sizeof(*job));
     if (!job)
         return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
@@ -368,9 +381,17 @@ static bool refuse_inflight(struct vl2_conn *c, uint64_t id)
     struct vl2_err err = { 0 };
 
     if (id_in_use(c, id)) {
-        vl2_err_set(&err, VL2_EINVAL,
-                    "server: request id %llu is already in use on this connection",
+        /* Any answer carrying this id would read as the live request's: a
+         * protocol violation, answered about the connection (id 0), which
+         * then closes. */
+        vl2_err_set(&err, VL2_EPROTO, "server: protocol error: a new request reuses id %llu "
+                    "of a request still in flight on this connection; closing",
                     (unsigned long long) id);
+        vl2_log(VL2_LOG_WARN, "connection %llu (pid %ld, uid %u): %s",
+                (unsigned long long) c->id, (long) c->peer.pid, (unsigned) c->peer.uid,
+                err.msg);
+        vl2__conn_send_error(c, 0, err.code, err.msg, true);
+        return true;
     } else if (c->n_inflight >= c->srv->opts.max_inflight_per_conn) {
         vl2_err_set(&err, VL2_ELIMIT, "server: %u requests in flight on this connection, "
                     "the limit", c->n_inflight);
@@ -398,7 +419,18 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
     }
     if (refuse_inflight(c, id))
         return;
-    r = make_job(g, frame, &job, &err);
+    if (c->request_bytes + frame->size > srv->opts.max_request_bytes_per_conn ||
+        srv->request_bytes + frame->size > srv->opts.max_request_bytes_total) {
+        bool mine = c->request_bytes + frame->size > srv->opts.max_request_bytes_per_conn;
+
+        vl2_err_set(&err, VL2_EBUSY, "server: generate: %s requests in flight hold %zu bytes; "
+                    "this one (%u bytes) waits for some to end: try again",
+                    mine ? "this connection's" : "all clients'",
+                    mine ? c->request_bytes : srv->request_bytes, frame->size);
+        vl2__conn_send_error(c, id, err.code, err.msg, false);
+        return;
+    }
+    r = make_job(g, frame, srv->opts.max_prompt_bytes, &job, &err);
     if (r < 0) {
         vl2__conn_send_error(c, id, r, err.msg, false);
         return;
@@ -410,6 +442,7 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
         return;
     }
     inf->request_id = id;
+    inf->bytes = frame->size;
     inf->key = job->key = srv->next_key++;
     job->owner = c->id;
     inf->model = model;
@@ -424,6 +457,8 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
     inf->next = c->inflight;
     c->inflight = inf;
     c->n_inflight++;
+    c->request_bytes += inf->bytes;
+    srv->request_bytes += inf->bytes;
 }
 
 /* ---- LoadModel, UnloadModel ------------------------------------------- */
@@ -435,7 +470,7 @@ static void send_model_loaded(struct vl2_conn *c, uint64_t id, struct vl2_srv_mo
     Vl2__ModelInfo mi;
     struct vl2_engine_stats st;
 
-    model_info(m, &mi, &st);
+    model_info(c, m, &mi, &st);
     ml.model = &mi;
     ml.has_load_s = 1;
     ml.load_s = m->load_s;
@@ -454,6 +489,16 @@ static void on_load_model(struct vl2_conn *c, uint64_t id, const Vl2__LoadModel 
     Vl2__Accepted a = VL2__ACCEPTED__INIT;
     int r;
 
+    char *dir = NULL;
+
+    if (!vl2__auth_admin(&srv->opts, &c->peer)) {
+        vl2_log(VL2_LOG_WARN, "connection %llu (pid %ld, uid %u): load of '%s' refused: not "
+                "an admin", (unsigned long long) c->id, (long) c->peer.pid,
+                (unsigned) c->peer.uid, lm->dir ? lm->dir : "");
+        vl2__conn_send_error(c, id, VL2_EPERM, "server: load: permission denied: only the "
+                             "daemon's user, root and its admin groups may load models", false);
+        return;
+    }
     if (!lm->dir || lm->dir[0] != '/') {
         vl2_err_set(&err, VL2_EINVAL, "server: load: the model directory '%s' is not an "
                     "absolute path", lm->dir ? lm->dir : "");
@@ -462,6 +507,14 @@ static void on_load_model(struct vl2_conn *c, uint64_t id, const Vl2__LoadModel 
     }
     if (refuse_inflight(c, id))
         return;
+    dir = vl2__server_check_dir(srv, lm->dir, &err);
+    if (!dir) {
+        vl2_log(VL2_LOG_WARN, "connection %llu (pid %ld, uid %u): load of '%s' refused: %s",
+                (unsigned long long) c->id, (long) c->peer.pid, (unsigned) c->peer.uid,
+                lm->dir, err.msg);
+        vl2__conn_send_error(c, id, err.code, err.msg, false);
+        return;
+    }
     /* a model that failed to load may be loaded again under its name */
     for (old = srv->models; old; old = old->next)
         if (lm->name && !strcmp(old->name, lm->name))
@@ -475,14 +528,28 @@ static void on_load_model(struct vl2_conn *c, uint64_t id, const Vl2__LoadModel 
                                    : "server: load: model '%s' is already loaded; unload it "
                                      "first", old->name);
         vl2__conn_send_error(c, id, err.code, err.msg, false);
+        free(dir);
         return;
     }
     inf = calloc(1, sizeof(*inf));
     if (!inf) {
         vl2__conn_send_error(c, id, VL2_ENOMEM, "server: out of memory", false);
+        free(dir);
         return;
     }
-    r = vl2__server_load(srv, lm->name, lm->dir, lm->backend, lm->progress, &m, &err);
+    /* a name from the directory the client gave, the files from the
+     * resolved one (what was checked against the roots) */
+    {
+        char base[256];
+        const char *name = lm->name;
+
+        if (!name || !name[0]) {
+            vl2__base_name(lm->dir, base, sizeof(base));
+            name = base;
+        }
+        r = vl2__server_load(srv, name, dir, lm->backend, lm->progress, &m, &err);
+    }
+    free(dir);
     if (r < 0) {
         free(inf);
         vl2__conn_send_error(c, id, r, err.msg, false);
@@ -510,6 +577,15 @@ static void on_unload_model(struct vl2_conn *c, uint64_t id, const Vl2__UnloadMo
     struct vl2_srv_model *m;
     char msg[200];
 
+    if (!vl2__auth_admin(&srv->opts, &c->peer)) {
+        vl2_log(VL2_LOG_WARN, "connection %llu (pid %ld, uid %u): unload of '%s' refused: not "
+                "an admin", (unsigned long long) c->id, (long) c->peer.pid,
+                (unsigned) c->peer.uid, um->name ? um->name : "");
+        vl2__conn_send_error(c, id, VL2_EPERM, "server: unload: permission denied: only the "
+                             "daemon's user, root and its admin groups may unload models",
+                             false);
+        return;
+    }
     for (m = srv->models; m; m = m->next)
         if (um->name && !strcmp(m->name, um->name) && !m->unloading)
             break;
@@ -542,8 +618,17 @@ static void on_cancel(struct vl2_conn *c, uint64_t id, const Vl2__Cancel *cn)
         vl2__conn_send_error(c, id, VL2_ENOTFOUND, msg, false);
         return;
     }
-    /* the engine ends the job with a terminal event, which answers it */
-    inf->model->ops->cancel(inf->model->engine, inf->key);
+    if (inf->load) {
+        /* a load has no job to cancel: the model goes, and the load request
+         * ends with Error CANCELED (sent by the unload) */
+        struct vl2_srv_model *m = inf->model;
+
+        vl2_log(VL2_LOG_INFO, "model '%s': load cancelled by its client", m->name);
+        vl2__server_unload(c->srv, m, "server: load: cancelled", false);
+    } else {
+        /* the engine ends the job with a terminal event, which answers it */
+        inf->model->ops->cancel(inf->model->engine, inf->key);
+    }
     resp.body_case = VL2__RESPONSE__BODY_ACK;
     resp.ack = &ack;
     reply(c, &resp, id);
@@ -617,6 +702,8 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
     size_t len = strlen(text);
     struct vl2_tokenize_job *job = NULL;
     struct vl2_inflight *inf = NULL;
+    const struct vl2_inflight *it;
+    unsigned n_mine = 0;
     int r;
 
     model = find_model(srv, t->model, "tokenize", &err);
@@ -629,6 +716,13 @@ static void on_tokenize(struct vl2_conn *c, uint64_t id, const Vl2__Tokenize *t)
     if (len > MAX_TOKENIZE_TEXT) {
         vl2_err_set(&err, VL2_ELIMIT, "server: tokenize: the text has %zu bytes, at most %zu",
                     len, MAX_TOKENIZE_TEXT);
+        goto out_error;
+    }
+    for (it = c->inflight; it; it = it->next)
+        n_mine += it->tokenize;
+    if (n_mine >= MAX_TOKENIZE_PER_CONN) {
+        vl2_err_set(&err, VL2_EBUSY, "server: tokenize: %u texts of this connection are being "
+                    "encoded, at most %d at once; try again", n_mine, MAX_TOKENIZE_PER_CONN);
         goto out_error;
     }
     if (refuse_inflight(c, id))
@@ -670,9 +764,19 @@ void vl2__dispatch_frame(struct vl2_conn *c, struct vl2_ipc_frame *frame)
 {
     struct vl2_err err = { 0 };
     Vl2__Request *req;
-    uint64_t id;
+    uint64_t id = 0;
+    int r;
 
-    req = vl2_ipc_request_decode(frame->payload, frame->size, &err);
+    r = vl2_ipc_request_precheck(frame->payload, frame->size, &id, &err);
+    if (r == VL2_ELIMIT || r == VL2_EINVAL) {
+        /* a well-formed request over a limit: refused before decoding */
+        vl2_log(VL2_LOG_WARN, "connection %llu (pid %ld, uid %u): request %llu: %s",
+                (unsigned long long) c->id, (long) c->peer.pid, (unsigned) c->peer.uid,
+                (unsigned long long) id, err.msg);
+        vl2__conn_send_error(c, id, r, err.msg, false);
+        return;
+    }
+    req = r < 0 ? NULL : vl2_ipc_request_decode(frame->payload, frame->size, &err);
     if (!req) {
         vl2_log(VL2_LOG_WARN, "connection %llu (pid %ld, uid %u): %s; closing",
                 (unsigned long long) c->id, (long) c->peer.pid, (unsigned) c->peer.uid,
@@ -917,7 +1021,8 @@ void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
     case VL2_EVENT_ERROR:
         vl2__inflight_unlink(c, inf);
         vl2__conn_send_error(c, inf->request_id, ev->code < 0 ? ev->code : VL2_EINTERNAL,
-                             ev->message[0] ? ev->message : vl2_status_name(ev->code), false);
+                             inf->load && !vl2__auth_privileged(&c->peer) ? load_error_hidden
+                             : ev->message[0] ? ev->message : vl2_status_name(ev->code), false);
         vl2__inflight_free(inf);
         break;
     default:

@@ -252,6 +252,16 @@ int vl2__server_listen(struct vl2_server *srv, struct vl2_err *err)
 
 void vl2__server_unlisten(struct vl2_server *srv)
 {
+    vl2__server_unlisten_socket(srv);
+    if (srv->lock_fd >= 0) {
+        (void) unlink(srv->lock_path);  /* still locked: nobody else owns it */
+        (void) close(srv->lock_fd);
+        srv->lock_fd = -1;
+    }
+}
+
+void vl2__server_unlisten_socket(struct vl2_server *srv)
+{
     if (srv->listen_fd >= 0) {
         (void) close(srv->listen_fd);
         srv->listen_fd = -1;
@@ -263,10 +273,5 @@ void vl2__server_unlisten(struct vl2_server *srv)
             st.st_ino == srv->socket_ino)
             (void) unlink(srv->socket_path);
         srv->socket_created = false;
-    }
-    if (srv->lock_fd >= 0) {
-        (void) unlink(srv->lock_path);  /* still locked: nobody else owns it */
-        (void) close(srv->lock_fd);
-        srv->lock_fd = -1;
     }
 }

@@ -1,6 +1,7 @@
 /* log.c - see log.h.  The level and the journal detection are the only
  * mutable file-scope state, as STYLE allows for the log sink. */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,9 +52,37 @@ static int stderr_is_journal(void)
     return (unsigned long long) st.st_dev == dev && (unsigned long long) st.st_ino == ino;
 }
 
+void vl2_log_escape(const char *in, char *out, size_t size)
+{
+    const unsigned char *p = (const unsigned char *) in;
+    size_t o = 0;
+
+    if (size == 0)
+        return;
+    for (; *p && o + 1 < size; p++) {
+        bool c1 = p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f;  /* U+0080..U+009F */
+
+        if (*p < 0x20 || *p == 0x7f || *p == '\\' || c1) {
+            if (o + 5 >= size)
+                break;
+            if (*p == '\\') {
+                out[o++] = '\\';
+                out[o++] = '\\';
+            } else {
+                o += (size_t) snprintf(out + o, size - o, "\\x%02x", c1 ? p[1] : *p);
+                if (c1)
+                    p++;
+            }
+        } else {
+            out[o++] = (char) *p;
+        }
+    }
+    out[o] = '\0';
+}
+
 void vl2_log(enum vl2_log_level level, const char *fmt, ...)
 {
-    char line[1024];
+    char line[1024], esc[4096];
     va_list ap;
 
     if (level > log_level)
@@ -63,10 +92,11 @@ void vl2_log(enum vl2_log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    vl2_log_escape(line, esc, sizeof(esc));
     if (log_to_journal)
-        fprintf(stderr, "<%d>%s\n", (int) level, line);
+        fprintf(stderr, "<%d>%s\n", (int) level, esc);
     else
         fprintf(stderr, "vl2d: %s%s\n",
                 level <= VL2_LOG_ERR ? "error: " : level == VL2_LOG_WARN ? "warning: " : "",
-                line);
+                esc);
 }

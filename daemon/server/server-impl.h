@@ -36,6 +36,7 @@ struct vl2_inflight {
     uint64_t key;                 /* vl2_job.key, or the model's load_key */
     struct vl2_srv_model *model;
     bool load;                    /* a LoadModel: answered by ModelLoaded */
+    size_t bytes;                 /* size of the request's frame (budgets) */
     bool tokenize;                /* a Tokenize: answered by TOKENIZED or ERROR, also
                                      while its model unloads */
     bool stream;
@@ -62,6 +63,13 @@ struct vl2_conn {
     uv_poll_t poll;               /* poll.data = this connection */
     int poll_events;              /* what poll watches now */
     bool poll_started;
+    uv_timer_t deadline;          /* handshake, then frame-completion timeout */
+    int deadline_kind;            /* 0: none, 1: handshake, 2: frame */
+    int open_handles;             /* poll and deadline; freed when both are closed */
+    size_t acct_partial_bytes;    /* this connection's share of srv->partial_bytes */
+    size_t acct_partial_fds;
+    size_t acct_queued;           /* ... of srv->queued_bytes */
+    size_t request_bytes;         /* frames of its requests in flight */
     struct vl2_peer peer;
     struct vl2_ipc_reader reader;
     struct vl2_ipc_writer writer;
@@ -98,6 +106,15 @@ struct vl2_server {
     struct vl2_conn *conns;
     unsigned n_conns;
     struct vl2_srv_model *models;
+    size_t partial_bytes;         /* frames being received, all connections */
+    size_t partial_fds;
+    size_t queued_bytes;          /* responses waiting, all connections */
+    size_t request_bytes;         /* requests in flight, all connections */
+    char *roots[VL2_SERVER_MAX_ROOTS];  /* resolved opts.model_roots, owned */
+    size_t n_roots;
+    uv_signal_t sighup;
+    uv_signal_t sigusr1;
+    uv_signal_t sigusr2;
     bool stopping;
     bool running;                 /* vl2_server_run() started serving */
     bool ready_sent;              /* READY=1 went to systemd */
@@ -109,10 +126,18 @@ struct vl2_server {
 
 /* listen.c */
 int vl2__server_listen(struct vl2_server *srv, struct vl2_err *err);
+/* Close the socket and remove its file, then release the lock beside it. */
 void vl2__server_unlisten(struct vl2_server *srv);
+/* Only the socket and its file (shutdown: the lock stays until exit). */
+void vl2__server_unlisten_socket(struct vl2_server *srv);
 
 /* auth.c */
 int vl2__auth_peer(int fd, struct vl2_peer *ret, struct vl2_err *err);
+/* True when @peer may load and unload models (server.h: admin_gids). */
+bool vl2__auth_admin(const struct vl2_server_opts *o, const struct vl2_peer *peer);
+/* True when @peer is the daemon's own uid or root: it may read whatever the
+ * daemon reads, so it sees load errors in full. */
+bool vl2__auth_privileged(const struct vl2_peer *peer);
 /* 0 when @peer may connect, VL2_EPERM with the reason in @err otherwise. */
 int vl2__auth_check(const struct vl2_server_opts *o, const struct vl2_peer *peer,
                     struct vl2_err *err);
@@ -138,7 +163,14 @@ void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev);
 /* Error every request in flight on @c with @code and cancel its job. */
 void vl2__dispatch_abort_inflight(struct vl2_conn *c, int code, const char *msg, bool notify);
 
+/* conn.c: budgets */
+void vl2__conn_account(struct vl2_conn *c);
+
 /* server.c */
+/* The directory @dir resolved, when LoadModel may name it (beneath a model
+ * root, or any when none is configured); NULL otherwise (the reason in
+ * @err, the same whether or not @dir exists).  Caller frees. */
+char *vl2__server_check_dir(struct vl2_server *srv, const char *dir, struct vl2_err *err);
 void vl2__server_resident_memory(uint64_t *ret_bytes);
 /* How many models are listed (loading, ready, failed or unloading). */
 size_t vl2__server_n_models(const struct vl2_server *srv);

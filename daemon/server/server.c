@@ -1,10 +1,13 @@
 /* server.c - the loop: listening socket, signals, events from engines,
  * shutdown, systemd notifications. */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server-impl.h"
@@ -31,6 +34,10 @@ struct vl2_server_opts vl2_server_default_opts(void)
         .shutdown_grace_s = 2.0,
         .factory = NULL,
         .max_models = 16,
+        .handshake_timeout_s = 10.0,
+        .frame_timeout_s = 30.0,
+        .max_connections_per_uid = 64,
+        .stop_timeout_s = 10.0,
     };
     return o;
 }
@@ -84,6 +91,18 @@ static struct vl2_srv_model *new_model(struct vl2_server *srv, const char *name,
         vl2_err_set(err, VL2_EINVAL, "server: a model needs a name");
         return NULL;
     }
+    {
+        const unsigned char *p;
+
+        for (p = (const unsigned char *) name; *p; p++)
+            if (*p < 0x20 || *p == 0x7f || *p == '/')
+                break;
+        if (*p || strlen(name) > 128) {
+            vl2_err_set(err, VL2_EINVAL, "server: model name '%s': at most 128 bytes, no "
+                        "control characters or '/'", name);
+            return NULL;
+        }
+    }
     for (it = srv->models; it; it = it->next)
         if (!strcmp(it->name, name)) {
             vl2_err_set(err, VL2_EINVAL, "server: model '%s' is already served", name);
@@ -109,6 +128,111 @@ static struct vl2_srv_model *new_model(struct vl2_server *srv, const char *name,
         return NULL;
     }
     return m;
+}
+
+/* ---- who may load what ------------------------------------------------ */
+
+static void free_roots(struct vl2_server *srv)
+{
+    size_t i;
+
+    for (i = 0; i < srv->n_roots; i++)
+        free(srv->roots[i]);
+    srv->n_roots = 0;
+}
+
+static int set_roots(struct vl2_server *srv, const char *const *roots, size_t n,
+                     struct vl2_err *err)
+{
+    char *res[VL2_SERVER_MAX_ROOTS];
+    size_t i, k;
+
+    if (n > VL2_SERVER_MAX_ROOTS)
+        return vl2_err_set(err, VL2_ELIMIT, "server: %zu model roots, at most %d", n,
+                           VL2_SERVER_MAX_ROOTS);
+    for (i = 0; i < n; i++) {
+        res[i] = realpath(roots[i], NULL);
+        if (!res[i]) {
+            int e = errno;
+
+            for (k = 0; k < i; k++)
+                free(res[k]);
+            return vl2_err_set(err, e == ENOENT ? VL2_ENOTFOUND : VL2_EIO,
+                               "server: model root '%s': %s", roots[i], strerror(e));
+        }
+    }
+    free_roots(srv);
+    for (i = 0; i < n; i++)
+        srv->roots[i] = res[i];
+    srv->n_roots = n;
+    return 0;
+}
+
+int vl2_server_set_policy(struct vl2_server *srv, const gid_t *admin_gids, size_t n_admin,
+                          const char *const *roots, size_t n_roots, struct vl2_err *err)
+{
+    int r;
+
+    if (n_admin > VL2_SERVER_MAX_ALLOW)
+        return vl2_err_set(err, VL2_ELIMIT, "server: %zu admin groups, at most %d", n_admin,
+                           VL2_SERVER_MAX_ALLOW);
+    r = set_roots(srv, roots, n_roots, err);
+    if (r < 0)
+        return r;
+    memcpy(srv->opts.admin_gids, admin_gids, n_admin * sizeof(*admin_gids));
+    srv->opts.n_admin_gids = n_admin;
+    return 0;
+}
+
+char *vl2__server_check_dir(struct vl2_server *srv, const char *dir, struct vl2_err *err)
+{
+    char *res;
+    size_t i;
+
+    res = realpath(dir, NULL);
+    if (srv->n_roots == 0) {
+        if (!res)
+            vl2_err_set(err, errno == ENOENT ? VL2_ENOTFOUND : VL2_EIO,
+                        "server: load: '%s': %s", dir, strerror(errno));
+        return res;
+    }
+    for (i = 0; res && i < srv->n_roots; i++) {
+        size_t n = strlen(srv->roots[i]);
+
+        if (!strncmp(res, srv->roots[i], n) && (res[n] == '/' || (n == 1 && res[1])))
+            return res;
+    }
+    free(res);
+    /* one answer whether the directory exists or not */
+    vl2_err_set(err, VL2_EPERM, "server: load: '%s' is not beneath a model root of this "
+                "daemon (--model-root)", dir);
+    return NULL;
+}
+
+bool vl2_server_has_model(const struct vl2_server *srv, const char *name)
+{
+    const struct vl2_srv_model *m;
+
+    for (m = srv->models; m; m = m->next)
+        if (!strcmp(m->name, name))
+            return true;
+    return false;
+}
+
+int vl2_server_unload_model(struct vl2_server *srv, const char *name, struct vl2_err *err)
+{
+    struct vl2_srv_model *m;
+    char msg[200];
+
+    for (m = srv->models; m; m = m->next)
+        if (!strcmp(m->name, name) && !m->unloading)
+            break;
+    if (!m)
+        return vl2_err_set(err, VL2_ENOTFOUND, "server: unload: model '%s' is not loaded",
+                           name);
+    snprintf(msg, sizeof(msg), "server: model '%s' was unloaded", m->name);
+    vl2__server_unload(srv, m, msg, false);
+    return 0;
 }
 
 static void append_model(struct vl2_server *srv, struct vl2_srv_model *m)
@@ -408,6 +532,53 @@ void vl2__server_conn_gone(struct vl2_server *srv)
     maybe_finish(srv);
 }
 
+/* The hard deadline of a shutdown: whatever still runs (an engine thread
+ * in a long step, a descriptor that never ends) cannot keep the daemon past
+ * it.  The kernel releases the lock file's flock with the process. */
+static void *watchdog_main(void *arg)
+{
+    double s = *(const double *) arg;
+    struct timespec ts;
+
+    free(arg);   /* our copy: the server may be gone before we wake */
+    ts.tv_sec = (time_t) s;
+    ts.tv_nsec = (long) ((s - (double) ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+    vl2_log(VL2_LOG_ERR, "did not stop within %g s; exiting now", s);
+    _exit(1);
+    return NULL;
+}
+
+static void start_watchdog(struct vl2_server *srv)
+{
+    pthread_attr_t a;
+    pthread_t t;
+    double *s;
+
+    if (srv->opts.stop_timeout_s <= 0)
+        return;
+    s = malloc(sizeof(*s));
+    if (!s) {
+        vl2_log(VL2_LOG_WARN, "cannot start the shutdown watchdog: out of memory");
+        return;
+    }
+    *s = srv->opts.stop_timeout_s;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &a, watchdog_main, s) != 0) {
+        free(s);
+        vl2_log(VL2_LOG_WARN, "cannot start the shutdown watchdog");
+    }
+    pthread_attr_destroy(&a);
+}
+
+static void close_signal(uv_signal_t *h)
+{
+    if (!uv_is_closing((uv_handle_t *) h))
+        uv_close((uv_handle_t *) h, on_closed_quietly);
+}
+
 static void begin_shutdown(struct vl2_server *srv, const char *why)
 {
     struct vl2_conn *c, *next;
@@ -416,13 +587,22 @@ static void begin_shutdown(struct vl2_server *srv, const char *why)
         return;
     srv->stopping = true;
     vl2_log(VL2_LOG_INFO, "stopping (%s)", why);
+    start_watchdog(srv);
     notify(srv, "STOPPING=1");
     if (srv->listen_poll_init && !uv_is_closing((uv_handle_t *) &srv->listen_poll))
         uv_close((uv_handle_t *) &srv->listen_poll, on_closed_quietly);
-    uv_close((uv_handle_t *) &srv->sigterm, on_closed_quietly);
-    uv_close((uv_handle_t *) &srv->sigint, on_closed_quietly);
-    /* The socket file goes first, so that no new client finds it. */
-    vl2__server_unlisten(srv);
+    close_signal(&srv->sigterm);
+    close_signal(&srv->sigint);
+    /* SIGHUP and SIGUSR1/2 keep their handlers (closing the last one would
+     * give the signal its default action again: death) but no longer keep
+     * the loop alive */
+    uv_unref((uv_handle_t *) &srv->sighup);
+    uv_unref((uv_handle_t *) &srv->sigusr1);
+    uv_unref((uv_handle_t *) &srv->sigusr2);
+    /* The socket file goes first, so that no new client finds it; the lock
+     * beside it stays taken until the process ends, so that no second
+     * daemon starts while this one still winds down. */
+    vl2__server_unlisten_socket(srv);
     for (c = srv->conns; c; c = next) {
         next = c->next;
         vl2__dispatch_abort_inflight(c, VL2_ECANCELED, "server: vl2d is shutting down", true);
@@ -434,9 +614,75 @@ static void begin_shutdown(struct vl2_server *srv, const char *why)
     maybe_finish(srv);
 }
 
+/* SIGUSR1: one line per model and the budgets, to the log. */
+static void dump_status(struct vl2_server *srv)
+{
+    struct vl2_srv_model *m;
+    uint64_t rss;
+
+    vl2__server_resident_memory(&rss);
+    vl2_log(VL2_LOG_INFO, "status: %u connections, %zu request bytes in flight, %zu bytes "
+            "and %zu descriptors in unfinished frames, %zu response bytes queued, RSS %llu",
+            srv->n_conns, srv->request_bytes, srv->partial_bytes, srv->partial_fds,
+            srv->queued_bytes, (unsigned long long) rss);
+    for (m = srv->models; m; m = m->next) {
+        struct vl2_engine_stats st = { 0 };
+
+        if (m->ops->stats)
+            m->ops->stats(m->engine, &st);
+        vl2_log(VL2_LOG_INFO, "status: model '%s' (%s): %s, %u active, %u queued", m->name,
+                m->dir, m->unloading ? "unloading" : m->loading ? "loading"
+                : m->failed ? "failed" : "ready", st.active_sequences, st.queue_length);
+    }
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
-    begin_shutdown(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    struct vl2_server *srv = h->data;
+
+    switch (signum) {
+    case SIGHUP:
+        if (srv->stopping)
+            return;
+        if (!srv->opts.reload) {
+            vl2_log(VL2_LOG_INFO, "SIGHUP: nothing to reload");
+            return;
+        }
+        vl2_log(VL2_LOG_INFO, "SIGHUP: reloading the configuration");
+        srv->opts.reload(srv->opts.reload_ud, srv);
+        return;
+    case SIGUSR1:
+        dump_status(srv);
+        return;
+    case SIGUSR2:
+        vl2_log(VL2_LOG_DEBUG, "SIGUSR2 ignored");
+        return;
+    default:
+        begin_shutdown(srv, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    }
+}
+
+/* Raise the soft limit on open files to the hard one (each connection and
+ * each image descriptor in flight is one).  Returns the soft limit. */
+static rlim_t raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t old = rl.rlim_cur;
+
+        rl.rlim_cur = rl.rlim_max;
+        if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1u << 20))
+            rl.rlim_cur = 1u << 20;
+        if (rl.rlim_cur > old && setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            vl2_log(VL2_LOG_DEBUG, "open files: soft limit raised from %llu to %llu",
+                    (unsigned long long) old, (unsigned long long) rl.rlim_cur);
+        else
+            rl.rlim_cur = old;
+    }
+    return rl.rlim_cur;
 }
 
 /* ---- life cycle ------------------------------------------------------ */
@@ -458,6 +704,30 @@ int vl2_server_new(const struct vl2_server_opts *o, struct vl2_server **ret_srv,
                                                   : VL2_IPC_MAX_FRAME_DEFAULT;
     if (srv->opts.max_queued_bytes == 0)
         srv->opts.max_queued_bytes = 2 * (size_t) srv->opts.max_frame + (1u << 20);
+    {
+        size_t four = 4 * (size_t) srv->opts.max_frame;
+        rlim_t nofile = raise_nofile();
+
+        if (four < (256u << 20))
+            four = 256u << 20;
+        if (srv->opts.max_partial_bytes == 0)
+            srv->opts.max_partial_bytes = four;
+        if (srv->opts.max_request_bytes_total == 0)
+            srv->opts.max_request_bytes_total = four;
+        if (srv->opts.max_request_bytes_per_conn == 0)
+            srv->opts.max_request_bytes_per_conn = (size_t) srv->opts.max_frame + (16u << 20);
+        if (srv->opts.max_partial_fds == 0)
+            srv->opts.max_partial_fds = nofile / 4 > 64 ? (unsigned) (nofile / 4) : 64;
+        if (srv->opts.max_prompt_bytes == 0)
+            srv->opts.max_prompt_bytes = 1u << 20;
+    }
+    r = set_roots(srv, o->model_roots, o->n_model_roots, err);
+    if (r < 0) {
+        free(srv);
+        return r;
+    }
+    memset(srv->opts.model_roots, 0, sizeof(srv->opts.model_roots));
+    srv->opts.n_model_roots = 0;
     if (srv->opts.n_allow_uids == 0) {
         srv->opts.allow_uids[srv->opts.n_allow_uids++] = geteuid();
         if (geteuid() != 0)
@@ -486,6 +756,12 @@ int vl2_server_new(const struct vl2_server_opts *o, struct vl2_server **ret_srv,
     srv->sigterm.data = srv;
     uv_signal_init(&srv->loop, &srv->sigint);
     srv->sigint.data = srv;
+    uv_signal_init(&srv->loop, &srv->sighup);
+    srv->sighup.data = srv;
+    uv_signal_init(&srv->loop, &srv->sigusr1);
+    srv->sigusr1.data = srv;
+    uv_signal_init(&srv->loop, &srv->sigusr2);
+    srv->sigusr2.data = srv;
     uv_timer_init(&srv->loop, &srv->grace);
     srv->grace.data = srv;
     uv_timer_init(&srv->loop, &srv->accept_retry);
@@ -529,6 +805,12 @@ int vl2_server_run(struct vl2_server *srv, struct vl2_err *err)
     if (r == 0)
         r = uv_signal_start(&srv->sigint, on_signal, SIGINT);
     if (r == 0)
+        r = uv_signal_start(&srv->sighup, on_signal, SIGHUP);
+    if (r == 0)
+        r = uv_signal_start(&srv->sigusr1, on_signal, SIGUSR1);
+    if (r == 0)
+        r = uv_signal_start(&srv->sigusr2, on_signal, SIGUSR2);
+    if (r == 0)
         r = uv_poll_start(&srv->listen_poll, UV_READABLE, on_listen);
     if (r < 0)
         return vl2_err_set(err, VL2_EIO, "server: cannot start serving: %s", uv_strerror(r));
@@ -560,6 +842,10 @@ void vl2_server_free(struct vl2_server *srv)
 
     if (!srv)
         return;
+    /* from here on no handler is left for them: never die of them */
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
     /* Connections first (their jobs are cancelled), then the engines: after
      * free() they post nothing more. */
     if (srv->loop_init) {
@@ -584,6 +870,7 @@ void vl2_server_free(struct vl2_server *srv)
         vl2_event_free(ev);
     }
     pthread_mutex_destroy(&srv->lock);
+    free_roots(srv);
     free(srv);
 }
 

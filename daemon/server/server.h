@@ -23,6 +23,9 @@
 #include "vl2-status.h"
 
 #define VL2_SERVER_MAX_ALLOW 32
+#define VL2_SERVER_MAX_ROOTS 16
+
+struct vl2_server;
 
 struct vl2_server_opts {
     /* Socket file to bind; NULL: the default of the mode (system:
@@ -60,6 +63,46 @@ struct vl2_server_opts {
     const struct vl2_engine_factory *factory;
     /* Models served at once. */
     unsigned max_models;
+
+    /* ---- who may do what (README "Security") ---- */
+    /* LoadModel and UnloadModel are for admins only: the daemon's own uid,
+     * root, and members (primary or supplementary) of these groups.  Every
+     * permitted client may use the models that are served. */
+    gid_t admin_gids[VL2_SERVER_MAX_ALLOW];
+    size_t n_admin_gids;
+    /* Directories a LoadModel may name: beneath one of these (compared after
+     * resolving links).  None: an admin may name any directory. */
+    const char *model_roots[VL2_SERVER_MAX_ROOTS];
+    size_t n_model_roots;
+
+    /* ---- limits and timeouts (0: the default) ---- */
+    /* Seconds a new connection has to complete Hello (default 10). */
+    double handshake_timeout_s;
+    /* Seconds a frame may take from its first byte to its last (default 30). */
+    double frame_timeout_s;
+    /* Connections one uid may hold (default 64). */
+    unsigned max_connections_per_uid;
+    /* Bytes of frames being received, all connections together (default
+     * 4 * max_frame, at least 256 MiB), and descriptors they carry (default
+     * a quarter of the file limit). */
+    size_t max_partial_bytes;
+    unsigned max_partial_fds;
+    /* Bytes of requests (frames) being served for one connection (default
+     * max_frame + 16 MiB) and for all (default 4 * max_frame, at least
+     * 256 MiB); more is refused with BUSY until some end. */
+    size_t max_request_bytes_per_conn;
+    size_t max_request_bytes_total;
+    /* Bytes of text in one Generate, all messages (default 1 MiB: more than
+     * 256 bytes per token of any context the models have). */
+    size_t max_prompt_bytes;
+    /* Seconds from SIGTERM to exit, whatever is still running (default 10;
+     * below systemd's TimeoutStopSec=15). */
+    double stop_timeout_s;
+
+    /* SIGHUP: called on the loop thread to reread the configuration (NULL:
+     * SIGHUP is logged and ignored). */
+    void (*reload)(void *ud, struct vl2_server *srv);
+    void *reload_ud;
 };
 
 struct vl2_server_opts vl2_server_default_opts(void);
@@ -90,6 +133,18 @@ void vl2_server_stop(struct vl2_server *srv);
  * with @err. */
 int vl2_server_load_model(struct vl2_server *srv, const char *name, const char *dir,
                           const char *backend, struct vl2_err *err);
+
+/* Replace the admin groups and model roots (SIGHUP reload; loop thread).
+ * The strings of @roots are copied. */
+int vl2_server_set_policy(struct vl2_server *srv, const gid_t *admin_gids, size_t n_admin,
+                          const char *const *roots, size_t n_roots, struct vl2_err *err);
+
+/* Unload model @name, as an UnloadModel would (SIGHUP reload: a model gone
+ * from the configuration).  Returns 0 or VL2_ENOTFOUND. */
+int vl2_server_unload_model(struct vl2_server *srv, const char *name, struct vl2_err *err);
+
+/* True when model @name is listed (loading, ready, failed or unloading). */
+bool vl2_server_has_model(const struct vl2_server *srv, const char *name);
 
 /* Free the server; removes a socket file it created.  Accepts NULL. */
 void vl2_server_free(struct vl2_server *srv);

@@ -17,6 +17,15 @@
 struct idbuf {
     int32_t *ids;
     size_t n, cap;
+    bool plain;                   /* text: only the added tokens of @allow match */
+    int32_t allow[8];
+    size_t n_allow;
+};
+
+/* The added tokens a client's text may hold in plain mode: the image tag
+ * and the grounding tags (the official prompts of grounding use them). */
+static const char *const text_tokens[] = {
+    TAG, "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>",
 };
 
 static int idbuf_reserve(struct idbuf *b, size_t extra, struct vl2_err *err)
@@ -57,7 +66,10 @@ static int idbuf_encode(struct idbuf *b, const struct vl2_tokenizer *tok, const 
 
     if (!n)
         return 0;
-    r = vl2_tokenizer_encode(tok, s, n, &ids, &n_ids, err);
+    if (b->plain)
+        r = vl2_tokenizer_encode_allow(tok, s, n, b->allow, b->n_allow, &ids, &n_ids, err);
+    else
+        r = vl2_tokenizer_encode(tok, s, n, &ids, &n_ids, err);
     if (r < 0)
         return r;
     r = idbuf_reserve(b, n_ids, err);
@@ -186,8 +198,16 @@ int vl2_prompt_build(const struct vl2_tokenizer *tok, const struct vl2_message *
                      size_t n_msgs, const int32_t *image_tokens, size_t n_images,
                      int32_t **ret_ids, size_t *ret_n, struct vl2_err *err)
 {
+    return vl2_prompt_build_ex(tok, msgs, n_msgs, image_tokens, n_images, 0, ret_ids, ret_n,
+                               err);
+}
+
+int vl2_prompt_build_ex(const struct vl2_tokenizer *tok, const struct vl2_message *msgs,
+                        size_t n_msgs, const int32_t *image_tokens, size_t n_images,
+                        unsigned flags, int32_t **ret_ids, size_t *ret_n, struct vl2_err *err)
+{
     struct idbuf b = { 0 };
-    int32_t image_id;
+    int32_t image_id, user_id = -1, asst_id = -1;
     size_t i, next_image = 0;
     char *turn = NULL;
     size_t turn_cap = 0;
@@ -199,6 +219,22 @@ int vl2_prompt_build(const struct vl2_tokenizer *tok, const struct vl2_message *
     if (r < 0)
         return r;
     image_id = vl2_tokenizer_id(tok, TAG);
+    if (!(flags & VL2_PROMPT_SPECIAL_TOKENS_IN_TEXT)) {
+        size_t k;
+
+        b.plain = true;
+        for (k = 0; k < sizeof(text_tokens) / sizeof(text_tokens[0]); k++) {
+            int32_t id = vl2_tokenizer_id(tok, text_tokens[k]);
+
+            if (id >= 0)
+                b.allow[b.n_allow++] = id;
+        }
+        /* the template's own turn markers, pushed as ids around the text
+         * (added tokens split the text there, so this is how the official
+         * encoding of the whole turn comes out too) */
+        user_id = vl2_tokenizer_id(tok, ROLE_USER);
+        asst_id = vl2_tokenizer_id(tok, ROLE_ASSISTANT);
+    }
 
     r = idbuf_push(&b, vl2_tokenizer_bos(tok), 1, err);
     for (i = 0; r >= 0 && i < n_msgs; i++) {
@@ -241,7 +277,22 @@ int vl2_prompt_build(const struct vl2_tokenizer *tok, const struct vl2_message *
             }
             memcpy(turn + o, ROLE_ASSISTANT ":", sizeof(ROLE_ASSISTANT ":") - 1);
             o += sizeof(ROLE_ASSISTANT ":") - 1;
-            r = encode_with_images(&b, tok, turn, o, image_id, image_tokens, &next_image, err);
+            if (b.plain && user_id >= 0 && asst_id >= 0) {
+                /* [<|User|>] text-with-images [<|Assistant|>] ":" */
+                const size_t head = sizeof(ROLE_USER) - 1, tail = sizeof(ROLE_ASSISTANT ":") - 1;
+
+                r = idbuf_push(&b, user_id, 1, err);
+                if (r >= 0)
+                    r = encode_with_images(&b, tok, turn + head, o - head - tail, image_id,
+                                           image_tokens, &next_image, err);
+                if (r >= 0)
+                    r = idbuf_push(&b, asst_id, 1, err);
+                if (r >= 0)
+                    r = idbuf_encode(&b, tok, ":", 1, err);
+            } else {
+                r = encode_with_images(&b, tok, turn, o, image_id, image_tokens, &next_image,
+                                       err);
+            }
             break;
         }
     }

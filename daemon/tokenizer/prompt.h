@@ -51,4 +51,21 @@ int vl2_prompt_build(const struct vl2_tokenizer *tok, const struct vl2_message *
                      size_t n_msgs, const int32_t *image_tokens, size_t n_images,
                      int32_t **ret_ids, size_t *ret_n, struct vl2_err *err);
 
+/* Special-token strings in the messages' text.  By default (flags 0) the
+ * text of every message is encoded as plain text: an added token's string
+ * there (a turn marker such as "<|Assistant|>", BOS, EOS, ...) becomes the
+ * ids of its characters, so that the author of a message cannot forge turns;
+ * only "<image>" and the grounding tags <|ref|> <|/ref|> <|det|> <|/det|>
+ * <|grounding|> keep their ids (the official grounding prompts hold them),
+ * and the template's own markers are ids.  For any text free of other
+ * special-token strings the ids are those of the official processor.  With
+ * VL2_PROMPT_SPECIAL_TOKENS_IN_TEXT every added token in the text becomes
+ * its id, as the official processor does (vl2d: special_tokens_in_text). */
+#define VL2_PROMPT_SPECIAL_TOKENS_IN_TEXT 1u
+
+/* vl2_prompt_build() with @flags (above); vl2_prompt_build() is flags 0. */
+int vl2_prompt_build_ex(const struct vl2_tokenizer *tok, const struct vl2_message *msgs,
+                        size_t n_msgs, const int32_t *image_tokens, size_t n_images,
+                        unsigned flags, int32_t **ret_ids, size_t *ret_n, struct vl2_err *err);
+
 #endif /* VL2_PROMPT_H */

@@ -36,6 +36,9 @@ struct bpe_cache {
 struct enc {
     const struct vl2_tokenizer *tok;
     struct vl2_err *err;
+    const int32_t *allow;         /* with restrict_added: the added ids matched */
+    size_t n_allow;
+    bool restrict_added;
     int32_t *ids;                 /* output */
     size_t n_ids, cap_ids;
     pcre2_match_data *md;
@@ -593,6 +596,19 @@ static int run_step(struct enc *e, size_t k, const char *s, size_t n)
 
 static int after_added(struct enc *e, int pass, const char *s, size_t n);
 
+/* May added token number @k match here (vl2_tokenizer_encode_allow)? */
+static bool added_allowed(const struct enc *e, int32_t k)
+{
+    size_t i;
+
+    if (!e->restrict_added)
+        return true;
+    for (i = 0; i < e->n_allow; i++)
+        if (e->allow[i] == e->tok->added[k].id)
+            return true;
+    return false;
+}
+
 /* Find added tokens of trie @pass in @s, leftmost-longest, non-overlapping;
  * the text between them goes on to after_added(). */
 static int split_added(struct enc *e, int pass, const char *s, size_t n)
@@ -622,7 +638,7 @@ static int split_added(struct enc *e, int pass, const char *s, size_t n)
             if (!ch)
                 break;
             node = ch;
-            if (t->nodes[node].added >= 0) {
+            if (t->nodes[node].added >= 0 && added_allowed(e, t->nodes[node].added)) {
                 best = t->nodes[node].added;
                 end = j + 1;
             }
@@ -681,10 +697,31 @@ static int after_added(struct enc *e, int pass, const char *s, size_t n)
 
 /* ---- entry point ------------------------------------------------------- */
 
+static int encode(struct enc *eproto, const struct vl2_tokenizer *tok, const char *text,
+                  size_t len, int32_t **ret_ids, size_t *ret_n, struct vl2_err *err);
+
 int vl2_tokenizer_encode(const struct vl2_tokenizer *tok, const char *text, size_t len,
                          int32_t **ret_ids, size_t *ret_n, struct vl2_err *err)
 {
     struct enc e = { .tok = tok, .err = err };
+
+    return encode(&e, tok, text, len, ret_ids, ret_n, err);
+}
+
+int vl2_tokenizer_encode_allow(const struct vl2_tokenizer *tok, const char *text, size_t len,
+                               const int32_t *allow, size_t n_allow, int32_t **ret_ids,
+                               size_t *ret_n, struct vl2_err *err)
+{
+    struct enc e = { .tok = tok, .err = err, .allow = allow, .n_allow = n_allow,
+                     .restrict_added = true };
+
+    return encode(&e, tok, text, len, ret_ids, ret_n, err);
+}
+
+static int encode(struct enc *eproto, const struct vl2_tokenizer *tok, const char *text,
+                  size_t len, int32_t **ret_ids, size_t *ret_n, struct vl2_err *err)
+{
+    struct enc e = *eproto;
     char *fixed = NULL;
     int r;
 

@@ -67,6 +67,14 @@ void vl2_tokenizer_free(struct vl2_tokenizer *tok);
 int vl2_tokenizer_encode(const struct vl2_tokenizer *tok, const char *text, size_t len,
                          int32_t **ret_ids, size_t *ret_n, struct vl2_err *err);
 
+/* As vl2_tokenizer_encode(), except that only the added tokens whose ids are
+ * in @allow[@n_allow] are matched in @text: the text of any other added
+ * token (a turn marker, BOS, EOS...) is encoded as ordinary text.  What the
+ * daemon uses for the text of clients (prompt.h). */
+int vl2_tokenizer_encode_allow(const struct vl2_tokenizer *tok, const char *text, size_t len,
+                               const int32_t *allow, size_t n_allow, int32_t **ret_ids,
+                               size_t *ret_n, struct vl2_err *err);
+
 /* Decode @n ids into text, as the reference decode(ids,
  * skip_special_tokens=False): special tokens printed verbatim, the bytes of
  * the byte-level alphabet mapped back, invalid UTF-8 replaced by U+FFFD (one

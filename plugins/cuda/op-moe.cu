@@ -70,7 +70,8 @@ static int moe_table(struct vl2_backend_ctx *ctx, const struct vl2_moe_layer *l,
 
     for (i = 0; i < ctx->n_tabs; i++) {
         t = ctx->tabs[i];
-        if (t->key_gate != (const void *const *)l->gate || t->key_up != (const void *const *)l->up ||
+        if (t->key_gate != (const void *const *)l->gate ||
+            t->key_up != (const void *const *)l->up ||
             t->key_down != (const void *const *)l->down || t->E != E || t->I != I || t->d != d)
             continue;
         for (k = 0; k < E; k++)

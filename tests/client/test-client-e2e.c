@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "../common/check.h"
 #include "../common/util.h"
 
 static char dir[64];
@@ -129,7 +129,7 @@ int main(int argc, char **argv)
         }
         test_sleep_ms(10);
     }
-    CHECK(i < 3000, "vl2d did not listen on '%s' within 30 s", sock);
+    CHECK_MSG(i < 3000, "vl2d did not listen on '%s' within 30 s", sock);
 
     want = malloc(strlen(gtext->valuestring) + 2);
     sprintf(want, "%s\n", gtext->valuestring);
@@ -161,15 +161,15 @@ int main(int argc, char **argv)
         for (k = 1; k <= n; k++)
             jargs[k + 1] = args[k];
         rc = run(args, &out, &err);
-        CHECK(rc == 0, "%s: exit %d: %s", how, rc, err ? err : "");
-        CHECK(out && !strcmp(out, want), "%s: answer '%s', golden '%s'", how, out ? out : "",
+        CHECK_MSG(rc == 0, "%s: exit %d: %s", how, rc, err ? err : "");
+        CHECK_MSG(out && !strcmp(out, want), "%s: answer '%s', golden '%s'", how, out ? out : "",
               gtext->valuestring);
-        CHECK(err && !err[0], "%s: stderr '%s'", how, err ? err : "");
+        CHECK_MSG(err && !err[0], "%s: stderr '%s'", how, err ? err : "");
         free(out);
         free(err);
 
         rc = run(jargs, &out, &err);
-        CHECK(rc == 0, "%s --json: exit %d: %s", how, rc, err ? err : "");
+        CHECK_MSG(rc == 0, "%s --json: exit %d: %s", how, rc, err ? err : "");
         {
             char *save = NULL, *line;
             int n_tok = 0;
@@ -179,12 +179,12 @@ int main(int argc, char **argv)
                 cJSON *o = cJSON_Parse(line);
                 const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event");
 
-                CHECK(cJSON_IsString(ev), "%s: line '%s'", how, line);
+                CHECK_MSG(cJSON_IsString(ev), "%s: line '%s'", how, line);
                 if (cJSON_IsString(ev) && !strcmp(ev->valuestring, "token")) {
                     const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
                     const cJSON *gid = cJSON_GetArrayItem(gids, n_tok);
 
-                    CHECK(gid && cJSON_IsNumber(id) && id->valuedouble == gid->valuedouble,
+                    CHECK_MSG(gid && cJSON_IsNumber(id) && id->valuedouble == gid->valuedouble,
                           "%s: token %d: id %g, golden %g", how, n_tok,
                           cJSON_IsNumber(id) ? id->valuedouble : -1.0,
                           gid ? gid->valuedouble : -1.0);
@@ -195,16 +195,16 @@ int main(int argc, char **argv)
                     const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, "finish_reason");
 
                     done = true;
-                    CHECK(cJSON_IsString(t) && !strcmp(t->valuestring, gtext->valuestring),
+                    CHECK_MSG(cJSON_IsString(t) && !strcmp(t->valuestring, gtext->valuestring),
                           "%s: done text", how);
-                    CHECK(cJSON_IsNumber(g) && g->valuedouble == 12, "%s: generated_tokens",
+                    CHECK_MSG(cJSON_IsNumber(g) && g->valuedouble == 12, "%s: generated_tokens",
                           how);
-                    CHECK(cJSON_IsString(f) && !strcmp(f->valuestring, "length"),
+                    CHECK_MSG(cJSON_IsString(f) && !strcmp(f->valuestring, "length"),
                           "%s: finish_reason", how);
                 }
                 cJSON_Delete(o);
             }
-            CHECK(n_tok == 12 && done, "%s --json: %d tokens, done %d", how, n_tok, done);
+            CHECK_MSG(n_tok == 12 && done, "%s --json: %d tokens, done %d", how, n_tok, done);
         }
         free(out);
         free(err);

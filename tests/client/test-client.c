@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "../common/check.h"
 #include "../common/util.h"
 #include "fake-daemon.h"
 #include "image.h"
@@ -259,36 +259,36 @@ static void test_ask(void)
         "--max-new-tokens", "12", "--temperature", "0.5", "--top-p", "0.9", "--top-k", "5",
         "--repetition-penalty=1.25", "--seed", "42", "--ignore-eos", "--stop", "###",
         "--stop", "END", "What", "is", "this?", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "Hello world!\n");
     CHECK_STR(r.err, "");   /* not a terminal: nothing extra */
     run_done(&r);
     log = log_entries("generate");
-    CHECK(cJSON_GetArraySize(log) == 1, "%d generate requests", cJSON_GetArraySize(log));
+    CHECK_MSG(cJSON_GetArraySize(log) == 1, "%d generate requests", cJSON_GetArraySize(log));
     g = cJSON_GetArrayItem(log, 0);
     CHECK_STR(jstr(g, "model"), "micro");
-    CHECK(cJSON_IsFalse(jget(g, "grounding")), "grounding on for ask");
+    CHECK_MSG(cJSON_IsFalse(jget(g, "grounding")), "grounding on for ask");
     msgs = (cJSON *) jget(g, "messages");
-    CHECK(cJSON_GetArraySize(msgs) == 1, "%d messages", cJSON_GetArraySize(msgs));
+    CHECK_MSG(cJSON_GetArraySize(msgs) == 1, "%d messages", cJSON_GetArraySize(msgs));
     m = cJSON_GetArrayItem(msgs, 0);
-    CHECK(jnum(m, "role") == 2, "role %g", jnum(m, "role"));
+    CHECK_MSG(jnum(m, "role") == 2, "role %g", jnum(m, "role"));
     CHECK_STR(jstr(m, "text"), "<image>\nWhat is this?");
     imgs = (cJSON *) jget(m, "images");
-    CHECK(cJSON_GetArraySize(imgs) == 1, "%d images", cJSON_GetArraySize(imgs));
-    CHECK(image_matches(cJSON_GetArrayItem(imgs, 0), "fd", jpg), "image by fd");
-    CHECK(jnum(cJSON_GetArrayItem(imgs, 0), "offset") == 0, "fd offset");
-    CHECK(cJSON_IsTrue(jget(cJSON_GetArrayItem(imgs, 0), "regular")), "regular file");
-    CHECK(cJSON_IsFalse(jget(cJSON_GetArrayItem(imgs, 0), "writable")), "read-only fd");
+    CHECK_MSG(cJSON_GetArraySize(imgs) == 1, "%d images", cJSON_GetArraySize(imgs));
+    CHECK_MSG(image_matches(cJSON_GetArrayItem(imgs, 0), "fd", jpg), "image by fd");
+    CHECK_MSG(jnum(cJSON_GetArrayItem(imgs, 0), "offset") == 0, "fd offset");
+    CHECK_MSG(cJSON_IsTrue(jget(cJSON_GetArrayItem(imgs, 0), "regular")), "regular file");
+    CHECK_MSG(cJSON_IsFalse(jget(cJSON_GetArrayItem(imgs, 0), "writable")), "read-only fd");
     sp = (cJSON *) jget(g, "sampling");
-    CHECK(jnum(sp, "max_new_tokens") == 12, "max_new_tokens");
-    CHECK(jnum(sp, "temperature") == 0.5, "temperature %g", jnum(sp, "temperature"));
+    CHECK_MSG(jnum(sp, "max_new_tokens") == 12, "max_new_tokens");
+    CHECK_MSG(jnum(sp, "temperature") == 0.5, "temperature %g", jnum(sp, "temperature"));
     /* cJSON prints floats with 15 digits: compare as floats */
-    CHECK((float) jnum(sp, "top_p") == 0.9f, "top_p %g", jnum(sp, "top_p"));
-    CHECK(jnum(sp, "top_k") == 5, "top_k");
-    CHECK(jnum(sp, "repetition_penalty") == 1.25, "repetition_penalty");
-    CHECK(jnum(sp, "seed") == 42, "seed");
-    CHECK(cJSON_IsTrue(jget(sp, "ignore_eos")), "ignore_eos");
-    CHECK(cJSON_GetArraySize(jget(sp, "stop")) == 2 &&
+    CHECK_MSG((float) jnum(sp, "top_p") == 0.9f, "top_p %g", jnum(sp, "top_p"));
+    CHECK_MSG(jnum(sp, "top_k") == 5, "top_k");
+    CHECK_MSG(jnum(sp, "repetition_penalty") == 1.25, "repetition_penalty");
+    CHECK_MSG(jnum(sp, "seed") == 42, "seed");
+    CHECK_MSG(cJSON_IsTrue(jget(sp, "ignore_eos")), "ignore_eos");
+    CHECK_MSG(cJSON_GetArraySize(jget(sp, "stop")) == 2 &&
           !strcmp(cJSON_GetArrayItem(jget(sp, "stop"), 1)->valuestring, "END"), "stop");
     cJSON_Delete(log);
 
@@ -296,7 +296,7 @@ static void test_ask(void)
     log_clear();
     run(&r, (const char *[]) { "ask", "--socket", sock, "--send-bytes", "-i", jpg, "-i", png,
         "Compare <image> with <image>.", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "Hello world!\n");
     run_done(&r);
     log = log_entries("generate");
@@ -304,12 +304,12 @@ static void test_ask(void)
     m = cJSON_GetArrayItem(jget(g, "messages"), 0);
     CHECK_STR(jstr(m, "text"), "Compare <image> with <image>.");
     imgs = (cJSON *) jget(m, "images");
-    CHECK(cJSON_GetArraySize(imgs) == 2, "%d images", cJSON_GetArraySize(imgs));
-    CHECK(image_matches(cJSON_GetArrayItem(imgs, 0), "data", jpg), "jpg as bytes");
-    CHECK(image_matches(cJSON_GetArrayItem(imgs, 1), "data", png), "png as bytes");
-    CHECK(jnum(g, "n_fds") == 0, "fds passed with --send-bytes");
+    CHECK_MSG(cJSON_GetArraySize(imgs) == 2, "%d images", cJSON_GetArraySize(imgs));
+    CHECK_MSG(image_matches(cJSON_GetArrayItem(imgs, 0), "data", jpg), "jpg as bytes");
+    CHECK_MSG(image_matches(cJSON_GetArrayItem(imgs, 1), "data", png), "png as bytes");
+    CHECK_MSG(jnum(g, "n_fds") == 0, "fds passed with --send-bytes");
     sp = (cJSON *) jget(g, "sampling");
-    CHECK(!jget(sp, "temperature") && !jget(sp, "max_new_tokens") && !jget(sp, "seed"),
+    CHECK_MSG(!jget(sp, "temperature") && !jget(sp, "max_new_tokens") && !jget(sp, "seed"),
           "unset sampling fields sent");
     CHECK_STR(jstr(g, "model"), "");
     cJSON_Delete(log);
@@ -318,19 +318,19 @@ static void test_ask(void)
     log_clear();
     run(&r, (const char *[]) { "ask", "--socket", sock, "-i", png, "-i", jpg, "two", NULL },
         NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     run_done(&r);
     log = log_entries("generate");
     g = cJSON_GetArrayItem(log, 0);
     m = cJSON_GetArrayItem(jget(g, "messages"), 0);
     CHECK_STR(jstr(m, "text"), "<image>\n<image>\ntwo");
     imgs = (cJSON *) jget(m, "images");
-    CHECK(jnum(cJSON_GetArrayItem(imgs, 0), "fd_index") == 0 &&
+    CHECK_MSG(jnum(cJSON_GetArrayItem(imgs, 0), "fd_index") == 0 &&
           jnum(cJSON_GetArrayItem(imgs, 1), "fd_index") == 1, "fd indices");
-    CHECK(image_matches(cJSON_GetArrayItem(imgs, 0), "fd", png), "png by fd");
-    CHECK(image_matches(cJSON_GetArrayItem(imgs, 1), "fd", jpg), "jpg by fd");
-    CHECK(jnum(g, "n_fds") == 2, "n_fds %g", jnum(g, "n_fds"));
-    CHECK(!jget(cJSON_GetArrayItem(imgs, 0), "apply_exif"),
+    CHECK_MSG(image_matches(cJSON_GetArrayItem(imgs, 0), "fd", png), "png by fd");
+    CHECK_MSG(image_matches(cJSON_GetArrayItem(imgs, 1), "fd", jpg), "jpg by fd");
+    CHECK_MSG(jnum(g, "n_fds") == 2, "n_fds %g", jnum(g, "n_fds"));
+    CHECK_MSG(!jget(cJSON_GetArrayItem(imgs, 0), "apply_exif"),
           "ask sent apply_exif without --exif/--no-exif");
     cJSON_Delete(log);
 
@@ -338,29 +338,29 @@ static void test_ask(void)
     log_clear();
     run(&r, (const char *[]) { "ask", "--socket", sock, "--no-exif", "-i", png, "-i", jpg,
         "two", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     run_done(&r);
     log = log_entries("generate");
     imgs = (cJSON *) jget(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(log, 0), "messages"), 0),
                           "images");
-    CHECK(cJSON_IsFalse(jget(cJSON_GetArrayItem(imgs, 0), "apply_exif")) &&
+    CHECK_MSG(cJSON_IsFalse(jget(cJSON_GetArrayItem(imgs, 0), "apply_exif")) &&
           cJSON_IsFalse(jget(cJSON_GetArrayItem(imgs, 1), "apply_exif")), "--no-exif");
     cJSON_Delete(log);
     log_clear();
     run(&r, (const char *[]) { "ask", "--socket", sock, "--exif", "-i", png, "one", NULL },
         NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     run_done(&r);
     log = log_entries("generate");
     imgs = (cJSON *) jget(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(log, 0), "messages"), 0),
                           "images");
-    CHECK(cJSON_IsTrue(jget(cJSON_GetArrayItem(imgs, 0), "apply_exif")), "--exif");
+    CHECK_MSG(cJSON_IsTrue(jget(cJSON_GetArrayItem(imgs, 0), "apply_exif")), "--exif");
     cJSON_Delete(log);
 
     /* prompt from stdin, a pipe as the image (sent as bytes) */
     log_clear();
     run(&r, (const char *[]) { "ask", "--socket", sock, "-", NULL }, "from stdin\n");
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     run_done(&r);
     log = log_entries("generate");
     m = cJSON_GetArrayItem(jget(cJSON_GetArrayItem(log, 0), "messages"), 0);
@@ -369,10 +369,10 @@ static void test_ask(void)
 
     /* --json: one object per line and per event */
     run(&r, (const char *[]) { "--json", "ask", "--socket", sock, "hi", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.err, "");
     lines = json_lines(r.out);
-    CHECK(lines && cJSON_GetArraySize(lines) == 8, "%d lines: %s",
+    CHECK_MSG(lines && cJSON_GetArraySize(lines) == 8, "%d lines: %s",
           lines ? cJSON_GetArraySize(lines) : -1, r.out);
     if (lines && cJSON_GetArraySize(lines) == 8) {
         static const char *const ev[] = { "accepted", "progress", "progress", "progress",
@@ -380,22 +380,22 @@ static void test_ask(void)
         static const char *const stages[] = { "tiling", "vision", "prefill" };
         for (int i = 0; i < 8; i++)
             CHECK_STR(jstr(cJSON_GetArrayItem(lines, i), "event"), ev[i]);
-        CHECK(jnum(cJSON_GetArrayItem(lines, 0), "queue_position") == 0, "queue_position");
+        CHECK_MSG(jnum(cJSON_GetArrayItem(lines, 0), "queue_position") == 0, "queue_position");
         for (int i = 0; i < 3; i++) {
             CHECK_STR(jstr(cJSON_GetArrayItem(lines, 1 + i), "stage"), stages[i]);
-            CHECK(jnum(cJSON_GetArrayItem(lines, 1 + i), "fraction") == 1.0, "fraction");
+            CHECK_MSG(jnum(cJSON_GetArrayItem(lines, 1 + i), "fraction") == 1.0, "fraction");
         }
-        CHECK(jnum(cJSON_GetArrayItem(lines, 4), "id") == 100, "token id");
+        CHECK_MSG(jnum(cJSON_GetArrayItem(lines, 4), "id") == 100, "token id");
         CHECK_STR(jstr(cJSON_GetArrayItem(lines, 5), "text"), " world");
-        CHECK(jnum(cJSON_GetArrayItem(lines, 6), "id") == 300, "token id");
+        CHECK_MSG(jnum(cJSON_GetArrayItem(lines, 6), "id") == 300, "token id");
         cJSON *d = cJSON_GetArrayItem(lines, 7);
         CHECK_STR(jstr(d, "finish_reason"), "eos");
         CHECK_STR(jstr(d, "text"), "Hello world!");
-        CHECK(jnum(d, "prompt_tokens") == 432 && jnum(d, "image_tokens") == 421 &&
+        CHECK_MSG(jnum(d, "prompt_tokens") == 432 && jnum(d, "image_tokens") == 421 &&
               jnum(d, "generated_tokens") == 3, "token counts");
-        CHECK(jnum(d, "time_to_first_token_s") == 0.25 && jnum(d, "decode_tokens_per_s") == 40,
+        CHECK_MSG(jnum(d, "time_to_first_token_s") == 0.25 && jnum(d, "decode_tokens_per_s") == 40,
               "speeds");
-        CHECK(cJSON_IsArray(jget(d, "boxes")) && cJSON_GetArraySize(jget(d, "boxes")) == 0,
+        CHECK_MSG(cJSON_IsArray(jget(d, "boxes")) && cJSON_GetArraySize(jget(d, "boxes")) == 0,
               "boxes");
     }
     cJSON_Delete(lines);
@@ -437,31 +437,31 @@ static void test_ask(void)
                 args[n++] = *p;
             args[n] = NULL;
             run(&r, args, NULL);
-            CHECK(r.status == 2, "'%s %s': exit %d", bad[i][0], bad[i][1] ? bad[i][1] : "",
+            CHECK_MSG(r.status == 2, "'%s %s': exit %d", bad[i][0], bad[i][1] ? bad[i][1] : "",
                   r.status);
-            CHECK(r.err[0] && strchr(r.err, '\n') == r.err + strlen(r.err) - 1,
+            CHECK_MSG(r.err[0] && strchr(r.err, '\n') == r.err + strlen(r.err) - 1,
                   "'%s': not one line: '%s'", bad[i][0], r.err);
             CHECK_STR(r.out, "");
             run_done(&r);
         }
         log = log_entries(NULL);
-        CHECK(cJSON_GetArraySize(log) == 0, "usage errors sent %d requests",
+        CHECK_MSG(cJSON_GetArraySize(log) == 0, "usage errors sent %d requests",
               cJSON_GetArraySize(log));
         cJSON_Delete(log);
     }
 
     /* --help exits 0 with the usage on stdout */
     run(&r, (const char *[]) { "ask", "--help", NULL }, NULL);
-    CHECK(r.status == 0 && strstr(r.out, "usage: vl2 ask"), "ask --help: %d", r.status);
+    CHECK_MSG(r.status == 0 && strstr(r.out, "usage: vl2 ask"), "ask --help: %d", r.status);
     run_done(&r);
 
     /* a missing image: exit 1, one line naming it; --json adds an error event */
     run(&r, (const char *[]) { "--socket", sock, "--json", "ask", "-i", "/nonexistent.jpg",
         "x", NULL }, NULL);
-    CHECK(r.status == 1, "exit %d", r.status);
-    CHECK(strstr(r.err, "'/nonexistent.jpg'") != NULL, "stderr '%s'", r.err);
+    CHECK_MSG(r.status == 1, "exit %d", r.status);
+    CHECK_MSG(strstr(r.err, "'/nonexistent.jpg'") != NULL, "stderr '%s'", r.err);
     lines = json_lines(r.out);
-    CHECK(lines && cJSON_GetArraySize(lines) == 1 &&
+    CHECK_MSG(lines && cJSON_GetArraySize(lines) == 1 &&
           !strcmp(jstr(cJSON_GetArrayItem(lines, 0), "event"), "error") &&
           jnum(cJSON_GetArrayItem(lines, 0), "code") == VL2_ENOTFOUND, "error event: %s", r.out);
     cJSON_Delete(lines);
@@ -470,8 +470,8 @@ static void test_ask(void)
 
     /* no daemon there */
     run(&r, (const char *[]) { "--socket", sock, "ask", "hi", NULL }, NULL);
-    CHECK(r.status == 1, "exit %d", r.status);
-    CHECK(strstr(r.err, sock) != NULL, "stderr '%s'", r.err);
+    CHECK_MSG(r.status == 1, "exit %d", r.status);
+    CHECK_MSG(strstr(r.err, sock) != NULL, "stderr '%s'", r.err);
     run_done(&r);
 }
 
@@ -485,19 +485,19 @@ static void test_ask_error(void)
 
     fake_start(&s);
     run(&r, (const char *[]) { "--socket", sock, "ask", "-m", "nope", "hi", NULL }, NULL);
-    CHECK(r.status == 1, "exit %d", r.status);
+    CHECK_MSG(r.status == 1, "exit %d", r.status);
     CHECK_STR(r.err, "vl2d: no model 'nope' (loaded: micro)\n");
     CHECK_STR(r.out, "");
     run_done(&r);
     run(&r, (const char *[]) { "--socket", sock, "--json", "ask", "-m", "nope", "hi", NULL },
         NULL);
-    CHECK(r.status == 1, "exit %d", r.status);
+    CHECK_MSG(r.status == 1, "exit %d", r.status);
     lines = json_lines(r.out);
-    CHECK(lines && cJSON_GetArraySize(lines) == 5, "lines: %s", r.out);
+    CHECK_MSG(lines && cJSON_GetArraySize(lines) == 5, "lines: %s", r.out);
     if (lines && cJSON_GetArraySize(lines) == 5) {
         cJSON *e = cJSON_GetArrayItem(lines, 4);
         CHECK_STR(jstr(e, "event"), "error");
-        CHECK(jnum(e, "code") == VL2_ENOTFOUND, "code %g", jnum(e, "code"));
+        CHECK_MSG(jnum(e, "code") == VL2_ENOTFOUND, "code %g", jnum(e, "code"));
         CHECK_STR(jstr(e, "status"), "NOT_FOUND");
         CHECK_STR(jstr(e, "message"), "vl2d: no model 'nope' (loaded: micro)");
     }
@@ -525,15 +525,15 @@ static void test_cancel(void)
             break;
         test_sleep_ms(10);
     }
-    CHECK(i < 1000, "the request never arrived");
+    CHECK_MSG(i < 1000, "the request never arrived");
     test_sleep_ms(50);   /* the client is in its receive loop */
     kill(r.pid, SIGINT);
     finish(&r);
-    CHECK(r.status == 1, "exit %d, stderr '%s'", r.status, r.err);
-    CHECK(strstr(r.err, "canceled by the client") != NULL, "stderr '%s'", r.err);
+    CHECK_MSG(r.status == 1, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(strstr(r.err, "canceled by the client") != NULL, "stderr '%s'", r.err);
     gen = log_entries("generate");
     cancel = log_entries("cancel");
-    CHECK(cJSON_GetArraySize(cancel) == 1 &&
+    CHECK_MSG(cJSON_GetArraySize(cancel) == 1 &&
           jnum(cJSON_GetArrayItem(cancel, 0), "target_id") ==
           jnum(cJSON_GetArrayItem(gen, 0), "id"), "cancel of the request");
     cJSON_Delete(gen);
@@ -565,53 +565,53 @@ static void test_chat(void)
              "/quit\n"
              "never sent\n", jpg, png, jpg);
     run(&r, (const char *[]) { "--socket", sock, "chat", "--temperature", "0", NULL }, input);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "answer1\nanswer3\nanswer1\nanswer3\n");
     CHECK_STR(r.err, "");
     run_done(&r);
     log = log_entries("generate");
-    CHECK(cJSON_GetArraySize(log) == 4, "%d requests", cJSON_GetArraySize(log));
+    CHECK_MSG(cJSON_GetArraySize(log) == 4, "%d requests", cJSON_GetArraySize(log));
     /* turn 1: the user's message with the attached image */
     g = cJSON_GetArrayItem(log, 0);
     msgs = (cJSON *) jget(g, "messages");
-    CHECK(cJSON_GetArraySize(msgs) == 1, "turn 1: %d messages", cJSON_GetArraySize(msgs));
+    CHECK_MSG(cJSON_GetArraySize(msgs) == 1, "turn 1: %d messages", cJSON_GetArraySize(msgs));
     CHECK_STR(jstr(cJSON_GetArrayItem(msgs, 0), "text"), "<image>\nfirst question");
-    CHECK(image_matches(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(msgs, 0), "images"), 0),
+    CHECK_MSG(image_matches(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(msgs, 0), "images"), 0),
                         "fd", jpg), "turn 1 image");
     /* turn 2: the history, the image sent again whole (rewound descriptor) */
     g = cJSON_GetArrayItem(log, 1);
     msgs = (cJSON *) jget(g, "messages");
-    CHECK(cJSON_GetArraySize(msgs) == 3, "turn 2: %d messages", cJSON_GetArraySize(msgs));
+    CHECK_MSG(cJSON_GetArraySize(msgs) == 3, "turn 2: %d messages", cJSON_GetArraySize(msgs));
     if (cJSON_GetArraySize(msgs) == 3) {
-        CHECK(jnum(cJSON_GetArrayItem(msgs, 0), "role") == 2 &&
+        CHECK_MSG(jnum(cJSON_GetArrayItem(msgs, 0), "role") == 2 &&
               jnum(cJSON_GetArrayItem(msgs, 1), "role") == 3 &&
               jnum(cJSON_GetArrayItem(msgs, 2), "role") == 2, "roles");
         CHECK_STR(jstr(cJSON_GetArrayItem(msgs, 0), "text"), "<image>\nfirst question");
         CHECK_STR(jstr(cJSON_GetArrayItem(msgs, 1), "text"), "answer1");
         CHECK_STR(jstr(cJSON_GetArrayItem(msgs, 2), "text"), "second question");
-        CHECK(image_matches(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(msgs, 0), "images"), 0),
+        CHECK_MSG(image_matches(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(msgs, 0), "images"), 0),
                             "fd", jpg), "turn 2 image (offset %g)",
               jnum(cJSON_GetArrayItem(jget(cJSON_GetArrayItem(msgs, 0), "images"), 0), "offset"));
-        CHECK(cJSON_GetArraySize(jget(cJSON_GetArrayItem(msgs, 2), "images")) == 0,
+        CHECK_MSG(cJSON_GetArraySize(jget(cJSON_GetArrayItem(msgs, 2), "images")) == 0,
               "image repeated");
     }
     /* turn 3 after /reset: two images in order, explicit tags kept */
     g = cJSON_GetArrayItem(log, 2);
     msgs = (cJSON *) jget(g, "messages");
-    CHECK(cJSON_GetArraySize(msgs) == 1, "turn 3: %d messages", cJSON_GetArraySize(msgs));
+    CHECK_MSG(cJSON_GetArraySize(msgs) == 1, "turn 3: %d messages", cJSON_GetArraySize(msgs));
     CHECK_STR(jstr(cJSON_GetArrayItem(msgs, 0), "text"), "third <image> and <image>");
     {
         cJSON *imgs = (cJSON *) jget(cJSON_GetArrayItem(msgs, 0), "images");
-        CHECK(cJSON_GetArraySize(imgs) == 2 &&
+        CHECK_MSG(cJSON_GetArraySize(imgs) == 2 &&
               image_matches(cJSON_GetArrayItem(imgs, 0), "fd", png) &&
               image_matches(cJSON_GetArrayItem(imgs, 1), "fd", jpg), "turn 3 images");
     }
-    CHECK(jnum(cJSON_GetArrayItem(log, 2), "n_fds") == 2, "turn 3 fds");
+    CHECK_MSG(jnum(cJSON_GetArrayItem(log, 2), "n_fds") == 2, "turn 3 fds");
     /* turn 4: '//slash' sends '/slash' */
     msgs = (cJSON *) jget(cJSON_GetArrayItem(log, 3), "messages");
-    CHECK(cJSON_GetArraySize(msgs) == 3 &&
+    CHECK_MSG(cJSON_GetArraySize(msgs) == 3 &&
           !strcmp(jstr(cJSON_GetArrayItem(msgs, 2), "text"), "/slash"), "turn 4");
-    CHECK(jnum(jget(cJSON_GetArrayItem(log, 3), "sampling"), "temperature") == 0, "sampling");
+    CHECK_MSG(jnum(jget(cJSON_GetArrayItem(log, 3), "sampling"), "temperature") == 0, "sampling");
     cJSON_Delete(log);
 
     /* --json: event lines per turn; an unknown command is an error (exit 1)
@@ -619,11 +619,11 @@ static void test_chat(void)
     log_clear();
     run(&r, (const char *[]) { "chat", "--socket", sock, "--json", "--send-bytes", NULL },
         "/image-not-a-command\none\ntwo\n");
-    CHECK(r.status == 1, "exit %d", r.status);
-    CHECK(strstr(r.err, "unknown command '/image-not-a-command'") != NULL, "stderr '%s'",
+    CHECK_MSG(r.status == 1, "exit %d", r.status);
+    CHECK_MSG(strstr(r.err, "unknown command '/image-not-a-command'") != NULL, "stderr '%s'",
           r.err);
     lines = json_lines(r.out);
-    CHECK(lines && cJSON_GetArraySize(lines) == 2 * 6, "lines: %s", r.out);
+    CHECK_MSG(lines && cJSON_GetArraySize(lines) == 2 * 6, "lines: %s", r.out);
     if (lines && cJSON_GetArraySize(lines) == 12) {
         CHECK_STR(jstr(cJSON_GetArrayItem(lines, 4), "text"), "answer1");
         CHECK_STR(jstr(cJSON_GetArrayItem(lines, 5), "event"), "done");
@@ -636,8 +636,8 @@ static void test_chat(void)
     /* /image of a missing file: reported, nothing attached */
     log_clear();
     run(&r, (const char *[]) { "chat", "--socket", sock, NULL }, "/image /nonexistent.png\nq\n");
-    CHECK(r.status == 1, "exit %d", r.status);
-    CHECK(strstr(r.err, "'/nonexistent.png'") != NULL, "stderr '%s'", r.err);
+    CHECK_MSG(r.status == 1, "exit %d", r.status);
+    CHECK_MSG(strstr(r.err, "'/nonexistent.png'") != NULL, "stderr '%s'", r.err);
     CHECK_STR(r.out, "answer1\n");
     log = log_entries("generate");
     msgs = (cJSON *) jget(cJSON_GetArrayItem(log, 0), "messages");
@@ -676,46 +676,46 @@ static void check_drawing(const char *path)
     static const uint8_t white[3] = { 255, 255, 255 }, black[3] = { 0, 0, 0 };
     int ink = 0, band = 0;
 
-    CHECK(data != NULL, "no '%s'", path);
+    CHECK_MSG(data != NULL, "no '%s'", path);
     if (!data)
         return;
-    CHECK(vl2_image_decode(&im, data, n, NULL, &err) == 0, "decode: %s", err.msg);
+    CHECK_MSG(vl2_image_decode(&im, data, n, NULL, &err) == 0, "decode: %s", err.msg);
     free(data);
     if (!im.rgb)
         return;
-    CHECK(im.width == 1000 && im.height == 600, "%dx%d", im.width, im.height);
+    CHECK_MSG(im.width == 1000 && im.height == 600, "%dx%d", im.width, im.height);
     /* box 0: (580, 162) - (1000, 540), red, 3 px inward from each edge */
-    CHECK(is(&im, 580, 300, red) && is(&im, 582, 300, red) && is(&im, 583, 300, grey) &&
+    CHECK_MSG(is(&im, 580, 300, red) && is(&im, 582, 300, red) && is(&im, 583, 300, grey) &&
           is(&im, 579, 300, grey), "left edge");
-    CHECK(is(&im, 700, 162, red) && is(&im, 700, 164, red) && is(&im, 700, 165, grey) &&
+    CHECK_MSG(is(&im, 700, 162, red) && is(&im, 700, 164, red) && is(&im, 700, 165, grey) &&
           is(&im, 700, 161, grey) == false, "top edge");   /* the label band sits above */
-    CHECK(is(&im, 700, 540, red) && is(&im, 700, 538, red) && is(&im, 700, 537, grey) &&
+    CHECK_MSG(is(&im, 700, 540, red) && is(&im, 700, 538, red) && is(&im, 700, 537, grey) &&
           is(&im, 700, 541, grey), "bottom edge");
     /* x2 = 1000 is one past the last column: columns 998, 999 are drawn */
-    CHECK(is(&im, 999, 300, red) && is(&im, 998, 300, red) && is(&im, 997, 300, grey),
+    CHECK_MSG(is(&im, 999, 300, red) && is(&im, 998, 300, red) && is(&im, 997, 300, grey),
           "right edge");
-    CHECK(is(&im, 800, 400, grey) && is(&im, 300, 400, grey), "inside / outside untouched");
+    CHECK_MSG(is(&im, 800, 400, grey) && is(&im, 300, 400, grey), "inside / outside untouched");
     /* the label band: 18 px above the box top, red, with white text (red is dark) */
     for (int y = 144; y < 162; y++)
         for (int x = 580; x < 1000; x++) {
             ink += is(&im, x, y, white);
             band += is(&im, x, y, red);
-            CHECK(!is(&im, x, y, black), "black ink on a dark colour at %d,%d", x, y);
+            CHECK_MSG(!is(&im, x, y, black), "black ink on a dark colour at %d,%d", x, y);
         }
-    CHECK(ink > 100, "label ink pixels: %d", ink);
-    CHECK(band > 500, "label band pixels: %d", band);
-    CHECK(is(&im, 700, 143, grey), "above the band");
+    CHECK_MSG(ink > 100, "label ink pixels: %d", ink);
+    CHECK_MSG(band > 500, "label band pixels: %d", band);
+    CHECK_MSG(is(&im, 700, 143, grey), "above the band");
     /* box 1: (10, 6) - (100, 120), green: no room above (6 < 18), so the label
      * band is inside, from y1 + 3 = 9 to 26 */
-    CHECK(is(&im, 10, 60, green) && is(&im, 12, 60, green) && is(&im, 13, 110, grey) &&
+    CHECK_MSG(is(&im, 10, 60, green) && is(&im, 12, 60, green) && is(&im, 13, 110, grey) &&
           is(&im, 50, 120, green) && is(&im, 100, 60, green) && is(&im, 101, 60, grey),
           "second box");
     ink = 0;
     for (int y = 9; y < 27; y++)
         for (int x = 10; x < 100; x++)
             ink += is(&im, x, y, white);   /* luma of (60, 180, 75) = 132 <= 140: white */
-    CHECK(is(&im, 50, 6, green) && is(&im, 50, 8, green), "second box top edge");
-    CHECK(ink > 20, "second label ink: %d", ink);
+    CHECK_MSG(is(&im, 50, 6, green) && is(&im, 50, 8, green), "second box top edge");
+    CHECK_MSG(ink > 20, "second label ink: %d", ink);
     vl2_image_done(&im);
 }
 
@@ -723,20 +723,20 @@ static void check_boxes_json(const char *out, const char *want_label0)
 {
     cJSON *lines = json_lines(out), *d, *boxes, *b;
 
-    CHECK(lines && cJSON_GetArraySize(lines) >= 2, "lines: %s", out);
+    CHECK_MSG(lines && cJSON_GetArraySize(lines) >= 2, "lines: %s", out);
     if (!lines)
         return;
     d = cJSON_GetArrayItem(lines, cJSON_GetArraySize(lines) - 1);
     CHECK_STR(jstr(d, "event"), "done");
     boxes = (cJSON *) jget(d, "boxes");
-    CHECK(cJSON_GetArraySize(boxes) == 2, "%d boxes", cJSON_GetArraySize(boxes));
+    CHECK_MSG(cJSON_GetArraySize(boxes) == 2, "%d boxes", cJSON_GetArraySize(boxes));
     b = cJSON_GetArrayItem(boxes, 0);
     CHECK_STR(jstr(b, "label"), want_label0);
-    CHECK(jnum(b, "x1") == 580 && jnum(b, "y1") == 162 && jnum(b, "x2") == 1000 &&
+    CHECK_MSG(jnum(b, "x1") == 580 && jnum(b, "y1") == 162 && jnum(b, "x2") == 1000 &&
           jnum(b, "y2") == 540, "box 0: %g %g %g %g", jnum(b, "x1"), jnum(b, "y1"),
           jnum(b, "x2"), jnum(b, "y2"));
     b = cJSON_GetArrayItem(boxes, 1);
-    CHECK(jnum(b, "x1") == 10 && jnum(b, "y1") == 6 && jnum(b, "x2") == 100 &&
+    CHECK_MSG(jnum(b, "x1") == 10 && jnum(b, "y1") == 6 && jnum(b, "x2") == 100 &&
           jnum(b, "y2") == 120, "box 1");
     cJSON_Delete(lines);
 }
@@ -774,18 +774,18 @@ static void test_ground(void)
     fake_start(&text_only);
     run(&r, (const char *[]) { "--socket", sock, "ground", "-i", png, "-o", out_png,
         "The", "giraffe", "at", "the", "back.", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "580 162 1000 540 The giraffe at the back.\n10 6 100 120 The giraffe at the back.\n");
     CHECK_STR(r.err, "");
     run_done(&r);
     log = log_entries("generate");
     g = cJSON_GetArrayItem(log, 0);
-    CHECK(cJSON_IsTrue(jget(g, "grounding")), "grounding off");
+    CHECK_MSG(cJSON_IsTrue(jget(g, "grounding")), "grounding off");
     m = cJSON_GetArrayItem(jget(g, "messages"), 0);
     CHECK_STR(jstr(m, "text"), "<image>\n<|ref|>The giraffe at the back.<|/ref|>.");
-    CHECK(image_matches(cJSON_GetArrayItem(jget(m, "images"), 0), "fd", png), "image");
+    CHECK_MSG(image_matches(cJSON_GetArrayItem(jget(m, "images"), 0), "fd", png), "image");
     /* ground pins the EXIF choice it draws with: applied unless --no-exif */
-    CHECK(cJSON_IsTrue(jget(cJSON_GetArrayItem(jget(m, "images"), 0), "apply_exif")),
+    CHECK_MSG(cJSON_IsTrue(jget(cJSON_GetArrayItem(jget(m, "images"), 0), "apply_exif")),
           "ground did not ask for the EXIF orientation explicitly");
     cJSON_Delete(log);
     check_drawing(out_png);
@@ -793,7 +793,7 @@ static void test_ground(void)
 
     run(&r, (const char *[]) { "--json", "--socket", sock, "ground", "--send-bytes", "-i", png,
         "giraffe", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     check_boxes_json(r.out, "The giraffe at the back.");
     run_done(&r);
     fake_stop();
@@ -801,14 +801,14 @@ static void test_ground(void)
     fake_start(&with_boxes);
     run(&r, (const char *[]) { "--socket", sock, "ground", "-i", png, "-o", out_png,
         "giraffe", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "580 162 1000 540 giraffe (daemon)\n10 6 100 120 second\n");
     run_done(&r);
     check_drawing(out_png);
     (void) unlink(out_png);
     run(&r, (const char *[]) { "--socket", sock, "--json", "ground", "-i", png, "-o", out_png,
         "giraffe", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     check_boxes_json(r.out, "giraffe (daemon)");
     {
         cJSON *lines = json_lines(r.out);
@@ -823,24 +823,24 @@ static void test_ground(void)
     log_clear();
     run(&r, (const char *[]) { "--socket", sock, "ask", "--grounding", "-i", png,
         "<|grounding|>Where is the giraffe?", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "whatever the text says\n580 162 1000 540 giraffe (daemon)\n"
               "10 6 100 120 second\n");
     run_done(&r);
     log = log_entries("generate");
-    CHECK(cJSON_IsTrue(jget(cJSON_GetArrayItem(log, 0), "grounding")), "ask --grounding");
+    CHECK_MSG(cJSON_IsTrue(jget(cJSON_GetArrayItem(log, 0), "grounding")), "ask --grounding");
     cJSON_Delete(log);
     /* an output path that cannot be written: exit 1 naming it */
     run(&r, (const char *[]) { "--socket", sock, "ground", "-i", png, "-o",
         "/nonexistent-dir/x.png", "giraffe", NULL }, NULL);
-    CHECK(r.status == 1 && strstr(r.err, "/nonexistent-dir/x.png"), "exit %d, '%s'", r.status,
+    CHECK_MSG(r.status == 1 && strstr(r.err, "/nonexistent-dir/x.png"), "exit %d, '%s'", r.status,
           r.err);
     run_done(&r);
     fake_stop();
 
     fake_start(&odd_label);
     run(&r, (const char *[]) { "--socket", sock, "ground", "-i", png, "x", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d", r.status);
+    CHECK_MSG(r.status == 0, "exit %d", r.status);
     CHECK_STR(r.out, "1 2 3 4 two lines and tab\n");
     run_done(&r);
     run(&r, (const char *[]) { "--socket", sock, "--json", "ground", "-i", png, "x", NULL },
@@ -859,15 +859,15 @@ static void test_ground(void)
     fake_start(&none);
     run(&r, (const char *[]) { "--socket", sock, "ground", "-i", png, "-o", out_png,
         "giraffe", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "");
-    CHECK(strstr(r.err, "no boxes") != NULL, "stderr '%s'", r.err);
+    CHECK_MSG(strstr(r.err, "no boxes") != NULL, "stderr '%s'", r.err);
     run_done(&r);
     {
         struct vl2_image im = { 0 };
         size_t n = 0;
         char *data = test_slurp(out_png, &n);
-        CHECK(data && vl2_image_decode(&im, data, n, NULL, NULL) == 0 &&
+        CHECK_MSG(data && vl2_image_decode(&im, data, n, NULL, NULL) == 0 &&
               is(&im, 580, 300, grey) && is(&im, 999, 599, grey), "unchanged copy");
         vl2_image_done(&im);
         free(data);
@@ -896,7 +896,7 @@ static void test_load(void)
         NULL }, NULL);
     if (chdir(cwd) < 0)
         abort();
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "loaded 'demo' (cpu, 3.0 MiB) in 0.25 s\n");
     CHECK_STR(r.err, "");
     run_done(&r);
@@ -909,53 +909,53 @@ static void test_load(void)
     }
     CHECK_STR(jstr(cJSON_GetArrayItem(log, 0), "name"), "demo");
     CHECK_STR(jstr(cJSON_GetArrayItem(log, 0), "backend"), "cpu");
-    CHECK(cJSON_IsFalse(jget(cJSON_GetArrayItem(log, 0), "progress")), "progress to a pipe");
+    CHECK_MSG(cJSON_IsFalse(jget(cJSON_GetArrayItem(log, 0), "progress")), "progress to a pipe");
     cJSON_Delete(log);
 
     /* --json: progress asked for, one line per event */
     run(&r, (const char *[]) { "--socket", sock, "--json", "load", "demo", dir, NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     lines = json_lines(r.out);
-    CHECK(lines && cJSON_GetArraySize(lines) == 4, "lines: %s", r.out);
+    CHECK_MSG(lines && cJSON_GetArraySize(lines) == 4, "lines: %s", r.out);
     if (lines && cJSON_GetArraySize(lines) == 4) {
         cJSON *l = cJSON_GetArrayItem(lines, 3);
         CHECK_STR(jstr(cJSON_GetArrayItem(lines, 0), "event"), "accepted");
         CHECK_STR(jstr(cJSON_GetArrayItem(lines, 1), "event"), "progress");
         CHECK_STR(jstr(cJSON_GetArrayItem(lines, 1), "stage"), "loading");
-        CHECK(jnum(cJSON_GetArrayItem(lines, 2), "fraction") == 1.0, "fraction");
+        CHECK_MSG(jnum(cJSON_GetArrayItem(lines, 2), "fraction") == 1.0, "fraction");
         CHECK_STR(jstr(l, "event"), "loaded");
         CHECK_STR(jstr(jget(l, "model"), "name"), "demo");
         CHECK_STR(jstr(jget(l, "model"), "state"), "ready");
-        CHECK(jnum(jget(l, "model"), "memory_bytes") == 3 << 20, "memory");
-        CHECK(jnum(l, "load_s") == 0.25, "load_s");
+        CHECK_MSG(jnum(jget(l, "model"), "memory_bytes") == 3 << 20, "memory");
+        CHECK_MSG(jnum(l, "load_s") == 0.25, "load_s");
     }
     cJSON_Delete(lines);
     run_done(&r);
 
     /* a refused load, a missing directory */
     run(&r, (const char *[]) { "--socket", sock, "load", "bad", dir, NULL }, NULL);
-    CHECK(r.status == 1, "exit %d", r.status);
+    CHECK_MSG(r.status == 1, "exit %d", r.status);
     CHECK_STR(r.err, "vl2d: weights: 'config.json': missing\n");
     run_done(&r);
     run(&r, (const char *[]) { "--socket", sock, "load", "x", "no/such/dir", NULL }, NULL);
-    CHECK(r.status == 1 && strstr(r.err, "'no/such/dir'"), "exit %d '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 1 && strstr(r.err, "'no/such/dir'"), "exit %d '%s'", r.status, r.err);
     run_done(&r);
 
     /* unload */
     run(&r, (const char *[]) { "--socket", sock, "unload", "demo", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
+    CHECK_MSG(r.status == 0, "exit %d, stderr '%s'", r.status, r.err);
     CHECK_STR(r.out, "unloaded 'demo'\n");
     run_done(&r);
     run(&r, (const char *[]) { "--socket", sock, "--json", "unload", "demo", NULL }, NULL);
-    CHECK(r.status == 0, "exit %d", r.status);
+    CHECK_MSG(r.status == 0, "exit %d", r.status);
     CHECK_STR(r.out, "{\"event\":\"unloaded\",\"name\":\"demo\"}\n");
     run_done(&r);
     run(&r, (const char *[]) { "--socket", sock, "unload", "missing", NULL }, NULL);
-    CHECK(r.status == 1, "exit %d", r.status);
+    CHECK_MSG(r.status == 1, "exit %d", r.status);
     CHECK_STR(r.err, "vl2d: no model 'missing'\n");
     run_done(&r);
     log = log_entries("unload");
-    CHECK(cJSON_GetArraySize(log) == 3, "%d unloads", cJSON_GetArraySize(log));
+    CHECK_MSG(cJSON_GetArraySize(log) == 3, "%d unloads", cJSON_GetArraySize(log));
     cJSON_Delete(log);
     fake_stop();
 }
@@ -1004,12 +1004,12 @@ static void test_terminal(void)
     buf[n] = '\0';
     close(master);
     waitpid(r.pid, &st, 0);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
     r.out = test_slurp(r.out_path, NULL);
     CHECK_STR(r.out, "Hello world!\n");
-    CHECK(strstr(buf, "tiling 100%") && strstr(buf, "vision 100%") &&
+    CHECK_MSG(strstr(buf, "tiling 100%") && strstr(buf, "vision 100%") &&
           strstr(buf, "prefill 100%"), "progress on the terminal: '%s'", buf);
-    CHECK(strstr(buf, "\r\033[K") != NULL, "progress line not cleared: '%s'", buf);
+    CHECK_MSG(strstr(buf, "\r\033[K") != NULL, "progress line not cleared: '%s'", buf);
     free(r.out);
     fake_stop();
 }

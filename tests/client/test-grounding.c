@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
+#include "../common/check.h"
 #include "grounding.h"
 
 struct want {
@@ -22,17 +22,17 @@ static void expect(int line, const char *text, int32_t w, int32_t h,
     struct vl2_err err = { 0 };
     int r = vl2_grounding_parse(text, strlen(text), w, h, &boxes, &n, &err);
 
-    CHECK(r >= 0, "line %d: parse failed: %s", line, err.msg);
+    CHECK_MSG(r >= 0, "line %d: parse failed: %s", line, err.msg);
     if (r < 0)
         return;
-    CHECK((size_t) r == n, "line %d: returned %d, n %zu", line, r, n);
-    CHECK(n == n_want, "line %d: %zu boxes, want %zu", line, n, n_want);
-    CHECK((n == 0) == (boxes == NULL), "line %d: boxes %p for n %zu", line, (void *) boxes, n);
+    CHECK_MSG((size_t) r == n, "line %d: returned %d, n %zu", line, r, n);
+    CHECK_MSG(n == n_want, "line %d: %zu boxes, want %zu", line, n, n_want);
+    CHECK_MSG((n == 0) == (boxes == NULL), "line %d: boxes %p for n %zu", line, (void *) boxes, n);
     for (size_t i = 0; i < n && i < n_want; i++) {
-        CHECK(boxes[i].label && !strcmp(boxes[i].label, want[i].label),
+        CHECK_MSG(boxes[i].label && !strcmp(boxes[i].label, want[i].label),
               "line %d box %zu: label '%s', want '%s'", line, i,
               boxes[i].label ? boxes[i].label : "(null)", want[i].label);
-        CHECK(boxes[i].x1 == want[i].x1 && boxes[i].y1 == want[i].y1 &&
+        CHECK_MSG(boxes[i].x1 == want[i].x1 && boxes[i].y1 == want[i].y1 &&
               boxes[i].x2 == want[i].x2 && boxes[i].y2 == want[i].y2,
               "line %d box %zu: (%g,%g,%g,%g), want (%g,%g,%g,%g)", line, i,
               (double) boxes[i].x1, (double) boxes[i].y1, (double) boxes[i].x2,
@@ -118,12 +118,12 @@ static void test_many_pairs(void)
         len += (size_t) sprintf(text + len, "<|ref|>obj%d<|/ref|><|det|>[[%d, %d, %d, %d]]<|/det|>",
                                 i, i, i, i + 1, i + 2);
     r = vl2_grounding_parse(text, len, 1280, 720, &boxes, &n, NULL);
-    CHECK(r == 200 && n == 200, "r %d n %zu", r, n);
+    CHECK_MSG(r == 200 && n == 200, "r %d n %zu", r, n);
     for (size_t i = 0; i < n; i++) {
         char want[32];
         snprintf(want, sizeof(want), "obj%u", (unsigned) i);
         CHECK_STR(boxes[i].label, want);
-        CHECK(boxes[i].x1 == (float) (i * 1280 / 999) && boxes[i].y1 == (float) (i * 720 / 999) &&
+        CHECK_MSG(boxes[i].x1 == (float) (i * 1280 / 999) && boxes[i].y1 == (float) (i * 720 / 999) &&
               boxes[i].x2 == (float) ((i + 1) * 1280 / 999) &&
               boxes[i].y2 == (float) ((i + 2) * 720 / 999),
               "box %zu: %g %g %g %g", i, (double) boxes[i].x1, (double) boxes[i].y1,
@@ -133,12 +133,12 @@ static void test_many_pairs(void)
     /* 999 x 999: not the identity.  Python: int(63/999*999) = 62,
      * int(126/999*999) = 125, int(504/999*999) = 503, int(509/999*999) = 508,
      * int(64/999*999) = 64. */
-    CHECK(vl2_grounding_to_pixels(63, 999) == 62, "63");
-    CHECK(vl2_grounding_to_pixels(126, 999) == 125, "126");
-    CHECK(vl2_grounding_to_pixels(504, 999) == 503, "504");
-    CHECK(vl2_grounding_to_pixels(509, 999) == 508, "509");
-    CHECK(vl2_grounding_to_pixels(64, 999) == 64, "64");
-    CHECK(vl2_grounding_to_pixels(1500, 10) == 10 && vl2_grounding_to_pixels(-3, 10) == 0,
+    CHECK_MSG(vl2_grounding_to_pixels(63, 999) == 62, "63");
+    CHECK_MSG(vl2_grounding_to_pixels(126, 999) == 125, "126");
+    CHECK_MSG(vl2_grounding_to_pixels(504, 999) == 503, "504");
+    CHECK_MSG(vl2_grounding_to_pixels(509, 999) == 508, "509");
+    CHECK_MSG(vl2_grounding_to_pixels(64, 999) == 64, "64");
+    CHECK_MSG(vl2_grounding_to_pixels(1500, 10) == 10 && vl2_grounding_to_pixels(-3, 10) == 0,
           "clamped");
 
     /* More boxes than the limit: the first VL2_GROUNDING_MAX_BOXES come back. */
@@ -150,7 +150,7 @@ static void test_many_pairs(void)
             l += (size_t) sprintf(big + l, "[1,2,3,4],");
         l += (size_t) sprintf(big + l, "]<|/det|>");
         r = vl2_grounding_parse(big, l, 999, 999, &boxes, &n, NULL);
-        CHECK(r == VL2_GROUNDING_MAX_BOXES && n == VL2_GROUNDING_MAX_BOXES, "r %d", r);
+        CHECK_MSG(r == VL2_GROUNDING_MAX_BOXES && n == VL2_GROUNDING_MAX_BOXES, "r %d", r);
         vl2_boxes_free(boxes, n);
         free(big);
     }
@@ -230,7 +230,7 @@ static void test_labels_and_args(void)
     {
         static const char t[] = "<|ref|>a\0b\xff\xc3(<|/ref|><|det|>[[0,0,1,1]]<|/det|>";
         r = vl2_grounding_parse(t, sizeof(t) - 1, 999, 999, &boxes, &n, &err);
-        CHECK(r == 1, "r %d", r);
+        CHECK_MSG(r == 1, "r %d", r);
         if (r == 1)
             CHECK_STR(boxes[0].label, "ab?\?(");
         vl2_boxes_free(boxes, n);
@@ -245,10 +245,10 @@ static void test_labels_and_args(void)
         }
         l += (size_t) sprintf(t + l, "<|/ref|><|det|>[[0,0,1,1]]<|/det|>");
         r = vl2_grounding_parse(t, l, 999, 999, &boxes, &n, &err);
-        CHECK(r == 1, "r %d", r);
+        CHECK_MSG(r == 1, "r %d", r);
         if (r == 1) {
             size_t ll = strlen(boxes[0].label);
-            CHECK(ll <= VL2_GROUNDING_MAX_LABEL && ll % 3 == 0 && ll > VL2_GROUNDING_MAX_LABEL - 3,
+            CHECK_MSG(ll <= VL2_GROUNDING_MAX_LABEL && ll % 3 == 0 && ll > VL2_GROUNDING_MAX_LABEL - 3,
                   "label length %zu", ll);
         }
         vl2_boxes_free(boxes, n);
@@ -258,27 +258,27 @@ static void test_labels_and_args(void)
     {
         const char *t = "<|ref|>a<|/ref|><|det|>[[0,0,1,1]]<|/det|>GARBAGE";
         r = vl2_grounding_parse(t, strlen(t) - 7 - 1, 999, 999, &boxes, &n, &err);
-        CHECK(r == 0 && n == 0 && boxes == NULL, "r %d n %zu", r, n);
+        CHECK_MSG(r == 0 && n == 0 && boxes == NULL, "r %d n %zu", r, n);
     }
     /* Bad arguments: an error, outputs untouched. */
     boxes = (struct vl2_box *) 0x1;
     n = 7;
     r = vl2_grounding_parse("x", 1, 0, 10, &boxes, &n, &err);
-    CHECK(r == VL2_EINVAL && boxes == (struct vl2_box *) 0x1 && n == 7, "r %d", r);
-    CHECK(strstr(err.msg, "image size") != NULL, "msg '%s'", err.msg);
+    CHECK_MSG(r == VL2_EINVAL && boxes == (struct vl2_box *) 0x1 && n == 7, "r %d", r);
+    CHECK_MSG(strstr(err.msg, "image size") != NULL, "msg '%s'", err.msg);
     r = vl2_grounding_parse("x", 1, 10, -1, &boxes, &n, NULL);
-    CHECK(r == VL2_EINVAL, "r %d", r);
+    CHECK_MSG(r == VL2_EINVAL, "r %d", r);
     r = vl2_grounding_parse(NULL, 3, 10, 10, &boxes, &n, &err);
-    CHECK(r == VL2_EINVAL, "r %d", r);
+    CHECK_MSG(r == VL2_EINVAL, "r %d", r);
     r = vl2_grounding_parse("x", 1, 10, 10, NULL, &n, &err);
-    CHECK(r == VL2_EINVAL, "r %d", r);
+    CHECK_MSG(r == VL2_EINVAL, "r %d", r);
     r = vl2_grounding_parse(NULL, 0, 10, 10, &boxes, &n, &err);
-    CHECK(r == 0 && n == 0 && boxes == NULL, "r %d", r);
+    CHECK_MSG(r == 0 && n == 0 && boxes == NULL, "r %d", r);
     vl2_boxes_free(NULL, 0);
 
     /* Large images: no overflow (int(999/999*W) = W). */
-    CHECK(vl2_grounding_to_pixels(999, INT32_MAX) == INT32_MAX, "max");
-    CHECK(vl2_grounding_to_pixels(500, 100000) == 50050, "%d",
+    CHECK_MSG(vl2_grounding_to_pixels(999, INT32_MAX) == INT32_MAX, "max");
+    CHECK_MSG(vl2_grounding_to_pixels(500, 100000) == 50050, "%d",
           (int) vl2_grounding_to_pixels(500, 100000));  /* 500/999*1e5 = 50050.05 */
 }
 

@@ -31,7 +31,7 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/gpu-out}
-G=$ROOT/.gpu
+G=${VL2_GPU_DIR:-$ROOT/.gpu}   # another prepared folder (a baseline build): VL2_GPU_DIR
 W=${VL2_GPU_WORK:-/tmp/vl2-gpu}
 STEPS=${*:-ops golden tiny}
 # dry runs of the script elsewhere: VL2_GPU_BACKEND=cpu VL2_GPU_PLUGIN_DIR=build/plugins/cpu
@@ -185,7 +185,7 @@ step_bench() {  # preset [options]
     VL2_BENCH_BACKEND=$BACKEND timeout 480 "$G/bin/bench_gpu" --model "$W/$p" \
         --image "$ROOT/data/images/g_a_384.jpg" --plugin-dir "$PLUGDIR" \
         --copy-gbps "${COPY_GBPS:-0}" --decode-steps $steps --batch 16 --label "$label" \
-        --sampling $sampling --backend-options "$bopt" > "$W/bench.txt" 2>&1
+        --sampling $sampling ${bopt:+--backend-options "$bopt"} > "$W/bench.txt" 2>&1
     rc=$?
     kill $smi 2>/dev/null
     wait $smi 2>/dev/null
@@ -285,8 +285,8 @@ for s in $STEPS; do
         kernels:*:*) k=${s#kernels:}; step_kernels "${k%%:*}" "${k#*:}" ;;
         kernels:*) step_kernels "${s#*:}" ;;
         tiny|small|base|micro-mha|micro-mla) step_bench "$s" ;;
-        tiny:*|small:*|base:*) step_bench "${s%%:*}" "${s#*:}" ;;
-        *) log "unknown step $s" ;;
+        tiny:*|small:*|base:*|micro-mha:*|micro-mla:*) step_bench "${s%%:*}" "${s#*:}" ;;
+        *) note_fail "unknown step $s" ;;
     esac
 done
 echo | tee -a "$TABLE" > /dev/null

@@ -25,31 +25,21 @@
 #include "vl2-backend.h"
 #include "vl2-status.h"
 
+#include "../common/check.h"
+
 static const struct vl2_backend_ops *O;
 static struct vl2_backend_ctx *C;
-static int n_fail, n_pass;
 static int any_backend;     /* --any-backend: another plugin (checks the references) */
-
-#define CHECK(cond, ...)                                                  \
-    do {                                                                  \
-        if (cond) {                                                       \
-            n_pass++;                                                     \
-        } else {                                                          \
-            n_fail++;                                                     \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                   \
-            printf(__VA_ARGS__);                                          \
-            printf("\n");                                                 \
-        }                                                                 \
-    } while (0)
 
 #define OK(call)                                                          \
     do {                                                                  \
         struct vl2_err e_ = { 0, "" };                                    \
         int r_ = (call);                                                  \
         (void)e_;                                                         \
+        check_total++;                                                    \
         if (r_ < 0) {                                                     \
             printf("FAIL %s:%d: %s -> %d\n", __FILE__, __LINE__, #call, r_); \
-            n_fail++;                                                     \
+            check_failures++;                                             \
         }                                                                 \
     } while (0)
 
@@ -60,7 +50,7 @@ static void die_if(int r, const char *what)
 {
     if (r < 0) {
         printf("FAIL %s: %d %s\n", what, r, Er.msg);
-        n_fail++;
+        check_failures++;
     }
 }
 
@@ -263,12 +253,12 @@ static double compare(const char *name, const float *got, const double *ref, int
             mr = fabs(ref[i]);
     }
     if (bad >= 0) {
-        CHECK(0, "%s: NaN at %lld (got %g, ref %g)", name, (long long)bad, got[bad], ref[bad]);
+        CHECK_MSG(0, "%s: NaN at %lld (got %g, ref %g)", name, (long long)bad, got[bad], ref[bad]);
         return INFINITY;
     }
     {
         double err = mr > 0 ? md / mr : md;
-        CHECK(err <= tol, "%s: err %.3g > tol %.3g", name, err, tol);
+        CHECK_MSG(err <= tol, "%s: err %.3g > tol %.3g", name, err, tol);
         printf("  %-44s err %.2e (tol %.0e)\n", name, err, tol);
         return err;
     }
@@ -277,12 +267,12 @@ static double compare(const char *name, const float *got, const double *ref, int
 static void expect_err(int r, int code, const char *what)
 {
     if (any_backend) {
-        CHECK(r < 0 && Er.msg[0], "%s: got %d (%s)", what, r, Er.msg);
+        CHECK_MSG(r < 0 && Er.msg[0], "%s: got %d (%s)", what, r, Er.msg);
         vl2_err_clear(&Er);
         return;
     }
-    CHECK(r == code, "%s: got %d, expected %d (%s)", what, r, code, Er.msg);
-    CHECK(r >= 0 || (Er.msg[0] && strncmp(Er.msg, "cuda: ", 6) == 0 && !strchr(Er.msg, '\n')),
+    CHECK_MSG(r == code, "%s: got %d, expected %d (%s)", what, r, code, Er.msg);
+    CHECK_MSG(r >= 0 || (Er.msg[0] && strncmp(Er.msg, "cuda: ", 6) == 0 && !strchr(Er.msg, '\n')),
           "%s: message '%s'", what, Er.msg);
     vl2_err_clear(&Er);
 }
@@ -516,12 +506,12 @@ static void test_argmax(void)
         die_if(O->read(C, &out, 0, got, sizeof(got), &Er), "read");
         for (r = 0; r < N; r++) {
             const int want = ref_argmax(x + (size_t)r * V, V);
-            CHECK(got[r] == want, "argmax row %d (%s): %d, expected %d", r,
+            CHECK_MSG(got[r] == want, "argmax row %d (%s): %d, expected %d", r,
                   form ? "row" : "column", (int)got[r], want);
         }
         O->free_tensor(C, &out);
     }
-    CHECK(ref_argmax(x + 1 * V, V) == 1000 && ref_argmax(x + 3 * V, V) == 77777 &&
+    CHECK_MSG(ref_argmax(x + 1 * V, V) == 1000 && ref_argmax(x + 3 * V, V) == 77777 &&
               ref_argmax(x + 5 * V, V) == V - 1,
           "argmax reference");
     printf("  %d rows of %d\n", N, V);
@@ -1119,6 +1109,7 @@ static void mla_multi(const char *label, int H, int nope, int rp, int vd, int R,
         O->kv_free(C, kv[s]);
         free(hc[s].data);
     }
+    free(kvb);
 }
 
 static void test_attention(int quick)
@@ -1551,7 +1542,7 @@ static void test_graph_steps(void)
             die_if(O->read(C, &idv, 0, gi, (size_t)ns * sizeof(int32_t), &Er), "read");
             got = fetch(&lgv);
             for (s = 0; s < ns; s++)
-                CHECK(gi[s] == ref_argmax(got + (size_t)s * V, V),
+                CHECK_MSG(gi[s] == ref_argmax(got + (size_t)s * V, V),
                       "step %d seq %d: argmax %d, logits say %d", step, s, (int)gi[s],
                       ref_argmax(got + (size_t)s * V, V));
         }
@@ -1627,9 +1618,9 @@ static void test_graph_steps(void)
                "captured %llu, replayed %llu, fallbacks %llu", &cap1, &rep1, &fb1);
         printf("  graphs: captured %llu, replayed %llu, fallbacks %llu\n", cap1 - cap0,
                rep1 - rep0, fb1 - fb0);
-        CHECK(cap1 - cap0 >= 2, "expected at least 2 captured graphs, got %llu", cap1 - cap0);
-        CHECK(rep1 - rep0 >= 6, "expected at least 6 replayed steps, got %llu", rep1 - rep0);
-        CHECK(fb1 - fb0 >= 1, "expected the step without moe to fall back");
+        CHECK_MSG(cap1 - cap0 >= 2, "expected at least 2 captured graphs, got %llu", cap1 - cap0);
+        CHECK_MSG(rep1 - rep0 >= 6, "expected at least 6 replayed steps, got %llu", rep1 - rep0);
+        CHECK_MSG(fb1 - fb0 >= 1, "expected the step without moe to fall back");
     }
     for (s = 0; s < 3; s++) {
         O->kv_free(C, kv[s]);
@@ -1668,14 +1659,14 @@ static void test_open_refusals(void)
     memset(&p, 0, sizeof(p));
     p.struct_size = sizeof(p) - 8;   /* a caller of another ABI revision */
     r = O->open(&p, &c, &Er);
-    CHECK(r == VL2_EABI && strstr(Er.msg, "vl2_backend_params"), "params struct_size: %d '%s'",
+    CHECK_MSG(r == VL2_EABI && strstr(Er.msg, "vl2_backend_params"), "params struct_size: %d '%s'",
           r, Er.msg);
     vl2_err_clear(&Er);
     p.struct_size = sizeof(p);
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         p.options = bad[i].opt;
         r = O->open(&p, &c, &Er);
-        CHECK(r == VL2_EINVAL && !strncmp(Er.msg, "cuda: ", 6) && strstr(Er.msg, bad[i].names) &&
+        CHECK_MSG(r == VL2_EINVAL && !strncmp(Er.msg, "cuda: ", 6) && strstr(Er.msg, bad[i].names) &&
                   !strchr(Er.msg, '\n'),
               "options '%s': %d '%s'", bad[i].opt, r, Er.msg);
         if (r == 0)
@@ -1685,7 +1676,7 @@ static void test_open_refusals(void)
     /* every production option with a valid value passes the parser */
     p.options = "graphs=0,pdl=1,profile=0,gemv_r1=2,mla_split=16,graphs=1";
     r = O->open(&p, &c, &Er);
-    CHECK(r == 0 || r == VL2_EBACKEND, "valid options: %d '%s'", r, Er.msg);
+    CHECK_MSG(r == 0 || r == VL2_EBACKEND, "valid options: %d '%s'", r, Er.msg);
     if (r == 0)
         O->close(c);
     vl2_err_clear(&Er);
@@ -1696,21 +1687,21 @@ static void test_supports_op(void)
 {
     printf("supports_op\n");
     if (!O->supports_op) {
-        CHECK(0, "no supports_op");
+        CHECK_MSG(0, "no supports_op");
         return;
     }
-    CHECK(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_BF16) == 1, "linear BF16");
-    CHECK(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_F16) == 1, "linear F16");
-    CHECK(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_F32) == 1, "linear F32");
-    CHECK(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_Q8) == 0, "linear Q8");
-    CHECK(O->supports_op(C, VL2_OP_MOE, VL2_DTYPE_Q4) == 0, "moe Q4");
-    CHECK(O->supports_op(C, VL2_OP_WEIGHT, VL2_DTYPE_Q4) == 0, "weight Q4");
-    CHECK(O->supports_op(C, VL2_OP_KV, VL2_DTYPE_BF16) == 1, "kv BF16");
-    CHECK(O->supports_op(C, VL2_OP_KV, VL2_DTYPE_I32) == 0, "kv I32");
-    CHECK(O->supports_op(C, VL2_OP_ATTN_MLA, VL2_DTYPE_F16) == 1, "attn_mla F16 cache");
-    CHECK(O->supports_op(C, VL2_OP_RMSNORM, -1) == 1, "rmsnorm");
-    CHECK(O->supports_op(C, VL2_OP_ARGMAX, -1) == 1, "argmax");
-    CHECK(O->supports_op(C, 0, -1) == 0 && O->supports_op(C, VL2_OP_COUNT, -1) == 0,
+    CHECK_MSG(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_BF16) == 1, "linear BF16");
+    CHECK_MSG(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_F16) == 1, "linear F16");
+    CHECK_MSG(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_F32) == 1, "linear F32");
+    CHECK_MSG(O->supports_op(C, VL2_OP_LINEAR, VL2_DTYPE_Q8) == 0, "linear Q8");
+    CHECK_MSG(O->supports_op(C, VL2_OP_MOE, VL2_DTYPE_Q4) == 0, "moe Q4");
+    CHECK_MSG(O->supports_op(C, VL2_OP_WEIGHT, VL2_DTYPE_Q4) == 0, "weight Q4");
+    CHECK_MSG(O->supports_op(C, VL2_OP_KV, VL2_DTYPE_BF16) == 1, "kv BF16");
+    CHECK_MSG(O->supports_op(C, VL2_OP_KV, VL2_DTYPE_I32) == 0, "kv I32");
+    CHECK_MSG(O->supports_op(C, VL2_OP_ATTN_MLA, VL2_DTYPE_F16) == 1, "attn_mla F16 cache");
+    CHECK_MSG(O->supports_op(C, VL2_OP_RMSNORM, -1) == 1, "rmsnorm");
+    CHECK_MSG(O->supports_op(C, VL2_OP_ARGMAX, -1) == 1, "argmax");
+    CHECK_MSG(O->supports_op(C, 0, -1) == 0 && O->supports_op(C, VL2_OP_COUNT, -1) == 0,
           "ops outside the enum");
 }
 
@@ -1732,10 +1723,10 @@ static void test_struct_sizes(void)
     s.dtype = VL2_DTYPE_F32;
     s.capacity = 8;
     expect_err(O->kv_new(C, &s, &kv, &Er), VL2_EABI, "kv_new struct_size");
-    CHECK(O->kv_token_bytes(&s) == 0, "kv_token_bytes of a foreign shape: %zu",
+    CHECK_MSG(O->kv_token_bytes(&s) == 0, "kv_token_bytes of a foreign shape: %zu",
           O->kv_token_bytes(&s));
     s.struct_size = sizeof(s);
-    CHECK(O->kv_token_bytes(&s) == 2u * 16u * 4u, "kv_token_bytes %zu", O->kv_token_bytes(&s));
+    CHECK_MSG(O->kv_token_bytes(&s) == 2u * 16u * 4u, "kv_token_bytes %zu", O->kv_token_bytes(&s));
     OK(O->kv_new(C, &s, &kv, &Er));
     if (!kv)
         return;
@@ -1771,29 +1762,29 @@ static void test_memory(void)
     s.rope_dim = 64;
     s.dtype = VL2_DTYPE_BF16;
     s.capacity = 16;
-    CHECK(O->kv_token_bytes(&s) == 27u * 576u * 2u, "kv_token_bytes MLA %zu",
+    CHECK_MSG(O->kv_token_bytes(&s) == 27u * 576u * 2u, "kv_token_bytes MLA %zu",
           O->kv_token_bytes(&s));
     s.kind = VL2_ATTN_MHA;
     s.n_layer = 12;
     s.n_kv_head = 10;
     s.head_dim = 128;
     s.dtype = VL2_DTYPE_F32;
-    CHECK(O->kv_token_bytes(&s) == 12u * 2u * 1280u * 4u, "kv_token_bytes MHA %zu",
+    CHECK_MSG(O->kv_token_bytes(&s) == 12u * 2u * 1280u * 4u, "kv_token_bytes MHA %zu",
           O->kv_token_bytes(&s));
     m0 = O->mem_used(C);
     OK(O->alloc(C, &t, VL2_DTYPE_F32, 2, ne, &Er));
     m1 = O->mem_used(C);
     O->free_tensor(C, &t);
     m2 = O->mem_used(C);
-    CHECK(m1 - m0 == 4u << 20 && m2 == m0, "mem_used %zu -> %zu -> %zu", m0, m1, m2);
+    CHECK_MSG(m1 - m0 == 4u << 20 && m2 == m0, "mem_used %zu -> %zu -> %zu", m0, m1, m2);
     ne[0] = (int64_t)1 << 40;
     expect_err(O->alloc(C, &t, VL2_DTYPE_F32, 2, ne, &Er), VL2_EINVAL, "alloc absurd size");
     ne[0] = (int64_t)1 << 28;
     ne[1] = 4096;          /* 4 TiB */
     {
         int r = O->alloc(C, &t, VL2_DTYPE_F32, 2, ne, &Er);
-        CHECK(r == VL2_ENOMEM || r == VL2_EINVAL, "alloc 4 TiB: %d", r);
-        CHECK(r >= 0 || strstr(Er.msg, "MiB") || strstr(Er.msg, "large"), "message '%s'", Er.msg);
+        CHECK_MSG(r == VL2_ENOMEM || r == VL2_EINVAL, "alloc 4 TiB: %d", r);
+        CHECK_MSG(r >= 0 || strstr(Er.msg, "MiB") || strstr(Er.msg, "large"), "message '%s'", Er.msg);
         if (r >= 0)
             O->free_tensor(C, &t);
         vl2_err_clear(&Er);
@@ -1831,7 +1822,7 @@ int main(int argc, char **argv)
         printf("FAIL no entry symbol\n");
         return 1;
     }
-    CHECK(entry(VL2_BACKEND_ABI_VERSION + 1, &Er) == NULL && Er.code == VL2_EABI,
+    CHECK_MSG(entry(VL2_BACKEND_ABI_VERSION + 1, &Er) == NULL && Er.code == VL2_EABI,
           "entry accepts a wrong ABI version");
     vl2_err_clear(&Er);
     O = entry(VL2_BACKEND_ABI_VERSION, &Er);
@@ -1851,7 +1842,7 @@ int main(int argc, char **argv)
     p.device = any_backend ? 0 : 999;
     r = O->open(&p, &C, &Er);
     if (!any_backend) {
-        CHECK(r == VL2_EBACKEND && !strncmp(Er.msg, "cuda: no CUDA device", 20),
+        CHECK_MSG(r == VL2_EBACKEND && !strncmp(Er.msg, "cuda: no CUDA device", 20),
               "open device 999: %d '%s'", r, Er.msg);
         printf("open(device 999): %s\n", Er.msg);
     } else if (r == 0) {
@@ -1861,11 +1852,11 @@ int main(int argc, char **argv)
     p.device = 0;
     r = O->open(&p, &C, &Er);
     if (r < 0) {
-        CHECK(r == VL2_EBACKEND && !strncmp(Er.msg, "cuda: no CUDA device", 20) &&
+        CHECK_MSG(r == VL2_EBACKEND && !strncmp(Er.msg, "cuda: no CUDA device", 20) &&
                   !strchr(Er.msg, '\n'),
               "open without a GPU: %d '%s'", r, Er.msg);
-        printf("open: %s\n%s\n", Er.msg, n_fail ? "FAILED" : "no GPU: skipped");
-        return n_fail ? 1 : 77;
+        printf("open: %s\n%s\n", Er.msg, check_failures ? "FAILED" : "no GPU: skipped");
+        return check_failures ? 1 : 77;
     }
     printf("%s\n", O->describe(C));
 
@@ -1886,7 +1877,7 @@ int main(int argc, char **argv)
     }
 
     r = O->sync(C, &Er);
-    CHECK(r == 0, "final sync: %s", Er.msg);
+    CHECK_MSG(r == 0, "final sync: %s", Er.msg);
     printf("%s\n", O->describe(C));
     for (i = 0; i < n_owned; i++) {
         O->free_tensor(C, owned[i]);
@@ -1895,6 +1886,6 @@ int main(int argc, char **argv)
     O->close(C);
     for (i = 0; i < n_keep; i++)
         free(keep[i]);
-    printf("%d checks passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    printf("%d checks passed, %d failed\n", check_total - check_failures, check_failures);
+    return check_failures ? 1 : 0;
 }

@@ -12,7 +12,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "check.h"
+#include "../common/check.h"
+#include "../common/util.h"
 #include "image-impl.h"
 #include "image.h"
 #include "npy.h"
@@ -38,7 +39,7 @@ static unsigned char *load(const char *name, size_t *size)
     char path[1024];
 
     snprintf(path, sizeof(path), "%s/decode/%s", dir, name);
-    return read_all(path, size);
+    return (unsigned char *)test_slurp(path, size);
 }
 
 /* Compare @img with the Pillow pixels in <name><suffix>. */
@@ -52,11 +53,11 @@ static void compare(const char *name, const char *suffix, const struct vl2_image
 
     snprintf(path, sizeof(path), "%s/decode/%s%s", dir, name, suffix);
     r = vl2_npy_read(&e, path, &err);
-    CHECK(r == 0, "%s", err.msg);
+    CHECK_MSG(r == 0, "%s", err.msg);
     if (r < 0)
         return;
-    CHECK(e.dtype == VL2_NPY_U8 && e.ndim == 3 && e.shape[2] == 3, "%s: npy layout", path);
-    CHECK(e.shape[0] == img->height && e.shape[1] == img->width, "%s: %dx%d, Pillow %lldx%lld",
+    CHECK_MSG(e.dtype == VL2_NPY_U8 && e.ndim == 3 && e.shape[2] == 3, "%s: npy layout", path);
+    CHECK_MSG(e.shape[0] == img->height && e.shape[1] == img->width, "%s: %dx%d, Pillow %lldx%lld",
           name, img->width, img->height, (long long)e.shape[1], (long long)e.shape[0]);
     if (e.count == (size_t)img->width * img->height * 3) {
         for (size_t i = 0; i < e.count; i++)
@@ -66,7 +67,7 @@ static void compare(const char *name, const char *suffix, const struct vl2_image
                             name, suffix, i / 3, i % 3, img->rgb[i], ((uint8_t *)e.data)[i]);
                 n_diff++;
             }
-        CHECK(n_diff == 0, "%s%s: %zu values differ from Pillow", name, suffix, n_diff);
+        CHECK_MSG(n_diff == 0, "%s%s: %zu values differ from Pillow", name, suffix, n_diff);
     }
     vl2_npy_done(&e);
 }
@@ -80,16 +81,16 @@ static void test_pillow_parity(void)
         unsigned char *data = load(pillow_files[i], &size);
         int r;
 
-        CHECK(data != NULL, "%s", pillow_files[i]);
+        CHECK_MSG(data != NULL, "%s", pillow_files[i]);
         if (!data)
             continue;
         r = vl2_image_decode(&img, data, size, NULL, &err);
-        CHECK(r == 0, "%s: %s", pillow_files[i], err.msg);
+        CHECK_MSG(r == 0, "%s: %s", pillow_files[i], err.msg);
         if (r == 0) {
             int32_t w = 0, h = 0;
 
             compare(pillow_files[i], ".rgb.npy", &img);
-            CHECK(vl2_image_probe(data, size, &w, &h, &err) == 0 && w == img.width &&
+            CHECK_MSG(vl2_image_probe(data, size, &w, &h, &err) == 0 && w == img.width &&
                       h == img.height,
                   "%s: probe %dx%d", pillow_files[i], w, h);
             vl2_image_done(&img);
@@ -114,19 +115,19 @@ static void test_exif(void)
         int r;
 
         if (!data) {
-            CHECK(0, "%s", files[i]);
+            CHECK_MSG(0, "%s", files[i]);
             continue;
         }
         /* default: stored orientation, as the official code */
         r = vl2_image_decode(&img, data, size, &lim, &err);
-        CHECK(r == 0, "%s: %s", files[i], err.msg);
+        CHECK_MSG(r == 0, "%s: %s", files[i], err.msg);
         if (r == 0) {
             compare(files[i], ".rgb.npy", &img);
             vl2_image_done(&img);
         }
         lim.apply_exif = 1;
         r = vl2_image_decode(&img, data, size, &lim, &err);
-        CHECK(r == 0, "%s: %s", files[i], err.msg);
+        CHECK_MSG(r == 0, "%s: %s", files[i], err.msg);
         if (r == 0) {
             compare(files[i], ".exif.npy", &img);
             vl2_image_done(&img);
@@ -142,11 +143,11 @@ static void test_exif(void)
         static const uint8_t bad_offset[] = { 'I', 'I', 42, 0, 0xff, 0xff, 0, 0, 1, 0 };
         static const uint8_t short_ifd[] = { 'I', 'I', 42, 0, 8, 0, 0, 0, 5, 0, 0x12, 0x01 };
 
-        CHECK(vl2__image_exif_orientation(be, sizeof(be)) == 6, "big-endian SHORT");
-        CHECK(vl2__image_exif_orientation(le_long, sizeof(le_long)) == 3, "LONG");
-        CHECK(vl2__image_exif_orientation(bad_offset, sizeof(bad_offset)) == 0, "bad offset");
-        CHECK(vl2__image_exif_orientation(short_ifd, sizeof(short_ifd)) == 0, "cut IFD");
-        CHECK(vl2__image_exif_orientation(be, 7) == 0, "cut header");
+        CHECK_MSG(vl2__image_exif_orientation(be, sizeof(be)) == 6, "big-endian SHORT");
+        CHECK_MSG(vl2__image_exif_orientation(le_long, sizeof(le_long)) == 3, "LONG");
+        CHECK_MSG(vl2__image_exif_orientation(bad_offset, sizeof(bad_offset)) == 0, "bad offset");
+        CHECK_MSG(vl2__image_exif_orientation(short_ifd, sizeof(short_ifd)) == 0, "cut IFD");
+        CHECK_MSG(vl2__image_exif_orientation(be, 7) == 0, "cut header");
     }
 }
 
@@ -208,7 +209,7 @@ static int decode_code(const void *data, size_t size, const struct vl2_image_lim
     if (r == 0)
         vl2_image_done(&img);
     else
-        CHECK(img.rgb == NULL && img.width == 0, "failed decode leaves the image empty");
+        CHECK_MSG(img.rgb == NULL && img.width == 0, "failed decode leaves the image empty");
     return r;
 }
 
@@ -223,7 +224,7 @@ static void test_bombs_and_limits(void)
     int32_t w, h;
     unsigned char *data;
 
-    CHECK(lim.max_pixels == 50000000 && lim.max_bytes == 64u << 20 && lim.apply_exif == 0,
+    CHECK_MSG(lim.max_pixels == 50000000 && lim.max_bytes == 64u << 20 && lim.apply_exif == 0,
           "default limits");
 
     /* 100000 x 100000 PNG: refused from the header, fast */
@@ -231,39 +232,39 @@ static void test_bombs_and_limits(void)
     t0 = now_us();
     r = decode_code(png, n, NULL, &err);
     t = now_us() - t0;
-    CHECK(r == VL2_ELIMIT, "huge PNG: %d %s", r, err.msg);
-    CHECK(strstr(err.msg, "100000x100000") != NULL, "message names the size: %s", err.msg);
-    CHECK(t < 5000, "huge PNG refused in %.0f us", t);
+    CHECK_MSG(r == VL2_ELIMIT, "huge PNG: %d %s", r, err.msg);
+    CHECK_MSG(strstr(err.msg, "100000x100000") != NULL, "message names the size: %s", err.msg);
+    CHECK_MSG(t < 5000, "huge PNG refused in %.0f us", t);
     printf("100000x100000 PNG refused in %.1f us: %s\n", t, err.msg);
-    CHECK(vl2_image_probe(png, n, &w, &h, &err) == 0 && w == 100000 && h == 100000,
+    CHECK_MSG(vl2_image_probe(png, n, &w, &h, &err) == 0 && w == 100000 && h == 100000,
           "probe of the huge PNG");
 
     /* zero width, absurd width */
     n = png_header(png, 0, 10);
     r = decode_code(png, n, NULL, &err);
-    CHECK(r == VL2_EFORMAT, "zero-width PNG: %d %s", r, err.msg);
+    CHECK_MSG(r == VL2_EFORMAT, "zero-width PNG: %d %s", r, err.msg);
     n = png_header(png, 0x80000000u, 1);
     r = decode_code(png, n, NULL, &err);
-    CHECK(r == VL2_EFORMAT || r == VL2_ELIMIT, "2^31-wide PNG: %d %s", r, err.msg);
+    CHECK_MSG(r == VL2_EFORMAT || r == VL2_ELIMIT, "2^31-wide PNG: %d %s", r, err.msg);
 
     /* header within limits, no pixel data */
     n = png_header(png, 64, 64);
     r = decode_code(png, n, NULL, &err);
-    CHECK(r == VL2_EFORMAT, "PNG without pixel data: %d %s", r, err.msg);
+    CHECK_MSG(r == VL2_EFORMAT, "PNG without pixel data: %d %s", r, err.msg);
 
     /* compressed size and pixel limits */
     data = load("rgb.png", &size);
     if (data) {
         lim.max_bytes = size - 1;
         r = decode_code(data, size, &lim, &err);
-        CHECK(r == VL2_ELIMIT, "max_bytes: %d %s", r, err.msg);
+        CHECK_MSG(r == VL2_ELIMIT, "max_bytes: %d %s", r, err.msg);
         lim.max_bytes = size;
         lim.max_pixels = 37 * 29 - 1;
         r = decode_code(data, size, &lim, &err);
-        CHECK(r == VL2_ELIMIT, "max_pixels: %d %s", r, err.msg);
+        CHECK_MSG(r == VL2_ELIMIT, "max_pixels: %d %s", r, err.msg);
         lim.max_pixels = 37 * 29;
         r = decode_code(data, size, &lim, &err);
-        CHECK(r == 0, "exactly at the limits: %s", err.msg);
+        CHECK_MSG(r == 0, "exactly at the limits: %s", err.msg);
         free(data);
     }
 
@@ -275,19 +276,19 @@ static void test_bombs_and_limits(void)
 
         while (sof + 4 < size && !(data[sof] == 0xff && data[sof + 1] == 0xc0))
             sof += 2 + ((size_t)data[sof + 2] << 8 | data[sof + 3]);
-        CHECK(sof + 9 < size, "SOF0 found");
+        CHECK_MSG(sof + 9 < size, "SOF0 found");
         if (sof + 9 < size) {
             uint8_t *p = data + sof + 5;   /* height, then width (big-endian) */
 
             memcpy(p, "\xff\xff\xff\xff", 4);
             r = decode_code(data, size, NULL, &err);
-            CHECK(r == VL2_ELIMIT, "65535x65535 JPEG: %d %s", r, err.msg);
+            CHECK_MSG(r == VL2_ELIMIT, "65535x65535 JPEG: %d %s", r, err.msg);
             memcpy(p, "\x00\x00\x00\x25", 4);
             r = decode_code(data, size, NULL, &err);
-            CHECK(r == VL2_EFORMAT, "zero-height JPEG: %d %s", r, err.msg);
+            CHECK_MSG(r == VL2_EFORMAT, "zero-height JPEG: %d %s", r, err.msg);
             memcpy(p, "\x03\xe8\x03\xe8", 4);
             r = decode_code(data, size, NULL, &err);
-            CHECK(r == VL2_EFORMAT, "lying JPEG header: %d %s", r, err.msg);
+            CHECK_MSG(r == VL2_EFORMAT, "lying JPEG header: %d %s", r, err.msg);
         }
         free(data);
     }
@@ -299,18 +300,18 @@ static void test_bombs_and_limits(void)
         put32(data + 20, 1000);
         put32(data + 29, crc32_of(data + 12, 17));
         r = decode_code(data, size, NULL, &err);
-        CHECK(r == VL2_EFORMAT, "lying PNG header: %d %s", r, err.msg);
+        CHECK_MSG(r == VL2_EFORMAT, "lying PNG header: %d %s", r, err.msg);
         free(data);
     }
 
     /* animated WebP whose canvas claims 20000 x 20000 */
     data = load("animated.webp", &size);
     if (data) {
-        CHECK(size > 30 && !memcmp(data + 12, "VP8X", 4), "animated.webp has VP8X");
+        CHECK_MSG(size > 30 && !memcmp(data + 12, "VP8X", 4), "animated.webp has VP8X");
         if (size > 30) {
             memcpy(data + 24, "\x1f\x4e\x00\x1f\x4e\x00", 6);
             r = decode_code(data, size, NULL, &err);
-            CHECK(r == VL2_ELIMIT, "huge WebP canvas: %d %s", r, err.msg);
+            CHECK_MSG(r == VL2_ELIMIT, "huge WebP canvas: %d %s", r, err.msg);
         }
         free(data);
     }
@@ -339,21 +340,21 @@ static void test_other_formats(void)
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         r = decode_code(cases[i].data, cases[i].size, NULL, &err);
-        CHECK(r == VL2_EUNSUPPORTED, "%s: %d", cases[i].name, r);
-        CHECK(strstr(err.msg, cases[i].name) != NULL, "'%s' not named in: %s", cases[i].name,
+        CHECK_MSG(r == VL2_EUNSUPPORTED, "%s: %d", cases[i].name, r);
+        CHECK_MSG(strstr(err.msg, cases[i].name) != NULL, "'%s' not named in: %s", cases[i].name,
               err.msg);
     }
     r = decode_code("", 0, NULL, &err);
-    CHECK(r == VL2_EFORMAT && strstr(err.msg, "empty"), "empty input: %d %s", r, err.msg);
+    CHECK_MSG(r == VL2_EFORMAT && strstr(err.msg, "empty"), "empty input: %d %s", r, err.msg);
     r = decode_code(NULL, 0, NULL, &err);
-    CHECK(r == VL2_EFORMAT, "NULL input: %d", r);
+    CHECK_MSG(r == VL2_EFORMAT, "NULL input: %d", r);
     /* signatures alone */
     r = decode_code("\xff\xd8\xff", 3, NULL, &err);
-    CHECK(r == VL2_EFORMAT, "JPEG signature only: %d %s", r, err.msg);
+    CHECK_MSG(r == VL2_EFORMAT, "JPEG signature only: %d %s", r, err.msg);
     r = decode_code("\x89PNG\r\n\x1a\n", 8, NULL, &err);
-    CHECK(r == VL2_EFORMAT, "PNG signature only: %d %s", r, err.msg);
+    CHECK_MSG(r == VL2_EFORMAT, "PNG signature only: %d %s", r, err.msg);
     r = decode_code("RIFF\x04\0\0\0WEBP", 12, NULL, &err);
-    CHECK(r == VL2_EFORMAT, "WebP signature only: %d %s", r, err.msg);
+    CHECK_MSG(r == VL2_EFORMAT, "WebP signature only: %d %s", r, err.msg);
     printf("example messages: %s\n", err.msg);
 }
 
@@ -377,13 +378,13 @@ static void test_truncated_and_corrupt(void)
             memcpy(copy, data, n);
             if (decode_code(copy, n, NULL, &err) < 0) {
                 n_err++;
-                CHECK(err.msg[0] != '\0', "%s cut at %zu: no message", pillow_files[i], n);
+                CHECK_MSG(err.msg[0] != '\0', "%s cut at %zu: no message", pillow_files[i], n);
             } else if (n <= size / 2) {
                 n_half++;
             }
             free(copy);
         }
-        CHECK(n_half == 0, "%s: %zu prefixes up to half the file decoded without error",
+        CHECK_MSG(n_half == 0, "%s: %zu prefixes up to half the file decoded without error",
               pillow_files[i], n_half);
         copy = malloc(size);
         for (int k = 0; k < 60; k++) {
@@ -417,7 +418,7 @@ static void test_truncated_messages(void)
         if (!data)
             continue;
         r = decode_code(data, size * 2 / 3, NULL, &err);
-        CHECK(r == VL2_EFORMAT, "%s cut to 2/3: %d %s", files[i], r, err.msg);
+        CHECK_MSG(r == VL2_EFORMAT, "%s cut to 2/3: %d %s", files[i], r, err.msg);
         printf("%s cut to 2/3: %s\n", files[i], err.msg);
         free(data);
     }

@@ -12,7 +12,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "check.h"
+#include "../common/check.h"
+#include "../common/util.h"
 #include "image.h"
 #include "npy.h"
 
@@ -29,7 +30,7 @@ static const struct {
 static cJSON *load_json(const char *path)
 {
     size_t n;
-    unsigned char *s = read_all(path, &n);
+    unsigned char *s = (unsigned char *)test_slurp(path, &n);
     cJSON *j;
 
     if (!s)
@@ -76,19 +77,19 @@ static void check_case(const char *data_dir, const char *images_dir, int ci)
     int r;
 
     snprintf(path, sizeof(path), "%s/%s", images_dir, cases[ci].file);
-    file = read_all(path, &size);
-    CHECK(file != NULL, "%s", path);
+    file = (unsigned char *)test_slurp(path, &size);
+    CHECK_MSG(file != NULL, "%s", path);
     if (!file)
         return;
     r = vl2_image_decode(&img, file, size, NULL, &err);
     free(file);
-    CHECK(r == 0, "%s: %s", cases[ci].name, err.msg);
+    CHECK_MSG(r == 0, "%s: %s", cases[ci].name, err.msg);
     if (r < 0)
         return;
     snprintf(path, sizeof(path), "%s/golden/pixels/%s/pixel_values_u8.npy", data_dir,
              cases[ci].name);
     r = vl2_npy_read(&gold, path, &err);
-    CHECK(r == 0, "%s", err.msg);
+    CHECK_MSG(r == 0, "%s", err.msg);
     if (r < 0)
         goto out_img;
 
@@ -98,31 +99,31 @@ static void check_case(const char *data_dir, const char *images_dir, int ci)
         snprintf(path, sizeof(path), "%s/golden/%s/processor_config.json", data_dir,
                  presets[p]);
         n_cands = load_candidates(path, cands, 64);
-        CHECK(n_cands == 23, "%s: %d candidates", path, n_cands);
+        CHECK_MSG(n_cands == 23, "%s: %d candidates", path, n_cands);
         /* one image in the prompt: cropping on */
         vl2_image_plan(&t, img.width, img.height, (const int(*)[2])cands, n_cands, 1, 384, 14,
                        2);
         snprintf(path, sizeof(path), "%s/golden/%s/%s/input_ids.json", data_dir, presets[p],
                  cases[ci].name);
         j = load_json(path);
-        CHECK(j != NULL, "%s", path);
+        CHECK_MSG(j != NULL, "%s", path);
         if (!j)
             continue;
         crop = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "images_spatial_crop"), 0);
         tok = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "num_image_tokens"), 0);
         sizes = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "image_sizes"), 0);
-        CHECK(crop && cJSON_GetArrayItem(crop, 0)->valueint == t.tiles_w &&
+        CHECK_MSG(crop && cJSON_GetArrayItem(crop, 0)->valueint == t.tiles_w &&
                   cJSON_GetArrayItem(crop, 1)->valueint == t.tiles_h,
               "%s %s: grid %dx%d", presets[p], cases[ci].name, t.tiles_w, t.tiles_h);
-        CHECK(tok && tok->valueint == t.n_tokens, "%s %s: %d tokens, golden %d", presets[p],
+        CHECK_MSG(tok && tok->valueint == t.n_tokens, "%s %s: %d tokens, golden %d", presets[p],
               cases[ci].name, t.n_tokens, tok ? tok->valueint : -1);
-        CHECK(sizes && cJSON_GetArrayItem(sizes, 0)->valueint == img.width &&
+        CHECK_MSG(sizes && cJSON_GetArrayItem(sizes, 0)->valueint == img.width &&
                   cJSON_GetArrayItem(sizes, 1)->valueint == img.height,
               "%s: decoded size %dx%d", cases[ci].name, img.width, img.height);
         cJSON_Delete(j);
     }
 
-    CHECK(gold.dtype == VL2_NPY_U8 && gold.ndim == 4 && gold.shape[0] == t.n_tiles &&
+    CHECK_MSG(gold.dtype == VL2_NPY_U8 && gold.ndim == 4 && gold.shape[0] == t.n_tiles &&
               gold.shape[1] == 3 && gold.shape[2] == 384 && gold.shape[3] == 384,
           "%s: golden shape [%lld,...] vs %d tiles", cases[ci].name, (long long)gold.shape[0],
           t.n_tiles);
@@ -132,11 +133,11 @@ static void check_case(const char *data_dir, const char *images_dir, int ci)
     tiles = malloc(n);
     f = malloc(n * sizeof(*f));
     if (!tiles || !f) {
-        CHECK(0, "out of memory");
+        CHECK_MSG(0, "out of memory");
         goto out_buf;
     }
     r = vl2_image_tile(&img, &t, 384, tiles, &err);
-    CHECK(r == 0, "%s: %s", cases[ci].name, err.msg);
+    CHECK_MSG(r == 0, "%s: %s", cases[ci].name, err.msg);
     for (size_t i = 0; i < n; i++)
         if (tiles[i] != ((uint8_t *)gold.data)[i]) {
             if (n_diff < 5)
@@ -145,7 +146,7 @@ static void check_case(const char *data_dir, const char *images_dir, int ci)
                         i / 384 % 384, i % 384, tiles[i], ((uint8_t *)gold.data)[i]);
             n_diff++;
         }
-    CHECK(n_diff == 0, "%s: %zu of %zu uint8 values differ", cases[ci].name, n_diff, n);
+    CHECK_MSG(n_diff == 0, "%s: %zu of %zu uint8 values differ", cases[ci].name, n_diff, n);
 
     vl2_image_normalize(f, tiles, n, 384 * 384, mean, std, 1);
     for (size_t i = 0; i < n; i++) {
@@ -155,7 +156,7 @@ static void check_case(const char *data_dir, const char *images_dir, int ci)
         if (d > max_err)
             max_err = d;
     }
-    CHECK(max_err <= 1e-6, "%s: float tiles max |diff| %g", cases[ci].name, max_err);
+    CHECK_MSG(max_err <= 1e-6, "%s: float tiles max |diff| %g", cases[ci].name, max_err);
     printf("%s: %dx%d -> best %dx%d, %d tiles, %d tokens, %zu values differ, float max %g\n",
            cases[ci].name, img.width, img.height, t.best_w, t.best_h, t.n_tiles, t.n_tokens,
            n_diff, max_err);

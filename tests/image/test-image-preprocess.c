@@ -14,7 +14,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "check.h"
+#include "../common/check.h"
+#include "../common/util.h"
 #include "npy.h"
 
 #define TILE ((size_t)3 * 384 * 384)
@@ -47,7 +48,7 @@ static int load_gold(const char *c, struct vl2_npy *a)
 
     snprintf(path, sizeof(path), "%s/golden/pixels/%s/pixel_values_u8.npy", data_dir, c);
     if (vl2_npy_read(a, path, &err) < 0) {
-        CHECK(0, "%s", err.msg);
+        CHECK_MSG(0, "%s", err.msg);
         return -1;
     }
     return 0;
@@ -60,7 +61,7 @@ static int load_dump(const char *out, const char *name, struct vl2_npy *a)
 
     snprintf(path, sizeof(path), "%s/%s", out, name);
     if (vl2_npy_read(a, path, &err) < 0) {
-        CHECK(0, "%s", err.msg);
+        CHECK_MSG(0, "%s", err.msg);
         return -1;
     }
     return 0;
@@ -80,19 +81,19 @@ static void test_two_images(void)
     {
         const char *args[] = { vl2d, "preprocess", "--model", model, "--image", wide,
                                "--image", tall, "--dump", out, NULL };
-        CHECK(run(args) == 0, "vl2d preprocess (two images) failed");
+        CHECK_MSG(run(args) == 0, "vl2d preprocess (two images) failed");
     }
     if (load_dump(out, "pixel_values_u8.npy", &u8) < 0 ||
         load_dump(out, "pixel_values.npy", &f32) < 0 || load_gold("wide", &gw) < 0 ||
         load_gold("tall", &gt) < 0)
         goto out;
-    CHECK(u8.ndim == 4 && u8.shape[0] == 11 && u8.count == 11 * TILE, "11 tiles, got %lld",
+    CHECK_MSG(u8.ndim == 4 && u8.shape[0] == 11 && u8.count == 11 * TILE, "11 tiles, got %lld",
           (long long)u8.shape[0]);
-    CHECK(f32.dtype == VL2_NPY_F32 && f32.count == u8.count, "float tiles");
+    CHECK_MSG(f32.dtype == VL2_NPY_F32 && f32.count == u8.count, "float tiles");
     if (u8.count != 11 * TILE || f32.count != u8.count)
         goto out;
-    CHECK(!memcmp(u8.data, gw.data, 4 * TILE), "wide tiles differ from golden");
-    CHECK(!memcmp((uint8_t *)u8.data + 4 * TILE, gt.data, 7 * TILE),
+    CHECK_MSG(!memcmp(u8.data, gw.data, 4 * TILE), "wide tiles differ from golden");
+    CHECK_MSG(!memcmp((uint8_t *)u8.data + 4 * TILE, gt.data, 7 * TILE),
           "tall tiles differ from golden");
     for (size_t i = 0; i < u8.count; i++) {
         uint8_t g = i < 4 * TILE ? ((uint8_t *)gw.data)[i] : ((uint8_t *)gt.data)[i - 4 * TILE];
@@ -103,25 +104,25 @@ static void test_two_images(void)
             max_err = d;
         n_bad += d > 1e-6;
     }
-    CHECK(n_bad == 0, "%zu float values off by more than 1e-6 (max %g)", n_bad, max_err);
+    CHECK_MSG(n_bad == 0, "%zu float values off by more than 1e-6 (max %g)", n_bad, max_err);
     {
         size_t n;
         unsigned char *s;
         cJSON *j, *crop, *tok;
 
         snprintf(path, sizeof(path), "%s/images.json", out);
-        s = read_all(path, &n);
+        s = (unsigned char *)test_slurp(path, &n);
         j = s ? cJSON_ParseWithLength((const char *)s, n) : NULL;
-        CHECK(j != NULL, "%s", path);
+        CHECK_MSG(j != NULL, "%s", path);
         crop = cJSON_GetObjectItemCaseSensitive(j, "images_spatial_crop");
         tok = cJSON_GetObjectItemCaseSensitive(j, "num_image_tokens");
-        CHECK(cJSON_GetArraySize(crop) == 2 &&
+        CHECK_MSG(cJSON_GetArraySize(crop) == 2 &&
                   cJSON_GetArrayItem(cJSON_GetArrayItem(crop, 0), 0)->valueint == 3 &&
                   cJSON_GetArrayItem(cJSON_GetArrayItem(crop, 0), 1)->valueint == 1 &&
                   cJSON_GetArrayItem(cJSON_GetArrayItem(crop, 1), 0)->valueint == 2 &&
                   cJSON_GetArrayItem(cJSON_GetArrayItem(crop, 1), 1)->valueint == 3,
               "images_spatial_crop");
-        CHECK(cJSON_GetArraySize(tok) == 2 && cJSON_GetArrayItem(tok, 0)->valueint == 813 &&
+        CHECK_MSG(cJSON_GetArraySize(tok) == 2 && cJSON_GetArrayItem(tok, 0)->valueint == 813 &&
                   cJSON_GetArrayItem(tok, 1)->valueint == 1429,
               "num_image_tokens");
         cJSON_Delete(j);
@@ -150,11 +151,11 @@ static void test_three_images(void)
         const char *args[] = { vl2d, "preprocess", "--model", model, "--image", img[0],
                                "--image", img[1], "--image", img[2], "--dump", out,
                                "--no-float", NULL };
-        CHECK(run(args) == 0, "vl2d preprocess (three images) failed");
+        CHECK_MSG(run(args) == 0, "vl2d preprocess (three images) failed");
     }
     if (load_dump(out, "pixel_values_u8.npy", &u8) < 0)
         return;
-    CHECK(u8.count == 6 * TILE, "6 tiles");
+    CHECK_MSG(u8.count == 6 * TILE, "6 tiles");
     for (int i = 0; i < 3 && u8.count == 6 * TILE; i++) {
         struct vl2_npy g = { 0 };
         const uint8_t *p = (const uint8_t *)u8.data + 2 * i * TILE;
@@ -162,8 +163,8 @@ static void test_three_images(void)
         if (load_gold(cases[i], &g) < 0)
             continue;
         /* the global view does not depend on tiling */
-        CHECK(!memcmp(p, g.data, TILE), "%s: global view differs from golden", cases[i]);
-        CHECK(!memcmp(p + TILE, p, TILE), "%s: local tile is not the global view", cases[i]);
+        CHECK_MSG(!memcmp(p, g.data, TILE), "%s: global view differs from golden", cases[i]);
+        CHECK_MSG(!memcmp(p + TILE, p, TILE), "%s: local tile is not the global view", cases[i]);
         vl2_npy_done(&g);
     }
     vl2_npy_done(&u8);
@@ -185,21 +186,21 @@ static void test_errors(void)
     {
         const char *args[] = { vl2d, "preprocess", "--model", model, "--image", bad, "--dump",
                                out, NULL };
-        CHECK(run(args) == 1, "unsupported format exits 1");
+        CHECK_MSG(run(args) == 1, "unsupported format exits 1");
     }
     {
         const char *args[] = { vl2d, "preprocess", "--model", model, "--image",
                                "/nonexistent.png", "--dump", out, NULL };
-        CHECK(run(args) == 1, "missing file exits 1");
+        CHECK_MSG(run(args) == 1, "missing file exits 1");
     }
     {
         const char *args[] = { vl2d, "preprocess", "--model", model, "--dump", out, NULL };
-        CHECK(run(args) == 2, "no image: usage error");
+        CHECK_MSG(run(args) == 2, "no image: usage error");
     }
     {
         const char *args[] = { vl2d, "preprocess", "--model", model, "--image", bad,
                                "--max-pixels", "x", "--dump", out, NULL };
-        CHECK(run(args) == 2, "bad --max-pixels: usage error");
+        CHECK_MSG(run(args) == 2, "bad --max-pixels: usage error");
     }
 }
 

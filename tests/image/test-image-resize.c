@@ -12,7 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
+#include "../common/check.h"
+#include "../common/util.h"
 #include "image.h"
 #include "npy.h"
 
@@ -140,7 +141,7 @@ static void check_size(int sw, int sh, int dw, int dh, int kind)
 
     memset(canvas, 0xa5, stride * (dh + 2));
     r = vl2_image_resize(src, sw, sh, canvas + stride + pad * 3, dw, dh, stride, &err);
-    CHECK(r == 0, "%dx%d -> %dx%d: %s", sw, sh, dw, dh, err.msg);
+    CHECK_MSG(r == 0, "%dx%d -> %dx%d: %s", sw, sh, dw, dh, err.msg);
     for (int y = 0; y < dh + 2; y++)
         for (size_t x = 0; x < stride; x++) {
             uint8_t v = canvas[y * stride + x];
@@ -151,9 +152,9 @@ static void check_size(int sw, int sh, int dw, int dh, int kind)
             else if (v != ref[(size_t)(y - 1) * dw * 3 + x - pad * 3])
                 n_diff++;
         }
-    CHECK(n_diff == 0, "%dx%d -> %dx%d (kind %d): %zu values differ from the reference", sw, sh,
+    CHECK_MSG(n_diff == 0, "%dx%d -> %dx%d (kind %d): %zu values differ from the reference", sw, sh,
           dw, dh, kind, n_diff);
-    CHECK(n_margin == 0, "%dx%d -> %dx%d: %zu bytes written outside", sw, sh, dw, dh, n_margin);
+    CHECK_MSG(n_margin == 0, "%dx%d -> %dx%d: %zu bytes written outside", sw, sh, dw, dh, n_margin);
     free(src);
     free(ref);
     free(canvas);
@@ -214,10 +215,10 @@ static void test_pillow(const char *dir)
 
     snprintf(path, sizeof(path), "%s/resize/src.npy", dir);
     r = vl2_npy_read(&src, path, &err);
-    CHECK(r == 0, "%s", err.msg);
+    CHECK_MSG(r == 0, "%s", err.msg);
     if (r < 0)
         goto out;
-    CHECK(src.count == 41 * 27 * 3 && !memcmp(src.data, pat, src.count),
+    CHECK_MSG(src.count == 41 * 27 * 3 && !memcmp(src.data, pat, src.count),
           "pattern() equals the Python pattern");
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         int w = sizes[i][0], h = sizes[i][1];
@@ -227,15 +228,15 @@ static void test_pillow(const char *dir)
         memset(&e, 0, sizeof(e));
         snprintf(path, sizeof(path), "%s/resize/%dx%d.npy", dir, w, h);
         r = vl2_npy_read(&e, path, &err);
-        CHECK(r == 0, "%s", err.msg);
+        CHECK_MSG(r == 0, "%s", err.msg);
         if (r == 0 && e.count == (size_t)w * h * 3) {
             r = vl2_image_resize(src.data, 41, 27, out, w, h, (size_t)w * 3, &err);
-            CHECK(r == 0, "%s", err.msg);
+            CHECK_MSG(r == 0, "%s", err.msg);
             for (size_t k = 0; k < e.count; k++)
                 n_diff += out[k] != ((uint8_t *)e.data)[k];
-            CHECK(n_diff == 0, "41x27 -> %dx%d: %zu values differ from Pillow", w, h, n_diff);
+            CHECK_MSG(n_diff == 0, "41x27 -> %dx%d: %zu values differ from Pillow", w, h, n_diff);
         } else {
-            CHECK(0, "%s: wrong size", path);
+            CHECK_MSG(0, "%s: wrong size", path);
         }
         vl2_npy_done(&e);
         free(out);
@@ -250,10 +251,10 @@ static void test_errors(void)
     uint8_t px[3] = { 1, 2, 3 }, out[3];
     struct vl2_err err = { 0 };
 
-    CHECK(vl2_image_resize(px, 1, 1, out, 0, 1, 3, &err) == VL2_EINVAL, "0 wide");
-    CHECK(strstr(err.msg, "1x1 to 0x1") != NULL, "message: %s", err.msg);
-    CHECK(vl2_image_resize(px, 1, 0, out, 1, 1, 3, &err) == VL2_EINVAL, "0 high source");
-    CHECK(vl2_image_resize(px, 1, 1, out, 1, 1, 3, &err) == 0 && !memcmp(px, out, 3), "copy");
+    CHECK_MSG(vl2_image_resize(px, 1, 1, out, 0, 1, 3, &err) == VL2_EINVAL, "0 wide");
+    CHECK_MSG(strstr(err.msg, "1x1 to 0x1") != NULL, "message: %s", err.msg);
+    CHECK_MSG(vl2_image_resize(px, 1, 0, out, 1, 1, 3, &err) == VL2_EINVAL, "0 high source");
+    CHECK_MSG(vl2_image_resize(px, 1, 1, out, 1, 1, 3, &err) == 0 && !memcmp(px, out, 3), "copy");
 }
 
 int main(int argc, char **argv)

@@ -12,7 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
+#include "../common/check.h"
+#include "../common/util.h"
 #include "image.h"
 
 static const int cands[][2] = {
@@ -37,42 +38,42 @@ static void test_plan(void)
     /* an image of exactly a candidate's size picks that candidate */
     for (int i = 0; i < N_CANDS; i++) {
         vl2_image_plan(&t, cands[i][0], cands[i][1], cands, N_CANDS, 1, 384, 14, 2);
-        CHECK(t.best_w == cands[i][0] && t.best_h == cands[i][1], "%dx%d picked %dx%d",
+        CHECK_MSG(t.best_w == cands[i][0] && t.best_h == cands[i][1], "%dx%d picked %dx%d",
               cands[i][0], cands[i][1], t.best_w, t.best_h);
-        CHECK(t.tiles_w == cands[i][0] / 384 && t.tiles_h == cands[i][1] / 384 &&
+        CHECK_MSG(t.tiles_w == cands[i][0] / 384 && t.tiles_h == cands[i][1] / 384 &&
                   t.n_tiles == 1 + t.tiles_w * t.tiles_h,
               "%dx%d grid", cands[i][0], cands[i][1]);
-        CHECK(t.n_tokens == spec_tokens[i], "%dx%d: %d tokens, spec %d", cands[i][0],
+        CHECK_MSG(t.n_tokens == spec_tokens[i], "%dx%d: %d tokens, spec %d", cands[i][0],
               cands[i][1], t.n_tokens, spec_tokens[i]);
     }
     /* cropping off (3+ images): one local tile */
     vl2_image_plan(&t, 4000, 3000, cands, N_CANDS, 0, 384, 14, 2);
-    CHECK(t.best_w == 384 && t.best_h == 384 && t.n_tiles == 2 && t.n_tokens == 421,
+    CHECK_MSG(t.best_w == 384 && t.best_h == 384 && t.n_tiles == 2 && t.n_tokens == 421,
           "no cropping: %dx%d %d tiles %d tokens", t.best_w, t.best_h, t.n_tiles, t.n_tokens);
     /* no candidates */
     vl2_image_plan(&t, 4000, 3000, cands, 0, 1, 384, 14, 2);
-    CHECK(t.best_w == 384 && t.n_tiles == 2, "no candidates");
+    CHECK_MSG(t.best_w == 384 && t.n_tiles == 2, "no candidates");
     /* ties: the first candidate wins.  A 10x10 image fits every candidate
      * with effective area 100; the least waste is 384x384 (first). */
     vl2_image_plan(&t, 10, 10, cands, N_CANDS, 1, 384, 14, 2);
-    CHECK(t.best_w == 384 && t.best_h == 384, "tiny image: %dx%d", t.best_w, t.best_h);
+    CHECK_MSG(t.best_w == 384 && t.best_h == 384, "tiny image: %dx%d", t.best_w, t.best_h);
     {
         static const int tie[][2] = { { 768, 384 }, { 384, 768 }, { 768, 384 } };
 
         /* square 400x400 in 768x384 and 384x768: same effective area and
          * waste: the first listed wins */
         vl2_image_plan(&t, 400, 400, tie, 3, 1, 384, 14, 2);
-        CHECK(t.best_w == 768 && t.best_h == 384, "tie: %dx%d", t.best_w, t.best_h);
+        CHECK_MSG(t.best_w == 768 && t.best_h == 384, "tie: %dx%d", t.best_w, t.best_h);
         vl2_image_plan(&t, 400, 400, tie + 1, 2, 1, 384, 14, 2);
-        CHECK(t.best_w == 384 && t.best_h == 768, "tie reversed: %dx%d", t.best_w, t.best_h);
+        CHECK_MSG(t.best_w == 384 && t.best_h == 768, "tie reversed: %dx%d", t.best_w, t.best_h);
     }
     /* the spec 13 worked example: 1000x600 */
     vl2_image_plan(&t, 1000, 600, cands, N_CANDS, 1, 384, 14, 2);
-    CHECK(t.best_w == 1152 && t.best_h == 768 && t.tiles_w == 3 && t.tiles_h == 2 &&
+    CHECK_MSG(t.best_w == 1152 && t.best_h == 768 && t.tiles_w == 3 && t.tiles_h == 2 &&
               t.n_tiles == 7 && t.n_tokens == 1415,
           "spec 13: 1000x600 -> %dx%d, %d tokens", t.best_w, t.best_h, t.n_tokens);
-    CHECK(vl2_image_n_tokens(3, 2, 384, 14, 2) == 1415, "tokens 3x2");
-    CHECK(vl2_image_n_tokens(1, 1, 0, 14, 2) == 0, "bad sizes give 0");
+    CHECK_MSG(vl2_image_n_tokens(3, 2, 384, 14, 2) == 1415, "tokens 3x2");
+    CHECK_MSG(vl2_image_n_tokens(1, 1, 0, 14, 2) == 0, "bad sizes give 0");
 }
 
 static void test_pad_geometry(void)
@@ -82,24 +83,24 @@ static void test_pad_geometry(void)
     /* 102x300 into 384: width round(130.56) = 131, x = round(126.5) = 126
      * (half to even; floor(x + 0.5) would give 127) */
     vl2_image_pad_geometry(102, 300, 384, 384, &rw, &rh, &x, &y);
-    CHECK(rw == 131 && rh == 384 && x == 126 && y == 0, "102x300: %d %d %d %d", rw, rh, x, y);
+    CHECK_MSG(rw == 131 && rh == 384 && x == 126 && y == 0, "102x300: %d %d %d %d", rw, rh, x, y);
     /* 5x768: width round(2.5) = 2 */
     vl2_image_pad_geometry(5, 768, 384, 384, &rw, &rh, &x, &y);
-    CHECK(rw == 2 && rh == 384 && x == 191, "5x768: %d %d %d", rw, rh, x);
+    CHECK_MSG(rw == 2 && rh == 384 && x == 191, "5x768: %d %d %d", rw, rh, x);
     /* 1000x300: height round(115.2) = 115, y = round(134.5) = 134 */
     vl2_image_pad_geometry(1000, 300, 384, 384, &rw, &rh, &x, &y);
-    CHECK(rw == 384 && rh == 115 && x == 0 && y == 134, "1000x300: %d %d %d %d", rw, rh, x, y);
+    CHECK_MSG(rw == 384 && rh == 115 && x == 0 && y == 134, "1000x300: %d %d %d %d", rw, rh, x, y);
     /* spec 13: global 384x230 at y 77, local 1152x691 at y = round(38.5) = 38 */
     vl2_image_pad_geometry(1000, 600, 384, 384, &rw, &rh, &x, &y);
-    CHECK(rw == 384 && rh == 230 && x == 0 && y == 77, "1000x600 global: %d %d %d", rw, rh, y);
+    CHECK_MSG(rw == 384 && rh == 230 && x == 0 && y == 77, "1000x600 global: %d %d %d", rw, rh, y);
     vl2_image_pad_geometry(1000, 600, 1152, 768, &rw, &rh, &x, &y);
-    CHECK(rw == 1152 && rh == 691 && x == 0 && y == 38, "1000x600 local: %d %d %d", rw, rh, y);
+    CHECK_MSG(rw == 1152 && rh == 691 && x == 0 && y == 38, "1000x600 local: %d %d %d", rw, rh, y);
     /* same ratio: plain resize */
     vl2_image_pad_geometry(200, 100, 768, 384, &rw, &rh, &x, &y);
-    CHECK(rw == 768 && rh == 384 && x == 0 && y == 0, "same ratio");
+    CHECK_MSG(rw == 768 && rh == 384 && x == 0 && y == 0, "same ratio");
     /* 1x768: round(0.5) = 0 */
     vl2_image_pad_geometry(1, 768, 384, 384, &rw, &rh, &x, &y);
-    CHECK(rw == 0, "1x768: width %d", rw);
+    CHECK_MSG(rw == 0, "1x768: width %d", rw);
 }
 
 /* Same pattern as make_test_data.py's pattern(). */
@@ -135,7 +136,7 @@ static void test_pipeline(const char *dir)
 
     snprintf(path, sizeof(path), "%s/pipeline.txt", dir);
     f = fopen(path, "r");
-    CHECK(f != NULL, "%s", path);
+    CHECK_MSG(f != NULL, "%s", path);
     if (!f)
         return;
     while (fgets(line, sizeof(line), f)) {
@@ -151,7 +152,7 @@ static void test_pipeline(const char *dir)
             continue;
         r = sscanf(line, "%d %d %d %d %d %31s", &w, &h, &n_images, &bw, &bh, hash);
         if (r < 4) {   /* "w h n error": the official code fails too */
-            CHECK(sscanf(line, "%d %d %d %31s", &w, &h, &n_images, hash) == 4 &&
+            CHECK_MSG(sscanf(line, "%d %d %d %31s", &w, &h, &n_images, hash) == 4 &&
                       !strcmp(hash, "error"),
                   "bad line: %s", line);
         }
@@ -163,22 +164,22 @@ static void test_pipeline(const char *dir)
         tiles = malloc((size_t)t.n_tiles * 3 * 384 * 384);
         r = vl2_image_tile(&img, &t, 384, tiles, &err);
         if (!strcmp(hash, "error")) {
-            CHECK(r == VL2_EUNSUPPORTED, "%dx%d: %d", w, h, r);
+            CHECK_MSG(r == VL2_EUNSUPPORTED, "%dx%d: %d", w, h, r);
             printf("%dx%d: %s\n", w, h, err.msg);
         } else {
             want = strtoull(hash, NULL, 16);
-            CHECK(t.best_w == bw && t.best_h == bh, "%dx%d (%d images): best %dx%d, Python %dx%d",
+            CHECK_MSG(t.best_w == bw && t.best_h == bh, "%dx%d (%d images): best %dx%d, Python %dx%d",
                   w, h, n_images, t.best_w, t.best_h, bw, bh);
-            CHECK(r == 0, "%dx%d: %s", w, h, err.msg);
+            CHECK_MSG(r == 0, "%dx%d: %s", w, h, err.msg);
             if (r == 0)
-                CHECK(fnv1a64(tiles, (size_t)t.n_tiles * 3 * 384 * 384) == want,
+                CHECK_MSG(fnv1a64(tiles, (size_t)t.n_tiles * 3 * 384 * 384) == want,
                       "%dx%d (%d images): tiles differ from Pillow's", w, h, n_images);
         }
         free(tiles);
         vl2_image_done(&img);
     }
     fclose(f);
-    CHECK(n_lines >= 30, "%d pipeline cases", n_lines);
+    CHECK_MSG(n_lines >= 30, "%d pipeline cases", n_lines);
 }
 
 static void test_tile_errors(void)
@@ -188,18 +189,18 @@ static void test_tile_errors(void)
     struct vl2_tiling t = { 500, 384, 1, 1, 2, 421 };
     struct vl2_err err = { 0 };
 
-    CHECK(vl2_image_tile(&img, &t, 384, out, &err) == VL2_EINVAL, "500 wide plan");
+    CHECK_MSG(vl2_image_tile(&img, &t, 384, out, &err) == VL2_EINVAL, "500 wide plan");
     t.best_w = 384;
     t.n_tiles = 3;
-    CHECK(vl2_image_tile(&img, &t, 384, out, &err) == VL2_EINVAL, "inconsistent n_tiles");
+    CHECK_MSG(vl2_image_tile(&img, &t, 384, out, &err) == VL2_EINVAL, "inconsistent n_tiles");
     t.n_tiles = 2;
     img.rgb = NULL;
-    CHECK(vl2_image_tile(&img, &t, 384, out, &err) == VL2_EINVAL, "no pixels");
+    CHECK_MSG(vl2_image_tile(&img, &t, 384, out, &err) == VL2_EINVAL, "no pixels");
     img.rgb = px;
-    CHECK(vl2_image_tile(&img, &t, 384, out, &err) == 0, "1x1: %s", err.msg);
+    CHECK_MSG(vl2_image_tile(&img, &t, 384, out, &err) == 0, "1x1: %s", err.msg);
     /* a 1x1 image fills both tiles with its colour, and the two are equal */
-    CHECK(out[0] == 1 && out[384 * 384] == 2 && out[2 * 384 * 384] == 3, "1x1 colour");
-    CHECK(!memcmp(out, out + 3 * 384 * 384, 3 * 384 * 384), "local tile = global view");
+    CHECK_MSG(out[0] == 1 && out[384 * 384] == 2 && out[2 * 384 * 384] == 3, "1x1 colour");
+    CHECK_MSG(!memcmp(out, out + 3 * 384 * 384, 3 * 384 * 384), "local tile = global view");
     free(out);
 }
 
@@ -222,18 +223,18 @@ static void test_normalize(void)
         v = (v - mean[c]) / std[c];
         bad += out[i] != v;
     }
-    CHECK(bad == 0, "%d normalised values differ", bad);
+    CHECK_MSG(bad == 0, "%d normalised values differ", bad);
     {
         const float h[3] = { 0.5f, 0.5f, 0.5f };
         uint8_t v127 = 127, v0 = 0, v255 = 255;
         float o;
 
         vl2_image_normalize(&o, &v127, 1, 1, h, h, 1);
-        CHECK(fabsf(o - (-0.0039215686f)) < 1e-9f, "127 -> %g", o);
+        CHECK_MSG(fabsf(o - (-0.0039215686f)) < 1e-9f, "127 -> %g", o);
         vl2_image_normalize(&o, &v0, 1, 1, h, h, 1);
-        CHECK(o == -1.0f, "0 -> %g", o);
+        CHECK_MSG(o == -1.0f, "0 -> %g", o);
         vl2_image_normalize(&o, &v255, 1, 1, h, h, 1);
-        CHECK(o == 1.0f, "255 -> %g", o);
+        CHECK_MSG(o == 1.0f, "255 -> %g", o);
     }
     /* processor_config.normalize false: ToTensor only (v / 255), whatever
      * mean and std say */
@@ -241,9 +242,9 @@ static void test_normalize(void)
     bad = 0;
     for (size_t i = 0; i < n; i++)
         bad += out[i] != (float)in[i] / 255.0f;
-    CHECK(bad == 0, "normalize false: %d values are not v / 255", bad);
+    CHECK_MSG(bad == 0, "normalize false: %d values are not v / 255", bad);
     vl2_image_normalize(out, in, n, plane, NULL, NULL, 0);
-    CHECK(out[0] == (float)in[0] / 255.0f && out[n - 1] == (float)in[n - 1] / 255.0f,
+    CHECK_MSG(out[0] == (float)in[0] / 255.0f && out[n - 1] == (float)in[n - 1] / 255.0f,
           "normalize false without mean and std: %g %g", out[0], out[n - 1]);
 }
 

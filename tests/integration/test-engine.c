@@ -792,9 +792,10 @@ static void test_one_connection(void)
     free(r);
 }
 
-/* Round robin between connections: A fills the 8 slots and queues 4 more;
- * B's one request comes second in the queue, not fifth.  Then A leaves:
- * its 12 requests end, B gets its answer. */
+/* Fair slots between connections: A takes 7 of the 8 slots and queues 5
+ * more (the last slot is kept for a connection that holds none, issue 18);
+ * B's one request starts at once, not after A's.  Then A leaves: its 12
+ * requests end, B gets its answer. */
 static void test_fair_queue(void)
 {
     struct vl2_client *a = open_client(sock), *b = open_client(sock);
@@ -822,13 +823,13 @@ static void test_fair_queue(void)
     }
     for (i = 0; i < 12; i++)
         n_queued += ra[i].queue_position > 0;
-    CHECK_EQ_INT(n_queued, 4);
+    CHECK_EQ_INT(n_queued, 5);
     o = gen_defaults();
     make_req(&q, mha[0].prompt, mha[0].image_data, mha[0].image_size, NULL, &o);
     CHECK(send_req(b, &q, &rb->id) == 0);
     CHECK(vl2_client_recv(b, on_response, rb, &err) == 0);
     CHECK_EQ_INT(rb->first_kind, VL2__RESPONSE__BODY_ACCEPTED);
-    CHECK_EQ_INT(rb->queue_position, 2);
+    CHECK_EQ_INT(rb->queue_position, 0);
     /* A leaves with 12 requests: they are cancelled, B goes on */
     vl2_client_close(a);
     a = NULL;

@@ -1,5 +1,5 @@
 #!/bin/bash
-# verify-units.sh VL2D SYSTEM_SERVICE SYSTEM_SOCKET USER_SERVICE USER_SOCKET CUDA_DROPIN
+# verify-units.sh VL2D SYSTEM_SERVICE SYSTEM_SOCKET USER_SERVICE USER_SOCKET CUDA_DROPIN [VL2_HTTP HTTP_SERVICE HTTP_SOCKET]
 #
 # Runs `systemd-analyze verify` on the built units (ExecStart pointed at the
 # built vl2d, since verify checks that the command exists).  Any message is a
@@ -49,9 +49,16 @@ check "user units" env XDG_RUNTIME_DIR="$tmp/run" \
 
 # the settings the issue asks for are really there
 for key in Type=notify User=vl2d RuntimeDirectory=vl2d ProtectSystem=strict \
-           ProtectHome=read-only PrivateTmp=yes NoNewPrivileges=yes PrivateNetwork=yes; do
-    if ! grep -qx "$key" "$tmp/system/vl2d.service"; then
+           ProtectHome=read-only PrivateTmp=yes NoNewPrivileges=yes PrivateNetwork=yes \
+           LimitNOFILE=65536 'ExecReload=/bin/kill -HUP $MAINPID'; do
+    if ! grep -qxF "$key" "$tmp/system/vl2d.service"; then
         echo "vl2d.service lacks $key"
+        status=1
+    fi
+done
+for key in LimitNOFILE=65536 'ExecReload=/bin/kill -HUP $MAINPID'; do
+    if ! grep -qxF "$key" "$tmp/user/vl2d.service"; then
+        echo "user vl2d.service lacks $key"
         status=1
     fi
 done
@@ -138,5 +145,30 @@ if systemd-analyze security --help 2>/dev/null | grep -q -- --offline; then
     fi
 else
     echo "systemd-analyze security --offline not available: merged settings not compared"
+fi
+
+# vl2-http's units (arguments 7-9, when it is built): verify, and the
+# hardening and the loopback socket are there
+if [ $# -ge 9 ]; then
+    http=$(readlink -f "$7")
+    mkdir -p "$tmp/http"
+    sed "s|^ExecStart=[^ ]*/vl2-http|ExecStart=$http|" "$8" > "$tmp/http/vl2-http.service"
+    cp "$9" "$tmp/http/vl2-http.socket"
+    cd "$tmp/http"
+    check "vl2-http units" systemd-analyze verify --man=no vl2-http.socket vl2-http.service
+    for key in Type=notify DynamicUser=yes SupplementaryGroups=vl2 ProtectSystem=strict \
+               ProtectHome=yes PrivateTmp=yes PrivateNetwork=yes NoNewPrivileges=yes \
+               CapabilityBoundingSet= Requires=vl2-http.socket; do
+        if ! grep -qx "$key" "$tmp/http/vl2-http.service"; then
+            echo "vl2-http.service lacks $key"
+            status=1
+        fi
+    done
+    for key in ListenStream=127.0.0.1:11535 IPAddressDeny=any; do
+        if ! grep -qx "$key" "$tmp/http/vl2-http.socket"; then
+            echo "vl2-http.socket lacks $key"
+            status=1
+        fi
+    done
 fi
 exit $status

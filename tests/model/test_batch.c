@@ -89,7 +89,7 @@ static float *prefill_a384(struct vl2_model *m, const struct tu_case *c,
 
     r = vl2_model_prefill(m, s, c->ids, c->n_ids, (const struct vl2_image_embed *const *)&e, 1,
                           &err);
-    TU_CHECK(r == 0, "prefill: %s", err.msg);
+    CHECK_MSG(r == 0, "prefill: %s", err.msg);
     memcpy(out, vl2_seq_logits(s), V * sizeof(*out));
     vl2_seq_free(s);
     vl2_image_embed_free(m, e);
@@ -101,7 +101,7 @@ static void check_same(const char *what, const float *a, const float *b, size_t 
     double e = tu_rel_err(a, b, n);
 
     printf("  %-44s err %.3g\n", what, e);
-    TU_CHECK(e <= tol, "%s: relative difference %.3g over %.1g", what, e, tol);
+    CHECK_MSG(e <= tol, "%s: relative difference %.3g over %.1g", what, e, tol);
 }
 
 /* Three sequences decoding together vs each alone on model @m2, then one
@@ -130,24 +130,24 @@ static void batched(struct vl2_model *m2, const struct tu_case *ca_, const struc
         batch[k] = new_seq(m2, 2048);
         r = vl2_model_prefill(m2, alone[k], ids[k], n_ids[k], with_img ? imgs : NULL,
                               (size_t)with_img, &err);
-        TU_CHECK(r == 0, "prefill alone: %s", err.msg);
+        CHECK_MSG(r == 0, "prefill alone: %s", err.msg);
         r = vl2_model_prefill(m2, batch[k], ids[k], n_ids[k], with_img ? imgs : NULL,
                               (size_t)with_img, &err);
-        TU_CHECK(r == 0, "prefill batch: %s", err.msg);
+        CHECK_MSG(r == 0, "prefill batch: %s", err.msg);
     }
     for (st = 0; st < STEPS; st++) {
         for (k = 0; k < NS; k++) {
             tok[k] = vl2_seq_sample(alone[k]);
             r = vl2_model_decode(m2, &alone[k], &tok[k], 1, &err);
-            TU_CHECK(r == 0, "decode alone: %s", err.msg);
+            CHECK_MSG(r == 0, "decode alone: %s", err.msg);
         }
         r = vl2_model_decode(m2, batch, tok, NS, &err);
-        TU_CHECK(r == 0, "decode batch: %s", err.msg);
+        CHECK_MSG(r == 0, "decode batch: %s", err.msg);
         for (k = 0; k < NS; k++) {
             char what[64];
             snprintf(what, sizeof(what), "step %d seq %d: batch vs alone", st, k);
             check_same(what, vl2_seq_logits(batch[k]), vl2_seq_logits(alone[k]), V, SAME);
-            TU_CHECK(vl2_seq_len(batch[k]) == vl2_seq_len(alone[k]), "lengths differ");
+            CHECK_MSG(vl2_seq_len(batch[k]) == vl2_seq_len(alone[k]), "lengths differ");
         }
     }
 
@@ -162,13 +162,13 @@ static void batched(struct vl2_model *m2, const struct tu_case *ca_, const struc
         for (k = 0; k < NS; k++)
             tok[k] = vl2_seq_sample(alone[k]);
         r = vl2_model_step(m2, it, 3, &err);
-        TU_CHECK(r == 0, "mixed step: %s", err.msg);
+        CHECK_MSG(r == 0, "mixed step: %s", err.msg);
         r = vl2_model_decode(m2, &alone[0], &tok[0], 1, &err);
-        TU_CHECK(r == 0, "decode: %s", err.msg);
+        CHECK_MSG(r == 0, "decode: %s", err.msg);
         r = vl2_model_decode(m2, &alone[2], &tok[2], 1, &err);
-        TU_CHECK(r == 0, "decode: %s", err.msg);
+        CHECK_MSG(r == 0, "decode: %s", err.msg);
         r = vl2_model_prefill(m2, ref, ct.ids, ct.n_ids, NULL, 0, &err);
-        TU_CHECK(r == 0, "prefill: %s", err.msg);
+        CHECK_MSG(r == 0, "prefill: %s", err.msg);
         check_same("mixed pass: decode row 0", vl2_seq_logits(batch[0]),
                    vl2_seq_logits(alone[0]), V, SAME);
         check_same("mixed pass: prompt", vl2_seq_logits(fresh), vl2_seq_logits(ref), V,
@@ -199,12 +199,12 @@ static void device_greedy(struct vl2_model *m, const struct tu_case *ct)
     sp.capacity = 2048;
     sp.device_greedy = 1;
     r = vl2_seq_new(m, &sp, &dev, &err);
-    TU_CHECK(r == 0, "seq: %s", err.msg);
+    CHECK_MSG(r == 0, "seq: %s", err.msg);
     sp.sampler.temperature = 0.7f;   /* not greedy: the logits come back */
     r = vl2_seq_new(m, &sp, &warm, &err);
-    TU_CHECK(r == 0, "seq: %s", err.msg);
-    TU_CHECK(vl2_seq_device_greedy(dev) == 1, "the CPU backend has argmax: device greedy is on");
-    TU_CHECK(vl2_seq_device_greedy(host) == 0 && vl2_seq_device_greedy(warm) == 0,
+    CHECK_MSG(r == 0, "seq: %s", err.msg);
+    CHECK_MSG(vl2_seq_device_greedy(dev) == 1, "the CPU backend has argmax: device greedy is on");
+    CHECK_MSG(vl2_seq_device_greedy(host) == 0 && vl2_seq_device_greedy(warm) == 0,
              "device greedy only when asked for and greedy");
     {
         struct vl2_step_item it[2] = {
@@ -212,20 +212,20 @@ static void device_greedy(struct vl2_model *m, const struct tu_case *ct)
             { .seq = dev, .ids = ct->ids, .n_ids = (int32_t)ct->n_ids, .want_logits = 1 },
         };
         r = vl2_model_step(m, it, 2, &err);
-        TU_CHECK(r == 0, "prefill: %s", err.msg);
+        CHECK_MSG(r == 0, "prefill: %s", err.msg);
     }
-    TU_CHECK(vl2_seq_logits(dev) == NULL && vl2_seq_logits(host) != NULL,
+    CHECK_MSG(vl2_seq_logits(dev) == NULL && vl2_seq_logits(host) != NULL,
              "logits are read back only for the host-sampled sequence");
     two[0] = host;
     two[1] = dev;
     for (st = 0; st < 8; st++) {
         tok[0] = vl2_seq_sample(host);
         tok[1] = vl2_seq_sample(dev);
-        TU_CHECK(tok[0] == tok[1], "step %d: device chose %d, the host sampler %d", st,
+        CHECK_MSG(tok[0] == tok[1], "step %d: device chose %d, the host sampler %d", st,
                  (int)tok[1], (int)tok[0]);
         same += tok[0] == tok[1];
         r = vl2_model_decode(m, two, tok, 2, &err);
-        TU_CHECK(r == 0, "decode: %s", err.msg);
+        CHECK_MSG(r == 0, "decode: %s", err.msg);
     }
     printf("  %d of 8 ids the same\n", same);
     vl2_seq_free(host);
@@ -306,11 +306,11 @@ int main(int argc, char **argv)
                 .want_logits = k == 2,
             };
             r = vl2_model_step(m1, &it, 1, &err);
-            TU_CHECK(r == 0, "piecewise prefill: %s", err.msg);
+            CHECK_MSG(r == 0, "piecewise prefill: %s", err.msg);
             for (j = cut[k]; j < cut[k + 1]; j++)
                 used += ca.ids[j] == 128815;
         }
-        TU_CHECK(vl2_seq_len(s) == (int32_t)ca.n_ids, "piecewise: length %d", (int)vl2_seq_len(s));
+        CHECK_MSG(vl2_seq_len(s) == (int32_t)ca.n_ids, "piecewise: length %d", (int)vl2_seq_len(s));
         check_same("piecewise prefill (3 calls) vs one-shot", vl2_seq_logits(s), one_shot, V, SAME);
         vl2_seq_free(s);
         vl2_image_embed_free(m1, e);
@@ -335,8 +335,8 @@ int main(int argc, char **argv)
     vl2_npy_done(&gl);
     tu_case_done(&ca);
     tu_case_done(&ct);
-    if (tu_failures) {
-        printf("%d failures\n", tu_failures);
+    if (check_failures) {
+        printf("%d failures\n", check_failures);
         return 1;
     }
     printf("batching and threads do not change results\n");

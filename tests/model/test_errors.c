@@ -82,7 +82,7 @@ static void expect_load_error(const char *key, const char *value, int skip_valid
     r = vl2_model_load(&m, tmp, &mp, &err);
     printf("  %s = %s%s: %s\n", key, value, skip_validate ? " (no validation)" : "",
            r < 0 ? err.msg : "loaded");
-    TU_CHECK(r < 0 && strstr(err.msg, want), "%s = %s: expected an error naming '%s', got "
+    CHECK_MSG(r < 0 && strstr(err.msg, want), "%s = %s: expected an error naming '%s', got "
              "'%s'", key, value, want, r < 0 ? err.msg : "success");
     vl2_model_free(r < 0 ? NULL : m);
     p = tu_path(tmp, "config.json");
@@ -104,7 +104,7 @@ static void test_model_dirs(void)
     struct vl2_err err = { 0 };
 
     printf("model directories\n");
-    TU_CHECK(vl2_model_load(&m, "/nonexistent/model", &mp, &err) < 0 && err.msg[0],
+    CHECK_MSG(vl2_model_load(&m, "/nonexistent/model", &mp, &err) < 0 && err.msg[0],
              "a missing directory is an error");
     printf("  missing directory: %s\n", err.msg);
     /* the dense layer is wider than its tensors */
@@ -135,54 +135,54 @@ static void test_requests(void)
     printf("requests\n");
     mp.n_ctx = 600;
     r = vl2_model_load(&m, o_model, &mp, &err);
-    TU_CHECK(r == 0, "load: %s", err.msg);
+    CHECK_MSG(r == 0, "load: %s", err.msg);
     if (r < 0)
         return;
 
     /* sequences larger than the context (the KV budget is the engine's) */
     sp.capacity = 601;
-    TU_CHECK(vl2_seq_new(m, &sp, &s, &err) == VL2_ELIMIT, "capacity over n_ctx refused");
+    CHECK_MSG(vl2_seq_new(m, &sp, &s, &err) == VL2_ELIMIT, "capacity over n_ctx refused");
     printf("  capacity 601: %s\n", err.msg);
     sp.capacity = 0;
     r = vl2_seq_new(m, &sp, &s, &err);
-    TU_CHECK(r == 0, "seq: %s", err.msg);
+    CHECK_MSG(r == 0, "seq: %s", err.msg);
     sp.capacity = 300;
     r = vl2_seq_new(m, &sp, &s2, &err);
-    TU_CHECK(r == 0, "a smaller sequence fits: %s", err.msg);
+    CHECK_MSG(r == 0, "a smaller sequence fits: %s", err.msg);
     vl2_seq_free(s2);
     s2 = NULL;
 
     /* empty prompt, prompt longer than the context */
     for (i = 0; i < 700; i++)
         ids[i] = (int32_t)(100 + i);
-    TU_CHECK(vl2_model_prefill(m, s, ids, 0, NULL, 0, &err) == VL2_EINVAL &&
+    CHECK_MSG(vl2_model_prefill(m, s, ids, 0, NULL, 0, &err) == VL2_EINVAL &&
              strstr(err.msg, "empty"), "empty prompt refused: %s", err.msg);
     printf("  empty prompt: %s\n", err.msg);
-    TU_CHECK(vl2_model_prefill(m, s, ids, 601, NULL, 0, &err) == VL2_ELIMIT &&
+    CHECK_MSG(vl2_model_prefill(m, s, ids, 601, NULL, 0, &err) == VL2_ELIMIT &&
              strstr(err.msg, "601"), "prompt longer than the context refused: %s", err.msg);
     printf("  prompt of 601 tokens: %s\n", err.msg);
-    TU_CHECK(vl2_seq_len(s) == 0, "nothing changed after an error");
+    CHECK_MSG(vl2_seq_len(s) == 0, "nothing changed after an error");
 
     /* ids outside the vocabulary */
     ids[3] = 129280;
-    TU_CHECK(vl2_model_prefill(m, s, ids, 10, NULL, 0, &err) == VL2_EINVAL &&
+    CHECK_MSG(vl2_model_prefill(m, s, ids, 10, NULL, 0, &err) == VL2_EINVAL &&
              strstr(err.msg, "129280"), "id past the vocabulary refused: %s", err.msg);
     printf("  id 129280: %s\n", err.msg);
     ids[3] = -4;
-    TU_CHECK(vl2_model_prefill(m, s, ids, 10, NULL, 0, &err) == VL2_EINVAL,
+    CHECK_MSG(vl2_model_prefill(m, s, ids, 10, NULL, 0, &err) == VL2_EINVAL,
              "negative id refused");
     ids[3] = 103;
-    TU_CHECK(vl2_seq_len(s) == 0, "nothing changed after an error");
+    CHECK_MSG(vl2_seq_len(s) == 0, "nothing changed after an error");
 
     /* images: wrong tile counts, images that do not fit, tag mismatches */
     tiles = calloc(3 * tile, 1);
-    TU_CHECK(vl2_model_encode_image(m, tiles, 3, 1, 1, &img, NULL, &err) == VL2_EINVAL,
+    CHECK_MSG(vl2_model_encode_image(m, tiles, 3, 1, 1, &img, NULL, &err) == VL2_EINVAL,
              "3 tiles for a 1x1 tiling refused");
     printf("  3 tiles for 1x1: %s\n", err.msg);
-    TU_CHECK(vl2_model_encode_image(m, tiles, 0, 0, 1, &img, NULL, &err) == VL2_EINVAL,
+    CHECK_MSG(vl2_model_encode_image(m, tiles, 0, 0, 1, &img, NULL, &err) == VL2_EINVAL,
              "0x1 tiling refused");
     r = vl2_model_encode_image(m, tiles, 2, 1, 1, &img, NULL, &err);
-    TU_CHECK(r == 0 && img->n_tokens == 421, "1x1 image: %s", err.msg);
+    CHECK_MSG(r == 0 && img->n_tokens == 421, "1x1 image: %s", err.msg);
     free(tiles);
     if (r == 0) {
         const struct vl2_image_embed *two[2] = { img, img };
@@ -191,19 +191,19 @@ static void test_requests(void)
         ids[0] = 0;
         for (i = 422; i < 430; i++)
             ids[i] = 100;
-        TU_CHECK(vl2_model_prefill(m, s, ids, 430, two, 2, &err) == VL2_EINVAL &&
+        CHECK_MSG(vl2_model_prefill(m, s, ids, 430, two, 2, &err) == VL2_EINVAL &&
                  strstr(err.msg, "image"), "421 placeholders for 2 images refused: %s",
                  err.msg);
         printf("  2 images for one tag: %s\n", err.msg);
-        TU_CHECK(vl2_model_prefill(m, s, ids, 430, NULL, 0, &err) == VL2_EINVAL,
+        CHECK_MSG(vl2_model_prefill(m, s, ids, 430, NULL, 0, &err) == VL2_EINVAL,
                  "placeholders without images refused: %s", err.msg);
         /* two images of 421 tokens do not fit 600 */
         for (i = 422; i < 843 && i < 700; i++)
             ids[i] = 128815;
-        TU_CHECK(vl2_model_prefill(m, s, ids, 700, two, 2, &err) < 0,
+        CHECK_MSG(vl2_model_prefill(m, s, ids, 700, two, 2, &err) < 0,
                  "more image tokens than the context refused");
         printf("  two images in a context of 600: %s\n", err.msg);
-        TU_CHECK(vl2_seq_len(s) == 0, "nothing changed after an error");
+        CHECK_MSG(vl2_seq_len(s) == 0, "nothing changed after an error");
         vl2_image_embed_free(m, img);
     }
     {
@@ -212,10 +212,10 @@ static void test_requests(void)
         struct vl2_model *ms = NULL;
         small.n_ctx = 400;
         r = vl2_model_load(&ms, o_model, &small, &err);
-        TU_CHECK(r == 0, "load: %s", err.msg);
+        CHECK_MSG(r == 0, "load: %s", err.msg);
         if (r == 0) {
             tiles = calloc(2 * tile, 1);
-            TU_CHECK(vl2_model_encode_image(ms, tiles, 2, 1, 1, &img, NULL, &err) ==
+            CHECK_MSG(vl2_model_encode_image(ms, tiles, 2, 1, 1, &img, NULL, &err) ==
                      VL2_ELIMIT && strstr(err.msg, "421"), "421-token image in 400 refused");
             printf("  image of 421 tokens, context 400: %s\n", err.msg);
             free(tiles);
@@ -227,20 +227,20 @@ static void test_requests(void)
     {
         struct vl2_seq *dup[2] = { s, s };
         int32_t two[2] = { 5, 6 };
-        TU_CHECK(vl2_model_decode(m, dup, two, 2, &err) == VL2_EINVAL, "duplicate refused");
+        CHECK_MSG(vl2_model_decode(m, dup, two, 2, &err) == VL2_EINVAL, "duplicate refused");
         printf("  same sequence twice in a step: %s\n", err.msg);
     }
     sp.capacity = 4;
     r = vl2_seq_new(m, &sp, &s2, &err);
-    TU_CHECK(r == 0, "seq: %s", err.msg);
+    CHECK_MSG(r == 0, "seq: %s", err.msg);
     if (r == 0) {
         const int32_t four[4] = { 0, 100, 101, 102 };
         r = vl2_model_prefill(m, s2, four, 4, NULL, 0, &err);
-        TU_CHECK(r == 0, "prefill 4: %s", err.msg);
-        TU_CHECK(vl2_model_decode(m, &s2, &one, 1, &err) == VL2_ELIMIT,
+        CHECK_MSG(r == 0, "prefill 4: %s", err.msg);
+        CHECK_MSG(vl2_model_decode(m, &s2, &one, 1, &err) == VL2_ELIMIT,
                  "decode into a full cache refused");
         printf("  decode past capacity: %s\n", err.msg);
-        TU_CHECK(vl2_seq_len(s2) == 4, "length unchanged");
+        CHECK_MSG(vl2_seq_len(s2) == 4, "length unchanged");
     }
     vl2_seq_free(s2);
     vl2_seq_free(s);
@@ -268,7 +268,7 @@ static void test_decode_all_or_nothing(void)
     mp.max_rows = 4;
     mp.n_ctx = 64;
     r = vl2_model_load(&m, o_model, &mp, &err);
-    TU_CHECK(r == 0, "load: %s", err.msg);
+    CHECK_MSG(r == 0, "load: %s", err.msg);
     if (r < 0)
         return;
     sp.sampler.penalize_prompt = 0;
@@ -278,22 +278,22 @@ static void test_decode_all_or_nothing(void)
              vl2_model_prefill(m, seqs[i], prompt, 2, NULL, 0, &err) == 0;
         ids[i] = 200 + i;
     }
-    TU_CHECK(ok, "sequences: %s", err.msg);
+    CHECK_MSG(ok, "sequences: %s", err.msg);
     if (ok) {
-        TU_CHECK(vl2_model_decode(m, seqs, ids, N, &err) == VL2_ELIMIT,
+        CHECK_MSG(vl2_model_decode(m, seqs, ids, N, &err) == VL2_ELIMIT,
                  "a full last sequence refused");
         printf("  the sixth is full: %s\n", err.msg);
         for (i = 0; i < N; i++) {
-            TU_CHECK(vl2_seq_len(seqs[i]) == 2, "sequence %d moved to %d tokens", i,
+            CHECK_MSG(vl2_seq_len(seqs[i]) == 2, "sequence %d moved to %d tokens", i,
                      (int)vl2_seq_len(seqs[i]));
-            TU_CHECK(vl2_seq_sampler(seqs[i])->n_seen == 0, "sequence %d counted %d ids", i,
+            CHECK_MSG(vl2_seq_sampler(seqs[i])->n_seen == 0, "sequence %d counted %d ids", i,
                      (int)vl2_seq_sampler(seqs[i])->n_seen);
         }
         /* without the full one the same step goes through, in two passes */
         r = vl2_model_decode(m, seqs, ids, N - 1, &err);
-        TU_CHECK(r == 0, "decode of %d: %s", N - 1, err.msg);
+        CHECK_MSG(r == 0, "decode of %d: %s", N - 1, err.msg);
         for (i = 0; i < N - 1 && r == 0; i++)
-            TU_CHECK(vl2_seq_len(seqs[i]) == 3, "sequence %d at %d tokens", i,
+            CHECK_MSG(vl2_seq_len(seqs[i]) == 3, "sequence %d at %d tokens", i,
                      (int)vl2_seq_len(seqs[i]));
     }
     for (i = 0; i < N; i++)
@@ -318,8 +318,8 @@ int main(int argc, char **argv)
     test_model_dirs();
     test_requests();
     test_decode_all_or_nothing();
-    if (tu_failures) {
-        printf("%d failures\n", tu_failures);
+    if (check_failures) {
+        printf("%d failures\n", check_failures);
         return 1;
     }
     printf("bad input: all checks passed\n");

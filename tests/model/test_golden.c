@@ -58,7 +58,7 @@ static void check_topk(const char *cs, int step, const float *logits, size_t V,
             continue;
         bad++;
     }
-    TU_CHECK(bad == 0, "%s step %d: %d of the top-%d ids differ from the golden ones", cs,
+    CHECK_MSG(bad == 0, "%s step %d: %d of the top-%d ids differ from the golden ones", cs,
              step, bad, TOPK);
 }
 
@@ -83,7 +83,7 @@ static int encode_steps(struct vl2_model *m, const uint8_t *tiles, int32_t nt, i
             return r;
         }
         vl2_model_image_progress(job, &now, &total);
-        TU_CHECK(now > was && now <= total && (done == (now == total)),
+        CHECK_MSG(now > was && now <= total && (done == (now == total)),
                  "step %d: %d -> %d of %d distinct tiles, done %d", steps, (int)was, (int)now,
                  (int)total, done);
         steps++;
@@ -103,7 +103,7 @@ static void check_same_embed(struct vl2_model *m, const char *what,
     float *ra, *rb;
     size_t n;
 
-    TU_CHECK(a->n_tokens == b->n_tokens && a->n_distinct == b->n_distinct &&
+    CHECK_MSG(a->n_tokens == b->n_tokens && a->n_distinct == b->n_distinct &&
              a->n_tiles == b->n_tiles, "%s: %d/%d tokens, %d/%d distinct tiles", what,
              (int)a->n_tokens, (int)b->n_tokens, (int)a->n_distinct, (int)b->n_distinct);
     if (a->n_tokens != b->n_tokens)
@@ -112,12 +112,12 @@ static void check_same_embed(struct vl2_model *m, const char *what,
     ra = malloc(n * sizeof(*ra));
     rb = malloc(n * sizeof(*rb));
     if (!ra || !rb) {
-        TU_CHECK(0, "%s: out of memory", what);
+        CHECK_MSG(0, "%s: out of memory", what);
     } else if (ops->read(ctx, &a->rows, 0, ra, n * sizeof(*ra), &err) < 0 ||
                ops->read(ctx, &b->rows, 0, rb, n * sizeof(*rb), &err) < 0) {
-        TU_CHECK(0, "%s: read: %s", what, err.msg);
+        CHECK_MSG(0, "%s: read: %s", what, err.msg);
     } else {
-        TU_CHECK(memcmp(ra, rb, n * sizeof(*ra)) == 0, "%s: embeddings differ", what);
+        CHECK_MSG(memcmp(ra, rb, n * sizeof(*ra)) == 0, "%s: embeddings differ", what);
     }
     free(ra);
     free(rb);
@@ -133,21 +133,21 @@ static void check_unfinished(struct vl2_model *m, const char *cs, const uint8_t 
     int done = 1, r;
 
     r = vl2_model_image_begin(m, tiles, nt, tw, th, &job, &err);
-    TU_CHECK(r == 0, "%s: begin: %s", cs, err.msg);
+    CHECK_MSG(r == 0, "%s: begin: %s", cs, err.msg);
     if (r < 0)
         return;
     r = vl2_model_image_step(m, job, 1, &done, &err);
-    TU_CHECK(r == 0 && !done, "%s: one step of %d tiles: %d done %d", cs, (int)nt, r, done);
+    CHECK_MSG(r == 0 && !done, "%s: one step of %d tiles: %d done %d", cs, (int)nt, r, done);
     r = vl2_model_image_finish(m, job, &e, &err);
-    TU_CHECK(r == VL2_EINVAL && !e, "%s: finish of an unfinished image gave %d", cs, r);
+    CHECK_MSG(r == VL2_EINVAL && !e, "%s: finish of an unfinished image gave %d", cs, r);
     job = NULL;
     r = vl2_model_image_begin(m, tiles, nt, tw, th, &job, &err);
-    TU_CHECK(r == 0, "%s: begin: %s", cs, err.msg);
+    CHECK_MSG(r == 0, "%s: begin: %s", cs, err.msg);
     if (r == 0 && vl2_model_image_step(m, job, 1, &done, &err) < 0)
-        TU_CHECK(0, "%s: step: %s", cs, err.msg);
+        CHECK_MSG(0, "%s: step: %s", cs, err.msg);
     vl2_model_image_abort(m, job);
     r = vl2_model_image_begin(m, tiles, nt, tw + 1, th, &job, &err);
-    TU_CHECK(r == VL2_EINVAL, "%s: begin with a wrong tiling gave %d", cs, r);
+    CHECK_MSG(r == VL2_EINVAL, "%s: begin with a wrong tiling gave %d", cs, r);
 }
 
 static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
@@ -168,7 +168,7 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
 
     printf("case %s\n", cs);
     tu_case_load(&c, cdir);
-    TU_CHECK(c.n_images == 0 || c.image_token_id == 128815, "%s: image token id %d", cs,
+    CHECK_MSG(c.n_images == 0 || c.image_token_id == 128815, "%s: image token id %d", cs,
              (int)c.image_token_id);
 
     /* vision tower and projector, image by image */
@@ -188,24 +188,24 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
             struct vl2_image_embed *whole = NULL, *mixed = NULL;
             int steps = 0, steps2 = 0;
             r = vl2_model_encode_image(m, tiles, nt, tw, th, &whole, &tr, &err);
-            TU_CHECK(r == 0, "%s: encode image %d: %s", cs, i, err.msg);
+            CHECK_MSG(r == 0, "%s: encode image %d: %s", cs, i, err.msg);
             if (r < 0)
                 goto out;
             /* a 1x1 tiling repeats the global view: the tower runs once */
-            TU_CHECK(whole->n_distinct == (tw * th == 1 ? 1 : nt), "%s: %d distinct tiles of %d",
+            CHECK_MSG(whole->n_distinct == (tw * th == 1 ? 1 : nt), "%s: %d distinct tiles of %d",
                      cs, (int)whole->n_distinct, (int)nt);
             /* piecewise, one tile per step: the prompt below uses this
              * embedding (inputs_embeds against the golden ones), and it is
              * bit for bit the one-shot one; so is 1, then 2 at a time */
             r = encode_steps(m, tiles, nt, tw, th, 0, 1, &img[i], &steps, &err);
-            TU_CHECK(r == 0, "%s: encode image %d tile by tile: %s", cs, i, err.msg);
+            CHECK_MSG(r == 0, "%s: encode image %d tile by tile: %s", cs, i, err.msg);
             if (r == 0) {
-                TU_CHECK(steps == whole->n_distinct, "%s: %d steps for %d distinct tiles", cs,
+                CHECK_MSG(steps == whole->n_distinct, "%s: %d steps for %d distinct tiles", cs,
                          steps, (int)whole->n_distinct);
                 check_same_embed(m, "one tile per step", img[i], whole);
             }
             r = encode_steps(m, tiles, nt, tw, th, 1, 2, &mixed, &steps2, &err);
-            TU_CHECK(r == 0, "%s: encode image %d 1, then 2 tiles per step: %s", cs, i, err.msg);
+            CHECK_MSG(r == 0, "%s: encode image %d 1, then 2 tiles per step: %s", cs, i, err.msg);
             if (r == 0)
                 check_same_embed(m, "1 then 2 tiles per step", mixed, whole);
             if (whole->n_distinct > 1)
@@ -230,7 +230,7 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
             t0 += nt;
             vl2_image_trace_done(&tr);
         }
-        TU_CHECK(off_f == gf.count && off_p == gp.count && t0 == px.shape[0],
+        CHECK_MSG(off_f == gf.count && off_p == gp.count && t0 == px.shape[0],
                  "%s: tiles do not cover the golden arrays", cs);
         vl2_npy_done(&gf);
         vl2_npy_done(&gp);
@@ -239,7 +239,7 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
     /* prefill with the input embeddings traced */
     sp.capacity = (int32_t)(c.n_ids + c.n_gen + 1);
     r = vl2_seq_new(m, &sp, &seq, &err);
-    TU_CHECK(r == 0, "%s: seq: %s", cs, err.msg);
+    CHECK_MSG(r == 0, "%s: seq: %s", cs, err.msg);
     if (r < 0)
         goto out;
     embeds = malloc(c.n_ids * D * sizeof(*embeds));
@@ -250,7 +250,7 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
             .want_logits = 1, .ret_embeds = embeds,
         };
         r = vl2_model_step(m, &it, 1, &err);
-        TU_CHECK(r == 0, "%s: prefill: %s", cs, err.msg);
+        CHECK_MSG(r == 0, "%s: prefill: %s", cs, err.msg);
         if (r < 0)
             goto out;
     }
@@ -259,7 +259,7 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
     tu_npy_load(&gl, cdir, "logits.npy");
     tu_npy_load(&gi, cdir, "logits_topk_ids.npy");
     tu_npy_load(&gv, cdir, "logits_topk_values.npy");
-    TU_CHECK(gl.count == 2 * V && gi.dtype == VL2_NPY_I64 && gi.shape[1] == TOPK &&
+    CHECK_MSG(gl.count == 2 * V && gi.dtype == VL2_NPY_I64 && gi.shape[1] == TOPK &&
              (size_t)gi.shape[0] == c.n_gen, "%s: golden logits shapes", cs);
     {
         struct vl2_npy row = gl;
@@ -275,13 +275,13 @@ static void run_case(struct vl2_model *m, const struct opts *o, const char *cs)
             check_topk(cs, (int)step, vl2_seq_logits(seq), V, &gi, &gv);
         id = vl2_seq_sample(seq);
         if (!o->bf16 || gval[0] - gval[1] >= BF16_MARGIN_MIN)
-            TU_CHECK(id == c.gen[step], "%s step %zu: generated %d, golden %d", cs, step, (int)id,
+            CHECK_MSG(id == c.gen[step], "%s step %zu: generated %d, golden %d", cs, step, (int)id,
                      (int)c.gen[step]);
         if (step + 1 == c.n_gen)
             break;
         id = c.gen[step];  /* follow the golden path */
         r = vl2_model_decode(m, &seq, &id, 1, &err);
-        TU_CHECK(r == 0, "%s: decode: %s", cs, err.msg);
+        CHECK_MSG(r == 0, "%s: decode: %s", cs, err.msg);
         if (r < 0)
             goto out;
         if (step == 0) {
@@ -369,8 +369,8 @@ int main(int argc, char **argv)
     for (i = 0; i < o.n_cases; i++)
         run_case(m, &o, o.cases[i]);
     vl2_model_free(m);
-    if (tu_failures) {
-        printf("%d failures\n", tu_failures);
+    if (check_failures) {
+        printf("%d failures\n", check_failures);
         return 1;
     }
     printf("all stages within tolerance\n");

@@ -196,16 +196,16 @@ static void check_case(struct vl2_model *m, const char *golden, const char *pixe
     tu_npy_load(&px, pdir, "pixel_values_u8.npy");
     tu_npy_load(&gf, cdir, "vision_features.npy");
     tu_npy_load(&gp, cdir, "projector_out.npy");
-    TU_CHECK(c.n_images == 1, "%s: %d images", cs, c.n_images);
+    CHECK_MSG(c.n_images == 1, "%s: %d images", cs, c.n_images);
     tw = c.crop[0][0];
     th = c.crop[0][1];
     nt = 1 + tw * th;
     r = vl2_model_encode_image(m, px.data, nt, tw, th, &e, &tr, &err);
-    TU_CHECK(r == 0, "%s: encode: %s", cs, err.msg);
+    CHECK_MSG(r == 0, "%s: encode: %s", cs, err.msg);
     if (r == 0) {
         size_t nf = (size_t)nt * (size_t)tr.n_patches * (size_t)cfg->vision.d_model;
         size_t np = (size_t)nt * (size_t)tr.n_proj * (size_t)cfg->lm.d_model;
-        TU_CHECK(nf == gf.count && np == gp.count, "%s: %zu/%zu features, %zu/%zu projector",
+        CHECK_MSG(nf == gf.count && np == gp.count, "%s: %zu/%zu features, %zu/%zu projector",
                  cs, nf, gf.count, np, gp.count);
         if (nf == gf.count && np == gp.count) {
             printf("case %s (normalize false, patch_embed carried over)\n", cs);
@@ -259,7 +259,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "FAIL load %s: %s\n", out, err.msg);
         return 1;
     }
-    TU_CHECK(vl2_model_processor_config(m)->normalize == 0, "the copy still normalises");
+    CHECK_MSG(vl2_model_processor_config(m)->normalize == 0, "the copy still normalises");
     check_case(m, golden, pixels, "a384");
     check_case(m, golden, pixels, "wide");
     vl2_model_free(m);
@@ -272,8 +272,8 @@ int main(int argc, char **argv)
         }
         rmdir(out);
     }
-    if (tu_failures) {
-        printf("%d failures\n", tu_failures);
+    if (check_failures) {
+        printf("%d failures\n", check_failures);
         return 1;
     }
     printf("normalize false: golden features through the carried-over patch_embed\n");

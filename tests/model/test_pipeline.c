@@ -37,7 +37,7 @@ struct fed {
 
 static void show(struct fed *f, const struct vl2_ts_token *t)
 {
-    TU_CHECK(f->len + t->len < sizeof(f->text), "text too long");
+    CHECK_MSG(f->len + t->len < sizeof(f->text), "text too long");
     if (f->len + t->len >= sizeof(f->text))
         return;
     memcpy(f->text + f->len, t->text, t->len);
@@ -56,23 +56,23 @@ static void feed_expect(const struct vl2_textstream_params *p, const int32_t *id
     struct fed f = { .len = 0 };
     size_t i;
 
-    TU_CHECK(vl2_textstream_init(&ts, p, &err) == 0, "%s: init: %s", what, err.msg);
+    CHECK_MSG(vl2_textstream_init(&ts, p, &err) == 0, "%s: init: %s", what, err.msg);
     for (i = 0; i < n && !ts.finish; i++) {
         struct vl2_ts_token t;
 
-        TU_CHECK(vl2_textstream_push(&ts, ids[i], NULL, 0, &t, &err) == 0, "%s: push: %s",
+        CHECK_MSG(vl2_textstream_push(&ts, ids[i], NULL, 0, &t, &err) == 0, "%s: push: %s",
                  what, err.msg);
-        TU_CHECK(t.id == ids[i] && !t.has_logprob, "%s: token %zu", what, i);
+        CHECK_MSG(t.id == ids[i] && !t.has_logprob, "%s: token %zu", what, i);
         show(&f, &t);
-        TU_CHECK(f.len <= strlen(want) && !memcmp(f.text, want, f.len),
+        CHECK_MSG(f.len <= strlen(want) && !memcmp(f.text, want, f.len),
                  "%s: after id %zu the shown text '%s' is not a prefix of '%s'", what, i,
                  f.text, want);
     }
-    TU_CHECK(ts.finish == why, "%s: finish %d, want %d", what, (int)ts.finish, (int)why);
-    TU_CHECK(!strcmp(f.text, want), "%s: text '%s', want '%s'", what, f.text, want);
-    TU_CHECK(ts.len == strlen(want) && !strcmp(ts.text ? ts.text : "", want),
+    CHECK_MSG(ts.finish == why, "%s: finish %d, want %d", what, (int)ts.finish, (int)why);
+    CHECK_MSG(!strcmp(f.text, want), "%s: text '%s', want '%s'", what, f.text, want);
+    CHECK_MSG(ts.len == strlen(want) && !strcmp(ts.text ? ts.text : "", want),
              "%s: the stream's text '%s'", what, ts.text ? ts.text : "");
-    TU_CHECK(ts.n_gen == i, "%s: %zu ids counted, %zu pushed", what, ts.n_gen, i);
+    CHECK_MSG(ts.n_gen == i, "%s: %zu ids counted, %zu pushed", what, ts.n_gen, i);
     vl2_textstream_done(&ts);
 }
 
@@ -85,12 +85,12 @@ static void load_gen(const char *cas, struct tu_case *c, char **text)
     tu_case_load(c, dir);
     p = tu_path(dir, "generated.json");
     t = test_slurp(p, NULL);
-    TU_CHECK(t != NULL, "%s", p);
+    CHECK_MSG(t != NULL, "%s", p);
     /* the "text" string of generated.json: the golden files hold it without
      * escapes other than plain UTF-8 */
     at = t ? strstr(t, "\"text\": \"") : NULL;
     end = at ? strchr(at + 9, '"') : NULL;
-    TU_CHECK(at && end, "%s: no text", p);
+    CHECK_MSG(at && end, "%s: no text", p);
     *text = at && end ? strndup(at + 9, (size_t)(end - at - 9)) : strdup("");
     free(p);
     free(t);
@@ -114,7 +114,7 @@ static void test_stream_golden(void)
         char *five = NULL;
         struct vl2_err err = { 0 };
 
-        TU_CHECK(vl2_tokenizer_decode(tok, c.gen, 5, &five, NULL, &err) == 0, "decode");
+        CHECK_MSG(vl2_tokenizer_decode(tok, c.gen, 5, &five, NULL, &err) == 0, "decode");
         feed_expect(&p, c.gen, c.n_gen, five ? five : "", VL2_TS_LENGTH, "five ids");
         free(five);
     }
@@ -123,7 +123,7 @@ static void test_stream_golden(void)
      * shown before */
     p.max_new = c.n_gen;
     at = strstr(text, "-taxмет");
-    TU_CHECK(at != NULL, "golden text without '-taxмет'");
+    CHECK_MSG(at != NULL, "golden text without '-taxмет'");
     if (at) {
         snprintf(want, sizeof(want), "%.*s", (int)(at - text), text);
         stops[0] = "-taxмет";
@@ -150,9 +150,9 @@ static void test_stream_golden(void)
                 vl2_textstream_push(&ts, c.gen[i], NULL, 0, &t, &err);
                 shown += t.len;
                 if (ts.len >= tax + 4 && ts.len < tax + 5 && shown > tax)
-                    TU_CHECK(0, "'-tax' shown while it may start '-taxi'");
+                    CHECK_MSG(0, "'-tax' shown while it may start '-taxi'");
             }
-            TU_CHECK(shown > tax + 4, "'-tax' shown once 'мет' followed (%zu bytes)", shown);
+            CHECK_MSG(shown > tax + 4, "'-tax' shown once 'мет' followed (%zu bytes)", shown);
             vl2_textstream_done(&ts);
         }
         p.n_stops = 0;
@@ -196,7 +196,7 @@ static void test_stream_utf8(void)
         if (n >= 2)
             ch = chars[i];
     }
-    TU_CHECK(ch != NULL, "no test character takes two ids");
+    CHECK_MSG(ch != NULL, "no test character takes two ids");
     if (!ch) {
         free(ids);
         return;
@@ -209,12 +209,12 @@ static void test_stream_utf8(void)
 
         vl2_textstream_init(&ts, &p, &err);
         for (i = 0; i < n; i++) {
-            TU_CHECK(vl2_textstream_push(&ts, ids[i], NULL, 0, &t, &err) == 0, "push");
+            CHECK_MSG(vl2_textstream_push(&ts, ids[i], NULL, 0, &t, &err) == 0, "push");
             if (i + 1 < n)
-                TU_CHECK(t.len == 0 && t.send, "part %zu of the character shown (%zu bytes)",
+                CHECK_MSG(t.len == 0 && t.send, "part %zu of the character shown (%zu bytes)",
                          i, t.len);
             else
-                TU_CHECK(t.len == strlen(ch) && !memcmp(t.text, ch, t.len),
+                CHECK_MSG(t.len == strlen(ch) && !memcmp(t.text, ch, t.len),
                          "the whole character at its last id");
         }
         vl2_textstream_done(&ts);
@@ -246,13 +246,13 @@ static void test_stream_utf8(void)
 
         free(ids);
         n = encode("Hi", &ids);
-        TU_CHECK(n >= 1, "'Hi' has ids");
+        CHECK_MSG(n >= 1, "'Hi' has ids");
         p.max_new = 10;
         vl2_textstream_init(&ts, &p, &err);
         vl2_textstream_push(&ts, ids[0], NULL, 0, &t, &err);
-        TU_CHECK(vl2_textstream_push(&ts, eos, NULL, 0, &t, &err) == 0 && !t.send &&
+        CHECK_MSG(vl2_textstream_push(&ts, eos, NULL, 0, &t, &err) == 0 && !t.send &&
                  t.len == 0 && ts.finish == VL2_TS_EOS && ts.n_gen == 2, "EOS ends it");
-        TU_CHECK(vl2_textstream_push(&ts, ids[0], NULL, 0, &t, &err) == VL2_EINVAL,
+        CHECK_MSG(vl2_textstream_push(&ts, ids[0], NULL, 0, &t, &err) == VL2_EINVAL,
                  "a push after the end refused");
         vl2_textstream_done(&ts);
         /* ignore_eos: EOS is one more id */
@@ -260,9 +260,9 @@ static void test_stream_utf8(void)
         p.max_new = 2;
         vl2_textstream_init(&ts, &p, &err);
         vl2_textstream_push(&ts, eos, NULL, 0, &t, &err);
-        TU_CHECK(ts.finish == VL2_TS_RUNNING, "EOS ignored");
+        CHECK_MSG(ts.finish == VL2_TS_RUNNING, "EOS ignored");
         vl2_textstream_push(&ts, ids[0], NULL, 0, &t, &err);
-        TU_CHECK(ts.finish == VL2_TS_LENGTH, "then length");
+        CHECK_MSG(ts.finish == VL2_TS_LENGTH, "then length");
         vl2_textstream_done(&ts);
     }
     free(ids);
@@ -289,12 +289,12 @@ static void test_stream_logprob(void)
         sum += exp((double)z[i] - mx);
     want = (double)z[123] - mx - log(sum);
     vl2_textstream_init(&ts, &p, &err);
-    TU_CHECK(vl2_textstream_push(&ts, 123, z, V, &t, &err) == 0 && t.has_logprob, "push");
-    TU_CHECK(fabs(t.logprob - want) < 1e-5, "logprob %.7f, want %.7f", t.logprob, want);
-    TU_CHECK(t.logprob == (float)vl2_logits_logprob(z, V, 123), "not vl2_logits_logprob");
-    TU_CHECK(t.len == 0 && ts.text && ts.len == 0, "no tokenizer: no text");
+    CHECK_MSG(vl2_textstream_push(&ts, 123, z, V, &t, &err) == 0 && t.has_logprob, "push");
+    CHECK_MSG(fabs(t.logprob - want) < 1e-5, "logprob %.7f, want %.7f", t.logprob, want);
+    CHECK_MSG(t.logprob == (float)vl2_logits_logprob(z, V, 123), "not vl2_logits_logprob");
+    CHECK_MSG(t.len == 0 && ts.text && ts.len == 0, "no tokenizer: no text");
     /* an id outside the logits: -inf, not a read past them */
-    TU_CHECK(vl2_textstream_push(&ts, V + 5, z, V, &t, &err) == 0 && isinf(t.logprob) &&
+    CHECK_MSG(vl2_textstream_push(&ts, V + 5, z, V, &t, &err) == 0 && isinf(t.logprob) &&
              t.logprob < 0, "id outside the vocabulary");
     vl2_textstream_done(&ts);
     {
@@ -304,7 +304,7 @@ static void test_stream_logprob(void)
             many[i] = "x";
         p.stops = many;
         p.n_stops = VL2_PREP_MAX_STOPS + 1;
-        TU_CHECK(vl2_textstream_init(&ts, &p, &err) == VL2_EINVAL, "17 stop strings refused");
+        CHECK_MSG(vl2_textstream_init(&ts, &p, &err) == VL2_EINVAL, "17 stop strings refused");
     }
 }
 
@@ -391,23 +391,23 @@ static void test_prepare_golden(void)
         for (pass = 0; pass < 2; pass++) {
             m.text = pass ? questions[k] : tagged;
             rq = request(&m, 1);
-            TU_CHECK(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0, "%s: %s", cases[k],
+            CHECK_MSG(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0, "%s: %s", cases[k],
                      err.msg);
-            TU_CHECK(out.n_ids == c.n_ids, "%s pass %d: %zu ids, golden %zu", cases[k], pass,
+            CHECK_MSG(out.n_ids == c.n_ids, "%s pass %d: %zu ids, golden %zu", cases[k], pass,
                      out.n_ids, c.n_ids);
             for (i = 0; i < out.n_ids && i < c.n_ids; i++)
                 if (out.ids[i] != c.ids[i]) {
-                    TU_CHECK(0, "%s pass %d: id %zu is %d, golden %d", cases[k], pass, i,
+                    CHECK_MSG(0, "%s pass %d: id %zu is %d, golden %d", cases[k], pass, i,
                              (int)out.ids[i], (int)c.ids[i]);
                     break;
                 }
-            TU_CHECK(out.n_images == 1 && out.images[0].tiling.tiles_w == c.crop[0][0] &&
+            CHECK_MSG(out.n_images == 1 && out.images[0].tiling.tiles_w == c.crop[0][0] &&
                      out.images[0].tiling.tiles_h == c.crop[0][1] && out.images[0].tiles,
                      "%s: tiling %dx%d, golden %dx%d", cases[k],
                      out.n_images ? out.images[0].tiling.tiles_w : 0,
                      out.n_images ? out.images[0].tiling.tiles_h : 0, c.crop[0][0],
                      c.crop[0][1]);
-            TU_CHECK(out.max_new == 512 && out.n_stops == 0, "settings");
+            CHECK_MSG(out.max_new == 512 && out.n_stops == 0, "settings");
             vl2_prepared_done(&out);
         }
         tu_case_done(&c);
@@ -422,9 +422,9 @@ static void expect_error(const struct vl2_prep_request *rq, int code, const char
     struct vl2_err err = { 0 };
     int r = vl2_prepare(&pm, rq, NULL, &out, &err);
 
-    TU_CHECK(r == code && strstr(err.msg, want), "%s: %d '%s', want %d '%s'", what, r,
+    CHECK_MSG(r == code && strstr(err.msg, want), "%s: %d '%s', want %d '%s'", what, r,
              err.msg, code, want);
-    TU_CHECK(out.ids == NULL && out.images == NULL, "%s: output left behind", what);
+    CHECK_MSG(out.ids == NULL && out.images == NULL, "%s: output left behind", what);
     printf("  %s: %s\n", what, err.msg);
 }
 
@@ -449,16 +449,16 @@ static void test_prepare_rules(void)
     /* two images: cropped (wide is 3x1 = 813 tokens, golden); three: not */
     m.n_images = 2;
     rq = request(&m, 1);
-    TU_CHECK(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0, "two images: %s", err.msg);
-    TU_CHECK(out.n_images == 2 && out.images[0].tiling.n_tokens == 813 &&
+    CHECK_MSG(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0, "two images: %s", err.msg);
+    CHECK_MSG(out.n_images == 2 && out.images[0].tiling.n_tokens == 813 &&
              out.images[1].tiling.n_tokens == 421 && out.n_image_tokens == 813 + 421,
              "two images: %d + %d tokens", out.images[0].tiling.n_tokens,
              out.images[1].tiling.n_tokens);
     vl2_prepared_done(&out);
     m.n_images = 3;
     rq = request(&m, 1);
-    TU_CHECK(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0, "three images: %s", err.msg);
-    TU_CHECK(out.n_images == 3 && out.images[0].tiling.tiles_w == 1 &&
+    CHECK_MSG(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0, "three images: %s", err.msg);
+    CHECK_MSG(out.n_images == 3 && out.images[0].tiling.tiles_w == 1 &&
              out.images[0].tiling.n_tokens == 421, "three images: no local crop of the wide "
              "one (%d tokens)", out.n_images ? out.images[0].tiling.n_tokens : 0);
     vl2_prepared_done(&out);
@@ -482,7 +482,7 @@ static void test_prepare_rules(void)
     stops[0] = "";
     stops[1] = "y";
     rq.n_stops = 2;
-    TU_CHECK(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0 && out.n_stops == 1 &&
+    CHECK_MSG(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0 && out.n_stops == 1 &&
              !strcmp(out.stops[0], "y"), "empty stop strings dropped");
     vl2_prepared_done(&out);
     free(long_stop);
@@ -495,7 +495,7 @@ static void test_prepare_rules(void)
         size_t n_ids;
 
         rq = request(&m, 1);
-        TU_CHECK(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0, "%s", err.msg);
+        CHECK_MSG(vl2_prepare(&pm, &rq, NULL, &out, &err) == 0, "%s", err.msg);
         n_ids = out.n_ids;
         vl2_prepared_done(&out);
         small.n_ctx = 430;
@@ -503,11 +503,11 @@ static void test_prepare_rules(void)
             struct vl2_prepared o2;
             int r = vl2_prepare(&small, &rq, NULL, &o2, &err);
 
-            TU_CHECK(r == VL2_ELIMIT && strstr(err.msg, "context holds 430"), "context: %s",
+            CHECK_MSG(r == VL2_ELIMIT && strstr(err.msg, "context holds 430"), "context: %s",
                      err.msg);
         }
         small.n_ctx = (int32_t)n_ids + 5;
-        TU_CHECK(vl2_prepare(&small, &rq, NULL, &out, &err) == 0 &&
+        CHECK_MSG(vl2_prepare(&small, &rq, NULL, &out, &err) == 0 &&
                  out.max_new == (size_t)small.n_ctx - out.n_ids,
                  "max_new cut to the room: %zu", out.max_new);
         vl2_prepared_done(&out);
@@ -547,13 +547,13 @@ static void test_prepare_rules(void)
 
         m.n_images = 3;
         rq = request(&m, 1);
-        TU_CHECK(vl2_prepare(&pm, &rq, &hooks, &out, &err) == 0, "hooks: %s", err.msg);
-        TU_CHECK(h.n_done == 3 && h.done[0] == 0 && h.done[2] == 2 && h.polls == 3,
+        CHECK_MSG(vl2_prepare(&pm, &rq, &hooks, &out, &err) == 0, "hooks: %s", err.msg);
+        CHECK_MSG(h.n_done == 3 && h.done[0] == 0 && h.done[2] == 2 && h.polls == 3,
                  "image_done %zu times, %d polls", h.n_done, h.polls);
         vl2_prepared_done(&out);
         memset(&h, 0, sizeof(h));
         h.cancel_after = 0;
-        TU_CHECK(vl2_prepare(&pm, &rq, &hooks, &out, &err) == VL2_ECANCELED &&
+        CHECK_MSG(vl2_prepare(&pm, &rq, &hooks, &out, &err) == VL2_ECANCELED &&
                  h.n_done == 1 && out.images == NULL, "cancelled after the first image: %d "
                  "images done", (int)h.n_done);
     }
@@ -563,13 +563,13 @@ static void test_prepare_rules(void)
         struct vl2_prep_model c = pm;
         const int bad[2][2] = { { 384, 384 }, { 0, 768 } }, off[1][2] = { { 768, 384 } };
 
-        TU_CHECK(vl2_prep_model_set_candidates(&c, bad, 2, &err) == VL2_EFORMAT &&
+        CHECK_MSG(vl2_prep_model_set_candidates(&c, bad, 2, &err) == VL2_EFORMAT &&
                  strstr(err.msg, "candidate resolution 1 is not positive"), "%s", err.msg);
         printf("  a zero candidate: %s\n", err.msg);
-        TU_CHECK(vl2_prep_model_set_candidates(&c, off, 1, &err) == VL2_EUNSUPPORTED &&
+        CHECK_MSG(vl2_prep_model_set_candidates(&c, off, 1, &err) == VL2_EUNSUPPORTED &&
                  strstr(err.msg, "differs from the vision image size 384"), "%s", err.msg);
         printf("  a first candidate of 768: %s\n", err.msg);
-        TU_CHECK(c.n_cands == pm.n_cands, "candidates kept on error");
+        CHECK_MSG(c.n_cands == pm.n_cands, "candidates kept on error");
     }
     free(a.data);
     free(w.data);
@@ -619,7 +619,7 @@ int main(int argc, char **argv)
         free(t);
         free(p);
     }
-    TU_CHECK(n_cands == 23, "%d candidate resolutions in the golden config", n_cands);
+    CHECK_MSG(n_cands == 23, "%d candidate resolutions in the golden config", n_cands);
     if (vl2_prep_model_set_candidates(&pm, (const int (*)[2])cands, n_cands, &err) < 0) {
         fprintf(stderr, "candidates: %s\n", err.msg);
         return 1;
@@ -630,8 +630,8 @@ int main(int argc, char **argv)
     test_prepare_golden();
     test_prepare_rules();
     vl2_tokenizer_free(tok);
-    if (tu_failures) {
-        printf("%d failures\n", tu_failures);
+    if (check_failures) {
+        printf("%d failures\n", check_failures);
         return 1;
     }
     printf("pipeline: all checks passed\n");

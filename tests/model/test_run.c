@@ -51,7 +51,7 @@ static cJSON *json_file(const char *dir, const char *name)
     char *p = tu_path(dir, name), *t = test_slurp(p, NULL);
     cJSON *j = t ? cJSON_Parse(t) : NULL;
 
-    TU_CHECK(j != NULL, "%s: missing or not JSON", p);
+    CHECK_MSG(j != NULL, "%s: missing or not JSON", p);
     free(p);
     free(t);
     return j;
@@ -76,20 +76,20 @@ static void compare_npy(const char *name, const char *mine_dir, const char *gold
     char *pa = tu_path(mine_dir, name), *pb = tu_path(gold_dir, name);
 
     if (vl2_npy_read(&a, pa, &err) < 0) {
-        TU_CHECK(0, "%s", err.msg);
+        CHECK_MSG(0, "%s", err.msg);
         goto out;
     }
     if (vl2_npy_read(&b, pb, &err) < 0) {
-        TU_CHECK(0, "%s", err.msg);
+        CHECK_MSG(0, "%s", err.msg);
         goto out;
     }
-    TU_CHECK(a.dtype == b.dtype && a.ndim == b.ndim && a.count == b.count &&
+    CHECK_MSG(a.dtype == b.dtype && a.ndim == b.ndim && a.count == b.count &&
              !memcmp(a.shape, b.shape, (size_t)a.ndim * sizeof(a.shape[0])),
              "%s: dtype or shape differs from the golden one", name);
     if (a.count != b.count || a.dtype != b.dtype)
         goto out;
     if (exact) {
-        TU_CHECK(!memcmp(a.data, b.data, a.count * vl2_npy_elem_size(a.dtype)),
+        CHECK_MSG(!memcmp(a.data, b.data, a.count * vl2_npy_elem_size(a.dtype)),
                  "%s: differs from the golden one", name);
         printf("  %-28s %s\n", name, "exact");
     } else {
@@ -118,7 +118,7 @@ static void run_case(const char *cs, const char *tmp)
     pt = cJSON_GetObjectItem(ij, "prompt_text")->valuestring;
     b = strstr(pt, "<|User|>: ");
     e = strstr(pt, "\n\n<|Assistant|>:");
-    TU_CHECK(b && e && e > b, "prompt_text has an unexpected form");
+    CHECK_MSG(b && e && e > b, "prompt_text has an unexpected form");
     if (!b || !e || e <= b)
         goto out;
     b += strlen("<|User|>: ");
@@ -147,7 +147,7 @@ static void run_case(const char *cs, const char *tmp)
     }
     argv[argc] = NULL;
     r = run(argv, out, errf);
-    TU_CHECK(r == 0, "vl2d run exited with %d", r);
+    CHECK_MSG(r == 0, "vl2d run exited with %d", r);
     if (r != 0) {
         char *t = test_slurp(errf, NULL);
         fprintf(stderr, "%s\n", t ? t : "");
@@ -158,19 +158,19 @@ static void run_case(const char *cs, const char *tmp)
         cJSON *mi = json_file(dump, "input_ids.json"), *mg = json_file(dump, "generated.json");
         char *streamed = test_slurp(out, NULL);
         const char *gtext = cJSON_GetObjectItem(gj, "text")->valuestring;
-        TU_CHECK(mi && same_ints(cJSON_GetObjectItem(mi, "input_ids"),
+        CHECK_MSG(mi && same_ints(cJSON_GetObjectItem(mi, "input_ids"),
                                  cJSON_GetObjectItem(ij, "input_ids")), "input_ids differ");
-        TU_CHECK(mi && same_ints(cJSON_GetObjectItem(mi, "images_spatial_crop"),
+        CHECK_MSG(mi && same_ints(cJSON_GetObjectItem(mi, "images_spatial_crop"),
                                  cJSON_GetObjectItem(ij, "images_spatial_crop")),
                  "images_spatial_crop differ");
-        TU_CHECK(mg && same_ints(cJSON_GetObjectItem(mg, "generated_ids"),
+        CHECK_MSG(mg && same_ints(cJSON_GetObjectItem(mg, "generated_ids"),
                                  cJSON_GetObjectItem(gj, "generated_ids")),
                  "generated_ids differ");
-        TU_CHECK(mg && cJSON_GetObjectItem(mg, "text") &&
+        CHECK_MSG(mg && cJSON_GetObjectItem(mg, "text") &&
                  !strcmp(cJSON_GetObjectItem(mg, "text")->valuestring, gtext),
                  "generated text differs");
         /* the stream is the text plus a final newline */
-        TU_CHECK(streamed && !strncmp(streamed, gtext, strlen(gtext)),
+        CHECK_MSG(streamed && !strncmp(streamed, gtext, strlen(gtext)),
                  "streamed text '%s' differs from '%s'", streamed ? streamed : "", gtext);
         printf("  input ids, generated ids and text identical\n");
         cJSON_Delete(mi);
@@ -212,23 +212,23 @@ static void check_json(const char *tmp)
 
     printf("--json\n");
     r = run(argv, out, errf);
-    TU_CHECK(r == 0, "vl2d run --json exited with %d", r);
+    CHECK_MSG(r == 0, "vl2d run --json exited with %d", r);
     t = test_slurp(out, NULL);
     j = t ? cJSON_Parse(t) : NULL;
-    TU_CHECK(j != NULL, "--json output is not one JSON object");
+    CHECK_MSG(j != NULL, "--json output is not one JSON object");
     if (j) {
         s = cJSON_GetObjectItem(j, "stats");
-        TU_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(j, "prompt_ids")) == 13,
+        CHECK_MSG(cJSON_GetArraySize(cJSON_GetObjectItem(j, "prompt_ids")) == 13,
                  "prompt_ids of the textonly prompt");
-        TU_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(j, "generated_ids")) == 5,
+        CHECK_MSG(cJSON_GetArraySize(cJSON_GetObjectItem(j, "generated_ids")) == 5,
                  "5 generated ids");
-        TU_CHECK(cJSON_IsString(cJSON_GetObjectItem(j, "text")), "text");
-        TU_CHECK(s && cJSON_GetObjectItem(s, "tiles") && cJSON_GetObjectItem(s, "image_tokens")
+        CHECK_MSG(cJSON_IsString(cJSON_GetObjectItem(j, "text")), "text");
+        CHECK_MSG(s && cJSON_GetObjectItem(s, "tiles") && cJSON_GetObjectItem(s, "image_tokens")
                  && cJSON_GetObjectItem(s, "prompt_tokens") && cJSON_GetObjectItem(s, "ttft_s")
                  && cJSON_GetObjectItem(s, "decode_tokens_per_s"), "stats fields");
-        TU_CHECK(s && cJSON_IsString(cJSON_GetObjectItem(s, "precision")) &&
-                 !strcmp(cJSON_GetObjectItem(s, "precision")->valuestring, "f32"),
-                 "stats precision: f32 by default");
+        CHECK_MSG(s && cJSON_IsString(cJSON_GetObjectItem(s, "precision")) &&
+                  !strcmp(cJSON_GetObjectItem(s, "precision")->valuestring, "f32"),
+                  "stats precision: f32 by default");
         printf("  fields present\n");
     }
     cJSON_Delete(j);
@@ -244,8 +244,8 @@ static void expect_failure(const char *tmp, const char *what, char **argv, const
 
     t = test_slurp(errf, NULL);
     printf("  %s: exit %d: %s", what, r, t ? t : "\n");
-    TU_CHECK(r == 1 || r == 2, "%s: exit status %d", what, r);
-    TU_CHECK(t && strstr(t, want), "%s: message does not mention '%s'", what, want);
+    CHECK_MSG(r == 1 || r == 2, "%s: exit status %d", what, r);
+    CHECK_MSG(t && strstr(t, want), "%s: message does not mention '%s'", what, want);
     free(t);
     free(out);
     free(errf);
@@ -302,12 +302,12 @@ static void check_exif(const char *tmp)
         cJSON *j, *sz;
         int st = run(argv, out, errf);
 
-        TU_CHECK(st == 0, "vl2d run %s exited %d", k ? "--apply-exif" : "", st);
+        CHECK_MSG(st == 0, "vl2d run %s exited %d", k ? "--apply-exif" : "", st);
         if (st == 0) {
             j = json_file(dir, "input_ids.json");
             sz = j ? cJSON_GetObjectItem(j, "image_sizes") : NULL;
             sz = sz ? cJSON_GetArrayItem(sz, 0) : NULL;
-            TU_CHECK(sz && cJSON_GetArraySize(sz) == 2 &&
+            CHECK_MSG(sz && cJSON_GetArraySize(sz) == 2 &&
                      cJSON_GetArrayItem(sz, 0)->valueint == want[k][0] &&
                      cJSON_GetArrayItem(sz, 1)->valueint == want[k][1],
                      "exif %s: image size is not %dx%d", k ? "on" : "off",
@@ -357,10 +357,10 @@ int main(int argc, char **argv)
     check_errors(tmp);
     check_exif(tmp);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
-    if (!tu_failures && system(cmd) != 0)
+    if (!check_failures && system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", tmp);
-    if (tu_failures) {
-        printf("%d failures (outputs kept in %s)\n", tu_failures, tmp);
+    if (check_failures) {
+        printf("%d failures (outputs kept in %s)\n", check_failures, tmp);
         return 1;
     }
     printf("vl2d run matches the golden data\n");

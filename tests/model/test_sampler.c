@@ -49,20 +49,20 @@ static void test_penalty(void)
     struct vl2_sampler s = mk(4, 0.0f, 0, 1.0f, 1.25f, 0);
     float z[4];
 
-    TU_CHECK(vl2_sampler_sample(&s, z0) == 0, "greedy without seen ids picks 0");
+    CHECK_MSG(vl2_sampler_sample(&s, z0) == 0, "greedy without seen ids picks 0");
     vl2_sampler_accept(&s, 0);
     vl2_sampler_accept(&s, 0);
     vl2_sampler_accept(&s, 2);
     vl2_sampler_accept(&s, 99);  /* outside the vocabulary: ignored */
     memcpy(z, z0, sizeof(z));
     vl2_sampler_process(&s, z);
-    TU_CHECK(fabsf(z[0] - 1.6f) < 1e-6f, "penalty divides a positive logit: %g", z[0]);
-    TU_CHECK(z[1] == 1.9f && z[3] == 0.5f, "unseen ids unchanged");
-    TU_CHECK(fabsf(z[2] + 1.25f) < 1e-6f, "penalty multiplies a negative logit: %g", z[2]);
+    CHECK_MSG(fabsf(z[0] - 1.6f) < 1e-6f, "penalty divides a positive logit: %g", z[0]);
+    CHECK_MSG(z[1] == 1.9f && z[3] == 0.5f, "unseen ids unchanged");
+    CHECK_MSG(fabsf(z[2] + 1.25f) < 1e-6f, "penalty multiplies a negative logit: %g", z[2]);
     /* greedy is argmax after the penalty: 1.9 > 1.6 */
-    TU_CHECK(vl2_sampler_sample(&s, z0) == 1, "greedy after penalty picks 1");
+    CHECK_MSG(vl2_sampler_sample(&s, z0) == 1, "greedy after penalty picks 1");
     vl2_sampler_reset(&s);
-    TU_CHECK(vl2_sampler_sample(&s, z0) == 0, "reset forgets seen ids");
+    CHECK_MSG(vl2_sampler_sample(&s, z0) == 0, "reset forgets seen ids");
     vl2_sampler_done(&s);
 }
 
@@ -75,22 +75,22 @@ static void test_temperature_topk(void)
     s = mk(5, 2.0f, 0, 1.0f, 1.0f, 0);
     memcpy(z, z0, sizeof(z));
     vl2_sampler_process(&s, z);
-    TU_CHECK(z[0] == 0.5f && z[1] == 1.5f && z[4] == -2.5f, "temperature divides");
+    CHECK_MSG(z[0] == 0.5f && z[1] == 1.5f && z[4] == -2.5f, "temperature divides");
     vl2_sampler_done(&s);
 
     /* top-k keeps values >= the k-th largest: ties at the threshold kept */
     s = mk(5, 1.0f, 1, 1.0f, 1.0f, 0);
-    TU_CHECK(kept(&s, z0, 5) == 0x02, "top-1 keeps {1}: %#x", kept(&s, z0, 5));
+    CHECK_MSG(kept(&s, z0, 5) == 0x02, "top-1 keeps {1}: %#x", kept(&s, z0, 5));
     vl2_sampler_done(&s);
     s = mk(5, 1.0f, 2, 1.0f, 1.0f, 0);
-    TU_CHECK(kept(&s, z0, 5) == 0x0e, "top-2 keeps {1,2,3} (tie at 2.0): %#x",
+    CHECK_MSG(kept(&s, z0, 5) == 0x0e, "top-2 keeps {1,2,3} (tie at 2.0): %#x",
              kept(&s, z0, 5));
     vl2_sampler_done(&s);
     s = mk(5, 1.0f, 4, 1.0f, 1.0f, 0);
-    TU_CHECK(kept(&s, z0, 5) == 0x0f, "top-4 keeps {0,1,2,3}: %#x", kept(&s, z0, 5));
+    CHECK_MSG(kept(&s, z0, 5) == 0x0f, "top-4 keeps {0,1,2,3}: %#x", kept(&s, z0, 5));
     vl2_sampler_done(&s);
     s = mk(5, 1.0f, 50, 1.0f, 1.0f, 0);
-    TU_CHECK(kept(&s, z0, 5) == 0x1f, "top-50 of 5 keeps all");
+    CHECK_MSG(kept(&s, z0, 5) == 0x1f, "top-50 of 5 keeps all");
     vl2_sampler_done(&s);
 }
 
@@ -105,13 +105,13 @@ static void test_topp(void)
     z0[2] = logf(0.15f);
     z0[3] = logf(0.05f);
     s = mk(4, 1.0f, 0, 0.9f, 1.0f, 0);      /* drop cum <= 0.1 */
-    TU_CHECK(kept(&s, z0, 4) == 0x7, "top-p 0.9 keeps {0,1,2}: %#x", kept(&s, z0, 4));
+    CHECK_MSG(kept(&s, z0, 4) == 0x7, "top-p 0.9 keeps {0,1,2}: %#x", kept(&s, z0, 4));
     vl2_sampler_done(&s);
     s = mk(4, 1.0f, 0, 0.75f, 1.0f, 0);     /* drop cum <= 0.25 */
-    TU_CHECK(kept(&s, z0, 4) == 0x3, "top-p 0.75 keeps {0,1}: %#x", kept(&s, z0, 4));
+    CHECK_MSG(kept(&s, z0, 4) == 0x3, "top-p 0.75 keeps {0,1}: %#x", kept(&s, z0, 4));
     vl2_sampler_done(&s);
     s = mk(4, 1.0f, 0, 0.01f, 1.0f, 0);     /* always keeps the largest */
-    TU_CHECK(kept(&s, z0, 4) == 0x1, "top-p 0.01 keeps {0}: %#x", kept(&s, z0, 4));
+    CHECK_MSG(kept(&s, z0, 4) == 0x1, "top-p 0.01 keeps {0}: %#x", kept(&s, z0, 4));
     vl2_sampler_done(&s);
 
     /* top-p acts on the distribution left by top-k (renormalised):
@@ -122,24 +122,24 @@ static void test_topp(void)
     z0[2] = logf(0.2f);
     z0[3] = logf(0.1f);
     s = mk(4, 1.0f, 3, 0.75f, 1.0f, 0);
-    TU_CHECK(kept(&s, z0, 4) == 0x3, "top-k 3 then top-p 0.75 keeps {0,1}: %#x",
+    CHECK_MSG(kept(&s, z0, 4) == 0x3, "top-k 3 then top-p 0.75 keeps {0,1}: %#x",
              kept(&s, z0, 4));
     vl2_sampler_done(&s);
     s = mk(4, 1.0f, 0, 0.75f, 1.0f, 0);
-    TU_CHECK(kept(&s, z0, 4) == 0x7, "top-p 0.75 alone keeps {0,1,2}: %#x", kept(&s, z0, 4));
+    CHECK_MSG(kept(&s, z0, 4) == 0x7, "top-p 0.75 alone keeps {0,1,2}: %#x", kept(&s, z0, 4));
     vl2_sampler_done(&s);
 
     /* temperature applies before top-p: T = 0.5 squares the probabilities
      * (0.16 0.09 0.04 0.01)/0.3 = 0.533 0.3 0.133 0.033; top_p 0.8 drops
      * cum <= 0.2: ids 3 and 2 (0.033, 0.167). */
     s = mk(4, 0.5f, 0, 0.8f, 1.0f, 0);
-    TU_CHECK(kept(&s, z0, 4) == 0x3, "T 0.5 then top-p 0.8 keeps {0,1}: %#x", kept(&s, z0, 4));
+    CHECK_MSG(kept(&s, z0, 4) == 0x3, "T 0.5 then top-p 0.8 keeps {0,1}: %#x", kept(&s, z0, 4));
     vl2_sampler_done(&s);
     /* the penalty applies before everything: id 0 penalised by 4 ->
      * logit log(0.4)*4 = -3.67 < log(0.1) -> greedy picks 1 */
     s = mk(4, 0.0f, 0, 1.0f, 4.0f, 0);
     vl2_sampler_accept(&s, 0);
-    TU_CHECK(vl2_sampler_sample(&s, z0) == 1, "penalised greedy picks 1");
+    CHECK_MSG(vl2_sampler_sample(&s, z0) == 1, "penalised greedy picks 1");
     vl2_sampler_done(&s);
 }
 
@@ -154,18 +154,18 @@ static void test_draws(void)
     for (i = 0; i < N; i++) {
         int32_t x = vl2_sampler_sample(&a, z0), y = vl2_sampler_sample(&b, z0);
         int32_t z = vl2_sampler_sample(&c, z0);
-        TU_CHECK(x >= 0 && x < 3, "id in range");
+        CHECK_MSG(x >= 0 && x < 3, "id in range");
         if (x < 0 || x > 2)
             break;
         count[x]++;
         same_ab &= x == y;
         same_ac &= x == z;
     }
-    TU_CHECK(same_ab, "the same seed gives the same draws");
-    TU_CHECK(!same_ac, "another seed gives other draws");
+    CHECK_MSG(same_ab, "the same seed gives the same draws");
+    CHECK_MSG(!same_ac, "another seed gives other draws");
     for (i = 0; i < 3; i++) {
         double f = (double)count[i] / N, want = exp((double)z0[i]);
-        TU_CHECK(fabs(f - want) < 0.015, "id %d drawn with frequency %.3f, expected %.3f", i, f,
+        CHECK_MSG(fabs(f - want) < 0.015, "id %d drawn with frequency %.3f, expected %.3f", i, f,
                  want);
     }
     vl2_sampler_done(&a);
@@ -175,7 +175,7 @@ static void test_draws(void)
     /* top-k 1 sampling is deterministic */
     a = mk(3, 0.7f, 1, 1.0f, 1.0f, 7);
     for (i = 0; i < 100; i++)
-        TU_CHECK(vl2_sampler_sample(&a, z0) == 0, "top-1 sampling picks the arg-max");
+        CHECK_MSG(vl2_sampler_sample(&a, z0) == 0, "top-1 sampling picks the arg-max");
     vl2_sampler_done(&a);
 }
 
@@ -184,10 +184,10 @@ static void test_logprob(void)
     const float z[3] = { logf(0.5f), logf(0.3f), logf(0.2f) };
     const float big[2] = { 1000.0f, 999.0f };
 
-    TU_CHECK(fabs(vl2_logits_logprob(z, 3, 1) - log(0.3)) < 1e-6, "log p(1) = log 0.3");
-    TU_CHECK(fabs(vl2_logits_logprob(big, 2, 1) - (-1.0 - log(1.0 + exp(-1.0)))) < 1e-9,
+    CHECK_MSG(fabs(vl2_logits_logprob(z, 3, 1) - log(0.3)) < 1e-6, "log p(1) = log 0.3");
+    CHECK_MSG(fabs(vl2_logits_logprob(big, 2, 1) - (-1.0 - log(1.0 + exp(-1.0)))) < 1e-9,
              "large logits do not overflow");
-    TU_CHECK(isinf(vl2_logits_logprob(z, 3, 3)), "id past the end");
+    CHECK_MSG(isinf(vl2_logits_logprob(z, 3, 3)), "id past the end");
 }
 
 static void test_params(void)
@@ -195,25 +195,25 @@ static void test_params(void)
     struct vl2_sampler_params p = vl2_sampler_default_params();
     struct vl2_err err = { 0 };
 
-    TU_CHECK(vl2_sampler_check_params(&p, &err) == 0, "defaults are valid");
+    CHECK_MSG(vl2_sampler_check_params(&p, &err) == 0, "defaults are valid");
     p.temperature = -1.0f;
-    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "temperature"),
+    CHECK_MSG(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "temperature"),
              "negative temperature refused: %s", err.msg);
     p = vl2_sampler_default_params();
     p.top_p = 0.0f;
-    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "top_p"),
+    CHECK_MSG(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "top_p"),
              "top_p 0 refused");
     p.top_p = 1.5f;
-    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "top_p 1.5 refused");
+    CHECK_MSG(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "top_p 1.5 refused");
     p = vl2_sampler_default_params();
     p.top_k = -3;
-    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "top_k -3 refused");
+    CHECK_MSG(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "top_k -3 refused");
     p = vl2_sampler_default_params();
     p.repetition_penalty = 0.0f;
-    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "penalty"),
+    CHECK_MSG(vl2_sampler_check_params(&p, &err) == VL2_EINVAL && strstr(err.msg, "penalty"),
              "penalty 0 refused");
     p.repetition_penalty = NAN;
-    TU_CHECK(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "penalty NaN refused");
+    CHECK_MSG(vl2_sampler_check_params(&p, &err) == VL2_EINVAL, "penalty NaN refused");
 }
 
 static void test_stops(void)
@@ -221,14 +221,14 @@ static void test_stops(void)
     const char *stops[] = { "User:", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "" };
     const char *t = "Hello there. User: more";
 
-    TU_CHECK(vl2_stop_find(t, strlen(t), stops, 3) == 13, "stop at 13: %ld",
+    CHECK_MSG(vl2_stop_find(t, strlen(t), stops, 3) == 13, "stop at 13: %ld",
              vl2_stop_find(t, strlen(t), stops, 3));
-    TU_CHECK(vl2_stop_find("no stop", 7, stops, 3) == -1, "no stop");
-    TU_CHECK(vl2_stop_find("Use", 3, stops, 3) == -1, "prefix is not a stop");
-    TU_CHECK(vl2_stop_holdback("abc Us", 6, stops, 3) == 2, "hold back 'Us'");
-    TU_CHECK(vl2_stop_holdback("abc User", 8, stops, 3) == 4, "hold back 'User'");
-    TU_CHECK(vl2_stop_holdback("abc", 3, stops, 3) == 0, "nothing to hold back");
-    TU_CHECK(vl2_stop_holdback("x<\xef\xbd", 4, stops, 3) == 3, "hold back a partial EOS");
+    CHECK_MSG(vl2_stop_find("no stop", 7, stops, 3) == -1, "no stop");
+    CHECK_MSG(vl2_stop_find("Use", 3, stops, 3) == -1, "prefix is not a stop");
+    CHECK_MSG(vl2_stop_holdback("abc Us", 6, stops, 3) == 2, "hold back 'Us'");
+    CHECK_MSG(vl2_stop_holdback("abc User", 8, stops, 3) == 4, "hold back 'User'");
+    CHECK_MSG(vl2_stop_holdback("abc", 3, stops, 3) == 0, "nothing to hold back");
+    CHECK_MSG(vl2_stop_holdback("x<\xef\xbd", 4, stops, 3) == 3, "hold back a partial EOS");
 }
 
 /* Greedy picks the first largest logit, compared with a plain scan, on
@@ -262,7 +262,7 @@ static void test_greedy_argmax(void)
             for (i = 1; i < V; i++)
                 if (z[i] > z[want])
                     want = i;
-            TU_CHECK(vl2_sampler_sample(&s, z) == want, "greedy V=%d trial %d: want %d",
+            CHECK_MSG(vl2_sampler_sample(&s, z) == want, "greedy V=%d trial %d: want %d",
                      V, trial, want);
         }
         /* NaN never wins (one in column 1, where lane 1 starts, with the
@@ -278,10 +278,10 @@ static void test_greedy_argmax(void)
             for (i = 1; i < V; i++)
                 if (z[i] > z[want])
                     want = i;
-            TU_CHECK(want == (V >= 48 ? 33 : V - 1) && vl2_sampler_sample(&s, z) == want,
+            CHECK_MSG(want == (V >= 48 ? 33 : V - 1) && vl2_sampler_sample(&s, z) == want,
                      "greedy V=%d with NaN: want %d", V, want);
             z[0] = NAN;
-            TU_CHECK(vl2_sampler_sample(&s, z) == 0, "greedy V=%d starting with NaN", V);
+            CHECK_MSG(vl2_sampler_sample(&s, z) == 0, "greedy V=%d starting with NaN", V);
         }
         vl2_sampler_done(&s);
         free(z);
@@ -298,8 +298,8 @@ int main(void)
     test_params();
     test_stops();
     test_logprob();
-    if (tu_failures) {
-        printf("%d failures\n", tu_failures);
+    if (check_failures) {
+        printf("%d failures\n", check_failures);
         return 1;
     }
     printf("sampler: all checks passed\n");

@@ -7,17 +7,7 @@
 
 #include "npy.h"
 
-extern int tu_failures;
-
-#define TU_CHECK(cond, ...)                                                     \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, "\n");                                              \
-            tu_failures++;                                                      \
-        }                                                                       \
-    } while (0)
+#include "../common/check.h"
 
 /* The fields of a golden case's input_ids.json. */
 struct tu_case {
@@ -42,8 +32,17 @@ double tu_rel_err(const float *a, const float *b, size_t n);
 
 /* Compare @mine [n] with golden @g (float32, count n); prints and counts a
  * failure above @tol.  Returns the error. */
-double tu_compare(const char *what, const float *mine, const struct vl2_npy *g, size_t n,
-                  double tol);
+double tu_compare_err(const char *what, const float *mine, const struct vl2_npy *g, size_t n,
+                      double tol);
+
+/* tu_compare_err counted as one check of the calling test. */
+static inline double tu_compare(const char *what, const float *mine, const struct vl2_npy *g,
+                                size_t n, double tol)
+{
+    double e = tu_compare_err(what, mine, g, n, tol);
+    CHECK_MSG(e <= tol, "%s: relative error %.3g, tolerance %.3g", what, e, tol);
+    return e;
+}
 
 /* Ids of the @k largest of @z[n] in descending order. */
 void tu_topk(const float *z, size_t n, int k, int32_t *ret_ids);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "../common/check.h"
+#include "conf.h"
 #include "harness.h"
 
 static const char *vl2d, *ckpt;
@@ -176,6 +177,60 @@ static void test_daemon(void)
     free(log);
 }
 
+/* Which options each model's engine gets (conf.h: vl2_conf_engine_params):
+ * the daemon's for its backend, a model's own instead, none for a model on
+ * another backend; flags appended to the daemon's. */
+static void test_conf_rule(void)
+{
+    static const char text[] =
+        "[daemon]\nbackend = cpu\nbackend_options = isa=avx2\n"
+        "backend_options = isa=scalar,blas_min_rows=4\n"      /* the last line wins */
+        "[model a]\ndir = /m/a\n"
+        "[model b]\ndir = /m/b\nbackend = cuda\n"
+        "[model c]\ndir = /m/c\nbackend = cuda\nbackend_options = graphs=0\n"
+        "[model d]\ndir = /m/d\nbackend_options = \n";
+    struct vl2_conf c;
+    struct vl2_err err = { 0 };
+    struct vl2_engine_params p;
+
+    vl2_conf_init(&c);
+    CHECK_MSG(vl2_conf_parse(&c, text, strlen(text), "/etc/vl2d/t.conf", &err) == 0, "%s",
+              err.msg);
+    CHECK_MSG(vl2_conf_add_backend_option(&c, "mla=auto", &err) == 0, "%s", err.msg);
+    CHECK(vl2_conf_add_backend_option(&c, "x", &err) == VL2_EINVAL);  /* unchanged */
+    CHECK(c.engine.backend_options &&
+          !strcmp(c.engine.backend_options, "isa=scalar,blas_min_rows=4,mla=auto"));
+    p = vl2_conf_engine_params(&c, "a", "/m/a", c.models[0].backend);
+    CHECK(p.backend_options &&
+          !strcmp(p.backend_options, "isa=scalar,blas_min_rows=4,mla=auto"));
+    p = vl2_conf_engine_params(&c, "b", "/m/b", c.models[1].backend);
+    CHECK(p.backend_options == NULL);
+    p = vl2_conf_engine_params(&c, "c", "/m/c", c.models[2].backend);
+    CHECK(p.backend_options && !strcmp(p.backend_options, "graphs=0"));
+    p = vl2_conf_engine_params(&c, "d", "/m/d", c.models[3].backend);
+    CHECK(p.backend_options == NULL);            /* its own: none */
+    /* a model loaded later (vl2 load): the daemon's for the daemon's backend */
+    p = vl2_conf_engine_params(&c, "e", "/m/e", NULL);
+    CHECK(p.backend_options && !strncmp(p.backend_options, "isa=scalar", 10));
+    p = vl2_conf_engine_params(&c, "e", "/m/e", "cuda");
+    CHECK(p.backend_options == NULL);
+    /* the same name in another directory is another model */
+    p = vl2_conf_engine_params(&c, "c", "/elsewhere", "cuda");
+    CHECK(p.backend_options == NULL);
+    vl2_conf_done(&c);
+
+    /* too long: refused, the string unchanged */
+    {
+        char buf[16] = "a=1";
+        CHECK(vl2_conf_options_append(buf, sizeof(buf), "bb=2", "t", &err) == 0);
+        CHECK(!strcmp(buf, "a=1,bb=2"));
+        CHECK(vl2_conf_options_append(buf, sizeof(buf), "ccc=345", "t", &err) == VL2_ELIMIT);
+        CHECK(!strcmp(buf, "a=1,bb=2"));
+        CHECK(vl2_conf_options_append(buf, sizeof(buf), "", "t", &err) == 0);
+        CHECK(!strcmp(buf, "a=1,bb=2"));
+    }
+}
+
 /* A value that breaks the grammar is an error of the file, FILE:LINE. */
 static void test_conf_syntax(void)
 {
@@ -219,10 +274,10 @@ int main(int argc, char **argv)
     tmp = harness_tmpdir();
     if (!tmp)
         return 2;
+    RUN(test_conf_rule);
     RUN(test_run_flags);
     RUN(test_daemon);
     RUN(test_conf_syntax);
     harness_rmdir(tmp);
-    printf("backend options: %d failures\n", check_failures);
-    return check_failures ? 1 : 0;
+    return check_report("backend options");
 }

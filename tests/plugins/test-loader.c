@@ -318,6 +318,5 @@ int main(int argc, char **argv)
     test_cpu_params_size(cpu_dir);
     test_cpu_options(cpu_dir, knobs_dir);
     vl2_backend_unload(NULL);
-    printf("loader: %d failures\n", check_failures);
-    return check_failures ? 1 : 0;
+    return check_report("loader");
 }

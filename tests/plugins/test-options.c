@@ -186,6 +186,5 @@ int main(void)
     RUN(test_last_wins);
     RUN(test_numbers);
     RUN(test_bool_choice_unknown);
-    printf("options: %d failures\n", check_failures);
-    return check_failures ? 1 : 0;
+    return check_report("options");
 }

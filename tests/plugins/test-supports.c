@@ -113,6 +113,5 @@ int main(int argc, char **argv)
     test_abi1_default(argv[1]);
     test_cpu(argv[2]);
     test_model_refused(argv[1], argv[2], argv[3]);
-    printf("supports: %d failures\n", check_failures);
-    return check_failures ? 1 : 0;
+    return check_report("supports");
 }

@@ -14,7 +14,8 @@
 #include "prompt.h"
 #include "tokenizer.h"
 
-#include "tcheck.h"
+#include "../common/check.h"
+#include "../common/util.h"
 
 /* Spec 6.2: 14 x (14 + 1) + 1 + (th * 14) x (tw * 14 + 1). */
 static int32_t image_tokens(int tw, int th)
@@ -29,7 +30,7 @@ static void compare(const int32_t *got, size_t n_got, const int32_t *want, size_
 
     while (i < n_got && i < n_want && got[i] == want[i])
         i++;
-    CHECK(n_got == n_want && i == n_want, "%s: %zu ids, want %zu; first difference at %zu (%d, want %d)",
+    CHECK_MSG(n_got == n_want && i == n_want, "%s: %zu ids, want %zu; first difference at %zu (%d, want %d)",
           what, n_got, n_want, i, i < n_got ? got[i] : -1, i < n_want ? want[i] : -1);
 }
 
@@ -50,7 +51,7 @@ static void golden_case(const struct vl2_tokenizer *tok, const char *dir, const 
     snprintf(path, sizeof(path), "%s/%s/%s/input_ids.json", dir, preset, name);
     snprintf(what, sizeof(what), "%s/%s", preset, name);
     buf = test_slurp(path, NULL);
-    CHECK(buf != NULL, "cannot read '%s'", path);
+    CHECK_MSG(buf != NULL, "cannot read '%s'", path);
     if (!buf)
         return;
     j = cJSON_Parse(buf);
@@ -62,12 +63,12 @@ static void golden_case(const struct vl2_tokenizer *tok, const char *dir, const 
     /* per-image token counts from the tiling, checked against the file */
     crop = cJSON_GetObjectItem(j, "images_spatial_crop");
     num = cJSON_GetObjectItem(j, "num_image_tokens");
-    CHECK(cJSON_GetArraySize(crop) == cJSON_GetArraySize(num), "%s: crop/num", what);
+    CHECK_MSG(cJSON_GetArraySize(crop) == cJSON_GetArraySize(num), "%s: crop/num", what);
     cJSON_ArrayForEach(it, crop) {
         int tw = (int) cJSON_GetArrayItem(it, 0)->valuedouble;
         int th = (int) cJSON_GetArrayItem(it, 1)->valuedouble;
         img[n_img] = image_tokens(tw, th);
-        CHECK(img[n_img] == (int32_t) cJSON_GetArrayItem(num, (int) n_img)->valuedouble,
+        CHECK_MSG(img[n_img] == (int32_t) cJSON_GetArrayItem(num, (int) n_img)->valuedouble,
               "%s: image %zu: %d tokens for %dx%d, the file says otherwise", what, n_img,
               img[n_img], tw, th);
         n_img++;
@@ -76,14 +77,14 @@ static void golden_case(const struct vl2_tokenizer *tok, const char *dir, const 
     /* the user message is what the template wraps */
     prompt = cJSON_GetStringValue(cJSON_GetObjectItem(j, "prompt_text"));
     len = prompt ? strlen(prompt) : 0;
-    CHECK(prompt && len > sizeof(head) + sizeof(tail) && !strncmp(prompt, head, sizeof(head) - 1) &&
+    CHECK_MSG(prompt && len > sizeof(head) + sizeof(tail) && !strncmp(prompt, head, sizeof(head) - 1) &&
               !strcmp(prompt + len - (sizeof(tail) - 1), tail),
           "%s: unexpected prompt_text", what);
     if (prompt && len > sizeof(head) + sizeof(tail)) {
         msg = (struct vl2_message) { .role = VL2_ROLE_USER, .text = prompt + sizeof(head) - 1,
                                      .len = len - (sizeof(head) - 1) - (sizeof(tail) - 1) };
-        CHECK(vl2_prompt_count_images(&msg, 1) == n_img, "%s: count_images", what);
-        CHECK(vl2_prompt_build(tok, &msg, 1, img, n_img, &got, &n_got, &err) == 0, "%s: %s",
+        CHECK_MSG(vl2_prompt_count_images(&msg, 1) == n_img, "%s: count_images", what);
+        CHECK_MSG(vl2_prompt_build(tok, &msg, 1, img, n_img, &got, &n_got, &err) == 0, "%s: %s",
               what, err.msg);
         compare(got, n_got, want, n_want, what);
         free(got);
@@ -125,7 +126,7 @@ static void build_and_compare(const struct vl2_tokenizer *tok, const struct vl2_
     int32_t *got = NULL;
     size_t n = 0;
 
-    CHECK(vl2_prompt_build(tok, m, n_m, img, n_img, &got, &n, &err) == 0, "%s: %s", what,
+    CHECK_MSG(vl2_prompt_build(tok, m, n_m, img, n_img, &got, &n, &err) == 0, "%s: %s", what,
           err.msg);
     compare(got, n, want->v, want->n, what);
     free(got);
@@ -173,7 +174,7 @@ static void test_conversation(const struct vl2_tokenizer *tok)
         add_image(&want, 421);
         add_image(&want, 421);
         add(&want, describe, 7);
-        CHECK(vl2_prompt_count_images(m, 4) == 3, "count_images");
+        CHECK_MSG(vl2_prompt_count_images(m, 4) == 3, "count_images");
         build_and_compare(tok, m, 4, img3, 3, &want, "system + 3 images + 2 turns + grounding");
     }
     {   /* an empty user turn: "<|User|>:<|Assistant|>:" */
@@ -222,7 +223,7 @@ static void expect_einval(const struct vl2_tokenizer *tok, const struct vl2_mess
     if (r != VL2_EINVAL || !strstr(err.msg, needle)) {
         fprintf(stderr, "FAIL line %d: got %d '%s', want EINVAL naming '%s'\n", line, r, err.msg,
                 needle);
-        failures++;
+        check_failures++;
     }
     if (r == 0)
         free(got);
@@ -250,7 +251,7 @@ static void test_errors(const struct vl2_tokenizer *tok)
     {
         const struct vl2_message m[] = { MSG(VL2_ROLE_USER, "<image><imag<image>>"),
                                          MSG(VL2_ROLE_USER, "<<image>") };
-        CHECK(vl2_prompt_count_images(m, 2) == 3, "count_images with near misses");
+        CHECK_MSG(vl2_prompt_count_images(m, 2) == 3, "count_images with near misses");
     }
 }
 
@@ -276,9 +277,9 @@ int main(int argc, char **argv)
     test_conversation(tok);
     test_errors(tok);
     vl2_tokenizer_free(tok);
-    if (failures)
-        fprintf(stderr, "%d failures\n", failures);
+    if (check_failures)
+        fprintf(stderr, "%d check_failures\n", check_failures);
     else
         printf("12 golden prompts and the hand-built conversations match\n");
-    return failures ? 1 : 0;
+    return check_failures ? 1 : 0;
 }

@@ -13,7 +13,8 @@
 
 #include "tokenizer.h"
 
-#include "tcheck.h"
+#include "../common/check.h"
+#include "../common/util.h"
 
 /* JSON strings hold no NUL here except through \u0000, which cJSON cuts;
  * the golden corpus has "\u0000" in one case, so rebuild such strings from
@@ -94,25 +95,25 @@ static void check_decode(const struct vl2_tokenizer *tok, const int32_t *ids, si
     size_t len = 0, o = 0, i, k;
     const char *piece;
 
-    CHECK(vl2_tokenizer_decode(tok, ids, n, &text, &len, &err) == 0, "%s: decode: %s", what,
+    CHECK_MSG(vl2_tokenizer_decode(tok, ids, n, &text, &len, &err) == 0, "%s: decode: %s", what,
           err.msg);
-    CHECK(text && len == want_len && !memcmp(text, want, len),
+    CHECK_MSG(text && len == want_len && !memcmp(text, want, len),
           "%s: decoded text differs (%zu bytes, want %zu)", what, len, want_len);
     free(text);
 
     vl2_detok_init(&d, tok);
     for (i = 0; i < n; i++) {
-        CHECK(vl2_detok_push(&d, ids[i], &piece, &k) == 0, "%s: detok push", what);
+        CHECK_MSG(vl2_detok_push(&d, ids[i], &piece, &k) == 0, "%s: detok push", what);
         if (o + k <= 4 * want_len + 16)
             memcpy(streamed + o, piece, k);
         o += k;
     }
-    CHECK(vl2_detok_flush(&d, &piece, &k) == 0, "%s: detok flush", what);
+    CHECK_MSG(vl2_detok_flush(&d, &piece, &k) == 0, "%s: detok flush", what);
     if (o + k <= 4 * want_len + 16)
         memcpy(streamed + o, piece, k);
     o += k;
     vl2_detok_done(&d);
-    CHECK(o == want_len && !memcmp(streamed, want, o), "%s: streamed text differs", what);
+    CHECK_MSG(o == want_len && !memcmp(streamed, want, o), "%s: streamed text differs", what);
     free(streamed);
 }
 
@@ -121,7 +122,7 @@ static void golden_corpus(const struct vl2_tokenizer *tok, const char *path)
     size_t len, n_cases = 0;
     char *all = test_slurp(path, &len), *line, *save = NULL;
 
-    CHECK(all != NULL, "cannot read '%s'", path);
+    CHECK_MSG(all != NULL, "cannot read '%s'", path);
     if (!all)
         return;
     for (line = strtok_r(all, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -133,7 +134,7 @@ static void golden_corpus(const struct vl2_tokenizer *tok, const char *path)
         struct vl2_err err = { 0 };
         char what[64];
 
-        CHECK(j && text && decoded, "case %zu: bad line", n_cases);
+        CHECK_MSG(j && text && decoded, "case %zu: bad line", n_cases);
         if (!j || !text || !decoded)
             goto next;
         snprintf(what, sizeof(what), "case %zu", n_cases);
@@ -141,20 +142,20 @@ static void golden_corpus(const struct vl2_tokenizer *tok, const char *path)
         want = malloc(((size_t) cJSON_GetArraySize(jids) + 1) * sizeof(*want));
         cJSON_ArrayForEach(it, jids) want[n_want++] = (int32_t) it->valuedouble;
 
-        CHECK(vl2_tokenizer_encode(tok, text, text_len, &got, &n_got, &err) == 0,
+        CHECK_MSG(vl2_tokenizer_encode(tok, text, text_len, &got, &n_got, &err) == 0,
               "%s: encode: %s", what, err.msg);
         if (got) {
             size_t first = 0;
             while (first < n_got && first < n_want && got[first] == want[first])
                 first++;
-            CHECK(n_got == n_want && first == n_want,
+            CHECK_MSG(n_got == n_want && first == n_want,
                   "%s '%.40s': %zu ids, want %zu; first difference at %zu (%d, want %d)", what,
                   text, n_got, n_want, first, first < n_got ? got[first] : -1,
                   first < n_want ? want[first] : -1);
         }
         free(got);
         for (i = 0; i < n_want; i++)
-            CHECK((size_t) want[i] < vl2_tokenizer_vocab_size(tok), "%s: id out of range", what);
+            CHECK_MSG((size_t) want[i] < vl2_tokenizer_vocab_size(tok), "%s: id out of range", what);
         check_decode(tok, want, n_want, decoded, dec_len, what);
         free(want);
         n_cases++;
@@ -164,7 +165,7 @@ static void golden_corpus(const struct vl2_tokenizer *tok, const char *path)
         free(decoded);
     }
     free(all);
-    CHECK(n_cases >= 60, "only %zu golden cases", n_cases);
+    CHECK_MSG(n_cases >= 60, "only %zu golden cases", n_cases);
     printf("golden.jsonl: %zu cases\n", n_cases);
 }
 
@@ -186,7 +187,7 @@ static void golden_generated(const struct vl2_tokenizer *tok, const char *dir)
             snprintf(path, sizeof(path), "%s/%s/%s/generated.json", dir, presets[p], cases[c]);
             snprintf(what, sizeof(what), "%s/%s generated", presets[p], cases[c]);
             buf = test_slurp(path, &len);
-            CHECK(buf != NULL, "cannot read '%s'", path);
+            CHECK_MSG(buf != NULL, "cannot read '%s'", path);
             if (!buf)
                 continue;
             j = cJSON_Parse(buf);
@@ -194,7 +195,7 @@ static void golden_generated(const struct vl2_tokenizer *tok, const char *dir)
                 if (n < 64)
                     ids[n++] = (int32_t) it->valuedouble;
             it = cJSON_GetObjectItem(j, "text");
-            CHECK(cJSON_IsString(it) && n > 0, "%s: bad file", what);
+            CHECK_MSG(cJSON_IsString(it) && n > 0, "%s: bad file", what);
             if (cJSON_IsString(it))
                 check_decode(tok, ids, n, it->valuestring, strlen(it->valuestring), what);
             cJSON_Delete(j);
@@ -271,12 +272,12 @@ static void golden_threads(const struct vl2_tokenizer *tok, const char *path)
         free(text);
         cJSON_Delete(j);
     }
-    CHECK(k == N_THREADS, "only %zu long golden cases", k);
+    CHECK_MSG(k == N_THREADS, "only %zu long golden cases", k);
     for (i = 0; i < k; i++)
-        CHECK(pthread_create(&th[i], NULL, thread_main, &jobs[i]) == 0, "pthread_create");
+        CHECK_MSG(pthread_create(&th[i], NULL, thread_main, &jobs[i]) == 0, "pthread_create");
     for (i = 0; i < k; i++) {
         pthread_join(th[i], NULL);
-        CHECK(jobs[i].bad == 0, "thread %zu: %d wrong results", i, jobs[i].bad);
+        CHECK_MSG(jobs[i].bad == 0, "thread %zu: %d wrong results", i, jobs[i].bad);
         free(jobs[i].text);
         free(want[i]);
     }
@@ -302,7 +303,7 @@ int main(int argc, char **argv)
     if (argc > 3)
         golden_generated(tok, argv[3]);
     vl2_tokenizer_free(tok);
-    if (failures)
-        fprintf(stderr, "%d failures\n", failures);
-    return failures ? 1 : 0;
+    if (check_failures)
+        fprintf(stderr, "%d check_failures\n", check_failures);
+    return check_failures ? 1 : 0;
 }

@@ -16,7 +16,8 @@
 
 #include "tokenizer.h"
 
-#include "tcheck.h"
+#include "../common/check.h"
+#include "../common/util.h"
 
 static char tmpdir[64];
 
@@ -109,7 +110,7 @@ static void expect_ids(const struct vl2_tokenizer *tok, const char *text, size_t
                 err.msg);
         print_ids("got ", got, n);
         print_ids("want", want, n_want);
-        failures++;
+        check_failures++;
     }
     free(got);
 }
@@ -280,7 +281,7 @@ static void test_merge_order(void)
     for (i = 0; i < n_rules; i++)
         mini_merge(&m, rules[i][0], rules[i][1]);
     if (mini_load(&m, &tok, NULL, &err) < 0) {
-        CHECK(0, "load mini BPE: %s", err.msg);
+        CHECK_MSG(0, "load mini BPE: %s", err.msg);
         return;
     }
     /* worked by hand: ab first (rank 0), then ab+c (rank 2) */
@@ -335,7 +336,7 @@ static void test_added_tokens(void)
     mini_added(&m, "b<x>", false, false, false, false);   /* ids[3] */
     mini_added(&m, "<m>", true, false, true, true);       /* ids[4]: lstrip + rstrip */
     if (mini_load(&m, &tok, ids, &err) < 0) {
-        CHECK(0, "load mini added: %s", err.msg);
+        CHECK_MSG(0, "load mini added: %s", err.msg);
         return;
     }
     /* longest at the leftmost position */
@@ -350,14 +351,14 @@ static void test_added_tokens(void)
     /* lstrip / rstrip take the spaces around the token */
     EXPECT_IDS(tok, "a  <m>  a", 9, 'a', ids[4], 'a');
     EXPECT_IDS(tok, "a\t<m>\n", 6, 'a', ids[4]);
-    CHECK(vl2_tokenizer_is_special(tok, ids[0]) && !vl2_tokenizer_is_special(tok, ids[1]) &&
+    CHECK_MSG(vl2_tokenizer_is_special(tok, ids[0]) && !vl2_tokenizer_is_special(tok, ids[1]) &&
               !vl2_tokenizer_is_special(tok, 'a'),
           "is_special");
-    CHECK(vl2_tokenizer_id(tok, "<xy>") == ids[1] && vl2_tokenizer_id(tok, "cb") == ids[2] &&
+    CHECK_MSG(vl2_tokenizer_id(tok, "<xy>") == ids[1] && vl2_tokenizer_id(tok, "cb") == ids[2] &&
               vl2_tokenizer_id(tok, "nope") == -1,
           "vl2_tokenizer_id");
-    CHECK(vl2_tokenizer_vocab_size(tok) == (size_t) ids[4] + 1, "vocab size");
-    CHECK(vl2_tokenizer_bos(tok) == -1 && vl2_tokenizer_eos(tok) == -1, "no config: no bos/eos");
+    CHECK_MSG(vl2_tokenizer_vocab_size(tok) == (size_t) ids[4] + 1, "vocab size");
+    CHECK_MSG(vl2_tokenizer_bos(tok) == -1 && vl2_tokenizer_eos(tok) == -1, "no config: no bos/eos");
     vl2_tokenizer_free(tok);
 }
 
@@ -381,7 +382,7 @@ static struct vl2_tokenizer *split_tokenizer(const char *pretok, const char *con
     cJSON_AddTrueToObject(m.model, "ignore_merges");
     mini_set(&m, "pre_tokenizer", pretok);
     if (mini_load(&m, &tok, NULL, &err) < 0) {
-        CHECK(0, "load split tokenizer %s: %s", pretok, err.msg);
+        CHECK_MSG(0, "load split tokenizer %s: %s", pretok, err.msg);
         return NULL;
     }
     return tok;
@@ -481,7 +482,7 @@ static void test_byte_level_options(void)
         EXPECT_IDS(tok, " a", 2, ID(sp), 'a');
         vl2_tokenizer_free(tok);
     } else {
-        CHECK(0, "load: %s", err.msg);
+        CHECK_MSG(0, "load: %s", err.msg);
     }
     /* use_regex: GPT-2's split; "a b" is "a" + " b", and the merge Ġ b
      * applies inside the second piece only */
@@ -495,7 +496,7 @@ static void test_byte_level_options(void)
         EXPECT_IDS(tok, "a b", 3, 'a', ID(spb));
         vl2_tokenizer_free(tok);
     } else {
-        CHECK(0, "load: %s", err.msg);
+        CHECK_MSG(0, "load: %s", err.msg);
     }
 }
 
@@ -530,7 +531,7 @@ static void test_deepseek_llm_shape(void)
              "{\"type\":\"Digits\",\"individual_digits\":true},"
              "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]}");
     if (mini_load(&m, &tok, NULL, &err) < 0) {
-        CHECK(0, "load DeepSeek-LLM shaped pre-tokenizer: %s", err.msg);
+        CHECK_MSG(0, "load DeepSeek-LLM shaped pre-tokenizer: %s", err.msg);
         return;
     }
     EXPECT_IDS(tok, "Hello world\n  1234", 18, ID("Hello"), ID(spw), ID(nl), ID(spsp), '1', '2',
@@ -555,7 +556,7 @@ static void test_unk(void)
             cJSON_ReplaceItemInObject(m.model, "unk_token", cJSON_CreateString("<unk>"));
         cJSON_ReplaceItemInObject(m.model, "fuse_unk", cJSON_CreateBool(k == 1));
         if (mini_load(&m, &tok, NULL, &err) < 0) {
-            CHECK(0, "load unk: %s", err.msg);
+            CHECK_MSG(0, "load unk: %s", err.msg);
             continue;
         }
         if (k == 0)
@@ -579,7 +580,7 @@ static void expect_refused(struct mini *m, int code, const char *needle, int lin
     if (r != code || !strstr(err.msg, needle)) {
         fprintf(stderr, "FAIL line %d: load gave %d '%s', want %d naming '%s'\n", line, r,
                 err.msg, code, needle);
-        failures++;
+        check_failures++;
     }
     if (r == 0)
         vl2_tokenizer_free(tok);
@@ -668,39 +669,39 @@ static void test_refused(const char *real_dir)
     snprintf(path, sizeof(path), "%s/tokenizer.json", tmpdir);
     write_file(path, "{\"model\": {\"type\": \"BPE\", ", strlen("{\"model\": {\"type\": \"BPE\", "));
     r = vl2_tokenizer_load(&tok, tmpdir, &err);
-    CHECK(r == VL2_EFORMAT && strstr(err.msg, "invalid JSON"), "truncated JSON: %d %s", r,
+    CHECK_MSG(r == VL2_EFORMAT && strstr(err.msg, "invalid JSON"), "truncated JSON: %d %s", r,
           err.msg);
     write_file(path, "[1, 2]", 6);
     r = vl2_tokenizer_load(&tok, tmpdir, &err);
-    CHECK(r == VL2_EFORMAT, "JSON array: %d %s", r, err.msg);
+    CHECK_MSG(r == VL2_EFORMAT, "JSON array: %d %s", r, err.msg);
     (void) unlink(path);
     r = vl2_tokenizer_load(&tok, tmpdir, &err);
-    CHECK(r == VL2_ENOTFOUND && strstr(err.msg, "tokenizer.json"), "missing file: %d %s", r,
+    CHECK_MSG(r == VL2_ENOTFOUND && strstr(err.msg, "tokenizer.json"), "missing file: %d %s", r,
           err.msg);
 
     /* the real file with another model type, and an unknown pre-tokenizer */
     snprintf(path, sizeof(path), "%s/tokenizer.json", real_dir);
     json = test_slurp(path, &len);
-    CHECK(json != NULL, "cannot read %s", path);
+    CHECK_MSG(json != NULL, "cannot read %s", path);
     if (json) {
         snprintf(dst, sizeof(dst), "%s/tokenizer.json", tmpdir);
         p = strstr(json, "\"type\": \"BPE\"");
-        CHECK(p != NULL, "no BPE in the real file");
+        CHECK_MSG(p != NULL, "no BPE in the real file");
         if (p) {
             memcpy(p, "\"type\": \"Uni\"", 13);
             write_file(dst, json, len);
             r = vl2_tokenizer_load(&tok, tmpdir, &err);
-            CHECK(r == VL2_EUNSUPPORTED && strstr(err.msg, "model type 'Uni'"),
+            CHECK_MSG(r == VL2_EUNSUPPORTED && strstr(err.msg, "model type 'Uni'"),
                   "real file, model Uni: %d %s", r, err.msg);
             memcpy(p, "\"type\": \"BPE\"", 13);
         }
         p = strstr(json, "\"type\": \"Split\"");
-        CHECK(p != NULL, "no Split in the real file");
+        CHECK_MSG(p != NULL, "no Split in the real file");
         if (p) {
             memcpy(p, "\"type\": \"Spilt\"", 15);
             write_file(dst, json, len);
             r = vl2_tokenizer_load(&tok, tmpdir, &err);
-            CHECK(r == VL2_EUNSUPPORTED && strstr(err.msg, "pre-tokenizer 'Spilt'"),
+            CHECK_MSG(r == VL2_EUNSUPPORTED && strstr(err.msg, "pre-tokenizer 'Spilt'"),
                   "real file, pre-tokenizer Spilt: %d %s", r, err.msg);
         }
         (void) unlink(dst);
@@ -717,7 +718,7 @@ static void encode_or_fail(const struct vl2_tokenizer *tok, const char *s, size_
 
     *ids = NULL;
     *n_ids = 0;
-    CHECK(vl2_tokenizer_encode(tok, s, n, ids, n_ids, &err) == 0, "%s: %s", what, err.msg);
+    CHECK_MSG(vl2_tokenizer_encode(tok, s, n, ids, n_ids, &err) == 0, "%s: %s", what, err.msg);
 }
 
 static bool roundtrips(const struct vl2_tokenizer *tok, const char *s, size_t n)
@@ -743,7 +744,7 @@ static void same_ids(const struct vl2_tokenizer *tok, const char *a, size_t na, 
 
     encode_or_fail(tok, a, na, &ia, &n1, what);
     encode_or_fail(tok, b, nb, &ib, &n2, what);
-    CHECK(ia && ib && ids_equal(ia, n1, ib, n2), "%s: ids differ", what);
+    CHECK_MSG(ia && ib && ids_equal(ia, n1, ib, n2), "%s: ids differ", what);
     free(ia);
     free(ib);
 }
@@ -764,10 +765,10 @@ static void test_bad_input(const struct vl2_tokenizer *tok)
              "UTF-8 encoded surrogate");
     same_ids(tok, "\xF0\x9F\x98", 3, fffd, 3, "truncated emoji");
     same_ids(tok, "\xC0\xAF", 2, "\xEF\xBF\xBD\xEF\xBF\xBD", 6, "overlong");
-    CHECK(vl2_tokenizer_encode(tok, NULL, 5, &ids, &n, &err) == VL2_EINVAL, "NULL text");
-    CHECK(vl2_tokenizer_encode(tok, "", 0, &ids, &n, &err) == 0 && n == 0 && ids, "empty text");
+    CHECK_MSG(vl2_tokenizer_encode(tok, NULL, 5, &ids, &n, &err) == VL2_EINVAL, "NULL text");
+    CHECK_MSG(vl2_tokenizer_encode(tok, "", 0, &ids, &n, &err) == 0 && n == 0 && ids, "empty text");
     free(ids);
-    CHECK(roundtrips(tok, "a\0b\0\0", 5), "NUL bytes");
+    CHECK_MSG(roundtrips(tok, "a\0b\0\0", 5), "NUL bytes");
 
     /* 10 MB without a space: one pre-token */
     s = malloc(big);
@@ -775,18 +776,18 @@ static void test_bad_input(const struct vl2_tokenizer *tok)
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         s[i] = (char) ('a' + (rng >> 33) % 26);
     }
-    CHECK(roundtrips(tok, s, big), "10 MB of letters");
+    CHECK_MSG(roundtrips(tok, s, big), "10 MB of letters");
     memset(s, '7', big / 4);
-    CHECK(roundtrips(tok, s, big / 4), "2.5 MB of digits");
+    CHECK_MSG(roundtrips(tok, s, big / 4), "2.5 MB of digits");
 
     /* only special tokens */
     for (i = 0; i + 7 <= big / 4; i += 7)
         memcpy(s + i, "<image>", 7);
     encode_or_fail(tok, s, i, &ids, &n, "special tokens only");
-    CHECK(ids && n == i / 7, "special tokens only: %zu ids", n);
+    CHECK_MSG(ids && n == i / 7, "special tokens only: %zu ids", n);
     for (i = 0; ids && i < n; i++)
         if (ids[i] != img) {
-            CHECK(0, "special tokens only: id %zu is %d", i, ids[i]);
+            CHECK_MSG(0, "special tokens only: id %zu is %d", i, ids[i]);
             break;
         }
     free(ids);
@@ -809,7 +810,7 @@ static void test_bad_input(const struct vl2_tokenizer *tok)
                 c = 0xFFFD;
             len += put_utf8(buf + len, c);
         }
-        CHECK(roundtrips(tok, buf, len), "random text %zu", i);
+        CHECK_MSG(roundtrips(tok, buf, len), "random text %zu", i);
         for (k = 0; k < len; k++) {
             rng = rng * 6364136223846793005ull + 1442695040888963407ull;
             buf[k] = (char) (rng >> 56);
@@ -871,18 +872,18 @@ static void expect_stream(const struct vl2_tokenizer *tok, const int32_t *ids,
 
     vl2_detok_init(&d, tok);
     for (i = 0; i < n; i++) {
-        CHECK(vl2_detok_push(&d, ids[i], &out, &len) == 0, "line %d: push", line);
+        CHECK_MSG(vl2_detok_push(&d, ids[i], &out, &len) == 0, "line %d: push", line);
         if (len != strlen(want[i]) || memcmp(out, want[i], len)) {
             fprintf(stderr, "FAIL line %d: push %zu gave '%.*s', want '%s'\n", line, i, (int) len,
                     out, want[i]);
-            failures++;
+            check_failures++;
         }
     }
-    CHECK(vl2_detok_flush(&d, &out, &len) == 0, "line %d: flush", line);
+    CHECK_MSG(vl2_detok_flush(&d, &out, &len) == 0, "line %d: flush", line);
     if (len != strlen(want_flush) || memcmp(out, want_flush, len)) {
         fprintf(stderr, "FAIL line %d: flush gave '%.*s', want '%s'\n", line, (int) len, out,
                 want_flush);
-        failures++;
+        check_failures++;
     }
     vl2_detok_done(&d);
 }
@@ -961,21 +962,21 @@ static void test_detok(const struct vl2_tokenizer *tok)
             default: ids[i] = (int32_t) ((rng >> 20) % 140000) - 100; break;
             }
         }
-        CHECK(vl2_tokenizer_decode(tok, ids, n, &whole, &len, NULL) == 0, "decode");
+        CHECK_MSG(vl2_tokenizer_decode(tok, ids, n, &whole, &len, NULL) == 0, "decode");
         vl2_detok_init(&d, tok);
         for (i = 0; i <= n; i++) {
             if (i < n)
-                CHECK(vl2_detok_push(&d, ids[i], &piece, &plen) == 0, "push");
+                CHECK_MSG(vl2_detok_push(&d, ids[i], &piece, &plen) == 0, "push");
             else
-                CHECK(vl2_detok_flush(&d, &piece, &plen) == 0, "flush");
-            CHECK(valid_utf8(piece, plen), "random %zu: piece %zu is not valid UTF-8", k, i);
+                CHECK_MSG(vl2_detok_flush(&d, &piece, &plen) == 0, "flush");
+            CHECK_MSG(valid_utf8(piece, plen), "random %zu: piece %zu is not valid UTF-8", k, i);
             if (o + plen < sizeof(stream))
                 memcpy(stream + o, piece, plen);
             o += plen;
         }
         vl2_detok_done(&d);
-        CHECK(o == len && !memcmp(stream, whole, len), "random %zu: stream != decode", k);
-        CHECK(valid_utf8(whole, len) && strlen(whole) <= len, "random %zu: decode invalid", k);
+        CHECK_MSG(o == len && !memcmp(stream, whole, len), "random %zu: stream != decode", k);
+        CHECK_MSG(valid_utf8(whole, len) && strlen(whole) <= len, "random %zu: decode invalid", k);
         free(whole);
     }
 }
@@ -1003,19 +1004,19 @@ int main(int argc, char **argv)
     test_refused(argv[1]);
     if (vl2_tokenizer_load(&tok, argv[1], &err) < 0) {
         fprintf(stderr, "FAIL load: %s\n", err.msg);
-        failures++;
+        check_failures++;
     } else {
-        CHECK(vl2_tokenizer_bos(tok) == 0 && vl2_tokenizer_eos(tok) == 1, "bos/eos from config");
-        CHECK(vl2_tokenizer_vocab_size(tok) == 128823, "vocab size %zu",
+        CHECK_MSG(vl2_tokenizer_bos(tok) == 0 && vl2_tokenizer_eos(tok) == 1, "bos/eos from config");
+        CHECK_MSG(vl2_tokenizer_vocab_size(tok) == 128823, "vocab size %zu",
               vl2_tokenizer_vocab_size(tok));
         test_bad_input(tok);
         test_detok(tok);
         vl2_tokenizer_free(tok);
     }
     (void) rmdir(tmpdir);
-    if (failures)
-        fprintf(stderr, "%d failures\n", failures);
+    if (check_failures)
+        fprintf(stderr, "%d check_failures\n", check_failures);
     else
         printf("all tokenizer unit tests passed\n");
-    return failures ? 1 : 0;
+    return check_failures ? 1 : 0;
 }

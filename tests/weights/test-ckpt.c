@@ -18,7 +18,7 @@
 #include "vl2-backend.h"
 #include "weights.h"
 #include "weights-impl.h"
-#include "wtest.h"
+#include "../common/check.h"
 
 static int read_file(const char *dir, const char *name, char **buf, size_t *len)
 {
@@ -33,11 +33,11 @@ static void same_file(const char *a, const char *b, const char *name)
     char *x = NULL, *y = NULL;
     size_t nx = 0, ny = 0;
 
-    CHECK_EQ_I(read_file(a, name, &x, &nx), 0);
-    CHECK_EQ_I(read_file(b, name, &y, &ny), 0);
+    CHECK_EQ_INT(read_file(a, name, &x, &nx), 0);
+    CHECK_EQ_INT(read_file(b, name, &y, &ny), 0);
     if (x && y && (nx != ny || memcmp(x, y, nx))) {
         fprintf(stderr, "%s differs from the golden one\n", name);
-        wt_failures++;
+        check_failures++;
     }
     free(x);
     free(y);
@@ -82,12 +82,12 @@ int main(int argc, char **argv)
     }
 
     /* the file hash, computed over the mapping */
-    CHECK_EQ_I(vl2_weights_open(&w, argv[1], &err), 0);
+    CHECK_EQ_INT(vl2_weights_open(&w, argv[1], &err), 0);
     if (!w) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    CHECK_EQ_I(vl2_weights_file_count(w), 1);
+    CHECK_EQ_INT(vl2_weights_file_count(w), 1);
     {
         /* the whole file, read (not mapped), hashed; the mapping must show
          * the same bytes where tensor 0 lives (offset 0 of the data area) */
@@ -98,8 +98,8 @@ int main(int argc, char **argv)
         int k;
 
         hex[0] = '\0';
-        CHECK_EQ_I(read_file(argv[1], "model.safetensors", &f, &flen), 0);
-        CHECK_EQ_I(flen, vl2_weights_mapped_size(w));
+        CHECK_EQ_INT(read_file(argv[1], "model.safetensors", &f, &flen), 0);
+        CHECK_EQ_INT(flen, vl2_weights_mapped_size(w));
         if (f && flen > 8) {
             for (k = 0; k < 8; k++)
                 hl |= (uint64_t) (uint8_t) f[k] << (8 * k);
@@ -110,11 +110,11 @@ int main(int argc, char **argv)
         }
         free(f);
     }
-    CHECK_EQ_I(read_file(argv[2], "model.safetensors.sha256", &text, &len), 0);
+    CHECK_EQ_INT(read_file(argv[2], "model.safetensors.sha256", &text, &len), 0);
     if (text) {
         if (len < 64 || memcmp(text, hex, 64) != 0) {
             fprintf(stderr, "sha256 %s, golden %.64s\n", hex, text);
-            wt_failures++;
+            check_failures++;
         }
         free(text);
     }
@@ -128,10 +128,10 @@ int main(int argc, char **argv)
         CHECK(access(p, R_OK) == 0);
     }
 
-    CHECK_EQ_I(vl2_config_load(&cfg, argv[1], &err), 0);
-    CHECK_EQ_I(vl2_model_validate(&cfg, w, &err), 0);
+    CHECK_EQ_INT(vl2_config_load(&cfg, argv[1], &err), 0);
+    CHECK_EQ_INT(vl2_model_validate(&cfg, w, &err), 0);
     CHECK(vl2_model_tensor_specs(&cfg, &v, &n, &err) > 0);
-    CHECK_EQ_I(vl2_weights_count(w), n);
+    CHECK_EQ_INT(vl2_weights_count(w), n);
 
     /* value ranges of the documented init (golden README / make_ckpt.py) */
     t = vl2_weights_find(w, "vision.norm.weight");       /* 1 + 0.1*sqrt(3)*u */
@@ -151,18 +151,18 @@ int main(int argc, char **argv)
     }
 
     if (argc == 4) {
-        CHECK_EQ_I(vl2_weights_open(&ws, argv[3], &err), 0);
+        CHECK_EQ_INT(vl2_weights_open(&ws, argv[3], &err), 0);
         if (ws) {
             CHECK(vl2_weights_file_count(ws) > 1);
-            CHECK_EQ_I(vl2_weights_count(ws), vl2_weights_count(w));
-            CHECK_EQ_I(vl2_model_validate(&cfg, ws, &err), 0);
+            CHECK_EQ_INT(vl2_weights_count(ws), vl2_weights_count(w));
+            CHECK_EQ_INT(vl2_model_validate(&cfg, ws, &err), 0);
             for (i = 0; i < vl2_weights_count(w); i++) {
                 const struct vl2_st_tensor *a = vl2_weights_at(w, i);
                 const struct vl2_st_tensor *b = vl2_weights_find(ws, a->name);
                 CHECK(b && b->size == a->size && b->dtype == a->dtype && b->ndim == a->ndim);
                 if (b && b->size == a->size && memcmp(a->data, b->data, a->size)) {
                     fprintf(stderr, "tensor '%s' differs in the sharded copy\n", a->name);
-                    wt_failures++;
+                    check_failures++;
                 }
             }
             vl2_weights_close(ws);
@@ -170,5 +170,5 @@ int main(int argc, char **argv)
     }
     free(v);
     vl2_weights_close(w);
-    return wt_done("test-ckpt");
+    return check_report("test-ckpt");
 }

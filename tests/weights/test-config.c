@@ -12,7 +12,7 @@
 
 #include "weights.h"
 #include "weights-impl.h"
-#include "wtest.h"
+#include "../common/check.h"
 
 /* The published deepseek-vl2 (base) config.json (spec 1.1; a copy is in
  * repository earl-juanico/rca), compacted. */
@@ -55,59 +55,59 @@ static void test_defaults(void)
     struct vl2_model_config c;
     struct vl2_err err = { 0 };
 
-    CHECK_EQ_I(parse(&c, s, &err), 0);
-    CHECK_EQ_I(c.lm.n_vocab, 102400);
-    CHECK_EQ_I(c.lm.d_model, 4096);
-    CHECK_EQ_I(c.lm.d_ff, 11008);
-    CHECK_EQ_I(c.lm.d_ff_expert, 1407);
-    CHECK_EQ_I(c.lm.n_layer, 30);
-    CHECK_EQ_I(c.lm.n_head, 32);
-    CHECK_EQ_I(c.lm.n_kv_head, 32);
-    CHECK_EQ_I(c.lm.use_mla, 1);
-    CHECK_EQ_I(c.lm.q_lora_rank, 1536);
-    CHECK_EQ_I(c.lm.kv_lora_rank, 512);
-    CHECK_EQ_I(c.lm.d_rope, 64);
-    CHECK_EQ_I(c.lm.d_v, 128);
-    CHECK_EQ_I(c.lm.d_nope, 128);
-    CHECK_EQ_I(c.lm.n_expert, 0);   /* null: dense */
-    CHECK_EQ_I(c.lm.n_shared, 0);
+    CHECK_EQ_INT(parse(&c, s, &err), 0);
+    CHECK_EQ_INT(c.lm.n_vocab, 102400);
+    CHECK_EQ_INT(c.lm.d_model, 4096);
+    CHECK_EQ_INT(c.lm.d_ff, 11008);
+    CHECK_EQ_INT(c.lm.d_ff_expert, 1407);
+    CHECK_EQ_INT(c.lm.n_layer, 30);
+    CHECK_EQ_INT(c.lm.n_head, 32);
+    CHECK_EQ_INT(c.lm.n_kv_head, 32);
+    CHECK_EQ_INT(c.lm.use_mla, 1);
+    CHECK_EQ_INT(c.lm.q_lora_rank, 1536);
+    CHECK_EQ_INT(c.lm.kv_lora_rank, 512);
+    CHECK_EQ_INT(c.lm.d_rope, 64);
+    CHECK_EQ_INT(c.lm.d_v, 128);
+    CHECK_EQ_INT(c.lm.d_nope, 128);
+    CHECK_EQ_INT(c.lm.n_expert, 0);   /* null: dense */
+    CHECK_EQ_INT(c.lm.n_shared, 0);
     CHECK(c.lm.routed_scale == 1.0);
-    CHECK_EQ_I(c.lm.moe_layer_freq, 1);
-    CHECK_EQ_I(c.lm.first_dense, 0);
-    CHECK_EQ_I(c.lm.norm_topk_prob, 0);
-    CHECK_EQ_I(c.lm.scoring, VL2_SCORING_SOFTMAX);
-    CHECK_EQ_I(c.lm.n_ctx, 2048);
+    CHECK_EQ_INT(c.lm.moe_layer_freq, 1);
+    CHECK_EQ_INT(c.lm.first_dense, 0);
+    CHECK_EQ_INT(c.lm.norm_topk_prob, 0);
+    CHECK_EQ_INT(c.lm.scoring, VL2_SCORING_SOFTMAX);
+    CHECK_EQ_INT(c.lm.n_ctx, 2048);
     CHECK(c.lm.rms_eps == 1e-6);
-    CHECK_EQ_I(c.lm.bos_id, 100000);
-    CHECK_EQ_I(c.lm.eos_id, 100001);
-    CHECK_EQ_I(c.lm.pad_id, -1);
+    CHECK_EQ_INT(c.lm.bos_id, 100000);
+    CHECK_EQ_INT(c.lm.eos_id, 100001);
+    CHECK_EQ_INT(c.lm.pad_id, -1);
     CHECK(c.lm.rope_theta == 10000.0);
-    CHECK_EQ_I(c.lm.has_rope_scaling, 0);
-    CHECK_EQ_I(c.lm.tie_embeddings, 0);
+    CHECK_EQ_INT(c.lm.has_rope_scaling, 0);
+    CHECK_EQ_INT(c.lm.tie_embeddings, 0);
     /* VisionEncoderConfig defaults */
-    CHECK_EQ_I(c.vision.n_layer, 24);
-    CHECK_EQ_I(c.vision.n_head, 16);
-    CHECK_EQ_I(c.vision.d_mlp, 4608);
-    CHECK_EQ_I(c.vision.patch_size, 16);
-    CHECK_EQ_I(c.vision.image_size, 384);
-    CHECK_EQ_I(c.vision.grid, 24);
+    CHECK_EQ_INT(c.vision.n_layer, 24);
+    CHECK_EQ_INT(c.vision.n_head, 16);
+    CHECK_EQ_INT(c.vision.d_mlp, 4608);
+    CHECK_EQ_INT(c.vision.patch_size, 16);
+    CHECK_EQ_INT(c.vision.image_size, 384);
+    CHECK_EQ_INT(c.vision.grid, 24);
     /* MlpProjectorConfig defaults */
-    CHECK_EQ_I(c.proj.d_in, 1152);
-    CHECK_EQ_I(c.proj.depth, 2);
-    CHECK_EQ_I(c.proj.downsample, 2);
+    CHECK_EQ_INT(c.proj.d_in, 1152);
+    CHECK_EQ_INT(c.proj.depth, 2);
+    CHECK_EQ_INT(c.proj.downsample, 2);
     CHECK(!strcmp(c.proj.type, "downsample_mlp_gelu"));
     /* DeepseekVLV2Config */
-    CHECK_EQ_I(c.n_candidates, 1);
-    CHECK_EQ_I(c.candidates[0][0], 384);
+    CHECK_EQ_INT(c.n_candidates, 1);
+    CHECK_EQ_INT(c.candidates[0][0], 384);
     CHECK(!strcmp(c.global_view_pos, "head"));
 
     /* num_key_value_heads null -> num_attention_heads */
-    CHECK_EQ_I(parse(&c, "{\"tile_tag\": \"2D\", \"vision_config\": {\"width\": 1152},"
+    CHECK_EQ_INT(parse(&c, "{\"tile_tag\": \"2D\", \"vision_config\": {\"width\": 1152},"
                          " \"projector_config\": {\"n_embed\": 64}, \"language_config\":"
                          " {\"hidden_size\": 64, \"num_attention_heads\": 4, \"use_mla\": false,"
                          " \"num_key_value_heads\": null}}", &err), 0);
-    CHECK_EQ_I(c.lm.n_kv_head, 4);
-    CHECK_EQ_I(c.lm.d_head, 16);
+    CHECK_EQ_INT(c.lm.n_kv_head, 4);
+    CHECK_EQ_INT(c.lm.d_head, 16);
 }
 
 static void test_base(void)
@@ -116,51 +116,51 @@ static void test_base(void)
     struct vl2_param_counts p;
     struct vl2_err err = { 0 };
 
-    CHECK_EQ_I(parse(&c, base_config, &err), 0);
+    CHECK_EQ_INT(parse(&c, base_config, &err), 0);
     /* spec 1.2, base column */
-    CHECK_EQ_I(c.lm.d_model, 2560);
-    CHECK_EQ_I(c.lm.n_layer, 30);
-    CHECK_EQ_I(c.lm.n_head, 32);
-    CHECK_EQ_I(c.lm.use_mla, 1);
-    CHECK_EQ_I(c.lm.q_lora_rank, 0);
-    CHECK_EQ_I(c.lm.kv_lora_rank, 512);
-    CHECK_EQ_I(c.lm.d_nope, 128);
-    CHECK_EQ_I(c.lm.d_rope, 64);
-    CHECK_EQ_I(c.lm.d_v, 128);
-    CHECK_EQ_I(c.lm.d_ff, 12288);
-    CHECK_EQ_I(c.lm.d_ff_expert, 1536);
-    CHECK_EQ_I(c.lm.n_expert, 72);
-    CHECK_EQ_I(c.lm.n_shared, 2);
-    CHECK_EQ_I(c.lm.top_k, 6);
-    CHECK_EQ_I(c.lm.first_dense, 1);
-    CHECK_EQ_I(c.lm.topk_method, VL2_TOPK_NOAUX_TC);
-    CHECK_EQ_I(c.lm.scoring, VL2_SCORING_SIGMOID);
-    CHECK_EQ_I(c.lm.n_group, 1);
-    CHECK_EQ_I(c.lm.topk_group, 1);
-    CHECK_EQ_I(c.lm.norm_topk_prob, 1);
+    CHECK_EQ_INT(c.lm.d_model, 2560);
+    CHECK_EQ_INT(c.lm.n_layer, 30);
+    CHECK_EQ_INT(c.lm.n_head, 32);
+    CHECK_EQ_INT(c.lm.use_mla, 1);
+    CHECK_EQ_INT(c.lm.q_lora_rank, 0);
+    CHECK_EQ_INT(c.lm.kv_lora_rank, 512);
+    CHECK_EQ_INT(c.lm.d_nope, 128);
+    CHECK_EQ_INT(c.lm.d_rope, 64);
+    CHECK_EQ_INT(c.lm.d_v, 128);
+    CHECK_EQ_INT(c.lm.d_ff, 12288);
+    CHECK_EQ_INT(c.lm.d_ff_expert, 1536);
+    CHECK_EQ_INT(c.lm.n_expert, 72);
+    CHECK_EQ_INT(c.lm.n_shared, 2);
+    CHECK_EQ_INT(c.lm.top_k, 6);
+    CHECK_EQ_INT(c.lm.first_dense, 1);
+    CHECK_EQ_INT(c.lm.topk_method, VL2_TOPK_NOAUX_TC);
+    CHECK_EQ_INT(c.lm.scoring, VL2_SCORING_SIGMOID);
+    CHECK_EQ_INT(c.lm.n_group, 1);
+    CHECK_EQ_INT(c.lm.topk_group, 1);
+    CHECK_EQ_INT(c.lm.norm_topk_prob, 1);
     CHECK(c.lm.routed_scale == 2.0);
-    CHECK_EQ_I(c.lm.n_vocab, 129280);
-    CHECK_EQ_I(c.lm.n_ctx, 4096);
-    CHECK_EQ_I(c.lm.bos_id, 0);
-    CHECK_EQ_I(c.lm.eos_id, 1);
-    CHECK_EQ_I(c.vision.d_model, 1152);
-    CHECK_EQ_I(c.vision.n_layer, 27);
-    CHECK_EQ_I(c.vision.n_head, 16);
-    CHECK_EQ_I(c.vision.d_head, 72);
-    CHECK_EQ_I(c.vision.d_mlp, 4304);
-    CHECK_EQ_I(c.vision.patch_size, 14);
-    CHECK_EQ_I(c.vision.grid, 27);
-    CHECK_EQ_I(c.proj.d_in, 1152);
-    CHECK_EQ_I(c.proj.d_model, 2560);
-    CHECK_EQ_I(c.n_candidates, 23);
-    CHECK_EQ_I(c.candidates[22][0], 1152);
-    CHECK_EQ_I(c.candidates[5][0], 384);
-    CHECK_EQ_I(c.candidates[5][1], 1536);
+    CHECK_EQ_INT(c.lm.n_vocab, 129280);
+    CHECK_EQ_INT(c.lm.n_ctx, 4096);
+    CHECK_EQ_INT(c.lm.bos_id, 0);
+    CHECK_EQ_INT(c.lm.eos_id, 1);
+    CHECK_EQ_INT(c.vision.d_model, 1152);
+    CHECK_EQ_INT(c.vision.n_layer, 27);
+    CHECK_EQ_INT(c.vision.n_head, 16);
+    CHECK_EQ_INT(c.vision.d_head, 72);
+    CHECK_EQ_INT(c.vision.d_mlp, 4304);
+    CHECK_EQ_INT(c.vision.patch_size, 14);
+    CHECK_EQ_INT(c.vision.grid, 27);
+    CHECK_EQ_INT(c.proj.d_in, 1152);
+    CHECK_EQ_INT(c.proj.d_model, 2560);
+    CHECK_EQ_INT(c.n_candidates, 23);
+    CHECK_EQ_INT(c.candidates[22][0], 1152);
+    CHECK_EQ_INT(c.candidates[5][0], 384);
+    CHECK_EQ_INT(c.candidates[5][1], 1536);
     /* spec 1.3: exact totals */
-    CHECK_EQ_I(vl2_model_count_params(&c, &p, &err), 0);
-    CHECK_EQ_I(p.total, 27480134248LL);
-    CHECK_EQ_I(p.vision - p.vision_pool, 412987248LL);
-    CHECK_EQ_I(p.vision_pool, 15238352LL);
+    CHECK_EQ_INT(vl2_model_count_params(&c, &p, &err), 0);
+    CHECK_EQ_INT(p.total, 27480134248LL);
+    CHECK_EQ_INT(p.vision - p.vision_pool, 412987248LL);
+    CHECK_EQ_INT(p.vision_pool, 15238352LL);
     /* activated: spec 4 124 M (LM) and 4.555 B (with vision + projector) */
     CHECK(llabs(p.active_lm - 4124000000LL) < 1000000);
     CHECK(llabs(p.active - 4555000000LL) < 1000000);
@@ -178,53 +178,53 @@ static void test_golden(const char *golden)
         char dir[4096];
 
         snprintf(dir, sizeof(dir), "%s/%s", golden, presets[i]);
-        CHECK_EQ_I(vl2_config_load(&c, dir, &err), 0);
+        CHECK_EQ_INT(vl2_config_load(&c, dir, &err), 0);
         /* golden README table */
-        CHECK_EQ_I(c.vision.d_model, 64);
-        CHECK_EQ_I(c.vision.n_layer, 2);
-        CHECK_EQ_I(c.vision.n_head, 4);
-        CHECK_EQ_I(c.vision.d_mlp, 239);
-        CHECK_EQ_I(c.lm.d_model, 64);
-        CHECK_EQ_I(c.lm.n_layer, 3);
-        CHECK_EQ_I(c.lm.first_dense, 1);
-        CHECK_EQ_I(c.lm.d_ff, 128);
-        CHECK_EQ_I(c.lm.n_expert, 8);
-        CHECK_EQ_I(c.lm.top_k, 2);
-        CHECK_EQ_I(c.lm.d_ff_expert, 32);
-        CHECK_EQ_I(c.lm.n_shared, 2);
-        CHECK_EQ_I(c.lm.n_vocab, 129280);
-        CHECK_EQ_I(c.n_candidates, 23);
-        CHECK_EQ_I(vl2_lm_is_moe(&c.lm, 0), 0);
-        CHECK_EQ_I(vl2_lm_is_moe(&c.lm, 1), 1);
-        CHECK_EQ_I(vl2_lm_is_moe(&c.lm, 2), 1);
+        CHECK_EQ_INT(c.vision.d_model, 64);
+        CHECK_EQ_INT(c.vision.n_layer, 2);
+        CHECK_EQ_INT(c.vision.n_head, 4);
+        CHECK_EQ_INT(c.vision.d_mlp, 239);
+        CHECK_EQ_INT(c.lm.d_model, 64);
+        CHECK_EQ_INT(c.lm.n_layer, 3);
+        CHECK_EQ_INT(c.lm.first_dense, 1);
+        CHECK_EQ_INT(c.lm.d_ff, 128);
+        CHECK_EQ_INT(c.lm.n_expert, 8);
+        CHECK_EQ_INT(c.lm.top_k, 2);
+        CHECK_EQ_INT(c.lm.d_ff_expert, 32);
+        CHECK_EQ_INT(c.lm.n_shared, 2);
+        CHECK_EQ_INT(c.lm.n_vocab, 129280);
+        CHECK_EQ_INT(c.n_candidates, 23);
+        CHECK_EQ_INT(vl2_lm_is_moe(&c.lm, 0), 0);
+        CHECK_EQ_INT(vl2_lm_is_moe(&c.lm, 1), 1);
+        CHECK_EQ_INT(vl2_lm_is_moe(&c.lm, 2), 1);
         if (i == 0) {
-            CHECK_EQ_I(c.lm.use_mla, 0);
-            CHECK_EQ_I(c.lm.d_head, 16);
-            CHECK_EQ_I(c.lm.scoring, VL2_SCORING_SOFTMAX);
-            CHECK_EQ_I(c.lm.topk_method, VL2_TOPK_GREEDY);
+            CHECK_EQ_INT(c.lm.use_mla, 0);
+            CHECK_EQ_INT(c.lm.d_head, 16);
+            CHECK_EQ_INT(c.lm.scoring, VL2_SCORING_SOFTMAX);
+            CHECK_EQ_INT(c.lm.topk_method, VL2_TOPK_GREEDY);
         } else if (i == 1) {
-            CHECK_EQ_I(c.lm.use_mla, 1);
-            CHECK_EQ_I(c.lm.kv_lora_rank, 32);
-            CHECK_EQ_I(c.lm.q_lora_rank, 0);
-            CHECK_EQ_I(c.lm.d_nope, 16);
-            CHECK_EQ_I(c.lm.d_rope, 8);
-            CHECK_EQ_I(c.lm.d_v, 16);
+            CHECK_EQ_INT(c.lm.use_mla, 1);
+            CHECK_EQ_INT(c.lm.kv_lora_rank, 32);
+            CHECK_EQ_INT(c.lm.q_lora_rank, 0);
+            CHECK_EQ_INT(c.lm.d_nope, 16);
+            CHECK_EQ_INT(c.lm.d_rope, 8);
+            CHECK_EQ_INT(c.lm.d_v, 16);
         } else {
-            CHECK_EQ_I(c.lm.q_lora_rank, 48);
-            CHECK_EQ_I(c.lm.scoring, VL2_SCORING_SIGMOID);
-            CHECK_EQ_I(c.lm.topk_method, VL2_TOPK_NOAUX_TC);
-            CHECK_EQ_I(c.lm.n_group, 4);
-            CHECK_EQ_I(c.lm.topk_group, 2);
-            CHECK_EQ_I(c.lm.norm_topk_prob, 1);
+            CHECK_EQ_INT(c.lm.q_lora_rank, 48);
+            CHECK_EQ_INT(c.lm.scoring, VL2_SCORING_SIGMOID);
+            CHECK_EQ_INT(c.lm.topk_method, VL2_TOPK_NOAUX_TC);
+            CHECK_EQ_INT(c.lm.n_group, 4);
+            CHECK_EQ_INT(c.lm.topk_group, 2);
+            CHECK_EQ_INT(c.lm.norm_topk_prob, 1);
             CHECK(c.lm.routed_scale == 2.0);
         }
-        CHECK_EQ_I(vl2_processor_config_load(&pc, dir, &err), 0);
-        CHECK_EQ_I(pc.n_candidates, 23);
-        CHECK_EQ_I(pc.candidates[1][1], 768);
-        CHECK_EQ_I(pc.patch_size, 14);
-        CHECK_EQ_I(pc.downsample, 2);
+        CHECK_EQ_INT(vl2_processor_config_load(&pc, dir, &err), 0);
+        CHECK_EQ_INT(pc.n_candidates, 23);
+        CHECK_EQ_INT(pc.candidates[1][1], 768);
+        CHECK_EQ_INT(pc.patch_size, 14);
+        CHECK_EQ_INT(pc.downsample, 2);
         CHECK(pc.image_mean[0] == 0.5f && pc.image_std[2] == 0.5f);
-        CHECK_EQ_I(pc.normalize, 1);
+        CHECK_EQ_INT(pc.normalize, 1);
         CHECK(!strcmp(pc.image_token, "<image>"));
         CHECK(!strcmp(pc.sft_format, "deepseek"));
         CHECK(!strcmp(pc.pad_token, "<\xef\xbd\x9c\xe2\x96\x81pad\xe2\x96\x81\xef\xbd\x9c>"));
@@ -279,7 +279,7 @@ static void test_errors(void)
                      " \"topk_method\": \"greedy\"";
 #define LM(extra) (lm_text(buf, sizeof(buf), pre, extra, lm), buf)
 
-    CHECK_EQ_I(parse(&c, LM(""), &err), 0);
+    CHECK_EQ_INT(parse(&c, LM(""), &err), 0);
     CHECK_ERR(parse(&c, LM(", \"num_attention_heads\": 0"), &err), &err, VL2_EFORMAT,
               "language_config.num_attention_heads", "= 0");
     CHECK_ERR(parse(&c, LM(", \"num_attention_heads\": 3"), &err), &err, VL2_EFORMAT,
@@ -375,15 +375,15 @@ static void test_files(const char *tokdir)
 
     CHECK(mkdtemp(dir) != NULL);
     /* no processor_config.json / tokenizer_config.json: the spec's defaults */
-    CHECK_EQ_I(vl2_processor_config_load(&pc, dir, &err), 0);
-    CHECK_EQ_I(pc.n_candidates, 23);
-    CHECK_EQ_I(pc.candidates[22][1], 1152);
-    CHECK_EQ_I(pc.patch_size, 14);
-    CHECK_EQ_I(pc.downsample, 2);
+    CHECK_EQ_INT(vl2_processor_config_load(&pc, dir, &err), 0);
+    CHECK_EQ_INT(pc.n_candidates, 23);
+    CHECK_EQ_INT(pc.candidates[22][1], 1152);
+    CHECK_EQ_INT(pc.patch_size, 14);
+    CHECK_EQ_INT(pc.downsample, 2);
     CHECK(pc.image_mean[1] == 0.5f);
     CHECK(!strcmp(pc.image_token, "<image>"));
-    CHECK_EQ_I(vl2_tokenizer_config_load(&tc, dir, &err), 0);
-    CHECK_EQ_I(tc.present, 0);
+    CHECK_EQ_INT(vl2_tokenizer_config_load(&tc, dir, &err), 0);
+    CHECK_EQ_INT(tc.present, 0);
     /* config.json missing */
     vl2_err_clear(&err);
     CHECK_ERR(vl2_config_load(&c, dir, &err), &err, VL2_ENOTFOUND, "config.json");
@@ -398,10 +398,10 @@ static void test_files(const char *tokdir)
     f = fopen(path, "w");
     fputs("{\"patch_size\": 16, \"candidate_resolutions\": [[384, 384], [768, 384]]}", f);
     fclose(f);
-    CHECK_EQ_I(vl2_processor_config_load(&pc, dir, &err), 0);
-    CHECK_EQ_I(pc.patch_size, 16);
-    CHECK_EQ_I(pc.n_candidates, 2);
-    CHECK_EQ_I(pc.candidates[1][0], 768);
+    CHECK_EQ_INT(vl2_processor_config_load(&pc, dir, &err), 0);
+    CHECK_EQ_INT(pc.patch_size, 16);
+    CHECK_EQ_INT(pc.n_candidates, 2);
+    CHECK_EQ_INT(pc.candidates[1][0], 768);
     CHECK(pc.image_std[0] == 0.5f);   /* absent keys keep defaults */
     (void) unlink(path);
 
@@ -416,11 +416,11 @@ static void test_files(const char *tokdir)
     (void) rmdir(dir);
 
     /* the shipped tokenizer_config.json */
-    CHECK_EQ_I(vl2_tokenizer_config_load(&tc, tokdir, &err), 0);
-    CHECK_EQ_I(tc.present, 1);
-    CHECK_EQ_I(tc.add_bos_token, 1);
-    CHECK_EQ_I(tc.add_eos_token, 0);
-    CHECK_EQ_I(tc.model_max_length, 131072);
+    CHECK_EQ_INT(vl2_tokenizer_config_load(&tc, tokdir, &err), 0);
+    CHECK_EQ_INT(tc.present, 1);
+    CHECK_EQ_INT(tc.add_bos_token, 1);
+    CHECK_EQ_INT(tc.add_eos_token, 0);
+    CHECK_EQ_INT(tc.model_max_length, 131072);
     CHECK(!strcmp(tc.bos_token, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"));
     CHECK(!strcmp(tc.pad_token, "<\xef\xbd\x9c\xe2\x96\x81pad\xe2\x96\x81\xef\xbd\x9c>"));
 }
@@ -436,5 +436,5 @@ int main(int argc, char **argv)
     test_golden(argv[1]);
     test_errors();
     test_files(argv[2]);
-    return wt_done("test-config");
+    return check_report("test-config");
 }

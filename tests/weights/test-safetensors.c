@@ -14,7 +14,7 @@
 
 #include "vl2-backend.h"
 #include "weights.h"
-#include "wtest.h"
+#include "../common/check.h"
 
 static char tmpdir[] = "/tmp/vl2-test-st-XXXXXX";
 
@@ -97,17 +97,17 @@ static void test_valid(void)
     uint8_t *b = image(h, 34, &n);
     char path[512];
 
-    CHECK_EQ_I(vl2_safetensors_check(b, n, &err), 0);
+    CHECK_EQ_INT(vl2_safetensors_check(b, n, &err), 0);
     write_file("ok.safetensors", b, n);
     snprintf(path, sizeof(path), "%s/ok.safetensors", tmpdir);
-    CHECK_EQ_I(vl2_weights_open_file(&w, path, &err), 0);
+    CHECK_EQ_INT(vl2_weights_open_file(&w, path, &err), 0);
     if (!w) {
         free(b);
         return;
     }
-    CHECK_EQ_I(vl2_weights_count(w), 4);
-    CHECK_EQ_I(vl2_weights_mapped_size(w), n);
-    CHECK_EQ_I(vl2_weights_file_count(w), 1);
+    CHECK_EQ_INT(vl2_weights_count(w), 4);
+    CHECK_EQ_INT(vl2_weights_mapped_size(w), n);
+    CHECK_EQ_INT(vl2_weights_file_count(w), 1);
     t = vl2_weights_find(w, "a");
     CHECK(t && t->dtype == VL2_DTYPE_F32 && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 3);
     CHECK(t && t->size == 24 && t->file == 0);
@@ -131,7 +131,7 @@ static void test_valid(void)
     write_file("model.safetensors", b = image(h, 34, &n), n);
     free(b);
     w = NULL;
-    CHECK_EQ_I(vl2_weights_open(&w, tmpdir, &err), 0);
+    CHECK_EQ_INT(vl2_weights_open(&w, tmpdir, &err), 0);
     CHECK(w && vl2_weights_count(w) == 4);
     vl2_weights_close(w);
     remove_file("model.safetensors");
@@ -168,7 +168,7 @@ static void test_malformed(void)
     CHECK_ERR(vl2_safetensors_check(b, 16, &err), &err, VL2_EFORMAT, "header length 9",
               "16 bytes");
     b[0] = 8;
-    CHECK_EQ_I(vl2_safetensors_check(b, 16, &err), 0);   /* "{}" + padding: no tensors */
+    CHECK_EQ_INT(vl2_safetensors_check(b, 16, &err), 0);   /* "{}" + padding: no tensors */
 
     /* a file truncated inside its data: the last tensor ends past the end */
     BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 10, VL2_EFORMAT,
@@ -248,10 +248,10 @@ static void test_index(void)
     write_st("m-1.safetensors", h1, 12);
     write_st("m-2.safetensors", h2, 6);
     write_file("model.safetensors.index.json", idx, strlen(idx));
-    CHECK_EQ_I(vl2_weights_open(&w, tmpdir, &err), 0);
+    CHECK_EQ_INT(vl2_weights_open(&w, tmpdir, &err), 0);
     if (w) {
-        CHECK_EQ_I(vl2_weights_count(w), 3);
-        CHECK_EQ_I(vl2_weights_file_count(w), 2);
+        CHECK_EQ_INT(vl2_weights_count(w), 3);
+        CHECK_EQ_INT(vl2_weights_file_count(w), 2);
         t = vl2_weights_find(w, "c");
         CHECK(t && t->file == 1 && t->size == 6 && ((const uint8_t *) t->data)[5] == 5);
         CHECK(t && strstr(vl2_weights_file_path(w, (size_t) t->file), "m-2.safetensors"));
@@ -407,18 +407,18 @@ static void test_validate(const char *golden)
     int mode;
 
     snprintf(dir, sizeof(dir), "%s/micro-mha", golden);
-    CHECK_EQ_I(vl2_config_load(&c, dir, &err), 0);
+    CHECK_EQ_INT(vl2_config_load(&c, dir, &err), 0);
     snprintf(dir, sizeof(dir), "%s/micro-mla", golden);
-    CHECK_EQ_I(vl2_config_load(&mla, dir, &err), 0);
+    CHECK_EQ_INT(vl2_config_load(&mla, dir, &err), 0);
 
     for (mode = 0; mode <= 4; mode++) {
         write_model(&c, mode, name);
-        CHECK_EQ_I(vl2_weights_open(&w, tmpdir, &err), 0);
+        CHECK_EQ_INT(vl2_weights_open(&w, tmpdir, &err), 0);
         if (!w)
             continue;
         vl2_err_clear(&err);
         if (mode == 0) {
-            CHECK_EQ_I(vl2_model_validate(&c, w, &err), 0);
+            CHECK_EQ_INT(vl2_model_validate(&c, w, &err), 0);
             /* the MHA checkpoint against the MLA config: missing and unexpected listed */
             CHECK_ERR(vl2_model_validate(&mla, w, &err), &err, VL2_EFORMAT, "9 missing",
                       "6 unexpected", "3 wrong", "missing 'language.model.layers.0.self_attn."
@@ -461,5 +461,5 @@ int main(int argc, char **argv)
     remove_file("short.safetensors");
     remove_file("empty.safetensors");
     (void) rmdir(tmpdir);
-    return wt_done("test-safetensors");
+    return check_report("test-safetensors");
 }

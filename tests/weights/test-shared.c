@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "weights.h"
-#include "wtest.h"
+#include "../common/check.h"
 
 struct mem {
     long long rss, pss, shared_clean, shared_dirty, private_clean, private_dirty;   /* kB */
@@ -163,5 +163,5 @@ int main(int argc, char **argv)
     CHECK(r[1] <= r[4] * 6 / 10 + 2048);
     /* almost no private memory: the tensor table and malloc slack only */
     CHECK(r[3] <= r[4] / 50 + 2048);
-    return wt_done("test-shared");
+    return check_report("test-shared");
 }
