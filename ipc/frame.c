@@ -595,6 +595,7 @@ static const struct pc_field pc_generate[] = {
     PCF(1, PC_STRING, 0, "model"), PCF(2, PC_SUB, PC_MESSAGE, "messages"),
     PCF(3, PC_SUB, PC_SAMPLING, "sampling"), PCF(4, PC_SCALAR, 0, "grounding"),
     PCF(5, PC_SCALAR, 0, "stream"), PCF(6, PC_SCALAR, 0, "logprobs"),
+    PCF(7, PC_SCALAR, 0, "top_logprobs"),
 };
 static const struct pc_field pc_message[] = {
     PCF(1, PC_SCALAR, 0, "role"), PCF(2, PC_STRING, 0, "text"),

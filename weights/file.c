@@ -40,10 +40,11 @@ bool vl2_file_beneath(void)
     return atomic_load(&open_beneath);
 }
 
-/* openat2(RESOLVE_BENEATH), or -1 with errno ENOSYS where there is none. */
+/* openat2(RESOLVE_BENEATH), or -1 with errno ENOSYS where there is none
+ * (or in a build with VL2_FILE_NO_OPENAT2 defined: the fallback's test). */
 static int open_beneath_at(int dfd, const char *name, int flags)
 {
-#if defined(HAVE_OPENAT2_H) && defined(SYS_openat2)
+#if defined(HAVE_OPENAT2_H) && defined(SYS_openat2) && !defined(VL2_FILE_NO_OPENAT2)
     struct open_how how;
 
     memset(&how, 0, sizeof(how));

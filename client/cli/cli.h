@@ -37,6 +37,11 @@ int vl2_cli_fail(const struct vl2_cli *cli, const struct vl2_err *err);
 /* Print @obj as one line of JSON on stdout, flush, and free it. */
 void vl2_cli_print_json_line(struct cJSON *obj);
 
+/* Token bytes @p [n] as a NUL-terminated string for JSON: valid UTF-8
+ * copied, every other byte (and NUL) as the four characters \xNN.  Returns
+ * malloc'd text or NULL (cmd_tokenize.c). */
+char *vl2_cli_piece_text(const uint8_t *p, size_t n);
+
 /* Format @bytes as "12.3 MiB" into @buf. */
 const char *vl2_cli_bytes(unsigned long long bytes, char *buf, unsigned size);
 
@@ -61,6 +66,7 @@ struct vl2_cli_sampling {
     bool has_seed;
     uint64_t seed;
     bool ignore_eos;
+    uint32_t top_logprobs;          /* --top-logprobs: alternatives per token, 0..20 */
     const char *stops[VL2_CLI_MAX_STOPS];
     size_t n_stops;
 };

@@ -127,9 +127,7 @@ static size_t utf8_char_len(const uint8_t *p, size_t n)
     return len;
 }
 
-/* @p as a NUL-terminated string for JSON: valid UTF-8 copied, every other
- * byte (and NUL) as the four characters \xNN.  Returns malloc'd text. */
-static char *piece_text(const uint8_t *p, size_t n)
+char *vl2_cli_piece_text(const uint8_t *p, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     char *s = malloc(4 * n + 1), *q = s;
@@ -173,7 +171,7 @@ static int print_json(const Vl2__TokenizeReply *tr, struct vl2_err *err)
         cJSON_AddItemToArray(ids, v);
     }
     for (i = 0; i < tr->n_pieces; i++) {
-        char *s = piece_text(tr->pieces[i].data, tr->pieces[i].len);
+        char *s = vl2_cli_piece_text(tr->pieces[i].data, tr->pieces[i].len);
         cJSON *v = s ? cJSON_CreateString(s) : NULL;
 
         free(s);

@@ -97,7 +97,9 @@ const char vl2_cli_sampling_help[] =
     "  --repetition-penalty R    > 0; 1 is off (the default)\n"
     "  --seed S                  sampler seed\n"
     "  --stop STR                end the answer before STR (repeatable)\n"
-    "  --ignore-eos              keep going after the end-of-sentence token\n";
+    "  --ignore-eos              keep going after the end-of-sentence token\n"
+    "  --top-logprobs N          with --json: each token event lists the N (0-20) most\n"
+    "                            likely ids (id, text, bytes, logprob), most likely first\n";
 
 static int parse_u64(const char *cmd, const char *opt, const char *v, uint64_t max,
                      uint64_t *ret)
@@ -136,7 +138,7 @@ int vl2_cli_sampling_arg(struct vl2_cli_sampling *s, const char *cmd, int argc, 
 {
     static const char *const with_value[] = {
         "--max-new-tokens", "--temperature", "--top-p", "--top-k",
-        "--repetition-penalty", "--seed", "--stop",
+        "--repetition-penalty", "--seed", "--stop", "--top-logprobs",
     };
     const char *a = argv[*i], *v = NULL;
     size_t k, n = 0;
@@ -206,6 +208,11 @@ int vl2_cli_sampling_arg(struct vl2_cli_sampling *s, const char *cmd, int argc, 
         if (parse_u64(cmd, with_value[k], v, UINT64_MAX, &s->seed) < 0)
             return -1;
         s->has_seed = true;
+        break;
+    case 7:
+        if (parse_u64(cmd, with_value[k], v, 20, &u) < 0)
+            return -1;
+        s->top_logprobs = (uint32_t) u;
         break;
     default:
         if (!v[0]) {

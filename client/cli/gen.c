@@ -94,6 +94,35 @@ static char *bytes_str(const ProtobufCBinaryData *b)
     return s;
 }
 
+/* "top_logprobs" of a token event: Token.top_logprobs in order. */
+static int add_top(cJSON *o, const Vl2__Token *t)
+{
+    cJSON *arr = cJSON_AddArrayToObject(o, "top_logprobs");
+    size_t i, j;
+
+    if (!arr)
+        return VL2_ENOMEM;
+    for (i = 0; i < t->n_top_logprobs; i++) {
+        const Vl2__TokenAlternative *a = t->top_logprobs[i];
+        cJSON *e = cJSON_CreateObject(), *bytes;
+        char *s = vl2_cli_piece_text(a->text.data, a->text.len);
+
+        if (!e || !s || !cJSON_AddItemToArray(arr, e)) {
+            cJSON_Delete(e);
+            free(s);
+            return VL2_ENOMEM;
+        }
+        cJSON_AddNumberToObject(e, "id", a->id);
+        cJSON_AddStringToObject(e, "text", s);
+        bytes = cJSON_AddArrayToObject(e, "bytes");
+        for (j = 0; bytes && j < a->text.len; j++)
+            cJSON_AddItemToArray(bytes, cJSON_CreateNumber(a->text.data[j]));
+        cJSON_AddNumberToObject(e, "logprob", a->logprob);
+        free(s);
+    }
+    return 0;
+}
+
 cJSON *vl2_cli_done_json(const struct vl2_cli_result *res, const struct vl2_box *boxes,
                          const uint32_t *box_image, size_t n_boxes)
 {
@@ -145,6 +174,7 @@ struct gen_ctx {
     bool progress;          /* show progress on stderr */
     bool progress_shown;    /* a progress line is on the terminal */
     bool finished;          /* the request's final response came */
+    bool top_logprobs;      /* token events list Token.top_logprobs */
     int failed;             /* < 0: out of memory while receiving */
     int error_code;         /* < 0: the request ended with this Error */
     struct vl2_err *err;    /* where its message goes */
@@ -256,6 +286,8 @@ static int on_response(const Vl2__Response *resp, void *ud)
             cJSON_AddStringToObject(o, "text", s ? s : "");
             if (t->has_logprob)
                 cJSON_AddNumberToObject(o, "logprob", t->logprob);
+            if (g->top_logprobs && add_top(o, t) < 0)
+                g->failed = VL2_ENOMEM;
             free(s);
             vl2_cli_print_json_line(o);
         } else if (g->so->print_text) {
@@ -452,6 +484,11 @@ int vl2_cli_generate(struct vl2_client *c, const struct vl2_cli *cli, const char
     gen.grounding = so->grounding;
     gen.has_stream = 1;
     gen.stream = 1;
+    if (s->top_logprobs && cli->json) {
+        gen.has_top_logprobs = 1;
+        gen.top_logprobs = s->top_logprobs;
+        g.top_logprobs = true;
+    }
     req.body_case = VL2__REQUEST__BODY_GENERATE;
     req.generate = &gen;
 

@@ -40,7 +40,9 @@ static void usage(FILE *f)
                "  --socket PATH      the daemon's socket (default: $VL2_SOCKET, then\n"
                "                     $XDG_RUNTIME_DIR/vl2d.sock or /run/vl2d/vl2d.sock)\n"
                "  --json             print JSON for scripts (streaming commands: one\n"
-               "                     object per line and per event)\n"
+               "                     object per line and per event; with ask's, chat's\n"
+               "                     or ground's --top-logprobs N each token event lists\n"
+               "                     its N most likely alternatives)\n"
                "  --timeout SECONDS  longest wait for each answer (default 30; ask, chat,\n"
                "                     ground, load and unload wait as long as it takes)\n"
                "  --help, --version\n");

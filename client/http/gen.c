@@ -1,6 +1,7 @@
 /* gen.c - vl2-http's side of the native protocol: a libvl2 connection per
  * HTTP request, model lookup, load/unload, one Generate and its events. */
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -427,6 +428,92 @@ struct vl2h_gen {
     bool got;                  /* the callback produced an event */
 };
 
+/* Token.top_logprobs of @t into @ev (copied).  Returns 0 or VL2_ENOMEM. */
+static int take_top(struct vl2h_event *ev, const Vl2__Token *t)
+{
+    size_t i;
+
+    if (!t->n_top_logprobs)
+        return 0;
+    ev->top = calloc(t->n_top_logprobs, sizeof(*ev->top));
+    if (!ev->top)
+        return VL2_ENOMEM;
+    ev->n_top = t->n_top_logprobs;
+    for (i = 0; i < t->n_top_logprobs; i++) {
+        const Vl2__TokenAlternative *a = t->top_logprobs[i];
+        struct vl2h_alt *o = &ev->top[i];
+
+        o->id = a->id;
+        o->logprob = a->has_logprob ? a->logprob : -INFINITY;
+        o->bytes = malloc(a->text.len ? a->text.len : 1);
+        if (!o->bytes)
+            return VL2_ENOMEM;
+        if (a->text.len)
+            memcpy(o->bytes, a->text.data, a->text.len);
+        o->len = a->text.len;
+    }
+    return 0;
+}
+
+/* Length of the well-formed UTF-8 character at @p [n] (Unicode table 3-7),
+ * 0 when the bytes there are not one. */
+static size_t utf8_len(const uint8_t *p, size_t n)
+{
+    uint8_t b = p[0], lo = 0x80, hi = 0xbf;
+    size_t len, i;
+
+    if (b < 0x80)
+        return 1;
+    len = b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    if (!len || n < len)
+        return 0;
+    if (b == 0xe0)
+        lo = 0xa0;
+    else if (b == 0xed)
+        hi = 0x9f;
+    else if (b == 0xf0)
+        lo = 0x90;
+    else if (b == 0xf4)
+        hi = 0x8f;
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (i = 2; i < len; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    return len;
+}
+
+char *vl2h_token_text(const uint8_t *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *s = malloc(4 * n + 1), *q = s;
+    size_t i = 0, l;
+
+    if (!s)
+        return NULL;
+    while (i < n) {
+        l = p[i] ? utf8_len(p + i, n - i) : 0;
+        if (l) {
+            memcpy(q, p + i, l);
+            q += l;
+            i += l;
+            continue;
+        }
+        *q++ = '\\';
+        *q++ = 'x';
+        *q++ = hex[p[i] >> 4];
+        *q++ = hex[p[i] & 15];
+        i++;
+    }
+    *q = '\0';
+    return s;
+}
+
+double vl2h_json_logprob(float lp)
+{
+    return isfinite(lp) ? lp : -9999.0;
+}
+
 void vl2h_event_done(struct vl2h_event *ev)
 {
     size_t i;
@@ -434,6 +521,9 @@ void vl2h_event_done(struct vl2h_event *ev)
     if (!ev)
         return;
     free(ev->text);
+    for (i = 0; i < ev->n_top; i++)
+        free(ev->top[i].bytes);
+    free(ev->top);
     for (i = 0; i < ev->done.n_boxes; i++) {
         free(ev->done.boxes[i]->label);
         free(ev->done.boxes[i]);
@@ -522,6 +612,11 @@ static int on_gen_response(const Vl2__Response *resp, void *ud)
         ev->id = t->id;
         ev->has_logprob = t->has_logprob;
         ev->logprob = t->logprob;
+        if (ev->kind == VL2H_EV_TOKEN && take_top(ev, t) < 0) {
+            vl2h_event_done(ev);
+            ev->kind = VL2H_EV_ERROR;
+            (void) vl2_err_set(&ev->err, VL2_ENOMEM, "vl2-http: out of memory");
+        }
         g->got = true;
         break;
     }
@@ -694,6 +789,10 @@ struct vl2h_gen *vl2h_gen_start(struct vl2h_server *srv, struct vl2_client *c,
     gen.stream = 1;          /* tokens as they come, also for a non-streamed reply */
     gen.has_logprobs = 1;
     gen.logprobs = p->logprobs;
+    if (p->logprobs && p->top_logprobs) {
+        gen.has_top_logprobs = 1;
+        gen.top_logprobs = p->top_logprobs;
+    }
     req.body_case = VL2__REQUEST__BODY_GENERATE;
     req.generate = &gen;
     r = vl2_client_send(c, &req, NULL, 0, &g->id, err);

@@ -252,6 +252,7 @@ struct vl2h_params {
     size_t n_stops;
     bool grounding;
     bool logprobs;
+    uint32_t top_logprobs;      /* 0..20 alternatives per token (with logprobs) */
 };
 
 void vl2h_params_init(struct vl2h_params *p);
@@ -289,6 +290,14 @@ enum vl2h_event_kind {
     VL2H_EV_GONE,      /* the HTTP client hung up (the generation is cancelled) */
 };
 
+/* One alternative of a token (Token.top_logprobs). */
+struct vl2h_alt {
+    uint32_t id;
+    float logprob;
+    uint8_t *bytes;              /* the id's bytes alone (maybe part of a character) */
+    size_t len;
+};
+
 struct vl2h_event {
     enum vl2h_event_kind kind;
     char *text;                  /* TOKEN: the piece, NUL-terminated, malloc'd */
@@ -296,11 +305,28 @@ struct vl2h_event {
     uint32_t id;
     bool has_logprob;
     float logprob;
+    struct vl2h_alt *top;        /* TOKEN: [n_top], malloc'd, most likely first */
+    size_t n_top;
     struct vl2h_done done;
     struct vl2_err err;
 };
 
 void vl2h_event_done(struct vl2h_event *ev);
+
+/* A token's bytes @p [n] as a malloc'd NUL-terminated string for JSON, as
+ * OpenAI writes a token: valid UTF-8 copied, any other byte (and NUL) as
+ * the four characters \xNN.  NULL when out of memory. */
+char *vl2h_token_text(const uint8_t *p, size_t n);
+
+/* The "logprob" value of @lp in JSON: -9999 for -inf (OpenAI's value for
+ * "too unlikely to say"), as JSON has no infinity. */
+double vl2h_json_logprob(float lp);
+
+/* TOKEN @ev as one entry of OpenAI's choices[].logprobs.content (and
+ * Ollama's logprobs): {token, logprob, bytes, top_logprobs: [{token,
+ * logprob, bytes}...]}, top_logprobs left out when empty unless
+ * @empty_top (openai.c).  NULL when out of memory. */
+struct cJSON *vl2h_logprob_json(const struct vl2h_event *ev, bool empty_top);
 
 /* Open a libvl2 connection for one request.  Errors: as vl2_client_open. */
 int vl2h_connect(struct vl2h_server *srv, struct vl2_client **ret, struct vl2_err *err);

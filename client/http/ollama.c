@@ -12,7 +12,10 @@
  * idle-unload.  A request without messages (or prompt) loads the model (a
  * model vl2-http has seen before, from its directory) or, with keep_alive
  * 0, unloads it, and answers done_reason "load" / "unload" as Ollama does.
- * The final object carries total_duration, load_duration,
+ * "logprobs" true (with "top_logprobs" 0..20 alternatives) adds
+ * "logprobs": [{token, logprob, bytes, top_logprobs}] to each streamed
+ * object (its token) and to the final object of a non-streamed answer (all
+ * of them).  The final object carries total_duration, load_duration,
  * prompt_eval_count, prompt_eval_duration, eval_count and eval_duration in
  * nanoseconds, and, when the request had images, "boxes" (pixels of the
  * original image) as the OpenAI dialect does.
@@ -33,6 +36,7 @@ struct ochat {
     bool stream;
     bool unload_after;        /* keep_alive 0 */
     bool grounding;
+    bool logprobs;            /* "logprobs": true */
     char *model;
     double t0;                /* monotonic, at the request's start */
     double load_s;            /* seconds spent loading the model for it */
@@ -227,6 +231,20 @@ static int parse_chat(const cJSON *o, struct vl2h_params *p, struct vl2_err *err
     return 0;
 }
 
+/* "logprobs" and "top_logprobs" (0..20, used with logprobs) into @p. */
+static int logprob_options(const cJSON *o, struct vl2h_params *p, struct vl2_err *err)
+{
+    int64_t n = 0;
+    int r;
+
+    if ((r = vl2h_get_bool(o, "logprobs", &p->logprobs, err)) < 0)
+        return r;
+    if ((r = vl2h_get_int(o, "top_logprobs", 0, 20, &n, err)) < 0)
+        return r;
+    p->top_logprobs = p->logprobs ? (uint32_t) n : 0;
+    return 0;
+}
+
 static int parse_generate(const cJSON *o, struct vl2h_params *p, struct vl2_err *err)
 {
     struct vl2h_image imgs[VL2H_MAX_IMAGES];
@@ -372,6 +390,11 @@ static int ochat_stream(void *ud, struct vl2h_buf *out)
         o = base_object(oc);
         add_text(oc, o, ev.text);
         cJSON_AddBoolToObject(o, "done", 0);
+        if (oc->logprobs && !cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "logprobs"),
+                                                  vl2h_logprob_json(&ev, false))) {
+            cJSON_Delete(o);
+            o = NULL;
+        }
         r = vl2h_buf_json(out, "", o, "\n") < 0 ? -1 : 1;
         break;
     case VL2H_EV_DONE:
@@ -402,15 +425,23 @@ static int ochat_whole(struct vl2h_req *rq, struct ochat *oc)
 {
     struct vl2h_buf text = { 0 };
     struct vl2h_event ev;
+    cJSON *lps = oc->logprobs ? cJSON_CreateArray() : NULL, *o;
     int r;
 
     for (;;) {
-        if (vl2h_gen_next(oc->gen, &ev) < 0)
+        if (vl2h_gen_next(oc->gen, &ev) < 0) {
+            cJSON_Delete(lps);
+            vl2h_buf_done(&text);
             return vl2h_reply_error(rq, 500, NULL, "vl2-http: the generation ended early");
+        }
         if (ev.kind == VL2H_EV_TOKEN) {
             r = vl2h_buf_add(&text, ev.text, ev.len);
+            if (r == 0 && oc->logprobs &&
+                (!lps || !cJSON_AddItemToArray(lps, vl2h_logprob_json(&ev, false))))
+                r = VL2_ENOMEM;
             vl2h_event_done(&ev);
             if (r < 0) {
+                cJSON_Delete(lps);
                 vl2h_buf_done(&text);
                 return vl2h_reply_error(rq, 500, NULL, "vl2-http: out of memory");
             }
@@ -429,8 +460,14 @@ static int ochat_whole(struct vl2h_req *rq, struct ochat *oc)
                               ev.done.tps);
         if (!text.len && ev.text)
             (void) vl2h_buf_add(&text, ev.text, ev.len);
-        r = vl2h_reply_json(rq, 200, final_object(oc, text.p ? text.p : "", &ev.done));
+        o = final_object(oc, text.p ? text.p : "", &ev.done);
+        if (o && lps) {
+            cJSON_AddItemToObject(o, "logprobs", lps);
+            lps = NULL;
+        }
+        r = vl2h_reply_json(rq, 200, o);
     }
+    cJSON_Delete(lps);
     vl2h_event_done(&ev);
     vl2h_buf_done(&text);
     return r;
@@ -500,12 +537,15 @@ int vl2h_ollama_chat(struct vl2h_req *rq, bool generate)
         r = generate ? parse_generate(body, &p, &err) : parse_chat(body, &p, &err);
     if (r >= 0)
         r = options(body, &p, &err);
+    if (r >= 0)
+        r = logprob_options(body, &p, &err);
     if (r < 0) {
         r = vl2h_reply_vl2_error(rq, &err);
         goto out_free;
     }
     oc->stream = stream;
     oc->unload_after = zero;
+    oc->logprobs = p.logprobs;
     p.model = strdup(model);
     oc->model = strdup(model);
     if (!p.model || !oc->model) {

@@ -13,9 +13,9 @@
  *   max_completion_tokens, max_tokens (the former wins)
  *   temperature [0,2], top_p (0,1], seed, stop (string or list)
  *   frequency_penalty, presence_penalty [-2,2]: see vl2h_penalty_map()
- *   logprobs, top_logprobs [0,20]: each token's log-probability; the
- *                         protocol carries no alternatives, so top_logprobs
- *                         lists are empty (a stated limitation)
+ *   logprobs, top_logprobs [0,20]: each token's log-probability and its
+ *                         top_logprobs most likely alternatives (token,
+ *                         logprob, bytes), most likely first
  *   n                     1 only
  *   stream, stream_options.include_usage
  * Extensions: top_k, repetition_penalty (wins over the penalties), grounding
@@ -275,6 +275,7 @@ static int parse_chat(const cJSON *o, struct vl2h_params *p, struct chat_opts *c
         co->top_logprobs = (int) i64;
     }
     p->logprobs = co->logprobs;
+    p->top_logprobs = (uint32_t) co->top_logprobs;
     if ((r = vl2h_get_bool(o, "stream", &co->stream, err)) < 0)
         return r;
     so = cJSON_GetObjectItemCaseSensitive(o, "stream_options");
@@ -339,20 +340,53 @@ static cJSON *usage_json(const struct vl2h_done *d)
     return u;
 }
 
-/* One token of choices[].logprobs.content. */
-static cJSON *logprob_json(const struct vl2h_event *ev)
+/* {token, logprob, bytes} of @b [n] into @o; false when out of memory. */
+static bool token_fields(cJSON *o, const uint8_t *b, size_t n, float lp)
 {
-    cJSON *o = cJSON_CreateObject(), *bytes;
+    char *s = vl2h_token_text(b, n);
+    cJSON *bytes;
     size_t i;
 
-    cJSON_AddStringToObject(o, "token", ev->text ? ev->text : "");
-    cJSON_AddNumberToObject(o, "logprob", ev->has_logprob ? ev->logprob : 0.0);
+    if (!s || !cJSON_AddStringToObject(o, "token", s)) {
+        free(s);
+        return false;
+    }
+    free(s);
+    cJSON_AddNumberToObject(o, "logprob", vl2h_json_logprob(lp));
     bytes = cJSON_AddArrayToObject(o, "bytes");
-    for (i = 0; bytes && i < ev->len; i++)
-        cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char) ev->text[i]));
-    /* the protocol carries the chosen token's log-probability only */
-    cJSON_AddArrayToObject(o, "top_logprobs");
+    for (i = 0; bytes && i < n; i++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber(b[i]));
+    return bytes != NULL;
+}
+
+cJSON *vl2h_logprob_json(const struct vl2h_event *ev, bool empty_top)
+{
+    cJSON *o = cJSON_CreateObject(), *top;
+    size_t i;
+
+    if (!o || !token_fields(o, (const uint8_t *) (ev->text ? ev->text : ""), ev->len,
+                            ev->has_logprob ? ev->logprob : 0.0f))
+        goto out_free;
+    if (!ev->n_top && !empty_top)
+        return o;
+    top = cJSON_AddArrayToObject(o, "top_logprobs");
+    if (!top)
+        goto out_free;
+    for (i = 0; i < ev->n_top; i++) {
+        cJSON *a = cJSON_CreateObject();
+
+        if (!a || !cJSON_AddItemToArray(top, a)) {
+            cJSON_Delete(a);
+            goto out_free;
+        }
+        if (!token_fields(a, ev->top[i].bytes, ev->top[i].len, ev->top[i].logprob))
+            goto out_free;
+    }
     return o;
+
+out_free:
+    cJSON_Delete(o);
+    return NULL;
 }
 
 struct chat {
@@ -447,7 +481,8 @@ static int chat_stream(void *ud, struct vl2h_buf *out)
         cJSON_AddStringToObject(delta, "content", ev.text);
         if (ch->co.logprobs) {
             lp = cJSON_CreateObject();
-            cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "content"), logprob_json(&ev));
+            cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "content"),
+                                 vl2h_logprob_json(&ev, true));
             cJSON_AddNullToObject(lp, "refusal");
         }
         r = vl2h_buf_json(out, "data: ", chunk(ch, delta, NULL, lp), "\n\n") < 0 ? -1 : 1;
@@ -506,7 +541,7 @@ static int chat_whole(struct vl2h_req *rq, struct chat *ch)
         }
         if (ev.kind == VL2H_EV_TOKEN) {
             if (vl2h_buf_add(&text, ev.text, ev.len) < 0 ||
-                (lp_content && !cJSON_AddItemToArray(lp_content, logprob_json(&ev)))) {
+                (lp_content && !cJSON_AddItemToArray(lp_content, vl2h_logprob_json(&ev, true)))) {
                 vl2h_event_done(&ev);
                 r = vl2h_reply_error(rq, 500, NULL, "vl2-http: out of memory");
                 break;

@@ -126,6 +126,7 @@ struct vl2_engine {
     int32_t eos_id;
     int32_t image_token_id;
     int32_t n_ctx;
+    size_t max_prompt_bytes;        /* n_ctx times the longest token's bytes */
     struct vl2_prep_model pm;       /* what vl2_prepare needs of the model */
     size_t mapped_bytes;            /* safetensors files of the model directory */
 

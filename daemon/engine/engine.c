@@ -223,17 +223,51 @@ static void queue_remove(struct vl2_engine *e, struct vl2_req *r)
     vl2__req_list_remove(&e->queue, r);
 }
 
-/* The next request to admit: round robin between owners, oldest first
- * within a round. */
+/* Requests of @uid's connections holding a slot (prep or decode), and in
+ * @ret_conns how many of its connections hold them, counted up to 2. */
+static size_t uid_slots(const struct vl2_engine *e, uint64_t uid, size_t *ret_conns)
+{
+    const struct vl2_req_list *lists[] = { &e->prep_todo, &e->prepping, &e->ready,
+                                           &e->running };
+    const struct vl2_req *q, *first = NULL;
+    size_t i, n = 0, conns = 0;
+
+    for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+        for (q = lists[i]->head; q; q = q->next) {
+            if (q->job->owner_uid != uid)
+                continue;
+            n++;
+            if (!first) {
+                first = q;
+                conns = 1;
+            } else if (q->owner != first->owner) {
+                conns = 2;
+            }
+        }
+    if (ret_conns)
+        *ret_conns = conns;
+    return n;
+}
+
+static size_t owner_slots(const struct vl2_engine *e, uint64_t owner);
+
+/* The next request to admit: round robin between uids, then between the
+ * connections of a uid (issue 18): the one whose uid holds the fewest
+ * slots; among those, whose connection holds the fewest counting its
+ * requests queued before it; then the oldest. */
 static struct vl2_req *queue_next(const struct vl2_engine *e)
 {
     struct vl2_req *q, *best = NULL;
+    size_t best_u = 0, best_c = 0;
 
     for (q = e->queue.head; q; q = q->next) {
-        if (!best || q->rank < best->rank)
+        size_t u = uid_slots(e, q->job->owner_uid, NULL), c = q->rank + owner_slots(e, q->owner);
+
+        if (!best || u < best_u || (u == best_u && c < best_c)) {
             best = q;
-        if (best->rank == 0)
-            break;
+            best_u = u;
+            best_c = c;
+        }
     }
     return best;
 }
@@ -268,19 +302,31 @@ static size_t owner_slots(const struct vl2_engine *e, uint64_t owner)
     return n;
 }
 
-/* Fairness of the slots (issue 18): the last free slot is kept for an owner
- * that holds none, so that a newcomer starts at once however long the
- * generations of another client are.  The queued request to admit, or NULL
- * when only owners that hold slots wait for the last one. */
+/* Fairness of the slots (issue 18): the last free slot is kept for a uid
+ * that holds none, or else for a connection that holds none whose uid holds
+ * its slots through one connection at most: a newcomer starts at once
+ * however long the generations of another client are, and many connections
+ * of one uid do not take every slot.  The queued request to admit, or NULL
+ * when only others wait for the last one. */
+static bool may_take_last(const struct vl2_engine *e, const struct vl2_req *r)
+{
+    size_t conns, u = uid_slots(e, r->job->owner_uid, &conns);
+
+    return u == 0 || (owner_slots(e, r->owner) == 0 && conns < 2);
+}
+
 static struct vl2_req *admit_next(struct vl2_engine *e)
 {
     struct vl2_req *r = queue_next(e), *q;
 
     if (e->p.max_sequences < 2 || slots_held(e) + 1 < e->p.max_sequences ||
-        owner_slots(e, r->owner) == 0)
+        may_take_last(e, r))
         return r;
     for (q = e->queue.head; q; q = q->next)
-        if (owner_slots(e, q->owner) == 0)
+        if (uid_slots(e, q->job->owner_uid, NULL) == 0)
+            return q;
+    for (q = e->queue.head; q; q = q->next)
+        if (may_take_last(e, q))
             return q;
     return NULL;
 }
@@ -344,6 +390,23 @@ static double rate_get(const struct vl2_engine *e, double now)
     if (span < 1.0)
         span = 1.0;
     return sum / span;
+}
+
+/* Text bytes past which a prompt cannot fit @n_ctx tokens: no token covers
+ * more bytes than the longest one (issue 18; replaced invalid UTF-8 only
+ * grows the text), so the server refuses longer texts before copying or
+ * tokenizing them. */
+static size_t prompt_bytes_bound(const struct vl2_tokenizer *tok, int32_t n_ctx)
+{
+    size_t i, n = vl2_tokenizer_vocab_size(tok), longest = 1;
+
+    for (i = 0; i < n; i++) {
+        size_t len = 0;
+
+        if (vl2_tokenizer_token_bytes(tok, (int32_t) i, &len) && len > longest)
+            longest = len;
+    }
+    return (size_t) (n_ctx > 0 ? n_ctx : 1) * longest;
 }
 
 /* ---- loading ---------------------------------------------------------- */
@@ -448,6 +511,7 @@ static int load(struct vl2_engine *e, struct vl2_err *err)
     if (e->eos_id < 0)
         e->eos_id = cfg->lm.eos_id;
     e->n_ctx = vl2_model_n_ctx(e->m);
+    e->max_prompt_bytes = prompt_bytes_bound(e->tok, e->n_ctx);
     r = vl2_prep_model_init(&e->pm, e->m, e->tok, err);
     if (r < 0)
         return r;
@@ -490,7 +554,31 @@ static void refresh_memory(struct vl2_engine *e)
 
 /* ---- generation (engine thread) --------------------------------------- */
 
-/* A TOKEN event for @t (its new text, its id, its log-probability). */
+/* The alternatives of @t into @ev (copied: the event outlives the model). */
+static int set_top(struct vl2_event *ev, const struct vl2_ts_token *t)
+{
+    size_t i, size = 0, at = 0;
+
+    for (i = 0; i < t->n_top; i++)
+        size += t->top[i].len;
+    ev->top = calloc(t->n_top, sizeof(*ev->top));
+    ev->top_text = malloc(size ? size : 1);
+    if (!ev->top || !ev->top_text)
+        return VL2_ENOMEM;
+    for (i = 0; i < t->n_top; i++) {
+        ev->top[i].id = (uint32_t) t->top[i].id;
+        ev->top[i].logprob = t->top[i].logprob;
+        ev->top[i].text_size = t->top[i].len;
+        if (t->top[i].len)
+            memcpy(ev->top_text + at, t->top[i].text, t->top[i].len);
+        at += t->top[i].len;
+    }
+    ev->n_top = t->n_top;
+    return 0;
+}
+
+/* A TOKEN event for @t (its new text, its id, its log-probability, its
+ * alternatives). */
 static void send_token(struct vl2_engine *e, struct vl2_req *r, const struct vl2_ts_token *t)
 {
     struct vl2_event *ev = vl2_event_new(VL2_EVENT_TOKEN, r->key);
@@ -504,6 +592,10 @@ static void send_token(struct vl2_engine *e, struct vl2_req *r, const struct vl2
     ev->token_id = t->id < 0 ? 0 : (uint32_t) t->id;
     ev->has_logprob = t->has_logprob;
     ev->logprob = t->logprob;
+    if (t->n_top && set_top(ev, t) < 0) {
+        vl2_event_free(ev);
+        return;
+    }
     post(e, ev);
 }
 
@@ -607,7 +699,8 @@ static void sample(struct vl2_engine *e, struct vl2_req *r)
     if (r->ts.n_gen == 0)
         r->t_first = r->t_last;
     r->has_next = false;
-    if (vl2_textstream_next(&r->ts, r->seq, r->job->logprobs, &t, &err) < 0) {
+    if (vl2_textstream_next(&r->ts, r->seq, r->job->logprobs || r->job->top_logprobs,
+                            &t, &err) < 0) {
         finish_error(e, r, err.code, err.msg);
         return;
     }
@@ -629,6 +722,7 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
     struct vl2_textstream_params tp = {
         .tok = e->tok, .eos_id = e->eos_id, .ignore_eos = r->job->sampling.ignore_eos,
         .max_new = r->pr.max_new, .stops = r->pr.stops, .n_stops = r->pr.n_stops,
+        .top_logprobs = r->job->top_logprobs,
     };
     size_t cap = r->pr.n_ids + r->pr.max_new, need;
     int rc;
@@ -644,8 +738,9 @@ static int start_seq(struct vl2_engine *e, struct vl2_req *r, struct vl2_err *er
     sp.capacity = (int32_t) cap;
     sp.sampler = r->pr.sp;
     /* greedy requests without log-probabilities need only the ids: the
-     * backend picks them and the logits stay on the device */
-    sp.device_greedy = !r->job->logprobs;
+     * backend picks them and the logits stay on the device (top_logprobs
+     * comes with logprobs) */
+    sp.device_greedy = !r->job->logprobs && !r->job->top_logprobs;
     rc = vl2_textstream_init(&r->ts, &tp, err);
     if (rc < 0)
         return rc;
@@ -1327,6 +1422,7 @@ static void engine_stats(void *engine, struct vl2_engine_stats *ret)
     ret->backend = e->backend;
     ret->state = e->stopping ? VL2_MODEL_STATE_UNLOADING : e->state;
     ret->error = e->state == VL2_MODEL_STATE_FAILED ? e->error : NULL;
+    ret->max_prompt_bytes = e->state == VL2_MODEL_STATE_READY ? e->max_prompt_bytes : 0;
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -70,6 +70,8 @@ void vl2_event_free(struct vl2_event *ev)
     if (!ev)
         return;
     free(ev->text);
+    free(ev->top);
+    free(ev->top_text);
     for (i = 0; ev->boxes && i < ev->n_boxes; i++)
         free(ev->boxes[i].label);
     free(ev->boxes);

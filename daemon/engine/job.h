@@ -77,6 +77,8 @@ struct vl2_job_sampling {
 struct vl2_job {
     uint64_t key;                   /* names the job in events; unique per server */
     uint64_t owner;                 /* who asked (the connection), for fair queueing */
+    uint64_t owner_uid;             /* the connection's uid: slots go round robin between
+                                       uids first (engine.c admit_next) */
     char *model;                    /* model name, owned */
     struct vl2_job_message *messages;  /* [n_messages], owned */
     size_t n_messages;
@@ -84,7 +86,11 @@ struct vl2_job {
     bool grounding;                 /* parse boxes into the DONE event */
     bool stream;                    /* the server drops TOKEN events when false */
     bool logprobs;                  /* fill vl2_event.logprob */
+    uint32_t top_logprobs;          /* 0..VL2_JOB_MAX_TOP_LOGPROBS: fill vl2_event.top;
+                                       > 0 comes with logprobs */
 };
+
+#define VL2_JOB_MAX_TOP_LOGPROBS 20
 
 /* Free a job and close its descriptors.  Accepts NULL. */
 void vl2_job_free(struct vl2_job *job);
@@ -139,6 +145,14 @@ struct vl2_event_box {
     uint32_t image_index;
 };
 
+/* One alternative of a TOKEN event: its bytes are the next @text_size of
+ * vl2_event.top_text. */
+struct vl2_event_alt {
+    uint32_t id;
+    float logprob;
+    size_t text_size;
+};
+
 struct vl2_event {
     struct vl2_event *next;         /* the server's queue */
     uint64_t key;                   /* vl2_job.key */
@@ -154,6 +168,9 @@ struct vl2_event {
     uint32_t token_id;
     bool has_logprob;
     float logprob;
+    struct vl2_event_alt *top;      /* [n_top], owned; most likely first */
+    size_t n_top;
+    uint8_t *top_text;              /* owned: the alternatives' bytes, one after another */
     /* DONE */
     enum vl2_finish_reason finish_reason;
     uint32_t prompt_tokens;
@@ -203,6 +220,9 @@ struct vl2_engine_stats {
     const char *backend;            /* static string or owned by the engine */
     enum vl2_model_state state;     /* 0: READY */
     const char *error;              /* why, when FAILED; owned by the engine */
+    uint64_t max_prompt_bytes;      /* READY: text bytes past which a prompt cannot fit
+                                       the context (n_ctx x the longest token's bytes);
+                                       0: not known yet */
 };
 
 /* What a model's engine offers the server.  Every call comes from the loop

@@ -348,6 +348,47 @@ double vl2_logits_logprob(const float *z, int32_t n, int32_t id)
     return (double)z[id] - mx - log(sum);
 }
 
+size_t vl2_logits_top(const float *z, int32_t n, size_t k, int32_t *ret_ids, double *ret_lp)
+{
+    double mx = -INFINITY, sum = 0.0, ls;
+    size_t m = 0, j;
+    int32_t i;
+
+    if (n <= 0 || k == 0)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (z[i] > mx)
+            mx = z[i];
+    for (i = 0; i < n; i++)
+        sum += exp((double)z[i] - mx);
+    ls = log(sum);
+    /* ret_ids[0..m) kept sorted by logit, descending; an id joins only when
+     * strictly above the last kept one (ids come in ascending order, so an
+     * equal logit stays behind the lower id); NaN never joins */
+    for (i = 0; i < n; i++) {
+        float v = z[i];
+
+        if (m == k && !(v > z[ret_ids[m - 1]]))
+            continue;
+        if (m < k && m > 0 && !(v > z[ret_ids[m - 1]])) {
+            if (v == v)
+                ret_ids[m++] = i;
+            continue;
+        }
+        if (v != v)
+            continue;
+        j = m < k ? m++ : m - 1;
+        while (j > 0 && v > z[ret_ids[j - 1]]) {
+            ret_ids[j] = ret_ids[j - 1];
+            j--;
+        }
+        ret_ids[j] = i;
+    }
+    for (j = 0; j < m; j++)
+        ret_lp[j] = (double)z[ret_ids[j]] - mx - ls;    /* as vl2_logits_logprob */
+    return m;
+}
+
 /* ---- stop strings ----------------------------------------------------------- */
 
 long vl2_stop_find(const char *text, size_t len, const char *const *stops, size_t n_stops)

@@ -70,6 +70,13 @@ void vl2_sampler_process(struct vl2_sampler *s, float *z);
  * for an id outside [0, n). */
 double vl2_logits_logprob(const float *z, int32_t n, int32_t id);
 
+/* The @k most likely ids of log softmax(@z) over @n logits (as
+ * vl2_logits_logprob computes them, in double), most likely first, equal
+ * logits by lower id, NaN logits never: ids into @ret_ids[k], their
+ * log-probabilities into @ret_lp[k].  Returns how many were filled,
+ * min(@k, @n) when no logit is NaN. */
+size_t vl2_logits_top(const float *z, int32_t n, size_t k, int32_t *ret_ids, double *ret_lp);
+
 /* Uniform double in [0, 1) from the sampler's RNG. */
 double vl2_sampler_uniform(struct vl2_sampler *s);
 

@@ -442,7 +442,11 @@ static int prepare(const struct vl2_prep_model *pm, const struct vl2_prep_reques
                 return vl2_err_set(err, VL2_ECANCELED, "cancelled");
         }
     }
+    /* a long text notices Cancel and disconnects while it is tokenized */
+    if (hooks && hooks->cancelled)
+        vl2_tokenizer_set_cancel(hooks->cancelled, hooks->ud);
     rc = rq->ids ? given_ids(pm, rq, out, err) : build_prompt(pm, rq, out, err);
+    vl2_tokenizer_set_cancel(NULL, NULL);
     if (rc < 0)
         return rc;
     if (out->n_ids == 0)

@@ -102,6 +102,27 @@ static void show(struct vl2_textstream *ts, size_t upto, struct vl2_ts_token *re
     ts->shown = upto;
 }
 
+/* The p.top_logprobs most likely ids of @logits into @ret. */
+static void top_alts(const struct vl2_textstream *ts, const float *logits, int32_t n_vocab,
+                     struct vl2_ts_token *ret)
+{
+    int32_t ids[VL2_TS_MAX_TOP];
+    double lp[VL2_TS_MAX_TOP];
+    size_t k = ts->p.top_logprobs < VL2_TS_MAX_TOP ? ts->p.top_logprobs : VL2_TS_MAX_TOP, i;
+
+    ret->n_top = vl2_logits_top(logits, n_vocab, k, ids, lp);
+    for (i = 0; i < ret->n_top; i++) {
+        struct vl2_ts_alt *a = &ret->top[i];
+        const char *b = ts->p.tok ? vl2_tokenizer_token_bytes(ts->p.tok, ids[i], &a->len) : NULL;
+
+        a->id = ids[i];
+        a->logprob = (float) lp[i];
+        a->text = b ? b : "";
+        if (!b)
+            a->len = 0;
+    }
+}
+
 int vl2_textstream_push(struct vl2_textstream *ts, int32_t id, const float *logits,
                         int32_t n_vocab, struct vl2_ts_token *ret, struct vl2_err *err)
 {
@@ -117,6 +138,7 @@ int vl2_textstream_push(struct vl2_textstream *ts, int32_t id, const float *logi
     if (logits) {
         ret->has_logprob = true;
         ret->logprob = (float) vl2_logits_logprob(logits, n_vocab, id);
+        top_alts(ts, logits, n_vocab, ret);
     }
     ts->n_gen++;
     if (id == ts->p.eos_id && ts->p.eos_id >= 0 && !ts->p.ignore_eos) {

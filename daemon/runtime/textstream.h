@@ -46,6 +46,8 @@ struct vl2_textstream_params {
     const char *const *stops;           /* [n_stops], borrowed, at most VL2_PREP_MAX_STOPS;
                                            empty strings ignored */
     size_t             n_stops;
+    size_t             top_logprobs;    /* alternatives per id when logits are given,
+                                           at most VL2_TS_MAX_TOP */
 };
 
 struct vl2_textstream {
@@ -61,11 +63,24 @@ struct vl2_textstream {
     enum vl2_ts_finish finish;          /* 0 while the answer goes on */
 };
 
+#define VL2_TS_MAX_TOP 20
+
+/* One of the most likely ids of a step (vl2_logits_top). */
+struct vl2_ts_alt {
+    int32_t     id;
+    float       logprob;
+    const char *text;                   /* the id's bytes alone, borrowed from the
+                                           tokenizer ("" without one) */
+    size_t      len;
+};
+
 /* What one id gave. */
 struct vl2_ts_token {
     int32_t     id;
     bool        has_logprob;
     float       logprob;                /* log softmax of the raw logits at @id */
+    struct vl2_ts_alt top[VL2_TS_MAX_TOP];  /* [n_top], most likely first */
+    size_t      n_top;                  /* p.top_logprobs when logits were given */
     const char *text;                   /* new text to show (into the stream's text) */
     size_t      len;                    /* may be 0 */
     bool        send;                   /* false only for an EOS that brought no text:
@@ -78,8 +93,9 @@ int  vl2_textstream_init(struct vl2_textstream *ts, const struct vl2_textstream_
 void vl2_textstream_done(struct vl2_textstream *ts);
 
 /* Take generated @id; @logits [n_vocab] (may be NULL) give its
- * log-probability.  Fills @ret; ts->finish says whether the answer ended.
- * Returns 0, VL2_EINVAL once finished, VL2_ENOMEM. */
+ * log-probability and p.top_logprobs alternatives.  Fills @ret; ts->finish
+ * says whether the answer ended.  Returns 0, VL2_EINVAL once finished,
+ * VL2_ENOMEM. */
 int  vl2_textstream_push(struct vl2_textstream *ts, int32_t id, const float *logits,
                          int32_t n_vocab, struct vl2_ts_token *ret, struct vl2_err *err);
 

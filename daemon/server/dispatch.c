@@ -17,6 +17,8 @@
 
 /* Bytes of text one Tokenize may carry. */
 #define MAX_TOKENIZE_TEXT ((size_t) 1 << 20)
+/* server.c's default max_prompt_bytes; a smaller cap came from the model */
+#define MAX_PROMPT_CEILING ((size_t) 1 << 20)
 /* Tokenize requests one connection may have in flight (fairness, issue 18:
  * the engine encodes at most VL2_ENGINE_MAX_TOKENIZE of all at once). */
 #define MAX_TOKENIZE_PER_CONN 4
@@ -225,7 +227,9 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame, size_t 
         j += g->messages[i]->text ? strlen(g->messages[i]->text) : 0;
     if (j > max_prompt)
         return vl2_err_set(err, VL2_ELIMIT, "server: generate: the messages hold %zu bytes of "
-                           "text, at most %zu", j, max_prompt);
+                           "text, at most %zu (%s)", j, max_prompt,
+                           max_prompt < MAX_PROMPT_CEILING ? "what the model's context can hold"
+                                                           : "the daemon's ceiling");
     job = calloc(1, sizeof(*job));
     if (!job)
         return vl2_err_set(err, VL2_ENOMEM, "server: out of memory");
@@ -331,7 +335,13 @@ static int make_job(const Vl2__Generate *g, struct vl2_ipc_frame *frame, size_t 
     }
     job->grounding = g->grounding;
     job->stream = g->stream;
-    job->logprobs = g->logprobs;
+    if (g->top_logprobs > VL2_JOB_MAX_TOP_LOGPROBS) {
+        r = vl2_err_set(err, VL2_EINVAL, "server: generate: 'top_logprobs' %u: at most %d",
+                        g->top_logprobs, VL2_JOB_MAX_TOP_LOGPROBS);
+        goto out_free;
+    }
+    job->top_logprobs = g->top_logprobs;
+    job->logprobs = g->logprobs || g->top_logprobs > 0;
     *ret_job = job;
     return 0;
 
@@ -402,6 +412,20 @@ static bool refuse_inflight(struct vl2_conn *c, uint64_t id)
     return true;
 }
 
+/* Text bytes a Generate for @m may hold (issue 18): what can fit the
+ * model's context (n_ctx x its longest token's bytes, once loaded), and at
+ * most the server's max_prompt_bytes. */
+static size_t prompt_cap(const struct vl2_server *srv, const struct vl2_srv_model *m)
+{
+    struct vl2_engine_stats st = { 0 };
+
+    if (m->ops->stats)
+        m->ops->stats(m->engine, &st);
+    if (st.max_prompt_bytes > 0 && st.max_prompt_bytes < srv->opts.max_prompt_bytes)
+        return (size_t) st.max_prompt_bytes;
+    return srv->opts.max_prompt_bytes;
+}
+
 static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
                         struct vl2_ipc_frame *frame)
 {
@@ -430,7 +454,7 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
         vl2__conn_send_error(c, id, err.code, err.msg, false);
         return;
     }
-    r = make_job(g, frame, srv->opts.max_prompt_bytes, &job, &err);
+    r = make_job(g, frame, prompt_cap(srv, model), &job, &err);
     if (r < 0) {
         vl2__conn_send_error(c, id, r, err.msg, false);
         return;
@@ -445,6 +469,7 @@ static void on_generate(struct vl2_conn *c, uint64_t id, const Vl2__Generate *g,
     inf->bytes = frame->size;
     inf->key = job->key = srv->next_key++;
     job->owner = c->id;
+    job->owner_uid = c->peer.uid;
     inf->model = model;
     inf->stream = job->stream;
     r = model->ops->submit(model->engine, job, &err);
@@ -938,6 +963,29 @@ static void model_event(struct vl2_server *srv, struct vl2_srv_model *m,
     }
 }
 
+/* Token.top_logprobs of @ev into @t, in @alts and @ptrs
+ * [VL2_JOB_MAX_TOP_LOGPROBS] (borrowing @ev's bytes). */
+static void token_alts(Vl2__Token *t, const struct vl2_event *ev, Vl2__TokenAlternative *alts,
+                       Vl2__TokenAlternative **ptrs)
+{
+    size_t i, at = 0;
+
+    for (i = 0; i < ev->n_top && i < VL2_JOB_MAX_TOP_LOGPROBS; i++) {
+        vl2__token_alternative__init(&alts[i]);
+        alts[i].has_id = 1;
+        alts[i].id = ev->top[i].id;
+        alts[i].has_text = 1;
+        alts[i].text.data = ev->top_text + at;
+        alts[i].text.len = ev->top[i].text_size;
+        alts[i].has_logprob = 1;
+        alts[i].logprob = ev->top[i].logprob;
+        at += ev->top[i].text_size;
+        ptrs[i] = &alts[i];
+    }
+    t->n_top_logprobs = i;
+    t->top_logprobs = i ? ptrs : NULL;
+}
+
 void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
 {
     Vl2__Response resp = VL2__RESPONSE__INIT;
@@ -985,6 +1033,8 @@ void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
     }
     case VL2_EVENT_TOKEN: {
         Vl2__Token t = VL2__TOKEN__INIT;
+        Vl2__TokenAlternative alts[VL2_JOB_MAX_TOP_LOGPROBS];
+        Vl2__TokenAlternative *alt_ptrs[VL2_JOB_MAX_TOP_LOGPROBS];
 
         if (!inf->stream) {
             if (gather_text(inf, ev->text, ev->text_size) < 0) {
@@ -1003,6 +1053,7 @@ void vl2__dispatch_event(struct vl2_server *srv, struct vl2_event *ev)
         t.id = ev->token_id;
         t.has_logprob = ev->has_logprob;
         t.logprob = ev->logprob;
+        token_alts(&t, ev, alts, alt_ptrs);
         resp.body_case = VL2__RESPONSE__BODY_TOKEN;
         resp.token = &t;
         reply(c, &resp, inf->request_id);

@@ -51,7 +51,19 @@ struct enc {
     size_t heap_cap;
     char *map_buf;                /* byte-level mapped piece (ignore_merges) */
     size_t map_cap;
+    size_t n_chunks;              /* pre-tokenizer matches, for cancel_fn */
 };
+
+/* vl2_tokenizer_set_cancel: asked every CANCEL_EVERY pre-tokenizer chunks */
+#define CANCEL_EVERY 64
+static _Thread_local bool (*cancel_fn)(void *ud);
+static _Thread_local void *cancel_ud;
+
+void vl2_tokenizer_set_cancel(bool (*fn)(void *ud), void *ud)
+{
+    cancel_fn = fn;
+    cancel_ud = fn ? ud : NULL;
+}
 
 static int enc_oom(struct enc *e)
 {
@@ -535,6 +547,8 @@ static int split_piece(struct enc *e, size_t k, const struct tok_step *st, const
             break;
         if (rc < 0)
             return regex_failed(e, rc);
+        if (cancel_fn && ++e->n_chunks % CANCEL_EVERY == 0 && cancel_fn(cancel_ud))
+            return vl2_err_set(e->err, VL2_ECANCELED, "tokenizer: encode cancelled");
         ov = pcre2_get_ovector_pointer(e->md);
         ms = ov[0];
         me = ov[1];

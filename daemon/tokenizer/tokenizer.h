@@ -38,6 +38,7 @@
 #ifndef VL2_TOKENIZER_H
 #define VL2_TOKENIZER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -74,6 +75,13 @@ int vl2_tokenizer_encode(const struct vl2_tokenizer *tok, const char *text, size
 int vl2_tokenizer_encode_allow(const struct vl2_tokenizer *tok, const char *text, size_t len,
                                const int32_t *allow, size_t n_allow, int32_t **ret_ids,
                                size_t *ret_n, struct vl2_err *err);
+
+/* Cancellation of long encodes (issue 18): while set, the encodes of the
+ * calling thread ask @fn(@ud) every few pre-tokenizer chunks and fail with
+ * VL2_ECANCELED once it answers true.  @fn NULL clears.  Per thread: a
+ * thread sets it around its own encodes (the daemon's prep threads, with
+ * the request's cancel flag). */
+void vl2_tokenizer_set_cancel(bool (*fn)(void *ud), void *ud);
 
 /* Decode @n ids into text, as the reference decode(ids,
  * skip_special_tokens=False): special tokens printed verbatim, the bytes of

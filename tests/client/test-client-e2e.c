@@ -71,6 +71,51 @@ static bool can_connect(const char *path)
     return ok;
 }
 
+/* A token event's "top_logprobs" (greedy): @k entries (none and no key when
+ * 0), the first the golden id @gid with the event's own logprob, sorted,
+ * each with as many bytes as its text has (valid UTF-8 pieces). */
+static void check_top(const cJSON *o, const cJSON *gid, int k, const char *how, int n_tok)
+{
+    const cJSON *top = cJSON_GetObjectItemCaseSensitive(o, "top_logprobs"), *e;
+    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(o, "logprob");
+    double prev = 0.0;
+    int i = 0;
+
+    if (k == 0) {
+        CHECK_MSG(top == NULL, "%s: token %d: top_logprobs not asked for", how, n_tok);
+        return;
+    }
+    CHECK_MSG(cJSON_GetArraySize(top) == k, "%s: token %d: %d alternatives", how, n_tok,
+              cJSON_GetArraySize(top));
+    cJSON_ArrayForEach(e, top) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        const cJSON *l = cJSON_GetObjectItemCaseSensitive(e, "logprob");
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(e, "bytes");
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "text");
+
+        CHECK_MSG(cJSON_IsNumber(id) && cJSON_IsNumber(l) && cJSON_IsArray(b) &&
+                  cJSON_IsString(t), "%s: token %d: alternative %d", how, n_tok, i);
+        if (!cJSON_IsNumber(id) || !cJSON_IsNumber(l) || !cJSON_IsString(t))
+            return;
+        CHECK_MSG(l->valuedouble <= 0.0 && (i == 0 || l->valuedouble <= prev),
+                  "%s: token %d: alternative %d logprob %g after %g", how, n_tok, i,
+                  l->valuedouble, prev);
+        if (!strstr(t->valuestring, "\\x"))
+            CHECK_MSG(cJSON_GetArraySize(b) == (int) strlen(t->valuestring),
+                      "%s: token %d: alternative %d bytes", how, n_tok, i);
+        if (i == 0) {
+            CHECK_MSG(gid && id->valuedouble == gid->valuedouble,
+                      "%s: token %d: first alternative %g, golden %g", how, n_tok,
+                      id->valuedouble, gid ? gid->valuedouble : -1.0);
+            CHECK_MSG(cJSON_IsNumber(lp) && lp->valuedouble == l->valuedouble,
+                      "%s: token %d: first alternative's logprob is not the token's", how,
+                      n_tok);
+        }
+        prev = l->valuedouble;
+        i++;
+    }
+}
+
 int main(int argc, char **argv)
 {
     char tmpl[] = "/tmp/vl2-e2e-XXXXXX", sock[96], log[96], model_arg[4096];
@@ -155,11 +200,19 @@ int main(int argc, char **argv)
             args[n++] = "--send-bytes";
         args[n++] = "Describe this image.";
         args[n] = NULL;
-        /* the same with --json after the socket */
+        /* the same with --json after the socket (with bytes also
+         * --top-logprobs 3) */
         jargs[0] = vl2;
         jargs[1] = "--json";
-        for (k = 1; k <= n; k++)
+        for (k = 1; k + 1 < n; k++)
             jargs[k + 1] = args[k];
+        k = n;
+        if (bytes) {
+            jargs[k++] = "--top-logprobs";
+            jargs[k++] = "3";
+        }
+        jargs[k++] = args[n - 1];
+        jargs[k] = NULL;
         rc = run(args, &out, &err);
         CHECK_MSG(rc == 0, "%s: exit %d: %s", how, rc, err ? err : "");
         CHECK_MSG(out && !strcmp(out, want), "%s: answer '%s', golden '%s'", how, out ? out : "",
@@ -188,6 +241,7 @@ int main(int argc, char **argv)
                           "%s: token %d: id %g, golden %g", how, n_tok,
                           cJSON_IsNumber(id) ? id->valuedouble : -1.0,
                           gid ? gid->valuedouble : -1.0);
+                    check_top(o, gid, bytes ? 3 : 0, how, n_tok);
                     n_tok++;
                 } else if (cJSON_IsString(ev) && !strcmp(ev->valuestring, "done")) {
                     const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "text");

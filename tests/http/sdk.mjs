@@ -104,10 +104,28 @@ const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 
 }
 {
     const r = await openai.chat.completions.create({ model: 'micro', messages: describe, max_tokens: 12,
-                                                      temperature: 0, logprobs: true, top_logprobs: 1 });
+                                                      temperature: 0, logprobs: true, top_logprobs: 4 });
     const lp = r.choices[0].logprobs.content;
     check('openai: logprobs: 12 tokens spelling the golden text',
           lp.length === 12 && lp.map((t) => t.token).join('') === a384.text && lp.every((t) => t.logprob <= 0));
+    // greedy: 4 alternatives each, sorted, the first the chosen token
+    const topOk = (t) => t.top_logprobs.length === 4 && t.top_logprobs[0].token === t.token &&
+        t.top_logprobs[0].logprob === t.logprob &&
+        JSON.stringify(t.top_logprobs[0].bytes) === JSON.stringify(t.bytes) &&
+        t.top_logprobs.every((a, i) => a.logprob <= 0 && Array.isArray(a.bytes) &&
+                                       (i === 0 || a.logprob <= t.top_logprobs[i - 1].logprob)) &&
+        t.top_logprobs.reduce((s, a) => s + Math.exp(a.logprob), 0) <= 1 + 1e-5;
+    check('openai: top_logprobs 4: sorted alternatives, the first the chosen token', lp.every(topOk),
+          JSON.stringify(lp[0]));
+    const stream = await openai.chat.completions.create({ model: 'micro', messages: describe, max_tokens: 12,
+                                                           temperature: 0, logprobs: true, top_logprobs: 4,
+                                                           stream: true });
+    const slp = [];
+    for await (const c of stream)
+        for (const t of c.choices[0]?.logprobs?.content ?? []) slp.push(t);
+    check('openai: streamed top_logprobs 4: the same tokens and alternatives',
+          slp.length === 12 && slp.every(topOk) && JSON.stringify(slp) === JSON.stringify(lp),
+          JSON.stringify(slp[0]));
 }
 async function expectStatus(what, status, body) {
     try {

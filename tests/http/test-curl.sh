@@ -120,12 +120,39 @@ check "max_completion_tokens 3 wins over max_tokens 12; a prefix of the golden t
     bash -c '[ "$(jq .usage.completion_tokens "$1")" = 3 ] && [ -n "$2" ] && [ "${3#"$2"}" != "$3" ]' \
     _ "$DIR/out" "$c3" "$gt"
 
-jq -c '.logprobs = true | .top_logprobs = 2' "$DIR/a384.json" > "$DIR/lp.json"
+jq -c '.logprobs = true' "$DIR/a384.json" > "$DIR/lp.json"
 post /v1/chat/completions "$DIR/lp.json" > /dev/null
 check "logprobs: 12 tokens whose text is the golden text, each <= 0, bytes, no alternatives" \
     jq -e --arg g "$gt" '.choices[0].logprobs.content as $c | ($c | length) == 12
            and ([$c[].token] | join("")) == $g and all($c[]; .logprob <= 0 and .top_logprobs == []
            and (.bytes | length) == (.token | utf8bytelength))' "$DIR/out"
+# top_logprobs N (greedy): N alternatives per token, sorted, probabilities
+# summing to at most 1, the first the chosen token with its logprob; each
+# with token, logprob and bytes as OpenAI writes them
+TOPCHECK='.choices[0].logprobs.content as $c | ($c | length) == 12
+    and ([$c[].token] | join("")) == $g
+    and all($c[]; . as $t | (.top_logprobs | length) == $n
+        and .top_logprobs[0].token == $t.token and .top_logprobs[0].logprob == $t.logprob
+        and .top_logprobs[0].bytes == $t.bytes
+        and ([.top_logprobs[].logprob] | . == (sort | reverse) and all(. <= 0)
+             and (map(pow(2.718281828459045; .)) | add) <= 1.00001)
+        and all(.top_logprobs[]; (keys == ["bytes", "logprob", "token"])
+             and ((.token | test("\\\\x")) or (.bytes | length) == (.token | utf8bytelength))))'
+for n in 1 5 20; do
+    jq -c --argjson n $n '.logprobs = true | .top_logprobs = $n' "$DIR/a384.json" > "$DIR/lp.json"
+    post /v1/chat/completions "$DIR/lp.json" > /dev/null
+    check "top_logprobs $n: the golden text, $n sorted alternatives per token, the first the chosen one" \
+        jq -e --arg g "$gt" --argjson n $n "$TOPCHECK" "$DIR/out"
+done
+jq -c '.logprobs = true | .top_logprobs = 3 | .stream = true' "$DIR/a384.json" > "$DIR/lp.json"
+curl -sN "$URL/v1/chat/completions" --data-binary @"$DIR/lp.json" | sed -n 's/^data: //p' \
+    | grep -v '^\[DONE\]$' > "$DIR/lpchunks"
+check "SSE top_logprobs 3: the content chunks' logprobs as the non-streamed ones" \
+    bash -c 'jq -s "{choices: [{logprobs: {content: [.[].choices[0].logprobs.content // empty | .[]]}}]}" "$1" \
+             | jq -e --arg g "$2" --argjson n 3 "$3"' _ "$DIR/lpchunks" "$gt" "$TOPCHECK"
+check "SSE top_logprobs 3: content in the same chunks as their logprobs" \
+    jq -se 'all(.[] | select(.choices[0].delta.content // "" | length > 0);
+                .choices[0].logprobs.content | length == 1)' "$DIR/lpchunks"
 
 # ---- streamed (SSE) ------------------------------------------------------------
 jq -c '.stream = true | .stream_options = {include_usage: true}' "$DIR/a384.json" > "$DIR/sse.json"
@@ -183,6 +210,8 @@ bad 400 "top_p 0" '{"messages":[{"role":"user","content":"hi"}],"top_p":0}'
 bad 400 "max_tokens 0" '{"messages":[{"role":"user","content":"hi"}],"max_tokens":0}'
 bad 400 "stop a number" '{"messages":[{"role":"user","content":"hi"}],"stop":5}'
 bad 400 "top_logprobs without logprobs" '{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}'
+bad 400 "top_logprobs 21" '{"messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":21}'
+bad 400 "top_logprobs -1" '{"messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":-1}'
 bad 400 "penalty 5" '{"messages":[{"role":"user","content":"hi"}],"presence_penalty":5}'
 bad 400 "image tags without images" '{"messages":[{"role":"user","content":"<image> what?"}]}'
 check "unknown route: 404 with an error object" \
@@ -206,6 +235,26 @@ jq -c '.stream = false' "$DIR/ochat.json" > "$DIR/ochat1.json"
 st=$(post /api/chat "$DIR/ochat1.json")
 check "ollama chat stream:false: one object with the golden text" \
     jq -e --arg g "$gt" '.message.content == $g and .done == true and .eval_count == 12' "$DIR/out"
+# Ollama's logprobs: [{token, logprob, bytes, top_logprobs}], the same
+# checks as the OpenAI dialect's ($TOPCHECK on them)
+OTOP='{choices: [{logprobs: {content: .}}]} | '"$TOPCHECK"
+jq -c '.logprobs = true | .top_logprobs = 3' "$DIR/ochat1.json" > "$DIR/olp.json"
+post /api/chat "$DIR/olp.json" > /dev/null
+check "ollama chat logprobs, top_logprobs 3: 12 entries with 3 sorted alternatives, the first the chosen" \
+    jq -e --arg g "$gt" --argjson n 3 ".message.content == \$g and (.logprobs | $OTOP)" "$DIR/out"
+jq -c '.logprobs = true | .top_logprobs = 3' "$DIR/ochat.json" > "$DIR/olp.json"
+curl -sN "$URL/api/chat" --data-binary @"$DIR/olp.json" > "$DIR/olpnd"
+check "ollama chat streamed logprobs: one entry on each token's object, as non-streamed" \
+    bash -c 'jq -se "all(.[] | select(.done == false); (.logprobs | length) == 1)" "$1" > /dev/null &&
+             jq -s "[.[] | select(.done == false) | .logprobs[]]" "$1" |
+             jq -e --arg g "$2" --argjson n 3 "$3"' _ "$DIR/olpnd" "$gt" "$OTOP"
+jq -c '.logprobs = true' "$DIR/ochat1.json" > "$DIR/olp.json"
+post /api/chat "$DIR/olp.json" > /dev/null
+check "ollama chat logprobs without top_logprobs: no top_logprobs key" \
+    jq -e --arg g "$gt" '(.logprobs | length) == 12 and ([.logprobs[].token] | join("")) == $g
+                         and all(.logprobs[]; has("top_logprobs") | not)' "$DIR/out"
+post /api/chat "$DIR/ochat1.json" > /dev/null
+check "ollama chat without logprobs: no logprobs key" jq -e '.done == true and (has("logprobs") | not)' "$DIR/out"
 jq -nc --arg i "$b64a" '{model:"micro:latest",prompt:"Describe this image.",images:[$i],stream:false,
                         options:{temperature:0,num_predict:12}}' > "$DIR/ogen.json"
 post /api/generate "$DIR/ogen.json" > /dev/null
@@ -257,23 +306,31 @@ post /api/generate "$DIR/oload.json" > /dev/null
 check "empty generate: done_reason load" jq -e '.done_reason == "load" and .done' "$DIR/out"
 check "and the model is back" test "$(curl -s "$URL/api/tags" | jq -r '.models[0].name')" = micro
 
-# while a model loads: /health and requests say 503 (micro takes ~0.5 s to load)
-post /api/generate "$DIR/ounload.json" > /dev/null
-curl -s "$URL/api/generate" --data-binary @"$DIR/oload.json" > "$DIR/loading.out" &
-lpid=$!
+# while a model loads: /health and requests say 503 (micro takes ~0.5 s to load,
+# so the chat request may come after the load has ended: then the cycle of
+# unload and load is tried again, at most five times)
 seen_health=0 seen_chat=0
-for i in $(seq 300); do
-    curl -s -o "$DIR/h" -w '%{http_code}' "$URL/health" > "$DIR/hs"
-    if [ "$(cat "$DIR/hs")" = 503 ] && jq -e '.status == "loading"' "$DIR/h" > /dev/null; then
-        seen_health=1
-        [ "$(post /v1/chat/completions "$DIR/text.json")" = 503 ] &&
-            jq -e '.error.type == "service_unavailable"' "$DIR/out" > /dev/null && seen_chat=1
-        break
-    fi
-    kill -0 "$lpid" 2>/dev/null || break
-    sleep 0.01
+for attempt in 1 2 3 4 5; do
+    post /api/generate "$DIR/ounload.json" > /dev/null
+    curl -s "$URL/api/generate" --data-binary @"$DIR/oload.json" > "$DIR/loading.out" &
+    lpid=$!
+    for i in $(seq 300); do
+        curl -s -o "$DIR/h" -w '%{http_code}' "$URL/health" > "$DIR/hs"
+        if [ "$(cat "$DIR/hs")" = 503 ] && jq -e '.status == "loading"' "$DIR/h" > /dev/null; then
+            seen_health=1
+            code=$(post /v1/chat/completions "$DIR/text.json")
+            [ "$code" = 503 ] &&
+                jq -e '.error.type == "service_unavailable"' "$DIR/out" > /dev/null && seen_chat=1
+            # 200: the load ended first (try again); anything else is a failure
+            [ "$code" = 200 ] || [ "$code" = 503 ] || seen_chat=-1
+            break
+        fi
+        kill -0 "$lpid" 2>/dev/null || break
+        sleep 0.01
+    done
+    wait "$lpid"
+    [ "$seen_chat" = 0 ] || break
 done
-wait "$lpid"
 check "loading: /health 503 with status loading" test "$seen_health" = 1
 check "loading: a chat request gets 503" test "$seen_chat" = 1
 check "loaded: /health 200 again" test "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" = 200

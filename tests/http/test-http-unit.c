@@ -1,6 +1,7 @@
 /* test-http-unit.c - vl2-http's small pure functions: base64 (the RFC 4648
  * section 10 test vectors), the penalty mapping (its documented formula),
- * listen addresses, sizes, RFC 3339 times. */
+ * listen addresses, sizes, RFC 3339 times, token texts as OpenAI writes
+ * them (whole UTF-8 characters kept, other bytes as \xNN). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,11 +41,33 @@ static void b64_bad(const char *in)
           in);
 }
 
+static void token_text(const char *in, size_t n, const char *want)
+{
+    char *s = vl2h_token_text((const uint8_t *) in, n);
+
+    CHECK(s && !strcmp(s, want), "token text: '%s', want '%s'", s ? s : "(null)", want);
+    free(s);
+}
+
 int main(void)
 {
     char host[64], ts[64];
     unsigned port = 0;
     size_t sz = 0;
+
+    /* UTF-8 (Unicode table 3-7): 'é' = c3 a9, '€' = e2 82 ac, U+1F600 = f0 9f 98 80 */
+    token_text("", 0, "");
+    token_text(" cat", 4, " cat");
+    token_text("\xc3\xa9t\xc3\xa9", 5, "\xc3\xa9t\xc3\xa9");
+    token_text("\xe2\x82\xac\xf0\x9f\x98\x80", 7, "\xe2\x82\xac\xf0\x9f\x98\x80");
+    token_text("\xe2\x82", 2, "\\xe2\\x82");              /* a character's first bytes */
+    token_text("\xac!", 2, "\\xac!");                      /* its last byte */
+    token_text("a\0b", 3, "a\\x00b");
+    token_text("\xc0\xaf", 2, "\\xc0\\xaf");              /* overlong '/' */
+    token_text("\xed\xa0\x80", 3, "\\xed\\xa0\\x80");      /* a surrogate */
+    token_text("\xf4\x90\x80\x80", 4, "\\xf4\\x90\\x80\\x80");  /* above U+10FFFF */
+    CHECK(vl2h_json_logprob(-INFINITY) == -9999.0 && vl2h_json_logprob(-0.5f) == -0.5,
+          "logprob of -inf");
 
     /* RFC 4648, section 10 */
     b64_ok("Zg==", "f");

@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -128,6 +129,7 @@ struct gen_opts {
     uint32_t max_new;            /* 0: not set */
     bool stream;
     bool logprobs;
+    uint32_t top_logprobs;
     bool ignore_eos;
     const char *stop;
     bool has_temperature;
@@ -154,6 +156,10 @@ struct result {
     size_t n_ids;
     size_t n_tokens;
     bool bad_logprob;
+    /* Token.top_logprobs: each Token's count, first id, and what is wrong */
+    size_t n_top[64];
+    int32_t top1[64];
+    char bad_top[256];
     bool has_done;
     Vl2__Done done;
     char done_text[4096];
@@ -164,6 +170,41 @@ struct result {
     int (*on_token)(struct result *r);
     void *ud;
 };
+
+/* The alternatives of Token @t (the last one counted in @r): counted, the first
+ * kept; sorted, each <= 0, their probabilities summing to at most 1, the
+ * first one's logprob the token's own when it is the chosen id. */
+static void check_top(struct result *r, const Vl2__Token *t)
+{
+    double sum = 0.0;
+    size_t i, k = r->n_tokens - 1;
+
+    if (k >= sizeof(r->n_top) / sizeof(r->n_top[0]))
+        return;
+    r->n_top[k] = t->n_top_logprobs;
+    r->top1[k] = t->n_top_logprobs ? (int32_t) t->top_logprobs[0]->id : -1;
+    for (i = 0; i < t->n_top_logprobs; i++) {
+        const Vl2__TokenAlternative *a = t->top_logprobs[i];
+
+        sum += exp((double) a->logprob);
+        if (!a->has_id || !a->has_logprob || !(a->logprob <= 0.0f))
+            snprintf(r->bad_top, sizeof(r->bad_top), "token %zu, alternative %zu: "
+                     "logprob %g", k, i, a->logprob);
+        if (i > 0 && a->logprob > t->top_logprobs[i - 1]->logprob)
+            snprintf(r->bad_top, sizeof(r->bad_top), "token %zu: alternative %zu above "
+                     "the one before", k, i);
+        if (i > 0 && a->id == t->top_logprobs[i - 1]->id)
+            snprintf(r->bad_top, sizeof(r->bad_top), "token %zu: an id twice", k);
+    }
+    if (sum > 1.0 + 1e-5)
+        snprintf(r->bad_top, sizeof(r->bad_top), "token %zu: probabilities sum to %.7f", k,
+                 sum);
+    if (t->n_top_logprobs && t->top_logprobs[0]->id == t->id &&
+        t->top_logprobs[0]->logprob != t->logprob)
+        snprintf(r->bad_top, sizeof(r->bad_top), "token %zu: the first alternative's "
+                 "logprob %.9g is not the token's %.9g", k, t->top_logprobs[0]->logprob,
+                 t->logprob);
+}
 
 static int on_response(const Vl2__Response *resp, void *ud)
 {
@@ -187,7 +228,7 @@ static int on_response(const Vl2__Response *resp, void *ud)
             r->progress_after_token = true;
         break;
     case VL2__RESPONSE__BODY_TOKEN:
-        if (r->text_len + resp->token->text.len < sizeof(r->text)) {
+        if (resp->token->text.len && r->text_len + resp->token->text.len < sizeof(r->text)) {
             memcpy(r->text + r->text_len, resp->token->text.data, resp->token->text.len);
             r->text_len += resp->token->text.len;
             r->text[r->text_len] = '\0';
@@ -197,6 +238,7 @@ static int on_response(const Vl2__Response *resp, void *ud)
         r->n_tokens++;
         if (resp->token->has_logprob && !(resp->token->logprob <= 0.0f))
             r->bad_logprob = true;
+        check_top(r, resp->token);
         if (r->on_token)
             return r->on_token(r);
         break;
@@ -205,7 +247,8 @@ static int on_response(const Vl2__Response *resp, void *ud)
         r->done = *resp->done;
         r->done.boxes = NULL;
         r->done.n_boxes = 0;
-        if (resp->done->has_text && resp->done->text.len < sizeof(r->done_text)) {
+        if (resp->done->has_text && resp->done->text.len &&
+            resp->done->text.len < sizeof(r->done_text)) {
             memcpy(r->done_text, resp->done->text.data, resp->done->text.len);
             r->done_text[resp->done->text.len] = '\0';
         }
@@ -284,6 +327,10 @@ static void make_req(struct gen_req *q, const char *prompt, const uint8_t *image
     q->gen.stream = o->stream;
     q->gen.has_logprobs = 1;
     q->gen.logprobs = o->logprobs;
+    if (o->top_logprobs) {
+        q->gen.has_top_logprobs = 1;
+        q->gen.top_logprobs = o->top_logprobs;
+    }
     if (o->max_new) {
         q->smp.has_max_new_tokens = 1;
         q->smp.max_new_tokens = o->max_new;
@@ -548,6 +595,33 @@ static void test_stop_and_logprobs(void)
               !memcmp(r->text, mha[0].text, r->text_len), "text '%s'", r->text);
     CHECK(r->n_tokens > 0 && r->n_tokens < 12);
     CHECK(!r->bad_logprob);
+    free(r);
+}
+
+/* top_logprobs 5 under greedy: at each step 5 alternatives, the first the
+ * golden id; top_logprobs alone brings logprob; 21 is refused. */
+static void test_top_logprobs(void)
+{
+    struct gen_opts o = gen_defaults();
+    struct result *r = calloc(1, sizeof(*r));
+    size_t i;
+
+    o.top_logprobs = 5;
+    CHECK(generate(NULL, mha[0].prompt, &mha[0], &o, r) == 0);
+    check_golden(r, &mha[0], "a384 with top_logprobs 5");
+    CHECK_MSG(!r->bad_top[0], "%s", r->bad_top);
+    CHECK(!r->bad_logprob);
+    for (i = 0; i < r->n_tokens && i < mha[0].n_ids; i++) {
+        CHECK_MSG(r->n_top[i] == 5, "token %zu: %zu alternatives", i, r->n_top[i]);
+        CHECK_MSG(r->top1[i] == mha[0].ids[i], "token %zu: first alternative %d, golden %d",
+                  i, r->top1[i], mha[0].ids[i]);
+    }
+    memset(r, 0, sizeof(*r));
+    o.top_logprobs = 21;
+    CHECK(generate(NULL, mha[0].prompt, &mha[0], &o, r) != 0 || r->error_code != 0);
+    CHECK_MSG(r->error_code == VL2_EINVAL && strstr(r->error_msg, "top_logprobs"),
+              "top_logprobs 21: error %d '%s'", r->error_code, r->error_msg);
+    CHECK_EQ_INT(r->n_tokens, 0);
     free(r);
 }
 
@@ -1502,6 +1576,7 @@ int main(int argc, char **argv)
     RUN(test_golden_fd);
     RUN(test_golden_cases);
     RUN(test_stop_and_logprobs);
+    RUN(test_top_logprobs);
     RUN(test_run_matches_daemon);
     RUN(test_concurrent_clients);
     RUN(test_one_connection);

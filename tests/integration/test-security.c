@@ -12,9 +12,15 @@
  *   - handshake and frame timeouts, per-uid connection cap, the file limit;
  *   - SIGHUP reloads the models of the file, SIGUSR1/2 kill nobody; SIGTERM
  *     ends within --stop-timeout and keeps a second daemon out meanwhile;
- *   - client-supplied names reach the log escaped.
+ *   - client-supplied names reach the log escaped;
+ *   - memory goes back after big requests (VmRSS);
+ *   - descriptors: the partial-frame budget, EMFILE reported as such (daemon
+ *     C, file limit 128);
+ *   - fairness: a connection's long generations, or those of many
+ *     connections of one uid, leave a sequence slot for others.
  *
  * usage: test-security VL2D MICRO_MHA_DIR */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -30,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "../common/check.h"
 #include "harness.h"
 
@@ -41,7 +49,9 @@ static char *dir;                 /* our temporary directory */
 static char sock_a[300], log_a[300], conf_a[300];
 static char sock_b[300], log_b[300];
 static char roots[300];           /* daemon B's model root */
-static pid_t pid_a = -1, pid_b = -1;
+static char sock_c[300], log_c[300];
+static pid_t pid_a = -1, pid_b = -1, pid_c = -1;
+#define C_NOFILE 128              /* daemon C's file limit, soft and hard */
 
 static long long now_ms(void)
 {
@@ -337,7 +347,12 @@ static bool as_other_user(void (*fn)(void *), void *arg, const char *what)
         _exit(check_failures ? 1 : 0);
     }
     status = harness_wait(pid, 30000);
-    return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return true;
+    fprintf(stderr, "%s: the other user's process ended with status %d (%s %d)\n", what,
+            status, status >= 0 && WIFSIGNALED(status) ? "signal" : "exit",
+            status >= 0 && WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    return false;
 }
 
 static void other_may_not_load(void *arg)
@@ -475,6 +490,50 @@ static void test_cancel_load(void)
     close(fd);
 }
 
+/* The prompt bytes the model's context can hold, computed from the
+ * checkpoint's files on their own: max_position_embeddings of config.json
+ * times the longest vocabulary entry of tokenizer.json in bytes (a
+ * byte-level vocabulary spells each byte with one character), or that of
+ * an added token's content if longer.  0 when the files do not say. */
+static size_t context_prompt_bytes(void)
+{
+    char path[600], *t;
+    cJSON *j, *o, *v;
+    size_t longest = 0, n_ctx = 0;
+
+    snprintf(path, sizeof(path), "%s/config.json", mha_dir);
+    t = harness_slurp(path);
+    j = t ? cJSON_Parse(t) : NULL;
+    free(t);
+    o = cJSON_GetObjectItem(j, "language_config");
+    v = cJSON_GetObjectItem(o ? o : j, "max_position_embeddings");
+    if (cJSON_IsNumber(v))
+        n_ctx = (size_t) v->valuedouble;
+    cJSON_Delete(j);
+    snprintf(path, sizeof(path), "%s/tokenizer.json", mha_dir);
+    t = harness_slurp(path);
+    j = t ? cJSON_Parse(t) : NULL;
+    free(t);
+    o = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "model"), "vocab");
+    cJSON_ArrayForEach(v, o) {
+        size_t chars = 0;
+        const unsigned char *p;
+
+        for (p = (const unsigned char *) v->string; *p; p++)
+            chars += (*p & 0xc0) != 0x80;
+        if (chars > longest)
+            longest = chars;
+    }
+    cJSON_ArrayForEach(v, cJSON_GetObjectItem(j, "added_tokens")) {
+        cJSON *c = cJSON_GetObjectItem(v, "content");
+
+        if (cJSON_IsString(c) && strlen(c->valuestring) > longest)
+            longest = strlen(c->valuestring);
+    }
+    cJSON_Delete(j);
+    return n_ctx * longest;
+}
+
 /* Requests over the limits, refused before decoding; the connection stays. */
 static void test_limits(void)
 {
@@ -519,14 +578,30 @@ static void test_limits(void)
         harness_write(fd, tok, sizeof(tok));
     }
     expect_error(recv_final(fd, 32, 5000), 32, VL2_EINVAL, "NUL", NULL, "NUL in a string");
-    /* 1.5 MiB of prompt text */
+    /* 1.5 MiB of prompt text: over the server's ceiling */
     big = malloc((3u << 19) + 1);
     memset(big, 'a', 3u << 19);
     big[3u << 19] = '\0';
     send_generate(fd, 33, 1, big, 1);
-    free(big);
-    expect_error(recv_final(fd, 33, 10000), 33, VL2_ELIMIT, "at most 1048576", NULL,
+    expect_error(recv_final(fd, 33, 10000), 33, VL2_ELIMIT, "bytes of text, at most", NULL,
                  "1.5 MiB prompt");
+    /* one byte more than the model's context can hold (micro-mha: 4096 x
+     * 128 bytes = 512 KiB, under the 1 MiB ceiling): refused before it is
+     * tokenized, the bound named */
+    {
+        size_t cap = context_prompt_bytes();
+        char want[64];
+
+        CHECK_MSG(cap > 0 && cap < (3u << 19), "context bound %zu", cap);
+        if (cap > 0 && cap < (3u << 19)) {
+            big[cap + 1] = '\0';
+            snprintf(want, sizeof(want), "at most %zu (what the model's context", cap);
+            send_generate(fd, 35, 1, big, 1);
+            expect_error(recv_final(fd, 35, 10000), 35, VL2_ELIMIT, want, NULL,
+                         "a prompt over the context's bytes");
+        }
+    }
+    free(big);
     /* the connection still serves */
     send_simple(fd, 34, VL2__REQUEST__BODY_STATUS);
     {
@@ -776,7 +851,7 @@ static void send_long(int fd, uint64_t id, uint32_t max_new)
     harness_send(fd, &req);
 }
 
-/* One connection's long generations (the daemon has 2 sequence slots)
+/* One connection's long generations (the daemon has 3 sequence slots)
  * leave a slot for another client: it starts at once (position 0). */
 static void test_fair_slots(void)
 {
@@ -800,6 +875,52 @@ static void test_fair_slots(void)
     printf("fair slots: the other client answered in %lld ms\n", now_ms() - t0);
     close(hog);   /* its generations end with the connection */
     close(other);
+}
+
+/* The other user's short request: answered within a few seconds. */
+static void other_gets_a_slot(void *arg)
+{
+    int fd = client(arg);
+    Vl2__Response *r;
+    long long t0 = now_ms();
+
+    if (fd < 0)
+        return;
+    send_generate(fd, 99, 1, "Hi.", 2);
+    CHECK_EQ_INT(accepted_position(fd, 99), 0);
+    r = recv_final(fd, 99, 10000);
+    CHECK_MSG(r && r->body_case == VL2__RESPONSE__BODY_DONE, "the other user's answer");
+    if (r)
+        vl2__response__free_unpacked(r, NULL);
+    CHECK_MSG(now_ms() - t0 < 5000, "the other user waited %lld ms", now_ms() - t0);
+    close(fd);
+}
+
+/* Fairness between uids (3 sequence slots): three connections of one uid
+ * with long generations take two slots, the third waits; the last slot
+ * stays for another user, whose request starts at once. */
+static void test_fair_uids(void)
+{
+    int hog[3], i;
+
+    sleep_ms(500);   /* the slots of test_fair_slots's closed connections free */
+    for (i = 0; i < 3; i++)
+        hog[i] = client(sock_a);
+    if (hog[0] < 0 || hog[1] < 0 || hog[2] < 0)
+        goto out_close;
+    send_long(hog[0], 120, 100000);
+    CHECK_EQ_INT(accepted_position(hog[0], 120), 0);
+    send_long(hog[1], 121, 100000);
+    CHECK_EQ_INT(accepted_position(hog[1], 121), 0);
+    send_long(hog[2], 122, 100000);
+    CHECK_MSG(accepted_position(hog[2], 122) > 0,
+              "a third connection of one uid took the last slot");
+    CHECK(as_other_user(other_gets_a_slot, sock_a, "fair uids"));
+out_close:
+    for (i = 0; i < 3; i++)
+        if (hog[i] >= 0)
+            close(hog[i]);   /* their generations end with the connections */
+    sleep_ms(300);
 }
 
 /* Two Generates of one connection whose image descriptors never end do not
@@ -1026,10 +1147,205 @@ static void test_stop_timeout(void)
     close(fd);
 }
 
+/* Resident memory of @pid in KiB (VmRSS of /proc/PID/status), or -1. */
+static long rss_kib(pid_t pid)
+{
+    char path[64], *t, *p;
+    long kib = -1;
+
+    snprintf(path, sizeof(path), "/proc/%ld/status", (long) pid);
+    t = harness_slurp(path);
+    p = t ? strstr(t, "VmRSS:") : NULL;
+    if (p)
+        kib = strtol(p + 6, NULL, 10);
+    free(t);
+    return kib;
+}
+
+/* Memory goes back after a big request (issue 18: glibc kept the peak
+ * until malloc_trim): three 48 MiB Generates of 4096 messages of 12 KiB
+ * (refused for their text after decoding, which holds them in small
+ * blocks) leave the daemon's resident memory within 16 MiB of before. */
+static void test_memory_back(void)
+{
+    int fd = client(sock_a), i;
+    char *text = malloc(12 * 1024 + 1);
+    long before, after;
+
+#if defined(__SANITIZE_ADDRESS__)
+    printf("skip test_memory_back: ASan's allocator keeps freed blocks in quarantine\n");
+    goto out_free;
+#endif
+    if (fd < 0 || !text)
+        goto out_free;
+    memset(text, 'm', 12 * 1024);
+    text[12 * 1024] = '\0';
+    before = rss_kib(pid_a);
+    for (i = 0; i < 3; i++) {
+        send_generate(fd, 130 + (uint64_t) i, 4096, text, 1);
+        expect_error(recv_final(fd, 130 + (uint64_t) i, 20000), 130 + (uint64_t) i,
+                     VL2_ELIMIT, "bytes of text", NULL, "48 MiB of messages");
+    }
+    sleep_ms(200);
+    after = rss_kib(pid_a);
+    printf("memory back: VmRSS %ld KiB before, %ld KiB after\n", before, after);
+    CHECK_MSG(before > 0 && after > 0 && after < before + 16 * 1024,
+              "VmRSS %ld KiB before three 48 MiB requests, %ld KiB after", before, after);
+out_free:
+    free(text);
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Half a frame (100 bytes announced, 2 sent) carrying @n descriptors (the
+ * read ends of pipes, closed here once sent). */
+static void send_half_with_fds(int fd, unsigned n)
+{
+    static const uint8_t half[] = { 100, 0, 0, 0, 0x08, 1 };
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * 16)];
+    } ctl;
+    int fds[16], w[16];
+    struct msghdr mh;
+    struct iovec iov;
+    struct cmsghdr *cm;
+    unsigned i;
+
+    for (i = 0; i < n && i < 16; i++) {
+        int p[2];
+
+        if (pipe2(p, O_CLOEXEC) < 0) {
+            p[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            p[1] = -1;
+        }
+        fds[i] = p[0];
+        w[i] = p[1];
+    }
+    memset(&mh, 0, sizeof(mh));
+    iov.iov_base = (void *) half;
+    iov.iov_len = sizeof(half);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * i);
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * i);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * i);
+    CHECK_MSG(sendmsg(fd, &mh, 0) == (ssize_t) sizeof(half), "sendmsg: %s", strerror(errno));
+    while (i-- > 0) {
+        close(fds[i]);
+        if (w[i] >= 0)
+            close(w[i]);
+    }
+}
+
+/* Descriptors daemon C holds now. */
+static int fds_of_c(void)
+{
+    char path[64];
+    DIR *d;
+    struct dirent *de;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "/proc/%ld/fd", (long) pid_c);
+    d = opendir(path);
+    if (!d)
+        return -1;
+    while ((de = readdir(d)))
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* An Error about the connection (id 0) with @code and @needle, or the
+ * reason why not printed. */
+static void expect_conn_error(int fd, int code, const char *needle, const char *what)
+{
+    Vl2__Response *r = NULL;
+
+    CHECK_MSG(harness_recv(fd, 5000, &r) == 1, "%s: no answer", what);
+    CHECK_MSG(r && r->body_case == VL2__RESPONSE__BODY_ERROR && r->id == 0 &&
+              r->error->code == code && strstr(r->error->message, needle),
+              "%s: %s", what, r && r->error ? r->error->message : "not an Error");
+    if (r)
+        vl2__response__free_unpacked(r, NULL);
+}
+
+/* Unfinished frames of all clients hold at most a quarter of the file
+ * limit in descriptors (at least 64; daemon C: 128 / 4 -> 64): four
+ * connections parking 16 each are kept, the fifth is refused with BUSY. */
+static void test_partial_fds_budget(void)
+{
+    int fds[5], i;
+    Vl2__Response *r = NULL;
+
+    for (i = 0; i < 5; i++)
+        fds[i] = client(sock_c);
+    for (i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            send_half_with_fds(fds[i], 16);
+    sleep_ms(300);
+    if (fds[4] >= 0) {
+        send_half_with_fds(fds[4], 16);
+        expect_conn_error(fds[4], VL2_EBUSY, "hold more than 64 descriptors",
+                          "the fifth half frame of 16 descriptors");
+    }
+    for (i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            CHECK_MSG(harness_recv(fds[i], 100, &r) == -1, "a frame within the budget was "
+                      "refused: %s", r && r->error ? r->error->message : "closed");
+    for (i = 0; i < 5; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    sleep_ms(300);
+}
+
+/* Descriptors the kernel could not give the daemon because its table is
+ * full are reported as that (BUSY, "out of file descriptors"), not as a
+ * client sending too many. */
+static void test_emfile_reported(void)
+{
+    int conns[C_NOFILE], n = 0, last, have;
+
+    while (n < C_NOFILE - 8) {
+        have = fds_of_c();
+        if (have < 0 || have >= C_NOFILE - 6)
+            break;
+        conns[n] = client(sock_c);
+        if (conns[n] < 0)
+            break;
+        n++;
+    }
+    have = fds_of_c();
+    printf("emfile: %d connections, daemon C holds %d descriptors\n", n, have);
+    CHECK_MSG(have >= C_NOFILE - 6 && have < C_NOFILE, "daemon C holds %d descriptors of %d",
+              have, C_NOFILE);
+    if (n > 0) {
+        last = conns[n - 1];
+        send_half_with_fds(last, 16);
+        expect_conn_error(last, VL2_EBUSY, "out of file descriptors",
+                          "16 descriptors into a nearly full table");
+    }
+    while (n-- > 0)
+        close(conns[n]);
+    sleep_ms(300);
+}
+
 int main(int argc, char **argv)
 {
-    char conf[1000], uid_arg[32];
+    char conf[1000], uid_arg[32], self[4096] = "";
     struct rlimit rl, low;
+
+    if (argc > 2 && !strcmp(argv[1], "--nofile-exec")) {   /* the wrapper of daemon C */
+        rl.rlim_cur = rl.rlim_max = C_NOFILE;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            return 126;
+        execv(argv[2], argv + 2);
+        return 127;
+    }
 
     if (argc != 3) {
         fprintf(stderr, "usage: test-security VL2D MICRO_MHA_DIR\n");
@@ -1049,13 +1365,15 @@ int main(int argc, char **argv)
     snprintf(sock_b, sizeof(sock_b), "%s/b.sock", dir);
     snprintf(log_b, sizeof(log_b), "%s/b.log", dir);
     snprintf(roots, sizeof(roots), "%s/roots", dir);
+    snprintf(sock_c, sizeof(sock_c), "%s/c.sock", dir);
+    snprintf(log_c, sizeof(log_c), "%s/c.log", dir);
     mkdir(roots, 0755);
     snprintf(conf, sizeof(conf), "[model mha]\ndir = %s\n", mha_dir);
     write_file(conf_a, conf, 0644);
     {
         const char *args[] = { "--config", conf_a, "--socket", sock_a, "--socket-mode", "0666",
                                "--allow-uid", "0", "--allow-uid", uid_arg, "--no-notify",
-                               "--no-socket-activation", "--max-sequences", "2", NULL };
+                               "--no-socket-activation", "--max-sequences", "3", NULL };
         char me[32];
 
         if (geteuid() != 0) {   /* the daemon's own uid must stay allowed */
@@ -1078,6 +1396,8 @@ int main(int argc, char **argv)
         RUN(test_log_escape);
         RUN(test_signals_reload);
         RUN(test_fair_slots);
+        RUN(test_fair_uids);
+        RUN(test_memory_back);
         RUN(test_shutdown_keeps_lock);
     }
     if (pid_a > 0)
@@ -1118,6 +1438,24 @@ int main(int argc, char **argv)
     }
     if (pid_b > 0)
         harness_stop(pid_b, SIGKILL, 5000);
+
+    /* daemon C, no model, with a file limit it cannot raise (set by this
+     * program run as its wrapper: a hard limit lowered here would stay) */
+    if (geteuid() == 0 && readlink("/proc/self/exe", self, sizeof(self) - 1) > 0) {
+        const char *args[] = { "--nofile-exec", vl2d_path, "--no-config", "--socket", sock_c,
+                               "--max-connections-per-uid", "256", "--no-notify",
+                               "--no-socket-activation", NULL };
+
+        pid_c = harness_start(self, sock_c, args, log_c, NULL);
+        CHECK_MSG(pid_c > 0, "daemon C did not start (log %s)", log_c);
+        if (pid_c > 0) {
+            RUN(test_partial_fds_budget);
+            RUN(test_emfile_reported);
+            harness_stop(pid_c, SIGKILL, 5000);
+        }
+    } else {
+        printf("skip daemon C: not root, no lower hard file limit\n");
+    }
     if (check_failures) {
         char *t = harness_slurp(log_a);
 
@@ -1125,6 +1463,9 @@ int main(int argc, char **argv)
         free(t);
         t = harness_slurp(log_b);
         fprintf(stderr, "---- daemon B log ----\n%s", t ? t : "");
+        free(t);
+        t = harness_slurp(log_c);
+        fprintf(stderr, "---- daemon C log ----\n%s", t ? t : "");
         free(t);
     }
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);

@@ -190,6 +190,74 @@ static void test_logprob(void)
     CHECK_MSG(isinf(vl2_logits_logprob(z, 3, 3)), "id past the end");
 }
 
+/* The naive reference of vl2_logits_top: every id sorted by (logit
+ * descending, id ascending), probabilities summed in long double. */
+static const float *ref_z;
+
+static int ref_cmp(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+
+    if (ref_z[x] != ref_z[y])
+        return ref_z[x] > ref_z[y] ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+static void check_top(const float *z, int32_t n, size_t k, const char *what)
+{
+    int32_t *all = malloc((size_t)n * sizeof(*all)), ids[24];
+    double lp[24];
+    long double sum = 0.0L;
+    size_t got, want = k < (size_t)n ? k : (size_t)n, i;
+    int32_t j;
+
+    for (j = 0; j < n; j++) {
+        all[j] = j;
+        sum += expl((long double)z[j]);
+    }
+    ref_z = z;
+    qsort(all, (size_t)n, sizeof(*all), ref_cmp);
+    got = vl2_logits_top(z, n, k, ids, lp);
+    CHECK_MSG(got == want, "%s: %zu alternatives, want %zu", what, got, want);
+    for (i = 0; i < got && i < want; i++) {
+        double ref = (double)((long double)z[all[i]] - logl(sum));
+        CHECK_MSG(ids[i] == all[i], "%s: rank %zu is id %d, want %d", what, i, ids[i], all[i]);
+        CHECK_MSG(fabs(lp[i] - ref) < 1e-9, "%s: rank %zu logprob %.12f, want %.12f", what, i,
+                  lp[i], ref);
+        CHECK_MSG(lp[i] == vl2_logits_logprob(z, n, ids[i]), "%s: rank %zu differs from "
+                  "vl2_logits_logprob", what, i);
+    }
+    free(all);
+}
+
+static void test_logits_top(void)
+{
+    const float z[6] = { 0.5f, 2.0f, -1.0f, 2.0f, 0.5f, 3.0f };
+    float r[5000];
+    int32_t ids[4];
+    double lp[4];
+    int32_t j;
+    uint64_t x = 88172645463325252ULL;
+
+    check_top(z, 6, 1, "small k=1");
+    check_top(z, 6, 4, "small ties");       /* 5, 1, 3, 0: equal logits by lower id */
+    check_top(z, 6, 6, "small all");
+    check_top(z, 6, 20, "k over n");
+    CHECK_MSG(vl2_logits_top(z, 6, 0, ids, lp) == 0, "k = 0 fills nothing");
+    for (j = 0; j < 5000; j++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        /* few distinct values: many ties */
+        r[j] = (float)(x % 97) * 0.25f - 12.0f;
+    }
+    check_top(r, 5000, 20, "random with ties");
+    for (j = 0; j < 5000; j++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        r[j] = (float)((double)(x >> 11) / 9007199254740992.0 * 40.0 - 20.0);
+    }
+    check_top(r, 5000, 20, "random");
+    check_top(r, 5000, 7, "random k=7");
+}
+
 static void test_params(void)
 {
     struct vl2_sampler_params p = vl2_sampler_default_params();
@@ -298,6 +366,7 @@ int main(void)
     test_params();
     test_stops();
     test_logprob();
+    test_logits_top();
     if (check_failures) {
         printf("%d failures\n", check_failures);
         return 1;
