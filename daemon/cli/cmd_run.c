@@ -76,6 +76,8 @@ static void usage(FILE *f)
 "  --dump OUT                write every stage to the folder OUT (golden formats)\n"
 "  --backend NAME            cpu (default) or cuda\n"
 "  --plugin-dir DIR          where the backend plugins are\n"
+"  --precision f32|bf16      arithmetic of the products: f32 (the cpu default) or\n"
+"                            operands rounded to bf16 (the backend option precision=)\n"
 "  --backend-option K=V      an option of the backend (cpu: isa=scalar|avx2|avx512,\n"
 "                            precision=f32|bf16; the CUDA backend has its own);\n"
 "                            repeatable; a key given twice takes the last value\n"
@@ -173,6 +175,19 @@ static int parse_args(struct run_opts *o, int argc, char **argv)
             o->backend = v;
         } else if (!strcmp(a, "--plugin-dir")) {
             o->plugin_dir = v;
+        } else if (!strcmp(a, "--precision")) {
+            struct vl2_err err = { 0 };
+            char item[32];
+            if (strcmp(v, "f32") && strcmp(v, "bf16")) {
+                fprintf(stderr, "vl2d run: --precision '%s': expected f32 or bf16\n", v);
+                return -1;
+            }
+            snprintf(item, sizeof(item), "precision=%s", v);
+            if (vl2_conf_options_append(o->backend_options, sizeof(o->backend_options), item,
+                                        "--precision", &err) < 0) {
+                fprintf(stderr, "vl2d run: %s\n", err.msg);
+                return -1;
+            }
         } else if (!strcmp(a, "--backend-option")) {
             struct vl2_err err = { 0 };
             if (vl2_conf_options_append(o->backend_options, sizeof(o->backend_options), v,
@@ -243,6 +258,22 @@ static int parse_args(struct run_opts *o, int argc, char **argv)
         }
     }
     return 0;
+}
+
+/* The precision the backend was given: the last precision= item of the
+ * backend options (--precision, --backend-option), else the cpu backend's
+ * default "f32" ("default" for another backend). */
+static const char *run_precision(const struct run_opts *o, char *buf, size_t size)
+{
+    const char *p = o->backend_options, *found = NULL;
+
+    for (; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p))
+        if (!strncmp(p, "precision=", 10))
+            found = p + 10;
+    if (!found)
+        return !strcmp(o->backend, "cpu") ? "f32" : "default";
+    snprintf(buf, size, "%.*s", (int)strcspn(found, ","), found);
+    return buf;
 }
 
 /* {"input_ids": [...]} (the golden input_ids.json) -> ids. */
@@ -688,6 +719,7 @@ static void report(struct run *R)
 
     if (R->o.json) {
         cJSON *j = cJSON_CreateObject(), *s;
+        char prec[32];
         char *out;
         cJSON_AddItemToObject(j, "prompt_ids", int_array(R->pr.ids, R->pr.n_ids));
         cJSON_AddItemToObject(j, "generated_ids", int_array(R->gen, R->n_gen));
@@ -695,6 +727,7 @@ static void report(struct run *R)
         cJSON_AddStringToObject(j, "finish_reason", R->finish);
         s = cJSON_AddObjectToObject(j, "stats");
         cJSON_AddNumberToObject(s, "tiles", R->n_tiles);
+        cJSON_AddStringToObject(s, "precision", run_precision(&R->o, prec, sizeof(prec)));
         cJSON_AddNumberToObject(s, "image_tokens", R->n_image_tokens);
         cJSON_AddNumberToObject(s, "prompt_tokens", (double)R->pr.n_ids);
         cJSON_AddNumberToObject(s, "generated_tokens", (double)R->n_gen);

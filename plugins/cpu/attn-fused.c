@@ -37,17 +37,6 @@ static int64_t rup(int64_t a, int64_t b)
     return (a + b - 1) / b * b;
 }
 
-static inline uint32_t bf_bits(float f)
-{
-    union { float f; uint32_t u; } v = { .f = cpu_round_bf16(f) };
-    return v.u >> 16;
-}
-
-static inline uint32_t bf_pair(float lo, float hi)
-{
-    return bf_bits(lo) | bf_bits(hi) << 16;
-}
-
 /* Scratch layout (all in 32-bit words, each part rounded up to 16 words). */
 struct af_layout {
     int64_t D, DP, DV, np, kp, v, q, s, p, o, ml, total;
@@ -238,20 +227,23 @@ T_AF static void softmax_block(float *s, uint32_t *pb, int64_t bk, float scale, 
         alpha = expf(mx[i] - m_new);   /* 0 for the first block (mx = -inf) */
         mx[i] = m_new;
         mn = _mm512_set1_ps(m_new);
-        for (j = 0; j < bk; j += 16) {
-            __mmask16 k = m16(bk - j);
-            __m512 e = _mm512_maskz_mov_ps(k, af_exp(_mm512_sub_ps(_mm512_loadu_ps(row + j), mn)));
-            _mm512_storeu_ps(row + j, e);
-            vs = _mm512_add_ps(vs, e);
-        }
         if (pb) {
-            /* scores past bk are 0 after the masked exp: the pad pair is (p, 0) */
+            /* exp straight to bf16 pairs; lanes past bk are 0: the pad pair is (p, 0) */
             for (j = 0; j < bk; j += 32) {
-                __m512 lo = _mm512_loadu_ps(row + j);
-                __m512 hi = j + 16 < bk ? _mm512_maskz_loadu_ps(m16(bk - j - 16), row + j + 16)
-                                        : _mm512_setzero_ps();
+                __m512 lo = _mm512_maskz_mov_ps(
+                    m16(bk - j), af_exp(_mm512_sub_ps(_mm512_loadu_ps(row + j), mn)));
+                __m512 hi = _mm512_maskz_mov_ps(
+                    m16(bk - j - 16), af_exp(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), mn)));
+                vs = _mm512_add_ps(vs, _mm512_add_ps(lo, hi));
                 _mm512_storeu_si512(pb + i * (KB / 2) + j / 2,
                                     (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            }
+        } else {
+            for (j = 0; j < bk; j += 16) {
+                __mmask16 k = m16(bk - j);
+                __m512 e = _mm512_maskz_mov_ps(k, af_exp(_mm512_sub_ps(_mm512_loadu_ps(row + j), mn)));
+                _mm512_storeu_ps(row + j, e);
+                vs = _mm512_add_ps(vs, e);
             }
         }
         l[i] = l[i] * alpha + _mm512_reduce_add_ps(vs);
@@ -279,27 +271,34 @@ T_AF void cpu_attn_fused(const float *qkv, int64_t ldq, int64_t L, int64_t H, in
     l = mx + G;
     pb = bf16 ? w + y.p : NULL;
 
-    /* keys: panels of 32 */
-    for (int64_t t = 0; t < y.np * 32; t++) {
-        const float *kr = kb + t * ldq;
-        int64_t pan = t / 32, c = t % 32;
-        if (bf16) {
-            uint32_t *kp = w + y.kp + pan * y.DP * 32 + c;
-            for (int64_t p = 0; p < y.DP; p++)
-                kp[p * 32] = t < L ? bf_pair(kr[2 * p], 2 * p + 1 < D ? kr[2 * p + 1] : 0.0f) : 0;
-        } else {
-            float *kp = (float *)(w + y.kp) + pan * D * 32 + c;
+    /* keys: panels of 32 (bf16: the GEMM's weight panels) */
+    if (bf16) {
+        cpu_bf16_pack_panels(w + y.kp, kb, ldq, VL2_DTYPE_F32, L, 0, D);
+    } else {
+        for (int64_t t = 0; t < y.np * 32; t++) {
+            const float *kr = kb + t * ldq;
+            float *kp = (float *)(w + y.kp) + (t / 32) * D * 32 + t % 32;
             for (int64_t d = 0; d < D; d++)
                 kp[d * 32] = t < L ? kr[d] : 0.0f;
         }
     }
-    /* values: rows of DV lanes (bf16: pairs of consecutive keys) */
+    /* values: rows of DV lanes (bf16: pairs of consecutive keys, interleaved) */
     if (bf16) {
+        /* bf16 lanes 0..15 of v0, then of v1 -> v0[0] v1[0] v0[1] v1[1] ... */
+        static const int16_t il[32] = { 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15,
+                                        31 };
+        const __m512i idx = _mm512_loadu_si512(il);
         for (int64_t u = 0; u < (L + 1) / 2; u++) {
             const float *v0 = vb + 2 * u * ldq, *v1 = vb + (2 * u + 1) * ldq;
             uint32_t *vp = w + y.v + u * y.DV;
-            for (int64_t d = 0; d < y.DV; d++)
-                vp[d] = d < D ? bf_pair(v0[d], 2 * u + 1 < L ? v1[d] : 0.0f) : 0;
+            for (int64_t d = 0; d < y.DV; d += 16) {
+                __mmask16 k = m16(D - d);
+                __m512 a = _mm512_maskz_loadu_ps(k, v0 + d);
+                __m512 b = 2 * u + 1 < L ? _mm512_maskz_loadu_ps(k, v1 + d) : _mm512_setzero_ps();
+                __m512i pr = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+                _mm512_storeu_si512(vp + d, _mm512_permutexvar_epi16(idx, pr));
+            }
         }
     } else {
         for (int64_t t = 0; t < L; t++) {
@@ -312,13 +311,11 @@ T_AF void cpu_attn_fused(const float *qkv, int64_t ldq, int64_t L, int64_t H, in
     for (int64_t r0 = 0; r0 < L; r0 += G) {
         int64_t nr = L - r0 < G ? L - r0 : G;
         /* queries of the group: [D][12] floats or [DP][12] pairs, zero past nr */
+        if (bf16)
+            cpu_bf16_pack_groups(w + y.q, qb + r0 * ldq, ldq, nr, 0, D);
         for (int64_t i = 0; i < G; i++) {
             const float *qr = qb + (r0 + i) * ldq;
-            if (bf16) {
-                uint32_t *qp = w + y.q + i;
-                for (int64_t p = 0; p < y.DP; p++)
-                    qp[p * G] = i < nr ? bf_pair(qr[2 * p], 2 * p + 1 < D ? qr[2 * p + 1] : 0.0f) : 0;
-            } else {
+            if (!bf16) {
                 float *qp = (float *)(w + y.q) + i;
                 for (int64_t d = 0; d < D; d++)
                     qp[d * G] = i < nr ? qr[d] : 0.0f;

@@ -34,7 +34,8 @@
 #define KC 256                 /* k values per block */
 #define KP (KC / 2)            /* pairs per block */
 #define NB CPU_GEMMBF_NB       /* weight rows per call (at most) */
-#define MB 240                 /* activation rows packed at once (a multiple of MR) */
+#define MB 768                 /* activation rows packed at once (a multiple of MR): the
+                                * vision tower's 729 rows in one block, W packed once */
 
 size_t cpu_gemmbf_scratch(void)
 {
@@ -124,31 +125,42 @@ T_BF static void pack_w(uint32_t *dst, const uint8_t *w, int64_t ldw, int dt, in
 
 /* Pack activation rows [0, mr) (mr <= MB), columns [k0, k0 + kc), rounded
  * to bf16, into groups of MR rows ([kp][12] words each, group stride
- * kp * MR words; rows past mr are zero). */
+ * kp * MR words; rows past mr are zero): 16 x 16 word transposes, 12 lanes
+ * stored. */
 T_BF static void pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t mr, int64_t k0,
                         int64_t kc)
 {
     int64_t kp = (kc + 1) / 2, ng = (mr + MR - 1) / MR;
-    uint32_t tmp[16];
 
     for (int64_t g = 0; g < ng; g++) {
         uint32_t *gd = dst + g * kp * MR;
-        for (int64_t i = 0; i < MR; i++) {
-            int64_t row = g * MR + i;
-            if (row >= mr) {
-                for (int64_t p = 0; p < kp; p++)
-                    gd[p * MR + i] = 0;
-                continue;
+        for (int64_t kk = 0; kk < kc; kk += 32) {
+            int64_t np2 = (kc - kk + 1) / 2 < 16 ? (kc - kk + 1) / 2 : 16;
+            __m512i v[16];
+            for (int t = 0; t < 16; t++) {
+                int64_t row = g * MR + t;
+                v[t] = t < MR && row < mr
+                           ? load32_bf((const uint8_t *)(a + row * lda + k0 + kk), VL2_DTYPE_F32,
+                                       kc - kk)
+                           : _mm512_setzero_si512();
             }
-            for (int64_t kk = 0; kk < kc; kk += 32) {
-                int64_t np2 = (kc - kk + 1) / 2 < 16 ? (kc - kk + 1) / 2 : 16;
-                _mm512_storeu_si512(tmp, load32_bf((const uint8_t *)(a + row * lda + k0 + kk),
-                                                   VL2_DTYPE_F32, kc - kk));
-                for (int64_t t = 0; t < np2; t++)
-                    gd[(kk / 2 + t) * MR + i] = tmp[t];
-            }
+            transpose16(v);
+            for (int64_t t = 0; t < np2; t++)
+                _mm512_mask_storeu_epi32(gd + (kk / 2 + t) * MR, (__mmask16)0x0fff, v[t]);
         }
     }
+}
+
+void cpu_bf16_pack_panels(uint32_t *dst, const void *w, int64_t ldw, int dt, int64_t nr,
+                          int64_t k0, int64_t kc)
+{
+    pack_w(dst, w, ldw, dt, nr, k0, kc);
+}
+
+void cpu_bf16_pack_groups(uint32_t *dst, const float *a, int64_t lda, int64_t mr, int64_t k0,
+                          int64_t kc)
+{
+    pack_a(dst, a, lda, mr, k0, kc);
 }
 
 #define BF_ROW_DP(i)                                                                       \
@@ -168,19 +180,26 @@ T_BF static void pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t mr, 
                 c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr));          \
                 c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16));     \
             }                                                                              \
+            if (bias) {                                                                    \
+                c##i##0 = _mm512_add_ps(c##i##0, bv0);                                     \
+                c##i##1 = _mm512_add_ps(c##i##1, bv1);                                     \
+            }                                                                              \
             _mm512_mask_storeu_ps(cr, m0, c##i##0);                                        \
             _mm512_mask_storeu_ps(cr + 16, m1, c##i##1);                                   \
         }                                                                                  \
     } while (0)
 
 /* C[0..mr, 0..32) (+)= Agroup[kp][12] . Wpanel[kp][32] for the first MRV rows
- * (mr <= MRV); columns masked by m0, m1; acc: add to C. */
+ * (mr <= MRV); columns masked by m0, m1; acc: add to C; bias (32 floats, NULL
+ * for none): added last (the last block of k). */
 #define BF_KERNEL(MRV)                                                                     \
     T_BF static void kernel_##MRV(int64_t kp, const uint32_t *ap, const uint32_t *bp,      \
                                   float *c, int64_t ldc, int64_t mr, __mmask16 m0,         \
-                                  __mmask16 m1, int acc)                                   \
+                                  __mmask16 m1, int acc, const float *bias)                \
     {                                                                                      \
         enum { mrv_c = MRV };                                                              \
+        __m512 bv0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();         \
+        __m512 bv1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();    \
         __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00;      \
         __m512 c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00;           \
         __m512 c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00, c80 = c00;           \
@@ -202,35 +221,82 @@ BF_KERNEL(12)
 BF_KERNEL(8)
 BF_KERNEL(4)
 
+/* The products of one block of k: packed W (panels of kp pairs), groups of
+ * packed A @gstride words apart, rows [0, mb) of C. */
+T_BF static void run_block(const uint32_t *bpk, int64_t n, int64_t kp, const uint32_t *apk,
+                           int64_t gstride, int64_t mb, float *c, int64_t ldc, int acc,
+                           const float *bias)
+{
+    int64_t np = (n + NR - 1) / NR, ng = (mb + MR - 1) / MR;
+
+    for (int64_t p = 0; p < np; p++) {
+        int64_t nc = n - p * NR;
+        __mmask16 m0 = mask16(nc), m1 = mask16(nc - 16);
+        const uint32_t *bq = bpk + p * kp * NR;
+        const float *bb = bias ? bias + p * NR : NULL;
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t mr = mb - g * MR < MR ? mb - g * MR : MR;
+            float *cp = c + g * MR * ldc + p * NR;
+            const uint32_t *aq = apk + g * gstride;
+            if (mr > 8)
+                kernel_12(kp, aq, bq, cp, ldc, mr, m0, m1, acc, bb);
+            else if (mr > 4)
+                kernel_8(kp, aq, bq, cp, ldc, mr, m0, m1, acc, bb);
+            else
+                kernel_4(kp, aq, bq, cp, ldc, mr, m0, m1, acc, bb);
+        }
+    }
+}
+
 T_BF void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw,
-                     int wdtype, int64_t n, int64_t k, float *c, int64_t ldc, void *scratch)
+                     int wdtype, int64_t n, int64_t k, const float *bias, float *c, int64_t ldc,
+                     void *scratch)
 {
     uint32_t *bpk = scratch, *apk = (uint32_t *)scratch + (size_t)NB * KP;
-    int64_t np = (n + NR - 1) / NR;
 
     for (int64_t i0 = 0; i0 < m; i0 += MB) {
-        int64_t mb = m - i0 < MB ? m - i0 : MB, ng = (mb + MR - 1) / MR;
+        int64_t mb = m - i0 < MB ? m - i0 : MB;
         for (int64_t k0 = 0; k0 < k; k0 += KC) {
             int64_t kc = k - k0 < KC ? k - k0 : KC, kp = (kc + 1) / 2;
             pack_w(bpk, w, ldw, wdtype, n, k0, kc);
             pack_a(apk, a + i0 * lda, lda, mb, k0, kc);
-            for (int64_t p = 0; p < np; p++) {
-                int64_t nc = n - p * NR;
-                __mmask16 m0 = mask16(nc), m1 = mask16(nc - 16);
-                const uint32_t *bq = bpk + p * kp * NR;
-                for (int64_t g = 0; g < ng; g++) {
-                    int64_t mr = mb - g * MR < MR ? mb - g * MR : MR;
-                    float *cp = c + (i0 + g * MR) * ldc + p * NR;
-                    const uint32_t *aq = apk + g * kp * MR;
-                    if (mr > 8)
-                        kernel_12(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0);
-                    else if (mr > 4)
-                        kernel_8(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0);
-                    else
-                        kernel_4(kp, aq, bq, cp, ldc, mr, m0, m1, k0 > 0);
-                }
-            }
+            run_block(bpk, n, kp, apk, kp * MR, mb, c + i0 * ldc, ldc, k0 > 0,
+                      k0 + kc >= k ? bias : NULL);
         }
+    }
+}
+
+/* Prepacked activations: group g, block kb of k at (g * nkb + kb) * KP * MR words. */
+size_t cpu_gemmbf_pa_size(int64_t m, int64_t k)
+{
+    return (size_t)((m + MR - 1) / MR) * (size_t)((k + KC - 1) / KC) * KP * MR * sizeof(uint32_t);
+}
+
+T_BF void cpu_gemmbf_pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t m, int64_t k,
+                            int64_t g0, int64_t g1)
+{
+    int64_t nkb = (k + KC - 1) / KC;
+
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            int64_t k0 = kb * KC, kc = k - k0 < KC ? k - k0 : KC;
+            int64_t mr = m - g * MR < MR ? m - g * MR : MR;
+            pack_a(dst + (g * nkb + kb) * KP * MR, a + g * MR * lda, lda, mr, k0, kc);
+        }
+}
+
+T_BF void cpu_gemmbf_pa(const uint32_t *apk, int64_t m, const void *w, int64_t ldw, int wdtype,
+                        int64_t n, int64_t k, const float *bias, float *c, int64_t ldc,
+                        void *scratch)
+{
+    uint32_t *bpk = scratch;
+    int64_t nkb = (k + KC - 1) / KC;
+
+    for (int64_t kb = 0; kb < nkb; kb++) {
+        int64_t k0 = kb * KC, kc = k - k0 < KC ? k - k0 : KC, kp = (kc + 1) / 2;
+        pack_w(bpk, w, ldw, wdtype, n, k0, kc);
+        run_block(bpk, n, kp, apk + kb * KP * MR, nkb * KP * MR, m, c, ldc, k0 > 0,
+                  k0 + kc >= k ? bias : NULL);
     }
 }
 
@@ -241,10 +307,42 @@ size_t cpu_gemmbf_scratch(void)
     return 0;
 }
 
+void cpu_bf16_pack_panels(uint32_t *dst, const void *w, int64_t ldw, int dt, int64_t nr,
+                          int64_t k0, int64_t kc)
+{
+    (void)dst; (void)w; (void)ldw; (void)dt; (void)nr; (void)k0; (void)kc;
+}
+
+void cpu_bf16_pack_groups(uint32_t *dst, const float *a, int64_t lda, int64_t mr, int64_t k0,
+                          int64_t kc)
+{
+    (void)dst; (void)a; (void)lda; (void)mr; (void)k0; (void)kc;
+}
+
 void cpu_gemmbf(const float *a, int64_t lda, int64_t m, const void *w, int64_t ldw, int wdtype,
-                int64_t n, int64_t k, float *c, int64_t ldc, void *scratch)
+                int64_t n, int64_t k, const float *bias, float *c, int64_t ldc, void *scratch)
 {
     (void)a; (void)lda; (void)m; (void)w; (void)ldw; (void)wdtype; (void)n; (void)k; (void)c;
+    (void)bias;
+    (void)ldc; (void)scratch;
+}
+
+size_t cpu_gemmbf_pa_size(int64_t m, int64_t k)
+{
+    (void)m; (void)k;
+    return 0;
+}
+
+void cpu_gemmbf_pack_a(uint32_t *dst, const float *a, int64_t lda, int64_t m, int64_t k,
+                       int64_t g0, int64_t g1)
+{
+    (void)dst; (void)a; (void)lda; (void)m; (void)k; (void)g0; (void)g1;
+}
+
+void cpu_gemmbf_pa(const uint32_t *apk, int64_t m, const void *w, int64_t ldw, int wdtype,
+                   int64_t n, int64_t k, const float *bias, float *c, int64_t ldc, void *scratch)
+{
+    (void)apk; (void)m; (void)w; (void)ldw; (void)wdtype; (void)n; (void)k; (void)bias; (void)c;
     (void)ldc; (void)scratch;
 }
 

@@ -17,6 +17,7 @@
 #define MOE_CHUNK 512
 #define MOE_NB_SMALL 32   /* weight rows per task, few rows */
 #define MOE_NB_LARGE 128  /* weight rows per task, many rows */
+#define MOE_NB_BF16 256   /* many rows, bf16 kernel: the activations packed once per 256 */
 
 struct moe_job {
     struct vl2_backend_ctx *ctx;
@@ -59,7 +60,8 @@ static void moe_task(void *arg, int64_t task, int tid)
     int64_t a = find_active(j, task);
     int64_t e = j->act_e[a], cnt = j->act_cnt[a], off = j->act_off[a];
     int64_t blk = task - j->act_t0[a];
-    int64_t nb = cnt < j->nb_small_rows ? MOE_NB_SMALL : MOE_NB_LARGE;
+    int64_t nb = cnt < j->nb_small_rows ? MOE_NB_SMALL
+                 : j->ctx->bf16_dp ? MOE_NB_BF16 : MOE_NB_LARGE;
     bool shared = e == j->L->n_expert;
     void *tmp = cpu_scratch(j->ctx, tid);
 
@@ -425,7 +427,8 @@ int cpu_moe(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct vl
             for (int32_t a = 0; a < na; a++) {
                 bool shared = j.act_e[a] == E;
                 int64_t cols = j.phase == 0 ? (shared ? sh : inter) : d;
-                int64_t nb = j.act_cnt[a] < j.nb_small_rows ? MOE_NB_SMALL : MOE_NB_LARGE;
+                int64_t nb = j.act_cnt[a] < j.nb_small_rows ? MOE_NB_SMALL
+                             : ctx->bf16_dp ? MOE_NB_BF16 : MOE_NB_LARGE;
                 j.act_t0[a] = t;
                 t += (cols + nb - 1) / nb;
             }

@@ -105,7 +105,7 @@ void cpu_mm(struct vl2_backend_ctx *ctx, const float *x, int64_t ldx, int64_t m,
         for (int64_t jb = j0; jb < j1; jb += CPU_GEMMBF_NB) {
             int64_t nb = j1 - jb < CPU_GEMMBF_NB ? j1 - jb : CPU_GEMMBF_NB;
             cpu_gemmbf(x, ldx, m, (const char *)w->data + (size_t)(jb * w->ld) * es, w->ld,
-                       w->dtype, nb, k, y + jb, ldy, tmp);
+                       w->dtype, nb, k, NULL, y + jb, ldy, tmp);
         }
         return;
     }
@@ -153,7 +153,20 @@ struct linear_job {
     int64_t n_jb;    /* column blocks */
     int64_t panels;  /* > 0: column block jb is panels [jb*panels/n_jb, (jb+1)*panels/n_jb)
                       * of 32 columns (bf16 precision: balanced over the threads) */
+    uint32_t *apk;   /* bf16 kernel: x packed once (cpu_gemmbf_pack_a), or NULL */
 };
+
+#define PACK_GROUPS 8   /* groups of 12 rows per packing task */
+
+static void pack_task(void *arg, int64_t task, int tid)
+{
+    struct linear_job *j = arg;
+    int64_t ng = (j->m + CPU_GEMMBF_GROUP - 1) / CPU_GEMMBF_GROUP;
+    int64_t g0 = task * PACK_GROUPS, g1 = g0 + PACK_GROUPS < ng ? g0 + PACK_GROUPS : ng;
+
+    (void)tid;
+    cpu_gemmbf_pack_a(j->apk, j->x, j->ldx, j->m, j->w->cols, g0, g1);
+}
 
 static void linear_task(void *arg, int64_t task, int tid)
 {
@@ -168,14 +181,33 @@ static void linear_task(void *arg, int64_t task, int tid)
         c1 = (jb + 1) * j->panels / j->n_jb * 32;
         c1 = c1 < j->n_out ? c1 : j->n_out;
     }
+    if (j->apk) {
+        /* bf16 kernel on the packed x, the bias in its epilogue */
+        const struct vl2_tensor *w = j->w;
+        cpu_gemmbf_pa(j->apk, j->m,
+                      (const char *)w->data + (size_t)(c0 * w->ld) * vl2_dtype_size(w->dtype),
+                      w->ld, w->dtype, c1 - c0, w->cols, j->bias ? j->bias + c0 : NULL, y + c0,
+                      j->ldo, cpu_scratch(j->ctx, tid));
+        return;
+    }
+    if (j->panels && j->ctx->bf16_dp) {
+        /* bf16 kernel with the bias in its epilogue */
+        const struct vl2_tensor *w = j->w;
+        size_t es = vl2_dtype_size(w->dtype);
+        for (int64_t cb = c0; cb < c1; cb += CPU_GEMMBF_NB) {
+            int64_t nb = c1 - cb < CPU_GEMMBF_NB ? c1 - cb : CPU_GEMMBF_NB;
+            cpu_gemmbf(j->x + i0 * j->ldx, j->ldx, i1 - i0,
+                       (const char *)w->data + (size_t)(cb * w->ld) * es, w->ld, w->dtype, nb,
+                       w->cols, j->bias ? j->bias + cb : NULL, y + cb, j->ldo,
+                       cpu_scratch(j->ctx, tid));
+        }
+        return;
+    }
     cpu_mm(j->ctx, j->x + i0 * j->ldx, j->ldx, i1 - i0, j->w, c0, c1, y, j->ldo,
            cpu_scratch(j->ctx, tid));
     if (j->bias)
-        for (int64_t i = i0; i < i1; i++) {
-            float *row = j->out + i * j->ldo;
-            for (int64_t c = c0; c < c1; c++)
-                row[c] += j->bias[c];
-        }
+        for (int64_t i = i0; i < i1; i++)   /* y + 1 * b: the same rounding as y + b */
+            j->ctx->k->axpy(j->out + i * j->ldo + c0, 1.0f, j->bias + c0, c1 - c0);
 }
 
 int cpu_linear(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct vl2_tensor *x,
@@ -232,6 +264,15 @@ int cpu_linear(struct vl2_backend_ctx *ctx, struct vl2_tensor *out, const struct
         j.n_jb = (j.panels + per - 1) / per * ctx->n_threads;
         if (j.n_jb > j.panels)
             j.n_jb = j.panels;
+        if (ctx->bf16_dp) {
+            /* x packed once for all the column tasks (ctx->big: whole-op scratch,
+             * also moe's; ops do not overlap) */
+            int64_t ng = (j.m + CPU_GEMMBF_GROUP - 1) / CPU_GEMMBF_GROUP;
+            if ((r = cpu_buf_reserve(ctx, &ctx->big, cpu_gemmbf_pa_size(j.m, x->cols), err)) < 0)
+                return r;
+            j.apk = ctx->big.p;
+            cpu_pool_run(ctx->pool, (ng + PACK_GROUPS - 1) / PACK_GROUPS, pack_task, &j);
+        }
         cpu_pool_run(ctx->pool, j.n_jb, linear_task, &j);
         return 0;
     } else {

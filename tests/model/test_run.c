@@ -226,6 +226,9 @@ static void check_json(const char *tmp)
         CHECK_MSG(s && cJSON_GetObjectItem(s, "tiles") && cJSON_GetObjectItem(s, "image_tokens")
                  && cJSON_GetObjectItem(s, "prompt_tokens") && cJSON_GetObjectItem(s, "ttft_s")
                  && cJSON_GetObjectItem(s, "decode_tokens_per_s"), "stats fields");
+        CHECK_MSG(s && cJSON_IsString(cJSON_GetObjectItem(s, "precision")) &&
+                  !strcmp(cJSON_GetObjectItem(s, "precision")->valuestring, "f32"),
+                  "stats precision: f32 by default");
         printf("  fields present\n");
     }
     cJSON_Delete(j);
@@ -269,6 +272,11 @@ static void check_errors(const char *tmp)
     expect_failure(tmp, "missing image file", a3, "nonexistent.png");
     expect_failure(tmp, "top-p 2", a4, "top_p");
     expect_failure(tmp, "max-new-tokens many", a5, "many");
+    {
+        char *a6[] = { (char *)o_vl2d, "run", "--model", (char *)o_model, "--prompt", "x",
+                       "--precision", "f16", pd ? "--plugin-dir" : NULL, pd, NULL };
+        expect_failure(tmp, "precision f16", a6, "--precision 'f16'");
+    }
     free(img);
 }
 
