@@ -541,11 +541,10 @@ static int take_done(struct vl2h_event *ev, const Vl2__Done *d)
     ev->done.prompt_tokens = d->prompt_tokens;
     ev->done.image_tokens = d->image_tokens;
     ev->done.generated_tokens = d->generated_tokens;
-    /* Hook for the prompt cache: vl2d does not report cached prompt tokens
-     * yet.  When Done gains such a field, set it here (>= 0) and the OpenAI
-     * usage gets prompt_tokens_details.cached_tokens, the metrics their
-     * cache counter. */
-    ev->done.cached_tokens = -1;
+    /* Prompt tokens whose KV came from vl2d's prefix cache (issue 16); a
+     * daemon that does not report them leaves the field unset: -1, and the
+     * OpenAI usage then has no prompt_tokens_details. */
+    ev->done.cached_tokens = d->has_cached_tokens ? (long) d->cached_tokens : -1;
     ev->done.ttft_s = d->time_to_first_token_s;
     ev->done.tps = d->decode_tokens_per_s;
     if (d->has_text && d->text.len) {

@@ -70,8 +70,15 @@ check "a384: object, id, role, finish_reason length" \
 check "a384: usage is the golden prompt length and 12 tokens" \
     jq -e --argjson p "$(gplen a384)" '.usage.prompt_tokens == $p and .usage.completion_tokens == 12
            and .usage.total_tokens == $p + 12' "$DIR/out"
-check "a384: no cached_tokens (vl2d does not report them)" \
-    jq -e '.usage.prompt_tokens_details == null' "$DIR/out"
+check "a384: usage.prompt_tokens_details.cached_tokens is a count" \
+    jq -e '.usage.prompt_tokens_details.cached_tokens >= 0' "$DIR/out"
+cp "$DIR/out" "$DIR/a384.first"
+st=$(post /v1/chat/completions "$DIR/a384.json")
+check "a384 again: 200, the golden text" \
+    test "$st" = 200 -a "$(jq -r '.choices[0].message.content' "$DIR/out")" = "$(gtext a384)"
+check "a384 again: part of the prompt from vl2d's prefix cache (0 < cached < prompt_tokens)" \
+    jq -e '.usage.prompt_tokens_details.cached_tokens > 0 and
+           .usage.prompt_tokens_details.cached_tokens < .usage.prompt_tokens' "$DIR/out"
 check "a384: boxes beside the text (none from random weights)" \
     jq -e '.choices[0].message.boxes == []' "$DIR/out"
 
