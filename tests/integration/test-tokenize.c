@@ -90,7 +90,8 @@ static int on_reply(const Vl2__Response *resp, void *ud)
     t->joined = malloc(len + 1);
     if (!t->ids || !t->joined)
         return 1;
-    memcpy(t->ids, tr->ids, tr->n_ids * sizeof(*t->ids));
+    if (tr->n_ids)
+        memcpy(t->ids, tr->ids, tr->n_ids * sizeof(*t->ids));
     t->n_ids = tr->n_ids;
     for (i = 0; i < tr->n_pieces; i++) {
         const ProtobufCBinaryData *p = &tr->pieces[i];
