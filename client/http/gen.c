@@ -872,3 +872,21 @@ void vl2h_gen_free(struct vl2h_gen *g)
     vl2_client_close(g->c);
     free(g);
 }
+
+int vl2h_gen_first(struct vl2h_req *rq, struct vl2h_gen *g, struct vl2h_event *first)
+{
+    int r;
+
+    vl2h_gen_next(g, first);
+    if (first->kind == VL2H_EV_ERROR) {
+        r = vl2h_reply_vl2_error(rq, &first->err);
+        vl2h_event_done(first);
+        return r;
+    }
+    if (first->kind == VL2H_EV_GONE) {
+        vl2h_metrics_disconnect(&rq->srv->metrics);
+        vl2h_event_done(first);
+        return VL2_ECANCELED;
+    }
+    return 1;
+}

@@ -369,6 +369,13 @@ struct vl2h_gen *vl2h_gen_start(struct vl2h_server *srv, struct vl2_client *c,
  * after the end. */
 int vl2h_gen_next(struct vl2h_gen *g, struct vl2h_event *ev);
 
+/* The first event of a streamed answer decides between a stream and an
+ * error status: wait for it into @first.  Returns 1 when the stream may
+ * start (the caller keeps @first and sends it first); otherwise @first is
+ * released and the result of the reply made for it (the daemon's error as
+ * a status, or VL2_ECANCELED when the HTTP client has gone) comes back. */
+int vl2h_gen_first(struct vl2h_req *rq, struct vl2h_gen *g, struct vl2h_event *first);
+
 /* The daemon's Accepted.queue_position. */
 uint32_t vl2h_gen_queue_position(const struct vl2h_gen *g);
 

@@ -608,18 +608,9 @@ int vl2h_ollama_chat(struct vl2h_req *rq, bool generate)
         r = ochat_whole(rq, oc);
         goto out_free;
     }
-    vl2h_gen_next(oc->gen, &oc->first);
-    if (oc->first.kind == VL2H_EV_ERROR) {
-        r = vl2h_reply_vl2_error(rq, &oc->first.err);
-        vl2h_event_done(&oc->first);
+    r = vl2h_gen_first(rq, oc->gen, &oc->first);
+    if (r != 1)
         goto out_free;
-    }
-    if (oc->first.kind == VL2H_EV_GONE) {
-        vl2h_metrics_disconnect(&rq->srv->metrics);
-        vl2h_event_done(&oc->first);
-        r = VL2_ECANCELED;
-        goto out_free;
-    }
     oc->have_first = true;
     vl2h_params_done(&p);
     cJSON_Delete(body);

@@ -643,19 +643,9 @@ int vl2h_openai_chat(struct vl2h_req *rq)
         r = chat_whole(rq, ch);
         goto out_free;
     }
-    /* the first event decides between a stream and an error status */
-    vl2h_gen_next(ch->gen, &ch->first);
-    if (ch->first.kind == VL2H_EV_ERROR) {
-        r = vl2h_reply_vl2_error(rq, &ch->first.err);
-        vl2h_event_done(&ch->first);
+    r = vl2h_gen_first(rq, ch->gen, &ch->first);
+    if (r != 1)
         goto out_free;
-    }
-    if (ch->first.kind == VL2H_EV_GONE) {
-        vl2h_metrics_disconnect(&rq->srv->metrics);
-        vl2h_event_done(&ch->first);
-        r = VL2_ECANCELED;
-        goto out_free;
-    }
     ch->have_first = true;
     vl2h_params_done(&p);
     cJSON_Delete(body);
